@@ -1,0 +1,292 @@
+// Reverse-mode gradients: one table of per-op rules (each emits standard ops only) and one walker.
+// Adding an op means adding a row; reaching an op without a row fails with the op's and node's name.
+
+import { Graph, Value, fmt, type GradRule, type Node, type Shape } from './graph.ts';
+
+/** How Conv's weight gradient is formed; measured per EP (see bench/train-step). */
+export type ConvWeightGrad = 'batch-as-channels' | 'im2col';
+
+export interface GradOptions {
+  convWeightGrad?: ConvWeightGrad;
+}
+
+let options: Required<GradOptions> = { convWeightGrad: 'batch-as-channels' };
+
+function sameShape(a: Shape, b: Shape): boolean {
+  return a.length === b.length && a.every((d, i) => d === b[i]);
+}
+
+/** Sums a broadcast gradient back to the shape of the operand it belongs to. */
+export function sumToShape(g: Graph, gx: Value, shape: Shape): Value {
+  if (sameShape(gx.shape, shape)) return gx;
+  const k = gx.rank - shape.length;
+  const axes: number[] = [];
+  for (let i = 0; i < gx.rank; i++) {
+    if (i < k || (shape[i - k] === 1 && gx.shape[i] !== 1)) axes.push(i);
+  }
+  const r = axes.length ? g.reduceSum(gx, axes, true) : gx;
+  return sameShape(r.shape, shape) ? r : g.reshape(r, shape as number[]);
+}
+
+function expandTo(g: Graph, v: Value, shape: Shape): Value {
+  return sameShape(v.shape, shape) ? v : g.expand(v, shape as number[]);
+}
+
+function swapLast(g: Graph, v: Value): Value {
+  const perm = v.shape.map((_, i) => i);
+  perm[perm.length - 1] = perm.length - 2;
+  perm[perm.length - 2] = perm.length - 1;
+  return g.transpose(v, perm);
+}
+
+function ints(node: Node, name: string, dflt: number[]): number[] {
+  const a = node.attrs[name];
+  return a && 'ints' in a ? a.ints : dflt;
+}
+function int(node: Node, name: string, dflt: number): number {
+  const a = node.attrs[name];
+  return a && 'i' in a ? a.i : dflt;
+}
+function float(node: Node, name: string, dflt: number): number {
+  const a = node.attrs[name];
+  return a && 'f' in a ? a.f : dflt;
+}
+
+/** The int64 constant behind an input (axes, shapes, slice bounds are always builder constants). */
+function constInts(g: Graph, v: Value | null): number[] {
+  const init = g.initializers.find((i) => i.value === v);
+  if (!init) throw new Error(`expected a constant int64 input, got ${v?.name}`);
+  return Array.from(init.data as BigInt64Array, Number);
+}
+
+function reduceRule(mean: boolean): GradRule {
+  return (g, node, [gy]) => {
+    const x = node.inputs[0]!;
+    const axes = constInts(g, node.inputs[1]);
+    const keep = int(node, 'keepdims', 1) === 1;
+    let gk = gy!;
+    if (!keep) gk = g.unsqueeze(gk, axes);
+    if (mean) {
+      const count = axes.reduce((a, ax) => a * (x.shape[ax] as number), 1);
+      gk = g.mul(gk, g.scalar(1 / count, x.dtype));
+    }
+    return [expandTo(g, gk, x.shape), null];
+  };
+}
+
+function convInputGrad(g: Graph, node: Node, gy: Value): Value {
+  const [x, w] = node.inputs as Value[];
+  const strides = ints(node, 'strides', [1, 1]);
+  const pads = ints(node, 'pads', [0, 0, 0, 0]);
+  const dil = ints(node, 'dilations', [1, 1]);
+  const group = int(node, 'group', 1);
+  const [, , kh, kw] = w.dims();
+  // output_padding recovers the rows/columns a strided conv skipped (e.g. 1 for 3x3/s2/p1 on even sizes).
+  const oph = ((x.shape[2] as number) + pads[0] + pads[2] - dil[0] * (kh - 1) - 1) % strides[0];
+  const opw = ((x.shape[3] as number) + pads[1] + pads[3] - dil[1] * (kw - 1) - 1) % strides[1];
+  return g.convTranspose(gy, w, { strides, pads, dilations: dil, group, outputPadding: [oph, opw] });
+}
+
+function convWeightGrad(g: Graph, node: Node, gy: Value): Value {
+  const [x, w] = node.inputs as Value[];
+  const strides = ints(node, 'strides', [1, 1]);
+  const pads = ints(node, 'pads', [0, 0, 0, 0]);
+  const dil = ints(node, 'dilations', [1, 1]);
+  if (int(node, 'group', 1) !== 1) throw new Error(`Conv weight gradient: grouped conv not supported (node ${node.name})`);
+  const [o, c, kh, kw] = w.dims();
+  if (options.convWeightGrad === 'batch-as-channels') {
+    // Batch becomes the reduction channel: conv(x^T [C,N,H,W], gy^T [O,N,Ho,Wo]) = dW^T, stride <-> dilation.
+    const xt = g.transpose(x, [1, 0, 2, 3]);
+    const gt = g.transpose(gy, [1, 0, 2, 3]);
+    let r = g.conv(xt, gt, { pads, strides: dil, dilations: strides });
+    if (r.shape[2] !== kh || r.shape[3] !== kw) r = g.slice(r, [0, 0], [kh, kw], [2, 3]);
+    return g.transpose(r, [1, 0, 2, 3]);
+  }
+  // im2col by strided slices of the padded input, then one batched MatMul and a sum over the batch.
+  const n = x.shape[0] as number;
+  const [ho, wo] = [gy.shape[2] as number, gy.shape[3] as number];
+  const xp = pads.some((p) => p) ? g.pad(x, [0, 0, pads[0], pads[1], 0, 0, pads[2], pads[3]]) : x;
+  const cols: Value[] = [];
+  for (let i = 0; i < kh; i++) {
+    for (let j = 0; j < kw; j++) {
+      const h0 = i * dil[0];
+      const w0 = j * dil[1];
+      cols.push(g.sliceStrided(xp, [h0, w0], [h0 + strides[0] * (ho - 1) + 1, w0 + strides[1] * (wo - 1) + 1], [2, 3], strides));
+    }
+  }
+  const stacked = g.reshape(g.concat(cols, 1), [n, kh * kw * c, ho * wo]); // [N, (i,j,c), HoWo]
+  const gr = g.reshape(gy, [n, o, ho * wo]);
+  const per = g.matmul(gr, swapLast(g, stacked)); // [N, O, (i,j,c)]
+  const dw = g.reshape(g.reduceSum(per, [0], false), [o, kh, kw, c]);
+  return g.transpose(dw, [0, 3, 1, 2]);
+}
+
+export const GRAD_RULES: Record<string, GradRule> = {
+  Identity: (_g, _n, [gy]) => [gy],
+  StopGradient: () => [null],
+  Relu: (g, n, [gy]) => [g.mul(gy!, g.sign(n.outputs[0]))], // y >= 0, so Sign(y) is the 0/1 mask
+  Sigmoid: (g, n, [gy]) => {
+    const y = n.outputs[0];
+    return [g.mul(gy!, g.mul(y, g.sub(g.scalar(1, y.dtype), y)))];
+  },
+  Softplus: (g, n, [gy]) => [g.mul(gy!, g.sigmoid(n.inputs[0]!))],
+  Exp: (g, n, [gy]) => [g.mul(gy!, n.outputs[0])],
+  Log: (g, n, [gy]) => [g.div(gy!, n.inputs[0]!)],
+  Sqrt: (g, n, [gy]) => [g.div(g.mul(gy!, g.scalar(0.5, gy!.dtype)), n.outputs[0])],
+  Neg: (g, _n, [gy]) => [g.neg(gy!)],
+  Reciprocal: (g, n, [gy]) => {
+    const y = n.outputs[0];
+    return [g.neg(g.mul(gy!, g.mul(y, y)))];
+  },
+  Sign: () => [null],
+  Add: (g, n, [gy]) => [sumToShape(g, gy!, n.inputs[0]!.shape), sumToShape(g, gy!, n.inputs[1]!.shape)],
+  Sub: (g, n, [gy]) => [sumToShape(g, gy!, n.inputs[0]!.shape), sumToShape(g, g.neg(gy!), n.inputs[1]!.shape)],
+  Mul: (g, n, [gy]) => {
+    const [a, b] = n.inputs as Value[];
+    return [sumToShape(g, g.mul(gy!, b), a.shape), sumToShape(g, g.mul(gy!, a), b.shape)];
+  },
+  Div: (g, n, [gy]) => {
+    const [a, b] = n.inputs as Value[];
+    const ga = g.div(gy!, b);
+    return [sumToShape(g, ga, a.shape), sumToShape(g, g.neg(g.mul(ga, n.outputs[0])), b.shape)];
+  },
+  MatMul: (g, n, [gy]) => {
+    const [a, b] = n.inputs as Value[];
+    return [sumToShape(g, g.matmul(gy!, swapLast(g, b)), a.shape), sumToShape(g, g.matmul(swapLast(g, a), gy!), b.shape)];
+  },
+  Gemm: (g, n, [gy]) => {
+    const [a, b, c] = n.inputs;
+    const transA = int(n, 'transA', 0) === 1;
+    const transB = int(n, 'transB', 0) === 1;
+    const alpha = float(n, 'alpha', 1);
+    const beta = float(n, 'beta', 1);
+    // d(opA) = alpha gy opB^T; d(opB) = alpha opA^T gy; transpose back where the input was transposed.
+    const dOpA = g.gemm(gy!, b!, null, { transB: !transB, alpha });
+    const dOpB = g.gemm(a!, gy!, null, { transA: !transA, alpha });
+    const dA = transA ? g.transpose(dOpA, [1, 0]) : dOpA;
+    const dB = transB ? g.transpose(dOpB, [1, 0]) : dOpB;
+    const dC = c ? sumToShape(g, beta === 1 ? gy! : g.mul(gy!, g.scalar(beta, gy!.dtype)), c.shape) : null;
+    return c ? [dA, dB, dC] : [dA, dB];
+  },
+  Conv: (g, n, [gy]) => {
+    const grads: (Value | null)[] = [convInputGrad(g, n, gy!), convWeightGrad(g, n, gy!)];
+    if (n.inputs[2]) grads.push(g.reduceSum(gy!, [0, 2, 3], false));
+    return grads;
+  },
+  ReduceSum: reduceRule(false),
+  ReduceMean: reduceRule(true),
+  ReduceLogSumExp: (g, n, [gy]) => {
+    const x = n.inputs[0]!;
+    const axes = constInts(g, n.inputs[1]);
+    const keep = int(n, 'keepdims', 1) === 1;
+    const y = keep ? n.outputs[0] : g.unsqueeze(n.outputs[0], axes);
+    const gk = keep ? gy! : g.unsqueeze(gy!, axes);
+    return [g.mul(gk, g.exp(g.sub(x, y))), null];
+  },
+  Softmax: (g, n, [gy]) => {
+    const y = n.outputs[0];
+    const axis = int(n, 'axis', -1);
+    return [g.mul(y, g.sub(gy!, g.reduceSum(g.mul(gy!, y), [axis], true)))];
+  },
+  LogSoftmax: (g, n, [gy]) => {
+    const y = n.outputs[0];
+    const axis = int(n, 'axis', -1);
+    return [g.sub(gy!, g.mul(g.exp(y), g.reduceSum(gy!, [axis], true)))];
+  },
+  GlobalAveragePool: (g, n, [gy]) => {
+    const x = n.inputs[0]!;
+    const hw = (x.shape[2] as number) * (x.shape[3] as number);
+    return [expandTo(g, g.mul(gy!, g.scalar(1 / hw, x.dtype)), x.shape)];
+  },
+  MaxPool: (g, n, [gy]) => {
+    // ONNX MaxPool indices are flat over the whole NCHW input: scatter-add the gradient through them.
+    const x = n.inputs[0]!;
+    const total = x.size();
+    const flat = g.scatterAdd(g.zeros([total], x.dtype), g.reshape(n.outputs[1], [-1]), g.reshape(gy!, [-1]));
+    return [g.reshape(flat, x.dims())];
+  },
+  Reshape: (g, n, [gy]) => [g.reshape(gy!, n.inputs[0]!.dims()), null],
+  Flatten: (g, n, [gy]) => [g.reshape(gy!, n.inputs[0]!.dims())],
+  Squeeze: (g, n, [gy]) => [g.reshape(gy!, n.inputs[0]!.dims()), null],
+  Unsqueeze: (g, n, [gy]) => [g.reshape(gy!, n.inputs[0]!.dims()), null],
+  Transpose: (g, n, [gy]) => {
+    const perm = ints(n, 'perm', []);
+    const inv = perm.map((_, i) => perm.indexOf(i));
+    return [g.transpose(gy!, inv)];
+  },
+  Slice: (g, n, [gy]) => {
+    const x = n.inputs[0]!;
+    const starts = constInts(g, n.inputs[1]);
+    const ends = constInts(g, n.inputs[2]);
+    const axes = constInts(g, n.inputs[3]);
+    if (n.inputs[4]) throw new Error(`Slice gradient: only step 1 slices are differentiable (node ${n.name})`);
+    const r = x.rank;
+    const pads = new Array(2 * r).fill(0);
+    axes.forEach((a, i) => {
+      const d = x.shape[a] as number;
+      pads[a] = starts[i];
+      pads[a + r] = d - Math.min(ends[i], d);
+    });
+    return [g.pad(gy!, pads), null, null, null];
+  },
+  Concat: (g, n, [gy]) => {
+    const axis = int(n, 'axis', 0);
+    let off = 0;
+    return n.inputs.map((x) => {
+      const len = x!.shape[axis] as number;
+      const part = g.slice(gy!, [off], [off + len], [axis]);
+      off += len;
+      return part;
+    });
+  },
+  Expand: (g, n, [gy]) => [sumToShape(g, gy!, n.inputs[0]!.shape), null],
+  Pad: (g, n, [gy]) => {
+    const x = n.inputs[0]!;
+    const pads = constInts(g, n.inputs[1]);
+    const r = x.rank;
+    const axes = x.shape.map((_, i) => i).filter((i) => pads[i] || pads[i + r]);
+    if (pads.some((p) => p < 0)) throw new Error(`Pad gradient: negative pads (node ${n.name})`);
+    return [axes.length ? g.slice(gy!, axes.map((a) => pads[a]), axes.map((a) => pads[a] + (x.shape[a] as number)), axes) : gy, null];
+  },
+};
+
+/**
+ * Gradients of scalar `loss` with respect to `wrt`, built into `g`. Inputs that `loss` does not
+ * depend on get zeros.
+ */
+export function gradients(g: Graph, loss: Value, wrt: Value[], opts: GradOptions = {}): Value[] {
+  if (loss.rank !== 0) throw new Error(`gradients: loss must be a scalar, got shape ${fmt(loss.shape)}`);
+  const saved = options;
+  options = { ...options, ...opts };
+  try {
+    const nodes = g.nodes.slice();
+    // Forward: which values depend on wrt.
+    const live = new Set<Value>(wrt);
+    for (const n of nodes) if (n.inputs.some((i) => i && live.has(i))) for (const o of n.outputs) live.add(o);
+    const grads = new Map<Value, Value>();
+    grads.set(loss, g.scalar(1, loss.dtype));
+    g.scope('grad', () => {
+      for (let k = nodes.length - 1; k >= 0; k--) {
+        const n = nodes[k];
+        if (!n.outputs.some((o) => live.has(o))) continue;
+        const gys = n.outputs.map((o) => grads.get(o) ?? null);
+        if (gys.every((x) => x === null)) continue;
+        const rule = n.customGrad ?? GRAD_RULES[n.op];
+        if (!rule) throw new Error(`no gradient rule for op ${n.op} (node ${n.name})`);
+        const gxs = g.scope(n.name, () => rule(g, n, gys));
+        n.inputs.forEach((x, i) => {
+          const gx = gxs[i];
+          if (!x || !gx || !live.has(x)) return;
+          if (!sameShape(gx.shape, x.shape)) {
+            throw new Error(`gradient rule for ${n.op} (node ${n.name}) gave ${fmt(gx.shape)} for input ${fmt(x.shape)}`);
+          }
+          const prev = grads.get(x);
+          grads.set(x, prev ? g.add(prev, gx) : gx);
+        });
+      }
+    });
+    return wrt.map((w) => grads.get(w) ?? g.zeros(w.dims(), w.dtype));
+  } finally {
+    options = saved;
+  }
+}

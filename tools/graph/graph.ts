@@ -1,0 +1,495 @@
+// The graph builder: an IR of ONNX nodes with static shape inference, so a wrong shape fails while the
+// graph is built, naming the node. Every method emits standard ai.onnx ops (opset 18) or one of two
+// markers (StopGradient, Custom) that lower to Identity.
+
+export type DType = 'float32' | 'float64' | 'int64' | 'int32' | 'uint8' | 'bool';
+export type Dim = number | string;
+export type Shape = Dim[];
+
+export type Attr =
+  | { i: number }
+  | { f: number }
+  | { ints: number[] }
+  | { floats: number[] }
+  | { s: string };
+
+export type TypedData = Float32Array | Float64Array | BigInt64Array | Int32Array | Uint8Array;
+
+export class Value {
+  producer: Node | null = null;
+  constructor(
+    readonly graph: Graph,
+    public name: string,
+    readonly shape: Shape,
+    readonly dtype: DType,
+  ) {}
+  get rank(): number {
+    return this.shape.length;
+  }
+  /** Static shape; throws if any dimension is symbolic. */
+  dims(): number[] {
+    return this.shape.map((d) => {
+      if (typeof d !== 'number') throw new Error(`${this.name}: shape ${fmt(this.shape)} is not static`);
+      return d;
+    });
+  }
+  size(): number {
+    return this.dims().reduce((a, b) => a * b, 1);
+  }
+}
+
+export type GradRule = (g: Graph, node: Node, gys: (Value | null)[]) => (Value | null)[];
+
+export interface Node {
+  op: string;
+  name: string;
+  inputs: (Value | null)[];
+  outputs: Value[];
+  attrs: Record<string, Attr>;
+  /** A node-local gradient overriding the rule table (see Graph.custom). */
+  customGrad?: GradRule;
+}
+
+export interface Initializer {
+  value: Value;
+  data: TypedData;
+}
+
+export function fmt(shape: Shape): string {
+  return `[${shape.join(', ')}]`;
+}
+
+export function numel(shape: Shape): number {
+  return shape.reduce<number>((a, d) => {
+    if (typeof d !== 'number') throw new Error(`numel of symbolic shape ${fmt(shape)}`);
+    return a * d;
+  }, 1);
+}
+
+function normAxis(axis: number, rank: number, where: string): number {
+  const a = axis < 0 ? axis + rank : axis;
+  if (a < 0 || a >= rank) throw new Error(`${where}: axis ${axis} out of range for rank ${rank}`);
+  return a;
+}
+
+export function broadcastShapes(a: Shape, b: Shape, where: string): Shape {
+  const n = Math.max(a.length, b.length);
+  const out: Shape = [];
+  for (let i = 0; i < n; i++) {
+    const da = i < n - a.length ? 1 : a[i - (n - a.length)];
+    const db = i < n - b.length ? 1 : b[i - (n - b.length)];
+    if (da === db || db === 1) out.push(da);
+    else if (da === 1) out.push(db);
+    else throw new Error(`${where}: cannot broadcast ${fmt(a)} with ${fmt(b)}`);
+  }
+  return out;
+}
+
+export interface ConvAttrs {
+  strides?: number[];
+  pads?: number[]; // [top, left, bottom, right]
+  dilations?: number[];
+  group?: number;
+}
+
+export class Graph {
+  readonly nodes: Node[] = [];
+  readonly inputs: Value[] = [];
+  readonly outputs: Value[] = [];
+  readonly initializers: Initializer[] = [];
+  private names = new Set<string>();
+  private counter = 0;
+  private scopes: string[] = [];
+  private constCache = new Map<string, Value>();
+
+  /** `dtype` is the floating type of constants the builder makes (float64 for gradient tests). */
+  constructor(readonly dtype: 'float32' | 'float64' = 'float32') {}
+
+  // ---------- naming and structure ----------
+
+  scope<T>(name: string, fn: () => T): T {
+    this.scopes.push(name);
+    try {
+      return fn();
+    } finally {
+      this.scopes.pop();
+    }
+  }
+
+  private fresh(base: string): string {
+    const prefix = this.scopes.length ? this.scopes.join('/') + '/' : '';
+    let name = `${prefix}${base}_${this.counter++}`;
+    while (this.names.has(name)) name = `${prefix}${base}_${this.counter++}`;
+    this.names.add(name);
+    return name;
+  }
+
+  private claim(name: string): string {
+    if (this.names.has(name)) throw new Error(`duplicate tensor name '${name}'`);
+    this.names.add(name);
+    return name;
+  }
+
+  input(name: string, shape: Shape, dtype: DType = this.dtype): Value {
+    const v = new Value(this, this.claim(name), shape, dtype);
+    this.inputs.push(v);
+    return v;
+  }
+
+  /** Marks `v` as a graph output under `name` (an Identity node does the renaming). */
+  output(v: Value, name: string): Value {
+    const out = new Value(this, this.claim(name), v.shape, v.dtype);
+    this.addNode('Identity', [v], [out], {});
+    this.outputs.push(out);
+    return out;
+  }
+
+  constant(data: TypedData | number[], shape: Shape, dtype: DType = this.dtype, name?: string): Value {
+    const typed = toTyped(data, dtype);
+    if (typed.length !== numel(shape)) throw new Error(`constant ${name ?? ''}: ${typed.length} values for shape ${fmt(shape)}`);
+    const small = typed.length <= 64;
+    const key = small && !name ? `${dtype}|${fmt(shape)}|${Array.from(typed as ArrayLike<number | bigint>).join(',')}` : '';
+    if (key && this.constCache.has(key)) return this.constCache.get(key)!;
+    const v = new Value(this, name ? this.claim(name) : this.fresh('const'), shape, dtype);
+    this.initializers.push({ value: v, data: typed });
+    if (key) this.constCache.set(key, v);
+    return v;
+  }
+
+  scalar(x: number, dtype: DType = this.dtype): Value {
+    return this.constant([x], [], dtype);
+  }
+
+  ints(xs: number[]): Value {
+    return this.constant(xs, [xs.length], 'int64');
+  }
+
+  addNode(op: string, inputs: (Value | null)[], outputs: Value[], attrs: Record<string, Attr>, customGrad?: GradRule): Node {
+    const node: Node = { op, name: this.fresh(op.toLowerCase()), inputs, outputs, attrs, customGrad };
+    for (const o of outputs) o.producer = node;
+    this.nodes.push(node);
+    return node;
+  }
+
+  private emit(op: string, inputs: (Value | null)[], shape: Shape, dtype: DType, attrs: Record<string, Attr> = {}): Value {
+    const out = new Value(this, this.fresh(op.toLowerCase()), shape, dtype);
+    this.addNode(op, inputs, [out], attrs);
+    return out;
+  }
+
+  private where(op: string): string {
+    return `${this.scopes.join('/') || '<root>'}: ${op}`;
+  }
+
+  private sameFloat(op: string, ...vs: Value[]): DType {
+    const t = vs[0].dtype;
+    for (const v of vs) if (v.dtype !== t) throw new Error(`${this.where(op)}: dtype mismatch ${vs.map((x) => x.dtype).join(' vs ')}`);
+    return t;
+  }
+
+  // ---------- element-wise ----------
+
+  unary(op: 'Relu' | 'Sigmoid' | 'Softplus' | 'Exp' | 'Log' | 'Sqrt' | 'Neg' | 'Reciprocal' | 'Sign' | 'Abs' | 'Identity', x: Value): Value {
+    return this.emit(op, [x], x.shape, x.dtype);
+  }
+  relu = (x: Value) => this.unary('Relu', x);
+  sigmoid = (x: Value) => this.unary('Sigmoid', x);
+  softplus = (x: Value) => this.unary('Softplus', x);
+  exp = (x: Value) => this.unary('Exp', x);
+  log = (x: Value) => this.unary('Log', x);
+  sqrt = (x: Value) => this.unary('Sqrt', x);
+  neg = (x: Value) => this.unary('Neg', x);
+  reciprocal = (x: Value) => this.unary('Reciprocal', x);
+  sign = (x: Value) => this.unary('Sign', x);
+  identity = (x: Value) => this.unary('Identity', x);
+
+  binary(op: 'Add' | 'Sub' | 'Mul' | 'Div' | 'Max' | 'Min' | 'Pow', a: Value, b: Value): Value {
+    const t = this.sameFloat(op, a, b);
+    return this.emit(op, [a, b], broadcastShapes(a.shape, b.shape, this.where(op)), t);
+  }
+  add = (a: Value, b: Value) => this.binary('Add', a, b);
+  sub = (a: Value, b: Value) => this.binary('Sub', a, b);
+  mul = (a: Value, b: Value) => this.binary('Mul', a, b);
+  div = (a: Value, b: Value) => this.binary('Div', a, b);
+  max = (a: Value, b: Value) => this.binary('Max', a, b);
+  min = (a: Value, b: Value) => this.binary('Min', a, b);
+
+  greater(a: Value, b: Value): Value {
+    return this.emit('Greater', [a, b], broadcastShapes(a.shape, b.shape, this.where('Greater')), 'bool');
+  }
+
+  whereOp(cond: Value, a: Value, b: Value): Value {
+    const s = broadcastShapes(broadcastShapes(cond.shape, a.shape, this.where('Where')), b.shape, this.where('Where'));
+    return this.emit('Where', [cond, a, b], s, this.sameFloat('Where', a, b));
+  }
+
+  cast(x: Value, to: DType): Value {
+    return this.emit('Cast', [x], x.shape, to, { to: { i: ONNX_DTYPE[to] } });
+  }
+
+  /** Marks a value whose gradient is not propagated (lowered to Identity). */
+  stopGradient(x: Value): Value {
+    return this.emit('StopGradient', [x], x.shape, x.dtype);
+  }
+
+  /**
+   * A sub-computation with its own gradient: `forward` is built on stop-gradient copies of `inputs`,
+   * and `backward` maps the outputs' gradients to the inputs' gradients.
+   */
+  custom(
+    label: string,
+    inputs: Value[],
+    forward: (xs: Value[]) => Value[],
+    backward: (gys: (Value | null)[], xs: Value[], ys: Value[]) => (Value | null)[],
+  ): Value[] {
+    const sg = inputs.map((x) => this.stopGradient(x));
+    const inner = forward(sg);
+    const outs = inner.map((y) => new Value(this, this.fresh(label), y.shape, y.dtype));
+    this.addNode('Custom', [...inputs, ...inner], outs, {}, (_g, _node, gys) => [
+      ...backward(gys, sg, inner),
+      ...inner.map(() => null),
+    ]);
+    return outs;
+  }
+
+  // ---------- linear algebra ----------
+
+  matmul(a: Value, b: Value): Value {
+    const where = this.where('MatMul');
+    const t = this.sameFloat('MatMul', a, b);
+    if (a.rank < 2 || b.rank < 2) throw new Error(`${where}: MatMul needs rank >= 2, got ${fmt(a.shape)} x ${fmt(b.shape)}`);
+    const [m, ka] = a.shape.slice(-2);
+    const [kb, n] = b.shape.slice(-2);
+    if (ka !== kb) throw new Error(`${where}: inner dimensions differ: ${fmt(a.shape)} x ${fmt(b.shape)}`);
+    const batch = broadcastShapes(a.shape.slice(0, -2), b.shape.slice(0, -2), where);
+    return this.emit('MatMul', [a, b], [...batch, m, n], t);
+  }
+
+  gemm(a: Value, b: Value, c: Value | null, opts: { transA?: boolean; transB?: boolean; alpha?: number; beta?: number } = {}): Value {
+    const where = this.where('Gemm');
+    if (a.rank !== 2 || b.rank !== 2) throw new Error(`${where}: Gemm needs 2-D inputs`);
+    const [m, ka] = opts.transA ? [a.shape[1], a.shape[0]] : a.shape;
+    const [kb, n] = opts.transB ? [b.shape[1], b.shape[0]] : b.shape;
+    if (ka !== kb) throw new Error(`${where}: inner dimensions differ: ${fmt(a.shape)} x ${fmt(b.shape)}`);
+    if (c) broadcastShapes([m, n], c.shape, where);
+    const attrs: Record<string, Attr> = {};
+    if (opts.transA) attrs.transA = { i: 1 };
+    if (opts.transB) attrs.transB = { i: 1 };
+    if (opts.alpha !== undefined) attrs.alpha = { f: opts.alpha };
+    if (opts.beta !== undefined) attrs.beta = { f: opts.beta };
+    return this.emit('Gemm', c ? [a, b, c] : [a, b], [m, n], this.sameFloat('Gemm', a, b), attrs);
+  }
+
+  // ---------- convolution and pooling ----------
+
+  conv(x: Value, w: Value, attrs: ConvAttrs = {}, bias: Value | null = null): Value {
+    const where = this.where('Conv');
+    if (x.rank !== 4 || w.rank !== 4) throw new Error(`${where}: Conv needs NCHW input and OIHW weight, got ${fmt(x.shape)}, ${fmt(w.shape)}`);
+    const group = attrs.group ?? 1;
+    const [n, c, h, wd] = x.shape;
+    const [o, ci, kh, kw] = w.dims();
+    if (typeof c === 'number' && c !== ci * group) throw new Error(`${where}: input has ${c} channels, weight expects ${ci * group}`);
+    const [sh, sw] = attrs.strides ?? [1, 1];
+    const [pt, pl, pb, pr] = attrs.pads ?? [0, 0, 0, 0];
+    const [dh, dw] = attrs.dilations ?? [1, 1];
+    const oh = convOut(h as number, kh, sh, pt + pb, dh, where);
+    const ow = convOut(wd as number, kw, sw, pl + pr, dw, where);
+    return this.emit('Conv', bias ? [x, w, bias] : [x, w], [n, o, oh, ow], this.sameFloat('Conv', x, w), convAttrs(attrs));
+  }
+
+  convTranspose(x: Value, w: Value, attrs: ConvAttrs & { outputPadding?: number[] }): Value {
+    const where = this.where('ConvTranspose');
+    const group = attrs.group ?? 1;
+    const [n, c, h, wd] = x.shape;
+    const [ci, co, kh, kw] = w.dims();
+    if (c !== ci) throw new Error(`${where}: input has ${c} channels, weight expects ${ci}`);
+    const [sh, sw] = attrs.strides ?? [1, 1];
+    const [pt, pl, pb, pr] = attrs.pads ?? [0, 0, 0, 0];
+    const [dh, dw] = attrs.dilations ?? [1, 1];
+    const [oph, opw] = attrs.outputPadding ?? [0, 0];
+    const oh = sh * ((h as number) - 1) + oph + (kh - 1) * dh + 1 - pt - pb;
+    const ow = sw * ((wd as number) - 1) + opw + (kw - 1) * dw + 1 - pl - pr;
+    const a = convAttrs(attrs);
+    if (oph || opw) a.output_padding = { ints: [oph, opw] };
+    return this.emit('ConvTranspose', [x, w], [n, co * group, oh, ow], this.sameFloat('ConvTranspose', x, w), a);
+  }
+
+  globalAvgPool(x: Value): Value {
+    if (x.rank !== 4) throw new Error(`${this.where('GlobalAveragePool')}: needs NCHW, got ${fmt(x.shape)}`);
+    return this.emit('GlobalAveragePool', [x], [x.shape[0], x.shape[1], 1, 1], x.dtype);
+  }
+
+  /** MaxPool with its flat argmax indices (the gradient scatters through them). */
+  maxPool(x: Value, kernel: number[], strides: number[], pads: number[]): [Value, Value] {
+    const where = this.where('MaxPool');
+    const [n, c, h, w] = x.shape;
+    const oh = convOut(h as number, kernel[0], strides[0], pads[0] + pads[2], 1, where);
+    const ow = convOut(w as number, kernel[1], strides[1], pads[1] + pads[3], 1, where);
+    const y = new Value(this, this.fresh('maxpool'), [n, c, oh, ow], x.dtype);
+    const idx = new Value(this, this.fresh('maxpool_idx'), [n, c, oh, ow], 'int64');
+    this.addNode('MaxPool', [x], [y, idx], { kernel_shape: { ints: kernel }, strides: { ints: strides }, pads: { ints: pads } });
+    return [y, idx];
+  }
+
+  pad(x: Value, pads: number[]): Value {
+    const r = x.rank;
+    if (pads.length !== 2 * r) throw new Error(`${this.where('Pad')}: need ${2 * r} pads`);
+    const shape = x.shape.map((d, i) => (d as number) + pads[i] + pads[i + r]);
+    return this.emit('Pad', [x, this.ints(pads)], shape, x.dtype);
+  }
+
+  // ---------- reductions and normalisers ----------
+
+  reduce(op: 'ReduceSum' | 'ReduceMean' | 'ReduceLogSumExp' | 'ReduceMax', x: Value, axes: number[], keepdims = true): Value {
+    const ax = axes.map((a) => normAxis(a, x.rank, this.where(op))).sort((a, b) => a - b);
+    const shape: Shape = [];
+    x.shape.forEach((d, i) => {
+      if (!ax.includes(i)) shape.push(d);
+      else if (keepdims) shape.push(1);
+    });
+    return this.emit(op, [x, this.ints(ax)], shape, x.dtype, { keepdims: { i: keepdims ? 1 : 0 } });
+  }
+  reduceSum = (x: Value, axes: number[], keepdims = true) => this.reduce('ReduceSum', x, axes, keepdims);
+  reduceMean = (x: Value, axes: number[], keepdims = true) => this.reduce('ReduceMean', x, axes, keepdims);
+  reduceLogSumExp = (x: Value, axes: number[], keepdims = true) => this.reduce('ReduceLogSumExp', x, axes, keepdims);
+
+  softmax(x: Value, axis = -1): Value {
+    return this.emit('Softmax', [x], x.shape, x.dtype, { axis: { i: normAxis(axis, x.rank, this.where('Softmax')) } });
+  }
+  logSoftmax(x: Value, axis = -1): Value {
+    return this.emit('LogSoftmax', [x], x.shape, x.dtype, { axis: { i: normAxis(axis, x.rank, this.where('LogSoftmax')) } });
+  }
+
+  // ---------- shape ops ----------
+
+  reshape(x: Value, target: number[]): Value {
+    const where = this.where('Reshape');
+    const shape: Shape = target.map((d, i) => (d === 0 ? x.shape[i] : d));
+    const neg = shape.indexOf(-1);
+    const symbolicIn = x.shape.filter((d) => typeof d !== 'number');
+    const symbolicOut = shape.filter((d) => typeof d !== 'number');
+    const symMatch = symbolicIn.length === symbolicOut.length && symbolicIn.every((d, i) => d === symbolicOut[i]);
+    if (!symMatch) throw new Error(`${where}: symbolic dims of ${fmt(x.shape)} must be kept (0) in ${fmt(target)}`);
+    const known = (s: Shape) => s.filter((d): d is number => typeof d === 'number' && d !== -1).reduce((a, b) => a * b, 1);
+    const total = known(x.shape);
+    if (neg >= 0) {
+      if (total % known(shape) !== 0) throw new Error(`${where}: cannot reshape ${fmt(x.shape)} to ${fmt(target)}`);
+      shape[neg] = total / known(shape);
+    } else if (known(shape) !== total) throw new Error(`${where}: cannot reshape ${fmt(x.shape)} to ${fmt(target)}`);
+    return this.emit('Reshape', [x, this.ints(target)], shape, x.dtype);
+  }
+
+  flatten(x: Value, axis = 1): Value {
+    const lead = x.shape.slice(0, axis);
+    const rest = numel(x.shape.slice(axis));
+    const outer = lead.every((d) => typeof d === 'number') ? [numel(lead)] : lead.length === 1 ? lead : null;
+    if (!outer) throw new Error(`${this.where('Flatten')}: unsupported symbolic shape ${fmt(x.shape)}`);
+    return this.emit('Flatten', [x], [outer[0], rest], x.dtype, { axis: { i: axis } });
+  }
+
+  transpose(x: Value, perm: number[]): Value {
+    if (perm.length !== x.rank) throw new Error(`${this.where('Transpose')}: perm ${perm} for rank ${x.rank}`);
+    return this.emit('Transpose', [x], perm.map((p) => x.shape[p]), x.dtype, { perm: { ints: perm } });
+  }
+
+  /** Slice with step 1 along the given axes (negative ends are not supported: give real bounds). */
+  slice(x: Value, starts: number[], ends: number[], axes: number[]): Value {
+    const where = this.where('Slice');
+    const shape = [...x.shape];
+    axes.forEach((a, i) => {
+      const ax = normAxis(a, x.rank, where);
+      const d = x.shape[ax] as number;
+      const s = starts[i];
+      const e = Math.min(ends[i], d);
+      if (s < 0 || s >= e) throw new Error(`${where}: empty or negative slice [${s}, ${ends[i]}) of axis ${ax} (size ${d})`);
+      shape[ax] = e - s;
+    });
+    return this.emit('Slice', [x, this.ints(starts), this.ints(ends), this.ints(axes)], shape, x.dtype);
+  }
+
+  /** Slice with positive steps (used by gradient formulations; not itself differentiable). */
+  sliceStrided(x: Value, starts: number[], ends: number[], axes: number[], steps: number[]): Value {
+    const shape = [...x.shape];
+    axes.forEach((a, i) => {
+      const e = Math.min(ends[i], x.shape[a] as number);
+      shape[a] = Math.ceil((e - starts[i]) / steps[i]);
+    });
+    return this.emit('Slice', [x, this.ints(starts), this.ints(ends), this.ints(axes), this.ints(steps)], shape, x.dtype);
+  }
+
+  concat(xs: Value[], axis: number): Value {
+    const where = this.where('Concat');
+    const ax = normAxis(axis, xs[0].rank, where);
+    const shape = [...xs[0].shape];
+    let total = 0;
+    for (const x of xs) {
+      x.shape.forEach((d, i) => {
+        if (i !== ax && d !== shape[i]) throw new Error(`${where}: shapes ${xs.map((v) => fmt(v.shape)).join(', ')} differ off axis ${ax}`);
+      });
+      total += x.shape[ax] as number;
+    }
+    shape[ax] = total;
+    return this.emit('Concat', xs, shape, this.sameFloat('Concat', ...xs), { axis: { i: ax } });
+  }
+
+  unsqueeze(x: Value, axes: number[]): Value {
+    const shape = [...x.shape];
+    const r = x.rank + axes.length;
+    for (const a of axes.map((a) => (a < 0 ? a + r : a)).sort((p, q) => p - q)) shape.splice(a, 0, 1);
+    return this.emit('Unsqueeze', [x, this.ints(axes)], shape, x.dtype);
+  }
+
+  squeeze(x: Value, axes: number[]): Value {
+    const ax = axes.map((a) => normAxis(a, x.rank, this.where('Squeeze')));
+    for (const a of ax) if (x.shape[a] !== 1) throw new Error(`${this.where('Squeeze')}: axis ${a} of ${fmt(x.shape)} is not 1`);
+    return this.emit('Squeeze', [x, this.ints(ax)], x.shape.filter((_, i) => !ax.includes(i)), x.dtype);
+  }
+
+  expand(x: Value, shape: number[]): Value {
+    const out = broadcastShapes(x.shape, shape, this.where('Expand'));
+    return this.emit('Expand', [x, this.ints(shape)], out, x.dtype);
+  }
+
+  zeros(shape: number[], dtype: DType = this.dtype): Value {
+    const n = numel(shape);
+    if (n <= 64) return this.constant(new Array(n).fill(0), shape, dtype);
+    return this.expand(this.constant([0], [], dtype), shape);
+  }
+
+  scatterAdd(data: Value, indices: Value, updates: Value): Value {
+    return this.emit('ScatterElements', [data, indices, updates], data.shape, data.dtype, { axis: { i: 0 }, reduction: { s: 'add' } });
+  }
+}
+
+function convOut(h: number, k: number, s: number, padTotal: number, d: number, where: string): number {
+  const o = Math.floor((h + padTotal - d * (k - 1) - 1) / s) + 1;
+  if (!(o > 0)) throw new Error(`${where}: kernel ${k} (stride ${s}, pad ${padTotal}) does not fit input size ${h}`);
+  return o;
+}
+
+function convAttrs(a: ConvAttrs): Record<string, Attr> {
+  const out: Record<string, Attr> = {};
+  if (a.strides) out.strides = { ints: a.strides };
+  if (a.pads) out.pads = { ints: a.pads };
+  if (a.dilations) out.dilations = { ints: a.dilations };
+  if (a.group && a.group !== 1) out.group = { i: a.group };
+  return out;
+}
+
+export const ONNX_DTYPE: Record<DType, number> = { float32: 1, uint8: 2, int32: 6, int64: 7, bool: 9, float64: 11 };
+
+export function toTyped(data: TypedData | number[], dtype: DType): TypedData {
+  switch (dtype) {
+    case 'float32':
+      return data instanceof Float32Array ? data : Float32Array.from(data as ArrayLike<number>);
+    case 'float64':
+      return data instanceof Float64Array ? data : Float64Array.from(data as ArrayLike<number>);
+    case 'int64':
+      return data instanceof BigInt64Array ? data : BigInt64Array.from(Array.from(data as ArrayLike<number>, (x) => BigInt(x)));
+    case 'int32':
+      return data instanceof Int32Array ? data : Int32Array.from(data as ArrayLike<number>);
+    case 'uint8':
+    case 'bool':
+      return data instanceof Uint8Array ? data : Uint8Array.from(data as ArrayLike<number>);
+  }
+}

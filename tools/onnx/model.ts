@@ -1,0 +1,147 @@
+// Serialises a builder Graph to an ONNX ModelProto (opset 18, IR version 8). Builder-only markers
+// (StopGradient, Custom) become Identity nodes; everything else is emitted as the standard op it is.
+
+import { ProtoWriter, readFields } from './protobuf.ts';
+import { Graph, Value, ONNX_DTYPE, type Attr, type DType, type Shape, type TypedData } from '../graph/graph.ts';
+
+export const OPSET = 18;
+export const IR_VERSION = 8;
+
+function writeShape(w: ProtoWriter, dtype: DType, shape: Shape): void {
+  w.message(1, (tensor) => {
+    tensor.int(1, ONNX_DTYPE[dtype]);
+    tensor.message(2, (s) => {
+      for (const d of shape) s.message(1, (dim) => (typeof d === 'number' ? dim.int(1, d) : dim.string(2, d)));
+    });
+  });
+}
+
+function writeValueInfo(w: ProtoWriter, field: number, name: string, dtype: DType, shape: Shape): void {
+  w.message(field, (vi) => {
+    vi.string(1, name);
+    vi.message(2, (t) => writeShape(t, dtype, shape));
+  });
+}
+
+export function tensorBytes(data: TypedData): Uint8Array {
+  // Little-endian host assumed (x86-64, arm64), as ONNX raw_data requires.
+  return new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
+}
+
+export function encodeTensor(name: string, dtype: DType, dims: number[], data: TypedData): Uint8Array {
+  const w = new ProtoWriter();
+  for (const d of dims) w.int(1, d);
+  w.int(2, ONNX_DTYPE[dtype]);
+  w.string(8, name);
+  w.bytes(9, tensorBytes(data));
+  return w.finish();
+}
+
+function writeAttr(w: ProtoWriter, name: string, a: Attr): void {
+  w.message(5, (m) => {
+    m.string(1, name);
+    if ('i' in a) m.int(3, a.i).int(20, 2);
+    else if ('f' in a) m.float(2, a.f).int(20, 1);
+    else if ('s' in a) m.string(4, a.s).int(20, 3);
+    else if ('ints' in a) {
+      for (const v of a.ints) m.int(8, v);
+      m.int(20, 7);
+    } else {
+      for (const v of a.floats) m.float(7, v);
+      m.int(20, 6);
+    }
+  });
+}
+
+interface OnnxNode {
+  op: string;
+  name: string;
+  inputs: string[];
+  outputs: string[];
+  attrs: Record<string, Attr>;
+}
+
+/** Builder markers to standard ops: StopGradient is Identity; Custom is one Identity per forward result. */
+function lowerNodes(g: Graph): OnnxNode[] {
+  const out: OnnxNode[] = [];
+  for (const n of g.nodes) {
+    const names = (vs: (Value | null)[]) => vs.map((v) => (v ? v.name : ''));
+    if (n.op === 'Custom') {
+      const inner = n.inputs.slice(n.inputs.length - n.outputs.length);
+      n.outputs.forEach((o, k) => out.push({ op: 'Identity', name: `${n.name}_${k}`, inputs: [inner[k]!.name], outputs: [o.name], attrs: {} }));
+    } else {
+      out.push({ op: n.op === 'StopGradient' ? 'Identity' : n.op, name: n.name, inputs: names(n.inputs), outputs: names(n.outputs), attrs: n.attrs });
+    }
+  }
+  return out;
+}
+
+export interface ModelMeta {
+  producer?: string;
+  producerVersion?: string;
+  doc?: string;
+  metadata?: Record<string, string>;
+}
+
+export function encodeModel(g: Graph, graphName: string, meta: ModelMeta = {}): Uint8Array {
+  const w = new ProtoWriter();
+  w.int(1, IR_VERSION);
+  w.string(2, meta.producer ?? 'ssocl-tools');
+  w.string(3, meta.producerVersion ?? '0');
+  if (meta.doc) w.string(6, meta.doc);
+  w.message(7, (gw) => {
+    for (const n of lowerNodes(g)) {
+      gw.message(1, (nw) => {
+        for (const i of n.inputs) nw.string(1, i);
+        for (const o of n.outputs) nw.string(2, o);
+        nw.string(3, n.name);
+        nw.string(4, n.op);
+        for (const [k, v] of Object.entries(n.attrs)) writeAttr(nw, k, v);
+      });
+    }
+    gw.string(2, graphName);
+    for (const init of g.initializers) {
+      gw.bytes(5, encodeTensor(init.value.name, init.value.dtype, init.value.dims(), init.data));
+    }
+    for (const v of g.inputs) writeValueInfo(gw, 11, v.name, v.dtype, v.shape);
+    for (const v of g.outputs) writeValueInfo(gw, 12, v.name, v.dtype, v.shape);
+  });
+  w.message(8, (o) => o.string(1, '').int(2, OPSET));
+  for (const [k, v] of Object.entries(meta.metadata ?? {})) w.message(14, (m) => m.string(1, k).string(2, v));
+  return w.finish();
+}
+
+/**
+ * Turns graph inputs into initializers with the given values (used on export: the embed graph takes
+ * its weights as inputs; the exported model carries them). Works on the serialised model directly.
+ */
+export function bindInputs(model: Uint8Array, values: Map<string, { dtype: DType; dims: number[]; data: TypedData }>, meta: ModelMeta = {}): Uint8Array {
+  const top = readFields(model);
+  const out = new ProtoWriter();
+  const decoder = new TextDecoder();
+  const bound = new Set<string>();
+  for (const f of top) {
+    if (f.field === 14 && meta.metadata) continue; // replaced below
+    if (f.field !== 7) {
+      out.raw(f.raw);
+      continue;
+    }
+    const graph = new ProtoWriter();
+    for (const gf of readFields(f.data!)) {
+      if (gf.field === 11) {
+        const nameField = readFields(gf.data!).find((x) => x.field === 1);
+        const name = decoder.decode(nameField!.data!);
+        if (values.has(name)) {
+          bound.add(name);
+          continue;
+        }
+      }
+      graph.raw(gf.raw);
+    }
+    for (const [name, t] of values) graph.bytes(5, encodeTensor(name, t.dtype, t.dims, t.data));
+    out.bytes(7, graph.finish());
+  }
+  for (const [k, v] of Object.entries(meta.metadata ?? {})) out.message(14, (m) => m.string(1, k).string(2, v));
+  for (const name of values.keys()) if (!bound.has(name)) throw new Error(`bindInputs: model has no input '${name}'`);
+  return out.finish();
+}
