@@ -1,0 +1,98 @@
+// One session interface over the execution providers: onnxruntime-node for cpu, cuda and webgpu,
+// onnxruntime-web (WASM) where no native binding exists. Callers never branch on the backend.
+
+export type EP = 'cpu' | 'cuda' | 'webgpu' | 'wasm';
+export const EPS: EP[] = ['cpu', 'cuda', 'webgpu', 'wasm'];
+
+export interface EpOptions {
+  threads?: number;
+  /** CUDA: allow TF32 math in convolutions and matmuls. */
+  cudaTf32?: boolean;
+  /** CUDA: cuDNN convolution algorithm search ('EXHAUSTIVE' | 'HEURISTIC' | 'DEFAULT'). */
+  cudnnSearch?: 'EXHAUSTIVE' | 'HEURISTIC' | 'DEFAULT';
+}
+
+export interface FeedTensor {
+  type: 'float32' | 'float64' | 'int64' | 'uint8';
+  data: Float32Array | Float64Array | BigInt64Array | Uint8Array;
+  dims: number[];
+}
+
+export interface Session {
+  readonly ep: EP;
+  readonly inputNames: readonly string[];
+  readonly outputNames: readonly string[];
+  run(feeds: Record<string, FeedTensor>, fetches?: string[]): Promise<Record<string, FeedTensor>>;
+  release(): Promise<void>;
+}
+
+export class EpError extends Error {
+  constructor(
+    readonly ep: EP,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+type OrtModule = typeof import('onnxruntime-node');
+
+async function loadModule(ep: EP): Promise<OrtModule> {
+  if (ep === 'wasm') return (await import('onnxruntime-web')) as unknown as OrtModule;
+  return import('onnxruntime-node');
+}
+
+function providerOptions(ep: EP, o: EpOptions): unknown[] {
+  switch (ep) {
+    case 'cpu':
+    case 'wasm':
+      return [ep];
+    case 'cuda':
+      return [
+        {
+          name: 'cuda',
+          ...(o.cudaTf32 !== undefined ? { use_tf32: o.cudaTf32 ? 1 : 0 } : {}),
+          ...(o.cudnnSearch ? { cudnn_conv_algo_search: o.cudnnSearch } : {}),
+        },
+        'cpu',
+      ];
+    case 'webgpu':
+      return ['webgpu', 'cpu'];
+  }
+}
+
+export async function openSession(model: Uint8Array, ep: EP, o: EpOptions = {}): Promise<Session> {
+  const ort = await loadModule(ep);
+  if (ep === 'wasm') {
+    const env = ort.env as unknown as { wasm: { numThreads?: number } };
+    if (o.threads) env.wasm.numThreads = o.threads;
+  } else if (!ort.listSupportedBackends().some((b) => b.name === ep)) {
+    throw new EpError(ep, `execution provider '${ep}' is not available in this onnxruntime-node build`);
+  }
+  let sess: import('onnxruntime-node').InferenceSession;
+  try {
+    sess = await ort.InferenceSession.create(model, {
+      executionProviders: providerOptions(ep, o) as never,
+      graphOptimizationLevel: 'all',
+      ...(o.threads && ep !== 'wasm' ? { intraOpNumThreads: o.threads, interOpNumThreads: 1 } : {}),
+    });
+  } catch (e) {
+    const msg = (e as Error).message.split('\n')[0];
+    const hint = ep === 'cuda' ? ' (the CUDA provider library is installed by onnxruntime-node\'s installer with ONNXRUNTIME_NODE_INSTALL=cuda13; see README)' : '';
+    throw new EpError(ep, `could not start execution provider '${ep}': ${msg}${hint}`);
+  }
+  return {
+    ep,
+    inputNames: sess.inputNames,
+    outputNames: sess.outputNames,
+    async run(feeds, fetches) {
+      const f: Record<string, import('onnxruntime-node').Tensor> = {};
+      for (const [k, t] of Object.entries(feeds)) f[k] = new ort.Tensor(t.type, t.data as never, t.dims);
+      const out = fetches ? await sess.run(f, fetches) : await sess.run(f);
+      const r: Record<string, FeedTensor> = {};
+      for (const [k, t] of Object.entries(out)) r[k] = { type: t.type as FeedTensor['type'], data: t.data as FeedTensor['data'], dims: [...t.dims] };
+      return r;
+    },
+    release: () => sess.release(),
+  };
+}

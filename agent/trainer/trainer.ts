@@ -1,0 +1,164 @@
+// The Trainer: loads an artifact directory through its manifest, opens the training-step and embed
+// sessions on the chosen EP, owns the state (parameters, BN statistics, optimizer state) and runs steps.
+
+import { createHash } from 'node:crypto';
+import { readFileSync, existsSync } from 'node:fs';
+import path from 'node:path';
+import { decodeSafetensors } from '../../tools/io/safetensors.ts';
+import { MANIFEST_FORMAT, type Manifest } from '../../tools/artifacts/manifest.ts';
+import { openSession, EpError, type EP, type EpOptions, type Session, type FeedTensor } from './backend.ts';
+
+export interface TrainerOptions extends EpOptions {
+  ep?: EP;
+  /** Use this EP instead when the requested one cannot start (explicit, never silent). */
+  epFallback?: EP;
+  /** Skip opening embed.onnx (benchmarks of the step alone). */
+  noEmbed?: boolean;
+}
+
+export interface StepResult {
+  loss: number;
+  terms: Record<string, number>;
+  zbar: Float32Array;
+  gradNorm: number;
+  gradCos: number | null;
+  /** false: non-finite loss or gradient; the state was left as it was. */
+  applied: boolean;
+  ms: number;
+}
+
+export class ManifestError extends Error {}
+
+export function readManifest(dir: string): Manifest {
+  const file = path.join(dir, 'manifest.json');
+  if (!existsSync(file)) throw new ManifestError(`no artifacts at ${dir}: manifest.json is missing (build them with 'ssocl artifacts --preset NAME')`);
+  const m = JSON.parse(readFileSync(file, 'utf8')) as Manifest;
+  if (m.format !== MANIFEST_FORMAT) throw new ManifestError(`${file}: format '${m.format}', expected '${MANIFEST_FORMAT}'`);
+  return m;
+}
+
+function readChecked(dir: string, m: Manifest, name: string): Uint8Array {
+  const file = path.join(dir, name);
+  if (!existsSync(file)) throw new ManifestError(`${file} is missing`);
+  const bytes = readFileSync(file);
+  const want = m.files[name];
+  const got = createHash('sha256').update(bytes).digest('hex');
+  if (want && want !== got) throw new ManifestError(`${file}: sha256 ${got.slice(0, 12)}... does not match the manifest (${want.slice(0, 12)}...); rebuild the artifacts`);
+  return bytes;
+}
+
+function sameNames(a: readonly string[], b: string[]): boolean {
+  const s = new Set(a);
+  return a.length === b.length && b.every((x) => s.has(x));
+}
+
+export class Trainer {
+  /** Current state: every state tensor by its graph input name. */
+  state = new Map<string, Float32Array>();
+  /** Completed (applied) updates. */
+  steps = 0;
+  readonly ep: EP;
+
+  private constructor(
+    readonly dir: string,
+    readonly manifest: Manifest,
+    private train: Session,
+    private embedSession: Session | null,
+  ) {
+    this.ep = train.ep;
+  }
+
+  static async open(dir: string, o: TrainerOptions = {}): Promise<Trainer> {
+    const m = readManifest(dir);
+    const trainBytes = readChecked(dir, m, m.trainStep.file);
+    const embedBytes = o.noEmbed ? null : readChecked(dir, m, m.embed.file);
+    const init = decodeSafetensors(readChecked(dir, m, m.init)).tensors;
+    const ep = o.ep ?? 'cpu';
+    let train: Session;
+    let embed: Session | null = null;
+    try {
+      train = await openSession(trainBytes, ep, o);
+      if (embedBytes) embed = await openSession(embedBytes, ep, o);
+    } catch (e) {
+      if (!(e instanceof EpError) || !o.epFallback || o.epFallback === ep) throw e;
+      process.emitWarning(`${e.message}; falling back to --ep ${o.epFallback} as --ep-fallback asks`);
+      train = await openSession(trainBytes, o.epFallback, o);
+      if (embedBytes) embed = await openSession(embedBytes, o.epFallback, o);
+    }
+    const wantIn = m.trainStep.inputs.map((i) => i.name);
+    if (!sameNames(train.inputNames, wantIn)) throw new ManifestError(`${dir}: train_step.onnx inputs differ from the manifest`);
+    const t = new Trainer(dir, m, train, embed);
+    for (const s of m.state) {
+      const n = s.shape.reduce((a, b) => a * b, 1);
+      if (s.init === 'zeros') {
+        t.state.set(s.name, new Float32Array(n));
+        continue;
+      }
+      const v = init.get(s.name);
+      if (!v || v.dtype !== 'F32' || v.data.length !== n) throw new ManifestError(`${dir}: init.safetensors has no float32 '${s.name}' of shape [${s.shape}]`);
+      t.state.set(s.name, v.data as Float32Array);
+    }
+    return t;
+  }
+
+  get cropsShape(): number[] {
+    return this.manifest.trainStep.crops.shape as number[];
+  }
+
+  private stateFeeds(filter: (s: Manifest['state'][number]) => boolean): Record<string, FeedTensor> {
+    const f: Record<string, FeedTensor> = {};
+    for (const s of this.manifest.state) if (filter(s)) f[s.name] = { type: 'float32', data: this.state.get(s.name)!, dims: s.shape };
+    return f;
+  }
+
+  /** One update on a batch of crops laid out as the manifest says. */
+  async step(crops: Float32Array, lr: number): Promise<StepResult> {
+    const ts = this.manifest.trainStep;
+    const shape = this.cropsShape;
+    const n = shape.reduce((a, b) => a * b, 1);
+    if (crops.length !== n) throw new Error(`step: crops has ${crops.length} values, the artifact expects [${shape}] = ${n}`);
+    const t0 = performance.now();
+    const out = await this.train.run({
+      ...this.stateFeeds(() => true),
+      [ts.crops.name]: { type: 'float32', data: crops, dims: shape },
+      [ts.lr]: { type: 'float32', data: Float32Array.of(lr), dims: [] },
+      [ts.step]: { type: 'float32', data: Float32Array.of(this.steps + 1), dims: [] },
+    });
+    const ms = performance.now() - t0;
+    const scalar = (k: string) => (out[k].data as Float32Array)[0];
+    const loss = scalar(ts.loss);
+    const gradNorm = scalar(ts.gradNorm);
+    const applied = Number.isFinite(loss) && Number.isFinite(gradNorm);
+    if (applied) {
+      for (const s of this.manifest.state) this.state.set(s.name, out[s.next].data as Float32Array);
+      this.steps++;
+    }
+    return {
+      loss,
+      terms: Object.fromEntries(Object.entries(ts.terms).map(([k, v]) => [k, scalar(v)])),
+      zbar: out[ts.zbar].data as Float32Array,
+      gradNorm,
+      gradCos: ts.gradCos ? scalar(ts.gradCos) : null,
+      applied,
+      ms,
+    };
+  }
+
+  /** Features and embeddings of images (NCHW in [0, 1]) with the current weights. */
+  async embed(images: Float32Array, count: number): Promise<{ features: Float32Array; embedding: Float32Array }> {
+    if (!this.embedSession) throw new Error('embed: this Trainer was opened without embed.onnx');
+    const e = this.manifest.embed;
+    const [, c, h, w] = e.images.shape as number[];
+    if (images.length !== count * c * h * w) throw new Error(`embed: ${images.length} values for ${count} images of [${c}, ${h}, ${w}]`);
+    const out = await this.embedSession.run({
+      ...this.stateFeeds((s) => s.embed),
+      [e.images.name]: { type: 'float32', data: images, dims: [count, c, h, w] },
+    });
+    return { features: out[e.features].data as Float32Array, embedding: out[e.embedding].data as Float32Array };
+  }
+
+  async close(): Promise<void> {
+    await this.train.release();
+    await this.embedSession?.release();
+  }
+}

@@ -1,0 +1,154 @@
+// Artifact presets: architecture, crops, losses and optimizer of each method at each scale.
+// `--set key=value` overrides any field by its dotted path.
+
+import { ENCODERS, type EncoderConfig } from '../nn/encoders.ts';
+import { HEADS, type LayerSpec } from '../nn/heads.ts';
+import type { LossName } from '../losses/index.ts';
+import type { OptimizerConfig } from '../optim/index.ts';
+import type { ConvWeightGrad } from '../graph/grad.ts';
+import type { Activation } from '../nn/layers.ts';
+
+export interface Preset {
+  name: string;
+  /** Seed of the initial weights. */
+  seed: number;
+  encoder: EncoderConfig;
+  projector: LayerSpec[];
+  /** SimSiam's predictor; its presence makes the step two-view with the simsiam loss. */
+  predictor?: LayerSpec[];
+  image: { size: number; mean: number[]; std: number[] };
+  /** Crops (views) per image, N. */
+  crops: number;
+  /** Images per training step, b (new + replayed). */
+  batch: number;
+  losses: { name: LossName; weight: number }[];
+  tau: number;
+  tcrEps: number;
+  ntXentTau: number;
+  optimizer: OptimizerConfig;
+  /** Default learning rate; the graph takes lr as a runtime input. */
+  lr: number;
+  activation: Activation;
+  bnMomentum: number;
+  /** Keep the previous gradient as state and report the cosine with it. */
+  gradCos: boolean;
+  convWeightGrad: ConvWeightGrad;
+  /** Defaults for the agent's loop (DESIGN.md section 3). */
+  agent: { newPerArrival: number; updatesPerArrival: number; bufferSize: number; replay: 'mixed' | 'buffer' };
+}
+
+const CIFAR_IMAGE = { size: 32, mean: [0.5, 0.5, 0.5], std: [0.5, 0.5, 0.5] };
+const SGD_LARS: OptimizerConfig = { type: 'sgd', momentum: 0.9, weightDecay: 1e-4, lars: true, eta: 0.005, clip: true };
+
+const edge: Preset = {
+  name: 'edge',
+  seed: 0,
+  encoder: ENCODERS['resnet-edge'],
+  projector: [{ out: 512, bn: true, act: true }, { out: 128 }], // 64 -> 512 (BN, ReLU) -> 128
+  image: CIFAR_IMAGE,
+  crops: 4,
+  batch: 64,
+  losses: [
+    { name: 'mcc', weight: 50 },
+    { name: 'tcr', weight: 1 },
+  ],
+  tau: 0.07,
+  tcrEps: 0.2,
+  ntXentTau: 0.1,
+  optimizer: SGD_LARS,
+  lr: 0.03,
+  activation: 'relu',
+  bnMomentum: 0.1,
+  gradCos: true,
+  convWeightGrad: 'im2col',
+  agent: { newPerArrival: 32, updatesPerArrival: 3, bufferSize: 256, replay: 'mixed' },
+};
+
+const paperCifar: Preset = {
+  ...edge,
+  name: 'paper-cifar',
+  encoder: ENCODERS['resnet18-cifar'],
+  projector: HEADS.empssl(4096, 1024),
+  crops: 20,
+  batch: 200,
+  lr: 0.01,
+  gradCos: false,
+  convWeightGrad: 'batch-as-channels',
+  agent: { newPerArrival: 100, updatesPerArrival: 10, bufferSize: 256, replay: 'mixed' },
+};
+
+function baseline(base: Preset, name: string, over: Partial<Preset>): Preset {
+  return { ...base, name, ...over };
+}
+
+const minredOver = (hidden: number, out: number, pred: number): Partial<Preset> => ({
+  projector: HEADS.simsiamProjector(hidden, out),
+  predictor: HEADS.simsiamPredictor(pred, out),
+  crops: 2,
+  losses: [{ name: 'simsiam', weight: 1 }],
+  optimizer: { type: 'sgd', momentum: 0.9, weightDecay: 5e-4, lars: false },
+  lr: 0.05,
+});
+const simclrOver = (hidden: number, out: number): Partial<Preset> => ({
+  projector: HEADS.simclr(hidden, out),
+  crops: 2,
+  losses: [{ name: 'nt-xent', weight: 1 }],
+  optimizer: { type: 'sgd', momentum: 0.9, weightDecay: 5e-4, lars: false },
+  lr: 0.05,
+});
+const empsslOver: Partial<Preset> = {
+  losses: [
+    { name: 'empssl-inv', weight: 200 },
+    { name: 'tcr', weight: 1 },
+  ],
+};
+
+export const PRESETS: Record<string, Preset> = {
+  edge,
+  'edge-empssl': baseline(edge, 'edge-empssl', empsslOver),
+  'edge-minred': baseline(edge, 'edge-minred', { ...minredOver(512, 128, 64), agent: { ...edge.agent, replay: 'buffer' } }),
+  'edge-simclr': baseline(edge, 'edge-simclr', simclrOver(512, 128)),
+  'paper-cifar': paperCifar,
+  empssl: baseline(paperCifar, 'empssl', empsslOver),
+  minred: baseline(paperCifar, 'minred', { ...minredOver(2048, 2048, 512), agent: { ...paperCifar.agent, replay: 'buffer' } }),
+  simclr: baseline(paperCifar, 'simclr', simclrOver(512, 128)),
+};
+
+function parseValue(raw: string): unknown {
+  try {
+    return JSON.parse(raw);
+  } catch {
+    return raw;
+  }
+}
+
+/** Applies `key=value` overrides; `encoder=NAME` picks a named encoder. */
+export function applyOverrides(p: Preset, sets: string[]): Preset {
+  const out = structuredClone(p) as unknown as Record<string, unknown>;
+  for (const s of sets) {
+    const eq = s.indexOf('=');
+    if (eq <= 0) throw new Error(`--set ${s}: expected key=value`);
+    const key = s.slice(0, eq);
+    let value = parseValue(s.slice(eq + 1));
+    if (key === 'encoder' && typeof value === 'string') {
+      if (!ENCODERS[value]) throw new Error(`--set encoder=${value}: unknown encoder (accepted: ${Object.keys(ENCODERS).join(', ')})`);
+      value = structuredClone(ENCODERS[value]);
+    }
+    const path = key.split('.');
+    let obj = out;
+    for (const k of path.slice(0, -1)) {
+      if (typeof obj[k] !== 'object' || obj[k] === null) throw new Error(`--set ${key}: '${k}' is not a field of the preset`);
+      obj = obj[k] as Record<string, unknown>;
+    }
+    const last = path[path.length - 1];
+    if (!(last in obj) && !['predictor', 'name'].includes(last)) throw new Error(`--set ${key}: unknown field '${last}'`);
+    obj[last] = value;
+  }
+  return out as unknown as Preset;
+}
+
+export function getPreset(name: string, sets: string[] = []): Preset {
+  const p = PRESETS[name];
+  if (!p) throw new Error(`--preset ${name}: unknown preset (accepted: ${Object.keys(PRESETS).join(', ')})`);
+  return applyOverrides(p, sets);
+}

@@ -1,0 +1,98 @@
+// Writes an artifact directory: manifest.json, train_step.onnx, embed.onnx, init.safetensors.
+// Same preset, same bytes. Written to a temporary directory and renamed into place.
+
+import { createHash } from 'node:crypto';
+import { existsSync, mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { encodeModel, OPSET } from '../onnx/model.ts';
+import { encodeSafetensors } from '../io/safetensors.ts';
+import { buildEmbed, buildTrainStep, initState, views } from './build.ts';
+import { MANIFEST_FORMAT, type Manifest, type TensorInfo } from './manifest.ts';
+import type { Preset } from './presets.ts';
+import type { Graph } from '../graph/graph.ts';
+
+const PKG = JSON.parse(readFileSync(path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../package.json'), 'utf8'));
+export const GENERATOR = { name: 'ssocl-tools', version: PKG.version as string };
+
+const sha256 = (b: Uint8Array) => createHash('sha256').update(b).digest('hex');
+const info = (vs: Graph['inputs']): TensorInfo[] => vs.map((v) => ({ name: v.name, shape: v.shape, dtype: v.dtype as TensorInfo['dtype'] }));
+
+export interface BuiltArtifacts {
+  manifest: Manifest;
+  files: Map<string, Uint8Array>;
+}
+
+export function compileArtifacts(p: Preset): BuiltArtifacts {
+  const ts = buildTrainStep(p);
+  const em = buildEmbed(p);
+  const meta = { producer: GENERATOR.name, producerVersion: GENERATOR.version };
+  const trainBytes = encodeModel(ts.g, `${p.name}.train_step`, meta);
+  const embedBytes = encodeModel(em.g, `${p.name}.embed`, meta);
+  const init = initState(ts.specs, p.seed);
+  const initBytes = encodeSafetensors(init, { preset: p.name, seed: String(p.seed) });
+  const files = new Map<string, Uint8Array>([
+    ['train_step.onnx', trainBytes],
+    ['embed.onnx', embedBytes],
+    ['init.safetensors', initBytes],
+  ]);
+  const v = views(p);
+  const embedNames = new Set(em.g.inputs.map((x) => x.name));
+  const crops = ts.g.inputs.find((x) => x.name === 'crops')!;
+  const images = em.g.inputs.find((x) => x.name === 'images')!;
+  const manifest: Manifest = {
+    format: MANIFEST_FORMAT,
+    name: p.name,
+    generator: GENERATOR,
+    opset: OPSET,
+    preset: p,
+    trainStep: {
+      file: 'train_step.onnx',
+      crops: {
+        name: 'crops',
+        shape: crops.shape,
+        dtype: 'float32',
+        layout: 'row i*b + j holds crop (view) i of image j; NCHW pixels in [0, 1], augmented; normalisation is inside the graph',
+        views: v,
+        images: p.batch,
+        range: [0, 1],
+      },
+      lr: 'lr',
+      step: 'step',
+      loss: 'loss',
+      terms: Object.fromEntries(ts.terms.map((t) => [t, `loss.${t}`])),
+      zbar: 'zbar',
+      gradNorm: 'grad_norm',
+      gradCos: p.gradCos ? 'grad_cos' : null,
+      inputs: info(ts.g.inputs),
+      outputs: info(ts.g.outputs),
+    },
+    embed: {
+      file: 'embed.onnx',
+      images: { name: 'images', shape: images.shape, dtype: 'float32', range: [0, 1] },
+      features: 'features',
+      embedding: 'embedding',
+      inputs: info(em.g.inputs),
+      outputs: info(em.g.outputs),
+    },
+    state: ts.state.map((s) => ({ ...s, dtype: 'float32' as const, embed: embedNames.has(s.name) })),
+    init: 'init.safetensors',
+    files: Object.fromEntries([...files].map(([k, b]) => [k, sha256(b)])),
+  };
+  return { manifest, files };
+}
+
+export function writeArtifacts(built: BuiltArtifacts, outDir: string): void {
+  const parent = path.dirname(path.resolve(outDir));
+  mkdirSync(parent, { recursive: true });
+  const tmp = `${path.resolve(outDir)}.tmp-${process.pid}`;
+  rmSync(tmp, { recursive: true, force: true });
+  mkdirSync(tmp);
+  for (const [name, bytes] of built.files) writeFileSync(path.join(tmp, name), bytes);
+  writeFileSync(path.join(tmp, 'manifest.json'), JSON.stringify(built.manifest, null, 1) + '\n');
+  // Swap in the new directory; the old one is removed only after the new one is complete.
+  const old = `${path.resolve(outDir)}.old-${process.pid}`;
+  if (existsSync(outDir)) renameSync(outDir, old);
+  renameSync(tmp, outDir);
+  rmSync(old, { recursive: true, force: true });
+}
