@@ -1,0 +1,196 @@
+// Multi-crop augmentation (DESIGN.md section 3): per crop a fixed-area square crop resized to the
+// training size, horizontal flip, colour jitter, grayscale, Gaussian blur and solarize, all drawn from
+// an explicit seeded RNG. Output is float32 NCHW in [0, 1]; normalisation happens inside the graph.
+
+import { Rng } from '../../tools/nn/rng.ts';
+
+export interface AugmentConfig {
+  /** Crop area as a fraction of the image (fixed, as in the author's code). */
+  area: number;
+  flip: number;
+  jitter: { p: number; brightness: number; contrast: number; saturation: number; hue: number };
+  grayscale: number;
+  blur: { p: number; sigma: [number, number] };
+  solarize: number;
+}
+
+export const CIFAR_AUGMENT: AugmentConfig = {
+  area: 0.25,
+  flip: 0.5,
+  jitter: { p: 0.8, brightness: 0.4, contrast: 0.4, saturation: 0.4, hue: 0.2 },
+  grayscale: 0.2,
+  blur: { p: 0.1, sigma: [0.1, 2] },
+  solarize: 0.1,
+};
+
+/** The random draws of one crop: enough to replay it exactly (tests, logs). */
+export interface CropParams {
+  x: number;
+  y: number;
+  side: number;
+  flip: boolean;
+  jitter: null | { order: number[]; brightness: number; contrast: number; saturation: number; hue: number };
+  gray: boolean;
+  blurSigma: number;
+  solarize: boolean;
+}
+
+export function sampleCrop(rng: Rng, size: number, c: AugmentConfig): CropParams {
+  const side = Math.max(1, Math.round(size * Math.sqrt(c.area)));
+  const x = rng.int(size - side + 1);
+  const y = rng.int(size - side + 1);
+  const flip = rng.uniform() < c.flip;
+  let jitter: CropParams['jitter'] = null;
+  if (rng.uniform() < c.jitter.p) {
+    const j = c.jitter;
+    const order = [0, 1, 2, 3];
+    for (let i = 3; i > 0; i--) {
+      const k = rng.int(i + 1);
+      [order[i], order[k]] = [order[k], order[i]];
+    }
+    jitter = {
+      order,
+      brightness: rng.range(1 - j.brightness, 1 + j.brightness),
+      contrast: rng.range(1 - j.contrast, 1 + j.contrast),
+      saturation: rng.range(1 - j.saturation, 1 + j.saturation),
+      hue: rng.range(-j.hue, j.hue),
+    };
+  }
+  const gray = rng.uniform() < c.grayscale;
+  const blurSigma = rng.uniform() < c.blur.p ? rng.range(c.blur.sigma[0], c.blur.sigma[1]) : 0;
+  const solarize = rng.uniform() < c.solarize;
+  return { x, y, side, flip, jitter, gray, blurSigma, solarize };
+}
+
+const clamp01 = (v: number) => (v < 0 ? 0 : v > 1 ? 1 : v);
+
+function rgbToHsv(r: number, g: number, b: number): [number, number, number] {
+  const max = Math.max(r, g, b);
+  const min = Math.min(r, g, b);
+  const d = max - min;
+  let h = 0;
+  if (d > 0) {
+    if (max === r) h = ((g - b) / d) % 6;
+    else if (max === g) h = (b - r) / d + 2;
+    else h = (r - g) / d + 4;
+    h /= 6;
+    if (h < 0) h += 1;
+  }
+  return [h, max === 0 ? 0 : d / max, max];
+}
+
+function hsvToRgb(h: number, s: number, v: number): [number, number, number] {
+  const i = Math.floor(h * 6);
+  const f = h * 6 - i;
+  const p = v * (1 - s);
+  const q = v * (1 - f * s);
+  const t = v * (1 - (1 - f) * s);
+  switch (((i % 6) + 6) % 6) {
+    case 0: return [v, t, p];
+    case 1: return [q, v, p];
+    case 2: return [p, v, t];
+    case 3: return [p, q, v];
+    case 4: return [t, p, v];
+    default: return [v, p, q];
+  }
+}
+
+/**
+ * Renders one crop of a uint8 CHW image (size x size) into `out` (float32 CHW, size x size) at `off`.
+ * Bilinear resize with align-corners=false sampling, as torchvision's resize does.
+ */
+export function renderCrop(img: Uint8Array, imgOff: number, size: number, p: CropParams, out: Float32Array, off: number): void {
+  const plane = size * size;
+  const scale = p.side / size;
+  const tmp = new Float32Array(3 * plane);
+  for (let oy = 0; oy < size; oy++) {
+    const sy = Math.min(Math.max((oy + 0.5) * scale - 0.5, 0), p.side - 1);
+    const y0 = Math.floor(sy);
+    const y1 = Math.min(y0 + 1, p.side - 1);
+    const wy = sy - y0;
+    for (let ox = 0; ox < size; ox++) {
+      const tx = p.flip ? size - 1 - ox : ox;
+      const sx = Math.min(Math.max((tx + 0.5) * scale - 0.5, 0), p.side - 1);
+      const x0 = Math.floor(sx);
+      const x1 = Math.min(x0 + 1, p.side - 1);
+      const wx = sx - x0;
+      for (let c = 0; c < 3; c++) {
+        const base = imgOff + c * plane + p.y * size + p.x;
+        const a = img[base + y0 * size + x0];
+        const b = img[base + y0 * size + x1];
+        const cc = img[base + y1 * size + x0];
+        const d = img[base + y1 * size + x1];
+        tmp[c * plane + oy * size + ox] = ((a * (1 - wx) + b * wx) * (1 - wy) + (cc * (1 - wx) + d * wx) * wy) / 255;
+      }
+    }
+  }
+  if (p.jitter) {
+    for (const op of p.jitter.order) {
+      if (op === 0) for (let i = 0; i < 3 * plane; i++) tmp[i] = clamp01(tmp[i] * p.jitter.brightness);
+      else if (op === 1) {
+        // Contrast blends with the mean grey level of the whole crop.
+        let mean = 0;
+        for (let i = 0; i < plane; i++) mean += 0.299 * tmp[i] + 0.587 * tmp[plane + i] + 0.114 * tmp[2 * plane + i];
+        mean /= plane;
+        const f = p.jitter.contrast;
+        for (let i = 0; i < 3 * plane; i++) tmp[i] = clamp01(f * tmp[i] + (1 - f) * mean);
+      } else if (op === 2) {
+        const f = p.jitter.saturation;
+        for (let i = 0; i < plane; i++) {
+          const gray = 0.299 * tmp[i] + 0.587 * tmp[plane + i] + 0.114 * tmp[2 * plane + i];
+          for (let c = 0; c < 3; c++) tmp[c * plane + i] = clamp01(f * tmp[c * plane + i] + (1 - f) * gray);
+        }
+      } else if (p.jitter.hue !== 0) {
+        for (let i = 0; i < plane; i++) {
+          const [h, s, v] = rgbToHsv(tmp[i], tmp[plane + i], tmp[2 * plane + i]);
+          const [r, g, b] = hsvToRgb((h + p.jitter.hue + 1) % 1, s, v);
+          tmp[i] = r;
+          tmp[plane + i] = g;
+          tmp[2 * plane + i] = b;
+        }
+      }
+    }
+  }
+  if (p.gray) {
+    for (let i = 0; i < plane; i++) {
+      const gray = 0.299 * tmp[i] + 0.587 * tmp[plane + i] + 0.114 * tmp[2 * plane + i];
+      tmp[i] = tmp[plane + i] = tmp[2 * plane + i] = gray;
+    }
+  }
+  if (p.blurSigma > 0) blur3(tmp, size, p.blurSigma);
+  if (p.solarize) for (let i = 0; i < 3 * plane; i++) if (tmp[i] >= 0.5) tmp[i] = 1 - tmp[i];
+  out.set(tmp, off);
+}
+
+/** Separable Gaussian blur with a 3-tap kernel (the crop is small), edges replicated. */
+function blur3(t: Float32Array, size: number, sigma: number): void {
+  const w1 = Math.exp(-1 / (2 * sigma * sigma));
+  const k = [w1 / (1 + 2 * w1), 1 / (1 + 2 * w1), w1 / (1 + 2 * w1)];
+  const plane = size * size;
+  const row = new Float32Array(size);
+  for (let c = 0; c < 3; c++) {
+    const o = c * plane;
+    for (let y = 0; y < size; y++) {
+      for (let x = 0; x < size; x++) row[x] = k[0] * t[o + y * size + Math.max(x - 1, 0)] + k[1] * t[o + y * size + x] + k[2] * t[o + y * size + Math.min(x + 1, size - 1)];
+      t.set(row, o + y * size);
+    }
+    for (let x = 0; x < size; x++) {
+      for (let y = 0; y < size; y++) row[y] = k[0] * t[o + Math.max(y - 1, 0) * size + x] + k[1] * t[o + y * size + x] + k[2] * t[o + Math.min(y + 1, size - 1) * size + x];
+      for (let y = 0; y < size; y++) t[o + y * size + x] = row[y];
+    }
+  }
+}
+
+/**
+ * N crops of each of b images (uint8 CHW, concatenated), laid out as the training step expects:
+ * row i*b + j holds crop i of image j.
+ */
+export function multiCrop(images: Uint8Array, b: number, size: number, n: number, rng: Rng, c: AugmentConfig = CIFAR_AUGMENT): Float32Array {
+  const per = 3 * size * size;
+  if (images.length !== b * per) throw new Error(`multiCrop: ${images.length} bytes for ${b} images of 3x${size}x${size}`);
+  const out = new Float32Array(n * b * per);
+  for (let i = 0; i < n; i++) {
+    for (let j = 0; j < b; j++) renderCrop(images, j * per, size, sampleCrop(rng, size, c), out, (i * b + j) * per);
+  }
+  return out;
+}
