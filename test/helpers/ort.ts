@@ -43,6 +43,8 @@ export interface GradCase {
   samples?: number;
   seed?: number;
   opts?: GradOptions;
+  /** Inputs the build adds itself (layer parameters) get random values and are differentiated too. */
+  diffExtras?: boolean;
 }
 
 export interface GradReport {
@@ -56,16 +58,19 @@ export interface GradReport {
 export async function gradCheck(c: GradCase): Promise<GradReport> {
   const rng = new Rng(c.seed ?? 1);
   const g = new Graph(c.dtype);
-  const xs = c.inputs.map((inp, i) => g.input(`x${i}`, inp.shape));
-  const y = c.build(g, xs);
+  const own = c.inputs.map((inp, i) => g.input(`x${i}`, inp.shape));
+  const y = c.build(g, own);
+  const extras = g.inputs.filter((v) => !own.includes(v));
+  const xs = [...own, ...extras];
+  const specs = [...c.inputs, ...extras.map((v) => ({ shape: v.dims(), diff: c.diffExtras ?? false, init: undefined }))];
   const r = g.constant(randn(rng, y.size(), c.dtype), y.shape);
   const loss = g.reduceSum(g.mul(y, r), y.shape.map((_, i) => i), false);
-  const diff = xs.filter((_, i) => c.inputs[i].diff !== false);
+  const diff = xs.filter((_, i) => specs[i].diff !== false);
   const grads = gradients(g, loss, diff, c.opts);
   g.output(loss, 'loss');
   grads.forEach((gv, i) => g.output(gv, `grad${i}`));
   const sess = await session(g);
-  const values = c.inputs.map((inp) => {
+  const values = specs.map((inp) => {
     const n = inp.shape.reduce((a, b) => a * b, 1);
     const data: number[] = inp.init ? inp.init(rng, n) : Array.from(randn(rng, n, c.dtype) as Float64Array);
     return c.dtype === 'float64' ? Float64Array.from(data) : Float32Array.from(data);
