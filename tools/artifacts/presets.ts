@@ -137,11 +137,11 @@ export function applyOverrides(p: Preset, sets: string[]): Preset {
     const path = key.split('.');
     let obj = out;
     for (const k of path.slice(0, -1)) {
-      if (typeof obj[k] !== 'object' || obj[k] === null) throw new Error(`--set ${key}: '${k}' is not a field of the preset`);
+      if (typeof obj[k] !== 'object' || obj[k] === null) throw new Error(`--set ${s}: '${k}' is not a field of the preset`);
       obj = obj[k] as Record<string, unknown>;
     }
     const last = path[path.length - 1];
-    if (!(last in obj) && !['predictor', 'name'].includes(last)) throw new Error(`--set ${key}: unknown field '${last}'`);
+    if (!(last in obj) && !['predictor', 'name'].includes(last)) throw new Error(`--set ${s}: unknown field '${last}'`);
     obj[last] = value;
   }
   return out as unknown as Preset;

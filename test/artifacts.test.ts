@@ -1,0 +1,119 @@
+// Artifacts: deterministic bytes, the committed edge artifacts equal a fresh build, the manifest
+// describes the graphs exactly, and the Trainer and CLI fail clearly on bad input.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { cpSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { spawnSync } from 'node:child_process';
+import * as ort from 'onnxruntime-node';
+import { compileArtifacts, writeArtifacts } from '../tools/artifacts/write.ts';
+import { PRESETS, getPreset } from '../tools/artifacts/presets.ts';
+import { Trainer } from '../agent/trainer/trainer.ts';
+import { REPO } from './helpers/paths.ts';
+import { tinyPreset } from './helpers/tiny.ts';
+
+const EDGE_DIR = path.join(REPO, 'training-artifacts/edge');
+
+test('compiling twice gives the same bytes', () => {
+  const a = compileArtifacts(getPreset('edge'));
+  const b = compileArtifacts(getPreset('edge'));
+  for (const [name, bytes] of a.files) assert.ok(Buffer.from(bytes).equals(Buffer.from(b.files.get(name)!)), name);
+  assert.equal(JSON.stringify(a.manifest), JSON.stringify(b.manifest));
+});
+
+test('the committed edge artifacts are what the compiler produces now', () => {
+  const built = compileArtifacts(getPreset('edge'));
+  for (const [name, bytes] of built.files) assert.ok(Buffer.from(bytes).equals(readFileSync(path.join(EDGE_DIR, name))), `${name} is stale: run 'ssocl artifacts --preset edge'`);
+  assert.equal(readFileSync(path.join(EDGE_DIR, 'manifest.json'), 'utf8'), JSON.stringify(built.manifest, null, 1) + '\n');
+});
+
+test('every preset compiles, and its manifest lists exactly the graph inputs and outputs', async () => {
+  for (const name of Object.keys(PRESETS).filter((n) => n.startsWith('edge'))) {
+    const { manifest, files } = compileArtifacts(getPreset(name));
+    const sess = await ort.InferenceSession.create(files.get('train_step.onnx')!);
+    assert.deepEqual([...sess.inputNames].sort(), manifest.trainStep.inputs.map((i) => i.name).sort(), name);
+    assert.deepEqual([...sess.outputNames].sort(), manifest.trainStep.outputs.map((i) => i.name).sort(), name);
+    const stateIn = new Set(manifest.state.map((s) => s.name));
+    const stateOut = new Set(manifest.state.map((s) => s.next));
+    for (const i of sess.inputNames) assert.ok(stateIn.has(i) || ['crops', 'lr', 'step'].includes(i), `${name}: input ${i} not described`);
+    for (const s of manifest.state) assert.ok(sess.outputNames.includes(s.next), `${name}: no output ${s.next}`);
+    assert.ok(stateOut.size === manifest.state.length);
+    const emb = await ort.InferenceSession.create(files.get('embed.onnx')!);
+    assert.deepEqual([...emb.outputNames].sort(), ['embedding', 'features']);
+    for (const i of emb.inputNames) assert.ok(i === 'images' || manifest.state.find((s) => s.name === i)?.embed, `${name}: embed input ${i}`);
+    await sess.release();
+    await emb.release();
+  }
+  // The big presets build too (graph only; their weights are not written here).
+  for (const name of ['paper-cifar', 'minred', 'simclr']) assert.ok(compileArtifacts(getPreset(name)).manifest.state.length > 0);
+});
+
+test('Trainer: steps, embeds with a dynamic batch, and keeps state finite', async () => {
+  const dir = mkdtempSync(path.join(tmpdir(), 'ssocl-art-'));
+  try {
+    writeArtifacts(compileArtifacts(tinyPreset()), path.join(dir, 'tiny'));
+    const tr = await Trainer.open(path.join(dir, 'tiny'), { threads: 1 });
+    const n = tr.cropsShape.reduce((a, b) => a * b, 1);
+    const r = await tr.step(new Float32Array(n).fill(0.5).map((v, i) => v + 0.4 * Math.sin(i)), 0.01);
+    assert.ok(r.applied && Number.isFinite(r.loss));
+    assert.equal(r.zbar.length, 4 * 8);
+    assert.equal(tr.steps, 1);
+    for (const count of [1, 3]) {
+      const e = await tr.embed(new Float32Array(count * 3 * 8 * 8).fill(0.3), count);
+      assert.equal(e.features.length, count * 8);
+      assert.equal(e.embedding.length, count * 8);
+    }
+    // A non-finite batch is refused and leaves the state untouched.
+    const before = new Map(tr.state);
+    const bad = await tr.step(new Float32Array(n).fill(Number.NaN), 0.01);
+    assert.equal(bad.applied, false);
+    assert.equal(tr.steps, 1);
+    for (const [k, v] of before) assert.equal(tr.state.get(k), v);
+    await tr.close();
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('Trainer: clear errors for missing artifacts, tampered files and unavailable EPs', async () => {
+  const dir = mkdtempSync(path.join(tmpdir(), 'ssocl-art-'));
+  try {
+    await assert.rejects(Trainer.open(path.join(dir, 'nope')), /no artifacts at .*manifest.json is missing/);
+    const art = path.join(dir, 'tiny');
+    writeArtifacts(compileArtifacts(tinyPreset()), art);
+    const good = path.join(dir, 'good');
+    cpSync(art, good, { recursive: true });
+    const f = path.join(art, 'init.safetensors');
+    const bytes = readFileSync(f);
+    bytes[bytes.length - 1] ^= 0xff;
+    writeFileSync(f, bytes);
+    await assert.rejects(Trainer.open(art), /init.safetensors: sha256 .* does not match the manifest/);
+    // No CUDA provider library in this install: a clear error, or the explicit fallback.
+    await assert.rejects(Trainer.open(good, { ep: 'cuda' }), /execution provider 'cuda'/);
+    const tr = await Trainer.open(good, { ep: 'cuda', epFallback: 'cpu' });
+    assert.equal(tr.ep, 'cpu');
+    await tr.close();
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('CLI: bad flags exit with code 2 and name the flag and value', () => {
+  const cli = (...args: string[]) => spawnSync(process.execPath, [path.join(REPO, 'bin/ssocl.mjs'), ...args], { encoding: 'utf8' });
+  let r = cli('artifacts', '--preset', 'nope', '--check');
+  assert.equal(r.status, 2);
+  assert.match(r.stderr, /--preset nope: unknown preset \(accepted: edge, /);
+  r = cli('artifacts', '--set', 'crops', '--check');
+  assert.equal(r.status, 2);
+  assert.match(r.stderr, /--set crops: expected key=value/);
+  r = cli('artifacts', '--set', 'bogus=1', '--check');
+  assert.equal(r.status, 2);
+  assert.match(r.stderr, /--set bogus=1: unknown field 'bogus'/);
+  r = cli('demo', '--ep', 'tpu');
+  assert.equal(r.status, 2);
+  assert.match(r.stderr, /ep/);
+  r = cli('artifacts', '--check');
+  assert.equal(r.status, 0, r.stderr);
+  assert.match(r.stdout, /up to date/);
+});
