@@ -22,9 +22,10 @@ const HERE = path.dirname(fileURLToPath(import.meta.url));
 
 const CONFIGS: Record<string, () => Preset> = {
   edge: () => getPreset('edge'),
-  'edge-bac': () => getPreset('edge', ['convWeightGrad="batch-as-channels"']),
-  'edge-128': () => getPreset('edge', ['batch=32']),
-  'resnet18-small': () => getPreset('paper-cifar', ['crops=4', 'batch=16', 'convWeightGrad="im2col"']),
+  'edge-im2col': () => getPreset('edge', ['convWeightGrad="im2col"', 'convInputGrad="conv-transpose"']),
+  'edge-bac': () => getPreset('edge', ['convWeightGrad="batch-as-channels"', 'convInputGrad="conv-transpose"']),
+  'edge-256': () => getPreset('edge', ['batch=64']),
+  'resnet18-small': () => getPreset('paper-cifar', ['crops=4', 'batch=16', 'convWeightGrad="im2col-offsets"', 'convInputGrad="conv"']),
   'resnet18-small-bac': () => getPreset('paper-cifar', ['crops=4', 'batch=16']),
 };
 
@@ -140,7 +141,8 @@ if (values.child) {
       });
       const line = r.stdout.split('\n').find((l) => l.startsWith('ROW '));
       if (!line) {
-        failed.push(`${config} on ${ep}: ${(r.stderr || '').trim().split('\n').slice(-1)[0]}`);
+        const why = (r.stderr || '').split('\n').find((l) => /error|Error/.test(l)) ?? `exit ${r.status}`;
+        failed.push(`${config} on ${ep}: ${why.trim().slice(0, 200)}`);
         continue;
       }
       rows.push(JSON.parse(line.slice(4)));

@@ -71,6 +71,12 @@ const CASES: Record<string, GradCase[]> = {
     conv([2, 3, 8, 8], [4, 3, 3, 3], { strides: [2, 2], pads: [1, 1, 1, 1] }, false, { convWeightGrad: 'im2col' }),
     conv([2, 3, 7, 7], [4, 3, 3, 3], { strides: [2, 2], pads: [1, 1, 1, 1] }, false, { convWeightGrad: 'im2col' }),
     conv([2, 4, 6, 6], [3, 4, 1, 1], { strides: [2, 2] }, false, { convWeightGrad: 'im2col' }),
+    ...[[2, 3, 5, 5, 1], [2, 3, 8, 8, 2], [2, 3, 7, 7, 2]].map(([n, c, h, w, s]) =>
+      conv([n, c, h, w], [4, c, 3, 3], { strides: [s, s], pads: [1, 1, 1, 1] }, false, { convWeightGrad: 'im2col-offsets', convInputGrad: 'conv' }),
+    ),
+    conv([2, 4, 6, 6], [3, 4, 1, 1], {}, false, { convWeightGrad: 'im2col-offsets', convInputGrad: 'conv' }),
+    conv([2, 4, 6, 6], [3, 4, 1, 1], { strides: [2, 2] }, false, { convWeightGrad: 'im2col-offsets', convInputGrad: 'conv' }),
+    conv([1, 2, 9, 9], [3, 2, 5, 5], { pads: [2, 2, 2, 2] }, false, { convWeightGrad: 'im2col-offsets', convInputGrad: 'conv' }),
   ],
   ReduceSum: [f64([[3, 4, 5]], (g, [x]) => g.reduceSum(x, [1], true)), f64([[3, 4, 5]], (g, [x]) => g.reduceSum(x, [0, 2], false))],
   ReduceMean: [f64([[3, 4, 5]], (g, [x]) => g.reduceMean(x, [2], true)), f64([[3, 4, 5]], (g, [x]) => g.reduceMean(x, [0, 1], false))],

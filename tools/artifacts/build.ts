@@ -100,7 +100,7 @@ export function buildTrainStep(p: Preset, dtype: 'float32' | 'float64' = 'float3
   const { g, model } = lg;
   const lr = g.input('lr', []);
   const step = g.input('step', []);
-  const grads = gradients(g, lg.total, lg.params.map((x) => x.value), { convWeightGrad: p.convWeightGrad });
+  const grads = gradients(g, lg.total, lg.params.map((x) => x.value), { convWeightGrad: p.convWeightGrad, convInputGrad: p.convInputGrad });
   const state: StateEntry[] = [];
   const outs: [Value, string][] = [];
 

@@ -3,14 +3,22 @@
 
 import { Graph, Value, fmt, type GradRule, type Node, type Shape } from './graph.ts';
 
-/** How Conv's weight gradient is formed; measured per EP (see bench/train-step). */
-export type ConvWeightGrad = 'batch-as-channels' | 'im2col';
+/**
+ * How Conv's weight gradient is formed; measured per EP (see bench/train-step):
+ * - batch-as-channels: one Conv of x^T with gy^T as the kernel;
+ * - im2col: strided slices concatenated, one batched MatMul, a sum over the batch;
+ * - im2col-offsets: per kernel offset one strided slice of x^T and one MatMul, no big concatenation.
+ */
+export type ConvWeightGrad = 'batch-as-channels' | 'im2col' | 'im2col-offsets';
+/** How Conv's input gradient is formed: ConvTranspose, or (stride 1) a Conv with the flipped kernel. */
+export type ConvInputGrad = 'conv-transpose' | 'conv';
 
 export interface GradOptions {
   convWeightGrad?: ConvWeightGrad;
+  convInputGrad?: ConvInputGrad;
 }
 
-let options: Required<GradOptions> = { convWeightGrad: 'batch-as-channels' };
+let options: Required<GradOptions> = { convWeightGrad: 'batch-as-channels', convInputGrad: 'conv-transpose' };
 
 function sameShape(a: Shape, b: Shape): boolean {
   return a.length === b.length && a.every((d, i) => d === b[i]);
@@ -81,6 +89,12 @@ function convInputGrad(g: Graph, node: Node, gy: Value): Value {
   const dil = ints(node, 'dilations', [1, 1]);
   const group = int(node, 'group', 1);
   const [, , kh, kw] = w.dims();
+  if (options.convInputGrad === 'conv' && strides.every((v) => v === 1) && group === 1) {
+    // Stride 1: dx = conv(gy, flip(W)^T) with the complementary padding.
+    const wf = g.flip(g.transpose(w, [1, 0, 2, 3]), [2, 3]);
+    const pd = [dil[0] * (kh - 1) - pads[0], dil[1] * (kw - 1) - pads[1], dil[0] * (kh - 1) - pads[2], dil[1] * (kw - 1) - pads[3]];
+    if (pd.every((v) => v >= 0)) return g.conv(gy, wf, { pads: pd, dilations: dil });
+  }
   // output_padding recovers the rows/columns a strided conv skipped (e.g. 1 for 3x3/s2/p1 on even sizes).
   const oph = ((x.shape[2] as number) + pads[0] + pads[2] - dil[0] * (kh - 1) - 1) % strides[0];
   const opw = ((x.shape[3] as number) + pads[1] + pads[3] - dil[1] * (kw - 1) - 1) % strides[1];
@@ -102,9 +116,36 @@ function convWeightGrad(g: Graph, node: Node, gy: Value): Value {
     if (r.shape[2] !== kh || r.shape[3] !== kw) r = g.slice(r, [0, 0], [kh, kw], [2, 3]);
     return g.transpose(r, [1, 0, 2, 3]);
   }
-  // im2col by strided slices of the padded input, then one batched MatMul and a sum over the batch.
   const n = x.shape[0] as number;
   const [ho, wo] = [gy.shape[2] as number, gy.shape[3] as number];
+  if (options.convWeightGrad === 'im2col-offsets') {
+    // Channels first, so each offset's slice is a [C, N*Ho*Wo] matrix for one large GEMM.
+    const xt = g.transpose(x, [1, 0, 2, 3]);
+    const xtp = pads.some((p) => p) ? g.pad(xt, [0, 0, pads[0], pads[1], 0, 0, pads[2], pads[3]]) : xt;
+    const gt = g.reshape(g.transpose(gy, [1, 0, 2, 3]), [o, n * ho * wo]);
+    const parts: Value[] = new Array(kh * kw);
+    const unit = strides.every((s) => s === 1) && dil.every((d) => d === 1);
+    for (let j = 0; j < kw; j++) {
+      // Stride 1: one column shift per kernel column, then each row offset is a contiguous window of
+      // the flattened rows (a fast block copy instead of a row-by-row strided one).
+      const hp = xtp.shape[2] as number;
+      const cols = unit ? (kw === 1 && xtp.shape[3] === wo ? xtp : g.slice(xtp, [j], [j + wo], [3])) : null;
+      const flat = cols ? g.reshape(cols, [c, n, hp * wo]) : null;
+      for (let i = 0; i < kh; i++) {
+        let s: Value;
+        if (flat) {
+          s = kh === 1 && hp === ho ? flat : g.slice(flat, [i * wo], [i * wo + ho * wo], [2]);
+        } else {
+          const h0 = i * dil[0];
+          const w0 = j * dil[1];
+          s = g.sliceStrided(xtp, [h0, w0], [h0 + strides[0] * (ho - 1) + 1, w0 + strides[1] * (wo - 1) + 1], [2, 3], strides);
+        }
+        parts[i * kw + j] = g.unsqueeze(g.matmul(gt, g.transpose(g.reshape(s, [c, n * ho * wo]), [1, 0])), [2]); // [O, C, 1]
+      }
+    }
+    return g.reshape(parts.length > 1 ? g.concat(parts, 2) : parts[0], [o, c, kh, kw]);
+  }
+  // im2col by strided slices of the padded input, then one batched MatMul and a sum over the batch.
   const xp = pads.some((p) => p) ? g.pad(x, [0, 0, pads[0], pads[1], 0, 0, pads[2], pads[3]]) : x;
   const cols: Value[] = [];
   for (let i = 0; i < kh; i++) {

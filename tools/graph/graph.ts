@@ -417,6 +417,12 @@ export class Graph {
     return this.emit('Slice', [x, this.ints(starts), this.ints(ends), this.ints(axes), this.ints(steps)], shape, x.dtype);
   }
 
+  /** Reverses the given axes (Slice with step -1; used on small weight tensors in gradients). */
+  flip(x: Value, axes: number[]): Value {
+    const big = -(2 ** 31);
+    return this.emit('Slice', [x, this.ints(axes.map(() => -1)), this.ints(axes.map(() => big)), this.ints(axes), this.ints(axes.map(() => -1))], x.shape, x.dtype);
+  }
+
   concat(xs: Value[], axis: number): Value {
     const where = this.where('Concat');
     const ax = normAxis(axis, xs[0].rank, where);

@@ -66,7 +66,8 @@ export function linear(m: Model, name: string, x: Value, out: number, bias = tru
  */
 export function batchNorm(m: Model, name: string, x: Value, affine = true, eps = 1e-5): Value {
   const g = m.g;
-  const c = x.shape[1] as number;
+  const c0 = x.shape[1] as number;
+  const c = c0;
   const axes = x.rank === 4 ? [0, 2, 3] : [0];
   const bshape = x.rank === 4 ? [1, c, 1, 1] : [1, c];
   const gamma = affine ? m.state(`${name}.weight`, [c], 'param', { kind: 'ones' }, false) : null;
@@ -101,11 +102,17 @@ export function batchNorm(m: Model, name: string, x: Value, affine = true, eps =
       },
       ([gy], [, gs]) => {
         const { xhat, inv } = saved!;
-        // dx = inv * (gh - mean(gh) - xhat * mean(gh * xhat)), gh = gy * gamma
-        const gh = gs ? g.mul(gy!, g.reshape(gs, bshape)) : gy!;
-        const dx = g.mul(inv, g.sub(g.sub(gh, g.reduceMean(gh, axes, true)), g.mul(xhat, g.reduceMean(g.mul(gh, xhat), axes, true))));
+        // dx = gamma * inv * (gy - mean(gy) - xhat * mean(gy * xhat)); the two means are dbeta and
+        // dgamma over the count, so dx = gy * a + xhat * b + c with per-channel a, b, c (fewer full passes).
+        const dgamma = g.reduceSum(g.mul(gy!, xhat), axes, true);
+        const dbeta = g.reduceSum(gy!, axes, true);
+        const a = gs ? g.mul(inv, g.reshape(gs, bshape)) : inv;
+        const invCount = g.scalar(-1 / count);
+        const b = g.mul(g.mul(a, dgamma), invCount);
+        const c = g.mul(g.mul(a, dbeta), invCount);
+        const dx = g.add(g.add(g.mul(gy!, a), g.mul(xhat, b)), c);
         if (!gs) return [dx];
-        return [dx, g.reduceSum(g.mul(gy!, xhat), axes, false), g.reduceSum(gy!, axes, false)];
+        return [dx, g.reshape(dgamma, [c0]), g.reshape(dbeta, [c0])];
       },
     );
     // Running statistics as PyTorch keeps them: unbiased variance, momentum on the new value.
