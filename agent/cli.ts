@@ -9,6 +9,9 @@ import { EPS, type EP } from './trainer/backend.ts';
 
 import { REPO_ROOT } from './paths.ts';
 
+// The shared data sets beside the repository, or SSOCL_DATA.
+const DEFAULT_DATA = process.env.SSOCL_DATA ?? path.resolve(REPO_ROOT, '../shared/data');
+
 class UsageError extends Error {}
 
 function fail(msg: string): never {
@@ -41,16 +44,97 @@ await yargs(hideBin(process.argv))
     },
   )
   .command(
-    'demo',
-    'train the default (edge) artifacts for a short while on a built-in batch and print the falling loss',
+    'run',
+    'learn from frames written to a directory: diverse buffer, compiled training steps, checkpoints, exported encoder',
     (y) =>
       y
         .options(epOption)
-        .option('steps', { type: 'number', default: 30, describe: 'training steps' })
+        .option('watch', { type: 'string', demandOption: true, describe: 'directory to take frames from (jpg, jpeg, png, webp, bmp, ppm, pgm)' })
+        .option('recursive', { type: 'boolean', default: false, describe: 'also watch subdirectories' })
+        .option('order', { choices: ['name', 'mtime'] as const, default: 'name' as const, describe: 'order of the files already there at start' })
+        .option('after-ingest', { choices: ['keep', 'move', 'delete'] as const, default: 'keep' as const, describe: 'what to do with a file once ingested' })
+        .option('processed', { type: 'string', describe: 'where --after-ingest move puts files (default <state>/processed)' })
+        .option('quarantine', { type: 'string', describe: 'where unreadable files go, each with a .reason file (default <state>/quarantine)' })
+        .option('artifacts', { type: 'string', default: path.join(REPO_ROOT, 'training-artifacts/edge'), describe: 'training artifacts directory' })
+        .option('state', { type: 'string', default: 'ssocl-state', describe: 'checkpoints and the ingestion ledger' })
+        .option('models', { type: 'string', default: 'models', describe: 'where encoders are exported (latest.onnx, latest.json, encoder-<step>.onnx)' })
+        .option('fit', { choices: ['cover', 'letterbox'] as const, default: 'cover' as const, describe: 'resize to the training size by centre crop or padding' })
+        .option('max-pixels', { type: 'number', default: 40_000_000, describe: 'refuse images with more pixels (decompression bombs)' })
+        .option('overflow', { choices: ['block', 'drop-oldest'] as const, default: 'block' as const, describe: 'when frames arrive faster than training: leave them waiting on disk, or drop the oldest waiting' })
+        .option('backlog', { type: 'number', default: 10000, describe: 'waiting frames beyond which drop-oldest drops' })
+        .option('checkpoint-every', { type: 'string', default: '5m', describe: 'steps (e.g. 200) or time (30s, 5m, 1h); also on exit and on SIGINT/SIGTERM' })
+        .option('export-every', { type: 'string', default: '10m', describe: 'steps or time; also on exit' })
+        .option('fresh', { type: 'boolean', default: false, describe: 'ignore existing checkpoints and the ledger, start over' })
+        .option('metrics', { type: 'string', describe: 'append one JSON line per step to this file' })
+        .option('updates', { type: 'number', describe: 'updates per arrival, K (default from the artifacts)' })
+        .option('replay', { choices: ['mixed', 'buffer'] as const, describe: 'batch composition (default from the artifacts)' })
+        .option('buffer-size', { type: 'number', describe: 'buffer capacity M (default from the artifacts)' })
+        .option('buffer', { choices: ['diverse', 'minred', 'reservoir', 'fifo'] as const, describe: 'buffer policy (default diverse; minred for SimSiam artifacts)' })
+        .option('lr', { type: 'number', describe: 'learning rate (default from the artifacts)' })
+        .option('lr-schedule', { choices: ['constant', 'cosine'] as const, default: 'constant' as const })
+        .option('lr-steps', { type: 'number', default: 10000, describe: 'steps over which the cosine schedule decays' })
+        .option('seed', { type: 'number', default: 0, describe: 'seed of replay draws and crops' })
+        .option('max-arrivals', { type: 'number', default: 0, describe: 'stop after this many arrivals (0: never)' })
+        .option('max-seconds', { type: 'number', default: 0, describe: 'stop after this many seconds (0: never)' })
+        .option('exit-when-idle', { type: 'number', default: 0, describe: 'stop after this many seconds without a new frame (0: never)' })
+        .option('max-skips', { type: 'number', default: 10, describe: 'consecutive non-finite steps before stopping' })
+        .option('stable-ms', { type: 'number', default: 300, describe: 'a new file is read once its size has not changed for this long' }),
+    async (a) => {
+      const { runCommand } = await import('./commands/run.ts');
+      await runCommand(a);
+    },
+  )
+  .command(
+    'eval <model>',
+    'kNN accuracy of an exported encoder on CIFAR-10 or CIFAR-100',
+    (y) =>
+      y
+        .positional('model', { type: 'string', demandOption: true, describe: 'an exported encoder (.onnx)' })
+        .option('dataset', { choices: ['cifar10', 'cifar100'] as const, default: 'cifar10' as const })
+        .option('data-dir', { type: 'string', default: DEFAULT_DATA, describe: 'folder holding cifar-10-batches-bin/ or cifar-100-binary/' })
+        .option('protocol', { choices: ['weighted', 'scale'] as const, default: 'weighted' as const, describe: 'weighted cosine kNN (T 0.07), or SCALE\'s (k 50, uniform, Euclidean)' })
+        .option('k', { type: 'string', default: '20,50', describe: 'neighbours, comma-separated (weighted protocol)' })
+        .option('threads', { type: 'number' })
+        .option('seed', { type: 'number', default: 0, describe: 'draws of the scale protocol subsets' }),
+    async (a) => {
+      const ks = String(a.k).split(',').map(Number);
+      if (ks.some((k) => !(Number.isInteger(k) && k > 0))) throw new Error(`--k ${a.k}: expected positive integers, e.g. 20,50`);
+      const { evalCommand } = await import('./commands/eval.ts');
+      await evalCommand({ model: a.model!, dataset: a.dataset, dataDir: a['data-dir'], protocol: a.protocol, k: ks, threads: a.threads, seed: a.seed });
+    },
+  )
+  .command(
+    'stream',
+    'write a class-incremental stream of a data set as image files (a camera for `run --watch`), or print its order',
+    (y) =>
+      y
+        .option('dataset', { choices: ['cifar10', 'cifar100'] as const, default: 'cifar10' as const })
+        .option('data-dir', { type: 'string', default: DEFAULT_DATA })
+        .option('order', { choices: ['seq', 'seq-bl', 'seq-im'] as const, default: 'seq' as const })
+        .option('trial', { type: 'number', default: 0, describe: 'seed of the within-class shuffles and the boundary blur' })
+        .option('to', { type: 'string', describe: 'output directory' })
+        .option('fps', { type: 'number', default: 0, describe: 'frames per second (0: as fast as possible)' })
+        .option('format', { choices: ['png', 'jpg'] as const, default: 'png' as const })
+        .option('limit', { type: 'number', describe: 'write only the first N frames' })
+        .option('print-order', { type: 'boolean', default: false, describe: 'print the index order as JSON and exit' }),
+    async (a) => {
+      const { streamCommand } = await import('./commands/stream.ts');
+      await streamCommand({ dataset: a.dataset, dataDir: a['data-dir'], order: a.order, trial: a.trial, to: a.to, fps: a.fps, format: a.format, printOrder: a['print-order'], limit: a.limit });
+    },
+  )
+  .command(
+    'demo',
+    'the built-in default (npm start): replay the demo stream as image files into a temporary directory and run the agent on it, then export',
+    (y) =>
+      y
+        .options(epOption)
+        .option('seconds', { type: 'number', default: 120, describe: 'how long the agent trains' })
+        .option('fps', { type: 'number', default: 20, describe: 'frames written per second by the demo "camera"' })
+        .option('models', { type: 'string', default: path.join(REPO_ROOT, 'models'), describe: 'where the encoder is exported' })
         .option('artifacts', { type: 'string', default: path.join(REPO_ROOT, 'training-artifacts/edge'), describe: 'artifact directory' }),
     async (a) => {
       const { demoCommand } = await import('./commands/demo.ts');
-      await demoCommand({ ep: a.ep, epFallback: a['ep-fallback'], threads: a.threads, steps: a.steps, artifacts: a.artifacts });
+      await demoCommand({ ep: a.ep, epFallback: a['ep-fallback'], threads: a.threads, seconds: a.seconds, fps: a.fps, models: a.models, artifacts: a.artifacts });
     },
   )
   .demandCommand(1, 'name a command (see --help)')
@@ -58,7 +142,8 @@ await yargs(hideBin(process.argv))
   .fail((msg, err) => {
     if (err && !(err instanceof UsageError)) {
       process.stderr.write(`ssocl: ${err.message}\n`);
-      process.exit(err.name === 'ManifestError' || err.name === 'EpError' || /^--/.test(err.message) ? 2 : 1);
+      const code = (err as { exitCode?: number }).exitCode;
+      process.exit(code ?? (err.name === 'ManifestError' || err.name === 'EpError' || /^--/.test(err.message) ? 2 : 1));
     }
     fail(msg ?? err?.message ?? 'invalid arguments');
   })

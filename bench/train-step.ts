@@ -146,6 +146,9 @@ if (values.child) {
         continue;
       }
       rows.push(JSON.parse(line.slice(4)));
+      // Rows so far, so an interrupted run keeps what it measured.
+      mkdirSync(path.dirname(values.json!), { recursive: true });
+      writeFileSync(values.json!, JSON.stringify({ partial: true, rows, failed }, null, 1) + '\n');
     }
   }
   const header = ['config', 'ep', 'crops/step', 'params', 'ms/step (p50)', 'p90', 'crops/s', 'fwd ms', 'state MB', 'state ms', 'state %', 'peak RSS MB', 'loss first->last'];

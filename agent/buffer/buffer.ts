@@ -1,0 +1,149 @@
+// The replay buffer: entries hold the image (uint8 at training resolution), a representative
+// feature z* (EMA of the normalised mean crop embedding), a seen flag and a lifespan. Policies decide
+// what to drop when it is over capacity: `diverse` / `minred` (the redundancy rule over seen entries,
+// oldest first while too few are seen), `reservoir`, `fifo`.
+
+import { Rng } from '../../tools/nn/rng.ts';
+import { NearestNeighbours } from './removal.ts';
+
+export type BufferPolicy = 'diverse' | 'minred' | 'reservoir' | 'fifo';
+export const BUFFER_POLICIES: BufferPolicy[] = ['diverse', 'minred', 'reservoir', 'fifo'];
+
+export interface Entry {
+  id: number;
+  /** Where it came from (file path or stream index), for logs. */
+  key: string;
+  image: Uint8Array;
+  feature: Float32Array | null;
+  seen: boolean;
+  /** Arrivals since insertion. */
+  lifespan: number;
+  /** 1-based position in the stream (reservoir sampling). */
+  streamIndex: number;
+}
+
+export interface BufferConfig {
+  capacity: number;
+  policy: BufferPolicy;
+  /** EMA weight of the old representative feature. */
+  alpha: number;
+}
+
+function normalise(v: Float32Array): Float32Array {
+  let s = 0;
+  for (const x of v) s += x * x;
+  const inv = 1 / Math.sqrt(s + 1e-12);
+  return v.map((x) => x * inv);
+}
+
+export class ReplayBuffer {
+  entries: Entry[] = [];
+  private nextId = 1;
+  private streamCount = 0;
+  private nn = new NearestNeighbours();
+
+  constructor(readonly cfg: BufferConfig) {
+    if (!BUFFER_POLICIES.includes(cfg.policy)) throw new Error(`--buffer ${cfg.policy}: unknown policy (accepted: ${BUFFER_POLICIES.join(', ')})`);
+    if (!(cfg.capacity > 0)) throw new Error(`--buffer-size ${cfg.capacity}: must be a positive integer`);
+  }
+
+  get size(): number {
+    return this.entries.length;
+  }
+
+  get usesFeatures(): boolean {
+    return this.cfg.policy === 'diverse' || this.cfg.policy === 'minred';
+  }
+
+  /** Appends an arrival; every entry already in the buffer ages by one. */
+  add(items: { key: string; image: Uint8Array }[]): Entry[] {
+    for (const e of this.entries) e.lifespan++;
+    const added = items.map((it) => ({ id: this.nextId++, key: it.key, image: it.image, feature: null, seen: false, lifespan: 0, streamIndex: ++this.streamCount }));
+    this.entries.push(...added);
+    return added;
+  }
+
+  /** After a training step: z* = f the first time, then normalise(alpha z* + (1 - alpha) f). */
+  updateFeatures(batch: Entry[], zbar: Float32Array): void {
+    const d = zbar.length / batch.length;
+    batch.forEach((e, j) => {
+      const f = normalise(zbar.subarray(j * d, (j + 1) * d));
+      if (!e.feature) e.feature = f;
+      else {
+        const a = this.cfg.alpha;
+        e.feature = normalise(e.feature.map((v, k) => a * v + (1 - a) * f[k]));
+      }
+      e.seen = true;
+      if (this.usesFeatures && this.entries.includes(e)) this.nn.set(e.id, e.feature, e.streamIndex);
+    });
+  }
+
+  /** Uniform draw without replacement of `count` entries, excluding `exclude`. */
+  sample(rng: Rng, count: number, exclude: Set<number> = new Set()): Entry[] {
+    const pool = this.entries.filter((e) => !exclude.has(e.id));
+    if (pool.length < count) throw new Error(`buffer: ${count} samples asked of ${pool.length}`);
+    for (let i = 0; i < count; i++) {
+      const k = i + rng.int(pool.length - i);
+      [pool[i], pool[k]] = [pool[k], pool[i]];
+    }
+    return pool.slice(0, count);
+  }
+
+  private remove(ids: Set<number>): Entry[] {
+    const gone = this.entries.filter((e) => ids.has(e.id));
+    this.entries = this.entries.filter((e) => !ids.has(e.id));
+    for (const e of gone) this.nn.delete(e.id);
+    return gone;
+  }
+
+  /** Shrinks to capacity by the policy; returns what was removed. */
+  shrink(rng: Rng): Entry[] {
+    const n = this.size - this.cfg.capacity;
+    if (n <= 0) return [];
+    const drop = new Set<number>();
+    if (this.cfg.policy === 'fifo' || (this.usesFeatures && this.nn.size < 2 * n)) {
+      // Oldest first (largest lifespan; earlier arrival on ties).
+      const order = [...this.entries].sort((a, b) => b.lifespan - a.lifespan || a.streamIndex - b.streamIndex);
+      for (const e of order.slice(0, n)) drop.add(e.id);
+      return this.remove(drop);
+    }
+    if (this.cfg.policy === 'reservoir') {
+      // Each new entry beyond capacity is kept with probability M / t (t its stream position), evicting
+      // a uniformly drawn older entry; otherwise it is the one dropped.
+      const fresh = this.entries.filter((e) => e.lifespan === 0).sort((a, b) => a.streamIndex - b.streamIndex);
+      let excess = n;
+      for (const e of fresh) {
+        if (excess === 0) break;
+        if (rng.int(e.streamIndex) < this.cfg.capacity) {
+          const old = this.entries.filter((o) => o.lifespan > 0 && !drop.has(o.id));
+          drop.add(old.length ? old[rng.int(old.length)].id : e.id);
+        } else drop.add(e.id);
+        excess--;
+      }
+      return this.remove(drop);
+    }
+    const removed: Entry[] = [];
+    for (let r = 0; r < n; r++) {
+      const id = this.nn.mostRedundant();
+      removed.push(...this.remove(new Set([id])));
+    }
+    return removed;
+  }
+
+  meanNearestSimilarity(): number {
+    return this.nn.meanSimilarity();
+  }
+
+  /** Snapshot for checkpoints (images and features stay typed arrays). */
+  snapshot() {
+    return { nextId: this.nextId, streamCount: this.streamCount, entries: this.entries };
+  }
+
+  restore(s: { nextId: number; streamCount: number; entries: Entry[] }): void {
+    this.nextId = s.nextId;
+    this.streamCount = s.streamCount;
+    this.entries = s.entries;
+    this.nn = new NearestNeighbours();
+    if (this.usesFeatures) for (const e of this.entries) if (e.seen && e.feature) this.nn.set(e.id, e.feature, e.streamIndex);
+  }
+}

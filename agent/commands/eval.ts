@@ -1,0 +1,88 @@
+// `ssocl eval MODEL.onnx --dataset cifar10|cifar100`: kNN accuracy of an exported encoder.
+
+import path from 'node:path';
+import { readCifar10, readCifar100, type LabelledImages } from '../../tools/data/cifar.ts';
+import { openEncoder, computeFeatures } from '../eval/features.ts';
+import { knnWeighted, knnUniformEuclidean, type KnnResult } from '../eval/knn.ts';
+import { Rng } from '../../tools/nn/rng.ts';
+
+export interface EvalArgs {
+  model: string;
+  dataset: 'cifar10' | 'cifar100';
+  dataDir: string;
+  protocol: 'weighted' | 'scale';
+  k: number[];
+  threads?: number;
+  seed: number;
+  limitTrain?: number;
+  limitTest?: number;
+}
+
+function bar(label: string) {
+  const tty = process.stderr.isTTY;
+  let last = -1;
+  return (done: number, total: number) => {
+    const pct = Math.floor((100 * done) / total);
+    if (pct === last) return;
+    last = pct;
+    if (tty) process.stderr.write(`\r${label}: ${'#'.repeat(pct / 4).padEnd(25)} ${pct}% (${done}/${total})`);
+    else if (pct % 25 === 0) process.stderr.write(`${label}: ${pct}%\n`);
+    if (tty && done === total) process.stderr.write('\n');
+  };
+}
+
+function pick(n: number, count: number | undefined, rng: Rng): number[] {
+  const idx = [...Array(n).keys()];
+  if (!count || count >= n) return idx;
+  for (let i = 0; i < count; i++) {
+    const j = i + rng.int(n - i);
+    [idx[i], idx[j]] = [idx[j], idx[i]];
+  }
+  return idx.slice(0, count);
+}
+
+export interface EvalReport {
+  dataset: string;
+  protocol: string;
+  memory: number;
+  queries: number;
+  results: { labels: string; k: number; accuracy: number }[];
+}
+
+export async function evaluate(a: EvalArgs): Promise<EvalReport> {
+  const read = (split: 'train' | 'test'): LabelledImages =>
+    a.dataset === 'cifar10' ? readCifar10(path.join(a.dataDir, 'cifar-10-batches-bin'), split) : readCifar100(path.join(a.dataDir, 'cifar-100-binary'), split);
+  const train = read('train');
+  const test = read('test');
+  const rng = new Rng(a.seed);
+  // SCALE's protocol: 1000 (CIFAR-10) / 5000 (CIFAR-100) random train images as memory, 5000 test queries.
+  const memIdx = pick(train.count, a.protocol === 'scale' ? (a.dataset === 'cifar10' ? 1000 : 5000) : a.limitTrain, rng);
+  const qIdx = pick(test.count, a.protocol === 'scale' ? 5000 : a.limitTest, rng);
+  const model = await openEncoder(a.model, 32, a.threads);
+  const mem = await computeFeatures(model, train.images, memIdx, 32, 500, bar('train features'));
+  const qs = await computeFeatures(model, test.images, qIdx, 32, 500, bar('test features'));
+  await model.close();
+  const labelSets: [string, LabelledImages['labels'], LabelledImages['labels'], number][] = [[a.dataset === 'cifar10' ? 'class' : 'fine', train.labels, test.labels, a.dataset === 'cifar10' ? 10 : 100]];
+  if (a.dataset === 'cifar100') labelSets.push(['superclass', train.coarse!, test.coarse!, 20]);
+  const results: EvalReport['results'] = [];
+  for (const [name, trL, teL, classes] of labelSets) {
+    const input = {
+      memory: mem,
+      memoryLabels: memIdx.map((i) => trL[i]),
+      queries: qs,
+      queryLabels: qIdx.map((i) => teL[i]),
+      d: model.dim,
+      classes,
+    };
+    const rs: KnnResult[] = a.protocol === 'weighted' ? knnWeighted(input, a.k) : [knnUniformEuclidean(input, 50)];
+    for (const r of rs) results.push({ labels: name, k: r.k, accuracy: r.accuracy });
+  }
+  return { dataset: a.dataset, protocol: a.protocol, memory: memIdx.length, queries: qIdx.length, results };
+}
+
+export async function evalCommand(a: EvalArgs): Promise<void> {
+  const r = await evaluate(a);
+  process.stdout.write(`kNN (${r.protocol}) of ${a.model} on ${r.dataset}: memory ${r.memory} train images, ${r.queries} test queries\n`);
+  process.stdout.write('| labels | k | accuracy % |\n|---|---|---|\n');
+  for (const x of r.results) process.stdout.write(`| ${x.labels} | ${x.k} | ${x.accuracy.toFixed(2)} |\n`);
+}

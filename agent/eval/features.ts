@@ -1,0 +1,53 @@
+// Features of a labelled image set from an exported encoder (or embed.onnx with weights), computed
+// with ORT in batches, with a progress callback.
+
+import * as ort from 'onnxruntime-node';
+
+export interface FeatureModel {
+  run(images: Float32Array, count: number): Promise<Float32Array>;
+  dim: number;
+  close(): Promise<void>;
+}
+
+/** An exported encoder file: input 'images' [B, 3, S, S] in [0, 1], output 'features'. */
+export async function openEncoder(file: string, size: number, threads?: number): Promise<FeatureModel> {
+  const sess = await ort.InferenceSession.create(file, { graphOptimizationLevel: 'all', ...(threads ? { intraOpNumThreads: threads } : {}) });
+  if (!sess.inputNames.includes('images') || !sess.outputNames.includes('features')) {
+    throw new Error(`${file}: not an ssocl encoder (needs input 'images' and output 'features')`);
+  }
+  const probe = await sess.run({ images: new ort.Tensor('float32', new Float32Array(3 * size * size), [1, 3, size, size]) }, ['features']);
+  return {
+    dim: probe.features.dims[1] as number,
+    async run(images, count) {
+      const out = await sess.run({ images: new ort.Tensor('float32', images, [count, 3, size, size]) }, ['features']);
+      return out.features.data as Float32Array;
+    },
+    close: () => sess.release(),
+  };
+}
+
+/** Features of uint8 CHW images (count x 3 x size x size), batch by batch. */
+export async function computeFeatures(
+  model: FeatureModel,
+  images: Uint8Array,
+  indices: ArrayLike<number>,
+  size: number,
+  batch = 500,
+  progress?: (done: number, total: number) => void,
+): Promise<Float32Array> {
+  const per = 3 * size * size;
+  const n = indices.length;
+  const out = new Float32Array(n * model.dim);
+  const buf = new Float32Array(batch * per);
+  for (let s = 0; s < n; s += batch) {
+    const m = Math.min(batch, n - s);
+    for (let j = 0; j < m; j++) {
+      const src = indices[s + j] * per;
+      for (let k = 0; k < per; k++) buf[j * per + k] = images[src + k] / 255;
+    }
+    const f = await model.run(m === batch ? buf : buf.subarray(0, m * per), m);
+    out.set(f, s * model.dim);
+    progress?.(s + m, n);
+  }
+  return out;
+}

@@ -1,0 +1,111 @@
+// kNN evaluation of features (DESIGN.md section 5): `weighted` (L2-normalised features, cosine
+// similarity, votes weighted exp(sim / T), T = 0.07) and `scale` (k = 50, uniform votes, Euclidean on
+// raw features). Pure functions over typed arrays; blocked so memory stays bounded.
+
+export interface KnnResult {
+  k: number;
+  accuracy: number;
+  correct: number;
+  total: number;
+}
+
+export function l2normalizeRows(x: Float32Array, d: number): Float32Array {
+  const out = new Float32Array(x.length);
+  for (let r = 0; r < x.length / d; r++) {
+    let s = 0;
+    for (let i = 0; i < d; i++) s += x[r * d + i] ** 2;
+    const inv = 1 / Math.sqrt(s + 1e-12);
+    for (let i = 0; i < d; i++) out[r * d + i] = x[r * d + i] * inv;
+  }
+  return out;
+}
+
+/** For each query, the indices and scores of its kmax best memory rows (higher score = nearer). */
+function topK(memory: Float32Array, queries: Float32Array, d: number, kmax: number, score: (q: number, m: number) => number, nm: number, nq: number) {
+  const idx = new Int32Array(nq * kmax);
+  const val = new Float32Array(nq * kmax);
+  for (let q = 0; q < nq; q++) {
+    // Small sorted insertion list: kmax is 20-200, far below the memory size.
+    const bi = new Int32Array(kmax).fill(-1);
+    const bv = new Float64Array(kmax).fill(-Infinity);
+    for (let m = 0; m < nm; m++) {
+      const s = score(q, m);
+      if (s <= bv[kmax - 1]) continue;
+      let p = kmax - 1;
+      while (p > 0 && bv[p - 1] < s) {
+        bv[p] = bv[p - 1];
+        bi[p] = bi[p - 1];
+        p--;
+      }
+      bv[p] = s;
+      bi[p] = m;
+    }
+    idx.set(bi, q * kmax);
+    val.set(bv, q * kmax);
+  }
+  return { idx, val };
+}
+
+export interface KnnInput {
+  memory: Float32Array;
+  memoryLabels: ArrayLike<number>;
+  queries: Float32Array;
+  queryLabels: ArrayLike<number>;
+  d: number;
+  classes: number;
+}
+
+/** Weighted cosine kNN for several k at once. */
+export function knnWeighted(inp: KnnInput, ks: number[], temperature = 0.07): KnnResult[] {
+  const { d } = inp;
+  const mem = l2normalizeRows(inp.memory, d);
+  const qs = l2normalizeRows(inp.queries, d);
+  const nm = mem.length / d;
+  const nq = qs.length / d;
+  const kmax = Math.min(Math.max(...ks), nm);
+  const { idx, val } = topK(mem, qs, d, kmax, (q, m) => {
+    let s = 0;
+    const qo = q * d;
+    const mo = m * d;
+    for (let i = 0; i < d; i++) s += qs[qo + i] * mem[mo + i];
+    return s;
+  }, nm, nq);
+  return ks.map((k) => {
+    const kk = Math.min(k, kmax);
+    let correct = 0;
+    const votes = new Float64Array(inp.classes);
+    for (let q = 0; q < nq; q++) {
+      votes.fill(0);
+      for (let j = 0; j < kk; j++) votes[inp.memoryLabels[idx[q * kmax + j]]] += Math.exp(val[q * kmax + j] / temperature);
+      if (argmax(votes) === inp.queryLabels[q]) correct++;
+    }
+    return { k, accuracy: (100 * correct) / nq, correct, total: nq };
+  });
+}
+
+/** SCALE's protocol: uniform votes of the k nearest by Euclidean distance on raw features. */
+export function knnUniformEuclidean(inp: KnnInput, k = 50): KnnResult {
+  const { d } = inp;
+  const nm = inp.memory.length / d;
+  const nq = inp.queries.length / d;
+  const kk = Math.min(k, nm);
+  const { idx } = topK(inp.memory, inp.queries, d, kk, (q, m) => {
+    let s = 0;
+    for (let i = 0; i < d; i++) s += (inp.queries[q * d + i] - inp.memory[m * d + i]) ** 2;
+    return -s;
+  }, nm, nq);
+  let correct = 0;
+  const votes = new Float64Array(inp.classes);
+  for (let q = 0; q < nq; q++) {
+    votes.fill(0);
+    for (let j = 0; j < kk; j++) votes[inp.memoryLabels[idx[q * kk + j]]] += 1;
+    if (argmax(votes) === inp.queryLabels[q]) correct++;
+  }
+  return { k, accuracy: (100 * correct) / nq, correct, total: nq };
+}
+
+function argmax(v: Float64Array): number {
+  let b = 0;
+  for (let i = 1; i < v.length; i++) if (v[i] > v[b]) b = i;
+  return b;
+}

@@ -1,0 +1,138 @@
+// Frame decoding: any supported image file -> uint8 CHW RGB at the training resolution. sharp decodes
+// JPEG, PNG and WebP; BMP and PPM/PGM are parsed here (sharp has no loader for them) and handed to
+// sharp as raw pixels. Pixel count is bounded before decoding (decompression bombs).
+
+import sharp from 'sharp';
+import type { Metadata, OutputInfo, Sharp } from 'sharp';
+
+export type Fit = 'cover' | 'letterbox';
+export const FRAME_EXTENSIONS = ['.jpg', '.jpeg', '.png', '.webp', '.bmp', '.ppm', '.pgm'];
+
+export class FrameError extends Error {}
+
+export interface DecodeOptions {
+  size: number;
+  fit: Fit;
+  /** Refuse images with more pixels than this (width x height). */
+  maxPixels: number;
+}
+
+interface Raw {
+  data: Uint8Array;
+  width: number;
+  height: number;
+  channels: 1 | 3 | 4;
+}
+
+function check(w: number, h: number, o: DecodeOptions): void {
+  if (!(w > 0 && h > 0)) throw new FrameError(`invalid dimensions ${w}x${h}`);
+  if (w * h > o.maxPixels) throw new FrameError(`image of ${w}x${h} pixels exceeds the limit of ${o.maxPixels} pixels`);
+}
+
+/** Binary PPM (P6) and PGM (P5), maxval <= 255. */
+function parsePnm(buf: Uint8Array, o: DecodeOptions): Raw {
+  const magic = String.fromCharCode(buf[0], buf[1]);
+  if (magic !== 'P5' && magic !== 'P6') throw new FrameError('not a binary PPM/PGM (P5/P6) file');
+  let pos = 2;
+  const fields: number[] = [];
+  while (fields.length < 3) {
+    while (pos < buf.length && /\s/.test(String.fromCharCode(buf[pos]))) pos++;
+    if (buf[pos] === 0x23) {
+      while (pos < buf.length && buf[pos] !== 0x0a) pos++;
+      continue;
+    }
+    let s = '';
+    while (pos < buf.length && /\d/.test(String.fromCharCode(buf[pos]))) s += String.fromCharCode(buf[pos++]);
+    if (!s) throw new FrameError('truncated PPM/PGM header');
+    fields.push(Number(s));
+  }
+  pos++; // one whitespace byte ends the header
+  const [width, height, maxval] = fields;
+  check(width, height, o);
+  if (maxval > 255 || maxval < 1) throw new FrameError(`PPM/PGM maxval ${maxval} not supported (8-bit only)`);
+  const channels = magic === 'P6' ? 3 : 1;
+  const need = width * height * channels;
+  if (buf.length - pos < need) throw new FrameError(`truncated PPM/PGM data (${buf.length - pos} of ${need} bytes)`);
+  const data = buf.slice(pos, pos + need);
+  if (maxval !== 255) for (let i = 0; i < data.length; i++) data[i] = Math.round((data[i] * 255) / maxval);
+  return { data, width, height, channels };
+}
+
+/** Uncompressed 24- and 32-bit BMP (BI_RGB), bottom-up or top-down. */
+function parseBmp(buf: Uint8Array, o: DecodeOptions): Raw {
+  if (buf.length < 54 || buf[0] !== 0x42 || buf[1] !== 0x4d) throw new FrameError('not a BMP file');
+  const dv = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
+  const offset = dv.getUint32(10, true);
+  const width = dv.getInt32(18, true);
+  const rawH = dv.getInt32(22, true);
+  const bpp = dv.getUint16(28, true);
+  const compression = dv.getUint32(30, true);
+  const height = Math.abs(rawH);
+  check(width, height, o);
+  if ((bpp !== 24 && bpp !== 32) || (compression !== 0 && compression !== 3)) throw new FrameError(`BMP with ${bpp} bits and compression ${compression} not supported`);
+  const bytes = bpp / 8;
+  const stride = Math.ceil((width * bytes) / 4) * 4;
+  if (offset + stride * height > buf.length) throw new FrameError('truncated BMP pixel data');
+  const data = new Uint8Array(width * height * 3);
+  for (let y = 0; y < height; y++) {
+    const row = offset + (rawH > 0 ? height - 1 - y : y) * stride;
+    for (let x = 0; x < width; x++) {
+      const p = row + x * bytes;
+      const q = (y * width + x) * 3;
+      data[q] = buf[p + 2];
+      data[q + 1] = buf[p + 1];
+      data[q + 2] = buf[p];
+    }
+  }
+  return { data, width, height, channels: 3 };
+}
+
+/** Decodes and resizes one image file's bytes; throws FrameError with a reason on anything unusable. */
+export async function decodeFrame(buf: Uint8Array, ext: string, o: DecodeOptions): Promise<Uint8Array> {
+  if (buf.length === 0) throw new FrameError('empty file');
+  let img: Sharp;
+  const e = ext.toLowerCase();
+  if (e === '.ppm' || e === '.pgm' || e === '.bmp') {
+    const raw = e === '.bmp' ? parseBmp(buf, o) : parsePnm(buf, o);
+    img = sharp(raw.data, { raw: { width: raw.width, height: raw.height, channels: raw.channels } });
+  } else {
+    img = sharp(buf, { limitInputPixels: o.maxPixels, failOn: 'truncated' });
+    let meta: Metadata;
+    try {
+      meta = await img.metadata();
+    } catch (err) {
+      throw new FrameError(`unreadable image: ${(err as Error).message}`);
+    }
+    if (!['jpeg', 'png', 'webp'].includes(meta.format ?? '')) throw new FrameError(`format '${meta.format}' is not a supported frame format`);
+    check(meta.width ?? 0, meta.height ?? 0, o);
+    img = img.rotate(); // honour EXIF orientation
+  }
+  let out: { data: Buffer; info: OutputInfo };
+  try {
+    out = await img
+      .removeAlpha()
+      .toColourspace('srgb')
+      .resize(o.size, o.size, { fit: o.fit === 'cover' ? 'cover' : 'contain', background: { r: 0, g: 0, b: 0 }, kernel: 'lanczos3' })
+      .raw()
+      .toBuffer({ resolveWithObject: true });
+  } catch (err) {
+    throw new FrameError(`cannot decode: ${(err as Error).message}`);
+  }
+  const { data, info } = out;
+  if (info.width !== o.size || info.height !== o.size) throw new FrameError(`resize gave ${info.width}x${info.height}`);
+  const plane = o.size * o.size;
+  const chw = new Uint8Array(3 * plane);
+  const ch = info.channels;
+  for (let i = 0; i < plane; i++) {
+    for (let c = 0; c < 3; c++) chw[c * plane + i] = data[i * ch + (ch >= 3 ? c : 0)];
+  }
+  return chw;
+}
+
+/** uint8 CHW -> PNG bytes (for writing streams and the demo). */
+export async function encodePng(chw: Uint8Array, size: number): Promise<Buffer> {
+  const plane = size * size;
+  const hwc = Buffer.alloc(3 * plane);
+  for (let i = 0; i < plane; i++) for (let c = 0; c < 3; c++) hwc[i * 3 + c] = chw[c * plane + i];
+  return sharp(hwc, { raw: { width: size, height: size, channels: 3 } }).png().toBuffer();
+}

@@ -1,0 +1,389 @@
+// The agent: frames from a source -> decode (bad files quarantined) -> arrivals of b new images ->
+// the learner (buffer + K compiled steps) -> checkpoints, exports, metrics. Resumes from the newest
+// checkpoint; SIGINT/SIGTERM finish the current step, checkpoint, export and exit.
+
+import { appendFileSync, existsSync, mkdirSync, readFileSync, renameSync, rmSync, writeFileSync, accessSync, constants } from 'node:fs';
+import path from 'node:path';
+import { Trainer } from './trainer/trainer.ts';
+import type { EP } from './trainer/backend.ts';
+import { Learner, defaultLearnerConfig, type LearnerConfig, type Replay } from './trainer/learner.ts';
+import { latestCheckpoint, saveCheckpoint, CHECKPOINT_VERSION } from './trainer/checkpoint.ts';
+import { exportEncoder, type ExportInfo } from './export/export.ts';
+import { DirSource, type FileFrame, type Overflow } from './sources/dir.ts';
+import { Ledger } from './sources/ledger.ts';
+import { decodeFrame, FrameError, type Fit } from './frames/decode.ts';
+import type { BufferPolicy } from './buffer/buffer.ts';
+
+export interface Every {
+  steps?: number;
+  ms?: number;
+}
+
+/** '500' = every 500 steps; '30s', '5m', '1h' = by time. */
+export function parseEvery(flag: string, v: string): Every {
+  const m = /^(\d+(?:\.\d+)?)(s|m|h)?$/.exec(v.trim());
+  if (!m || Number(m[1]) <= 0) throw new Error(`${flag} ${v}: expected a number of steps (e.g. 500) or a duration (30s, 5m, 1h)`);
+  if (!m[2]) return { steps: Math.round(Number(m[1])) };
+  return { ms: Number(m[1]) * { s: 1e3, m: 6e4, h: 3.6e6 }[m[2] as 's' | 'm' | 'h'] };
+}
+
+export interface AgentOptions {
+  watch: string;
+  recursive: boolean;
+  order: 'name' | 'mtime';
+  afterIngest: 'keep' | 'move' | 'delete';
+  processed: string;
+  quarantine: string;
+  artifacts: string;
+  stateDir: string;
+  models: string;
+  ep: EP;
+  epFallback?: EP;
+  threads?: number;
+  fit: Fit;
+  maxPixels: number;
+  overflow: Overflow;
+  backlog: number;
+  stableMs: number;
+  checkpointEvery: Every;
+  exportEvery: Every;
+  fresh: boolean;
+  metrics?: string;
+  /** Stop after this many arrivals / seconds / seconds without a new frame (0 = never). */
+  maxArrivals: number;
+  maxSeconds: number;
+  exitWhenIdle: number;
+  maxSkips: number;
+  learner: Partial<Pick<LearnerConfig, 'updates' | 'replay' | 'lr' | 'schedule' | 'scheduleSteps' | 'seed'>> & {
+    bufferSize?: number;
+    policy?: BufferPolicy;
+    replay?: Replay;
+  };
+  log: (line: string) => void;
+  progress?: (line: string) => void;
+}
+
+export interface AgentSummary {
+  framesIngested: number;
+  quarantined: number;
+  dropped: number;
+  refused: number;
+  arrivals: number;
+  steps: number;
+  skippedSteps: number;
+  resumedFrom: string | null;
+  lastExport: ExportInfo | null;
+  lossFirst: number | null;
+  lossLast: number | null;
+  stoppedBy: string;
+}
+
+export class AgentError extends Error {
+  constructor(
+    message: string,
+    readonly exitCode = 2,
+  ) {
+    super(message);
+  }
+}
+
+function ensureWritable(flag: string, dir: string): void {
+  try {
+    mkdirSync(dir, { recursive: true });
+    accessSync(dir, constants.W_OK);
+  } catch (e) {
+    throw new AgentError(`${flag} ${dir}: not a writable directory (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`);
+  }
+}
+
+function uniqueTarget(dir: string, rel: string): string {
+  let target = path.join(dir, rel);
+  for (let k = 1; existsSync(target); k++) {
+    const ext = path.extname(rel);
+    target = path.join(dir, `${rel.slice(0, rel.length - ext.length)}.${k}${ext}`);
+  }
+  mkdirSync(path.dirname(target), { recursive: true });
+  return target;
+}
+
+export async function runAgent(o: AgentOptions): Promise<AgentSummary> {
+  const watch = path.resolve(o.watch);
+  if (!existsSync(watch)) throw new AgentError(`--watch ${o.watch}: no such directory`);
+  for (const [flag, dir] of [['--state', o.stateDir], ['--models', o.models], ['--quarantine', o.quarantine]] as const) ensureWritable(flag, dir);
+  if (o.afterIngest === 'move') ensureWritable('--processed', o.processed);
+
+  const trainer = await Trainer.open(o.artifacts, { ep: o.ep, epFallback: o.epFallback, threads: o.threads });
+  const cfg = defaultLearnerConfig(trainer);
+  const L = o.learner;
+  const learnerCfg: LearnerConfig = {
+    ...cfg,
+    ...(L.updates !== undefined ? { updates: L.updates } : {}),
+    ...(L.replay ? { replay: L.replay } : {}),
+    ...(L.lr !== undefined ? { lr: L.lr } : {}),
+    ...(L.schedule ? { schedule: L.schedule } : {}),
+    ...(L.scheduleSteps ? { scheduleSteps: L.scheduleSteps } : {}),
+    ...(L.seed !== undefined ? { seed: L.seed } : {}),
+    buffer: { ...cfg.buffer, ...(L.bufferSize ? { capacity: L.bufferSize } : {}), ...(L.policy ? { policy: L.policy } : {}) },
+  };
+  const learner = new Learner(trainer, learnerCfg);
+  const m = trainer.manifest;
+  const size = m.preset.image.size;
+  const newPer = m.preset.agent.newPerArrival;
+  const ckptDir = path.join(o.stateDir, 'checkpoints');
+  const artifactHash = m.files[m.trainStep.file];
+
+  const counters = { framesIngested: 0, quarantined: 0, dropped: 0, refused: 0, skippedSteps: 0 };
+  let resumedFrom: string | null = null;
+  if (o.fresh) {
+    rmSync(ckptDir, { recursive: true, force: true });
+    rmSync(path.join(o.stateDir, 'ingested.log'), { force: true });
+  } else {
+    const last = latestCheckpoint(ckptDir, o.log);
+    if (last) {
+      const c = last.data;
+      if (c.meta.artifact !== artifactHash) {
+        throw new AgentError(`--state ${o.stateDir}: its checkpoint belongs to other artifacts (${c.meta.artifact.slice(0, 12)}...); use --fresh to start over or point --artifacts at the ones it was made with`);
+      }
+      for (const s of m.state) {
+        const v = c.state.get(s.name);
+        if (!v || v.length !== trainer.state.get(s.name)!.length) throw new AgentError(`${last.file}: no state '${s.name}' of the manifest's shape`);
+        trainer.state.set(s.name, v);
+      }
+      trainer.steps = c.meta.steps;
+      learner.arrivals = c.meta.arrivals;
+      learner.rng.state = c.meta.rng;
+      learner.cropRng.state = c.meta.cropRng;
+      learner.buffer.restore({
+        nextId: c.meta.buffer.nextId,
+        streamCount: c.meta.buffer.streamCount,
+        entries: c.meta.buffer.entries.map((e, i) => ({ ...e, image: c.images[i], feature: c.features[i] })),
+      });
+      Object.assign(counters, c.meta.counters);
+      resumedFrom = last.file;
+      o.log(`resumed from ${last.file}: step ${trainer.steps}, ${learner.arrivals} arrivals, buffer ${learner.buffer.size}`);
+    }
+  }
+
+  const ledger = new Ledger(path.join(o.stateDir, 'ingested.log'));
+  const ignore = [o.processed, o.quarantine, o.stateDir, o.models].map((d) => path.resolve(d));
+  const source = new DirSource({
+    dir: watch,
+    recursive: o.recursive,
+    order: o.order,
+    ledger,
+    ignore,
+    overflow: o.overflow,
+    backlog: o.backlog,
+    stableMs: o.stableMs,
+    onDrop: (f) => {
+      counters.dropped++;
+      o.log(`dropped ${f.key}: backlog over ${o.backlog} frames (--overflow drop-oldest)`);
+    },
+    onRefused: (p, why) => {
+      counters.refused++;
+      o.log(`refused ${p}: ${why}`);
+    },
+  });
+
+  let stopReason = '';
+  const stop = (why: string) => {
+    if (!stopReason) stopReason = why;
+    void source.close();
+  };
+  const onSignal = (sig: string) => () => {
+    o.log(`${sig}: finishing the current step, then checkpoint and export`);
+    stop(sig);
+  };
+  const sigint = onSignal('SIGINT');
+  const sigterm = onSignal('SIGTERM');
+  process.on('SIGINT', sigint);
+  process.on('SIGTERM', sigterm);
+
+  const metricsFile = o.metrics ? path.resolve(o.metrics) : null;
+  if (metricsFile) mkdirSync(path.dirname(metricsFile), { recursive: true });
+  const started = Date.now();
+  let lastCkptStep = trainer.steps;
+  let lastCkptTime = Date.now();
+  let lastExportStep = trainer.steps;
+  let lastExportTime = Date.now();
+  let lastExport: ExportInfo | null = null;
+  let lossFirst: number | null = null;
+  let lossLast: number | null = null;
+  let consecutiveSkips = 0;
+  let lastFrameAt = Date.now();
+
+  const checkpoint = () => {
+    const snap = learner.buffer.snapshot();
+    const file = saveCheckpoint(ckptDir, {
+      meta: {
+        version: CHECKPOINT_VERSION,
+        artifact: artifactHash,
+        steps: trainer.steps,
+        arrivals: learner.arrivals,
+        framesIngested: counters.framesIngested,
+        rng: learner.rng.state,
+        cropRng: learner.cropRng.state,
+        buffer: {
+          nextId: snap.nextId,
+          streamCount: snap.streamCount,
+          entries: snap.entries.map(({ image: _i, feature: _f, ...rest }) => rest),
+          hasFeature: snap.entries.map((e) => e.feature !== null),
+        },
+        counters: { ...counters },
+        time: new Date().toISOString(),
+      },
+      state: trainer.state,
+      images: snap.entries.map((e) => e.image),
+      features: snap.entries.map((e) => e.feature),
+    });
+    lastCkptStep = trainer.steps;
+    lastCkptTime = Date.now();
+    return file;
+  };
+
+  const doExport = async () => {
+    const entries = learner.buffer.entries.slice(0, 8);
+    const per = 3 * size * size;
+    const count = Math.max(1, entries.length);
+    const probe = new Float32Array(count * per);
+    if (entries.length) entries.forEach((e, i) => e.image.forEach((v, k) => (probe[i * per + k] = v / 255)));
+    else probe.fill(0.5);
+    lastExport = await exportEncoder(trainer, o.models, { framesSeen: counters.framesIngested, loss: lossLast, probe, probeCount: count });
+    lastExportStep = trainer.steps;
+    lastExportTime = Date.now();
+    o.log(`exported ${path.join(o.models, lastExport.file)} (step ${lastExport.step}) and ${path.join(o.models, 'latest.onnx')}`);
+  };
+
+  const due = (e: Every, lastStep: number, lastTime: number) =>
+    (e.steps !== undefined && trainer.steps - lastStep >= e.steps) || (e.ms !== undefined && Date.now() - lastTime >= e.ms);
+
+  const quarantine = (f: FileFrame, reason: string) => {
+    counters.quarantined++;
+    ledger.record('quarantined', f.key, f.size, f.mtimeMs);
+    try {
+      const target = uniqueTarget(o.quarantine, f.key);
+      renameSync(f.path, target);
+      writeFileSync(`${target}.reason`, `${reason}\n`);
+      o.log(`quarantined ${f.key}: ${reason}`);
+    } catch (e) {
+      o.log(`could not quarantine ${f.key} (${(e as Error).message}); reason was: ${reason}`);
+    }
+  };
+
+  const afterIngest = (f: FileFrame) => {
+    try {
+      if (o.afterIngest === 'delete') rmSync(f.path, { force: true });
+      else if (o.afterIngest === 'move') renameSync(f.path, uniqueTarget(o.processed, f.key));
+    } catch (e) {
+      o.log(`after-ingest ${o.afterIngest} failed for ${f.key}: ${(e as Error).message}`);
+    }
+  };
+
+  await source.start();
+  o.log(`watching ${watch} (${source.pending} frames waiting); training ${m.name} on ${trainer.ep}: ${newPer} new images per arrival, ${learnerCfg.updates} updates, buffer ${learnerCfg.buffer.capacity} (${learnerCfg.buffer.policy}), replay ${learnerCfg.replay}`);
+
+  let pending: { key: string; image: Uint8Array }[] = [];
+  try {
+    while (!stopReason) {
+      if (o.maxSeconds && Date.now() - started >= o.maxSeconds * 1000) {
+        stop(`--max-seconds ${o.maxSeconds}`);
+        break;
+      }
+      const f = await source.next(o.exitWhenIdle ? 250 : 1000);
+      if (!f) {
+        if (o.exitWhenIdle && Date.now() - lastFrameAt >= o.exitWhenIdle * 1000) stop(`idle for ${o.exitWhenIdle}s (--exit-when-idle)`);
+        continue;
+      }
+      lastFrameAt = Date.now();
+      let bytes: Buffer;
+      try {
+        bytes = readFileSync(f.path);
+      } catch (e) {
+        counters.refused++;
+        o.log(`skipped ${f.key}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message} (gone before it could be read)`);
+        continue;
+      }
+      let image: Uint8Array;
+      try {
+        image = await decodeFrame(bytes, path.extname(f.path), { size, fit: o.fit, maxPixels: o.maxPixels });
+      } catch (e) {
+        quarantine(f, e instanceof FrameError ? e.message : `decode failed: ${(e as Error).message}`);
+        continue;
+      }
+      ledger.record('ingested', f.key, f.size, f.mtimeMs);
+      counters.framesIngested++;
+      afterIngest(f);
+      pending.push({ key: f.key, image });
+      if (pending.length < newPer) continue;
+
+      const r = await learner.arrive(pending);
+      pending = [];
+      for (const s of r.steps) {
+        if (!s.applied) {
+          counters.skippedSteps++;
+          consecutiveSkips++;
+          o.log(`step skipped: non-finite loss or gradient (loss ${s.loss}, grad norm ${s.gradNorm}); parameters kept`);
+        } else {
+          consecutiveSkips = 0;
+          lossFirst ??= s.loss;
+          lossLast = s.loss;
+        }
+        if (metricsFile) {
+          appendFileSync(
+            metricsFile,
+            JSON.stringify({
+              time: new Date().toISOString(),
+              step: trainer.steps,
+              arrival: learner.arrivals,
+              loss: s.loss,
+              terms: s.terms,
+              lr: learner.lrAt(trainer.steps),
+              ms: Math.round(s.ms),
+              cropsPerS: Math.round((trainer.cropsShape[0] / s.ms) * 1000),
+              gradNorm: s.gradNorm,
+              gradCos: s.gradCos,
+              applied: s.applied,
+              buffer: learner.buffer.size,
+              nnSim: learner.buffer.meanNearestSimilarity(),
+              frames: counters.framesIngested,
+            }) + '\n',
+          );
+        }
+      }
+      if (consecutiveSkips >= o.maxSkips) {
+        throw new AgentError(`training diverged: ${consecutiveSkips} consecutive steps had a non-finite loss or gradient; stopped with the last good state (lower --lr?)`, 3);
+      }
+      o.progress?.(
+        `step ${trainer.steps}  arrival ${learner.arrivals}  frames ${counters.framesIngested}  loss ${lossLast?.toFixed(4) ?? '-'}  buffer ${learner.buffer.size}  waiting ${source.pending}  quarantined ${counters.quarantined}${r.trained ? '' : '  (filling the buffer)'}`,
+      );
+      if (o.maxArrivals && learner.arrivals >= o.maxArrivals) stop(`--max-arrivals ${o.maxArrivals}`);
+      if (due(o.checkpointEvery, lastCkptStep, lastCkptTime)) checkpoint();
+      if (due(o.exportEvery, lastExportStep, lastExportTime)) await doExport();
+    }
+  } finally {
+    process.off('SIGINT', sigint);
+    process.off('SIGTERM', sigterm);
+    await source.close();
+  }
+  // Frames of an incomplete arrival were recorded as ingested; they are learnt only if the batch fills,
+  // so keep them in the buffer (they count as data seen) without a step.
+  if (pending.length) {
+    learner.buffer.add(pending);
+    learner.buffer.shrink(learner.rng);
+  }
+  const ck = checkpoint();
+  o.log(`checkpoint ${ck}`);
+  await doExport();
+  const summary: AgentSummary = {
+    ...counters,
+    arrivals: learner.arrivals,
+    steps: trainer.steps,
+    resumedFrom,
+    lastExport,
+    lossFirst,
+    lossLast,
+    stoppedBy: stopReason,
+  };
+  await trainer.close();
+  return summary;
+}

@@ -1,0 +1,170 @@
+// The `dir` source: frames from a watched directory (chokidar). Files already there are taken in
+// name or mtime order; new ones once fully written (size stable; renames into the directory count as
+// new files). Only paths wait in the queue, so a slow trainer holds back reading, not memory; the
+// overflow policy (block | drop-oldest) decides what happens when the backlog passes its limit.
+
+import chokidar, { type FSWatcher } from 'chokidar';
+import { lstatSync, readdirSync, realpathSync, statSync } from 'node:fs';
+import path from 'node:path';
+import { FRAME_EXTENSIONS } from '../frames/decode.ts';
+import { Ledger } from './ledger.ts';
+
+export interface FileFrame {
+  /** Path relative to the watched directory. */
+  key: string;
+  path: string;
+  size: number;
+  mtimeMs: number;
+  /** When the source saw it (ms since epoch). */
+  arrival: number;
+}
+
+export type Overflow = 'block' | 'drop-oldest';
+
+export interface DirSourceOptions {
+  dir: string;
+  recursive: boolean;
+  order: 'name' | 'mtime';
+  ledger: Ledger;
+  /** Directories inside `dir` to ignore (processed, quarantine). */
+  ignore: string[];
+  overflow: Overflow;
+  /** Backlog length beyond which drop-oldest drops. */
+  backlog: number;
+  /** How long a file's size must stay unchanged before it is read. */
+  stableMs: number;
+  onDrop?: (f: FileFrame) => void;
+  onRefused?: (absPath: string, reason: string) => void;
+}
+
+export class DirSource implements AsyncIterable<FileFrame> {
+  private queue: FileFrame[] = [];
+  private queued = new Set<string>();
+  private waiters: ((f: FileFrame | null) => void)[] = [];
+  private watcher: FSWatcher | null = null;
+  private closed = false;
+  dropped = 0;
+  readonly root: string;
+
+  constructor(readonly o: DirSourceOptions) {
+    this.root = path.resolve(o.dir);
+  }
+
+  private eligible(abs: string): boolean {
+    if (!FRAME_EXTENSIONS.includes(path.extname(abs).toLowerCase())) return false;
+    const rel = path.relative(this.root, abs);
+    if (rel.startsWith('..') || path.basename(abs).startsWith('.')) return false;
+    if (!this.o.recursive && rel.includes(path.sep)) return false;
+    return !this.o.ignore.some((d) => abs === d || abs.startsWith(d + path.sep));
+  }
+
+  private offer(abs: string): void {
+    if (this.closed || !this.eligible(abs)) return;
+    let st;
+    try {
+      const l = lstatSync(abs);
+      if (l.isSymbolicLink()) {
+        // Untrusted directory: a link may point anywhere; only follow it inside the watched tree.
+        const real = realpathSync(abs);
+        if (!(real === this.root || real.startsWith(this.root + path.sep))) {
+          this.o.onRefused?.(abs, `symbolic link to ${real}, outside the watched directory`);
+          return;
+        }
+      }
+      st = statSync(abs);
+    } catch {
+      return; // gone between event and look
+    }
+    if (!st.isFile()) return;
+    const key = path.relative(this.root, abs);
+    if (this.o.ledger.has(key, st.size, st.mtimeMs)) return;
+    const id = Ledger.key(key, st.size, st.mtimeMs);
+    if (this.queued.has(id)) return;
+    this.queued.add(id);
+    const f: FileFrame = { key, path: abs, size: st.size, mtimeMs: st.mtimeMs, arrival: Date.now() };
+    const w = this.waiters.shift();
+    if (w) {
+      w(f);
+      return;
+    }
+    this.queue.push(f);
+    if (this.o.overflow === 'drop-oldest' && this.queue.length > this.o.backlog) {
+      const old = this.queue.shift()!;
+      this.dropped++;
+      this.o.ledger.record('dropped', old.key, old.size, old.mtimeMs);
+      this.o.onDrop?.(old);
+    }
+  }
+
+  private scan(dir: string, out: string[]): void {
+    for (const d of readdirSync(dir, { withFileTypes: true })) {
+      const abs = path.join(dir, d.name);
+      if (d.isDirectory()) {
+        if (this.o.recursive && !this.o.ignore.includes(abs)) this.scan(abs, out);
+      } else out.push(abs);
+    }
+  }
+
+  /** Queues what is there now (in the chosen order), then watches for more. */
+  async start(): Promise<void> {
+    const existing: string[] = [];
+    this.scan(this.root, existing);
+    const withTime = existing.filter((f) => this.eligible(f)).map((f) => ({ f, t: safeMtime(f) }));
+    withTime.sort((a, b) => (this.o.order === 'mtime' ? a.t - b.t || a.f.localeCompare(b.f) : a.f.localeCompare(b.f)));
+    for (const { f } of withTime) this.offer(f);
+    this.watcher = chokidar.watch(this.root, {
+      ignoreInitial: true,
+      depth: this.o.recursive ? undefined : 0,
+      followSymlinks: false,
+      awaitWriteFinish: { stabilityThreshold: this.o.stableMs, pollInterval: Math.max(10, Math.floor(this.o.stableMs / 4)) },
+      ignored: (p: string) => this.o.ignore.some((d) => p === d || p.startsWith(d + path.sep)),
+    });
+    this.watcher.on('add', (p) => this.offer(path.resolve(p)));
+    this.watcher.on('change', (p) => this.offer(path.resolve(p)));
+    await new Promise<void>((resolve) => this.watcher!.once('ready', () => resolve()));
+  }
+
+  get pending(): number {
+    return this.queue.length;
+  }
+
+  /** Next frame, or null once closed; `timeoutMs` bounds the wait (null on timeout too). */
+  next(timeoutMs?: number): Promise<FileFrame | null> {
+    const f = this.queue.shift();
+    if (f) return Promise.resolve(f);
+    if (this.closed) return Promise.resolve(null);
+    return new Promise((resolve) => {
+      const w = (x: FileFrame | null) => {
+        if (timer) clearTimeout(timer);
+        resolve(x);
+      };
+      const timer = timeoutMs !== undefined ? setTimeout(() => {
+        this.waiters = this.waiters.filter((x) => x !== w);
+        resolve(null);
+      }, timeoutMs) : null;
+      this.waiters.push(w);
+    });
+  }
+
+  async *[Symbol.asyncIterator](): AsyncIterator<FileFrame> {
+    for (;;) {
+      const f = await this.next();
+      if (!f) return;
+      yield f;
+    }
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    for (const w of this.waiters.splice(0)) w(null);
+    await this.watcher?.close();
+  }
+}
+
+function safeMtime(f: string): number {
+  try {
+    return statSync(f).mtimeMs;
+  } catch {
+    return 0;
+  }
+}

@@ -1,0 +1,120 @@
+// The learning loop of one arrival (DESIGN.md section 3): add the new images to the buffer, run K
+// updates on batches composed by the replay rule, refresh the representative features from each
+// step's zbar, then shrink the buffer. Shared by the agent and the benchmarks: a method is a
+// configuration (artifacts + buffer policy + replay rule), not a copy of this loop.
+
+import { Rng } from '../../tools/nn/rng.ts';
+import { ReplayBuffer, type Entry, type BufferConfig } from '../buffer/buffer.ts';
+import { multiCrop, CIFAR_AUGMENT, type AugmentConfig } from '../frames/augment.ts';
+import type { StepResult, Trainer } from './trainer.ts';
+
+export type Replay = 'mixed' | 'buffer';
+
+export interface LearnerConfig {
+  /** Updates per arrival, K. */
+  updates: number;
+  replay: Replay;
+  buffer: BufferConfig;
+  lr: number;
+  schedule: 'constant' | 'cosine';
+  /** Steps over which the cosine schedule decays (ignored for constant). */
+  scheduleSteps: number;
+  augment: AugmentConfig;
+  seed: number;
+}
+
+export interface ArrivalReport {
+  steps: StepResult[];
+  /** false while the buffer holds too few images for a full batch (no update then). */
+  trained: boolean;
+  removed: Entry[];
+  ms: { augment: number; train: number; buffer: number };
+}
+
+export class Learner {
+  readonly buffer: ReplayBuffer;
+  /** Replay draws and buffer decisions. */
+  rng: Rng;
+  /** Crop parameters. */
+  cropRng: Rng;
+  arrivals = 0;
+
+  constructor(
+    readonly trainer: Trainer,
+    readonly cfg: LearnerConfig,
+  ) {
+    this.buffer = new ReplayBuffer(cfg.buffer);
+    this.rng = new Rng(cfg.seed);
+    this.cropRng = new Rng(cfg.seed + 0x9e37);
+  }
+
+  get batchSize(): number {
+    return this.trainer.manifest.trainStep.crops.images;
+  }
+
+  lrAt(step: number): number {
+    if (this.cfg.schedule === 'constant') return this.cfg.lr;
+    const t = Math.min(step / Math.max(1, this.cfg.scheduleSteps), 1);
+    return 0.5 * this.cfg.lr * (1 + Math.cos(Math.PI * t));
+  }
+
+  private compose(fresh: Entry[]): Entry[] | null {
+    const b = this.batchSize;
+    if (this.cfg.replay === 'buffer') return this.buffer.size >= b ? this.buffer.sample(this.rng, b) : null;
+    // mixed: this arrival's images plus replayed ones drawn from the rest of the buffer.
+    const replay = b - fresh.length;
+    if (replay < 0) throw new Error(`arrival of ${fresh.length} images exceeds the step's batch of ${b}`);
+    if (this.buffer.size - fresh.length < replay) return null;
+    return [...fresh, ...this.buffer.sample(this.rng, replay, new Set(fresh.map((e) => e.id)))];
+  }
+
+  async arrive(items: { key: string; image: Uint8Array }[]): Promise<ArrivalReport> {
+    const t0 = performance.now();
+    const fresh = this.buffer.add(items);
+    this.arrivals++;
+    const ms = { augment: 0, train: 0, buffer: performance.now() - t0 };
+    const steps: StepResult[] = [];
+    const p = this.trainer.manifest.preset;
+    const views = this.trainer.manifest.trainStep.crops.views;
+    const size = p.image.size;
+    const per = 3 * size * size;
+    let trained = false;
+    for (let k = 0; k < this.cfg.updates; k++) {
+      const batch = this.compose(fresh);
+      if (!batch) break;
+      trained = true;
+      const ta = performance.now();
+      const images = new Uint8Array(batch.length * per);
+      batch.forEach((e, j) => images.set(e.image, j * per));
+      const crops = multiCrop(images, batch.length, size, views, this.cropRng, this.cfg.augment);
+      const tb = performance.now();
+      const r = await this.trainer.step(crops, this.lrAt(this.trainer.steps));
+      const tc = performance.now();
+      if (r.applied) this.buffer.updateFeatures(batch, r.zbar);
+      const td = performance.now();
+      ms.augment += tb - ta;
+      ms.train += tc - tb;
+      ms.buffer += td - tc;
+      steps.push(r);
+    }
+    const te = performance.now();
+    const removed = this.buffer.shrink(this.rng);
+    ms.buffer += performance.now() - te;
+    return { steps, trained, removed, ms };
+  }
+}
+
+export function defaultLearnerConfig(trainer: Trainer, over: Partial<LearnerConfig> = {}): LearnerConfig {
+  const p = trainer.manifest.preset;
+  return {
+    updates: p.agent.updatesPerArrival,
+    replay: p.agent.replay,
+    buffer: { capacity: p.agent.bufferSize, policy: p.predictor ? 'minred' : 'diverse', alpha: 0.5 },
+    lr: p.lr,
+    schedule: 'constant',
+    scheduleSteps: 10000,
+    augment: CIFAR_AUGMENT,
+    seed: 0,
+    ...over,
+  };
+}

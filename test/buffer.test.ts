@@ -1,0 +1,122 @@
+// The replay buffer and its removal rule, on hand-made feature sets with known answers and against
+// the direct O(M^2 d) reference on random ones.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { removeRedundantReference, NearestNeighbours } from '../agent/buffer/removal.ts';
+import { ReplayBuffer } from '../agent/buffer/buffer.ts';
+import { Rng } from '../tools/nn/rng.ts';
+
+const unit = (v: number[]) => {
+  const n = Math.hypot(...v);
+  return Float32Array.from(v, (x) => x / n);
+};
+
+test('removal rule: the near-duplicate goes first, then the next most redundant', () => {
+  // a and a2 are nearly identical; b and c are apart from everything; d is halfway between b and c.
+  const f = [unit([1, 0, 0, 0]), unit([0, 1, 0, 0]), unit([1, 0.05, 0, 0]), unit([0, 0, 1, 0]), unit([0, 1, 1, 0])];
+  // First: the pair (0, 2) has the highest similarity; position 0 wins the tie. Then 2 has no close
+  // neighbour left, and d (4) is the most similar to b and c (cos 0.707).
+  assert.deepEqual(removeRedundantReference(f, 1), [0]);
+  assert.deepEqual(removeRedundantReference(f, 2), [0, 1]);
+  const nn = new NearestNeighbours();
+  f.forEach((v, i) => nn.set(i, v, i));
+  const out: number[] = [];
+  for (let k = 0; k < 2; k++) {
+    const id = nn.mostRedundant();
+    out.push(id);
+    nn.delete(id);
+  }
+  assert.deepEqual(out, [0, 1]);
+});
+
+test('incremental nearest neighbours give exactly the reference removals under updates and deletions', () => {
+  const rng = new Rng(4);
+  for (let trial = 0; trial < 20; trial++) {
+    const m = 10 + rng.int(30);
+    const d = 2 + rng.int(6);
+    const feats = Array.from({ length: m }, () => unit(Array.from({ length: d }, () => rng.normal())));
+    const nn = new NearestNeighbours();
+    feats.forEach((v, i) => nn.set(i, v, i));
+    // Some features change (as the EMA moves them), in random order.
+    for (let k = 0; k < m; k++) {
+      const i = rng.int(m);
+      feats[i] = unit(Array.from({ length: d }, () => rng.normal()));
+      nn.set(i, feats[i], i);
+    }
+    const n = 1 + rng.int(m - 2);
+    const expected = removeRedundantReference(feats, n);
+    const got: number[] = [];
+    for (let r = 0; r < n; r++) {
+      const id = nn.mostRedundant();
+      got.push(id);
+      nn.delete(id);
+    }
+    assert.deepEqual(got, expected, `trial ${trial}`);
+  }
+});
+
+const img = (v: number) => new Uint8Array(12).fill(v);
+
+test('diverse buffer: oldest first while fewer than 2n entries are seen, then the redundancy rule', () => {
+  const b = new ReplayBuffer({ capacity: 4, policy: 'diverse', alpha: 0.5 });
+  const rng = new Rng(1);
+  b.add([0, 1, 2].map((i) => ({ key: `a${i}`, image: img(i) })));
+  b.add([3, 4].map((i) => ({ key: `b${i}`, image: img(i) })));
+  // No entry seen: the oldest (a0) goes.
+  assert.deepEqual(b.shrink(rng).map((e) => e.key), ['a0']);
+  // All seen, with b3 a near copy of a1: one of that pair goes (a1, the earlier).
+  const batch = [...b.entries];
+  const z = new Float32Array([1, 0, 0, /**/ 0, 1, 0, /**/ 1, 0.01, 0, /**/ 0, 0, 1].map((x) => x * 3));
+  b.updateFeatures(batch, z);
+  b.add([{ key: 'c5', image: img(5) }]);
+  assert.deepEqual(b.shrink(rng).map((e) => e.key), ['a1']);
+  assert.equal(b.size, 4);
+});
+
+test('representative feature: first the step feature, then the normalised EMA with alpha', () => {
+  const b = new ReplayBuffer({ capacity: 10, policy: 'diverse', alpha: 0.5 });
+  const [e] = b.add([{ key: 'x', image: img(0) }]);
+  b.updateFeatures([e], new Float32Array([2, 0]));
+  assert.deepEqual(Array.from(e.feature!), [1, 0]);
+  b.updateFeatures([e], new Float32Array([0, 5]));
+  const s = Math.SQRT1_2;
+  assert.ok(Math.abs(e.feature![0] - s) < 1e-6 && Math.abs(e.feature![1] - s) < 1e-6);
+  assert.equal(e.seen, true);
+});
+
+test('fifo keeps the newest; reservoir keeps a uniform sample of the stream', () => {
+  const fifo = new ReplayBuffer({ capacity: 5, policy: 'fifo', alpha: 0.5 });
+  const rng = new Rng(2);
+  for (let t = 0; t < 20; t++) {
+    fifo.add([{ key: String(t), image: img(0) }]);
+    fifo.shrink(rng);
+  }
+  assert.deepEqual(fifo.entries.map((e) => e.key), ['15', '16', '17', '18', '19']);
+  // Reservoir: over many runs each stream position is kept with probability M / T.
+  const M = 20;
+  const T = 200;
+  const counts = new Array(T).fill(0);
+  const runs = 400;
+  for (let r = 0; r < runs; r++) {
+    const res = new ReplayBuffer({ capacity: M, policy: 'reservoir', alpha: 0.5 });
+    const rr = new Rng(100 + r);
+    for (let t = 0; t < T; t += 4) {
+      res.add([0, 1, 2, 3].map((k) => ({ key: String(t + k), image: img(0) })));
+      res.shrink(rr);
+    }
+    for (const e of res.entries) counts[Number(e.key)]++;
+  }
+  const firstHalf = counts.slice(0, T / 2).reduce((a, b) => a + b, 0) / (runs * M);
+  // Expected 0.5 of the kept items from the first half of the stream; +-0.04 is > 5 sigma here.
+  assert.ok(Math.abs(firstHalf - 0.5) < 0.04, `share of the first half ${firstHalf}`);
+});
+
+test('sample draws without replacement and honours exclusions', () => {
+  const b = new ReplayBuffer({ capacity: 100, policy: 'diverse', alpha: 0.5 });
+  const added = b.add(Array.from({ length: 30 }, (_, i) => ({ key: String(i), image: img(i) })));
+  const exclude = new Set(added.slice(0, 10).map((e) => e.id));
+  const s = b.sample(new Rng(3), 20, exclude);
+  assert.equal(new Set(s.map((e) => e.id)).size, 20);
+  assert.ok(s.every((e) => !exclude.has(e.id)));
+  assert.throws(() => b.sample(new Rng(3), 21, exclude), /21 samples asked of 20/);
+});
