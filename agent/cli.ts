@@ -104,6 +104,21 @@ await yargs(hideBin(process.argv))
     },
   )
   .command(
+    'data fetch <dataset>',
+    'download CIFAR-10 or CIFAR-100 (official binary version) with resume and checksum verification',
+    (y) =>
+      y
+        .positional('dataset', { choices: ['cifar10', 'cifar100'] as const, demandOption: true })
+        .option('dir', { type: 'string', default: DEFAULT_DATA, describe: 'where to put the archive and the unpacked folder' })
+        .option('url', { type: 'string', describe: 'a mirror of the official archive (same file, same checksum)' }),
+    async (a) => {
+      const { DATASETS, fetchDataset } = await import('../tools/data/fetch.ts');
+      const src = { ...DATASETS[a.dataset!], ...(a.url ? { url: a.url } : {}) };
+      const out = await fetchDataset(src, a.dir, (s) => process.stderr.write(`${s}\n`));
+      process.stdout.write(`${out}\n`);
+    },
+  )
+  .command(
     'stream',
     'write a class-incremental stream of a data set as image files (a camera for `run --watch`), or print its order',
     (y) =>

@@ -1,5 +1,5 @@
 // `ssocl demo` (npm start): the built-in default. A "camera" replays the demo stream (2,000 CIFAR-10
-// images shipped in agent/demo, class by class) as PNG files into a temporary directory, with one
+// images shipped in agent/demo, shuffled) as PNG files into a temporary directory, with one
 // corrupt file among them; the agent watches that directory, learns for a while and exports the
 // encoder. Everything runs offline on a fresh clone.
 
@@ -11,6 +11,10 @@ import { encodePng } from '../frames/decode.ts';
 import { runAgent } from '../run.ts';
 import type { EP } from '../trainer/backend.ts';
 import { REPO_ROOT } from '../paths.ts';
+import { Trainer } from '../trainer/trainer.ts';
+import { openEncoder, computeFeatures, type FeatureModel } from '../eval/features.ts';
+import { knnWeighted } from '../eval/knn.ts';
+import { Rng } from '../../tools/nn/rng.ts';
 
 export interface DemoArgs {
   ep: EP;
@@ -24,19 +28,46 @@ export interface DemoArgs {
 
 export const DEMO_STREAM = path.join(REPO_ROOT, 'agent/demo/cifar10-demo.bin');
 
-/** Demo images in class order (a class-incremental stream), stable within a class. */
+/**
+ * Demo images in a seeded random order: two minutes of CPU training sees about 800 frames, and a
+ * class-by-class order would show it only four classes. (`ssocl stream` writes the class-incremental
+ * streams.)
+ */
 export function demoStream(): { images: Uint8Array; labels: Uint8Array; order: number[] } {
   const d = parseCifar10(readFileSync(DEMO_STREAM), DEMO_STREAM);
-  const order = [...Array(d.count).keys()].sort((a, b) => d.labels[a] - d.labels[b] || a - b);
+  const order = [...Array(d.count).keys()];
+  const rng = new Rng(2024);
+  for (let i = order.length - 1; i > 0; i--) {
+    const j = rng.int(i + 1);
+    [order[i], order[j]] = [order[j], order[i]];
+  }
   return { images: d.images, labels: d.labels, order };
+}
+
+/** Weighted kNN within the demo set (even indices memory, odd queries): exported vs initial encoder. */
+async function demoKnn(artifacts: string, exported: string, images: Uint8Array, labels: Uint8Array) {
+  const n = labels.length;
+  const mem = [...Array(n).keys()].filter((i) => i % 2 === 0);
+  const qs = [...Array(n).keys()].filter((i) => i % 2 === 1);
+  const acc = async (model: FeatureModel) => {
+    const fm = await computeFeatures(model, images, mem, 32);
+    const fq = await computeFeatures(model, images, qs, 32);
+    const [r] = knnWeighted({ memory: fm, memoryLabels: mem.map((i) => labels[i]), queries: fq, queryLabels: qs.map((i) => labels[i]), d: model.dim, classes: 10 }, [20]);
+    await model.close();
+    return r.accuracy;
+  };
+  const trained = await acc(await openEncoder(exported, 32));
+  const tr = await Trainer.open(artifacts);
+  const initial = await acc({ dim: tr.manifest.preset.encoder.widths.at(-1)!, run: async (x, c) => (await tr.embed(x, c)).features, close: () => tr.close() });
+  return { trained, initial };
 }
 
 export async function demoCommand(a: DemoArgs): Promise<void> {
   const root = mkdtempSync(path.join(tmpdir(), 'ssocl-demo-'));
   const frames = path.join(root, 'frames');
-  const { images, order } = demoStream();
+  const { images, labels, order } = demoStream();
   const log = (s: string) => process.stderr.write(`${s}\n`);
-  process.stdout.write(`demo: writing ${order.length} CIFAR-10 frames (class by class) at ${a.fps} fps into ${frames}; training for ${a.seconds} s\n`);
+  process.stdout.write(`demo: writing ${order.length} CIFAR-10 frames (shuffled) at ${a.fps} fps into ${frames}; training for ${a.seconds} s\n`);
   const { mkdirSync } = await import('node:fs');
   mkdirSync(frames, { recursive: true });
   let written = 0;
@@ -75,7 +106,7 @@ export async function demoCommand(a: DemoArgs): Promise<void> {
       checkpointEvery: { ms: 60_000 },
       exportEvery: { ms: 10 * 60_000 },
       fresh: true,
-      metrics: path.join(root, 'metrics.jsonl'),
+      metrics: path.join(a.models, 'demo-metrics.jsonl'),
       maxArrivals: 0,
       maxSeconds: a.seconds,
       exitWhenIdle: 15,
@@ -86,10 +117,12 @@ export async function demoCommand(a: DemoArgs): Promise<void> {
     });
     stopWriting = true;
     await writer;
+    const knn = await demoKnn(a.artifacts, path.join(a.models, 'latest.onnx'), images, labels);
     process.stdout.write(
       `\ndemo done (${s.stoppedBy}): ${written} frames written, ${s.framesIngested} ingested, ${s.quarantined} quarantined; ` +
         `${s.steps} training steps, loss ${s.lossFirst?.toFixed(3)} -> ${s.lossLast?.toFixed(3)}\n` +
-        `exported encoder: ${path.join(a.models, 'latest.onnx')} (+ latest.json); per-step metrics were in ${path.join(root, 'metrics.jsonl')}\n`,
+        `kNN accuracy on the demo images (even images as memory, odd as queries, k 20): exported ${knn.trained.toFixed(1)}%, initial weights ${knn.initial.toFixed(1)}%, chance 10%\n` +
+        `exported encoder: ${path.join(a.models, 'latest.onnx')} (+ latest.json); per-step metrics: ${path.join(a.models, 'demo-metrics.jsonl')}\n`,
     );
   } finally {
     stopWriting = true;
