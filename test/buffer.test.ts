@@ -37,11 +37,16 @@ test('incremental nearest neighbours give exactly the reference removals under u
     const feats = Array.from({ length: m }, () => unit(Array.from({ length: d }, () => rng.normal())));
     const nn = new NearestNeighbours();
     feats.forEach((v, i) => nn.set(i, v, i));
-    // Some features change (as the EMA moves them), in random order.
+    // Some features change (as the EMA moves them), one at a time and in batches, in random order.
     for (let k = 0; k < m; k++) {
       const i = rng.int(m);
       feats[i] = unit(Array.from({ length: d }, () => rng.normal()));
       nn.set(i, feats[i], i);
+    }
+    for (let k = 0; k < 3; k++) {
+      const ids = [...new Set(Array.from({ length: 1 + rng.int(m / 2), }, () => rng.int(m)))];
+      for (const i of ids) feats[i] = unit(Array.from({ length: d }, () => rng.normal()));
+      nn.setMany(ids.map((i) => ({ id: i, feature: feats[i], rank: i })));
     }
     const n = 1 + rng.int(m - 2);
     const expected = removeRedundantReference(feats, n);

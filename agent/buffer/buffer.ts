@@ -41,6 +41,8 @@ export class ReplayBuffer {
   private nextId = 1;
   private streamCount = 0;
   private nn = new NearestNeighbours();
+  /** Ids currently in the buffer. */
+  private live = new Set<number>();
 
   constructor(readonly cfg: BufferConfig) {
     if (!BUFFER_POLICIES.includes(cfg.policy)) throw new Error(`--buffer ${cfg.policy}: unknown policy (accepted: ${BUFFER_POLICIES.join(', ')})`);
@@ -60,12 +62,14 @@ export class ReplayBuffer {
     for (const e of this.entries) e.lifespan++;
     const added = items.map((it) => ({ id: this.nextId++, key: it.key, image: it.image, feature: null, seen: false, lifespan: 0, streamIndex: ++this.streamCount }));
     this.entries.push(...added);
+    for (const e of added) this.live.add(e.id);
     return added;
   }
 
   /** After a training step: z* = f the first time, then normalise(alpha z* + (1 - alpha) f). */
   updateFeatures(batch: Entry[], zbar: Float32Array): void {
     const d = zbar.length / batch.length;
+    const changed: { id: number; feature: Float32Array; rank: number }[] = [];
     batch.forEach((e, j) => {
       const f = normalise(zbar.subarray(j * d, (j + 1) * d));
       if (!e.feature) e.feature = f;
@@ -74,8 +78,9 @@ export class ReplayBuffer {
         e.feature = normalise(e.feature.map((v, k) => a * v + (1 - a) * f[k]));
       }
       e.seen = true;
-      if (this.usesFeatures && this.entries.includes(e)) this.nn.set(e.id, e.feature, e.streamIndex);
+      if (this.usesFeatures && this.live.has(e.id)) changed.push({ id: e.id, feature: e.feature, rank: e.streamIndex });
     });
+    this.nn.setMany(changed);
   }
 
   /** Uniform draw without replacement of `count` entries, excluding `exclude`. */
@@ -92,7 +97,10 @@ export class ReplayBuffer {
   private remove(ids: Set<number>): Entry[] {
     const gone = this.entries.filter((e) => ids.has(e.id));
     this.entries = this.entries.filter((e) => !ids.has(e.id));
-    for (const e of gone) this.nn.delete(e.id);
+    for (const e of gone) {
+      this.nn.delete(e.id);
+      this.live.delete(e.id);
+    }
     return gone;
   }
 
@@ -143,7 +151,8 @@ export class ReplayBuffer {
     this.nextId = s.nextId;
     this.streamCount = s.streamCount;
     this.entries = s.entries;
+    this.live = new Set(s.entries.map((e) => e.id));
     this.nn = new NearestNeighbours();
-    if (this.usesFeatures) for (const e of this.entries) if (e.seen && e.feature) this.nn.set(e.id, e.feature, e.streamIndex);
+    if (this.usesFeatures) this.nn.setMany(this.entries.filter((e) => e.seen && e.feature).map((e) => ({ id: e.id, feature: e.feature!, rank: e.streamIndex })));
   }
 }

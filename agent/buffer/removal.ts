@@ -36,95 +36,166 @@ export function removeRedundantReference(features: Float32Array[], n: number): n
 
 /**
  * Nearest-neighbour similarity of every member, kept up to date as features change and members
- * leave. Members are ordered by a caller-given rank (ties in the argmax go to the lower rank).
+ * leave. Dense storage (a feature matrix of slots) so the inner loops are plain typed-array dot
+ * products. Members are ordered by a caller-given rank (ties in the argmax go to the lower rank).
  */
 export class NearestNeighbours {
-  private feats = new Map<number, Float32Array>();
-  private nnSim = new Map<number, number>();
-  private nnId = new Map<number, number>();
-  private rank = new Map<number, number>();
+  private d = 0;
+  private cap = 0;
+  private feats = new Float32Array(0);
+  private nnSim = new Float64Array(0);
+  private nnSlot = new Int32Array(0);
+  private ranks = new Float64Array(0);
+  private alive = new Uint8Array(0);
+  private slotOf = new Map<number, number>();
+  private idOf: number[] = [];
+  private free: number[] = [];
 
   get size(): number {
-    return this.feats.size;
+    return this.slotOf.size;
   }
 
   has(id: number): boolean {
-    return this.feats.has(id);
+    return this.slotOf.has(id);
   }
 
   similarity(id: number): number {
-    return this.nnSim.get(id) ?? -Infinity;
+    const s = this.slotOf.get(id);
+    return s === undefined ? -Infinity : this.nnSim[s];
   }
 
-  private recompute(id: number): void {
-    const f = this.feats.get(id)!;
+  private grow(d: number): void {
+    if (this.d === 0) this.d = d;
+    if (d !== this.d) throw new Error(`feature of length ${d}, expected ${this.d}`);
+    const cap = Math.max(16, this.cap * 2);
+    const f = new Float32Array(cap * d);
+    f.set(this.feats);
+    const ns = new Float64Array(cap).fill(-Infinity);
+    ns.set(this.nnSim);
+    const nl = new Int32Array(cap).fill(-1);
+    nl.set(this.nnSlot);
+    const rk = new Float64Array(cap);
+    rk.set(this.ranks);
+    const al = new Uint8Array(cap);
+    al.set(this.alive);
+    for (let i = cap - 1; i >= this.cap; i--) this.free.push(i);
+    this.feats = f;
+    this.nnSim = ns;
+    this.nnSlot = nl;
+    this.ranks = rk;
+    this.alive = al;
+    this.cap = cap;
+  }
+
+  private dotSlots(a: number, b: number): number {
+    const d = this.d;
+    const f = this.feats;
+    let s = 0;
+    for (let k = 0, x = a * d, y = b * d; k < d; k++) s += f[x + k] * f[y + k];
+    return s;
+  }
+
+  private recompute(slot: number): void {
     let best = -Infinity;
     let arg = -1;
-    for (const [j, g] of this.feats) {
-      if (j === id) continue;
-      const s = dot(f, g);
+    const { d, feats: f, alive, cap } = this;
+    const x = slot * d;
+    for (let j = 0; j < cap; j++) {
+      if (!alive[j] || j === slot) continue;
+      let s = 0;
+      for (let k = 0, y = j * d; k < d; k++) s += f[x + k] * f[y + k];
       if (s > best) {
         best = s;
         arg = j;
       }
     }
-    this.nnSim.set(id, best);
-    this.nnId.set(id, arg);
+    this.nnSim[slot] = best;
+    this.nnSlot[slot] = arg;
   }
 
-  /** Inserts or replaces the (normalised) feature of `id`. */
-  set(id: number, f: Float32Array, rank: number): void {
-    this.rank.set(id, rank);
-    this.feats.set(id, f);
-    const dirty: number[] = [];
-    let best = -Infinity;
-    let arg = -1;
-    for (const [i, g] of this.feats) {
-      if (i === id) continue;
-      const s = dot(g, f);
-      if (s > best) {
-        best = s;
-        arg = i;
+  /** Inserts or replaces the (normalised) features of several members at once. */
+  setMany(items: { id: number; feature: Float32Array; rank: number }[]): void {
+    const changed: number[] = [];
+    for (const it of items) {
+      let slot = this.slotOf.get(it.id);
+      if (slot === undefined) {
+        if (!this.free.length) this.grow(it.feature.length);
+        slot = this.free.pop()!;
+        this.slotOf.set(it.id, slot);
+        this.idOf[slot] = it.id;
+        this.alive[slot] = 1;
       }
-      if (s > this.nnSim.get(i)! || this.nnId.get(i) === -1) {
-        this.nnSim.set(i, s);
-        this.nnId.set(i, id);
-      } else if (this.nnId.get(i) === id && s < this.nnSim.get(i)!) dirty.push(i); // its neighbour moved away
+      if (it.feature.length !== this.d) throw new Error(`feature of length ${it.feature.length}, expected ${this.d}`);
+      this.feats.set(it.feature, slot * this.d);
+      this.ranks[slot] = it.rank;
+      changed.push(slot);
     }
-    this.nnSim.set(id, best);
-    this.nnId.set(id, arg);
-    for (const i of dirty) this.recompute(i);
+    const isChanged = new Uint8Array(this.cap);
+    for (const c of changed) isChanged[c] = 1;
+    const { d, feats: f, alive, cap, nnSim, nnSlot } = this;
+    // One similarity row per changed member (B x M dot products) serves both its own nearest
+    // neighbour and every other member's comparison with it.
+    const dirty = new Uint8Array(cap);
+    for (let i = 0; i < cap; i++) if (alive[i] && !isChanged[i] && nnSlot[i] >= 0 && isChanged[nnSlot[i]]) dirty[i] = 1;
+    for (const c of changed) {
+      let best = -Infinity;
+      let arg = -1;
+      const x = c * d;
+      for (let j = 0; j < cap; j++) {
+        if (!alive[j] || j === c) continue;
+        let s = 0;
+        for (let k = 0, y = j * d; k < d; k++) s += f[x + k] * f[y + k];
+        if (s > best) {
+          best = s;
+          arg = j;
+        }
+        if (!isChanged[j] && !dirty[j] && s > nnSim[j]) {
+          nnSim[j] = s;
+          nnSlot[j] = c;
+        }
+      }
+      nnSim[c] = best;
+      nnSlot[c] = arg;
+    }
+    // Members whose neighbour moved need a full recompute.
+    for (let i = 0; i < cap; i++) if (dirty[i]) this.recompute(i);
+  }
+
+  set(id: number, f: Float32Array, rank: number): void {
+    this.setMany([{ id, feature: f, rank }]);
   }
 
   delete(id: number): void {
-    if (!this.feats.delete(id)) return;
-    this.nnSim.delete(id);
-    this.nnId.delete(id);
-    this.rank.delete(id);
-    for (const [i, j] of this.nnId) if (j === id) this.recompute(i);
+    const slot = this.slotOf.get(id);
+    if (slot === undefined) return;
+    this.slotOf.delete(id);
+    this.alive[slot] = 0;
+    this.nnSim[slot] = -Infinity;
+    this.nnSlot[slot] = -1;
+    this.free.push(slot);
+    for (let i = 0; i < this.cap; i++) if (this.alive[i] && this.nnSlot[i] === slot) this.recompute(i);
   }
 
   /** The member with the most similar nearest neighbour (lowest rank on ties), or -1. */
   mostRedundant(): number {
     let best = -Infinity;
     let arg = -1;
-    let argRank = Infinity;
-    for (const [i, s] of this.nnSim) {
-      const r = this.rank.get(i)!;
-      if (s > best || (s === best && r < argRank)) {
+    for (let i = 0; i < this.cap; i++) {
+      if (!this.alive[i]) continue;
+      const s = this.nnSim[i];
+      if (s > best || (s === best && arg >= 0 && this.ranks[i] < this.ranks[arg])) {
         best = s;
         arg = i;
-        argRank = r;
       }
     }
-    return arg;
+    return arg < 0 ? -1 : this.idOf[arg];
   }
 
   /** Mean nearest-neighbour similarity (a diversity diagnostic). */
   meanSimilarity(): number {
-    if (this.nnSim.size < 2) return NaN;
+    if (this.size < 2) return NaN;
     let s = 0;
-    for (const v of this.nnSim.values()) s += v;
-    return s / this.nnSim.size;
+    for (let i = 0; i < this.cap; i++) if (this.alive[i]) s += this.nnSim[i];
+    return s / this.size;
   }
 }

@@ -64,37 +64,6 @@ export function sampleCrop(rng: Rng, size: number, c: AugmentConfig): CropParams
 
 const clamp01 = (v: number) => (v < 0 ? 0 : v > 1 ? 1 : v);
 
-function rgbToHsv(r: number, g: number, b: number): [number, number, number] {
-  const max = Math.max(r, g, b);
-  const min = Math.min(r, g, b);
-  const d = max - min;
-  let h = 0;
-  if (d > 0) {
-    if (max === r) h = ((g - b) / d) % 6;
-    else if (max === g) h = (b - r) / d + 2;
-    else h = (r - g) / d + 4;
-    h /= 6;
-    if (h < 0) h += 1;
-  }
-  return [h, max === 0 ? 0 : d / max, max];
-}
-
-function hsvToRgb(h: number, s: number, v: number): [number, number, number] {
-  const i = Math.floor(h * 6);
-  const f = h * 6 - i;
-  const p = v * (1 - s);
-  const q = v * (1 - f * s);
-  const t = v * (1 - (1 - f) * s);
-  switch (((i % 6) + 6) % 6) {
-    case 0: return [v, t, p];
-    case 1: return [q, v, p];
-    case 2: return [p, v, t];
-    case 3: return [p, q, v];
-    case 4: return [t, p, v];
-    default: return [v, p, q];
-  }
-}
-
 /**
  * Renders one crop of a uint8 CHW image (size x size) into `out` (float32 CHW, size x size) at `off`.
  * Bilinear resize with align-corners=false sampling, as torchvision's resize does.
@@ -102,7 +71,8 @@ function hsvToRgb(h: number, s: number, v: number): [number, number, number] {
 export function renderCrop(img: Uint8Array, imgOff: number, size: number, p: CropParams, out: Float32Array, off: number): void {
   const plane = size * size;
   const scale = p.side / size;
-  const tmp = new Float32Array(3 * plane);
+  // Rendered in place in the output row (all steps below are per-pixel or separable).
+  const tmp = out.subarray(off, off + 3 * plane);
   for (let oy = 0; oy < size; oy++) {
     const sy = Math.min(Math.max((oy + 0.5) * scale - 0.5, 0), p.side - 1);
     const y0 = Math.floor(sy);
@@ -140,15 +110,7 @@ export function renderCrop(img: Uint8Array, imgOff: number, size: number, p: Cro
           const gray = 0.299 * tmp[i] + 0.587 * tmp[plane + i] + 0.114 * tmp[2 * plane + i];
           for (let c = 0; c < 3; c++) tmp[c * plane + i] = clamp01(f * tmp[c * plane + i] + (1 - f) * gray);
         }
-      } else if (p.jitter.hue !== 0) {
-        for (let i = 0; i < plane; i++) {
-          const [h, s, v] = rgbToHsv(tmp[i], tmp[plane + i], tmp[2 * plane + i]);
-          const [r, g, b] = hsvToRgb((h + p.jitter.hue + 1) % 1, s, v);
-          tmp[i] = r;
-          tmp[plane + i] = g;
-          tmp[2 * plane + i] = b;
-        }
-      }
+      } else if (p.jitter.hue !== 0) shiftHue(tmp, plane, p.jitter.hue);
     }
   }
   if (p.gray) {
@@ -159,7 +121,42 @@ export function renderCrop(img: Uint8Array, imgOff: number, size: number, p: Cro
   }
   if (p.blurSigma > 0) blur3(tmp, size, p.blurSigma);
   if (p.solarize) for (let i = 0; i < 3 * plane; i++) if (tmp[i] >= 0.5) tmp[i] = 1 - tmp[i];
-  out.set(tmp, off);
+}
+
+/** Hue rotation through HSV (as torchvision's adjust_hue), in place, without per-pixel allocations. */
+function shiftHue(t: Float32Array, plane: number, shift: number): void {
+  for (let i = 0; i < plane; i++) {
+    const r = t[i];
+    const g = t[plane + i];
+    const b = t[2 * plane + i];
+    const max = r > g ? (r > b ? r : b) : g > b ? g : b;
+    const min = r < g ? (r < b ? r : b) : g < b ? g : b;
+    const d = max - min;
+    if (d <= 0) continue; // grey: hue undefined, unchanged
+    let h = max === r ? ((g - b) / d) % 6 : max === g ? (b - r) / d + 2 : (r - g) / d + 4;
+    h = h / 6 + shift + 2;
+    h -= Math.floor(h);
+    const s = d / max;
+    const v = max;
+    const h6 = h * 6;
+    const k = Math.floor(h6);
+    const f = h6 - k;
+    const p = v * (1 - s);
+    const q = v * (1 - f * s);
+    const u = v * (1 - (1 - f) * s);
+    let R: number, G: number, B: number;
+    switch (k % 6) {
+      case 0: R = v; G = u; B = p; break;
+      case 1: R = q; G = v; B = p; break;
+      case 2: R = p; G = v; B = u; break;
+      case 3: R = p; G = q; B = v; break;
+      case 4: R = u; G = p; B = v; break;
+      default: R = v; G = p; B = q;
+    }
+    t[i] = R;
+    t[plane + i] = G;
+    t[2 * plane + i] = B;
+  }
 }
 
 /** Separable Gaussian blur with a 3-tap kernel (the crop is small), edges replicated. */
