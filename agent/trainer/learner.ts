@@ -28,7 +28,8 @@ export interface ArrivalReport {
   /** false while the buffer holds too few images for a full batch (no update then). */
   trained: boolean;
   removed: Entry[];
-  ms: { augment: number; train: number; buffer: number };
+  /** Wall time by part; `overlapped` is augmentation done while a step ran (inside `train`). */
+  ms: { augment: number; overlapped: number; train: number; buffer: number };
 }
 
 export class Learner {
@@ -72,27 +73,36 @@ export class Learner {
     const t0 = performance.now();
     const fresh = this.buffer.add(items);
     this.arrivals++;
-    const ms = { augment: 0, train: 0, buffer: performance.now() - t0 };
+    const ms = { augment: 0, overlapped: 0, train: 0, buffer: performance.now() - t0 };
     const steps: StepResult[] = [];
     const p = this.trainer.manifest.preset;
     const views = this.trainer.manifest.trainStep.crops.views;
     const size = p.image.size;
     const per = 3 * size * size;
     let trained = false;
-    for (let k = 0; k < this.cfg.updates; k++) {
+    const prepare = () => {
       const batch = this.compose(fresh);
-      if (!batch) break;
-      trained = true;
-      const ta = performance.now();
+      if (!batch) return null;
       const images = new Uint8Array(batch.length * per);
       batch.forEach((e, j) => images.set(e.image, j * per));
-      const crops = multiCrop(images, batch.length, size, views, this.cropRng, this.cfg.augment);
+      return { batch, crops: multiCrop(images, batch.length, size, views, this.cropRng, this.cfg.augment) };
+    };
+    const ta = performance.now();
+    let next = prepare();
+    ms.augment += performance.now() - ta;
+    for (let k = 0; k < this.cfg.updates && next; k++) {
+      const cur = next;
+      trained = true;
       const tb = performance.now();
-      const r = await this.trainer.step(crops, this.lrAt(this.trainer.steps));
+      const pending = this.trainer.step(cur.crops, this.lrAt(this.trainer.steps));
+      // The next batch's crops are made while ORT runs this step (same draws, same order as sequential).
+      const tp = performance.now();
+      next = k + 1 < this.cfg.updates ? prepare() : null;
+      ms.overlapped += performance.now() - tp;
+      const r = await pending;
       const tc = performance.now();
-      if (r.applied) this.buffer.updateFeatures(batch, r.zbar);
+      if (r.applied) this.buffer.updateFeatures(cur.batch, r.zbar);
       const td = performance.now();
-      ms.augment += tb - ta;
       ms.train += tc - tb;
       ms.buffer += td - tc;
       steps.push(r);
