@@ -76,6 +76,25 @@ test('Trainer: steps, embeds with a dynamic batch, and keeps state finite', asyn
   }
 });
 
+test('the ImageNet stem (7x7/2 conv + max-pool) trains: a step runs and moves the stem weights', async () => {
+  const dir = mkdtempSync(path.join(tmpdir(), 'ssocl-art-'));
+  try {
+    const p = tinyPreset(['encoder={"arch":"resnet","stem":"imagenet","widths":[4,8],"blocks":[1,1]}', 'image.size=32']);
+    writeArtifacts(compileArtifacts(p), path.join(dir, 'in'));
+    const tr = await Trainer.open(path.join(dir, 'in'), { threads: 1 });
+    const before = tr.state.get('params.encoder.conv1.weight')!;
+    assert.deepEqual(tr.manifest.state.find((s) => s.name === 'params.encoder.conv1.weight')!.shape, [4, 3, 7, 7]);
+    const n = tr.cropsShape.reduce((a, b) => a * b, 1);
+    const r = await tr.step(Float32Array.from({ length: n }, (_, i) => (Math.sin(i * 0.37) + 1) / 2), 0.05);
+    assert.ok(r.applied && Number.isFinite(r.loss));
+    const after = tr.state.get('params.encoder.conv1.weight')!;
+    assert.ok(after.some((v, i) => v !== before[i]));
+    await tr.close();
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
 test('Trainer: clear errors for missing artifacts, tampered files and unavailable EPs', async () => {
   const dir = mkdtempSync(path.join(tmpdir(), 'ssocl-art-'));
   try {
