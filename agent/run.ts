@@ -6,6 +6,7 @@ import { appendFileSync, existsSync, mkdirSync, readFileSync, renameSync, rmSync
 import path from 'node:path';
 import { Trainer } from './trainer/trainer.ts';
 import type { EP } from './trainer/backend.ts';
+import { ortSimilarity } from './buffer/similarity.ts';
 import { Learner, defaultLearnerConfig, type LearnerConfig, type Replay } from './trainer/learner.ts';
 import { latestCheckpoint, saveCheckpoint, CHECKPOINT_VERSION } from './trainer/checkpoint.ts';
 import { exportEncoder, type ExportInfo } from './export/export.ts';
@@ -125,7 +126,7 @@ export async function runAgent(o: AgentOptions): Promise<AgentSummary> {
     ...(L.seed !== undefined ? { seed: L.seed } : {}),
     buffer: { ...cfg.buffer, ...(L.bufferSize ? { capacity: L.bufferSize } : {}), ...(L.policy ? { policy: L.policy } : {}) },
   };
-  const learner = new Learner(trainer, learnerCfg);
+  const learner = new Learner(trainer, learnerCfg, await ortSimilarity(o.threads));
   const m = trainer.manifest;
   const size = m.preset.image.size;
   const newPer = m.preset.agent.newPerArrival;
@@ -153,7 +154,7 @@ export async function runAgent(o: AgentOptions): Promise<AgentSummary> {
       learner.arrivals = c.meta.arrivals;
       learner.rng.state = c.meta.rng;
       learner.cropRng.state = c.meta.cropRng;
-      learner.buffer.restore({
+      await learner.buffer.restore({
         nextId: c.meta.buffer.nextId,
         streamCount: c.meta.buffer.streamCount,
         entries: c.meta.buffer.entries.map((e, i) => ({ ...e, image: c.images[i], feature: c.features[i] })),
@@ -369,7 +370,7 @@ export async function runAgent(o: AgentOptions): Promise<AgentSummary> {
   // so keep them in the buffer (they count as data seen) without a step.
   if (pending.length) {
     learner.buffer.add(pending);
-    learner.buffer.shrink(learner.rng);
+    await learner.buffer.shrink(learner.rng);
   }
   const ck = checkpoint();
   o.log(`checkpoint ${ck}`);

@@ -14,6 +14,7 @@ import { demoStream } from '../agent/commands/demo.ts';
 import { saveCheckpoint, CHECKPOINT_VERSION } from '../agent/trainer/checkpoint.ts';
 import { exportEncoder } from '../agent/export/export.ts';
 import { ReplayBuffer } from '../agent/buffer/buffer.ts';
+import { ortSimilarity } from '../agent/buffer/similarity.ts';
 import { Rng } from '../tools/nn/rng.ts';
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
@@ -27,7 +28,8 @@ const { values } = parseArgs({
 });
 
 const tr = await Trainer.open(values.artifacts!);
-const learner = new Learner(tr, defaultLearnerConfig(tr));
+const engine = await ortSimilarity();
+const learner = new Learner(tr, defaultLearnerConfig(tr), engine);
 const { images, order } = demoStream();
 const size = tr.manifest.preset.image.size;
 const newPer = tr.manifest.preset.agent.newPerArrival;
@@ -86,11 +88,11 @@ const b = tr.manifest.trainStep.crops.images;
 const scale: { M: number; buildMs: number; msPerArrival: number }[] = [];
 for (const M of values.sizes!.split(',').map(Number)) {
   const rng = new Rng(1);
-  const buf = new ReplayBuffer({ capacity: M, policy: 'diverse', alpha: 0.5 });
+  const buf = new ReplayBuffer({ capacity: M, policy: 'diverse', alpha: 0.5 }, engine);
   const fill = buf.add(Array.from({ length: M }, (_, i) => ({ key: String(i), image: new Uint8Array(1) })));
   const tb = performance.now();
   // Building the index from scratch (what a resume from a checkpoint does) is O(M^2 d).
-  buf.updateFeatures(fill, Float32Array.from({ length: M * d }, () => rng.normal()));
+  await buf.updateFeatures(fill, Float32Array.from({ length: M * d }, () => rng.normal()));
   const buildMs = performance.now() - tb;
   const reps = 5;
   const t = performance.now();
@@ -98,9 +100,9 @@ for (const M of values.sizes!.split(',').map(Number)) {
     const fresh = buf.add(Array.from({ length: newPer }, (_, i) => ({ key: `n${r}-${i}`, image: new Uint8Array(1) })));
     for (let k = 0; k < learner.cfg.updates; k++) {
       const batch = [...fresh, ...buf.sample(rng, b - newPer, new Set(fresh.map((e) => e.id)))];
-      buf.updateFeatures(batch, Float32Array.from({ length: b * d }, () => rng.normal()));
+      await buf.updateFeatures(batch, Float32Array.from({ length: b * d }, () => rng.normal()));
     }
-    buf.shrink(rng);
+    await buf.shrink(rng);
   }
   scale.push({ M, buildMs, msPerArrival: (performance.now() - t) / reps });
 }

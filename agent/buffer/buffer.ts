@@ -5,6 +5,7 @@
 
 import { Rng } from '../../tools/nn/rng.ts';
 import { NearestNeighbours } from './removal.ts';
+import type { SimilarityEngine } from './similarity.ts';
 
 export type BufferPolicy = 'diverse' | 'minred' | 'reservoir' | 'fifo';
 export const BUFFER_POLICIES: BufferPolicy[] = ['diverse', 'minred', 'reservoir', 'fifo'];
@@ -40,11 +41,15 @@ export class ReplayBuffer {
   entries: Entry[] = [];
   private nextId = 1;
   private streamCount = 0;
-  private nn = new NearestNeighbours();
+  private nn: NearestNeighbours;
   /** Ids currently in the buffer. */
   private live = new Set<number>();
 
-  constructor(readonly cfg: BufferConfig) {
+  constructor(
+    readonly cfg: BufferConfig,
+    private engine: SimilarityEngine | null = null,
+  ) {
+    this.nn = new NearestNeighbours(engine);
     if (!BUFFER_POLICIES.includes(cfg.policy)) throw new Error(`--buffer ${cfg.policy}: unknown policy (accepted: ${BUFFER_POLICIES.join(', ')})`);
     if (!(cfg.capacity > 0)) throw new Error(`--buffer-size ${cfg.capacity}: must be a positive integer`);
   }
@@ -67,7 +72,7 @@ export class ReplayBuffer {
   }
 
   /** After a training step: z* = f the first time, then normalise(alpha z* + (1 - alpha) f). */
-  updateFeatures(batch: Entry[], zbar: Float32Array): void {
+  async updateFeatures(batch: Entry[], zbar: Float32Array): Promise<void> {
     const d = zbar.length / batch.length;
     const changed: { id: number; feature: Float32Array; rank: number }[] = [];
     batch.forEach((e, j) => {
@@ -80,7 +85,7 @@ export class ReplayBuffer {
       e.seen = true;
       if (this.usesFeatures && this.live.has(e.id)) changed.push({ id: e.id, feature: e.feature, rank: e.streamIndex });
     });
-    this.nn.setMany(changed);
+    await this.nn.setMany(changed);
   }
 
   /** Uniform draw without replacement of `count` entries, excluding `exclude`. */
@@ -94,18 +99,18 @@ export class ReplayBuffer {
     return pool.slice(0, count);
   }
 
-  private remove(ids: Set<number>): Entry[] {
+  private async remove(ids: Set<number>): Promise<Entry[]> {
     const gone = this.entries.filter((e) => ids.has(e.id));
     this.entries = this.entries.filter((e) => !ids.has(e.id));
     for (const e of gone) {
-      this.nn.delete(e.id);
+      await this.nn.delete(e.id);
       this.live.delete(e.id);
     }
     return gone;
   }
 
   /** Shrinks to capacity by the policy; returns what was removed. */
-  shrink(rng: Rng): Entry[] {
+  async shrink(rng: Rng): Promise<Entry[]> {
     const n = this.size - this.cfg.capacity;
     if (n <= 0) return [];
     const drop = new Set<number>();
@@ -133,7 +138,7 @@ export class ReplayBuffer {
     const removed: Entry[] = [];
     for (let r = 0; r < n; r++) {
       const id = this.nn.mostRedundant();
-      removed.push(...this.remove(new Set([id])));
+      removed.push(...(await this.remove(new Set([id]))));
     }
     return removed;
   }
@@ -147,12 +152,12 @@ export class ReplayBuffer {
     return { nextId: this.nextId, streamCount: this.streamCount, entries: this.entries };
   }
 
-  restore(s: { nextId: number; streamCount: number; entries: Entry[] }): void {
+  async restore(s: { nextId: number; streamCount: number; entries: Entry[] }): Promise<void> {
     this.nextId = s.nextId;
     this.streamCount = s.streamCount;
     this.entries = s.entries;
     this.live = new Set(s.entries.map((e) => e.id));
-    this.nn = new NearestNeighbours();
-    if (this.usesFeatures) this.nn.setMany(this.entries.filter((e) => e.seen && e.feature).map((e) => ({ id: e.id, feature: e.feature!, rank: e.streamIndex })));
+    this.nn = new NearestNeighbours(this.engine);
+    if (this.usesFeatures) await this.nn.setMany(this.entries.filter((e) => e.seen && e.feature).map((e) => ({ id: e.id, feature: e.feature!, rank: e.streamIndex })));
   }
 }

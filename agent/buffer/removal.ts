@@ -1,6 +1,8 @@
 // The redundancy removal rule (DESIGN.md section 3, MinRed's rule): among candidate features, remove
 // n times the entry whose nearest neighbour is most similar, masking it afterwards. Similarities are
 // cosines of normalised features (S = (cos + 1) / 2 is monotone in cos, so the choice is the same).
+import type { SimilarityEngine } from './similarity.ts';
+
 // Two implementations with identical results: a direct O(M^2 d) reference and an incremental
 // nearest-neighbour index that costs O(M d) per changed feature.
 
@@ -51,6 +53,9 @@ export class NearestNeighbours {
   private idOf: number[] = [];
   private free: number[] = [];
 
+  /** With an engine, large similarity blocks go to ORT; without, plain loops (small buffers, tests). */
+  constructor(private engine: SimilarityEngine | null = null) {}
+
   get size(): number {
     return this.slotOf.size;
   }
@@ -87,34 +92,52 @@ export class NearestNeighbours {
     this.cap = cap;
   }
 
-  private dotSlots(a: number, b: number): number {
-    const d = this.d;
-    const f = this.feats;
-    let s = 0;
-    for (let k = 0, x = a * d, y = b * d; k < d; k++) s += f[x + k] * f[y + k];
-    return s;
+  /** Similarity rows of the given slots against every slot ([slots.length, cap]). */
+  private async simRows(slots: number[]): Promise<Float32Array> {
+    const { d, feats: f, cap } = this;
+    if (this.engine && slots.length * cap * d >= 1 << 18) {
+      const a = new Float32Array(slots.length * d);
+      slots.forEach((sl, r) => a.set(f.subarray(sl * d, (sl + 1) * d), r * d));
+      return this.engine.rows(a, slots.length, f, cap, d);
+    }
+    const out = new Float32Array(slots.length * cap);
+    slots.forEach((sl, r) => {
+      const x = sl * d;
+      for (let j = 0; j < cap; j++) {
+        let s = 0;
+        for (let k = 0, y = j * d; k < d; k++) s += f[x + k] * f[y + k];
+        out[r * cap + j] = s;
+      }
+    });
+    return out;
   }
 
-  private recompute(slot: number): void {
-    let best = -Infinity;
-    let arg = -1;
-    const { d, feats: f, alive, cap } = this;
-    const x = slot * d;
-    for (let j = 0; j < cap; j++) {
-      if (!alive[j] || j === slot) continue;
-      let s = 0;
-      for (let k = 0, y = j * d; k < d; k++) s += f[x + k] * f[y + k];
-      if (s > best) {
-        best = s;
-        arg = j;
-      }
+  private async recomputeMany(slots: number[]): Promise<void> {
+    const { alive, cap, nnSim, nnSlot } = this;
+    // In blocks, so a full rebuild of a large buffer stays within memory.
+    const block = Math.max(1, Math.floor((1 << 24) / Math.max(cap, 1)));
+    for (let s0 = 0; s0 < slots.length; s0 += block) {
+      const part = slots.slice(s0, s0 + block);
+      const rows = await this.simRows(part);
+      part.forEach((slot, r) => {
+        let best = -Infinity;
+        let arg = -1;
+        for (let j = 0; j < cap; j++) {
+          if (!alive[j] || j === slot) continue;
+          const v = rows[r * cap + j];
+          if (v > best) {
+            best = v;
+            arg = j;
+          }
+        }
+        nnSim[slot] = best;
+        nnSlot[slot] = arg;
+      });
     }
-    this.nnSim[slot] = best;
-    this.nnSlot[slot] = arg;
   }
 
   /** Inserts or replaces the (normalised) features of several members at once. */
-  setMany(items: { id: number; feature: Float32Array; rank: number }[]): void {
+  async setMany(items: { id: number; feature: Float32Array; rank: number }[]): Promise<void> {
     const changed: number[] = [];
     for (const it of items) {
       let slot = this.slotOf.get(it.id);
@@ -130,42 +153,51 @@ export class NearestNeighbours {
       this.ranks[slot] = it.rank;
       changed.push(slot);
     }
+    if (!changed.length) return;
     const isChanged = new Uint8Array(this.cap);
     for (const c of changed) isChanged[c] = 1;
-    const { d, feats: f, alive, cap, nnSim, nnSlot } = this;
-    // One similarity row per changed member (B x M dot products) serves both its own nearest
-    // neighbour and every other member's comparison with it.
-    const dirty = new Uint8Array(cap);
-    for (let i = 0; i < cap; i++) if (alive[i] && !isChanged[i] && nnSlot[i] >= 0 && isChanged[nnSlot[i]]) dirty[i] = 1;
-    for (const c of changed) {
-      let best = -Infinity;
-      let arg = -1;
-      const x = c * d;
-      for (let j = 0; j < cap; j++) {
-        if (!alive[j] || j === c) continue;
-        let s = 0;
-        for (let k = 0, y = j * d; k < d; k++) s += f[x + k] * f[y + k];
-        if (s > best) {
-          best = s;
-          arg = j;
-        }
-        if (!isChanged[j] && !dirty[j] && s > nnSim[j]) {
-          nnSim[j] = s;
-          nnSlot[j] = c;
-        }
+    const { alive, cap, nnSim, nnSlot } = this;
+    const dirty: number[] = [];
+    const isDirty = new Uint8Array(cap);
+    for (let i = 0; i < cap; i++) {
+      if (alive[i] && !isChanged[i] && nnSlot[i] >= 0 && isChanged[nnSlot[i]]) {
+        dirty.push(i);
+        isDirty[i] = 1;
       }
-      nnSim[c] = best;
-      nnSlot[c] = arg;
+    }
+    // The changed members get full rows; the same rows update everyone else's comparison with them.
+    const block = Math.max(1, Math.floor((1 << 24) / cap));
+    for (let c0 = 0; c0 < changed.length; c0 += block) {
+      const part = changed.slice(c0, c0 + block);
+      const rows = await this.simRows(part);
+      part.forEach((c, r) => {
+        let best = -Infinity;
+        let arg = -1;
+        for (let j = 0; j < cap; j++) {
+          if (!alive[j] || j === c) continue;
+          const v = rows[r * cap + j];
+          if (v > best) {
+            best = v;
+            arg = j;
+          }
+          if (!isChanged[j] && !isDirty[j] && v > nnSim[j]) {
+            nnSim[j] = v;
+            nnSlot[j] = c;
+          }
+        }
+        nnSim[c] = best;
+        nnSlot[c] = arg;
+      });
     }
     // Members whose neighbour moved need a full recompute.
-    for (let i = 0; i < cap; i++) if (dirty[i]) this.recompute(i);
+    await this.recomputeMany(dirty);
   }
 
-  set(id: number, f: Float32Array, rank: number): void {
-    this.setMany([{ id, feature: f, rank }]);
+  set(id: number, f: Float32Array, rank: number): Promise<void> {
+    return this.setMany([{ id, feature: f, rank }]);
   }
 
-  delete(id: number): void {
+  async delete(id: number): Promise<void> {
     const slot = this.slotOf.get(id);
     if (slot === undefined) return;
     this.slotOf.delete(id);
@@ -173,7 +205,9 @@ export class NearestNeighbours {
     this.nnSim[slot] = -Infinity;
     this.nnSlot[slot] = -1;
     this.free.push(slot);
-    for (let i = 0; i < this.cap; i++) if (this.alive[i] && this.nnSlot[i] === slot) this.recompute(i);
+    const dirty: number[] = [];
+    for (let i = 0; i < this.cap; i++) if (this.alive[i] && this.nnSlot[i] === slot) dirty.push(i);
+    await this.recomputeMany(dirty);
   }
 
   /** The member with the most similar nearest neighbour (lowest rank on ties), or -1. */

@@ -5,6 +5,7 @@
 
 import { Rng } from '../../tools/nn/rng.ts';
 import { ReplayBuffer, type Entry, type BufferConfig } from '../buffer/buffer.ts';
+import type { SimilarityEngine } from '../buffer/similarity.ts';
 import { multiCrop, CIFAR_AUGMENT, type AugmentConfig } from '../frames/augment.ts';
 import type { StepResult, Trainer } from './trainer.ts';
 
@@ -43,8 +44,9 @@ export class Learner {
   constructor(
     readonly trainer: Trainer,
     readonly cfg: LearnerConfig,
+    engine: SimilarityEngine | null = null,
   ) {
-    this.buffer = new ReplayBuffer(cfg.buffer);
+    this.buffer = new ReplayBuffer(cfg.buffer, engine);
     this.rng = new Rng(cfg.seed);
     this.cropRng = new Rng(cfg.seed + 0x9e37);
   }
@@ -101,14 +103,14 @@ export class Learner {
       ms.overlapped += performance.now() - tp;
       const r = await pending;
       const tc = performance.now();
-      if (r.applied) this.buffer.updateFeatures(cur.batch, r.zbar);
+      if (r.applied) await this.buffer.updateFeatures(cur.batch, r.zbar);
       const td = performance.now();
       ms.train += tc - tb;
       ms.buffer += td - tc;
       steps.push(r);
     }
     const te = performance.now();
-    const removed = this.buffer.shrink(this.rng);
+    const removed = await this.buffer.shrink(this.rng);
     ms.buffer += performance.now() - te;
     return { steps, trained, removed, ms };
   }
