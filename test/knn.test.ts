@@ -1,7 +1,8 @@
 // kNN on hand-made feature sets where the answer is known, and against a brute-force reference.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { knnWeighted, knnUniformEuclidean } from '../agent/eval/knn.ts';
+import { knnWeighted, knnUniformEuclidean, knnWeightedBlocks } from '../agent/eval/knn.ts';
+import { ortSimilarity } from '../agent/buffer/similarity.ts';
 import { Rng } from '../tools/nn/rng.ts';
 
 test('weighted kNN: queries next to their class cluster are all right; k beyond a cluster still weights the near ones', () => {
@@ -43,4 +44,21 @@ test('weighted kNN equals a brute-force reference on random data', () => {
     if (votes.indexOf(Math.max(...votes)) === queryLabels[q]) correct++;
   }
   assert.equal(r.correct, correct);
+});
+
+test('weighted kNN through ORT similarity blocks agrees with the JavaScript version', async () => {
+  const rng = new Rng(8);
+  const d = 16;
+  const nm = 3000;
+  const nq = 700;
+  const centers = Array.from({ length: 5 }, () => Array.from({ length: d }, () => rng.normal()));
+  const memoryLabels = Array.from({ length: nm }, () => rng.int(5));
+  const queryLabels = Array.from({ length: nq }, () => rng.int(5));
+  const pts = (labels: number[]) => Float32Array.from(labels.flatMap((c) => centers[c].map((v) => v + 1.5 * rng.normal())));
+  const inp = { memory: pts(memoryLabels), memoryLabels, queries: pts(queryLabels), queryLabels, d, classes: 5 };
+  const a = knnWeighted(inp, [20, 50]);
+  const b = await knnWeightedBlocks(await ortSimilarity(1), inp, [20, 50]);
+  // float32 GEMM vs float64 sums can swap near-tied neighbours: allow a handful of queries to differ.
+  for (let i = 0; i < 2; i++) assert.ok(Math.abs(a[i].correct - b[i].correct) <= 3, `${a[i].correct} vs ${b[i].correct}`);
+  assert.ok(a[0].accuracy > 40, 'the clusters are separable');
 });

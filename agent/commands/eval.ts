@@ -3,7 +3,8 @@
 import path from 'node:path';
 import { readCifar10, readCifar100, type LabelledImages } from '../../tools/data/cifar.ts';
 import { openEncoder, computeFeatures } from '../eval/features.ts';
-import { knnWeighted, knnUniformEuclidean, type KnnResult } from '../eval/knn.ts';
+import { knnWeightedBlocks, knnUniformEuclidean, type KnnResult } from '../eval/knn.ts';
+import { ortSimilarity } from '../buffer/similarity.ts';
 import { Rng } from '../../tools/nn/rng.ts';
 
 export interface EvalArgs {
@@ -74,7 +75,7 @@ export async function evaluate(a: EvalArgs): Promise<EvalReport> {
       d: model.dim,
       classes,
     };
-    const rs: KnnResult[] = a.protocol === 'weighted' ? knnWeighted(input, a.k) : [knnUniformEuclidean(input, 50)];
+    const rs: KnnResult[] = a.protocol === 'weighted' ? await knnWeightedBlocks(await ortSimilarity(a.threads), input, a.k) : [knnUniformEuclidean(input, 50)];
     for (const r of rs) results.push({ labels: name, k: r.k, accuracy: r.accuracy });
   }
   return { dataset: a.dataset, protocol: a.protocol, memory: memIdx.length, queries: qIdx.length, results };

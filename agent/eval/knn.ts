@@ -109,3 +109,53 @@ function argmax(v: Float64Array): number {
   for (let i = 1; i < v.length; i++) if (v[i] > v[b]) b = i;
   return b;
 }
+
+/**
+ * Weighted cosine kNN with the similarity blocks computed by an ORT MatMul (large memories: 10,000
+ * queries x 50,000 memory rows is 3e10 multiply-adds, minutes in JavaScript).
+ */
+export async function knnWeightedBlocks(
+  engine: { rows(a: Float32Array, na: number, b: Float32Array, nb: number, d: number): Promise<Float32Array> },
+  inp: KnnInput,
+  ks: number[],
+  temperature = 0.07,
+  block = 256,
+): Promise<KnnResult[]> {
+  const { d } = inp;
+  const mem = l2normalizeRows(inp.memory, d);
+  const qs = l2normalizeRows(inp.queries, d);
+  const nm = mem.length / d;
+  const nq = qs.length / d;
+  const kmax = Math.min(Math.max(...ks), nm);
+  const correct = new Array(ks.length).fill(0);
+  const votes = new Float64Array(inp.classes);
+  const bi = new Int32Array(kmax);
+  const bv = new Float64Array(kmax);
+  for (let q0 = 0; q0 < nq; q0 += block) {
+    const nb = Math.min(block, nq - q0);
+    const rows = await engine.rows(qs.subarray(q0 * d, (q0 + nb) * d), nb, mem, nm, d);
+    for (let r = 0; r < nb; r++) {
+      bi.fill(-1);
+      bv.fill(-Infinity);
+      const off = r * nm;
+      for (let m = 0; m < nm; m++) {
+        const s = rows[off + m];
+        if (s <= bv[kmax - 1]) continue;
+        let p = kmax - 1;
+        while (p > 0 && bv[p - 1] < s) {
+          bv[p] = bv[p - 1];
+          bi[p] = bi[p - 1];
+          p--;
+        }
+        bv[p] = s;
+        bi[p] = m;
+      }
+      ks.forEach((k, ki) => {
+        votes.fill(0);
+        for (let j = 0; j < Math.min(k, kmax); j++) votes[inp.memoryLabels[bi[j]]] += Math.exp(bv[j] / temperature);
+        if (argmax(votes) === inp.queryLabels[q0 + r]) correct[ki]++;
+      });
+    }
+  }
+  return ks.map((k, i) => ({ k, accuracy: (100 * correct[i]) / nq, correct: correct[i], total: nq }));
+}
