@@ -1,0 +1,146 @@
+// bench/compare: the paper's comparison at an edge budget (protocol edge-cifar10). For each trial
+// (paired across methods: same encoder init, same stream order, same seeds of replay and crops) and
+// each stream order, every method learns the same reduced class-incremental stream with the same
+// budget (updates x crops), and weighted kNN (k 20, 50) is measured at 25/50/75/100% of the stream,
+// beside the random-init floor. Rows are appended to the JSON as they finish; a table is printed.
+//
+//   node --import tsx bench/compare.ts [--methods ours,empssl,minred,simclr-reservoir] [--orders seq]
+//        [--trials 0,1,2,3,4] [--per-class 450] [--updates 2] [--memory 10000] [--json bench/out/compare.json]
+
+import { appendFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { cpus, tmpdir } from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { parseArgs } from 'node:util';
+import { getPreset } from '../tools/artifacts/presets.ts';
+import { compileArtifacts, writeArtifacts } from '../tools/artifacts/write.ts';
+import { readCifar10 } from '../tools/data/cifar.ts';
+import { makeStream, streamSpec, type StreamOrder } from '../tools/data/streams.ts';
+import { Rng } from '../tools/nn/rng.ts';
+import { Trainer } from '../agent/trainer/trainer.ts';
+import { Learner, defaultLearnerConfig } from '../agent/trainer/learner.ts';
+import { ortSimilarity } from '../agent/buffer/similarity.ts';
+import { computeFeatures } from '../agent/eval/features.ts';
+import { knnWeightedBlocks } from '../agent/eval/knn.ts';
+import { METHODS } from '../agent/eval/methods.ts';
+
+const HERE = path.dirname(fileURLToPath(import.meta.url));
+const { values } = parseArgs({
+  options: {
+    methods: { type: 'string', default: 'ours,empssl,minred,simclr-reservoir' },
+    orders: { type: 'string', default: 'seq' },
+    trials: { type: 'string', default: '0' },
+    'per-class': { type: 'string', default: '450' },
+    updates: { type: 'string', default: '2' },
+    'new-per-arrival': { type: 'string', default: '32' },
+    memory: { type: 'string', default: '10000' },
+    data: { type: 'string', default: path.resolve(HERE, '../../shared/data/cifar-10-batches-bin') },
+    json: { type: 'string', default: path.join(HERE, 'out/compare.jsonl') },
+  },
+});
+
+const train = readCifar10(values.data!, 'train');
+const test = readCifar10(values.data!, 'test');
+const engine = await ortSimilarity();
+const perClass = Number(values['per-class']);
+const newPer = Number(values['new-per-arrival']);
+const memRng = new Rng(12345);
+const memIdx = [...Array(train.count).keys()];
+for (let i = 0; i < Number(values.memory); i++) {
+  const j = i + memRng.int(train.count - i);
+  [memIdx[i], memIdx[j]] = [memIdx[j], memIdx[i]];
+}
+memIdx.length = Number(values.memory);
+const qIdx = [...Array(test.count).keys()];
+
+async function knn(tr: Trainer): Promise<[number, number]> {
+  const m = { dim: tr.manifest.preset.encoder.widths.at(-1)!, run: async (x: Float32Array, c: number) => (await tr.embed(x, c)).features, close: async () => {} };
+  const fm = await computeFeatures(m, train.images, memIdx, 32);
+  const fq = await computeFeatures(m, test.images, qIdx, 32);
+  const r = await knnWeightedBlocks(engine, { memory: fm, memoryLabels: memIdx.map((i) => train.labels[i]), queries: fq, queryLabels: qIdx.map((i) => test.labels[i]), d: m.dim, classes: 10 }, [20, 50]);
+  return [r[0].accuracy, r[1].accuracy];
+}
+
+interface Row {
+  method: string;
+  order: StreamOrder;
+  trial: number;
+  images: number;
+  steps: number;
+  seconds: number;
+  floor20: number;
+  knn20: number[]; // at 25/50/75/100%
+  knn50: number[];
+  final20: number;
+  mean20: number;
+}
+
+mkdirSync(path.dirname(values.json!), { recursive: true });
+const rows: Row[] = existsSync(values.json!) ? readFileSync(values.json!, 'utf8').trim().split('\n').filter(Boolean).map((l) => JSON.parse(l)) : [];
+const work = mkdtempSync(path.join(tmpdir(), 'ssocl-compare-'));
+try {
+  for (const trial of values.trials!.split(',').map(Number)) {
+    for (const order of values.orders!.split(',') as StreamOrder[]) {
+      const full = makeStream(streamSpec('cifar10', order, train.labels, trial));
+      // Reduced stream: the same procedure's order, each class cut to its first per-class share.
+      const scale = perClass / 4096;
+      const counts = new Array(10).fill(0);
+      const cap = order === 'seq-im' ? [2048, 4096, 2048, 4096, 2048, 2048, 4096, 2048, 2048, 4096].map((n) => Math.round(n * scale)) : new Array(10).fill(perClass);
+      const stream = full.filter((i) => counts[train.labels[i]] < cap[train.labels[i]] && ++counts[train.labels[i]] > 0);
+      for (const mname of values.methods!.split(',')) {
+        const method = METHODS[mname];
+        if (!method) throw new Error(`--methods: unknown '${mname}' (accepted: ${Object.keys(METHODS).join(', ')})`);
+        if (rows.some((r) => r.method === mname && r.order === order && r.trial === trial)) continue; // resumable
+        const preset = getPreset(method.preset, [...method.sets, `seed=${trial}`, `batch=${2 * newPer}`, `agent.newPerArrival=${newPer}`]);
+        const dir = path.join(work, `${mname}-${trial}`);
+        writeArtifacts(compileArtifacts(preset), dir);
+        const tr = await Trainer.open(dir);
+        const floor = (await knn(tr))[0];
+        const learner = new Learner(
+          tr,
+          defaultLearnerConfig(tr, { updates: Math.round(Number(values.updates) * method.updatesScale), replay: method.replay, buffer: { capacity: 256, policy: method.buffer, alpha: 0.5 }, seed: trial }),
+          engine,
+        );
+        const arrivals = Math.floor(stream.length / newPer);
+        const marks = [0.25, 0.5, 0.75, 1].map((f) => Math.round(f * arrivals));
+        const k20: number[] = [];
+        const k50: number[] = [];
+        const t0 = performance.now();
+        for (let a = 1; a <= arrivals; a++) {
+          const items = stream.slice((a - 1) * newPer, a * newPer).map((i) => ({ key: String(i), image: train.images.subarray(i * 3072, (i + 1) * 3072) }));
+          await learner.arrive(items);
+          if (marks.includes(a)) {
+            const [x, y] = await knn(tr);
+            k20.push(x);
+            k50.push(y);
+            process.stderr.write(`${mname} ${order} trial ${trial}: ${Math.round((100 * a) / arrivals)}% of ${stream.length} images, ${tr.steps} steps, kNN@20 ${x.toFixed(2)} (floor ${floor.toFixed(2)})\n`);
+          }
+        }
+        const row: Row = { method: mname, order, trial, images: stream.length, steps: tr.steps, seconds: (performance.now() - t0) / 1000, floor20: floor, knn20: k20, knn50: k50, final20: k20[3], mean20: k20.reduce((p, q) => p + q, 0) / 4 };
+        rows.push(row);
+        appendFileSync(values.json!, JSON.stringify(row) + '\n');
+        await tr.close();
+        rmSync(dir, { recursive: true, force: true });
+      }
+    }
+  }
+} finally {
+  rmSync(work, { recursive: true, force: true });
+}
+
+// Table: mean +- std over trials, with the floor and the paired gain.
+const stat = (xs: number[]) => {
+  const m = xs.reduce((a, b) => a + b, 0) / xs.length;
+  const sd = xs.length > 1 ? Math.sqrt(xs.reduce((a, b) => a + (b - m) ** 2, 0) / (xs.length - 1)) : 0;
+  return `${m.toFixed(2)} +- ${sd.toFixed(2)}`;
+};
+console.log(`\nedge-cifar10, ${cpus().length} cores, kNN@20 on ${qIdx.length} test images with ${memIdx.length} train images as memory`);
+console.log('| method | order | trials | final kNN@20 | mean of 25/50/75/100% | random-init floor | paired gain (final) | steps | s/run |');
+console.log('|---|---|---|---|---|---|---|---|---|');
+const keys = [...new Set(rows.map((r) => `${r.method}|${r.order}`))];
+for (const k of keys) {
+  const rs = rows.filter((r) => `${r.method}|${r.order}` === k);
+  const [m, o] = k.split('|');
+  console.log(`| ${m} | ${o} | ${rs.length} | ${stat(rs.map((r) => r.final20))} | ${stat(rs.map((r) => r.mean20))} | ${stat(rs.map((r) => r.floor20))} | ${stat(rs.map((r) => r.final20 - r.floor20))} | ${rs[0].steps} | ${stat(rs.map((r) => r.seconds))} |`);
+}
+writeFileSync(values.json!.replace(/\.jsonl$/, '') + '.summary.json', JSON.stringify({ machine: { cores: cpus().length, cpu: cpus()[0]?.model, date: new Date().toISOString() }, rows }, null, 1) + '\n');
