@@ -49,7 +49,15 @@ await yargs(hideBin(process.argv))
     (y) =>
       y
         .options(epOption)
-        .option('watch', { type: 'string', demandOption: true, describe: 'directory to take frames from (jpg, jpeg, png, webp, bmp, ppm, pgm)' })
+        .option('watch', { type: 'string', describe: 'directory to take frames from (jpg, jpeg, png, webp, bmp, ppm, pgm)' })
+        .option('dataset', { choices: ['demo', 'cifar10', 'cifar100'] as const, describe: 'instead of --watch: replay a data set stream in-process (benchmarks, demos)' })
+        .option('stream-order', { choices: ['seq', 'seq-bl', 'seq-im'] as const, default: 'seq' as const, describe: 'with --dataset cifar10|cifar100: the class-incremental order' })
+        .option('trial', { type: 'number', default: 0, describe: 'with --dataset: seed of the stream order' })
+        .option('data-dir', { type: 'string', default: DEFAULT_DATA, describe: 'with --dataset: folder holding the data sets' })
+        .check((a) => {
+          if (!a.watch === !a.dataset) throw new UsageError('give one source: --watch DIR or --dataset demo|cifar10|cifar100');
+          return true;
+        })
         .option('recursive', { type: 'boolean', default: false, describe: 'also watch subdirectories' })
         .option('order', { choices: ['name', 'mtime'] as const, default: 'name' as const, describe: 'order of the files already there at start' })
         .option('after-ingest', { choices: ['keep', 'move', 'delete'] as const, default: 'keep' as const, describe: 'what to do with a file once ingested' })

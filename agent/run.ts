@@ -11,8 +11,9 @@ import { Learner, defaultLearnerConfig, type LearnerConfig, type Replay } from '
 import { latestCheckpoint, saveCheckpoint, CHECKPOINT_VERSION } from './trainer/checkpoint.ts';
 import { exportEncoder, type ExportInfo } from './export/export.ts';
 import { DirSource, type FileFrame, type Overflow } from './sources/dir.ts';
+import { DatasetSource } from './sources/dataset.ts';
 import { Ledger } from './sources/ledger.ts';
-import { decodeFrame, FrameError, type Fit } from './frames/decode.ts';
+import { decodeFrame, resizeChw, FrameError, type Fit } from './frames/decode.ts';
 import type { BufferPolicy } from './buffer/buffer.ts';
 
 export interface Every {
@@ -28,8 +29,17 @@ export function parseEvery(flag: string, v: string): Every {
   return { ms: Number(m[1]) * { s: 1e3, m: 6e4, h: 3.6e6 }[m[2] as 's' | 'm' | 'h'] };
 }
 
+/** An in-process stream of 32x32 images (a data set's stream order, or the demo set), resized to the training size. */
+export interface DatasetStream {
+  label: string;
+  images: Uint8Array;
+  order: number[];
+}
+
 export interface AgentOptions {
-  watch: string;
+  /** Exactly one source: a watched directory, or an in-process data set stream. */
+  watch?: string;
+  dataset?: DatasetStream;
   recursive: boolean;
   order: 'name' | 'mtime';
   afterIngest: 'keep' | 'move' | 'delete';
@@ -108,8 +118,9 @@ function uniqueTarget(dir: string, rel: string): string {
 }
 
 export async function runAgent(o: AgentOptions): Promise<AgentSummary> {
-  const watch = path.resolve(o.watch);
-  if (!existsSync(watch)) throw new AgentError(`--watch ${o.watch}: no such directory`);
+  if (!o.watch === !o.dataset) throw new AgentError('give one source: --watch DIR or --dataset NAME');
+  const watch = o.watch ? path.resolve(o.watch) : '';
+  if (o.watch && !existsSync(watch)) throw new AgentError(`--watch ${o.watch}: no such directory`);
   for (const [flag, dir] of [['--state', o.stateDir], ['--models', o.models], ['--quarantine', o.quarantine]] as const) ensureWritable(flag, dir);
   if (o.afterIngest === 'move') ensureWritable('--processed', o.processed);
 
@@ -133,7 +144,7 @@ export async function runAgent(o: AgentOptions): Promise<AgentSummary> {
   const ckptDir = path.join(o.stateDir, 'checkpoints');
   const artifactHash = m.files[m.trainStep.file];
 
-  const counters = { framesIngested: 0, quarantined: 0, dropped: 0, refused: 0, skippedSteps: 0 };
+  const counters = { framesIngested: 0, quarantined: 0, dropped: 0, refused: 0, skippedSteps: 0, datasetPosition: 0 };
   let resumedFrom: string | null = null;
   if (o.fresh) {
     rmSync(ckptDir, { recursive: true, force: true });
@@ -165,10 +176,12 @@ export async function runAgent(o: AgentOptions): Promise<AgentSummary> {
     }
   }
 
+  const dataset = o.dataset ? new DatasetSource(o.dataset.images, o.dataset.order, 3 * 32 * 32) : null;
+  if (dataset) dataset.position = counters.datasetPosition;
   const ledger = new Ledger(path.join(o.stateDir, 'ingested.log'));
   const ignore = [o.processed, o.quarantine, o.stateDir, o.models].map((d) => path.resolve(d));
   const source = new DirSource({
-    dir: watch,
+    dir: watch || o.stateDir,
     recursive: o.recursive,
     order: o.order,
     ledger,
@@ -280,8 +293,8 @@ export async function runAgent(o: AgentOptions): Promise<AgentSummary> {
     }
   };
 
-  await source.start();
-  o.log(`watching ${watch} (${source.pending} frames waiting); training ${m.name} on ${trainer.ep}: ${newPer} new images per arrival, ${learnerCfg.updates} updates, buffer ${learnerCfg.buffer.capacity} (${learnerCfg.buffer.policy}), replay ${learnerCfg.replay}`);
+  if (!dataset) await source.start();
+  o.log(`${dataset ? `replaying ${o.dataset!.label} (${dataset.remaining} frames left)` : `watching ${watch} (${source.pending} frames waiting)`}; training ${m.name} on ${trainer.ep}: ${newPer} new images per arrival, ${learnerCfg.updates} updates, buffer ${learnerCfg.buffer.capacity} (${learnerCfg.buffer.policy}), replay ${learnerCfg.replay}`);
 
   let pending: { key: string; image: Uint8Array }[] = [];
   try {
@@ -290,32 +303,46 @@ export async function runAgent(o: AgentOptions): Promise<AgentSummary> {
         stop(`--max-seconds ${o.maxSeconds}`);
         break;
       }
-      const f = await source.next(o.exitWhenIdle ? 250 : 1000);
-      if (!f) {
+      if (dataset) {
+        const d = await dataset.next();
+        if (!d) {
+          stop(`end of the ${o.dataset!.label} stream`);
+          break;
+        }
+        counters.framesIngested++;
+        counters.datasetPosition = dataset.position;
+        pending.push(size === 32 ? d : { key: d.key, image: await resizeChw(d.image, 32, size) });
+      }
+      const f = dataset ? null : await source.next(o.exitWhenIdle ? 250 : 1000);
+      if (dataset) {
+        if (pending.length < newPer) continue;
+      } else if (!f) {
         if (o.exitWhenIdle && Date.now() - lastFrameAt >= o.exitWhenIdle * 1000) stop(`idle for ${o.exitWhenIdle}s (--exit-when-idle)`);
         continue;
       }
-      lastFrameAt = Date.now();
-      let bytes: Buffer;
-      try {
-        bytes = readFileSync(f.path);
-      } catch (e) {
-        counters.refused++;
-        o.log(`skipped ${f.key}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message} (gone before it could be read)`);
-        continue;
+      if (f) {
+        lastFrameAt = Date.now();
+        let bytes: Buffer;
+        try {
+          bytes = readFileSync(f.path);
+        } catch (e) {
+          counters.refused++;
+          o.log(`skipped ${f.key}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message} (gone before it could be read)`);
+          continue;
+        }
+        let image: Uint8Array;
+        try {
+          image = await decodeFrame(bytes, path.extname(f.path), { size, fit: o.fit, maxPixels: o.maxPixels });
+        } catch (e) {
+          quarantine(f, e instanceof FrameError ? e.message : `decode failed: ${(e as Error).message}`);
+          continue;
+        }
+        ledger.record('ingested', f.key, f.size, f.mtimeMs);
+        counters.framesIngested++;
+        afterIngest(f);
+        pending.push({ key: f.key, image });
+        if (pending.length < newPer) continue;
       }
-      let image: Uint8Array;
-      try {
-        image = await decodeFrame(bytes, path.extname(f.path), { size, fit: o.fit, maxPixels: o.maxPixels });
-      } catch (e) {
-        quarantine(f, e instanceof FrameError ? e.message : `decode failed: ${(e as Error).message}`);
-        continue;
-      }
-      ledger.record('ingested', f.key, f.size, f.mtimeMs);
-      counters.framesIngested++;
-      afterIngest(f);
-      pending.push({ key: f.key, image });
-      if (pending.length < newPer) continue;
 
       const r = await learner.arrive(pending);
       pending = [];

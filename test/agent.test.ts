@@ -109,3 +109,19 @@ test('killed hard mid-run, the agent resumes from its last checkpoint and ingest
   assert.equal(lines.length - before, 40);
   assert.ok(existsSync(path.join(models, 'latest.onnx')));
 });
+
+test('the dataset source replays a stream in-process and resumes at its position', () => {
+  const st = path.join(root, 'ds-state');
+  const run = (n: number) =>
+    spawnSync(process.execPath, [path.join(REPO, 'bin/ssocl.mjs'), 'run', '--dataset', 'demo', '--artifacts', art, '--state', st, '--models', path.join(root, 'ds-models'), '--threads', '1', '--max-arrivals', String(n)], { encoding: 'utf8' });
+  let r = run(2);
+  assert.equal(r.status, 0, r.stderr);
+  assert.match(r.stdout, /8 frames ingested/);
+  r = run(5);
+  assert.equal(r.status, 0, r.stderr);
+  assert.match(r.stderr, /resumed from .*ckpt-\d+-000000002/);
+  assert.match(r.stdout, /20 frames ingested.*5 arrivals/s);
+  r = spawnSync(process.execPath, [path.join(REPO, 'bin/ssocl.mjs'), 'run', '--artifacts', art], { encoding: 'utf8' });
+  assert.equal(r.status, 2);
+  assert.match(r.stderr, /give one source: --watch DIR or --dataset/);
+});

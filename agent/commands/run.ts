@@ -3,6 +3,8 @@
 import path from 'node:path';
 import { runAgent, parseEvery, AgentError, type AgentOptions } from '../run.ts';
 import type { EP } from '../trainer/backend.ts';
+import { demoStream } from './demo.ts';
+import { streamOrder } from './stream.ts';
 
 export async function runCommand(a: Record<string, any>): Promise<void> {
   const state = path.resolve(a.state);
@@ -15,8 +17,17 @@ export async function runCommand(a: Record<string, any>): Promise<void> {
   positive('max-pixels', a['max-pixels']);
   positive('backlog', a.backlog);
   const tty = process.stderr.isTTY;
+  let dataset: AgentOptions['dataset'];
+  if (a.dataset === 'demo') {
+    const d = demoStream();
+    dataset = { label: 'demo', images: d.images, order: d.order };
+  } else if (a.dataset) {
+    const d = streamOrder({ dataset: a.dataset, dataDir: a['data-dir'], order: a['stream-order'], trial: a.trial });
+    dataset = { label: `${a.dataset} ${a['stream-order']} trial ${a.trial}`, images: d.data.images, order: d.order };
+  }
   const opts: AgentOptions = {
     watch: a.watch,
+    dataset,
     recursive: a.recursive,
     order: a.order,
     afterIngest: a['after-ingest'],

@@ -20,26 +20,29 @@ export function l2normalizeRows(x: Float32Array, d: number): Float32Array {
   return out;
 }
 
+/** Keeps (bi, bv) the best-so-far list, sorted by descending score: a small insertion list, since k is
+ * 20-200 and far below the memory size. */
+function insertTop(bi: Int32Array, bv: Float64Array, s: number, m: number): void {
+  const k = bv.length;
+  if (s <= bv[k - 1]) return;
+  let p = k - 1;
+  while (p > 0 && bv[p - 1] < s) {
+    bv[p] = bv[p - 1];
+    bi[p] = bi[p - 1];
+    p--;
+  }
+  bv[p] = s;
+  bi[p] = m;
+}
+
 /** For each query, the indices and scores of its kmax best memory rows (higher score = nearer). */
 function topK(memory: Float32Array, queries: Float32Array, d: number, kmax: number, score: (q: number, m: number) => number, nm: number, nq: number) {
   const idx = new Int32Array(nq * kmax);
   const val = new Float32Array(nq * kmax);
   for (let q = 0; q < nq; q++) {
-    // Small sorted insertion list: kmax is 20-200, far below the memory size.
     const bi = new Int32Array(kmax).fill(-1);
     const bv = new Float64Array(kmax).fill(-Infinity);
-    for (let m = 0; m < nm; m++) {
-      const s = score(q, m);
-      if (s <= bv[kmax - 1]) continue;
-      let p = kmax - 1;
-      while (p > 0 && bv[p - 1] < s) {
-        bv[p] = bv[p - 1];
-        bi[p] = bi[p - 1];
-        p--;
-      }
-      bv[p] = s;
-      bi[p] = m;
-    }
+    for (let m = 0; m < nm; m++) insertTop(bi, bv, score(q, m), m);
     idx.set(bi, q * kmax);
     val.set(bv, q * kmax);
   }
@@ -138,18 +141,7 @@ export async function knnWeightedBlocks(
       bi.fill(-1);
       bv.fill(-Infinity);
       const off = r * nm;
-      for (let m = 0; m < nm; m++) {
-        const s = rows[off + m];
-        if (s <= bv[kmax - 1]) continue;
-        let p = kmax - 1;
-        while (p > 0 && bv[p - 1] < s) {
-          bv[p] = bv[p - 1];
-          bi[p] = bi[p - 1];
-          p--;
-        }
-        bv[p] = s;
-        bi[p] = m;
-      }
+      for (let m = 0; m < nm; m++) insertTop(bi, bv, rows[off + m], m);
       ks.forEach((k, ki) => {
         votes.fill(0);
         for (let j = 0; j < Math.min(k, kmax); j++) votes[inp.memoryLabels[bi[j]]] += Math.exp(bv[j] / temperature);

@@ -136,3 +136,15 @@ export async function encodePng(chw: Uint8Array, size: number): Promise<Buffer> 
   for (let i = 0; i < plane; i++) for (let c = 0; c < 3; c++) hwc[i * 3 + c] = chw[c * plane + i];
   return sharp(hwc, { raw: { width: size, height: size, channels: 3 } }).png().toBuffer();
 }
+
+/** Resizes a uint8 CHW square image (for in-process streams whose size differs from the training size). */
+export async function resizeChw(chw: Uint8Array, from: number, to: number): Promise<Uint8Array> {
+  const plane = from * from;
+  const hwc = Buffer.alloc(3 * plane);
+  for (let i = 0; i < plane; i++) for (let c = 0; c < 3; c++) hwc[i * 3 + c] = chw[c * plane + i];
+  const out = await sharp(hwc, { raw: { width: from, height: from, channels: 3 } }).resize(to, to, { kernel: 'lanczos3' }).raw().toBuffer();
+  const p2 = to * to;
+  const res = new Uint8Array(3 * p2);
+  for (let i = 0; i < p2; i++) for (let c = 0; c < 3; c++) res[c * p2 + i] = out[i * 3 + c];
+  return res;
+}
