@@ -224,6 +224,7 @@ export async function runAgent(o: AgentOptions): Promise<AgentSummary> {
   let lossFirst: number | null = null;
   let lossLast: number | null = null;
   let consecutiveSkips = 0;
+  let diverged = false;
   let lastFrameAt = Date.now();
 
   const checkpoint = () => {
@@ -330,6 +331,11 @@ export async function runAgent(o: AgentOptions): Promise<AgentSummary> {
           o.log(`skipped ${f.key}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message} (gone before it could be read)`);
           continue;
         }
+        if (bytes.length !== f.size) {
+          // Still being written when it was queued: its final version comes with the next change event.
+          o.log(`deferred ${f.key}: it changed size since it was queued (${f.size} -> ${bytes.length} bytes)`);
+          continue;
+        }
         let image: Uint8Array;
         try {
           image = await decodeFrame(bytes, path.extname(f.path), { size, fit: o.fit, maxPixels: o.maxPixels });
@@ -379,7 +385,9 @@ export async function runAgent(o: AgentOptions): Promise<AgentSummary> {
         }
       }
       if (consecutiveSkips >= o.maxSkips) {
-        throw new AgentError(`training diverged: ${consecutiveSkips} consecutive steps had a non-finite loss or gradient; stopped with the last good state (lower --lr?)`, 3);
+        diverged = true;
+        stop('diverged');
+        break;
       }
       o.progress?.(
         `step ${trainer.steps}  arrival ${learner.arrivals}  frames ${counters.framesIngested}  loss ${lossLast?.toFixed(4) ?? '-'}  buffer ${learner.buffer.size}  waiting ${source.pending}  quarantined ${counters.quarantined}${r.trained ? '' : '  (filling the buffer)'}`,
@@ -399,9 +407,19 @@ export async function runAgent(o: AgentOptions): Promise<AgentSummary> {
     learner.buffer.add(pending);
     await learner.buffer.shrink(learner.rng);
   }
+  // Skipped steps never touch the state, so what is saved here is the last good state.
   const ck = checkpoint();
   o.log(`checkpoint ${ck}`);
-  await doExport();
+  try {
+    await doExport();
+  } catch (e) {
+    if (!diverged) throw e;
+    o.log(`no export: ${(e as Error).message}`);
+  }
+  if (diverged) {
+    await trainer.close();
+    throw new AgentError(`training diverged: ${o.maxSkips} consecutive steps had a non-finite loss or gradient; stopped with the last good state checkpointed in ${ck} (lower --lr?)`, 3);
+  }
   const summary: AgentSummary = {
     ...counters,
     arrivals: learner.arrivals,

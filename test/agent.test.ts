@@ -12,7 +12,7 @@ import { compileArtifacts, writeArtifacts } from '../tools/artifacts/write.ts';
 import { encodePng } from '../agent/frames/decode.ts';
 import { demoStream } from '../agent/commands/demo.ts';
 import { Trainer } from '../agent/trainer/trainer.ts';
-import { listCheckpoints } from '../agent/trainer/checkpoint.ts';
+import { listCheckpoints, readCheckpoint } from '../agent/trainer/checkpoint.ts';
 import { REPO } from './helpers/paths.ts';
 import { tinyPreset } from './helpers/tiny.ts';
 
@@ -124,4 +124,14 @@ test('the dataset source replays a stream in-process and resumes at its position
   r = spawnSync(process.execPath, [path.join(REPO, 'bin/ssocl.mjs'), 'run', '--artifacts', art], { encoding: 'utf8' });
   assert.equal(r.status, 2);
   assert.match(r.stderr, /give one source: --watch DIR or --dataset/);
+});
+
+test('persistent divergence stops the agent (exit 3) with the last good state checkpointed', () => {
+  const st = path.join(root, 'div-state');
+  const r = spawnSync(process.execPath, [path.join(REPO, 'bin/ssocl.mjs'), 'run', '--dataset', 'demo', '--artifacts', art, '--state', st, '--models', path.join(root, 'div-models'), '--threads', '1', '--lr', '1e30', '--max-skips', '3'], { encoding: 'utf8' });
+  assert.equal(r.status, 3, r.stderr);
+  assert.match(r.stderr, /training diverged: 3 consecutive steps had a non-finite loss or gradient; stopped with the last good state checkpointed/);
+  const [ck] = listCheckpoints(path.join(st, 'checkpoints'));
+  const data = readCheckpoint(ck);
+  for (const [name, v] of data.state) assert.ok(v.every(Number.isFinite), `${name} is not finite`);
 });

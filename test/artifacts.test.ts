@@ -10,6 +10,7 @@ import * as ort from 'onnxruntime-node';
 import { compileArtifacts, writeArtifacts } from '../tools/artifacts/write.ts';
 import { PRESETS, getPreset } from '../tools/artifacts/presets.ts';
 import { Trainer } from '../agent/trainer/trainer.ts';
+import { exportEncoder } from '../agent/export/export.ts';
 import { REPO } from './helpers/paths.ts';
 import { tinyPreset } from './helpers/tiny.ts';
 
@@ -89,6 +90,37 @@ test('the ImageNet stem (7x7/2 conv + max-pool) trains: a step runs and moves th
     assert.ok(r.applied && Number.isFinite(r.loss));
     const after = tr.state.get('params.encoder.conv1.weight')!;
     assert.ok(after.some((v, i) => v !== before[i]));
+    await tr.close();
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('an exported encoder is self-contained and gives the features and embeddings of embed.onnx with the same weights', async () => {
+  const dir = mkdtempSync(path.join(tmpdir(), 'ssocl-art-'));
+  try {
+    writeArtifacts(compileArtifacts(tinyPreset()), path.join(dir, 'a'));
+    const tr = await Trainer.open(path.join(dir, 'a'), { threads: 1 });
+    const n = tr.cropsShape.reduce((a, b) => a * b, 1);
+    await tr.step(Float32Array.from({ length: n }, (_, i) => (Math.cos(i * 0.11) + 1) / 2), 0.05);
+    const probe = Float32Array.from({ length: 6 * 3 * 8 * 8 }, (_, i) => (Math.sin(i * 0.7) + 1) / 2);
+    const info = await exportEncoder(tr, path.join(dir, 'models'), { framesSeen: 3, loss: 1, probe: probe.subarray(0, 3 * 8 * 8), probeCount: 1 });
+    assert.equal(info.step, 1);
+    const sess = await ort.InferenceSession.create(path.join(dir, 'models/latest.onnx'));
+    assert.deepEqual([...sess.inputNames], ['images']);
+    const out = await sess.run({ images: new ort.Tensor('float32', probe, [6, 3, 8, 8]) });
+    const ref = await tr.embed(probe, 6);
+    for (const k of ['features', 'embedding'] as const) {
+      const got = out[k].data as Float32Array;
+      const want = k === 'features' ? ref.features : ref.embedding;
+      assert.equal(got.length, want.length);
+      assert.ok(got.every((v, i) => Math.abs(v - want[i]) <= 1e-5), k);
+    }
+    const meta = JSON.parse(readFileSync(path.join(dir, 'models/latest.json'), 'utf8'));
+    assert.equal(meta.step, 1);
+    assert.equal(meta.framesSeen, 3);
+    assert.equal(meta.artifact, tr.manifest.files['train_step.onnx']);
+    await sess.release();
     await tr.close();
   } finally {
     rmSync(dir, { recursive: true, force: true });

@@ -62,7 +62,11 @@ test('existing files come in name or mtime order; non-image files are ignored; t
 test('overflow: block keeps every waiting frame; drop-oldest keeps the newest backlog and records the drops', async () => {
   const { root, dir, ledger } = setup();
   try {
-    for (let i = 0; i < 10; i++) writeFileSync(path.join(dir, `f${i}.png`), 'x');
+    const past = new Date(Date.now() - 60_000); // written a minute ago: complete, offered at once
+    for (let i = 0; i < 10; i++) {
+      writeFileSync(path.join(dir, `f${i}.png`), 'x');
+      utimesSync(path.join(dir, `f${i}.png`), past, past);
+    }
     const block = new DirSource(opts(dir, ledger, { backlog: 3 }));
     await block.start();
     assert.equal(block.pending, 10);
@@ -80,6 +84,23 @@ test('overflow: block keeps every waiting frame; drop-oldest keeps the newest ba
   }
 });
 
+test('a file still being written at start is offered only once its size has settled', async () => {
+  const { root, dir, ledger } = setup();
+  try {
+    writeFileSync(path.join(dir, 'growing.png'), 'part');
+    const s = new DirSource(opts(dir, ledger, { stableMs: 300 }));
+    await s.start();
+    assert.equal(s.pending, 0); // just modified: not taken yet
+    writeFileSync(path.join(dir, 'growing.png'), 'part and the rest');
+    const f = await s.next(5000);
+    assert.equal(f?.key, 'growing.png');
+    assert.equal(f?.size, 17);
+    await s.close();
+  } finally {
+    rmSync(root, { recursive: true, force: true });
+  }
+});
+
 test('a new file is offered once written; a link to a file outside the watched directory is refused', async () => {
   const { root, dir, ledger } = setup();
   try {
@@ -88,6 +109,7 @@ test('a new file is offered once written; a link to a file outside the watched d
     const refused: string[] = [];
     const s = new DirSource(opts(dir, ledger, { onRefused: (p, why) => refused.push(`${path.basename(p)}: ${why}`) }));
     await s.start();
+    for (let t = 0; t < 50 && !refused.length; t++) await new Promise((r) => setTimeout(r, 20));
     assert.equal(s.pending, 0);
     assert.match(refused[0], /link.png: symbolic link to .*secret.png, outside the watched directory/);
     writeFileSync(path.join(dir, 'new.png'), 'x');

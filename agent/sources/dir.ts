@@ -96,6 +96,17 @@ export class DirSource implements AsyncIterable<FileFrame> {
     }
   }
 
+  /** Offers `abs` once its size and mtime stop changing (at most a few tries; events cover the rest). */
+  private recheck(abs: string, tries: number): void {
+    const before = statKey(abs);
+    setTimeout(() => {
+      if (this.closed) return;
+      const after = statKey(abs);
+      if (after !== null && after === before) this.offer(abs);
+      else if (after !== null && tries < 20) this.recheck(abs, tries + 1);
+    }, this.o.stableMs).unref();
+  }
+
   private scan(dir: string, out: string[]): void {
     for (const d of readdirSync(dir, { withFileTypes: true })) {
       const abs = path.join(dir, d.name);
@@ -111,7 +122,12 @@ export class DirSource implements AsyncIterable<FileFrame> {
     this.scan(this.root, existing);
     const withTime = existing.filter((f) => this.eligible(f)).map((f) => ({ f, t: safeMtime(f) }));
     withTime.sort((a, b) => (this.o.order === 'mtime' ? a.t - b.t || a.f.localeCompare(b.f) : a.f.localeCompare(b.f)));
-    for (const { f } of withTime) this.offer(f);
+    // A file modified within the stability window may still be being written: look again after it.
+    const now = Date.now();
+    for (const { f, t } of withTime) {
+      if (now - t >= this.o.stableMs) this.offer(f);
+      else this.recheck(f, 0);
+    }
     this.watcher = chokidar.watch(this.root, {
       ignoreInitial: true,
       depth: this.o.recursive ? undefined : 0,
@@ -158,6 +174,15 @@ export class DirSource implements AsyncIterable<FileFrame> {
     this.closed = true;
     for (const w of this.waiters.splice(0)) w(null);
     await this.watcher?.close();
+  }
+}
+
+function statKey(f: string): string | null {
+  try {
+    const st = statSync(f);
+    return `${st.size}:${st.mtimeMs}`;
+  } catch {
+    return null;
   }
 }
 

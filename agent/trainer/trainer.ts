@@ -22,7 +22,7 @@ export interface StepResult {
   zbar: Float32Array;
   gradNorm: number;
   gradCos: number | null;
-  /** false: non-finite loss or gradient; the state was left as it was. */
+  /** false: non-finite loss, gradient or updated parameters; the state was left as it was. */
   applied: boolean;
   ms: number;
 }
@@ -128,7 +128,11 @@ export class Trainer {
     const scalar = (k: string) => (out[k].data as Float32Array)[0];
     const loss = scalar(ts.loss);
     const gradNorm = scalar(ts.gradNorm);
-    const applied = Number.isFinite(loss) && Number.isFinite(gradNorm);
+    // A step whose own loss is finite can still overflow the parameters it produces (a huge lr).
+    const applied =
+      Number.isFinite(loss) &&
+      Number.isFinite(gradNorm) &&
+      this.manifest.state.every((s) => s.role !== 'param' || allFinite(out[s.next].data as Float32Array));
     if (applied) {
       for (const s of this.manifest.state) this.state.set(s.name, out[s.next].data as Float32Array);
       this.steps++;
@@ -161,4 +165,9 @@ export class Trainer {
     await this.train.release();
     await this.embedSession?.release();
   }
+}
+
+function allFinite(a: Float32Array): boolean {
+  for (let i = 0; i < a.length; i++) if (!Number.isFinite(a[i])) return false;
+  return true;
 }
