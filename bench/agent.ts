@@ -2,7 +2,7 @@
 // checkpoint, export) on the demo stream, and the cost of the buffer's removal rule as M grows.
 // Prints tables, writes JSON.  node --import tsx bench/agent.ts [--arrivals 30] [--artifacts DIR]
 
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { cpus, tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -113,4 +113,3 @@ writeFileSync(values.json!, JSON.stringify({ machine: { cores: cpus().length, cp
 console.log(`wrote ${values.json}`);
 await tr.close();
 rmSync(work, { recursive: true, force: true });
-void readFileSync;

@@ -13,7 +13,6 @@ import { gradCheck, run, session } from './helpers/ort.ts';
 const tv = JSON.parse(readFileSync(path.join(TESTVECTORS, 'losses.json'), 'utf8'));
 const N: number = tv.N;
 const B: number = tv.b;
-const D: number = tv.d;
 
 type Build = (g: Graph, xs: Value[]) => Value;
 interface Case {

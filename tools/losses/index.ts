@@ -87,7 +87,6 @@ export function empsslInv(g: Graph, mc: MultiCrop): Value {
 
 /** Swaps the two views of a two-view batch [2b, d] (row v*b + j). */
 function swapViews(g: Graph, x: Value, b: number): Value {
-  const d = x.shape[1] as number;
   return g.concat([g.slice(x, [b], [2 * b], [0]), g.slice(x, [0], [b], [0])], 0);
 }
 
