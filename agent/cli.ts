@@ -146,6 +146,27 @@ await yargs(hideBin(process.argv))
     },
   )
   .command(
+    'bench',
+    'the paper\'s comparison at an edge budget (bench/compare.ts): methods x stream orders x paired trials, kNN beside the random-init floor',
+    (y) =>
+      y
+        .option('protocol', { choices: ['edge-cifar10'] as const, default: 'edge-cifar10' as const })
+        .option('methods', { type: 'string', default: 'ours,empssl,minred,simclr-reservoir' })
+        .option('orders', { type: 'string', default: 'seq' })
+        .option('trials', { type: 'string', default: '0,1,2,3,4' })
+        .option('per-class', { type: 'number', default: 450 })
+        .option('updates', { type: 'number', default: 2 })
+        .option('memory', { type: 'number', default: 10000 })
+        .option('data-dir', { type: 'string', default: DEFAULT_DATA })
+        .option('json', { type: 'string', default: path.join(REPO_ROOT, 'bench/out/compare.jsonl') }),
+    async (a) => {
+      const { spawnSync } = await import('node:child_process');
+      const args = ['--import', 'tsx', path.join(REPO_ROOT, 'bench/compare.ts'), '--methods', a.methods, '--orders', a.orders, '--trials', a.trials, '--per-class', String(a['per-class']), '--updates', String(a.updates), '--memory', String(a.memory), '--data', path.join(a['data-dir'], 'cifar-10-batches-bin'), '--json', a.json];
+      const r = spawnSync(process.execPath, args, { stdio: 'inherit' });
+      process.exitCode = r.status ?? 1;
+    },
+  )
+  .command(
     'demo',
     'the built-in default (npm start): replay the demo stream as image files into a temporary directory and run the agent on it, then export',
     (y) =>
