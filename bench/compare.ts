@@ -23,6 +23,7 @@ import { ortSimilarity } from '../agent/buffer/similarity.ts';
 import { computeFeatures } from '../agent/eval/features.ts';
 import { knnWeightedBlocks } from '../agent/eval/knn.ts';
 import { METHODS } from '../agent/eval/methods.ts';
+import { lineChart, svgToPng } from '../agent/report/plot.ts';
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 const { values } = parseArgs({
@@ -142,5 +143,19 @@ for (const k of keys) {
   const rs = rows.filter((r) => `${r.method}|${r.order}` === k);
   const [m, o] = k.split('|');
   console.log(`| ${m} | ${o} | ${rs.length} | ${stat(rs.map((r) => r.final20))} | ${stat(rs.map((r) => r.mean20))} | ${stat(rs.map((r) => r.floor20))} | ${stat(rs.map((r) => r.final20 - r.floor20))} | ${rs[0].steps} | ${stat(rs.map((r) => r.seconds))} |`);
+}
+// Accuracy over the stream (the paper's Fig. 4), one chart per order: mean over trials per method.
+for (const order of [...new Set(rows.map((r) => r.order))]) {
+  const series = [...new Set(rows.filter((r) => r.order === order).map((r) => r.method))].map((mname) => {
+    const rs = rows.filter((r) => r.order === order && r.method === mname);
+    return { name: `${mname} (${rs.length})`, points: [25, 50, 75, 100].map((p, i) => [p, rs.reduce((a, r) => a + r.knn20[i], 0) / rs.length] as [number, number]) };
+  });
+  const floor = rows.filter((r) => r.order === order).reduce((a, r, _i, all) => a + r.floor20 / all.length, 0);
+  series.push({ name: 'random init', points: [[25, floor], [100, floor]] });
+  const svg = lineChart(series, { title: `edge-cifar10 ${order}: kNN@20 over the stream`, xLabel: '% of the stream seen', yLabel: 'weighted kNN@20 accuracy %' });
+  const base = values.json!.replace(/\.jsonl$/, '') + `-${order}`;
+  writeFileSync(`${base}.svg`, svg);
+  writeFileSync(`${base}.png`, await svgToPng(svg));
+  console.log(`wrote ${base}.svg and .png`);
 }
 writeFileSync(values.json!.replace(/\.jsonl$/, '') + '.summary.json', JSON.stringify({ machine: { cores: cpus().length, cpu: cpus()[0]?.model, date: new Date().toISOString() }, rows }, null, 1) + '\n');
