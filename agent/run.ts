@@ -2,7 +2,7 @@
 // the learner (buffer + K compiled steps) -> checkpoints, exports, metrics. Resumes from the newest
 // checkpoint; SIGINT/SIGTERM finish the current step, checkpoint, export and exit.
 
-import { appendFileSync, existsSync, mkdirSync, readFileSync, renameSync, rmSync, writeFileSync, accessSync, constants } from 'node:fs';
+import { appendFileSync, copyFileSync, existsSync, lstatSync, mkdirSync, readFileSync, realpathSync, renameSync, rmSync, unlinkSync, writeFileSync, accessSync, constants } from 'node:fs';
 import path from 'node:path';
 import { Trainer } from './trainer/trainer.ts';
 import type { EP } from './trainer/backend.ts';
@@ -104,6 +104,17 @@ function ensureWritable(flag: string, dir: string): void {
     accessSync(dir, constants.W_OK);
   } catch (e) {
     throw new AgentError(`${flag} ${dir}: not a writable directory (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`);
+  }
+}
+
+/** rename, or copy and unlink where the target is on another filesystem (EXDEV). */
+function moveFile(from: string, to: string): void {
+  try {
+    renameSync(from, to);
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code !== 'EXDEV') throw e;
+    copyFileSync(from, to);
+    unlinkSync(from);
   }
 }
 
@@ -227,6 +238,7 @@ export async function runAgent(o: AgentOptions): Promise<AgentSummary> {
   let diverged = false;
   let lastFrameAt = Date.now();
 
+  const uncommitted: FileFrame[] = [];
   const checkpoint = () => {
     const snap = learner.buffer.snapshot();
     const file = saveCheckpoint(ckptDir, {
@@ -253,6 +265,10 @@ export async function runAgent(o: AgentOptions): Promise<AgentSummary> {
     });
     lastCkptStep = trainer.steps;
     lastCkptTime = Date.now();
+    for (const f of uncommitted.splice(0)) {
+      ledger.record('ingested', f.key, f.size, f.mtimeMs);
+      afterIngest(f);
+    }
     return file;
   };
 
@@ -277,7 +293,7 @@ export async function runAgent(o: AgentOptions): Promise<AgentSummary> {
     ledger.record('quarantined', f.key, f.size, f.mtimeMs);
     try {
       const target = uniqueTarget(o.quarantine, f.key);
-      renameSync(f.path, target);
+      moveFile(f.path, target);
       writeFileSync(`${target}.reason`, `${reason}\n`);
       o.log(`quarantined ${f.key}: ${reason}`);
     } catch (e) {
@@ -288,7 +304,7 @@ export async function runAgent(o: AgentOptions): Promise<AgentSummary> {
   const afterIngest = (f: FileFrame) => {
     try {
       if (o.afterIngest === 'delete') rmSync(f.path, { force: true });
-      else if (o.afterIngest === 'move') renameSync(f.path, uniqueTarget(o.processed, f.key));
+      else if (o.afterIngest === 'move') moveFile(f.path, uniqueTarget(o.processed, f.key));
     } catch (e) {
       o.log(`after-ingest ${o.afterIngest} failed for ${f.key}: ${(e as Error).message}`);
     }
@@ -325,6 +341,12 @@ export async function runAgent(o: AgentOptions): Promise<AgentSummary> {
         lastFrameAt = Date.now();
         let bytes: Buffer;
         try {
+          // The directory is untrusted: a file may have become a link since it was queued.
+          if (lstatSync(f.path).isSymbolicLink() && !source.inside(realpathSync(f.path))) {
+            counters.refused++;
+            o.log(`refused ${f.key}: became a symbolic link outside the watched directory`);
+            continue;
+          }
           bytes = readFileSync(f.path);
         } catch (e) {
           counters.refused++;
@@ -343,9 +365,10 @@ export async function runAgent(o: AgentOptions): Promise<AgentSummary> {
           quarantine(f, e instanceof FrameError ? e.message : `decode failed: ${(e as Error).message}`);
           continue;
         }
-        ledger.record('ingested', f.key, f.size, f.mtimeMs);
+        // Recorded in the ledger (and moved/deleted) only once a checkpoint holds what was learnt from it:
+        // after a crash it is taken again instead of being lost.
+        uncommitted.push(f);
         counters.framesIngested++;
-        afterIngest(f);
         pending.push({ key: f.key, image });
         if (pending.length < newPer) continue;
       }
@@ -367,11 +390,11 @@ export async function runAgent(o: AgentOptions): Promise<AgentSummary> {
             metricsFile,
             JSON.stringify({
               time: new Date().toISOString(),
-              step: trainer.steps,
+              step: s.step,
               arrival: learner.arrivals,
               loss: s.loss,
               terms: s.terms,
-              lr: learner.lrAt(trainer.steps),
+              lr: s.lr,
               ms: Math.round(s.ms),
               cropsPerS: Math.round((trainer.cropsShape[0] / s.ms) * 1000),
               gradNorm: s.gradNorm,
@@ -394,8 +417,25 @@ export async function runAgent(o: AgentOptions): Promise<AgentSummary> {
       );
       if (o.maxArrivals && learner.arrivals >= o.maxArrivals) stop(`--max-arrivals ${o.maxArrivals}`);
       if (due(o.checkpointEvery, lastCkptStep, lastCkptTime)) checkpoint();
-      if (due(o.exportEvery, lastExportStep, lastExportTime)) await doExport();
+      if (due(o.exportEvery, lastExportStep, lastExportTime)) {
+        try {
+          await doExport();
+        } catch (e) {
+          lastExportTime = Date.now();
+          lastExportStep = trainer.steps;
+          o.log(`export failed, training goes on: ${(e as Error).message}`);
+        }
+      }
     }
+  } catch (e) {
+    // Keep what was learnt before the failure (the state is the last applied step's).
+    try {
+      o.log(`stopping on error: ${(e as Error).message}; checkpoint ${checkpoint()}`);
+    } catch (e2) {
+      o.log(`could not checkpoint either: ${(e2 as Error).message}`);
+    }
+    await trainer.close().catch(() => {});
+    throw e;
   } finally {
     process.off('SIGINT', sigint);
     process.off('SIGTERM', sigterm);

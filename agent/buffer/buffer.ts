@@ -133,6 +133,12 @@ export class ReplayBuffer {
         } else drop.add(e.id);
         excess--;
       }
+      // More excess than new entries (the capacity was lowered on resume): drop uniformly from the rest.
+      while (excess > 0) {
+        const rest = this.entries.filter((o) => !drop.has(o.id));
+        drop.add(rest[rng.int(rest.length)].id);
+        excess--;
+      }
       return this.remove(drop);
     }
     const removed: Entry[] = [];

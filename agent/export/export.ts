@@ -3,7 +3,7 @@
 // fresh session and checked against the trainer's own embedding before being renamed into place.
 
 import { createHash } from 'node:crypto';
-import { readdirSync, readFileSync, rmSync } from 'node:fs';
+import { readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
 import path from 'node:path';
 import * as ort from 'onnxruntime-node';
 import { bindInputs } from '../../tools/onnx/model.ts';
@@ -37,8 +37,12 @@ export async function exportEncoder(
   // Check the model as a user would load it, before it replaces anything.
   const sess = await ort.InferenceSession.create(bytes);
   const [, c, h, w] = m.embed.images.shape as number[];
-  const out = await sess.run({ [m.embed.images.name]: new ort.Tensor('float32', info.probe, [info.probeCount, c, h, w]) });
-  await sess.release();
+  let out;
+  try {
+    out = await sess.run({ [m.embed.images.name]: new ort.Tensor('float32', info.probe, [info.probeCount, c, h, w]) });
+  } finally {
+    await sess.release();
+  }
   const ref = await trainer.embed(info.probe, info.probeCount);
   const got = out[m.embed.features].data as Float32Array;
   let maxAbsDiff = 0;
@@ -50,7 +54,11 @@ export async function exportEncoder(
   writeFileAtomic(path.join(modelsDir, 'latest.onnx'), bytes);
   const meta: ExportInfo = { file: path.basename(file), step, framesSeen: info.framesSeen, loss: info.loss, artifact, time: new Date().toISOString(), maxAbsDiff };
   writeFileAtomic(path.join(modelsDir, 'latest.json'), Buffer.from(JSON.stringify({ ...meta, preset: m.name, sha256: createHash('sha256').update(bytes).digest('hex') }, null, 1) + '\n'));
-  const versions = readdirSync(modelsDir).filter((f) => /^encoder-\d+\.onnx$/.test(f)).sort();
-  for (const old of versions.slice(0, -keep)) rmSync(path.join(modelsDir, old), { force: true });
+  // Newest by write time, not by name: a --fresh run starts its step numbers again from 1.
+  const versions = readdirSync(modelsDir)
+    .filter((f) => /^encoder-\d+\.onnx$/.test(f))
+    .map((f) => ({ f, t: statSync(path.join(modelsDir, f)).mtimeMs }))
+    .sort((a, b) => a.t - b.t || a.f.localeCompare(b.f));
+  for (const old of versions.slice(0, -keep)) if (old.f !== path.basename(file)) rmSync(path.join(modelsDir, old.f), { force: true });
   return meta;
 }

@@ -43,11 +43,18 @@ export class DirSource implements AsyncIterable<FileFrame> {
   private waiters: ((f: FileFrame | null) => void)[] = [];
   private watcher: FSWatcher | null = null;
   private closed = false;
+  private resolveClosed!: () => void;
+  private closedPromise = new Promise<void>((r) => (this.resolveClosed = r));
   dropped = 0;
   readonly root: string;
 
   constructor(readonly o: DirSourceOptions) {
-    this.root = path.resolve(o.dir);
+    // Real path, so links that stay inside a watch path reached through a link are still inside.
+    this.root = realpathSync(path.resolve(o.dir));
+  }
+
+  inside(real: string): boolean {
+    return real === this.root || real.startsWith(this.root + path.sep);
   }
 
   private eligible(abs: string): boolean {
@@ -66,7 +73,7 @@ export class DirSource implements AsyncIterable<FileFrame> {
       if (l.isSymbolicLink()) {
         // Untrusted directory: a link may point anywhere; only follow it inside the watched tree.
         const real = realpathSync(abs);
-        if (!(real === this.root || real.startsWith(this.root + path.sep))) {
+        if (!this.inside(real)) {
           this.o.onRefused?.(abs, `symbolic link to ${real}, outside the watched directory`);
           return;
         }
@@ -108,7 +115,14 @@ export class DirSource implements AsyncIterable<FileFrame> {
   }
 
   private scan(dir: string, out: string[]): void {
-    for (const d of readdirSync(dir, { withFileTypes: true })) {
+    let entries;
+    try {
+      entries = readdirSync(dir, { withFileTypes: true });
+    } catch (e) {
+      this.o.onRefused?.(dir, `cannot list: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+      return;
+    }
+    for (const d of entries) {
       const abs = path.join(dir, d.name);
       if (d.isDirectory()) {
         if (this.o.recursive && !this.o.ignore.includes(abs)) this.scan(abs, out);
@@ -118,6 +132,21 @@ export class DirSource implements AsyncIterable<FileFrame> {
 
   /** Queues what is there now (in the chosen order), then watches for more. */
   async start(): Promise<void> {
+    // Watch first, then list: a file created in between comes as an event or in the listing, and
+    // the queued set and the ledger drop the second sighting.
+    this.watcher = chokidar.watch(this.root, {
+      ignoreInitial: true,
+      depth: this.o.recursive ? undefined : 0,
+      followSymlinks: false,
+      awaitWriteFinish: { stabilityThreshold: this.o.stableMs, pollInterval: Math.max(10, Math.floor(this.o.stableMs / 4)) },
+      ignored: (p: string) => this.o.ignore.some((d) => p === d || p.startsWith(d + path.sep)),
+    });
+    this.watcher.on('add', (p) => this.offer(path.resolve(p)));
+    this.watcher.on('change', (p) => this.offer(path.resolve(p)));
+    // E.g. ENOSPC (inotify watch limit) or EMFILE: report, keep going with what works.
+    this.watcher.on('error', (e) => this.o.onRefused?.(this.root, `watcher error: ${(e as Error).message}`));
+    await Promise.race([new Promise<void>((resolve) => this.watcher!.once('ready', () => resolve())), this.closedPromise]);
+    if (this.closed) return;
     const existing: string[] = [];
     this.scan(this.root, existing);
     const withTime = existing.filter((f) => this.eligible(f)).map((f) => ({ f, t: safeMtime(f) }));
@@ -128,16 +157,6 @@ export class DirSource implements AsyncIterable<FileFrame> {
       if (now - t >= this.o.stableMs) this.offer(f);
       else this.recheck(f, 0);
     }
-    this.watcher = chokidar.watch(this.root, {
-      ignoreInitial: true,
-      depth: this.o.recursive ? undefined : 0,
-      followSymlinks: false,
-      awaitWriteFinish: { stabilityThreshold: this.o.stableMs, pollInterval: Math.max(10, Math.floor(this.o.stableMs / 4)) },
-      ignored: (p: string) => this.o.ignore.some((d) => p === d || p.startsWith(d + path.sep)),
-    });
-    this.watcher.on('add', (p) => this.offer(path.resolve(p)));
-    this.watcher.on('change', (p) => this.offer(path.resolve(p)));
-    await new Promise<void>((resolve) => this.watcher!.once('ready', () => resolve()));
   }
 
   get pending(): number {
@@ -172,6 +191,7 @@ export class DirSource implements AsyncIterable<FileFrame> {
 
   async close(): Promise<void> {
     this.closed = true;
+    this.resolveClosed();
     for (const w of this.waiters.splice(0)) w(null);
     await this.watcher?.close();
   }

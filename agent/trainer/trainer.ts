@@ -17,6 +17,9 @@ export interface TrainerOptions extends EpOptions {
 }
 
 export interface StepResult {
+  /** 1-based number of this update (as fed to the graph) and the learning rate it used. */
+  step: number;
+  lr: number;
   loss: number;
   terms: Record<string, number>;
   zbar: Float32Array;
@@ -74,7 +77,7 @@ export class Trainer {
     const embedBytes = o.noEmbed ? null : readChecked(dir, m, m.embed.file);
     const init = decodeSafetensors(readChecked(dir, m, m.init)).tensors;
     const ep = o.ep ?? 'cpu';
-    let train: Session;
+    let train: Session | undefined;
     let embed: Session | null = null;
     try {
       train = await openSession(trainBytes, ep, o);
@@ -82,12 +85,14 @@ export class Trainer {
     } catch (e) {
       if (!(e instanceof EpError) || !o.epFallback || o.epFallback === ep) throw e;
       process.emitWarning(`${e.message}; falling back to --ep ${o.epFallback} as --ep-fallback asks`);
+      // The training session may have started before the embed session failed.
+      if (train) await train.release().catch(() => {});
       train = await openSession(trainBytes, o.epFallback, o);
       if (embedBytes) embed = await openSession(embedBytes, o.epFallback, o);
     }
     const wantIn = m.trainStep.inputs.map((i) => i.name);
     if (!sameNames(train.inputNames, wantIn)) throw new ManifestError(`${dir}: train_step.onnx inputs differ from the manifest`);
-    const t = new Trainer(dir, m, train, embed);
+    const t = new Trainer(dir, m, train!, embed);
     for (const s of m.state) {
       const n = s.shape.reduce((a, b) => a * b, 1);
       if (s.init === 'zeros') {
@@ -117,12 +122,13 @@ export class Trainer {
     const shape = this.cropsShape;
     const n = shape.reduce((a, b) => a * b, 1);
     if (crops.length !== n) throw new Error(`step: crops has ${crops.length} values, the artifact expects [${shape}] = ${n}`);
+    const stepNo = this.steps + 1;
     const t0 = performance.now();
     const out = await this.train.run({
       ...this.stateFeeds(() => true),
       [ts.crops.name]: { type: 'float32', data: crops, dims: shape },
       [ts.lr]: { type: 'float32', data: Float32Array.of(lr), dims: [] },
-      [ts.step]: { type: 'float32', data: Float32Array.of(this.steps + 1), dims: [] },
+      [ts.step]: { type: 'float32', data: Float32Array.of(stepNo), dims: [] },
     });
     const ms = performance.now() - t0;
     const scalar = (k: string) => (out[k].data as Float32Array)[0];
@@ -138,6 +144,8 @@ export class Trainer {
       this.steps++;
     }
     return {
+      step: stepNo,
+      lr,
       loss,
       terms: Object.fromEntries(Object.entries(ts.terms).map(([k, v]) => [k, scalar(v)])),
       zbar: out[ts.zbar].data as Float32Array,
