@@ -110,6 +110,29 @@ test('killed hard mid-run, the agent resumes from its last checkpoint and ingest
   assert.ok(existsSync(path.join(models, 'latest.onnx')));
 });
 
+test('frames learnt after the last checkpoint are taken again after a crash, not lost', async () => {
+  const dir2 = path.join(root, 'frames2');
+  const st = path.join(root, 'crash-state');
+  mkdirSync(dir2);
+  for (let k = 0; k < 8; k++) {
+    const i = order[k];
+    writeFileSync(path.join(dir2, `g${k}.png`), await encodePng(images.subarray(i * 3072, (i + 1) * 3072), 32));
+  }
+  const a = (...extra: string[]) => [path.join(REPO, 'bin/ssocl.mjs'), 'run', '--watch', dir2, '--artifacts', art, '--state', st, '--models', path.join(root, 'crash-models'), '--threads', '1', '--after-ingest', 'delete', ...extra];
+  // No periodic checkpoint: kill it once it has ingested and trained, before any checkpoint exists.
+  const child = spawn(process.execPath, a('--checkpoint-every', '1h', '--metrics', path.join(root, 'crash.jsonl')), { stdio: 'ignore' });
+  for (let t = 0; t < 300 && !existsSync(path.join(root, 'crash.jsonl')); t++) await new Promise((r) => setTimeout(r, 100));
+  child.kill('SIGKILL');
+  await new Promise((r) => child.on('exit', r));
+  assert.equal(listCheckpoints(path.join(st, 'checkpoints')).length, 0);
+  // Nothing was committed, so nothing was deleted: all 8 frames are still there and are learnt on restart.
+  assert.equal(readdirSync(dir2).filter((f) => f.endsWith('.png')).length, 8);
+  const r = spawnSync(process.execPath, a('--exit-when-idle', '3'), { encoding: 'utf8' });
+  assert.equal(r.status, 0, r.stderr);
+  assert.match(r.stdout, /8 frames ingested/);
+  assert.equal(readdirSync(dir2).filter((f) => f.endsWith('.png')).length, 0);
+});
+
 test('the dataset source replays a stream in-process and resumes at its position', () => {
   const st = path.join(root, 'ds-state');
   const run = (n: number) =>

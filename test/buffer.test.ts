@@ -137,3 +137,15 @@ test('sample draws without replacement and honours exclusions', () => {
   assert.ok(s.every((e) => !exclude.has(e.id)));
   assert.throws(() => b.sample(new Rng(3), 21, exclude), /21 samples asked of 20/);
 });
+
+test('reservoir: a capacity lowered on resume is restored at the next shrink', async () => {
+  const b = new ReplayBuffer({ capacity: 10, policy: 'reservoir', alpha: 0.5 });
+  const rng = new Rng(9);
+  b.add(Array.from({ length: 10 }, (_, i) => ({ key: String(i), image: img(i) })));
+  await b.shrink(rng);
+  const small = new ReplayBuffer({ capacity: 4, policy: 'reservoir', alpha: 0.5 });
+  await small.restore(b.snapshot());
+  small.add([{ key: 'new', image: img(0) }]);
+  await small.shrink(rng);
+  assert.equal(small.size, 4);
+});
