@@ -47,7 +47,7 @@ const feats = async () => {
   const m = { dim: tr.manifest.preset.encoder.widths.at(-1)!, run: async (x: Float32Array, c: number) => (await tr.embed(x, c)).features, close: async () => {} };
   const fm = await computeFeatures(m, train.images, memIdx, 32);
   const fq = await computeFeatures(m, test.images, qIdx, 32);
-  return knnWeighted({ memory: fm, memoryLabels: memIdx.map((i) => train.labels[i]), queries: fq, queryLabels: qIdx.map((i) => test.labels[i]), d: m.dim, classes: 10 }, [20])[0].accuracy;
+  return (await knnWeighted({ memory: fm, memoryLabels: memIdx.map((i) => train.labels[i]), queries: fq, queryLabels: qIdx.map((i) => test.labels[i]), d: m.dim, classes: 10 }, [20]))[0].accuracy;
 };
 const floor = await feats();
 const b = tr.manifest.preset.agent.newPerArrival;

@@ -5,13 +5,13 @@ import { knnWeighted, knnUniformEuclidean, knnWeightedBlocks } from '../agent/ev
 import { ortSimilarity } from '../agent/buffer/similarity.ts';
 import { Rng } from '../tools/nn/rng.ts';
 
-test('weighted kNN: queries next to their class cluster are all right; k beyond a cluster still weights the near ones', () => {
+test('weighted kNN: queries next to their class cluster are all right; k beyond a cluster still weights the near ones', async () => {
   // Two clusters on the unit circle: class 0 near angle 0, class 1 near angle pi/2; 3 vs 7 members.
   const pts = (a: number) => [Math.cos(a), Math.sin(a)];
   const memory = Float32Array.from([0, 0.05, -0.05].flatMap(pts).concat([1.5, 1.55, 1.6, 1.58, 1.52, 1.54, 1.56].flatMap(pts)));
   const memoryLabels = [0, 0, 0, 1, 1, 1, 1, 1, 1, 1];
   const queries = Float32Array.from([0.02, 1.57].flatMap(pts));
-  const r = knnWeighted({ memory, memoryLabels, queries, queryLabels: [0, 1], d: 2, classes: 2 }, [1, 10]);
+  const r = await knnWeighted({ memory, memoryLabels, queries, queryLabels: [0, 1], d: 2, classes: 2 }, [1, 10]);
   assert.equal(r[0].accuracy, 100);
   // k = 10 takes every member: class 1 has more votes in number, but exp(sim/0.07) favours the near three.
   assert.equal(r[1].accuracy, 100);
@@ -20,7 +20,7 @@ test('weighted kNN: queries next to their class cluster are all right; k beyond 
   assert.equal(u.correct, 1);
 });
 
-test('weighted kNN equals a brute-force reference on random data', () => {
+test('weighted kNN equals a brute-force reference on random data', async () => {
   const rng = new Rng(5);
   const d = 6;
   const nm = 200;
@@ -29,7 +29,7 @@ test('weighted kNN equals a brute-force reference on random data', () => {
   const queries = Float32Array.from({ length: nq * d }, () => rng.normal());
   const memoryLabels = Array.from({ length: nm }, () => rng.int(4));
   const queryLabels = Array.from({ length: nq }, () => rng.int(4));
-  const [r] = knnWeighted({ memory, memoryLabels, queries, queryLabels, d, classes: 4 }, [7]);
+  const [r] = await knnWeighted({ memory, memoryLabels, queries, queryLabels, d, classes: 4 }, [7]);
   const norm = (a: Float32Array, i: number) => {
     const v = Array.from(a.subarray(i * d, (i + 1) * d));
     const n = Math.hypot(...v);
@@ -46,7 +46,7 @@ test('weighted kNN equals a brute-force reference on random data', () => {
   assert.equal(r.correct, correct);
 });
 
-test('weighted kNN through ORT similarity blocks agrees with the JavaScript version', async () => {
+test('weighted kNN through ORT similarity blocks agrees with the plain-loop version', async () => {
   const rng = new Rng(8);
   const d = 16;
   const nm = 3000;
@@ -56,7 +56,7 @@ test('weighted kNN through ORT similarity blocks agrees with the JavaScript vers
   const queryLabels = Array.from({ length: nq }, () => rng.int(5));
   const pts = (labels: number[]) => Float32Array.from(labels.flatMap((c) => centers[c].map((v) => v + 1.5 * rng.normal())));
   const inp = { memory: pts(memoryLabels), memoryLabels, queries: pts(queryLabels), queryLabels, d, classes: 5 };
-  const a = knnWeighted(inp, [20, 50]);
+  const a = await knnWeighted(inp, [20, 50]);
   const b = await knnWeightedBlocks(await ortSimilarity(1), inp, [20, 50]);
   // float32 GEMM vs float64 sums can swap near-tied neighbours: allow a handful of queries to differ.
   for (let i = 0; i < 2; i++) assert.ok(Math.abs(a[i].correct - b[i].correct) <= 3, `${a[i].correct} vs ${b[i].correct}`);

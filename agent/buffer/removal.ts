@@ -1,7 +1,7 @@
 // The redundancy removal rule (DESIGN.md section 3, MinRed's rule): among candidate features, remove
 // n times the entry whose nearest neighbour is most similar, masking it afterwards. Similarities are
 // cosines of normalised features (S = (cos + 1) / 2 is monotone in cos, so the choice is the same).
-import type { SimilarityEngine } from './similarity.ts';
+import { jsSimilarity, type SimilarityEngine } from './similarity.ts';
 
 // Two implementations with identical results: a direct O(M^2 d) reference and an incremental
 // nearest-neighbour index that costs O(M d) per changed feature.
@@ -93,28 +93,20 @@ export class NearestNeighbours {
   }
 
   /** Similarity rows of the given slots against every slot ([slots.length, cap]). */
-  private async simRows(slots: number[]): Promise<Float32Array> {
+  private simRows(slots: number[]): Promise<Float32Array> {
     const { d, feats: f, cap } = this;
-    if (this.engine && slots.length * cap * d >= 1 << 18) {
-      const a = new Float32Array(slots.length * d);
-      slots.forEach((sl, r) => a.set(f.subarray(sl * d, (sl + 1) * d), r * d));
-      return this.engine.rows(a, slots.length, f, cap, d);
-    }
-    const out = new Float32Array(slots.length * cap);
-    slots.forEach((sl, r) => {
-      const x = sl * d;
-      for (let j = 0; j < cap; j++) {
-        let s = 0;
-        for (let k = 0, y = j * d; k < d; k++) s += f[x + k] * f[y + k];
-        out[r * cap + j] = s;
-      }
-    });
-    return out;
+    const a = new Float32Array(slots.length * d);
+    slots.forEach((sl, r) => a.set(f.subarray(sl * d, (sl + 1) * d), r * d));
+    const engine = this.engine && slots.length * cap * d >= 1 << 18 ? this.engine : jsSimilarity;
+    return engine.rows(a, slots.length, f, cap, d);
   }
 
-  private async recomputeMany(slots: number[]): Promise<void> {
+  /**
+   * Full similarity rows of `slots`, in blocks so a rebuild of a large buffer stays within memory:
+   * each slot gets its nearest neighbour, and `visit` sees every (slot, other, similarity) on the way.
+   */
+  private async scanRows(slots: number[], visit?: (slot: number, j: number, v: number) => void): Promise<void> {
     const { alive, cap, nnSim, nnSlot } = this;
-    // In blocks, so a full rebuild of a large buffer stays within memory.
     const block = Math.max(1, Math.floor((1 << 24) / Math.max(cap, 1)));
     for (let s0 = 0; s0 < slots.length; s0 += block) {
       const part = slots.slice(s0, s0 + block);
@@ -129,6 +121,7 @@ export class NearestNeighbours {
             best = v;
             arg = j;
           }
+          visit?.(slot, j, v);
         }
         nnSim[slot] = best;
         nnSlot[slot] = arg;
@@ -166,31 +159,14 @@ export class NearestNeighbours {
       }
     }
     // The changed members get full rows; the same rows update everyone else's comparison with them.
-    const block = Math.max(1, Math.floor((1 << 24) / cap));
-    for (let c0 = 0; c0 < changed.length; c0 += block) {
-      const part = changed.slice(c0, c0 + block);
-      const rows = await this.simRows(part);
-      part.forEach((c, r) => {
-        let best = -Infinity;
-        let arg = -1;
-        for (let j = 0; j < cap; j++) {
-          if (!alive[j] || j === c) continue;
-          const v = rows[r * cap + j];
-          if (v > best) {
-            best = v;
-            arg = j;
-          }
-          if (!isChanged[j] && !isDirty[j] && v > nnSim[j]) {
-            nnSim[j] = v;
-            nnSlot[j] = c;
-          }
-        }
-        nnSim[c] = best;
-        nnSlot[c] = arg;
-      });
-    }
+    await this.scanRows(changed, (c, j, v) => {
+      if (!isChanged[j] && !isDirty[j] && v > nnSim[j]) {
+        nnSim[j] = v;
+        nnSlot[j] = c;
+      }
+    });
     // Members whose neighbour moved need a full recompute.
-    await this.recomputeMany(dirty);
+    await this.scanRows(dirty);
   }
 
   set(id: number, f: Float32Array, rank: number): Promise<void> {
@@ -207,7 +183,7 @@ export class NearestNeighbours {
     this.free.push(slot);
     const dirty: number[] = [];
     for (let i = 0; i < this.cap; i++) if (this.alive[i] && this.nnSlot[i] === slot) dirty.push(i);
-    await this.recomputeMany(dirty);
+    await this.scanRows(dirty);
   }
 
   /** The member with the most similar nearest neighbour (lowest rank on ties), or -1. */

@@ -10,6 +10,21 @@ export interface SimilarityEngine {
   rows(a: Float32Array, na: number, b: Float32Array, nb: number, d: number): Promise<Float32Array>;
 }
 
+/** Plain loops: for small blocks, where an ORT call costs more than it saves, and as a reference. */
+export const jsSimilarity: SimilarityEngine = {
+  async rows(a, na, b, nb, d) {
+    const out = new Float32Array(na * nb);
+    for (let r = 0; r < na; r++) {
+      for (let j = 0; j < nb; j++) {
+        let s = 0;
+        for (let k = 0, x = r * d, y = j * d; k < d; k++) s += a[x + k] * b[y + k];
+        out[r * nb + j] = s;
+      }
+    }
+    return out;
+  },
+};
+
 export async function ortSimilarity(threads?: number): Promise<SimilarityEngine> {
   const g = new Graph();
   const a = g.input('a', ['na', 'd']);

@@ -52,7 +52,7 @@ async function demoKnn(artifacts: string, exported: string, images: Uint8Array, 
   const acc = async (model: FeatureModel) => {
     const fm = await computeFeatures(model, images, mem, 32);
     const fq = await computeFeatures(model, images, qs, 32);
-    const [r] = knnWeighted({ memory: fm, memoryLabels: mem.map((i) => labels[i]), queries: fq, queryLabels: qs.map((i) => labels[i]), d: model.dim, classes: 10 }, [20]);
+    const [r] = await knnWeighted({ memory: fm, memoryLabels: mem.map((i) => labels[i]), queries: fq, queryLabels: qs.map((i) => labels[i]), d: model.dim, classes: 10 }, [20]);
     await model.close();
     return r.accuracy;
   };

@@ -2,6 +2,8 @@
 // similarity, votes weighted exp(sim / T), T = 0.07) and `scale` (k = 50, uniform votes, Euclidean on
 // raw features). Pure functions over typed arrays; blocked so memory stays bounded.
 
+import { jsSimilarity, type SimilarityEngine } from '../buffer/similarity.ts';
+
 export interface KnnResult {
   k: number;
   accuracy: number;
@@ -35,18 +37,18 @@ function insertTop(bi: Int32Array, bv: Float64Array, s: number, m: number): void
   bi[p] = m;
 }
 
-/** For each query, the indices and scores of its kmax best memory rows (higher score = nearer). */
-function topK(memory: Float32Array, queries: Float32Array, d: number, kmax: number, score: (q: number, m: number) => number, nm: number, nq: number) {
+/** For each query, the indices of its kmax best memory rows (higher score = nearer). */
+function topK(kmax: number, score: (q: number, m: number) => number, nm: number, nq: number): Int32Array {
   const idx = new Int32Array(nq * kmax);
-  const val = new Float32Array(nq * kmax);
+  const bi = new Int32Array(kmax);
+  const bv = new Float64Array(kmax);
   for (let q = 0; q < nq; q++) {
-    const bi = new Int32Array(kmax).fill(-1);
-    const bv = new Float64Array(kmax).fill(-Infinity);
+    bi.fill(-1);
+    bv.fill(-Infinity);
     for (let m = 0; m < nm; m++) insertTop(bi, bv, score(q, m), m);
     idx.set(bi, q * kmax);
-    val.set(bv, q * kmax);
   }
-  return { idx, val };
+  return idx;
 }
 
 export interface KnnInput {
@@ -58,32 +60,9 @@ export interface KnnInput {
   classes: number;
 }
 
-/** Weighted cosine kNN for several k at once. */
-export function knnWeighted(inp: KnnInput, ks: number[], temperature = 0.07): KnnResult[] {
-  const { d } = inp;
-  const mem = l2normalizeRows(inp.memory, d);
-  const qs = l2normalizeRows(inp.queries, d);
-  const nm = mem.length / d;
-  const nq = qs.length / d;
-  const kmax = Math.min(Math.max(...ks), nm);
-  const { idx, val } = topK(mem, qs, d, kmax, (q, m) => {
-    let s = 0;
-    const qo = q * d;
-    const mo = m * d;
-    for (let i = 0; i < d; i++) s += qs[qo + i] * mem[mo + i];
-    return s;
-  }, nm, nq);
-  return ks.map((k) => {
-    const kk = Math.min(k, kmax);
-    let correct = 0;
-    const votes = new Float64Array(inp.classes);
-    for (let q = 0; q < nq; q++) {
-      votes.fill(0);
-      for (let j = 0; j < kk; j++) votes[inp.memoryLabels[idx[q * kmax + j]]] += Math.exp(val[q * kmax + j] / temperature);
-      if (argmax(votes) === inp.queryLabels[q]) correct++;
-    }
-    return { k, accuracy: (100 * correct) / nq, correct, total: nq };
-  });
+/** Weighted cosine kNN for several k at once (plain loops; knnWeightedBlocks with ORT for large sets). */
+export function knnWeighted(inp: KnnInput, ks: number[], temperature = 0.07): Promise<KnnResult[]> {
+  return knnWeightedBlocks(jsSimilarity, inp, ks, temperature);
 }
 
 /** SCALE's protocol: uniform votes of the k nearest by Euclidean distance on raw features. */
@@ -92,7 +71,7 @@ export function knnUniformEuclidean(inp: KnnInput, k = 50): KnnResult {
   const nm = inp.memory.length / d;
   const nq = inp.queries.length / d;
   const kk = Math.min(k, nm);
-  const { idx } = topK(inp.memory, inp.queries, d, kk, (q, m) => {
+  const idx = topK(kk, (q, m) => {
     let s = 0;
     for (let i = 0; i < d; i++) s += (inp.queries[q * d + i] - inp.memory[m * d + i]) ** 2;
     return -s;
@@ -118,7 +97,7 @@ function argmax(v: Float64Array): number {
  * queries x 50,000 memory rows is 3e10 multiply-adds, minutes in JavaScript).
  */
 export async function knnWeightedBlocks(
-  engine: { rows(a: Float32Array, na: number, b: Float32Array, nb: number, d: number): Promise<Float32Array> },
+  engine: SimilarityEngine,
   inp: KnnInput,
   ks: number[],
   temperature = 0.07,
