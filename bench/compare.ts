@@ -74,6 +74,8 @@ interface Row {
   knn50: number[];
   final20: number;
   mean20: number;
+  /** Cosine between consecutive steps' gradients, one per step (the paper's Fig. 1); absent in older rows. */
+  gradCos?: (number | null)[];
 }
 
 mkdirSync(path.dirname(values.json!), { recursive: true });
@@ -106,10 +108,12 @@ try {
         const marks = [0.25, 0.5, 0.75, 1].map((f) => Math.round(f * arrivals));
         const k20: number[] = [];
         const k50: number[] = [];
+        const gcos: (number | null)[] = [];
         const t0 = performance.now();
         for (let a = 1; a <= arrivals; a++) {
           const items = stream.slice((a - 1) * newPer, a * newPer).map((i) => ({ key: String(i), image: train.images.subarray(i * 3072, (i + 1) * 3072) }));
-          await learner.arrive(items);
+          const rep = await learner.arrive(items);
+          for (const st of rep.steps) gcos.push(st.gradCos === null ? null : Number(st.gradCos.toFixed(4)));
           if (marks.includes(a)) {
             const [x, y] = await knn(tr);
             k20.push(x);
@@ -117,7 +121,7 @@ try {
             process.stderr.write(`${mname} ${order} trial ${trial}: ${Math.round((100 * a) / arrivals)}% of ${stream.length} images, ${tr.steps} steps, kNN@20 ${x.toFixed(2)} (floor ${floor.toFixed(2)})\n`);
           }
         }
-        const row: Row = { method: mname, order, trial, images: stream.length, steps: tr.steps, seconds: (performance.now() - t0) / 1000, floor20: floor, knn20: k20, knn50: k50, final20: k20[3], mean20: k20.reduce((p, q) => p + q, 0) / 4 };
+        const row: Row = { method: mname, order, trial, images: stream.length, steps: tr.steps, seconds: (performance.now() - t0) / 1000, floor20: floor, knn20: k20, knn50: k50, final20: k20[3], mean20: k20.reduce((p, q) => p + q, 0) / 4, gradCos: gcos };
         rows.push(row);
         appendFileSync(values.json!, JSON.stringify(row) + '\n');
         await tr.close();
@@ -154,6 +158,29 @@ for (const order of [...new Set(rows.map((r) => r.order))]) {
   series.push({ name: 'random init', points: [[25, floor], [100, floor]] });
   const svg = lineChart(series, { title: `edge-cifar10 ${order}: kNN@20 over the stream`, xLabel: '% of the stream seen', yLabel: 'weighted kNN@20 accuracy %' });
   const base = values.json!.replace(/\.jsonl$/, '') + `-${order}`;
+  writeFileSync(`${base}.svg`, svg);
+  writeFileSync(`${base}.png`, await svgToPng(svg));
+  console.log(`wrote ${base}.svg and .png`);
+}
+// Consecutive-gradient cosine over steps (the paper's Fig. 1): per method, mean over trials of a
+// moving average (window 20 steps), x as % of the run so methods with 2x the steps line up.
+for (const order of [...new Set(rows.map((r) => r.order))]) {
+  const series = [];
+  for (const mname of [...new Set(rows.filter((r) => r.order === order).map((r) => r.method))]) {
+    const rs = rows.filter((r) => r.order === order && r.method === mname && r.gradCos?.length);
+    if (!rs.length) continue;
+    const n = rs[0].gradCos!.length;
+    const pts: [number, number][] = [];
+    for (let s = 0; s + 20 <= n; s += 10) {
+      let sum = 0, cnt = 0;
+      for (const r of rs) for (let j = s; j < s + 20; j++) { const v = r.gradCos![j]; if (v !== null && v !== undefined && j > 0) { sum += v; cnt++; } }
+      if (cnt) pts.push([(100 * (s + 10)) / n, sum / cnt]);
+    }
+    series.push({ name: `${mname} (${rs.length})`, points: pts });
+  }
+  if (!series.length) continue;
+  const svg = lineChart(series, { title: `edge-cifar10 ${order}: cosine of consecutive gradients`, xLabel: '% of the run (steps)', yLabel: 'cos(g_t, g_t-1), 20-step mean' });
+  const base = values.json!.replace(/\.jsonl$/, '') + `-${order}-gradcos`;
   writeFileSync(`${base}.svg`, svg);
   writeFileSync(`${base}.png`, await svgToPng(svg));
   console.log(`wrote ${base}.svg and .png`);
