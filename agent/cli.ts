@@ -25,6 +25,35 @@ const epOption = {
   threads: { type: 'number' as const, describe: 'intra-op threads (default: all cores)' },
 };
 
+
+// Shared by embed and classify.
+function inferOptions<T>(y: import('yargs').Argv<T>) {
+  return y
+    .options(epOption)
+    .positional('input', { type: 'string', describe: 'an image file or a directory (searched recursively)' })
+    .option('watch', { type: 'string', describe: 'instead of INPUT: keep taking new frames written to this directory' })
+    .check((a) => {
+      if (!a.input === !a.watch) throw new UsageError('give one input: INPUT (an image or a directory) or --watch DIR');
+      if (!(Number.isInteger(a.batch) && (a.batch as number) > 0)) throw new UsageError(`--batch ${a.batch}: must be a positive integer`);
+      return true;
+    })
+    .option('model', { type: 'string', default: 'models/latest.onnx', describe: 'exported encoder; with --watch it is reloaded whenever the file is replaced' })
+    .option('batch', { type: 'number', default: 256, describe: 'frames per encoder run (with --watch: at most this many of those waiting; 1 = single-frame latency mode)' })
+    .option('recursive', { type: 'boolean', default: false, describe: 'with --watch: also watch subdirectories' })
+    .option('fit', { choices: ['cover', 'letterbox'] as const, default: 'cover' as const, describe: 'resize to the model size by centre crop or padding' })
+    .option('max-pixels', { type: 'number', default: 40_000_000, describe: 'refuse images with more pixels' })
+    .option('stable-ms', { type: 'number', default: 300, describe: 'with --watch: a new file is read once its size has not changed for this long' })
+    .option('reload-ms', { type: 'number', default: 1000, describe: 'with --watch: how often to look for a new model file (0: never)' })
+    .option('exit-when-idle', { type: 'number', default: 0, describe: 'with --watch: stop after this many seconds without a new frame (0: never)' });
+}
+
+function inferArgs(a: Record<string, any>) {
+  return {
+    input: a.input, watch: a.watch, recursive: a.recursive, model: a.model, ep: a.ep as EP, epFallback: a['ep-fallback'] as EP | undefined, threads: a.threads,
+    batch: a.batch, fit: a.fit, maxPixels: a['max-pixels'], stableMs: a['stable-ms'], reloadMs: a['reload-ms'], exitWhenIdle: a['exit-when-idle'],
+  };
+}
+
 await yargs(hideBin(process.argv))
   .scriptName('ssocl')
   .usage('$0 <command> [options]\n\nSelf-supervised online continual learning on edge devices.')
@@ -74,6 +103,7 @@ await yargs(hideBin(process.argv))
         .option('export-every', { type: 'string', default: '10m', describe: 'steps or time; also on exit' })
         .option('fresh', { type: 'boolean', default: false, describe: 'ignore existing checkpoints and the ledger, start over' })
         .option('metrics', { type: 'string', describe: 'append one JSON line per step to this file' })
+        .option('emit-embeddings', { type: 'string', describe: 'append the embedding (backbone features, current weights) of every ingested frame to this JSON-lines file' })
         .option('updates', { type: 'number', describe: 'updates per arrival, K (default from the artifacts)' })
         .option('replay', { choices: ['mixed', 'buffer'] as const, describe: 'batch composition (default from the artifacts)' })
         .option('buffer-size', { type: 'number', describe: 'buffer capacity M (default from the artifacts)' })
@@ -167,6 +197,40 @@ await yargs(hideBin(process.argv))
     },
   )
   .command(
+    'embed [input]',
+    'embeddings of frames (an image, a directory, or --watch DIR) from an exported encoder, hot-reloaded when it is replaced',
+    (y) =>
+      inferOptions(y)
+        .option('out', { type: 'string', describe: 'output file (default: JSON lines on stdout); .npy or .safetensors write one matrix' })
+        .option('format', { choices: ['jsonl', 'npy', 'safetensors'] as const, describe: 'output format (default: from the --out extension, else jsonl)' })
+        .option('output', { choices: ['features', 'embedding'] as const, default: 'features' as const, describe: 'backbone features (what kNN uses) or the L2-normalised projection' }),
+    async (a) => {
+      const { embedCommand } = await import('./commands/infer.ts');
+      await embedCommand({ ...inferArgs(a), out: a.out, format: a.format, output: a.output });
+    },
+  )
+  .command(
+    'classify [input]',
+    'few-shot recognition of frames against a labelled support set DIR/<label>/*.png|jpg (weighted cosine kNN), with an optional novelty score',
+    (y) =>
+      inferOptions(y)
+        .option('support', { type: 'string', demandOption: true, describe: 'labelled examples: DIR/<label>/*.png|jpg (a few per label)' })
+        .option('out', { type: 'string', describe: 'output file (default: JSON lines on stdout)' })
+        .option('k', { type: 'number', default: 20, describe: 'neighbours that vote' })
+        .option('temperature', { type: 'number', default: 0.07, describe: 'vote weight exp(similarity / T)' })
+        .option('reject-below', { type: 'number', describe: 'label "unknown" when the winning share of the vote is below this (0-1)' })
+        .option('novelty', { type: 'boolean', default: false, describe: 'add novelty = 1 - cosine similarity to the nearest support (and buffer) embedding' })
+        .option('novelty-buffer', { type: 'string', describe: 'also compare with the images in the agent\'s buffer (its newest checkpoint in this state directory)' }),
+    async (a) => {
+      const k = a.k;
+      if (!(Number.isInteger(k) && k > 0)) throw new UsageError(`--k ${k}: must be a positive integer`);
+      if (!(a.temperature > 0)) throw new UsageError(`--temperature ${a.temperature}: must be positive`);
+      if (a['reject-below'] !== undefined && !(a['reject-below'] >= 0 && a['reject-below'] <= 1)) throw new UsageError(`--reject-below ${a['reject-below']}: must be between 0 and 1`);
+      const { classifyCommand } = await import('./commands/infer.ts');
+      await classifyCommand({ ...inferArgs(a), support: a.support, out: a.out, k, temperature: a.temperature, rejectBelow: a['reject-below'], novelty: a.novelty || a['novelty-buffer'] !== undefined, noveltyState: a['novelty-buffer'] });
+    },
+  )
+  .command(
     'demo',
     'the built-in default (npm start): replay the demo stream as image files into a temporary directory and run the agent on it, then export',
     (y) =>
@@ -187,7 +251,7 @@ await yargs(hideBin(process.argv))
     if (err && !(err instanceof UsageError)) {
       process.stderr.write(`ssocl: ${err.message}\n`);
       const code = (err as { exitCode?: number }).exitCode;
-      process.exit(code ?? (err.name === 'ManifestError' || err.name === 'EpError' || /^--/.test(err.message) ? 2 : 1));
+      process.exit(code ?? (err.name === 'ManifestError' || err.name === 'EpError' || err.name === 'EncoderError' || /^--/.test(err.message) ? 2 : 1));
     }
     fail(msg ?? err?.message ?? 'invalid arguments');
   })

@@ -13,6 +13,7 @@ import { exportEncoder, type ExportInfo } from './export/export.ts';
 import { DirSource, type FileFrame, type Overflow } from './sources/dir.ts';
 import { DatasetSource } from './sources/dataset.ts';
 import { Ledger } from './sources/ledger.ts';
+import { JsonlSink } from './infer/io.ts';
 import { decodeFrame, resizeChw, FrameError, type Fit } from './frames/decode.ts';
 import type { BufferPolicy } from './buffer/buffer.ts';
 
@@ -60,6 +61,8 @@ export interface AgentOptions {
   exportEvery: Every;
   fresh: boolean;
   metrics?: string;
+  /** Append the embedding (backbone features) of every ingested frame to this JSON-lines file. */
+  emitEmbeddings?: string;
   /** Stop after this many arrivals / seconds / seconds without a new frame (0 = never). */
   maxArrivals: number;
   maxSeconds: number;
@@ -226,6 +229,13 @@ export async function runAgent(o: AgentOptions): Promise<AgentSummary> {
 
   const metricsFile = o.metrics ? path.resolve(o.metrics) : null;
   if (metricsFile) mkdirSync(path.dirname(metricsFile), { recursive: true });
+  // Embeddings of ingested frames from the weights being trained (no second model load).
+  let emitted: JsonlSink | null = null;
+  if (o.emitEmbeddings) {
+    mkdirSync(path.dirname(path.resolve(o.emitEmbeddings)), { recursive: true });
+    emitted = new JsonlSink(path.resolve(o.emitEmbeddings));
+  }
+  const artifactSha = trainer.manifest.files[trainer.manifest.trainStep.file]?.slice(0, 16) ?? '';
   const started = Date.now();
   let lastCkptStep = trainer.steps;
   let lastCkptTime = Date.now();
@@ -374,6 +384,16 @@ export async function runAgent(o: AgentOptions): Promise<AgentSummary> {
       }
 
       const r = await learner.arrive(pending);
+      if (emitted) {
+        const x = new Float32Array(pending.length * 3 * size * size);
+        pending.forEach((p, j) => {
+          for (let k = 0; k < p.image.length; k++) x[j * p.image.length + k] = p.image[k] / 255;
+        });
+        const { features } = await trainer.embed(x, pending.length);
+        const d = features.length / pending.length;
+        const now = new Date().toISOString();
+        pending.forEach((p, j) => emitted!.add({ key: p.key, path: o.watch ? path.join(o.watch, p.key) : `dataset:${p.key}`, time: now, model: { sha256: artifactSha, step: trainer.steps } }, features.subarray(j * d, (j + 1) * d)));
+      }
       pending = [];
       for (const s of r.steps) {
         if (!s.applied) {
@@ -440,6 +460,7 @@ export async function runAgent(o: AgentOptions): Promise<AgentSummary> {
     process.off('SIGINT', sigint);
     process.off('SIGTERM', sigterm);
     await source.close();
+    emitted?.close();
   }
   // Frames of an incomplete arrival were recorded as ingested; they are learnt only if the batch fills,
   // so keep them in the buffer (they count as data seen) without a step.

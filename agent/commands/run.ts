@@ -48,6 +48,7 @@ export async function runCommand(a: Record<string, any>): Promise<void> {
     exportEvery: parseEvery('--export-every', a['export-every']),
     fresh: a.fresh,
     metrics: a.metrics,
+    emitEmbeddings: a['emit-embeddings'],
     maxArrivals: a['max-arrivals'],
     maxSeconds: a['max-seconds'],
     exitWhenIdle: a['exit-when-idle'],

@@ -86,16 +86,54 @@ export function knnUniformEuclidean(inp: KnnInput, k = 50): KnnResult {
   return { k, accuracy: (100 * correct) / nq, correct, total: nq };
 }
 
-function argmax(v: Float64Array): number {
+export function argmax(v: Float64Array): number {
   let b = 0;
   for (let i = 1; i < v.length; i++) if (v[i] > v[b]) b = i;
   return b;
 }
 
 /**
- * Weighted cosine kNN with the similarity blocks computed by an ORT MatMul (large memories: 10,000
- * queries x 50,000 memory rows is 3e10 multiply-adds, minutes in JavaScript).
+ * For each query row, its kmax nearest memory rows by dot product (rows already L2-normalised: cosine),
+ * best first: `fn(q, indices, similarities)`. Similarity blocks come from `engine` (an ORT MatMul for
+ * large memories: 10,000 queries x 50,000 memory rows is 3e10 multiply-adds, minutes in JavaScript).
  */
+export async function forEachNearest(
+  engine: SimilarityEngine,
+  mem: Float32Array,
+  qs: Float32Array,
+  d: number,
+  kmax: number,
+  fn: (q: number, idx: Int32Array, sim: Float64Array) => void,
+  block = 256,
+): Promise<void> {
+  const nm = mem.length / d;
+  const nq = qs.length / d;
+  const k = Math.min(kmax, nm);
+  const bi = new Int32Array(k);
+  const bv = new Float64Array(k);
+  for (let q0 = 0; q0 < nq; q0 += block) {
+    const nb = Math.min(block, nq - q0);
+    const rows = await engine.rows(qs.subarray(q0 * d, (q0 + nb) * d), nb, mem, nm, d);
+    for (let r = 0; r < nb; r++) {
+      bi.fill(-1);
+      bv.fill(-Infinity);
+      const off = r * nm;
+      for (let m = 0; m < nm; m++) insertTop(bi, bv, rows[off + m], m);
+      fn(q0 + r, bi, bv);
+    }
+  }
+}
+
+/** Votes of the first k neighbours, each weighted exp(sim / T), into `votes` (one slot per class). */
+export function weightedVotes(votes: Float64Array, labels: ArrayLike<number>, idx: Int32Array, sim: Float64Array, k: number, temperature: number): Float64Array {
+  votes.fill(0);
+  // Relative to the best similarity: same argmax and shares, no overflow of exp at small T.
+  const top = sim[0];
+  for (let j = 0; j < Math.min(k, idx.length); j++) votes[labels[idx[j]]] += Math.exp((sim[j] - top) / temperature);
+  return votes;
+}
+
+/** Weighted cosine kNN accuracy for several k at once, similarity blocks from `engine`. */
 export async function knnWeightedBlocks(
   engine: SimilarityEngine,
   inp: KnnInput,
@@ -106,27 +144,13 @@ export async function knnWeightedBlocks(
   const { d } = inp;
   const mem = l2normalizeRows(inp.memory, d);
   const qs = l2normalizeRows(inp.queries, d);
-  const nm = mem.length / d;
   const nq = qs.length / d;
-  const kmax = Math.min(Math.max(...ks), nm);
   const correct = new Array(ks.length).fill(0);
   const votes = new Float64Array(inp.classes);
-  const bi = new Int32Array(kmax);
-  const bv = new Float64Array(kmax);
-  for (let q0 = 0; q0 < nq; q0 += block) {
-    const nb = Math.min(block, nq - q0);
-    const rows = await engine.rows(qs.subarray(q0 * d, (q0 + nb) * d), nb, mem, nm, d);
-    for (let r = 0; r < nb; r++) {
-      bi.fill(-1);
-      bv.fill(-Infinity);
-      const off = r * nm;
-      for (let m = 0; m < nm; m++) insertTop(bi, bv, rows[off + m], m);
-      ks.forEach((k, ki) => {
-        votes.fill(0);
-        for (let j = 0; j < Math.min(k, kmax); j++) votes[inp.memoryLabels[bi[j]]] += Math.exp(bv[j] / temperature);
-        if (argmax(votes) === inp.queryLabels[q0 + r]) correct[ki]++;
-      });
-    }
-  }
+  await forEachNearest(engine, mem, qs, d, Math.max(...ks), (q, idx, sim) => {
+    ks.forEach((k, ki) => {
+      if (argmax(weightedVotes(votes, inp.memoryLabels, idx, sim, k, temperature)) === inp.queryLabels[q]) correct[ki]++;
+    });
+  }, block);
   return ks.map((k, i) => ({ k, accuracy: (100 * correct[i]) / nq, correct: correct[i], total: nq }));
 }

@@ -7,7 +7,9 @@ import { readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
 import path from 'node:path';
 import * as ort from 'onnxruntime-node';
 import { bindInputs } from '../../tools/onnx/model.ts';
-import type { Trainer } from '../trainer/trainer.ts';
+import { readManifest, type Trainer } from '../trainer/trainer.ts';
+import type { Manifest } from '../../tools/artifacts/manifest.ts';
+import { decodeSafetensors } from '../../tools/io/safetensors.ts';
 import { writeFileAtomic } from '../trainer/checkpoint.ts';
 
 export interface ExportInfo {
@@ -20,6 +22,23 @@ export interface ExportInfo {
   maxAbsDiff: number;
 }
 
+/** embed.onnx of an artifact directory with `state` (parameters and BN statistics) bound in. */
+export function bindEncoder(dir: string, m: Manifest, state: Map<string, Float32Array>, metadata: Record<string, string>): Uint8Array {
+  const embedBytes = readFileSync(path.join(dir, m.embed.file));
+  const values = new Map<string, { dtype: 'float32'; dims: number[]; data: Float32Array }>();
+  for (const s of m.state) if (s.embed) values.set(s.name, { dtype: 'float32', dims: s.shape, data: state.get(s.name)! });
+  return bindInputs(embedBytes, values, { metadata });
+}
+
+/** The encoder of an artifact directory at its initial weights (the random-init floor). */
+export function initialEncoder(dir: string): Uint8Array {
+  const m = readManifest(dir);
+  const init = decodeSafetensors(readFileSync(path.join(dir, m.init))).tensors;
+  const state = new Map<string, Float32Array>();
+  for (const s of m.state) if (s.embed) state.set(s.name, s.init === 'zeros' ? new Float32Array(s.shape.reduce((a, b) => a * b, 1)) : (init.get(s.name)!.data as Float32Array));
+  return bindEncoder(dir, m, state, { 'ssocl.step': '0', 'ssocl.preset': m.name, 'ssocl.frames_seen': '0' });
+}
+
 export async function exportEncoder(
   trainer: Trainer,
   modelsDir: string,
@@ -27,13 +46,8 @@ export async function exportEncoder(
   keep = 5,
 ): Promise<ExportInfo> {
   const m = trainer.manifest;
-  const embedBytes = readFileSync(path.join(trainer.dir, m.embed.file));
-  const values = new Map<string, { dtype: 'float32'; dims: number[]; data: Float32Array }>();
-  for (const s of m.state) if (s.embed) values.set(s.name, { dtype: 'float32', dims: s.shape, data: trainer.state.get(s.name)! });
   const step = trainer.steps;
-  const bytes = bindInputs(embedBytes, values, {
-    metadata: { 'ssocl.step': String(step), 'ssocl.preset': m.name, 'ssocl.frames_seen': String(info.framesSeen) },
-  });
+  const bytes = bindEncoder(trainer.dir, m, trainer.state, { 'ssocl.step': String(step), 'ssocl.preset': m.name, 'ssocl.frames_seen': String(info.framesSeen) });
   // Check the model as a user would load it, before it replaces anything.
   const sess = await ort.InferenceSession.create(bytes);
   const [, c, h, w] = m.embed.images.shape as number[];

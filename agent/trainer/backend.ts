@@ -96,3 +96,14 @@ export async function openSession(model: Uint8Array, ep: EP, o: EpOptions = {}):
     release: () => sess.release(),
   };
 }
+
+/** openSession, and on an EP that cannot start, the explicit fallback EP (with a warning), if one was asked for. */
+export async function openSessionOrFallback(model: Uint8Array, ep: EP, fallback: EP | undefined, o: EpOptions = {}, warn: (msg: string) => void = (m) => process.emitWarning(m)): Promise<Session> {
+  try {
+    return await openSession(model, ep, o);
+  } catch (e) {
+    if (!(e instanceof EpError) || !fallback || fallback === ep) throw e;
+    warn(`${e.message}; falling back to --ep ${fallback} as --ep-fallback asks`);
+    return openSession(model, fallback, o);
+  }
+}

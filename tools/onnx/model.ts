@@ -145,3 +145,46 @@ export function bindInputs(model: Uint8Array, values: Map<string, { dtype: DType
   for (const name of values.keys()) if (!bound.has(name)) throw new Error(`bindInputs: model has no input '${name}'`);
   return out.finish();
 }
+
+export interface ModelInfo {
+  inputs: { name: string; dims: (number | string)[] }[];
+  outputs: { name: string; dims: (number | string)[] }[];
+  metadata: Record<string, string>;
+}
+
+/** Graph inputs/outputs (names and shapes) and metadata_props of a serialised model, without loading it. */
+export function modelInfo(model: Uint8Array): ModelInfo {
+  const dec = new TextDecoder();
+  const str = (fs: ReturnType<typeof readFields>, n: number) => {
+    const f = fs.find((x) => x.field === n);
+    return f?.data ? dec.decode(f.data) : '';
+  };
+  const valueInfo = (buf: Uint8Array) => {
+    const vi = readFields(buf);
+    const dims: (number | string)[] = [];
+    const type = vi.find((x) => x.field === 2)?.data;
+    const tensor = type ? readFields(type).find((x) => x.field === 1)?.data : undefined;
+    const shape = tensor ? readFields(tensor).find((x) => x.field === 2)?.data : undefined;
+    if (shape) {
+      for (const d of readFields(shape).filter((x) => x.field === 1)) {
+        const df = readFields(d.data!);
+        const v = df.find((x) => x.field === 1);
+        dims.push(v?.value !== undefined ? Number(v.value) : str(df, 2) || '?');
+      }
+    }
+    return { name: str(vi, 1), dims };
+  };
+  const info: ModelInfo = { inputs: [], outputs: [], metadata: {} };
+  for (const f of readFields(model)) {
+    if (f.field === 14) {
+      const kv = readFields(f.data!);
+      info.metadata[str(kv, 1)] = str(kv, 2);
+    } else if (f.field === 7) {
+      for (const gf of readFields(f.data!)) {
+        if (gf.field === 11) info.inputs.push(valueInfo(gf.data!));
+        else if (gf.field === 12) info.outputs.push(valueInfo(gf.data!));
+      }
+    }
+  }
+  return info;
+}

@@ -1,0 +1,237 @@
+// `ssocl embed` and `ssocl classify`: frames from an image, a directory or a watched directory,
+// decoded at the encoder's size, run in batches through an exported encoder that is hot-reloaded when
+// its file is replaced (the version that computed each result is recorded with it).
+
+import path from 'node:path';
+import { DirSource, type FileFrame } from '../sources/dir.ts';
+import { Ledger } from '../sources/ledger.ts';
+import type { Fit } from '../frames/decode.ts';
+import type { EP } from '../trainer/backend.ts';
+import { latestCheckpoint } from '../trainer/checkpoint.ts';
+import { ortSimilarity } from '../buffer/similarity.ts';
+import { LiveEncoder } from '../infer/live.ts';
+import type { Encoder, EncoderOutput } from '../infer/encoder.ts';
+import { decodeFrames, formatOf, JsonlSink, listFrames, openSink, stackImages, type DecodedFrame, type FrameRef, type OutFormat } from '../infer/io.ts';
+import { FewShot, listSupport, noveltyScores } from '../infer/fewshot.ts';
+
+export interface FrameLoopOptions {
+  input?: string;
+  watch?: string;
+  recursive: boolean;
+  model: string;
+  ep: EP;
+  epFallback?: EP;
+  threads?: number;
+  batch: number;
+  fit: Fit;
+  maxPixels: number;
+  stableMs: number;
+  reloadMs: number;
+  exitWhenIdle: number;
+  /** Where the watch ledger lives (frames already done are not taken again after a restart). */
+  ledger?: string;
+}
+
+const tty = process.stderr.isTTY;
+const log = (line: string) => process.stderr.write(`${tty ? '\r\x1b[K' : ''}${line}\n`);
+
+/**
+ * Runs `onBatch` over every frame, batch by batch, each batch pinned to one encoder version. Returns
+ * counts. With `watch`, keeps going until SIGINT/SIGTERM or `exitWhenIdle` seconds without frames.
+ */
+async function frameLoop(
+  o: FrameLoopOptions,
+  live: LiveEncoder,
+  onBatch: (enc: Encoder, frames: DecodedFrame[]) => Promise<void>,
+  afterBatch: (frames: DecodedFrame[]) => void = () => {},
+): Promise<{ frames: number; bad: number; seconds: number }> {
+  let frames = 0;
+  let bad = 0;
+  const t0 = performance.now();
+  const onBad = (f: FrameRef, reason: string) => {
+    bad++;
+    log(`skipped ${f.path}: ${reason}`);
+  };
+  const progress = (total?: number) => {
+    if (!tty) return;
+    const s = (performance.now() - t0) / 1000;
+    process.stderr.write(`\r\x1b[K${frames}${total ? `/${total}` : ''} frames  ${(frames / Math.max(s, 1e-3)).toFixed(0)} frames/s  model ${live.current.version.sha256.slice(0, 8)}${live.current.version.step !== null ? ` (step ${live.current.version.step})` : ''}${bad ? `  skipped ${bad}` : ''}`);
+  };
+  const runBatch = async (refs: FrameRef[]) => {
+    await live.check();
+    await live.use(async (enc) => {
+      const ok = await decodeFrames(refs, enc.size, o.fit, o.maxPixels, onBad);
+      if (ok.length) await onBatch(enc, ok);
+      frames += ok.length;
+      afterBatch(ok);
+    });
+  };
+  if (!o.watch) {
+    const refs = listFrames(o.input!);
+    if (!refs.length) throw new Error(`${o.input}: no image files (${'jpg, jpeg, png, webp, bmp, ppm, pgm'})`);
+    for (let i = 0; i < refs.length; i += o.batch) {
+      await runBatch(refs.slice(i, i + o.batch));
+      progress(refs.length);
+    }
+  } else {
+    const ledger = new Ledger(o.ledger!);
+    const source = new DirSource({
+      dir: o.watch, recursive: o.recursive, order: 'name', ledger, ignore: [], overflow: 'block', backlog: Infinity, stableMs: o.stableMs,
+      onRefused: (p, reason) => {
+        bad++;
+        log(`refused ${p}: ${reason}`);
+      },
+    });
+    let stopping = false;
+    const stop = () => {
+      stopping = true;
+      void source.close();
+    };
+    process.once('SIGINT', stop);
+    process.once('SIGTERM', stop);
+    await source.start();
+    let last = Date.now();
+    try {
+      while (!stopping) {
+        const first = await source.next(250);
+        if (!first) {
+          if (o.exitWhenIdle && Date.now() - last >= o.exitWhenIdle * 1000) break;
+          continue;
+        }
+        last = Date.now();
+        // Whatever is already waiting joins the batch; nothing waits for a batch to fill (latency).
+        const got: FileFrame[] = [first];
+        while (got.length < o.batch) {
+          const f = source.pending ? await source.next(0) : null;
+          if (!f) break;
+          got.push(f);
+        }
+        await runBatch(got.map((f) => ({ key: f.key, path: f.path, mtimeMs: f.mtimeMs })));
+        // Done only once the results are durable: a crash repeats a frame rather than losing it.
+        for (const f of got) ledger.record('ingested', f.key, f.size, f.mtimeMs);
+        progress();
+      }
+    } finally {
+      process.off('SIGINT', stop);
+      process.off('SIGTERM', stop);
+      await source.close();
+    }
+  }
+  if (tty) process.stderr.write('\n');
+  return { frames, bad, seconds: (performance.now() - t0) / 1000 };
+}
+
+function openLive(o: FrameLoopOptions): Promise<LiveEncoder> {
+  return LiveEncoder.open(o.model, { ep: o.ep, epFallback: o.epFallback, threads: o.threads, log, warn: log }, o.watch ? o.reloadMs : 0);
+}
+
+export interface EmbedOptions extends FrameLoopOptions {
+  out?: string;
+  format?: OutFormat;
+  output: EncoderOutput;
+}
+
+export async function embedCommand(o: EmbedOptions): Promise<void> {
+  const format = formatOf(o.out, o.format);
+  if (o.watch && format !== 'jsonl') throw new Error(`--watch streams one record per frame: use a JSON-lines --out (not ${format})`);
+  if (o.watch && (!o.out || o.out === '-')) throw new Error('--watch needs --out FILE (it records which frames are done beside it, to resume)');
+  const live = await openLive(o);
+  live.current.dim(o.output);
+  const sink = openSink(o.out, format);
+  const swap = (e: Encoder) => log(`model reloaded: ${e.version.sha256}${e.version.step !== null ? ` (step ${e.version.step})` : ''}`);
+  live.onSwap = swap;
+  let r;
+  try {
+    r = await frameLoop(
+      { ...o, ledger: o.out ? `${path.resolve(o.out)}.ledger` : undefined },
+      live,
+      async (enc, frames) => {
+        const d = enc.dim(o.output);
+        const v = await enc.runU8(stackImages(frames), frames.length, o.output);
+        frames.forEach((f, i) => sink.add({ key: f.key, path: f.path, time: new Date(f.mtimeMs).toISOString(), model: enc.version }, v.subarray(i * d, (i + 1) * d)));
+      },
+      () => sink instanceof JsonlSink && sink.sync(),
+    );
+  } finally {
+    sink.close();
+    await live.close();
+  }
+  log(`embedded ${r.frames} frames (${r.bad} skipped) in ${r.seconds.toFixed(1)} s, ${(r.frames / Math.max(r.seconds, 1e-3)).toFixed(0)} frames/s; ${live.swaps} model reloads${o.out && o.out !== '-' ? `; wrote ${o.out}` : ''}`);
+}
+
+export interface ClassifyOptions extends FrameLoopOptions {
+  support: string;
+  out?: string;
+  k: number;
+  temperature: number;
+  rejectBelow?: number;
+  novelty: boolean;
+  noveltyState?: string;
+}
+
+export async function classifyCommand(o: ClassifyOptions): Promise<void> {
+  if (o.watch && (!o.out || o.out === '-')) throw new Error('--watch needs --out FILE (it records which frames are done beside it, to resume)');
+  const support = listSupport(o.support);
+  // Reference images for novelty from the agent's buffer (its newest checkpoint), embedded like the support.
+  let bufferImages: { images: Uint8Array; count: number; size: number } | null = null;
+  if (o.noveltyState) {
+    const c = latestCheckpoint(o.noveltyState, log);
+    if (!c) throw new Error(`--novelty-buffer ${o.noveltyState}: no checkpoint there`);
+    const imgs = c.data.images;
+    bufferImages = { images: stackImages(imgs.map((image) => ({ image }))), count: imgs.length, size: Math.round(Math.sqrt((imgs[0]?.length ?? 0) / 3)) };
+  }
+  const live = await openLive(o);
+  const engine = await ortSimilarity(o.threads);
+  const sink = new JsonlSink(o.out ?? '-');
+  // Support (and buffer) embeddings belong to one model version: recomputed when it changes.
+  let cache: { sha: string; fs: FewShot; refs: Float32Array } | null = null;
+  const prepare = async (enc: Encoder) => {
+    if (cache?.sha === enc.version.sha256) return cache;
+    const frames = await decodeFrames(support.frames, enc.size, o.fit, o.maxPixels, (f, reason) => log(`support image ${f.path} left out: ${reason}`));
+    const labelOf = frames.map((f) => support.labelOf[support.frames.findIndex((s) => s.path === f.path)]);
+    const d = enc.dim('features');
+    const sv = await enc.runU8(stackImages(frames), frames.length);
+    let refs = sv;
+    if (bufferImages && bufferImages.count) {
+      if (bufferImages.size !== enc.size) throw new Error(`--novelty-buffer: buffer images are ${bufferImages.size}px, the model takes ${enc.size}px`);
+      const bv = await enc.runU8(bufferImages.images, bufferImages.count);
+      refs = new Float32Array(sv.length + bv.length);
+      refs.set(sv);
+      refs.set(bv, sv.length);
+    }
+    cache = { sha: enc.version.sha256, fs: new FewShot(sv, labelOf, support.labels, d, o.k, o.temperature, engine), refs };
+    return cache;
+  };
+  await live.use(prepare);
+  log(`support: ${support.frames.length} images, ${support.labels.length} labels (${support.labels.slice(0, 8).join(', ')}${support.labels.length > 8 ? ', ...' : ''})${bufferImages ? `; novelty also against ${bufferImages.count} buffer images` : ''}`);
+  const counts = new Map<string, number>();
+  let r;
+  try {
+    r = await frameLoop(
+      { ...o, ledger: o.out ? `${path.resolve(o.out)}.ledger` : undefined },
+      live,
+      async (enc, frames) => {
+        const c = await prepare(enc);
+        const v = await enc.runU8(stackImages(frames), frames.length);
+        const preds = await c.fs.classify(v);
+        const nov = o.novelty ? await noveltyScores(v, c.refs, c.fs.d, engine) : null;
+        frames.forEach((f, i) => {
+          const p = preds[i];
+          const label = o.rejectBelow !== undefined && p.score < o.rejectBelow ? 'unknown' : p.label;
+          counts.set(label, (counts.get(label) ?? 0) + 1);
+          sink.add(
+            { key: f.key, path: f.path, time: new Date(f.mtimeMs).toISOString(), model: enc.version, label, score: round(p.score), similarity: round(p.similarity), ...(label !== p.label ? { nearestLabel: p.label } : {}), ...(nov ? { novelty: round(nov[i]) } : {}) },
+            null,
+          );
+        });
+      },
+      () => sink.sync(),
+    );
+  } finally {
+    sink.close();
+    await live.close();
+  }
+  log(`classified ${r.frames} frames (${r.bad} skipped) in ${r.seconds.toFixed(1)} s: ${[...counts].sort((a, b) => b[1] - a[1]).map(([k, v]) => `${k} ${v}`).join(', ')}`);
+}
+
+const round = (x: number) => Math.round(x * 1e6) / 1e6;

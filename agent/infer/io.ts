@@ -1,0 +1,173 @@
+// Inputs and outputs of the inference commands: image files from a path (one image or a directory
+// tree, in name order), decoded at the encoder's size; records written as JSON lines (streamed, one
+// per frame, appendable) or as one float32 matrix (npy or safetensors, written atomically at the end).
+
+import { closeSync, existsSync, fsyncSync, lstatSync, openSync, readdirSync, readFileSync, statSync, writeSync } from 'node:fs';
+import path from 'node:path';
+import { decodeFrame, FRAME_EXTENSIONS, FrameError, type Fit } from '../frames/decode.ts';
+import { encodeSafetensors } from '../../tools/io/safetensors.ts';
+import { encodeNpy } from '../../tools/io/npy.ts';
+import { writeFileAtomic } from '../trainer/checkpoint.ts';
+import type { ModelVersion } from './encoder.ts';
+
+export interface FrameRef {
+  /** Path relative to the input root (the file name for a single image). */
+  key: string;
+  path: string;
+  mtimeMs: number;
+}
+
+/** The image files of INPUT (a file, or a directory searched recursively; links are not followed). */
+export function listFrames(input: string): FrameRef[] {
+  let st;
+  try {
+    st = statSync(input);
+  } catch (e) {
+    throw new Error(`${input}: ${(e as NodeJS.ErrnoException).code === 'ENOENT' ? 'no such file or directory' : (e as Error).message}`);
+  }
+  if (st.isFile()) return [{ key: path.basename(input), path: input, mtimeMs: st.mtimeMs }];
+  const out: FrameRef[] = [];
+  const walk = (dir: string) => {
+    for (const name of readdirSync(dir).sort()) {
+      if (name.startsWith('.')) continue;
+      const abs = path.join(dir, name);
+      const l = lstatSync(abs);
+      if (l.isDirectory()) walk(abs);
+      else if (l.isFile() && FRAME_EXTENSIONS.includes(path.extname(name).toLowerCase())) out.push({ key: path.relative(input, abs), path: abs, mtimeMs: l.mtimeMs });
+    }
+  };
+  walk(input);
+  return out;
+}
+
+export interface DecodedFrame extends FrameRef {
+  image: Uint8Array;
+}
+
+/** Reads and decodes frames; a frame that cannot be read or decoded is reported and left out. */
+export async function decodeFrames(refs: FrameRef[], size: number, fit: Fit, maxPixels: number, onBad: (f: FrameRef, reason: string) => void): Promise<DecodedFrame[]> {
+  const out: DecodedFrame[] = [];
+  for (const f of refs) {
+    try {
+      const image = await decodeFrame(readFileSync(f.path), path.extname(f.path), { size, fit, maxPixels });
+      out.push({ ...f, image });
+    } catch (e) {
+      const err = e as NodeJS.ErrnoException;
+      onBad(f, e instanceof FrameError ? e.message : err.code ? `cannot read: ${err.code}` : `decode failed: ${err.message}`);
+    }
+  }
+  return out;
+}
+
+export function stackImages(frames: { image: Uint8Array }[]): Uint8Array {
+  const per = frames[0]?.image.length ?? 0;
+  const x = new Uint8Array(frames.length * per);
+  frames.forEach((f, i) => x.set(f.image, i * per));
+  return x;
+}
+
+export interface EmbedRecord {
+  /** Row number in the output (continues across appended runs of a JSON-lines file). */
+  id: number;
+  key: string;
+  path: string;
+  /** The frame's modification time (when it was captured or written). */
+  time: string;
+  model: ModelVersion;
+}
+
+/** Float32 values as the shortest decimal that reads back to the same float32. */
+export function f32List(v: Float32Array): number[] {
+  const out = new Array<number>(v.length);
+  for (let i = 0; i < v.length; i++) {
+    const x = v[i];
+    let s = Number(x.toPrecision(6));
+    if (Math.fround(s) !== x) s = Number(x.toPrecision(9));
+    out[i] = s;
+  }
+  return out;
+}
+
+export type OutFormat = 'jsonl' | 'npy' | 'safetensors';
+
+export function formatOf(file: string | undefined, flag?: OutFormat): OutFormat {
+  if (flag) return flag;
+  if (!file || file === '-') return 'jsonl';
+  const ext = path.extname(file).toLowerCase();
+  return ext === '.npy' ? 'npy' : ext === '.safetensors' ? 'safetensors' : 'jsonl';
+}
+
+export interface RecordSink {
+  /** Id the next record gets. */
+  readonly next: number;
+  add(rec: Omit<EmbedRecord, 'id'> & Record<string, unknown>, vector: Float32Array | null): void;
+  close(): void;
+}
+
+/** JSON lines to a file (appended; ids continue after the lines already there) or to stdout ('-'). */
+export class JsonlSink implements RecordSink {
+  next = 0;
+  private fd: number;
+  constructor(readonly file: string) {
+    if (file === '-') this.fd = 1;
+    else {
+      if (existsSync(file)) this.next = readFileSync(file, 'utf8').split('\n').filter((l) => l.trim()).length;
+      this.fd = openSync(file, 'a');
+    }
+  }
+  add(rec: Omit<EmbedRecord, 'id'> & Record<string, unknown>, vector: Float32Array | null): void {
+    const line = JSON.stringify({ id: this.next++, ...rec, ...(vector ? { embedding: f32List(vector) } : {}) }) + '\n';
+    writeSync(this.fd, line);
+  }
+  /** Durable before the caller records the frames as done (a crash repeats a frame, never loses one). */
+  sync(): void {
+    if (this.fd !== 1) fsyncSync(this.fd);
+  }
+  close(): void {
+    if (this.fd !== 1) {
+      fsyncSync(this.fd);
+      closeSync(this.fd);
+    }
+  }
+}
+
+/** One [N, D] float32 matrix, rows in id order; the records go beside it (npy) or in its metadata. */
+export class MatrixSink implements RecordSink {
+  next = 0;
+  private rows: Float32Array[] = [];
+  private recs: EmbedRecord[] = [];
+  constructor(
+    readonly file: string,
+    readonly format: 'npy' | 'safetensors',
+  ) {}
+  add(rec: Omit<EmbedRecord, 'id'>, vector: Float32Array | null): void {
+    if (!vector) throw new Error('matrix output needs a vector per record');
+    if (this.rows.length && vector.length !== this.rows[0].length) {
+      throw new Error(`the model's output size changed (${this.rows[0].length} -> ${vector.length}); a matrix needs one size: write JSON lines instead`);
+    }
+    this.recs.push({ id: this.next++, ...rec });
+    this.rows.push(vector.slice());
+  }
+  /** The records file written beside an .npy matrix. */
+  static recordsFile(file: string): string {
+    return file.replace(/\.npy$/i, '') + '.records.jsonl';
+  }
+  close(): void {
+    const d = this.rows[0]?.length ?? 0;
+    const m = new Float32Array(this.rows.length * d);
+    this.rows.forEach((r, i) => m.set(r, i * d));
+    if (this.format === 'npy') {
+      writeFileAtomic(MatrixSink.recordsFile(this.file), Buffer.from(this.recs.map((r) => JSON.stringify(r) + '\n').join('')));
+      writeFileAtomic(this.file, encodeNpy(m, [this.rows.length, d]));
+    } else {
+      writeFileAtomic(this.file, encodeSafetensors(new Map([['embeddings', { dtype: 'F32', shape: [this.rows.length, d], data: m }]]), { records: JSON.stringify(this.recs) }));
+    }
+  }
+}
+
+export function openSink(file: string | undefined, format: OutFormat): RecordSink {
+  if (format === 'jsonl') return new JsonlSink(file ?? '-');
+  if (!file || file === '-') throw new Error(`--format ${format}: needs --out FILE (a binary matrix is not written to the terminal)`);
+  return new MatrixSink(file, format);
+}
+
