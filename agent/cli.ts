@@ -79,12 +79,20 @@ await yargs(hideBin(process.argv))
       y
         .options(epOption)
         .option('watch', { type: 'string', describe: 'directory to take frames from (jpg, jpeg, png, webp, bmp, ppm, pgm)' })
+        .option('camera', { type: 'string', describe: 'instead of --watch: a camera (/dev/video0), a stream URL (rtsp://...) or a video file, read through ffmpeg' })
+        .option('fps', { type: 'number', default: 0, describe: 'with --camera: frames per second taken from the input (0: every frame)' })
+        .option('size', { type: 'string', describe: 'with --camera on a device: capture resolution WxH asked of the camera (frames are then scaled to the training size)' })
+        .option('ffmpeg', { type: 'string', default: process.env.SSOCL_FFMPEG ?? 'ffmpeg', describe: 'with --camera: the ffmpeg binary (SSOCL_FFMPEG)' })
+        .option('stall-s', { type: 'number', default: 10, describe: 'with --camera on a live source: seconds without a frame before ffmpeg is restarted' })
         .option('dataset', { choices: ['demo', 'cifar10', 'cifar100'] as const, describe: 'instead of --watch: replay a data set stream in-process (benchmarks, demos)' })
         .option('stream-order', { choices: ['seq', 'seq-bl', 'seq-im'] as const, default: 'seq' as const, describe: 'with --dataset cifar10|cifar100: the class-incremental order' })
         .option('trial', { type: 'number', default: 0, describe: 'with --dataset: seed of the stream order' })
         .option('data-dir', { type: 'string', default: DEFAULT_DATA, describe: 'with --dataset: folder holding the data sets' })
         .check((a) => {
-          if (!a.watch === !a.dataset) throw new UsageError('give one source: --watch DIR or --dataset demo|cifar10|cifar100');
+          if ([a.watch, a.dataset, a.camera].filter(Boolean).length !== 1) throw new UsageError('give one source: --watch DIR, --camera DEVICE|URL|FILE or --dataset demo|cifar10|cifar100');
+          if (a.size !== undefined && !/^\d+x\d+$/.test(String(a.size))) throw new UsageError(`--size ${a.size}: expected WxH, e.g. 640x480`);
+          if (!(Number(a.fps) >= 0)) throw new UsageError(`--fps ${a.fps}: must be 0 or more`);
+          if (!(Number(a['stall-s']) > 0)) throw new UsageError(`--stall-s ${a['stall-s']}: must be positive`);
           return true;
         })
         .option('recursive', { type: 'boolean', default: false, describe: 'also watch subdirectories' })
@@ -251,7 +259,7 @@ await yargs(hideBin(process.argv))
     if (err && !(err instanceof UsageError)) {
       process.stderr.write(`ssocl: ${err.message}\n`);
       const code = (err as { exitCode?: number }).exitCode;
-      process.exit(code ?? (err.name === 'ManifestError' || err.name === 'EpError' || err.name === 'EncoderError' || /^--/.test(err.message) ? 2 : 1));
+      process.exit(code ?? (err.name === 'ManifestError' || err.name === 'EpError' || err.name === 'EncoderError' || err.name === 'CameraError' || /^--/.test(err.message) ? 2 : 1));
     }
     fail(msg ?? err?.message ?? 'invalid arguments');
   })

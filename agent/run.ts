@@ -2,7 +2,7 @@
 // the learner (buffer + K compiled steps) -> checkpoints, exports, metrics. Resumes from the newest
 // checkpoint; SIGINT/SIGTERM finish the current step, checkpoint, export and exit.
 
-import { appendFileSync, copyFileSync, existsSync, lstatSync, mkdirSync, readFileSync, realpathSync, renameSync, rmSync, unlinkSync, writeFileSync, accessSync, constants } from 'node:fs';
+import { statSync, appendFileSync, copyFileSync, existsSync, lstatSync, mkdirSync, readFileSync, realpathSync, renameSync, rmSync, unlinkSync, writeFileSync, accessSync, constants } from 'node:fs';
 import path from 'node:path';
 import { Trainer } from './trainer/trainer.ts';
 import type { EP } from './trainer/backend.ts';
@@ -14,6 +14,7 @@ import { DirSource, type FileFrame, type Overflow } from './sources/dir.ts';
 import { DatasetSource } from './sources/dataset.ts';
 import { Ledger } from './sources/ledger.ts';
 import { JsonlSink } from './infer/io.ts';
+import { CameraError, CameraSource, checkFfmpeg, isLive } from './sources/camera.ts';
 import { decodeFrame, resizeChw, FrameError, type Fit } from './frames/decode.ts';
 import type { BufferPolicy } from './buffer/buffer.ts';
 
@@ -41,6 +42,8 @@ export interface AgentOptions {
   /** Exactly one source: a watched directory, or an in-process data set stream. */
   watch?: string;
   dataset?: DatasetStream;
+  /** A camera device, stream URL or video file, through ffmpeg. */
+  camera?: { input: string; fps: number; captureSize?: string; ffmpeg: string; stallMs: number };
   recursive: boolean;
   order: 'name' | 'mtime';
   afterIngest: 'keep' | 'move' | 'delete';
@@ -131,8 +134,22 @@ function uniqueTarget(dir: string, rel: string): string {
   return target;
 }
 
+/** A video file's identity as a 31-bit number (checkpoint counters are numbers). */
+function fileIdentity(file: string): number {
+  const st = statSync(file);
+  let h = 2166136261;
+  for (const ch of `${path.resolve(file)}|${st.size}|${Math.floor(st.mtimeMs)}`) h = Math.imul(h ^ ch.charCodeAt(0), 16777619);
+  return (h >>> 1) || 1;
+}
+
 export async function runAgent(o: AgentOptions): Promise<AgentSummary> {
-  if (!o.watch === !o.dataset) throw new AgentError('give one source: --watch DIR or --dataset NAME');
+  if ([o.watch, o.dataset, o.camera].filter(Boolean).length !== 1) throw new AgentError('give one source: --watch DIR, --camera DEVICE|URL|FILE or --dataset NAME');
+  if (o.camera) {
+    checkFfmpeg(o.camera.ffmpeg);
+    if (!isLive(o.camera.input) && !(existsSync(o.camera.input) && statSync(o.camera.input).isFile())) {
+      throw new CameraError(`--camera ${o.camera.input}: no such video file; a live source is a device (/dev/video0) or a URL (rtsp://...)`);
+    }
+  }
   const watch = o.watch ? path.resolve(o.watch) : '';
   if (o.watch && !existsSync(watch)) throw new AgentError(`--watch ${o.watch}: no such directory`);
   for (const [flag, dir] of [['--state', o.stateDir], ['--models', o.models], ['--quarantine', o.quarantine]] as const) ensureWritable(flag, dir);
@@ -158,7 +175,7 @@ export async function runAgent(o: AgentOptions): Promise<AgentSummary> {
   const ckptDir = path.join(o.stateDir, 'checkpoints');
   const artifactHash = m.files[m.trainStep.file];
 
-  const counters = { framesIngested: 0, quarantined: 0, dropped: 0, refused: 0, skippedSteps: 0, datasetPosition: 0 };
+  const counters = { framesIngested: 0, quarantined: 0, dropped: 0, refused: 0, skippedSteps: 0, datasetPosition: 0, cameraPosition: 0, cameraFile: 0 };
   let resumedFrom: string | null = null;
   if (o.fresh) {
     rmSync(ckptDir, { recursive: true, force: true });
@@ -192,6 +209,20 @@ export async function runAgent(o: AgentOptions): Promise<AgentSummary> {
 
   const dataset = o.dataset ? new DatasetSource(o.dataset.images, o.dataset.order, 3 * 32 * 32) : null;
   if (dataset) dataset.position = counters.datasetPosition;
+  // A video file resumes at the frame its checkpoint reached (same file: path, size and mtime); live
+  // sources just go on.
+  let camera: CameraSource | null = null;
+  if (o.camera) {
+    const fileId = isLive(o.camera.input) ? 0 : fileIdentity(o.camera.input);
+    const skip = fileId && fileId === counters.cameraFile ? counters.cameraPosition : 0;
+    if (fileId && counters.cameraFile && fileId !== counters.cameraFile) o.log(`--camera ${o.camera.input}: not the video the checkpoint was reading; starting at its first frame`);
+    counters.cameraFile = fileId;
+    counters.cameraPosition = skip;
+    camera = new CameraSource({
+      input: o.camera.input, fps: o.camera.fps, size, fit: o.fit, captureSize: o.camera.captureSize, ffmpeg: o.camera.ffmpeg,
+      overflow: o.overflow, backlog: o.backlog, stallMs: o.camera.stallMs, backoffMs: [1000, 30000], skip, log: o.log,
+    });
+  }
   const ledger = new Ledger(path.join(o.stateDir, 'ingested.log'));
   const ignore = [o.processed, o.quarantine, o.stateDir, o.models].map((d) => path.resolve(d));
   const source = new DirSource({
@@ -217,6 +248,7 @@ export async function runAgent(o: AgentOptions): Promise<AgentSummary> {
   const stop = (why: string) => {
     if (!stopReason) stopReason = why;
     void source.close();
+    void camera?.close();
   };
   const onSignal = (sig: string) => () => {
     o.log(`${sig}: finishing the current step, then checkpoint and export`);
@@ -320,8 +352,9 @@ export async function runAgent(o: AgentOptions): Promise<AgentSummary> {
     }
   };
 
-  if (!dataset) await source.start();
-  o.log(`${dataset ? `replaying ${o.dataset!.label} (${dataset.remaining} frames left)` : `watching ${watch} (${source.pending} frames waiting)`}; training ${m.name} on ${trainer.ep}: ${newPer} new images per arrival, ${learnerCfg.updates} updates, buffer ${learnerCfg.buffer.capacity} (${learnerCfg.buffer.policy}), replay ${learnerCfg.replay}`);
+  if (camera) camera.start();
+  else if (!dataset) await source.start();
+  o.log(`${dataset ? `replaying ${o.dataset!.label} (${dataset.remaining} frames left)` : camera ? `reading ${o.camera!.input} through ffmpeg${o.camera!.fps ? ` at ${o.camera!.fps} fps` : ''}${counters.cameraPosition ? ` from frame ${counters.cameraPosition + 1}` : ''}` : `watching ${watch} (${source.pending} frames waiting)`}; training ${m.name} on ${trainer.ep}: ${newPer} new images per arrival, ${learnerCfg.updates} updates, buffer ${learnerCfg.buffer.capacity} (${learnerCfg.buffer.policy}), replay ${learnerCfg.replay}`);
 
   let pending: { key: string; image: Uint8Array }[] = [];
   try {
@@ -340,8 +373,22 @@ export async function runAgent(o: AgentOptions): Promise<AgentSummary> {
         counters.datasetPosition = dataset.position;
         pending.push(size === 32 ? d : { key: d.key, image: await resizeChw(d.image, 32, size) });
       }
-      const f = dataset ? null : await source.next(o.exitWhenIdle ? 250 : 1000);
-      if (dataset) {
+      if (camera) {
+        const c = await camera.next(o.exitWhenIdle ? 250 : 1000);
+        if (!c) {
+          if (camera.ended) stop(camera.endReason);
+          else if (o.exitWhenIdle && Date.now() - lastFrameAt >= o.exitWhenIdle * 1000) stop(`idle for ${o.exitWhenIdle}s (--exit-when-idle)`);
+          continue;
+        }
+        lastFrameAt = Date.now();
+        counters.framesIngested++;
+        counters.cameraPosition = camera.position - camera.pending;
+        counters.dropped = camera.dropped;
+        pending.push(c);
+        if (pending.length < newPer) continue;
+      }
+      const f = dataset || camera ? null : await source.next(o.exitWhenIdle ? 250 : 1000);
+      if (dataset || camera) {
         if (pending.length < newPer) continue;
       } else if (!f) {
         if (o.exitWhenIdle && Date.now() - lastFrameAt >= o.exitWhenIdle * 1000) stop(`idle for ${o.exitWhenIdle}s (--exit-when-idle)`);
@@ -433,7 +480,7 @@ export async function runAgent(o: AgentOptions): Promise<AgentSummary> {
         break;
       }
       o.progress?.(
-        `step ${trainer.steps}  arrival ${learner.arrivals}  frames ${counters.framesIngested}  loss ${lossLast?.toFixed(4) ?? '-'}  buffer ${learner.buffer.size}  waiting ${source.pending}  quarantined ${counters.quarantined}${r.trained ? '' : '  (filling the buffer)'}`,
+        `step ${trainer.steps}  arrival ${learner.arrivals}  frames ${counters.framesIngested}  loss ${lossLast?.toFixed(4) ?? '-'}  buffer ${learner.buffer.size}  waiting ${camera ? camera.pending : source.pending}  quarantined ${counters.quarantined}${r.trained ? '' : '  (filling the buffer)'}`,
       );
       if (o.maxArrivals && learner.arrivals >= o.maxArrivals) stop(`--max-arrivals ${o.maxArrivals}`);
       if (due(o.checkpointEvery, lastCkptStep, lastCkptTime)) checkpoint();
@@ -460,6 +507,7 @@ export async function runAgent(o: AgentOptions): Promise<AgentSummary> {
     process.off('SIGINT', sigint);
     process.off('SIGTERM', sigterm);
     await source.close();
+    await camera?.close();
     emitted?.close();
   }
   // Frames of an incomplete arrival were recorded as ingested; they are learnt only if the batch fills,

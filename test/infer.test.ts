@@ -108,6 +108,11 @@ test('ssocl embed: the same features as the trainer\'s embed.onnx with the same 
     }
     assert.equal(JSON.parse(st.metadata.records).length, frames.length);
 
+    // The WASM backend (onnxruntime-web) gives the same features.
+    r = cli('embed', path.join(root, 'in'), '--model', model, '--out', path.join(root, 'wasm.jsonl'), '--ep', 'wasm', '--threads', '1');
+    assert.equal(r.status, 0, r.stderr);
+    assert.ok(maxAbsDiff(readJsonl(path.join(root, 'wasm.jsonl')).flatMap((x) => x.embedding as number[]), got) < 1e-5, 'wasm vs cpu');
+
     // Bad inputs: clear errors, non-zero exits; a corrupt frame among good ones is skipped and named.
     writeFileSync(path.join(root, 'in/zz-corrupt.png'), 'not a png');
     r = cli('embed', path.join(root, 'in'), '--model', model, '--threads', '1');
@@ -290,6 +295,35 @@ test('few-shot on CIFAR-10 with 10 labelled images per class: a trained encoder 
     r = cli('classify', path.join(root, 'q'), '--support', path.join(root, 'q'), '--model', FIXTURE);
     assert.equal(r.status, 2);
     assert.match(r.stderr, /no labelled images found/);
+  } finally {
+    rmSync(root, { recursive: true, force: true });
+  }
+});
+
+test('run --emit-embeddings: every ingested frame once, from the weights being trained (equal to the exported model at the end)', async () => {
+  const root = mkdtempSync(path.join(tmpdir(), 'ssocl-emit-'));
+  try {
+    const out = path.join(root, 'emb.jsonl');
+    const r = cli('run', '--dataset', 'demo', '--artifacts', ART, '--state', path.join(root, 'st'), '--models', path.join(root, 'models'), '--threads', '1', '--max-arrivals', '4', '--emit-embeddings', out);
+    assert.equal(r.status, 0, r.stderr);
+    const recs = readJsonl(out);
+    assert.equal(recs.length, 4 * 16);
+    assert.equal(new Set(recs.map((x) => x.key)).size, recs.length);
+    // The last arrival's frames were embedded after its updates: the weights that were then exported.
+    const steps = Number(JSON.parse(readFileSync(path.join(root, 'models/latest.json'), 'utf8')).step);
+    const last = recs.filter((x) => x.model.step === steps);
+    assert.equal(last.length, 16);
+    const { demoStream } = await import('../agent/commands/demo.ts');
+    const d = demoStream();
+    const enc = await Encoder.open(path.join(root, 'models/latest.onnx'), { threads: 1 });
+    const imgs = last.map((x) => {
+      const i = Number(/\d+/.exec(x.key)![0]);
+      return d.images.subarray(i * 3072, (i + 1) * 3072);
+    });
+    const v = await enc.runU8(Uint8Array.from(imgs.flatMap((a) => [...a])), imgs.length);
+    await enc.release();
+    const diff = maxAbsDiff(last.flatMap((x) => x.embedding as number[]), v);
+    assert.ok(diff < 1e-5, `emitted vs exported: max |diff| ${diff}`);
   } finally {
     rmSync(root, { recursive: true, force: true });
   }

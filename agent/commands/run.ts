@@ -27,6 +27,7 @@ export async function runCommand(a: Record<string, any>): Promise<void> {
   }
   const opts: AgentOptions = {
     watch: a.watch,
+    camera: a.camera ? { input: a.camera, fps: a.fps, captureSize: a.size, ffmpeg: a.ffmpeg, stallMs: a['stall-s'] * 1000 } : undefined,
     dataset,
     recursive: a.recursive,
     order: a.order,
