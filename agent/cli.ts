@@ -123,6 +123,7 @@ await yargs(hideBin(process.argv))
         .option('max-arrivals', { type: 'number', default: 0, describe: 'stop after this many arrivals (0: never)' })
         .option('max-seconds', { type: 'number', default: 0, describe: 'stop after this many seconds (0: never)' })
         .option('exit-when-idle', { type: 'number', default: 0, describe: 'stop after this many seconds without a new frame (0: never)' })
+        .option('disk-retry-s', { type: 'number', default: 30, describe: 'disk full: seconds between tries to write the checkpoint (the agent pauses meanwhile)' })
         .option('max-skips', { type: 'number', default: 10, describe: 'consecutive non-finite steps before stopping' })
         .option('stable-ms', { type: 'number', default: 300, describe: 'a new file is read once its size has not changed for this long' }),
     async (a) => {

@@ -5,10 +5,10 @@
 import { statSync, appendFileSync, copyFileSync, existsSync, lstatSync, mkdirSync, readFileSync, realpathSync, renameSync, rmSync, unlinkSync, writeFileSync, accessSync, constants } from 'node:fs';
 import path from 'node:path';
 import { Trainer } from './trainer/trainer.ts';
-import type { EP } from './trainer/backend.ts';
+import { SessionRunError, type EP } from './trainer/backend.ts';
 import { ortSimilarity } from './buffer/similarity.ts';
-import { Learner, defaultLearnerConfig, type LearnerConfig, type Replay } from './trainer/learner.ts';
-import { latestCheckpoint, saveCheckpoint, CHECKPOINT_VERSION } from './trainer/checkpoint.ts';
+import { Learner, defaultLearnerConfig, type ArrivalReport, type LearnerConfig, type Replay } from './trainer/learner.ts';
+import { latestCheckpoint, listCheckpoints, removeStaleTemps, saveCheckpoint, CHECKPOINT_VERSION } from './trainer/checkpoint.ts';
 import { exportEncoder, type ExportInfo } from './export/export.ts';
 import { DirSource, type FileFrame, type Overflow } from './sources/dir.ts';
 import { DatasetSource } from './sources/dataset.ts';
@@ -66,6 +66,8 @@ export interface AgentOptions {
   metrics?: string;
   /** Append the embedding (backbone features) of every ingested frame to this JSON-lines file. */
   emitEmbeddings?: string;
+  /** How often a paused agent (disk full) tries to write its checkpoint again. */
+  diskRetryMs: number;
   /** Stop after this many arrivals / seconds / seconds without a new frame (0 = never). */
   maxArrivals: number;
   maxSeconds: number;
@@ -93,6 +95,11 @@ export interface AgentSummary {
   lossFirst: number | null;
   lossLast: number | null;
   stoppedBy: string;
+}
+
+function isDiskFull(e: unknown): boolean {
+  const c = (e as NodeJS.ErrnoException)?.code;
+  return c === 'ENOSPC' || c === 'EDQUOT';
 }
 
 export class AgentError extends Error {
@@ -175,6 +182,9 @@ export async function runAgent(o: AgentOptions): Promise<AgentSummary> {
   const ckptDir = path.join(o.stateDir, 'checkpoints');
   const artifactHash = m.files[m.trainStep.file];
 
+  // Temp files of writes a kill interrupted (the files they were replacing are intact).
+  const stale = removeStaleTemps(ckptDir) + removeStaleTemps(o.models);
+  if (stale) o.log(`removed ${stale} temporary file(s) left by an interrupted write`);
   const counters = { framesIngested: 0, quarantined: 0, dropped: 0, refused: 0, skippedSteps: 0, datasetPosition: 0, cameraPosition: 0, cameraFile: 0 };
   let resumedFrom: string | null = null;
   if (o.fresh) {
@@ -279,6 +289,7 @@ export async function runAgent(o: AgentOptions): Promise<AgentSummary> {
   let consecutiveSkips = 0;
   let diverged = false;
   let lastFrameAt = Date.now();
+  let metricsFailed = false;
 
   const uncommitted: FileFrame[] = [];
   const checkpoint = () => {
@@ -312,6 +323,26 @@ export async function runAgent(o: AgentOptions): Promise<AgentSummary> {
       afterIngest(f);
     }
     return file;
+  };
+
+  // A full disk pauses the agent (no new frames taken) until a checkpoint can be written again; the
+  // previous checkpoint and export stay intact (atomic writes). A signal while waiting stops it.
+  const checkpointWhenSpace = async () => {
+    let waiting = false;
+    for (;;) {
+      try {
+        const file = checkpoint();
+        if (waiting) o.log(`space is back: checkpoint ${file} written, training resumes`);
+        return;
+      } catch (e) {
+        if (!isDiskFull(e)) throw e;
+        const prev = listCheckpoints(ckptDir).at(-1) ?? 'none yet';
+        if (stopReason) throw new AgentError(`disk full (${(e as NodeJS.ErrnoException).code}) writing a checkpoint in ${ckptDir}; stopped (${stopReason}); the previous checkpoint ${prev} is intact`, 4);
+        if (!waiting) o.log(`disk full (${(e as NodeJS.ErrnoException).code}): cannot write a checkpoint in ${ckptDir}; paused, the previous checkpoint ${prev} and export are intact; retrying every ${o.diskRetryMs / 1000}s`);
+        waiting = true;
+        await new Promise((r) => setTimeout(r, o.diskRetryMs));
+      }
+    }
   };
 
   const doExport = async () => {
@@ -430,7 +461,18 @@ export async function runAgent(o: AgentOptions): Promise<AgentSummary> {
         if (pending.length < newPer) continue;
       }
 
-      const r = await learner.arrive(pending);
+      let r: ArrivalReport;
+      try {
+        r = await learner.arrive(pending);
+      } catch (e) {
+        if (!(e instanceof SessionRunError)) throw e;
+        if (!o.epFallback || trainer.ep === o.epFallback) {
+          throw new AgentError(`${e.message}; stopped with the last good state checkpointed${o.epFallback ? '' : ' (--ep-fallback cpu would have moved training to the CPU)'}`, 5);
+        }
+        o.log(`${e.message}; moving training to --ep ${o.epFallback} as --ep-fallback asks (state kept; the rest of this arrival's updates skipped)`);
+        await trainer.reopen(o.epFallback);
+        r = { steps: [], trained: false, removed: [], ms: { augment: 0, overlapped: 0, train: 0, buffer: 0 } };
+      }
       if (emitted) {
         const x = new Float32Array(pending.length * 3 * size * size);
         pending.forEach((p, j) => {
@@ -452,7 +494,8 @@ export async function runAgent(o: AgentOptions): Promise<AgentSummary> {
           lossFirst ??= s.loss;
           lossLast = s.loss;
         }
-        if (metricsFile) {
+        if (metricsFile && !metricsFailed) {
+          try {
           appendFileSync(
             metricsFile,
             JSON.stringify({
@@ -472,6 +515,10 @@ export async function runAgent(o: AgentOptions): Promise<AgentSummary> {
               frames: counters.framesIngested,
             }) + '\n',
           );
+          } catch (e) {
+            metricsFailed = true;
+            o.log(`metrics no longer written (${(e as NodeJS.ErrnoException).code ?? (e as Error).message}): ${metricsFile}`);
+          }
         }
       }
       if (consecutiveSkips >= o.maxSkips) {
@@ -483,7 +530,7 @@ export async function runAgent(o: AgentOptions): Promise<AgentSummary> {
         `step ${trainer.steps}  arrival ${learner.arrivals}  frames ${counters.framesIngested}  loss ${lossLast?.toFixed(4) ?? '-'}  buffer ${learner.buffer.size}  waiting ${camera ? camera.pending : source.pending}  quarantined ${counters.quarantined}${r.trained ? '' : '  (filling the buffer)'}`,
       );
       if (o.maxArrivals && learner.arrivals >= o.maxArrivals) stop(`--max-arrivals ${o.maxArrivals}`);
-      if (due(o.checkpointEvery, lastCkptStep, lastCkptTime)) checkpoint();
+      if (due(o.checkpointEvery, lastCkptStep, lastCkptTime)) await checkpointWhenSpace();
       if (due(o.exportEvery, lastExportStep, lastExportTime)) {
         try {
           await doExport();
@@ -517,7 +564,14 @@ export async function runAgent(o: AgentOptions): Promise<AgentSummary> {
     await learner.buffer.shrink(learner.rng);
   }
   // Skipped steps never touch the state, so what is saved here is the last good state.
-  const ck = checkpoint();
+  let ck: string;
+  try {
+    ck = checkpoint();
+  } catch (e) {
+    await trainer.close().catch(() => {});
+    if (!isDiskFull(e)) throw e;
+    throw new AgentError(`disk full (${(e as NodeJS.ErrnoException).code}) writing the final checkpoint in ${ckptDir}; the previous checkpoint ${listCheckpoints(ckptDir).at(-1) ?? '(none)'} is intact; free space and run again to continue`, 4);
+  }
   o.log(`checkpoint ${ck}`);
   try {
     await doExport();

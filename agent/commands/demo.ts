@@ -111,6 +111,7 @@ export async function demoCommand(a: DemoArgs): Promise<void> {
       maxSeconds: a.seconds,
       exitWhenIdle: 15,
       maxSkips: 10,
+      diskRetryMs: 30000,
       learner: {},
       log,
       progress: process.stderr.isTTY ? (l) => process.stderr.write(`\r\x1b[K${l}`) : undefined,

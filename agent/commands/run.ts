@@ -54,6 +54,7 @@ export async function runCommand(a: Record<string, any>): Promise<void> {
     maxSeconds: a['max-seconds'],
     exitWhenIdle: a['exit-when-idle'],
     maxSkips: a['max-skips'],
+    diskRetryMs: a['disk-retry-s'] * 1000,
     learner: {
       updates: a.updates,
       replay: a.replay,

@@ -99,7 +99,9 @@ export async function decodeFrame(buf: Uint8Array, ext: string, o: DecodeOptions
     img = sharp(buf, { limitInputPixels: o.maxPixels, failOn: 'truncated' });
     let meta: Metadata;
     try {
-      meta = await img.metadata();
+      // Header only (nothing is decoded), without sharp's own pixel limit, so an oversized image is
+      // refused below with its size in the reason; decoding keeps the limit.
+      meta = await sharp(buf, { limitInputPixels: false }).metadata();
     } catch (err) {
       throw new FrameError(`unreadable image: ${(err as Error).message}`);
     }

@@ -40,6 +40,7 @@ export interface DirSourceOptions {
 export class DirSource implements AsyncIterable<FileFrame> {
   private queue: FileFrame[] = [];
   private queued = new Set<string>();
+  private refusedLinks = new Set<string>();
   private waiters: ((f: FileFrame | null) => void)[] = [];
   private watcher: FSWatcher | null = null;
   private closed = false;
@@ -74,6 +75,9 @@ export class DirSource implements AsyncIterable<FileFrame> {
         // Untrusted directory: a link may point anywhere; only follow it inside the watched tree.
         const real = realpathSync(abs);
         if (!this.inside(real)) {
+          // Reported once per link (the listing and a watcher event can both see it).
+          if (this.refusedLinks.has(`${abs}\0${real}`)) return;
+          this.refusedLinks.add(`${abs}\0${real}`);
           this.o.onRefused?.(abs, `symbolic link to ${real}, outside the watched directory`);
           return;
         }

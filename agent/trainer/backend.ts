@@ -27,6 +27,18 @@ export interface Session {
 }
 
 export class EpError extends Error {
+  override name = 'EpError';
+  constructor(
+    readonly ep: EP,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+/** A session that started but failed while running (device lost, out of memory, driver error). */
+export class SessionRunError extends Error {
+  override name = 'SessionRunError';
   constructor(
     readonly ep: EP,
     message: string,
@@ -88,7 +100,12 @@ export async function openSession(model: Uint8Array, ep: EP, o: EpOptions = {}):
     async run(feeds, fetches) {
       const f: Record<string, import('onnxruntime-node').Tensor> = {};
       for (const [k, t] of Object.entries(feeds)) f[k] = new ort.Tensor(t.type, t.data as never, t.dims);
-      const out = fetches ? await sess.run(f, fetches) : await sess.run(f);
+      let out;
+      try {
+        out = fetches ? await sess.run(f, fetches) : await sess.run(f);
+      } catch (e) {
+        throw new SessionRunError(ep, `execution provider '${ep}' failed during a run: ${(e as Error).message.split('\n')[0]}`);
+      }
       const r: Record<string, FeedTensor> = {};
       for (const [k, t] of Object.entries(out)) r[k] = { type: t.type as FeedTensor['type'], data: t.data as FeedTensor['data'], dims: [...t.dims] };
       return r;

@@ -6,6 +6,7 @@ import { closeSync, existsSync, fsyncSync, mkdirSync, openSync, readdirSync, rea
 import path from 'node:path';
 import { decodeSafetensors, encodeSafetensors, type StTensor } from '../../tools/io/safetensors.ts';
 import type { Entry } from '../buffer/buffer.ts';
+import { fault } from '../faults.ts';
 
 export const CHECKPOINT_VERSION = 1;
 
@@ -46,6 +47,8 @@ export function writeFileAtomic(file: string, bytes: Uint8Array): void {
     throw e;
   }
   closeSync(fd);
+  const k = fault('kill-before-rename');
+  if (k !== undefined && path.basename(file).includes(k)) process.kill(process.pid, 'SIGKILL');
   renameSync(tmp, file);
   const dfd = openSync(dir, 'r');
   try {
@@ -112,4 +115,18 @@ export function latestCheckpoint(dir: string, warn: (msg: string) => void = () =
     }
   }
   return null;
+}
+
+/** Removes temp files that a killed writer left in `dir` (written by writeFileAtomic, other pids). */
+export function removeStaleTemps(dir: string): number {
+  if (!existsSync(dir)) return 0;
+  let n = 0;
+  for (const f of readdirSync(dir)) {
+    const m = /^\..+\.tmp-(\d+)$/.exec(f);
+    if (m && Number(m[1]) !== process.pid) {
+      rmSync(path.join(dir, f), { force: true });
+      n++;
+    }
+  }
+  return n;
 }

@@ -6,7 +6,8 @@ import { readFileSync, existsSync } from 'node:fs';
 import path from 'node:path';
 import { decodeSafetensors } from '../../tools/io/safetensors.ts';
 import { MANIFEST_FORMAT, type Manifest } from '../../tools/artifacts/manifest.ts';
-import { openSession, EpError, type EP, type EpOptions, type Session, type FeedTensor } from './backend.ts';
+import { fault } from '../faults.ts';
+import { openSession, EpError, SessionRunError, type EP, type EpOptions, type Session, type FeedTensor } from './backend.ts';
 
 export interface TrainerOptions extends EpOptions {
   ep?: EP;
@@ -60,15 +61,31 @@ export class Trainer {
   state = new Map<string, Float32Array>();
   /** Completed (applied) updates. */
   steps = 0;
-  readonly ep: EP;
+  private runs = 0;
+  private readonly ep0: EP;
 
   private constructor(
     readonly dir: string,
     readonly manifest: Manifest,
     private train: Session,
     private embedSession: Session | null,
+    private bytes: { train: Uint8Array; embed: Uint8Array | null; options: TrainerOptions },
   ) {
-    this.ep = train.ep;
+    this.ep0 = train.ep;
+  }
+
+  get ep(): EP {
+    return this.train.ep;
+  }
+
+  /** Moves both sessions to another EP (after a run failure); the state is kept as it is. */
+  async reopen(ep: EP): Promise<void> {
+    const train = await openSession(this.bytes.train, ep, this.bytes.options);
+    const embed = this.bytes.embed ? await openSession(this.bytes.embed, ep, this.bytes.options) : null;
+    await this.train.release().catch(() => {});
+    await this.embedSession?.release().catch(() => {});
+    this.train = train;
+    this.embedSession = embed;
   }
 
   static async open(dir: string, o: TrainerOptions = {}): Promise<Trainer> {
@@ -92,7 +109,7 @@ export class Trainer {
     }
     const wantIn = m.trainStep.inputs.map((i) => i.name);
     if (!sameNames(train.inputNames, wantIn)) throw new ManifestError(`${dir}: train_step.onnx inputs differ from the manifest`);
-    const t = new Trainer(dir, m, train!, embed);
+    const t = new Trainer(dir, m, train!, embed, { train: trainBytes, embed: embedBytes, options: o });
     for (const s of m.state) {
       const n = s.shape.reduce((a, b) => a * b, 1);
       if (s.init === 'zeros') {
@@ -123,6 +140,10 @@ export class Trainer {
     const n = shape.reduce((a, b) => a * b, 1);
     if (crops.length !== n) throw new Error(`step: crops has ${crops.length} values, the artifact expects [${shape}] = ${n}`);
     const stepNo = this.steps + 1;
+    const failAfter = fault('session-error-after');
+    if (failAfter !== undefined && ++this.runs > Number(failAfter) && this.train.ep === this.ep0) {
+      throw new SessionRunError(this.train.ep, `execution provider '${this.train.ep}' failed during a run: injected fault (SSOCL_INJECT_FAULT)`);
+    }
     const t0 = performance.now();
     const out = await this.train.run({
       ...this.stateFeeds(() => true),
