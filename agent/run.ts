@@ -318,8 +318,11 @@ export async function runAgent(o: AgentOptions): Promise<AgentSummary> {
     });
     lastCkptStep = trainer.steps;
     lastCkptTime = Date.now();
-    for (const f of uncommitted.splice(0)) {
+    // One by one, so a failed append (disk full) leaves the rest for the next checkpoint.
+    while (uncommitted.length) {
+      const f = uncommitted[0];
       ledger.record('ingested', f.key, f.size, f.mtimeMs);
+      uncommitted.shift();
       afterIngest(f);
     }
     return file;
@@ -488,7 +491,7 @@ export async function runAgent(o: AgentOptions): Promise<AgentSummary> {
         if (!s.applied) {
           counters.skippedSteps++;
           consecutiveSkips++;
-          o.log(`step skipped: non-finite loss or gradient (loss ${s.loss}, grad norm ${s.gradNorm}); parameters kept`);
+          o.log(`step skipped: non-finite loss or gradient, or a blow-up of the weights (loss ${s.loss}, grad norm ${s.gradNorm}); parameters kept`);
         } else {
           consecutiveSkips = 0;
           lossFirst ??= s.loss;

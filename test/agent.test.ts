@@ -146,7 +146,7 @@ test('the dataset source replays a stream in-process and resumes at its position
   assert.match(r.stdout, /20 frames ingested.*5 arrivals/s);
   r = spawnSync(process.execPath, [path.join(REPO, 'bin/ssocl.mjs'), 'run', '--artifacts', art], { encoding: 'utf8' });
   assert.equal(r.status, 2);
-  assert.match(r.stderr, /give one source: --watch DIR or --dataset/);
+  assert.match(r.stderr, /give one source: --watch DIR, --camera DEVICE\|URL\|FILE or --dataset/);
 });
 
 test('persistent divergence stops the agent (exit 3) with the last good state checkpointed', () => {

@@ -26,10 +26,13 @@ export interface StepResult {
   zbar: Float32Array;
   gradNorm: number;
   gradCos: number | null;
-  /** false: non-finite loss, gradient or updated parameters; the state was left as it was. */
+  /** false: non-finite loss, gradient or updated parameters, or an update over MAX_UPDATE_RATIO x the
+   * weights' norm; the state was left as it was. */
   applied: boolean;
   ms: number;
 }
+
+export const MAX_UPDATE_RATIO = 10;
 
 export class ManifestError extends Error {}
 
@@ -159,7 +162,8 @@ export class Trainer {
     const applied =
       Number.isFinite(loss) &&
       Number.isFinite(gradNorm) &&
-      this.manifest.state.every((s) => s.role !== 'param' || allFinite(out[s.next].data as Float32Array));
+      this.manifest.state.every((s) => s.role !== 'param' || allFinite(out[s.next].data as Float32Array)) &&
+      this.sane(out);
     if (applied) {
       for (const s of this.manifest.state) this.state.set(s.name, out[s.next].data as Float32Array);
       this.steps++;
@@ -175,6 +179,27 @@ export class Trainer {
       applied,
       ms,
     };
+  }
+
+  /**
+   * A finite update can still be a blow-up (a huge lr moves the weights to 1e27): an update larger than
+   * MAX_UPDATE_RATIO times the weights' own norm is treated like a non-finite one. Healthy steps move
+   * the weights by well under 1x their norm.
+   */
+  private sane(out: Record<string, FeedTensor>): boolean {
+    let d2 = 0;
+    let w2 = 0;
+    for (const s of this.manifest.state) {
+      if (s.role !== 'param') continue;
+      const a = this.state.get(s.name)!;
+      const b = out[s.next].data as Float32Array;
+      for (let i = 0; i < a.length; i++) {
+        const d = b[i] - a[i];
+        d2 += d * d;
+        w2 += a[i] * a[i];
+      }
+    }
+    return Math.sqrt(d2) <= MAX_UPDATE_RATIO * Math.max(Math.sqrt(w2), 1e-3);
   }
 
   /** Features and embeddings of images (NCHW in [0, 1]) with the current weights. */
