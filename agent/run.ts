@@ -323,7 +323,8 @@ export async function runAgent(o: AgentOptions): Promise<AgentSummary> {
       const f = uncommitted[0];
       ledger.record('ingested', f.key, f.size, f.mtimeMs);
       uncommitted.shift();
-      afterIngest(f);
+      source.forget(f);
+      if (afterIngest(f)) ledger.forget(f.key, f.size, f.mtimeMs);
     }
     return file;
   };
@@ -367,6 +368,7 @@ export async function runAgent(o: AgentOptions): Promise<AgentSummary> {
   const quarantine = (f: FileFrame, reason: string) => {
     counters.quarantined++;
     ledger.record('quarantined', f.key, f.size, f.mtimeMs);
+    source.forget(f);
     try {
       const target = uniqueTarget(o.quarantine, f.key);
       moveFile(f.path, target);
@@ -377,12 +379,15 @@ export async function runAgent(o: AgentOptions): Promise<AgentSummary> {
     }
   };
 
-  const afterIngest = (f: FileFrame) => {
+  /** true when the file is gone from the watched directory (so the ledger need not remember it in memory). */
+  const afterIngest = (f: FileFrame): boolean => {
     try {
       if (o.afterIngest === 'delete') rmSync(f.path, { force: true });
       else if (o.afterIngest === 'move') moveFile(f.path, uniqueTarget(o.processed, f.key));
+      return o.afterIngest !== 'keep';
     } catch (e) {
       o.log(`after-ingest ${o.afterIngest} failed for ${f.key}: ${(e as Error).message}`);
+      return false;
     }
   };
 
@@ -436,17 +441,20 @@ export async function runAgent(o: AgentOptions): Promise<AgentSummary> {
           if (lstatSync(f.path).isSymbolicLink() && !source.inside(realpathSync(f.path))) {
             counters.refused++;
             o.log(`refused ${f.key}: became a symbolic link outside the watched directory`);
+            source.forget(f);
             continue;
           }
           bytes = readFileSync(f.path);
         } catch (e) {
           counters.refused++;
           o.log(`skipped ${f.key}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message} (gone before it could be read)`);
+          source.forget(f);
           continue;
         }
         if (bytes.length !== f.size) {
           // Still being written when it was queued: its final version comes with the next change event.
           o.log(`deferred ${f.key}: it changed size since it was queued (${f.size} -> ${bytes.length} bytes)`);
+          source.forget(f);
           continue;
         }
         let image: Uint8Array;

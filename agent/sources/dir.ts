@@ -103,6 +103,7 @@ export class DirSource implements AsyncIterable<FileFrame> {
       const old = this.queue.shift()!;
       this.dropped++;
       this.o.ledger.record('dropped', old.key, old.size, old.mtimeMs);
+      this.forget(old);
       this.o.onDrop?.(old);
     }
   }
@@ -161,6 +162,11 @@ export class DirSource implements AsyncIterable<FileFrame> {
       if (now - t >= this.o.stableMs) this.offer(f);
       else this.recheck(f, 0);
     }
+  }
+
+  /** A taken frame is settled (in the ledger, or gone): stop remembering it, so memory stays flat. */
+  forget(f: FileFrame): void {
+    this.queued.delete(Ledger.key(f.key, f.size, f.mtimeMs));
   }
 
   get pending(): number {

@@ -33,6 +33,11 @@ export class Ledger {
     appendFileSync(this.file, `${status}\t${size}\t${Math.floor(mtimeMs)}\t${rel}\n`);
   }
 
+  /** Drops a settled entry from memory (its file was deleted or moved away); the line stays on disk. */
+  forget(rel: string, size: number, mtimeMs: number): void {
+    this.seen.delete(Ledger.key(rel, size, mtimeMs));
+  }
+
   get count(): number {
     return this.seen.size;
   }
