@@ -138,6 +138,7 @@ await yargs(hideBin(process.argv))
       y
         .positional('model', { type: 'string', demandOption: true, describe: 'an exported encoder (.onnx)' })
         .option('dataset', { choices: ['cifar10', 'cifar100'] as const, default: 'cifar10' as const })
+        .option('folder', { type: 'string', describe: 'instead of --dataset: your own labelled images, ROOT/<class>/*.png|jpg (every 5th per class is a query) or ROOT/train/<class>/ + ROOT/test|val/<class>/' })
         .option('data-dir', { type: 'string', default: DEFAULT_DATA, describe: 'folder holding cifar-10-batches-bin/ or cifar-100-binary/' })
         .option('protocol', { choices: ['weighted', 'scale'] as const, default: 'weighted' as const, describe: 'weighted cosine kNN (T 0.07), or SCALE\'s (k 50, uniform, Euclidean)' })
         .option('k', { type: 'string', default: '20,50', describe: 'neighbours, comma-separated (weighted protocol)' })
@@ -147,7 +148,7 @@ await yargs(hideBin(process.argv))
       const ks = String(a.k).split(',').map(Number);
       if (ks.some((k) => !(Number.isInteger(k) && k > 0))) throw new Error(`--k ${a.k}: expected positive integers, e.g. 20,50`);
       const { evalCommand } = await import('./commands/eval.ts');
-      await evalCommand({ model: a.model!, dataset: a.dataset, dataDir: a['data-dir'], protocol: a.protocol, k: ks, threads: a.threads, seed: a.seed });
+      await evalCommand({ model: a.model!, dataset: a.dataset, folder: a.folder, dataDir: a['data-dir'], protocol: a.protocol, k: ks, threads: a.threads, seed: a.seed });
     },
   )
   .command(

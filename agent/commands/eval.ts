@@ -6,10 +6,22 @@ import { openEncoder, computeFeatures } from '../eval/features.ts';
 import { knnWeightedBlocks, knnUniformEuclidean, type KnnResult } from '../eval/knn.ts';
 import { ortSimilarity } from '../buffer/similarity.ts';
 import { Rng } from '../../tools/nn/rng.ts';
+import { modelInfo } from '../../tools/onnx/model.ts';
+import { readImageFolder } from '../eval/folder.ts';
+import { readFileSync } from 'node:fs';
+
+/** Input side of an exported encoder (images [B, 3, S, S]). */
+function modelSize(file: string): number {
+  const d = modelInfo(readFileSync(file)).inputs.find((i) => i.name === 'images')?.dims[2];
+  if (typeof d !== 'number') throw new Error(`${file}: not an ssocl encoder (needs an input 'images' of shape [batch, 3, S, S])`);
+  return d;
+}
 
 export interface EvalArgs {
   model: string;
   dataset: 'cifar10' | 'cifar100';
+  /** Instead of the dataset: a labelled image folder (see eval/folder.ts). */
+  folder?: string;
   dataDir: string;
   protocol: 'weighted' | 'scale';
   k: number[];
@@ -53,18 +65,29 @@ export interface EvalReport {
 export async function evaluate(a: EvalArgs): Promise<EvalReport> {
   const read = (split: 'train' | 'test'): LabelledImages =>
     a.dataset === 'cifar10' ? readCifar10(path.join(a.dataDir, 'cifar-10-batches-bin'), split) : readCifar100(path.join(a.dataDir, 'cifar-100-binary'), split);
-  const train = read('train');
-  const test = read('test');
+  const size = modelSize(a.model);
+  let train: LabelledImages;
+  let test: LabelledImages;
+  let name: string = a.dataset;
+  if (a.folder) {
+    const f = await readImageFolder(a.folder, { size, fit: 'cover', maxPixels: 40_000_000, onBad: (file, why) => process.stderr.write(`left out ${file}: ${why}\n`) });
+    ({ train, test } = f);
+    name = `${a.folder} (${train.classes.length} classes; ${f.split})`;
+  } else {
+    if (size !== 32) throw new Error(`${a.model} takes ${size}x${size} images; CIFAR is 32x32 (evaluate it on an image folder with --folder)`);
+    train = read('train');
+    test = read('test');
+  }
   const rng = new Rng(a.seed);
   // SCALE's protocol: 1000 (CIFAR-10) / 5000 (CIFAR-100) random train images as memory, 5000 test queries.
-  const memIdx = pick(train.count, a.protocol === 'scale' ? (a.dataset === 'cifar10' ? 1000 : 5000) : a.limitTrain, rng);
+  const memIdx = pick(train.count, a.protocol === 'scale' ? (a.dataset === 'cifar10' && !a.folder ? 1000 : 5000) : a.limitTrain, rng);
   const qIdx = pick(test.count, a.protocol === 'scale' ? 5000 : a.limitTest, rng);
-  const model = await openEncoder(a.model, 32, a.threads);
-  const mem = await computeFeatures(model, train.images, memIdx, 32, 500, bar('train features'));
-  const qs = await computeFeatures(model, test.images, qIdx, 32, 500, bar('test features'));
+  const model = await openEncoder(a.model, size, a.threads);
+  const mem = await computeFeatures(model, train.images, memIdx, size, 500, bar('train features'));
+  const qs = await computeFeatures(model, test.images, qIdx, size, 500, bar('test features'));
   await model.close();
-  const labelSets: [string, LabelledImages['labels'], LabelledImages['labels'], number][] = [[a.dataset === 'cifar10' ? 'class' : 'fine', train.labels, test.labels, a.dataset === 'cifar10' ? 10 : 100]];
-  if (a.dataset === 'cifar100') labelSets.push(['superclass', train.coarse!, test.coarse!, 20]);
+  const labelSets: [string, LabelledImages['labels'], LabelledImages['labels'], number][] = [[a.folder || a.dataset === 'cifar10' ? 'class' : 'fine', train.labels, test.labels, train.classes.length]];
+  if (!a.folder && a.dataset === 'cifar100') labelSets.push(['superclass', train.coarse!, test.coarse!, 20]);
   const results: EvalReport['results'] = [];
   for (const [name, trL, teL, classes] of labelSets) {
     const input = {
@@ -78,7 +101,7 @@ export async function evaluate(a: EvalArgs): Promise<EvalReport> {
     const rs: KnnResult[] = a.protocol === 'weighted' ? await knnWeightedBlocks(await ortSimilarity(a.threads), input, a.k) : [knnUniformEuclidean(input, 50)];
     for (const r of rs) results.push({ labels: name, k: r.k, accuracy: r.accuracy });
   }
-  return { dataset: a.dataset, protocol: a.protocol, memory: memIdx.length, queries: qIdx.length, results };
+  return { dataset: name, protocol: a.protocol, memory: memIdx.length, queries: qIdx.length, results };
 }
 
 export async function evalCommand(a: EvalArgs): Promise<void> {
