@@ -88,6 +88,9 @@ await yargs(hideBin(process.argv))
         .option('stream-order', { choices: ['seq', 'seq-bl', 'seq-im'] as const, default: 'seq' as const, describe: 'with --dataset cifar10|cifar100: the class-incremental order' })
         .option('trial', { type: 'number', default: 0, describe: 'with --dataset: seed of the stream order' })
         .option('data-dir', { type: 'string', default: DEFAULT_DATA, describe: 'with --dataset: folder holding the data sets' })
+        .option('per-class', { type: 'number', describe: 'with --dataset cifar10|cifar100: a reduced stream, each class cut to this many images (seq-im keeps its imbalance)' })
+        .option('eval-every', { type: 'number', describe: 'with --dataset cifar10|cifar100: kNN accuracy every this % of the stream (log + metrics), e.g. 25' })
+        .option('eval-memory', { type: 'number', default: 10000, describe: 'with --eval-every: train images used as the kNN memory (queries: the whole test split)' })
         .check((a) => {
           if ([a.watch, a.dataset, a.camera].filter(Boolean).length !== 1) throw new UsageError('give one source: --watch DIR, --camera DEVICE|URL|FILE or --dataset demo|cifar10|cifar100');
           if (a.size !== undefined && !/^\d+x\d+$/.test(String(a.size))) throw new UsageError(`--size ${a.size}: expected WxH, e.g. 640x480`);

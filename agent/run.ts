@@ -66,6 +66,8 @@ export interface AgentOptions {
   metrics?: string;
   /** Append the embedding (backbone features) of every ingested frame to this JSON-lines file. */
   emitEmbeddings?: string;
+  /** Dataset streams: evaluate at these fractions of the stream (kNN figures go to the log and metrics). */
+  evaluate?: { at: number[]; run: (trainer: Trainer) => Promise<Record<string, number>> };
   /** How often a paused agent (disk full) tries to write its checkpoint again. */
   diskRetryMs: number;
   /** Stop after this many arrivals / seconds / seconds without a new frame (0 = never). */
@@ -185,7 +187,7 @@ export async function runAgent(o: AgentOptions): Promise<AgentSummary> {
   // Temp files of writes a kill interrupted (the files they were replacing are intact).
   const stale = removeStaleTemps(ckptDir) + removeStaleTemps(o.models);
   if (stale) o.log(`removed ${stale} temporary file(s) left by an interrupted write`);
-  const counters = { framesIngested: 0, quarantined: 0, dropped: 0, refused: 0, skippedSteps: 0, datasetPosition: 0, cameraPosition: 0, cameraFile: 0 };
+  const counters = { framesIngested: 0, quarantined: 0, dropped: 0, refused: 0, skippedSteps: 0, datasetPosition: 0, cameraPosition: 0, cameraFile: 0, evaluatedPct: 0 };
   let resumedFrom: string | null = null;
   if (o.fresh) {
     rmSync(ckptDir, { recursive: true, force: true });
@@ -290,6 +292,7 @@ export async function runAgent(o: AgentOptions): Promise<AgentSummary> {
   let diverged = false;
   let lastFrameAt = Date.now();
   let metricsFailed = false;
+  let evalNext = 0;
 
   const uncommitted: FileFrame[] = [];
   const checkpoint = () => {
@@ -540,6 +543,18 @@ export async function runAgent(o: AgentOptions): Promise<AgentSummary> {
       o.progress?.(
         `step ${trainer.steps}  arrival ${learner.arrivals}  frames ${counters.framesIngested}  loss ${lossLast?.toFixed(4) ?? '-'}  buffer ${learner.buffer.size}  waiting ${camera ? camera.pending : source.pending}  quarantined ${counters.quarantined}${r.trained ? '' : '  (filling the buffer)'}`,
       );
+      if (dataset && o.evaluate) {
+        const total = dataset.position + dataset.remaining;
+        while (evalNext < o.evaluate.at.length && dataset.position >= o.evaluate.at[evalNext] * total) {
+          const pct = Math.round(o.evaluate.at[evalNext++] * 100);
+          if (counters.evaluatedPct >= pct) continue; // done before a resume
+          const te = performance.now();
+          const res = await o.evaluate.run(trainer);
+          counters.evaluatedPct = pct;
+          o.log(`eval at ${pct}% of the stream (step ${trainer.steps}, ${counters.framesIngested} frames): ${Object.entries(res).map(([k, v]) => `${k} ${v.toFixed(2)}`).join(', ')} (${((performance.now() - te) / 1000).toFixed(1)} s)`);
+          if (metricsFile && !metricsFailed) appendFileSync(metricsFile, JSON.stringify({ time: new Date().toISOString(), eval: { percent: pct, step: trainer.steps, frames: counters.framesIngested, ...res } }) + '\n');
+        }
+      }
       if (o.maxArrivals && learner.arrivals >= o.maxArrivals) stop(`--max-arrivals ${o.maxArrivals}`);
       if (due(o.checkpointEvery, lastCkptStep, lastCkptTime)) await checkpointWhenSpace();
       if (due(o.exportEvery, lastExportStep, lastExportTime)) {

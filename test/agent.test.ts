@@ -13,7 +13,7 @@ import { encodePng } from '../agent/frames/decode.ts';
 import { demoStream } from '../agent/commands/demo.ts';
 import { Trainer } from '../agent/trainer/trainer.ts';
 import { listCheckpoints, readCheckpoint } from '../agent/trainer/checkpoint.ts';
-import { REPO } from './helpers/paths.ts';
+import { REPO, CIFAR10_DIR } from './helpers/paths.ts';
 import { tinyPreset } from './helpers/tiny.ts';
 
 const root = mkdtempSync(path.join(tmpdir(), 'ssocl-e2e-'));
@@ -157,4 +157,19 @@ test('persistent divergence stops the agent (exit 3) with the last good state ch
   const [ck] = listCheckpoints(path.join(st, 'checkpoints'));
   const data = readCheckpoint(ck);
   for (const [name, v] of data.state) assert.ok(v.every(Number.isFinite), `${name} is not finite`);
+});
+
+test('run --dataset with --per-class and --eval-every: kNN at each quarter of a reduced stream, in the log and the metrics', { skip: !existsSync(path.join(CIFAR10_DIR, 'test_batch.bin')) && 'no CIFAR-10' }, () => {
+  const st = path.join(root, 'eval-state');
+  const metrics = path.join(root, 'eval-m.jsonl');
+  const r = spawnSync(process.execPath, [path.join(REPO, 'bin/ssocl.mjs'), 'run', '--dataset', 'cifar10', '--data-dir', path.dirname(CIFAR10_DIR), '--per-class', '8', '--eval-every', '50', '--eval-memory', '500', '--state', st, '--models', path.join(root, 'eval-models'), '--threads', '2', '--metrics', metrics], { encoding: 'utf8' });
+  assert.equal(r.status, 0, r.stderr);
+  assert.match(r.stdout, /80 frames ingested/);
+  const evals = readFileSync(metrics, 'utf8').trim().split('\n').map((l) => JSON.parse(l)).filter((x) => x.eval).map((x) => x.eval);
+  assert.deepEqual(evals.map((e) => e.percent), [50, 100]);
+  for (const e of evals) assert.ok(e.knn20 > 10 && e.knn20 < 100 && e.knn50 > 10, JSON.stringify(e));
+  assert.match(r.stderr, /eval at 50% of the stream .*knn20 \d+\.\d\d/);
+  const bad = spawnSync(process.execPath, [path.join(REPO, 'bin/ssocl.mjs'), 'run', '--dataset', 'demo', '--eval-every', '25', '--state', st], { encoding: 'utf8' });
+  assert.equal(bad.status, 2);
+  assert.match(bad.stderr, /--eval-every needs --dataset cifar10\|cifar100/);
 });

@@ -5,6 +5,46 @@ import { runAgent, parseEvery, AgentError, type AgentOptions } from '../run.ts';
 import type { EP } from '../trainer/backend.ts';
 import { demoStream } from './demo.ts';
 import { streamOrder } from './stream.ts';
+import { readCifar10, readCifar100 } from '../../tools/data/cifar.ts';
+import { Rng } from '../../tools/nn/rng.ts';
+import { ortSimilarity } from '../buffer/similarity.ts';
+import { computeFeatures } from '../eval/features.ts';
+import { knnWeightedBlocks } from '../eval/knn.ts';
+import type { Trainer } from '../trainer/trainer.ts';
+
+/**
+ * kNN of the trainer's current encoder for --eval-every: weighted cosine kNN (k 20 and 50, T 0.07),
+ * memory = `memory` random train images (seeded, the same every time), queries = the whole test split;
+ * CIFAR-100 reports fine and superclass labels.
+ */
+async function streamEvaluator(dataset: 'cifar10' | 'cifar100', dataDir: string, memory: number): Promise<(t: Trainer) => Promise<Record<string, number>>> {
+  const read = (split: 'train' | 'test') => (dataset === 'cifar10' ? readCifar10(path.join(dataDir, 'cifar-10-batches-bin'), split) : readCifar100(path.join(dataDir, 'cifar-100-binary'), split));
+  const train = read('train');
+  const test = read('test');
+  const rng = new Rng(12345);
+  const mem = [...Array(train.count).keys()];
+  for (let i = 0; i < Math.min(memory, mem.length); i++) {
+    const j = i + rng.int(mem.length - i);
+    [mem[i], mem[j]] = [mem[j], mem[i]];
+  }
+  mem.length = Math.min(memory, mem.length);
+  const qs = [...Array(test.count).keys()];
+  const engine = await ortSimilarity();
+  return async (t) => {
+    if (t.manifest.preset.image.size !== 32) throw new AgentError(`--eval-every: the artifacts train at ${t.manifest.preset.image.size}px; evaluation on CIFAR needs 32px artifacts`, 2);
+    const model = { dim: t.manifest.preset.encoder.widths.at(-1)!, run: async (x: Float32Array, c: number) => (await t.embed(x, c)).features, close: async () => {} };
+    const fm = await computeFeatures(model, train.images, mem, 32, 250);
+    const fq = await computeFeatures(model, test.images, qs, 32, 250);
+    const out: Record<string, number> = {};
+    const sets: [string, Uint8Array, Uint8Array, number][] = [['', train.labels, test.labels, train.classes.length]];
+    if (dataset === 'cifar100') sets.push(['super', train.coarse!, test.coarse!, 20]);
+    for (const [name, trL, teL, classes] of sets) {
+      const r = await knnWeightedBlocks(engine, { memory: fm, memoryLabels: mem.map((i) => trL[i]), queries: fq, queryLabels: qs.map((i) => teL[i]), d: model.dim, classes }, [20, 50]);
+      for (const x of r) out[`${name}knn${x.k}`] = x.accuracy;
+    }
+    return out;
+  };
+}
 
 export async function runCommand(a: Record<string, any>): Promise<void> {
   const state = path.resolve(a.state);
@@ -23,7 +63,33 @@ export async function runCommand(a: Record<string, any>): Promise<void> {
     dataset = { label: 'demo', images: d.images, order: d.order };
   } else if (a.dataset) {
     const d = streamOrder({ dataset: a.dataset, dataDir: a['data-dir'], order: a['stream-order'], trial: a.trial });
-    dataset = { label: `${a.dataset} ${a['stream-order']} trial ${a.trial}`, images: d.data.images, order: d.order };
+    let order = d.order;
+    if (a['per-class'] !== undefined) {
+      // A reduced stream: the same order, each class cut to its share (imbalance kept for seq-im).
+      const per = a['per-class'];
+      if (!(Number.isInteger(per) && per > 0)) throw new AgentError(`--per-class ${per}: must be a positive integer`);
+      const n = new Map<number, number>();
+      for (const i of order) n.set(d.labels[i], (n.get(d.labels[i]) ?? 0) + 1);
+      const most = Math.max(...n.values());
+      const seen = new Map<number, number>();
+      order = order.filter((i) => {
+        const c = d.labels[i];
+        const k = (seen.get(c) ?? 0) + 1;
+        seen.set(c, k);
+        return k <= Math.round((n.get(c)! * per) / most);
+      });
+    }
+    dataset = { label: `${a.dataset} ${a['stream-order']} trial ${a.trial}${a['per-class'] ? `, ${order.length} images` : ''}`, images: d.data.images, order };
+  }
+  let evaluate: AgentOptions['evaluate'];
+  if (a['eval-every'] !== undefined) {
+    const pct = Number(a['eval-every']);
+    if (!a.dataset || a.dataset === 'demo') throw new AgentError('--eval-every needs --dataset cifar10|cifar100 (a stream of known length with a labelled test split)');
+    if (!(pct > 0 && pct <= 100)) throw new AgentError(`--eval-every ${a['eval-every']}: a percentage of the stream, in (0, 100]`);
+    const at: number[] = [];
+    for (let p = pct; p < 100 + 1e-9; p += pct) at.push(p / 100);
+    if (at.at(-1)! < 1) at.push(1);
+    evaluate = { at, run: await streamEvaluator(a.dataset, a['data-dir'], a['eval-memory']) };
   }
   const opts: AgentOptions = {
     watch: a.watch,
@@ -55,6 +121,7 @@ export async function runCommand(a: Record<string, any>): Promise<void> {
     exitWhenIdle: a['exit-when-idle'],
     maxSkips: a['max-skips'],
     diskRetryMs: a['disk-retry-s'] * 1000,
+    evaluate,
     learner: {
       updates: a.updates,
       replay: a.replay,
