@@ -328,3 +328,36 @@ test('run --emit-embeddings: every ingested frame once, from the weights being t
     rmSync(root, { recursive: true, force: true });
   }
 });
+
+test('classify --novelty-buffer: a frame that is in the agent\'s buffer is not novel; an unseen one is more novel', async () => {
+  const root = mkdtempSync(path.join(tmpdir(), 'ssocl-novel-'));
+  try {
+    const st = path.join(root, 'st');
+    const models = path.join(root, 'models');
+    let r = cli('run', '--dataset', 'demo', '--artifacts', ART, '--state', st, '--models', models, '--threads', '1', '--max-arrivals', '2');
+    assert.equal(r.status, 0, r.stderr);
+    const { latestCheckpoint } = await import('../agent/trainer/checkpoint.ts');
+    const ck = latestCheckpoint(path.join(st, 'checkpoints'))!;
+    const { demoStream } = await import('../agent/commands/demo.ts');
+    const d = demoStream();
+    mkdirSync(path.join(root, 'q'));
+    // One image from the buffer, one the agent never saw (far down the demo order).
+    writeFileSync(path.join(root, 'q', 'a-seen.png'), await encodePng(ck.data.images[0], 32));
+    const j = d.order[1999];
+    writeFileSync(path.join(root, 'q', 'b-unseen.png'), await encodePng(d.images.subarray(j * 3072, (j + 1) * 3072), 32));
+    // Support: two labels of unrelated synthetic frames.
+    const frames = randomFrames(4, 9);
+    for (const [k, lab] of ['x', 'x', 'y', 'y'].entries()) {
+      mkdirSync(path.join(root, 'support', lab), { recursive: true });
+      writeFileSync(path.join(root, 'support', lab, `${k}.png`), await encodePng(frames[k], 32));
+    }
+    r = cli('classify', path.join(root, 'q'), '--support', path.join(root, 'support'), '--model', path.join(models, 'latest.onnx'), '--novelty-buffer', st, '--threads', '1');
+    assert.equal(r.status, 0, r.stderr);
+    const recs = r.stdout.trim().split('\n').map((l) => JSON.parse(l));
+    assert.match(r.stderr, new RegExp(`novelty also against ${ck.data.images.length} buffer images`));
+    assert.ok(Math.abs(recs[0].novelty) < 1e-5, `buffer image: novelty ${recs[0].novelty}`);
+    assert.ok(recs[1].novelty > recs[0].novelty + 1e-3, `unseen image: novelty ${recs[1].novelty}`);
+  } finally {
+    rmSync(root, { recursive: true, force: true });
+  }
+});

@@ -2,6 +2,7 @@
 // decoded at the encoder's size, run in batches through an exported encoder that is hot-reloaded when
 // its file is replaced (the version that computed each result is recorded with it).
 
+import { existsSync } from 'node:fs';
 import path from 'node:path';
 import { DirSource, type FileFrame } from '../sources/dir.ts';
 import { Ledger } from '../sources/ledger.ts';
@@ -175,7 +176,9 @@ export async function classifyCommand(o: ClassifyOptions): Promise<void> {
   // Reference images for novelty from the agent's buffer (its newest checkpoint), embedded like the support.
   let bufferImages: { images: Uint8Array; count: number; size: number } | null = null;
   if (o.noveltyState) {
-    const c = latestCheckpoint(o.noveltyState, log);
+    // The agent's --state directory (its checkpoints/ inside), or that checkpoints directory itself.
+    const dir = existsSync(path.join(o.noveltyState, 'checkpoints')) ? path.join(o.noveltyState, 'checkpoints') : o.noveltyState;
+    const c = latestCheckpoint(dir, log);
     if (!c) throw new Error(`--novelty-buffer ${o.noveltyState}: no checkpoint there`);
     const imgs = c.data.images;
     bufferImages = { images: stackImages(imgs.map((image) => ({ image }))), count: imgs.length, size: Math.round(Math.sqrt((imgs[0]?.length ?? 0) / 3)) };
