@@ -148,6 +148,37 @@ for (const k of keys) {
   const [m, o] = k.split('|');
   console.log(`| ${m} | ${o} | ${rs.length} | ${stat(rs.map((r) => r.final20))} | ${stat(rs.map((r) => r.mean20))} | ${stat(rs.map((r) => r.floor20))} | ${stat(rs.map((r) => r.final20 - r.floor20))} | ${rs[0].steps} | ${stat(rs.map((r) => r.seconds))} |`);
 }
+// The paper's Table 1 shape: methods x streams, final kNN@20 mean +- std over trials; then each
+// method's paired difference to ours (same trials) with a 95% t-interval.
+const T95 = [NaN, 12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228];
+const orders = [...new Set(rows.map((r) => r.order))];
+const methods = [...new Set(rows.map((r) => r.method))];
+console.log(`\nTable 1 shape (final weighted kNN@20 %, mean +- std over trials, n in brackets):`);
+console.log(`| method | ${orders.join(' | ')} |`);
+console.log(`|---|${orders.map(() => '---').join('|')}|`);
+const cell = (rs: Row[], f: (r: Row) => number) => (rs.length ? `${stat(rs.map(f))} (${rs.length})` : '-');
+console.log(`| random init (floor) | ${orders.map((o) => cell(rows.filter((r) => r.order === o && r.method === methods[0]), (r) => r.floor20)).join(' | ')} |`);
+for (const m of methods) console.log(`| ${m} | ${orders.map((o) => cell(rows.filter((r) => r.order === o && r.method === m), (r) => r.final20)).join(' | ')} |`);
+if (methods.includes('ours')) {
+  console.log(`\nours minus each method, paired by trial (mean [95% CI], n):`);
+  console.log(`| method | ${orders.join(' | ')} |`);
+  console.log(`|---|${orders.map(() => '---').join('|')}|`);
+  for (const m of methods.filter((x) => x !== 'ours')) {
+    const cells = orders.map((o) => {
+      const diffs = rows
+        .filter((r) => r.order === o && r.method === m)
+        .flatMap((r) => rows.filter((q) => q.order === o && q.method === 'ours' && q.trial === r.trial).map((q) => q.final20 - r.final20));
+      if (!diffs.length) return '-';
+      const n = diffs.length;
+      const mean = diffs.reduce((a, b) => a + b, 0) / n;
+      if (n < 2) return `${mean.toFixed(2)} (1)`;
+      const sd = Math.sqrt(diffs.reduce((a, b) => a + (b - mean) ** 2, 0) / (n - 1));
+      const h = (T95[n - 1] ?? 1.96) * (sd / Math.sqrt(n));
+      return `${mean.toFixed(2)} [${(mean - h).toFixed(2)}, ${(mean + h).toFixed(2)}] (${n})`;
+    });
+    console.log(`| ${m} | ${cells.join(' | ')} |`);
+  }
+}
 // Accuracy over the stream (the paper's Fig. 4), one chart per order: mean over trials per method.
 for (const order of [...new Set(rows.map((r) => r.order))]) {
   const series = [...new Set(rows.filter((r) => r.order === order).map((r) => r.method))].map((mname) => {
