@@ -29,8 +29,8 @@ export interface FrameLoopOptions {
   stableMs: number;
   reloadMs: number;
   exitWhenIdle: number;
-  /** Where the watch ledger lives (frames already done are not taken again after a restart). */
-  ledger?: string;
+  /** The output file; with --watch the ledger of frames done lives beside it (FILE.ledger), to resume. */
+  out?: string;
 }
 
 const tty = process.stderr.isTTY;
@@ -75,7 +75,7 @@ async function frameLoop(
       progress(refs.length);
     }
   } else {
-    const ledger = new Ledger(o.ledger!);
+    const ledger = new Ledger(`${path.resolve(o.out!)}.ledger`);
     const source = new DirSource({
       dir: o.watch, recursive: o.recursive, order: 'name', ledger, ignore: [], overflow: 'block', backlog: Infinity, stableMs: o.stableMs,
       onRefused: (p, reason) => {
@@ -109,7 +109,10 @@ async function frameLoop(
         }
         await runBatch(got.map((f) => ({ key: f.key, path: f.path, mtimeMs: f.mtimeMs })));
         // Done only once the results are durable: a crash repeats a frame rather than losing it.
-        for (const f of got) ledger.record('ingested', f.key, f.size, f.mtimeMs);
+        for (const f of got) {
+          ledger.record('ingested', f.key, f.size, f.mtimeMs);
+          source.forget(f);
+        }
         progress();
       }
     } finally {
@@ -122,12 +125,13 @@ async function frameLoop(
   return { frames, bad, seconds: (performance.now() - t0) / 1000 };
 }
 
-function openLive(o: FrameLoopOptions): Promise<LiveEncoder> {
-  return LiveEncoder.open(o.model, { ep: o.ep, epFallback: o.epFallback, threads: o.threads, log, warn: log }, o.watch ? o.reloadMs : 0);
+async function openLive(o: FrameLoopOptions): Promise<LiveEncoder> {
+  const live = await LiveEncoder.open(o.model, { ep: o.ep, epFallback: o.epFallback, threads: o.threads, log, warn: log }, o.watch ? o.reloadMs : 0);
+  live.onSwap = (e) => log(`model reloaded: ${e.version.sha256}${e.version.step !== null ? ` (step ${e.version.step})` : ''}`);
+  return live;
 }
 
 export interface EmbedOptions extends FrameLoopOptions {
-  out?: string;
   format?: OutFormat;
   output: EncoderOutput;
 }
@@ -139,12 +143,10 @@ export async function embedCommand(o: EmbedOptions): Promise<void> {
   const live = await openLive(o);
   live.current.dim(o.output);
   const sink = openSink(o.out, format);
-  const swap = (e: Encoder) => log(`model reloaded: ${e.version.sha256}${e.version.step !== null ? ` (step ${e.version.step})` : ''}`);
-  live.onSwap = swap;
   let r;
   try {
     r = await frameLoop(
-      { ...o, ledger: o.out ? `${path.resolve(o.out)}.ledger` : undefined },
+      o,
       live,
       async (enc, frames) => {
         const d = enc.dim(o.output);
@@ -162,7 +164,6 @@ export async function embedCommand(o: EmbedOptions): Promise<void> {
 
 export interface ClassifyOptions extends FrameLoopOptions {
   support: string;
-  out?: string;
   k: number;
   temperature: number;
   rejectBelow?: number;
@@ -211,7 +212,7 @@ export async function classifyCommand(o: ClassifyOptions): Promise<void> {
   let r;
   try {
     r = await frameLoop(
-      { ...o, ledger: o.out ? `${path.resolve(o.out)}.ledger` : undefined },
+      o,
       live,
       async (enc, frames) => {
         const c = await prepare(enc);
