@@ -193,7 +193,7 @@ await yargs(hideBin(process.argv))
     'the paper\'s comparison at an edge budget (bench/compare.ts): methods x stream orders x paired trials, kNN beside the random-init floor',
     (y) =>
       y
-        .option('protocol', { choices: ['edge-cifar10'] as const, default: 'edge-cifar10' as const })
+        .option('protocol', { choices: ['edge-cifar10', 'edge-cifar100'] as const, default: 'edge-cifar10' as const, describe: 'edge-cifar100 streams the 20 superclasses and reports fine and superclass kNN' })
         .option('methods', { type: 'string', default: 'ours,empssl,minred,simclr-reservoir' })
         .option('orders', { type: 'string', default: 'seq' })
         .option('trials', { type: 'string', default: '0,1,2,3,4' })
@@ -204,7 +204,7 @@ await yargs(hideBin(process.argv))
         .option('json', { type: 'string', default: path.join(REPO_ROOT, 'bench/out/compare.jsonl') }),
     async (a) => {
       const { spawnSync } = await import('node:child_process');
-      const args = ['--import', 'tsx', path.join(REPO_ROOT, 'bench/compare.ts'), '--methods', a.methods, '--orders', a.orders, '--trials', a.trials, '--per-class', String(a['per-class']), '--updates', String(a.updates), '--memory', String(a.memory), '--data', path.join(a['data-dir'], 'cifar-10-batches-bin'), '--json', a.json];
+      const args = ['--import', 'tsx', path.join(REPO_ROOT, 'bench/compare.ts'), '--methods', a.methods, '--orders', a.orders, '--trials', a.trials, '--per-class', String(a['per-class']), '--updates', String(a.updates), '--memory', String(a.memory), '--dataset', a.protocol === 'edge-cifar10' ? 'cifar10' : 'cifar100', '--data', path.join(a['data-dir'], a.protocol === 'edge-cifar10' ? 'cifar-10-batches-bin' : 'cifar-100-binary'), '--json', a.json];
       const r = spawnSync(process.execPath, args, { stdio: 'inherit' });
       process.exitCode = r.status ?? 1;
     },

@@ -1,4 +1,5 @@
-// bench/compare: the paper's comparison at an edge budget (protocol edge-cifar10). For each trial
+// bench/compare: the paper's comparison at an edge budget (protocol edge-cifar10, or edge-cifar100
+// with --dataset cifar100: superclass streams, kNN on fine labels and on superclasses). For each trial
 // (paired across methods: same encoder init, same stream order, same seeds of replay and crops) and
 // each stream order, every method learns the same reduced class-incremental stream with the same
 // budget (updates x crops), and weighted kNN (k 20, 50) is measured at 25/50/75/100% of the stream,
@@ -14,7 +15,7 @@ import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { getPreset } from '../tools/artifacts/presets.ts';
 import { compileArtifacts, writeArtifacts } from '../tools/artifacts/write.ts';
-import { readCifar10 } from '../tools/data/cifar.ts';
+import { readCifar10, readCifar100 } from '../tools/data/cifar.ts';
 import { makeStream, streamSpec, type StreamOrder } from '../tools/data/streams.ts';
 import { Rng } from '../tools/nn/rng.ts';
 import { Trainer } from '../agent/trainer/trainer.ts';
@@ -35,13 +36,20 @@ const { values } = parseArgs({
     updates: { type: 'string', default: '2' },
     'new-per-arrival': { type: 'string', default: '32' },
     memory: { type: 'string', default: '10000' },
-    data: { type: 'string', default: path.resolve(HERE, '../../shared/data/cifar-10-batches-bin') },
+    dataset: { type: 'string', default: 'cifar10' },
+    data: { type: 'string', describe: 'the unpacked data set folder' } as never,
     json: { type: 'string', default: path.join(HERE, 'out/compare.jsonl') },
   },
 });
 
-const train = readCifar10(values.data!, 'train');
-const test = readCifar10(values.data!, 'test');
+if (values.dataset !== 'cifar10' && values.dataset !== 'cifar100') throw new Error(`--dataset ${values.dataset}: cifar10 or cifar100`);
+const ds = values.dataset as 'cifar10' | 'cifar100';
+const dataDir = (values.data as string | undefined) ?? path.resolve(HERE, '../../shared/data', ds === 'cifar10' ? 'cifar-10-batches-bin' : 'cifar-100-binary');
+const train = ds === 'cifar10' ? readCifar10(dataDir, 'train') : readCifar100(dataDir, 'train');
+const test = ds === 'cifar10' ? readCifar10(dataDir, 'test') : readCifar100(dataDir, 'test');
+// Streams run over classes (CIFAR-10) or superclasses (CIFAR-100, as SCALE); kNN on the primary labels.
+const streamLabels = ds === 'cifar10' ? train.labels : train.coarse!;
+const protocol = `edge-${ds}`;
 const engine = await ortSimilarity();
 const perClass = Number(values['per-class']);
 const newPer = Number(values['new-per-arrival']);
@@ -54,12 +62,14 @@ for (let i = 0; i < Number(values.memory); i++) {
 memIdx.length = Number(values.memory);
 const qIdx = [...Array(test.count).keys()];
 
-async function knn(tr: Trainer): Promise<[number, number]> {
+async function knn(tr: Trainer): Promise<[number, number, number?]> {
   const m = { dim: tr.manifest.preset.encoder.widths.at(-1)!, run: async (x: Float32Array, c: number) => (await tr.embed(x, c)).features, close: async () => {} };
   const fm = await computeFeatures(m, train.images, memIdx, 32);
   const fq = await computeFeatures(m, test.images, qIdx, 32);
-  const r = await knnWeightedBlocks(engine, { memory: fm, memoryLabels: memIdx.map((i) => train.labels[i]), queries: fq, queryLabels: qIdx.map((i) => test.labels[i]), d: m.dim, classes: 10 }, [20, 50]);
-  return [r[0].accuracy, r[1].accuracy];
+  const r = await knnWeightedBlocks(engine, { memory: fm, memoryLabels: memIdx.map((i) => train.labels[i]), queries: fq, queryLabels: qIdx.map((i) => test.labels[i]), d: m.dim, classes: train.classes.length }, [20, 50]);
+  if (ds === 'cifar10') return [r[0].accuracy, r[1].accuracy];
+  const sup = await knnWeightedBlocks(engine, { memory: fm, memoryLabels: memIdx.map((i) => train.coarse![i]), queries: fq, queryLabels: qIdx.map((i) => test.coarse![i]), d: m.dim, classes: 20 }, [20]);
+  return [r[0].accuracy, r[1].accuracy, sup[0].accuracy];
 }
 
 interface Row {
@@ -72,6 +82,9 @@ interface Row {
   floor20: number;
   knn20: number[]; // at 25/50/75/100%
   knn50: number[];
+  /** edge-cifar100: kNN@20 on the 20 superclasses at 25/50/75/100%. */
+  super20?: number[];
+  dataset?: string;
   final20: number;
   mean20: number;
   /** Cosine between consecutive steps' gradients, one per step (the paper's Fig. 1); absent in older rows. */
@@ -79,21 +92,29 @@ interface Row {
 }
 
 mkdirSync(path.dirname(values.json!), { recursive: true });
-const rows: Row[] = existsSync(values.json!) ? readFileSync(values.json!, 'utf8').trim().split('\n').filter(Boolean).map((l) => JSON.parse(l)) : [];
+// Rows of this data set only (one JSON file may hold both protocols).
+const rows: Row[] = (existsSync(values.json!) ? readFileSync(values.json!, 'utf8').trim().split('\n').filter(Boolean).map((l) => JSON.parse(l) as Row) : []).filter((r) => (r.dataset ?? 'cifar10') === ds);
 const work = mkdtempSync(path.join(tmpdir(), 'ssocl-compare-'));
 try {
   for (const trial of values.trials!.split(',').map(Number)) {
     for (const order of values.orders!.split(',') as StreamOrder[]) {
-      const full = makeStream(streamSpec('cifar10', order, train.labels, trial));
-      // Reduced stream: the same procedure's order, each class cut to its first per-class share.
-      const scale = perClass / 4096;
-      const counts = new Array(10).fill(0);
-      const cap = order === 'seq-im' ? [2048, 4096, 2048, 4096, 2048, 2048, 4096, 2048, 2048, 4096].map((n) => Math.round(n * scale)) : new Array(10).fill(perClass);
-      const stream = full.filter((i) => counts[train.labels[i]] < cap[train.labels[i]] && ++counts[train.labels[i]] > 0);
+      const full = makeStream(streamSpec(ds, order, streamLabels, trial));
+      // Reduced stream: the same procedure's order, each class cut to its first share: per-class for
+      // the largest class, proportionally less for the others (seq-im keeps its imbalance).
+      const nC = new Map<number, number>();
+      for (const i of full) nC.set(streamLabels[i], (nC.get(streamLabels[i]) ?? 0) + 1);
+      const most = Math.max(...nC.values());
+      const counts = new Map<number, number>();
+      const stream = full.filter((i) => {
+        const c = streamLabels[i];
+        const k = (counts.get(c) ?? 0) + 1;
+        counts.set(c, k);
+        return k <= Math.round((nC.get(c)! * perClass) / most);
+      });
       for (const mname of values.methods!.split(',')) {
         const method = METHODS[mname];
         if (!method) throw new Error(`--methods: unknown '${mname}' (accepted: ${Object.keys(METHODS).join(', ')})`);
-        if (rows.some((r) => r.method === mname && r.order === order && r.trial === trial)) continue; // resumable
+        if (rows.some((r) => r.method === mname && r.order === order && r.trial === trial && (r.dataset ?? 'cifar10') === ds)) continue; // resumable
         const preset = getPreset(method.preset, [...method.sets, `seed=${trial}`, `batch=${2 * newPer}`, `agent.newPerArrival=${newPer}`]);
         const dir = path.join(work, `${mname}-${trial}`);
         writeArtifacts(compileArtifacts(preset), dir);
@@ -107,6 +128,7 @@ try {
         const arrivals = Math.floor(stream.length / newPer);
         const marks = [0.25, 0.5, 0.75, 1].map((f) => Math.round(f * arrivals));
         const k20: number[] = [];
+        const s20: number[] = [];
         const k50: number[] = [];
         const gcos: (number | null)[] = [];
         const t0 = performance.now();
@@ -115,13 +137,14 @@ try {
           const rep = await learner.arrive(items);
           for (const st of rep.steps) gcos.push(st.gradCos === null ? null : Number(st.gradCos.toFixed(4)));
           if (marks.includes(a)) {
-            const [x, y] = await knn(tr);
+            const [x, y, z] = await knn(tr);
             k20.push(x);
             k50.push(y);
+            if (z !== undefined) s20.push(z);
             process.stderr.write(`${mname} ${order} trial ${trial}: ${Math.round((100 * a) / arrivals)}% of ${stream.length} images, ${tr.steps} steps, kNN@20 ${x.toFixed(2)} (floor ${floor.toFixed(2)})\n`);
           }
         }
-        const row: Row = { method: mname, order, trial, images: stream.length, steps: tr.steps, seconds: (performance.now() - t0) / 1000, floor20: floor, knn20: k20, knn50: k50, final20: k20[3], mean20: k20.reduce((p, q) => p + q, 0) / 4, gradCos: gcos };
+        const row: Row = { ...(ds === 'cifar10' ? {} : { dataset: ds, super20: s20 }), method: mname, order, trial, images: stream.length, steps: tr.steps, seconds: (performance.now() - t0) / 1000, floor20: floor, knn20: k20, knn50: k50, final20: k20[3], mean20: k20.reduce((p, q) => p + q, 0) / 4, gradCos: gcos };
         rows.push(row);
         appendFileSync(values.json!, JSON.stringify(row) + '\n');
         await tr.close();
@@ -139,14 +162,15 @@ const stat = (xs: number[]) => {
   const sd = xs.length > 1 ? Math.sqrt(xs.reduce((a, b) => a + (b - m) ** 2, 0) / (xs.length - 1)) : 0;
   return `${m.toFixed(2)} +- ${sd.toFixed(2)}`;
 };
-console.log(`\nedge-cifar10, ${cpus().length} cores, kNN@20 on ${qIdx.length} test images with ${memIdx.length} train images as memory`);
-console.log('| method | order | trials | final kNN@20 | mean of 25/50/75/100% | random-init floor | paired gain (final) | steps | s/run |');
-console.log('|---|---|---|---|---|---|---|---|---|');
+console.log(`\n${protocol}, ${cpus().length} cores, kNN@20 on ${qIdx.length} test images with ${memIdx.length} train images as memory`);
+const sup = ds === 'cifar100';
+console.log(`| method | order | trials | final kNN@20${sup ? ' (fine) | superclass final kNN@20' : ''} | mean of 25/50/75/100% | random-init floor | paired gain (final) | steps | s/run |`);
+console.log(`|---|---|---|---|${sup ? '---|' : ''}---|---|---|---|---|`);
 const keys = [...new Set(rows.map((r) => `${r.method}|${r.order}`))];
 for (const k of keys) {
   const rs = rows.filter((r) => `${r.method}|${r.order}` === k);
   const [m, o] = k.split('|');
-  console.log(`| ${m} | ${o} | ${rs.length} | ${stat(rs.map((r) => r.final20))} | ${stat(rs.map((r) => r.mean20))} | ${stat(rs.map((r) => r.floor20))} | ${stat(rs.map((r) => r.final20 - r.floor20))} | ${rs[0].steps} | ${stat(rs.map((r) => r.seconds))} |`);
+  console.log(`| ${m} | ${o} | ${rs.length} | ${stat(rs.map((r) => r.final20))}${sup ? ` | ${stat(rs.map((r) => r.super20?.[3] ?? NaN))}` : ''} | ${stat(rs.map((r) => r.mean20))} | ${stat(rs.map((r) => r.floor20))} | ${stat(rs.map((r) => r.final20 - r.floor20))} | ${rs[0].steps} | ${stat(rs.map((r) => r.seconds))} |`);
 }
 // The paper's Table 1 shape: methods x streams, final kNN@20 mean +- std over trials; then each
 // method's paired difference to ours (same trials) with a 95% t-interval.
@@ -187,7 +211,7 @@ for (const order of [...new Set(rows.map((r) => r.order))]) {
   });
   const floor = rows.filter((r) => r.order === order).reduce((a, r, _i, all) => a + r.floor20 / all.length, 0);
   series.push({ name: 'random init', points: [[25, floor], [100, floor]] });
-  const svg = lineChart(series, { title: `edge-cifar10 ${order}: kNN@20 over the stream`, xLabel: '% of the stream seen', yLabel: 'weighted kNN@20 accuracy %' });
+  const svg = lineChart(series, { title: `${protocol} ${order}: kNN@20 over the stream`, xLabel: '% of the stream seen', yLabel: 'weighted kNN@20 accuracy %' });
   const base = values.json!.replace(/\.jsonl$/, '') + `-${order}`;
   writeFileSync(`${base}.svg`, svg);
   writeFileSync(`${base}.png`, await svgToPng(svg));
@@ -210,7 +234,7 @@ for (const order of [...new Set(rows.map((r) => r.order))]) {
     series.push({ name: `${mname} (${rs.length})`, points: pts });
   }
   if (!series.length) continue;
-  const svg = lineChart(series, { title: `edge-cifar10 ${order}: cosine of consecutive gradients`, xLabel: '% of the run (steps)', yLabel: 'cos(g_t, g_t-1), 20-step mean' });
+  const svg = lineChart(series, { title: `${protocol} ${order}: cosine of consecutive gradients`, xLabel: '% of the run (steps)', yLabel: 'cos(g_t, g_t-1), 20-step mean' });
   const base = values.json!.replace(/\.jsonl$/, '') + `-${order}-gradcos`;
   writeFileSync(`${base}.svg`, svg);
   writeFileSync(`${base}.png`, await svgToPng(svg));
