@@ -2,7 +2,7 @@
 // the learner (buffer + K compiled steps) -> checkpoints, exports, metrics. Resumes from the newest
 // checkpoint; SIGINT/SIGTERM finish the current step, checkpoint, export and exit.
 
-import { statSync, appendFileSync, copyFileSync, existsSync, lstatSync, mkdirSync, readFileSync, realpathSync, renameSync, rmSync, unlinkSync, writeFileSync, accessSync, constants } from 'node:fs';
+import { statSync, appendFileSync, copyFileSync, existsSync, lstatSync, mkdirSync, realpathSync, renameSync, rmSync, unlinkSync, writeFileSync, accessSync, constants } from 'node:fs';
 import path from 'node:path';
 import { Trainer } from './trainer/trainer.ts';
 import { SessionRunError, type EP } from './trainer/backend.ts';
@@ -14,6 +14,7 @@ import { DirSource, type FileFrame, type Overflow } from './sources/dir.ts';
 import { DatasetSource } from './sources/dataset.ts';
 import { Ledger } from './sources/ledger.ts';
 import { JsonlSink } from './infer/io.ts';
+import { readRegularFile, UnreadableFile } from './sources/read.ts';
 import { CameraError, CameraSource, checkFfmpeg, isLive } from './sources/camera.ts';
 import { decodeFrame, resizeChw, FrameError, type Fit } from './frames/decode.ts';
 import type { BufferPolicy } from './buffer/buffer.ts';
@@ -144,10 +145,11 @@ function uniqueTarget(dir: string, rel: string): string {
 }
 
 /** A video file's identity as a 31-bit number (checkpoint counters are numbers). */
-function fileIdentity(file: string): number {
+function fileIdentity(file: string, fps: number): number {
   const st = statSync(file);
   let h = 2166136261;
-  for (const ch of `${path.resolve(file)}|${st.size}|${Math.floor(st.mtimeMs)}`) h = Math.imul(h ^ ch.charCodeAt(0), 16777619);
+  // fps too: positions count sampled frames.
+  for (const ch of `${path.resolve(file)}|${st.size}|${Math.floor(st.mtimeMs)}|${fps}`) h = Math.imul(h ^ ch.charCodeAt(0), 16777619);
   return (h >>> 1) || 1;
 }
 
@@ -225,7 +227,7 @@ export async function runAgent(o: AgentOptions): Promise<AgentSummary> {
   // sources just go on.
   let camera: CameraSource | null = null;
   if (o.camera) {
-    const fileId = isLive(o.camera.input) ? 0 : fileIdentity(o.camera.input);
+    const fileId = isLive(o.camera.input) ? 0 : fileIdentity(o.camera.input, o.camera.fps);
     const skip = fileId && fileId === counters.cameraFile ? counters.cameraPosition : 0;
     if (fileId && counters.cameraFile && fileId !== counters.cameraFile) o.log(`--camera ${o.camera.input}: not the video the checkpoint was reading; starting at its first frame`);
     counters.cameraFile = fileId;
@@ -235,6 +237,7 @@ export async function runAgent(o: AgentOptions): Promise<AgentSummary> {
       overflow: o.overflow, backlog: o.backlog, stallMs: o.camera.stallMs, backoffMs: [1000, 30000], skip, log: o.log,
     });
   }
+  const droppedBase = counters.dropped;
   const ledger = new Ledger(path.join(o.stateDir, 'ingested.log'));
   const ignore = [o.processed, o.quarantine, o.stateDir, o.models].map((d) => path.resolve(d));
   const source = new DirSource({
@@ -280,6 +283,24 @@ export async function runAgent(o: AgentOptions): Promise<AgentSummary> {
     emitted = new JsonlSink(path.resolve(o.emitEmbeddings));
   }
   const artifactSha = trainer.manifest.files[trainer.manifest.trainStep.file]?.slice(0, 16) ?? '';
+  const emit = async (items: { key: string; image: Uint8Array }[]) => {
+    if (!emitted || !items.length) return;
+    const x = new Float32Array(items.length * 3 * size * size);
+    items.forEach((p, j) => {
+      for (let k = 0; k < p.image.length; k++) x[j * p.image.length + k] = p.image[k] / 255;
+    });
+    const { features } = await trainer.embed(x, items.length);
+    const d = features.length / items.length;
+    const now = new Date().toISOString();
+    const where = (key: string) => (o.watch ? path.join(o.watch, key) : `${o.camera ? 'camera' : 'dataset'}:${key}`);
+    try {
+      items.forEach((p, j) => emitted!.add({ key: p.key, path: where(p.key), time: now, model: { sha256: artifactSha, step: trainer.steps } }, features.subarray(j * d, (j + 1) * d)));
+    } catch (e) {
+      o.log(`embeddings no longer written (${(e as NodeJS.ErrnoException).code ?? (e as Error).message}): ${o.emitEmbeddings}`);
+      emitted.close();
+      emitted = null;
+    }
+  };
   const started = Date.now();
   let lastCkptStep = trainer.steps;
   let lastCkptTime = Date.now();
@@ -370,7 +391,11 @@ export async function runAgent(o: AgentOptions): Promise<AgentSummary> {
 
   const quarantine = (f: FileFrame, reason: string) => {
     counters.quarantined++;
-    ledger.record('quarantined', f.key, f.size, f.mtimeMs);
+    try {
+      ledger.record('quarantined', f.key, f.size, f.mtimeMs);
+    } catch (e) {
+      o.log(`could not record ${f.key} as quarantined in the ledger (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`);
+    }
     source.forget(f);
     try {
       const target = uniqueTarget(o.quarantine, f.key);
@@ -425,7 +450,7 @@ export async function runAgent(o: AgentOptions): Promise<AgentSummary> {
         lastFrameAt = Date.now();
         counters.framesIngested++;
         counters.cameraPosition = camera.position - camera.pending;
-        counters.dropped = camera.dropped;
+        counters.dropped = droppedBase + camera.dropped;
         pending.push(c);
         if (pending.length < newPer) continue;
       }
@@ -447,10 +472,11 @@ export async function runAgent(o: AgentOptions): Promise<AgentSummary> {
             source.forget(f);
             continue;
           }
-          bytes = readFileSync(f.path);
+          bytes = readRegularFile(f.path);
         } catch (e) {
           counters.refused++;
-          o.log(`skipped ${f.key}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message} (gone before it could be read)`);
+          const why = e instanceof UnreadableFile ? e.message : `${(e as NodeJS.ErrnoException).code ?? (e as Error).message} (gone before it could be read)`;
+          o.log(`skipped ${f.key}: ${why}`);
           source.forget(f);
           continue;
         }
@@ -481,22 +507,13 @@ export async function runAgent(o: AgentOptions): Promise<AgentSummary> {
       } catch (e) {
         if (!(e instanceof SessionRunError)) throw e;
         if (!o.epFallback || trainer.ep === o.epFallback) {
-          throw new AgentError(`${e.message}; stopped with the last good state checkpointed${o.epFallback ? '' : ' (--ep-fallback cpu would have moved training to the CPU)'}`, 5);
+          throw new AgentError(`${e.message}; stopped with the last good state checkpointed${!o.epFallback && trainer.ep !== 'cpu' ? ' (--ep-fallback cpu would have moved training to the CPU)' : ''}`, 5);
         }
         o.log(`${e.message}; moving training to --ep ${o.epFallback} as --ep-fallback asks (state kept; the rest of this arrival's updates skipped)`);
         await trainer.reopen(o.epFallback);
         r = { steps: [], trained: false, removed: [], ms: { augment: 0, overlapped: 0, train: 0, buffer: 0 } };
       }
-      if (emitted) {
-        const x = new Float32Array(pending.length * 3 * size * size);
-        pending.forEach((p, j) => {
-          for (let k = 0; k < p.image.length; k++) x[j * p.image.length + k] = p.image[k] / 255;
-        });
-        const { features } = await trainer.embed(x, pending.length);
-        const d = features.length / pending.length;
-        const now = new Date().toISOString();
-        pending.forEach((p, j) => emitted!.add({ key: p.key, path: o.watch ? path.join(o.watch, p.key) : `dataset:${p.key}`, time: now, model: { sha256: artifactSha, step: trainer.steps } }, features.subarray(j * d, (j + 1) * d)));
-      }
+      await emit(pending);
       pending = [];
       for (const s of r.steps) {
         if (!s.applied) {
@@ -552,7 +569,14 @@ export async function runAgent(o: AgentOptions): Promise<AgentSummary> {
           const res = await o.evaluate.run(trainer);
           counters.evaluatedPct = pct;
           o.log(`eval at ${pct}% of the stream (step ${trainer.steps}, ${counters.framesIngested} frames): ${Object.entries(res).map(([k, v]) => `${k} ${v.toFixed(2)}`).join(', ')} (${((performance.now() - te) / 1000).toFixed(1)} s)`);
-          if (metricsFile && !metricsFailed) appendFileSync(metricsFile, JSON.stringify({ time: new Date().toISOString(), eval: { percent: pct, step: trainer.steps, frames: counters.framesIngested, ...res } }) + '\n');
+          if (metricsFile && !metricsFailed) {
+            try {
+              appendFileSync(metricsFile, JSON.stringify({ time: new Date().toISOString(), eval: { percent: pct, step: trainer.steps, frames: counters.framesIngested, ...res } }) + '\n');
+            } catch (e) {
+              metricsFailed = true;
+              o.log(`metrics no longer written (${(e as NodeJS.ErrnoException).code ?? (e as Error).message}): ${metricsFile}`);
+            }
+          }
         }
       }
       if (o.maxArrivals && learner.arrivals >= o.maxArrivals) stop(`--max-arrivals ${o.maxArrivals}`);
@@ -575,20 +599,22 @@ export async function runAgent(o: AgentOptions): Promise<AgentSummary> {
       o.log(`could not checkpoint either: ${(e2 as Error).message}`);
     }
     await trainer.close().catch(() => {});
+    emitted?.close();
     throw e;
   } finally {
     process.off('SIGINT', sigint);
     process.off('SIGTERM', sigterm);
     await source.close();
     await camera?.close();
-    emitted?.close();
   }
   // Frames of an incomplete arrival were recorded as ingested; they are learnt only if the batch fills,
   // so keep them in the buffer (they count as data seen) without a step.
   if (pending.length) {
+    await emit(pending);
     learner.buffer.add(pending);
     await learner.buffer.shrink(learner.rng);
   }
+  emitted?.close();
   // Skipped steps never touch the state, so what is saved here is the last good state.
   let ck: string;
   try {
@@ -608,6 +634,10 @@ export async function runAgent(o: AgentOptions): Promise<AgentSummary> {
   if (diverged) {
     await trainer.close();
     throw new AgentError(`training diverged: ${o.maxSkips} consecutive steps had a non-finite loss or gradient; stopped with the last good state checkpointed in ${ck} (lower --lr?)`, 3);
+  }
+  if (camera?.failed) {
+    await trainer.close();
+    throw new AgentError(`${camera.endReason}; what was learnt from it is checkpointed (${ck}) and exported`, 1);
   }
   const summary: AgentSummary = {
     ...counters,

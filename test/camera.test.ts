@@ -120,6 +120,31 @@ test('the agent learns from a video file and resumes it where the checkpoint lef
   assert.match(again.stdout, new RegExp(`stopped \\(end of .*\\(${ingested} frames\\)\\): ${ingested} frames ingested.*, ${/(\d+) steps/.exec(r.stdout)![1]} steps`));
 });
 
+test('overflow: block holds ffmpeg back and close() still finishes; drop-oldest keeps the newest backlog frames', { skip }, async () => {
+  const blocked = new CameraSource(options({ backlog: 4, overflow: 'block' }));
+  blocked.start();
+  await new Promise((r) => setTimeout(r, 1500));
+  assert.ok(blocked.pending >= 4 && blocked.pending < 40, `block: ${blocked.pending} frames waiting with backlog 4`);
+  assert.equal(blocked.dropped, 0);
+  const got = await drain(blocked, (n) => n >= 10);
+  assert.equal(got.length, 10, 'reading resumes after the backlog drains');
+  const t = Date.now();
+  await blocked.close();
+  assert.ok(Date.now() - t < 5000, 'close() returns while ffmpeg is held back');
+  const dropping = new CameraSource(options({ backlog: 4, overflow: 'drop-oldest' }));
+  dropping.start();
+  await new Promise((r) => setTimeout(r, 1500));
+  assert.equal(dropping.pending, 4);
+  const rest = await drain(dropping);
+  await dropping.close();
+  assert.equal(dropping.dropped + rest.length, FRAMES, `every frame either dropped or taken (${dropping.dropped} dropped)`);
+  // The agent itself stops cleanly while its camera is held back, with a checkpoint.
+  const r = spawnSync(process.execPath, [CLI, 'run', '--camera', video, '--backlog', '8', '--max-arrivals', '2', '--state', path.join(root, 'st-block'), '--models', path.join(root, 'm-block'), '--threads', '2'], { encoding: 'utf8', timeout: 120000 });
+  assert.equal(r.status, 0, r.stderr);
+  assert.match(r.stdout, /stopped \(--max-arrivals 2\): 32 frames ingested/);
+  assert.equal(listCheckpoints(path.join(root, 'st-block/checkpoints')).length, 1);
+});
+
 test('a live stream that ends or stalls is reconnected with back-off; frames keep coming', { skip }, async () => {
   const data = readFileSync(ts);
   let requests = 0;

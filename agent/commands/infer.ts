@@ -59,7 +59,8 @@ async function frameLoop(
     process.stderr.write(`\r\x1b[K${frames}${total ? `/${total}` : ''} frames  ${(frames / Math.max(s, 1e-3)).toFixed(0)} frames/s  model ${live.current.version.sha256.slice(0, 8)}${live.current.version.step !== null ? ` (step ${live.current.version.step})` : ''}${bad ? `  skipped ${bad}` : ''}`);
   };
   const runBatch = async (refs: FrameRef[]) => {
-    await live.check();
+    // Only a --watch run follows the model file; a one-shot run uses the model it started with.
+    if (o.watch && o.reloadMs > 0) await live.check();
     await live.use(async (enc) => {
       const ok = await decodeFrames(refs, enc.size, o.fit, o.maxPixels, onBad);
       if (ok.length) await onBatch(enc, ok);
@@ -107,7 +108,7 @@ async function frameLoop(
           if (!f) break;
           got.push(f);
         }
-        await runBatch(got.map((f) => ({ key: f.key, path: f.path, mtimeMs: f.mtimeMs })));
+        await runBatch(got.map((f) => ({ key: f.key, path: f.path, mtimeMs: f.mtimeMs, size: f.size })));
         // Done only once the results are durable: a crash repeats a frame rather than losing it.
         for (const f of got) {
           ledger.record('ingested', f.key, f.size, f.mtimeMs);
@@ -155,10 +156,13 @@ export async function embedCommand(o: EmbedOptions): Promise<void> {
       },
       () => sink instanceof JsonlSink && sink.sync(),
     );
-  } finally {
-    sink.close();
+  } catch (e) {
+    sink.abort();
     await live.close();
+    throw e;
   }
+  sink.close();
+  await live.close();
   log(`embedded ${r.frames} frames (${r.bad} skipped) in ${r.seconds.toFixed(1)} s, ${(r.frames / Math.max(r.seconds, 1e-3)).toFixed(0)} frames/s; ${live.swaps} model reloads${o.out && o.out !== '-' ? `; wrote ${o.out}` : ''}`);
 }
 
@@ -231,10 +235,13 @@ export async function classifyCommand(o: ClassifyOptions): Promise<void> {
       },
       () => sink.sync(),
     );
-  } finally {
-    sink.close();
+  } catch (e) {
+    sink.abort();
     await live.close();
+    throw e;
   }
+  sink.close();
+  await live.close();
   log(`classified ${r.frames} frames (${r.bad} skipped) in ${r.seconds.toFixed(1)} s: ${[...counts].sort((a, b) => b[1] - a[1]).map(([k, v]) => `${k} ${v}`).join(', ')}`);
 }
 

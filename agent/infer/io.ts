@@ -2,9 +2,10 @@
 // tree, in name order), decoded at the encoder's size; records written as JSON lines (streamed, one
 // per frame, appendable) or as one float32 matrix (npy or safetensors, written atomically at the end).
 
-import { closeSync, existsSync, fsyncSync, lstatSync, openSync, readdirSync, readFileSync, statSync, writeSync } from 'node:fs';
+import { closeSync, existsSync, fstatSync, fsyncSync, ftruncateSync, lstatSync, openSync, readdirSync, readSync, statSync, writeSync } from 'node:fs';
 import path from 'node:path';
 import { decodeFrame, FRAME_EXTENSIONS, FrameError, type Fit } from '../frames/decode.ts';
+import { readRegularFile, UnreadableFile } from '../sources/read.ts';
 import { encodeSafetensors } from '../../tools/io/safetensors.ts';
 import { encodeNpy } from '../../tools/io/npy.ts';
 import { writeFileAtomic } from '../trainer/checkpoint.ts';
@@ -15,6 +16,8 @@ export interface FrameRef {
   key: string;
   path: string;
   mtimeMs: number;
+  /** Size when listed or queued: a file that changed since is refused (it is taken again when settled). */
+  size?: number;
 }
 
 /** The image files of INPUT (a file, or a directory searched recursively; links are not followed). */
@@ -25,7 +28,7 @@ export function listFrames(input: string): FrameRef[] {
   } catch (e) {
     throw new Error(`${input}: ${(e as NodeJS.ErrnoException).code === 'ENOENT' ? 'no such file or directory' : (e as Error).message}`);
   }
-  if (st.isFile()) return [{ key: path.basename(input), path: input, mtimeMs: st.mtimeMs }];
+  if (st.isFile()) return [{ key: path.basename(input), path: input, mtimeMs: st.mtimeMs, size: st.size }];
   const out: FrameRef[] = [];
   const walk = (dir: string) => {
     for (const name of readdirSync(dir).sort()) {
@@ -33,7 +36,7 @@ export function listFrames(input: string): FrameRef[] {
       const abs = path.join(dir, name);
       const l = lstatSync(abs);
       if (l.isDirectory()) walk(abs);
-      else if (l.isFile() && FRAME_EXTENSIONS.includes(path.extname(name).toLowerCase())) out.push({ key: path.relative(input, abs), path: abs, mtimeMs: l.mtimeMs });
+      else if (l.isFile() && FRAME_EXTENSIONS.includes(path.extname(name).toLowerCase())) out.push({ key: path.relative(input, abs), path: abs, mtimeMs: l.mtimeMs, size: l.size });
     }
   };
   walk(input);
@@ -56,11 +59,11 @@ export async function decodeFrames(refs: FrameRef[], size: number, fit: Fit, max
     for (let i = next++; i < refs.length; i = next++) {
       const f = refs[i];
       try {
-        const image = await decodeFrame(readFileSync(f.path), path.extname(f.path), { size, fit, maxPixels });
+        const image = await decodeFrame(readRegularFile(f.path, f.size), path.extname(f.path), { size, fit, maxPixels });
         out[i] = { ...f, image };
       } catch (e) {
         const err = e as NodeJS.ErrnoException;
-        onBad(f, e instanceof FrameError ? e.message : err.code ? `cannot read: ${err.code}` : `decode failed: ${err.message}`);
+        onBad(f, e instanceof FrameError || e instanceof UnreadableFile ? e.message : err.code ? `cannot read: ${err.code}` : `decode failed: ${err.message}`);
       }
     }
   };
@@ -110,7 +113,39 @@ export interface RecordSink {
   /** Id the next record gets. */
   readonly next: number;
   add(rec: Omit<EmbedRecord, 'id'> & Record<string, unknown>, vector: Float32Array | null): void;
+  /** Finishes the output (a matrix is written only here). */
   close(): void;
+  /** After a failure: never replace an existing output with a partial one. */
+  abort(): void;
+}
+
+/**
+ * Lines in a JSON-lines file, counted in chunks (the file may be far larger than a string can hold); a
+ * last line cut short by a crash or a full disk is cut off, so appending starts on a fresh line.
+ */
+function countLinesRepairingTail(file: string): number {
+  const fd = openSync(file, 'r+');
+  try {
+    const size = fstatSync(fd).size;
+    const buf = Buffer.allocUnsafe(1 << 20);
+    let lines = 0;
+    let lastNl = -1;
+    for (let pos = 0; pos < size; ) {
+      const n = readSync(fd, buf, 0, Math.min(buf.length, size - pos), pos);
+      if (n === 0) break;
+      for (let i = 0; i < n; i++) {
+        if (buf[i] === 10) {
+          lines++;
+          lastNl = pos + i;
+        }
+      }
+      pos += n;
+    }
+    if (lastNl + 1 < size) ftruncateSync(fd, lastNl + 1);
+    return lines;
+  } finally {
+    closeSync(fd);
+  }
 }
 
 /** JSON lines to a file (appended; ids continue after the lines already there) or to stdout ('-'). */
@@ -120,7 +155,7 @@ export class JsonlSink implements RecordSink {
   constructor(readonly file: string) {
     if (file === '-') this.fd = 1;
     else {
-      if (existsSync(file)) this.next = readFileSync(file, 'utf8').split('\n').filter((l) => l.trim()).length;
+      if (existsSync(file)) this.next = countLinesRepairingTail(file);
       this.fd = openSync(file, 'a');
     }
   }
@@ -133,10 +168,14 @@ export class JsonlSink implements RecordSink {
     if (this.fd !== 1) fsyncSync(this.fd);
   }
   close(): void {
-    if (this.fd !== 1) {
+    if (this.fd !== 1 && this.fd >= 0) {
       fsyncSync(this.fd);
       closeSync(this.fd);
+      this.fd = -1;
     }
+  }
+  abort(): void {
+    this.close(); // lines already written are complete records
   }
 }
 
@@ -160,6 +199,9 @@ export class MatrixSink implements RecordSink {
   /** The records file written beside an .npy matrix. */
   static recordsFile(file: string): string {
     return file.replace(/\.npy$/i, '') + '.records.jsonl';
+  }
+  abort(): void {
+    this.rows = [];
   }
   close(): void {
     const d = this.rows[0]?.length ?? 0;

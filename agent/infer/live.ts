@@ -56,7 +56,7 @@ export class LiveEncoder {
 
   private async reload(): Promise<void> {
     const id = identity(this.file);
-    if (id === null || id === this.seen) return;
+    if (id === null || id === this.seen || id === this.failed) return;
     let next: Encoder;
     try {
       next = await Encoder.open(this.file, this.o);
@@ -67,10 +67,16 @@ export class LiveEncoder {
       this.failed = id;
       return;
     }
-    this.seen = id;
-    if (next.size !== this.cur.size) {
-      this.o.log(`model ${this.file} changed its input size (${this.cur.size} -> ${next.size}); using it`);
+    // A model of another shape (input size, output sizes) would break what this process holds (a matrix
+    // of one width, support embeddings, buffer images at one size): keep the current one.
+    const shape = (e: Encoder) => `${e.size}px -> features ${e.dims.features}, embedding ${e.dims.embedding}`;
+    if (shape(next) !== shape(this.cur)) {
+      this.o.log(`model ${this.file} changed shape (${shape(this.cur)} -> ${shape(next)}); keeping ${this.cur.version.sha256} (restart to use it)`);
+      this.failed = id;
+      await next.release();
+      return;
     }
+    this.seen = id;
     if (next.version.sha256 === this.cur.version.sha256) {
       await next.release();
       return;

@@ -87,6 +87,8 @@ export class CameraSource {
   connects = 0;
   /** A file has ended (or failed): no more frames will come. */
   ended = false;
+  /** The file ended because ffmpeg failed, not at its end. */
+  failed = false;
   endReason = '';
   readonly live: boolean;
   private readonly frameBytes: number;
@@ -137,6 +139,7 @@ export class CameraSource {
   }
 
   private onData(c: Buffer): void {
+    if (this.closed) return;
     this.partial.push(c);
     this.partialBytes += c.length;
     if (this.partialBytes < this.frameBytes) return;
@@ -166,12 +169,12 @@ export class CameraSource {
     const w = this.waiters.shift();
     if (w) return w(f);
     this.queue.push(f);
-    if (this.queue.length >= this.o.backlog) {
-      if (this.o.overflow === 'drop-oldest') {
+    if (this.o.overflow === 'drop-oldest') {
+      if (this.queue.length > this.o.backlog) {
         this.queue.shift();
         this.dropped++;
-      } else this.child?.stdout?.pause();
-    }
+      }
+    } else if (this.queue.length >= this.o.backlog) this.child?.stdout?.pause();
   }
 
   private onExit(child: ChildProcess, code: number | null, signal: NodeJS.Signals | null): void {
@@ -183,6 +186,7 @@ export class CameraSource {
     const detail = this.stderrTail.trim().split('\n').slice(-2).join(' | ');
     if (!this.live) {
       this.ended = true;
+      this.failed = code !== 0;
       this.endReason = code === 0 ? `end of ${this.o.input} (${this.position} frames)` : `ffmpeg could not read ${this.o.input} (${why}${detail ? `: ${detail}` : ''}) after ${this.position} frames`;
       for (const w of this.waiters.splice(0)) w(null);
       return;
@@ -226,7 +230,10 @@ export class CameraSource {
     for (const w of this.waiters.splice(0)) w(null);
     const c = this.child;
     if (c && c.exitCode === null && c.signalCode === null) {
-      const gone = new Promise((r) => c.once('close', r));
+      // 'exit', not 'close': a paused stdout (block overflow) would never end, so close would never come.
+      const gone = new Promise((r) => c.once('exit', r));
+      c.stdout?.removeAllListeners('data');
+      c.stdout?.destroy();
       c.kill('SIGTERM');
       const t = setTimeout(() => c.kill('SIGKILL'), 2000);
       await gone;

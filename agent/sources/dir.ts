@@ -102,7 +102,12 @@ export class DirSource implements AsyncIterable<FileFrame> {
     if (this.o.overflow === 'drop-oldest' && this.queue.length > this.o.backlog) {
       const old = this.queue.shift()!;
       this.dropped++;
-      this.o.ledger.record('dropped', old.key, old.size, old.mtimeMs);
+      try {
+        this.o.ledger.record('dropped', old.key, old.size, old.mtimeMs);
+      } catch (e) {
+        // In a watcher callback: never let a full disk throw out of it.
+        this.o.onRefused?.(old.path, `dropped, but the ledger could not record it (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`);
+      }
       this.forget(old);
       this.o.onDrop?.(old);
     }

@@ -12,7 +12,10 @@ export class Ledger {
   constructor(readonly file: string) {
     mkdirSync(path.dirname(file), { recursive: true });
     if (existsSync(file)) {
-      for (const line of readFileSync(file, 'utf8').split('\n')) {
+      const text = readFileSync(file, 'utf8');
+      // A line cut short by a crash or a full disk: end it, so the next record starts on its own line.
+      if (text.length && !text.endsWith('\n')) appendFileSync(file, '\n');
+      for (const line of text.split('\n')) {
         const [status, size, mtime, ...rest] = line.split('\t');
         if (rest.length) this.seen.set(Ledger.key(rest.join('\t'), Number(size), Number(mtime)), status as LedgerStatus);
       }

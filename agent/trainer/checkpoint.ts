@@ -117,13 +117,16 @@ export function latestCheckpoint(dir: string, warn: (msg: string) => void = () =
   return null;
 }
 
-/** Removes temp files that a killed writer left in `dir` (written by writeFileAtomic, other pids). */
+/**
+ * Removes temp files that a killed writer left in `dir` (writeFileAtomic's). Called at start, before
+ * this process writes anything there; one agent per state directory, so any pid's are stale (in a
+ * container the restarted agent often has the same pid as the killed one).
+ */
 export function removeStaleTemps(dir: string): number {
   if (!existsSync(dir)) return 0;
   let n = 0;
   for (const f of readdirSync(dir)) {
-    const m = /^\..+\.tmp-(\d+)$/.exec(f);
-    if (m && Number(m[1]) !== process.pid) {
+    if (/^\..+\.tmp-\d+$/.test(f)) {
       rmSync(path.join(dir, f), { force: true });
       n++;
     }
