@@ -238,6 +238,7 @@ export async function runAgent(o: AgentOptions): Promise<AgentSummary> {
     });
   }
   const droppedBase = counters.dropped;
+  let droppedSince = 0;
   const ledger = new Ledger(path.join(o.stateDir, 'ingested.log'));
   const ignore = [o.processed, o.quarantine, o.stateDir, o.models].map((d) => path.resolve(d));
   const source = new DirSource({
@@ -251,7 +252,14 @@ export async function runAgent(o: AgentOptions): Promise<AgentSummary> {
     stableMs: o.stableMs,
     onDrop: (f) => {
       counters.dropped++;
-      o.log(`dropped ${f.key}: backlog over ${o.backlog} frames (--overflow drop-oldest)`);
+      // Reported as a count every 10 s (a camera far ahead of training would flood the log otherwise).
+      if (!droppedSince++) setTimeout(() => {
+        o.log(`dropped ${droppedSince} frame(s) in 10 s (from ${f.key} on): backlog over ${o.backlog} frames (--overflow drop-oldest)`);
+        droppedSince = 0;
+      }, 10_000).unref();
+      // A dropped frame is done with like an ingested one (deleted or moved), so a camera directory
+      // does not fill up with frames nobody will read, nor the watcher's and ledger's memory with them.
+      if (afterIngest(f)) ledger.forget(f.key, f.size, f.mtimeMs);
     },
     onRefused: (p, why) => {
       counters.refused++;

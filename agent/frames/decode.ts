@@ -5,6 +5,10 @@
 import sharp from 'sharp';
 import type { Metadata, OutputInfo, Sharp } from 'sharp';
 
+// Every frame is a new image: libvips' operation cache (up to 50 MB by default) only grows the RSS of
+// a long-running agent.
+sharp.cache(false);
+
 export type Fit = 'cover' | 'letterbox';
 export const FRAME_EXTENSIONS = ['.jpg', '.jpeg', '.png', '.webp', '.bmp', '.ppm', '.pgm'];
 
