@@ -270,3 +270,7 @@ await yargs(hideBin(process.argv))
   })
   .help()
   .parseAsync();
+// The command is done: exit now rather than when every handle is gone. A watched directory that keeps
+// receiving files can keep chokidar's write-settling timers alive after it was closed (seen in the 1-hour
+// soak: a `run --max-seconds` that had checkpointed, exported and printed its summary never exited).
+process.exit(process.exitCode ?? 0);

@@ -91,7 +91,8 @@ const summary = /(\d+) frames ingested, (\d+) quarantined, (\d+) dropped, (\d+) 
 const ingested = Number(summary?.[1] ?? NaN);
 const steps = Number(summary?.[6] ?? NaN);
 // Flatness: least-squares slope of RSS after a 10% warm-up, in MB per hour, and the spread.
-const warm = samples.filter((s) => s.t >= 0.1 * wall);
+// While the agent ran: after --max-seconds it checkpoints, exports and frees memory (not part of the figure).
+const warm = samples.filter((s) => s.t >= 0.1 * seconds && s.t <= seconds);
 const mt = warm.reduce((a, s) => a + s.t, 0) / warm.length;
 const mr = warm.reduce((a, s) => a + s.rssMB, 0) / warm.length;
 const slope = (warm.reduce((a, s) => a + (s.t - mt) * (s.rssMB - mr), 0) / warm.reduce((a, s) => a + (s.t - mt) ** 2, 0)) * 3600;
@@ -102,7 +103,7 @@ const result = {
   machine: { cores: cpus().length, cpu: cpus()[0]?.model, date: new Date().toISOString() },
   minutes: wall / 60, exitCode: code, fpsWritten: fps, framesWritten: written, framesIngested: ingested, dropped: Number(summary?.[3] ?? NaN),
   quarantined: Number(summary?.[2] ?? NaN), steps, framesPerS: ingested / wall, stepsPerS: steps / wall,
-  rss: { warmupMinutes: (0.1 * wall) / 60, minMB: rssMin, maxMB: rssMax, meanMB: mr, slopeMBPerHour: slope, peakHwmMB: Math.max(...samples.map((s) => s.hwmMB)) },
+  rss: { warmupMinutes: (0.1 * seconds) / 60, minMB: rssMin, maxMB: rssMax, meanMB: mr, slopeMBPerHour: slope, peakHwmMB: Math.max(...samples.map((s) => s.hwmMB)) },
   exportsKept: exportsLeft, samples,
 };
 console.log(`\nsoak: ${(wall / 60).toFixed(1)} min on ${result.machine.cores} cores, demo stream written at ${fps} fps, exit ${code}`);
