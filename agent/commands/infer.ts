@@ -12,7 +12,7 @@ import { latestCheckpoint } from '../trainer/checkpoint.ts';
 import { ortSimilarity } from '../buffer/similarity.ts';
 import { LiveEncoder } from '../infer/live.ts';
 import type { Encoder, EncoderOutput } from '../infer/encoder.ts';
-import { decodeFrames, formatOf, JsonlSink, listFrames, openSink, stackImages, type DecodedFrame, type FrameRef, type OutFormat } from '../infer/io.ts';
+import { decodeFrames, formatOf, JsonlSink, listFrames, openSink, stackImages, type DecodedFrame, type FrameRef, type OutFormat, type RecordSink } from '../infer/io.ts';
 import { FewShot, listSupport, noveltyScores } from '../infer/fewshot.ts';
 
 export interface FrameLoopOptions {
@@ -43,8 +43,26 @@ const log = (line: string) => process.stderr.write(`${tty ? '\r\x1b[K' : ''}${li
 async function frameLoop(
   o: FrameLoopOptions,
   live: LiveEncoder,
+  sink: RecordSink,
   onBatch: (enc: Encoder, frames: DecodedFrame[]) => Promise<void>,
-  afterBatch: (frames: DecodedFrame[]) => void = () => {},
+): Promise<{ frames: number; bad: number; seconds: number }> {
+  try {
+    const r = await frameBatches(o, live, sink, onBatch);
+    sink.close();
+    return r;
+  } catch (e) {
+    sink.abort();
+    throw e;
+  } finally {
+    await live.close();
+  }
+}
+
+async function frameBatches(
+  o: FrameLoopOptions,
+  live: LiveEncoder,
+  sink: RecordSink,
+  onBatch: (enc: Encoder, frames: DecodedFrame[]) => Promise<void>,
 ): Promise<{ frames: number; bad: number; seconds: number }> {
   let frames = 0;
   let bad = 0;
@@ -65,7 +83,7 @@ async function frameLoop(
       const ok = await decodeFrames(refs, enc.size, o.fit, o.maxPixels, onBad);
       if (ok.length) await onBatch(enc, ok);
       frames += ok.length;
-      afterBatch(ok);
+      sink.sync();
     });
   };
   if (!o.watch) {
@@ -144,25 +162,11 @@ export async function embedCommand(o: EmbedOptions): Promise<void> {
   const live = await openLive(o);
   live.current.dim(o.output);
   const sink = openSink(o.out, format);
-  let r;
-  try {
-    r = await frameLoop(
-      o,
-      live,
-      async (enc, frames) => {
-        const d = enc.dim(o.output);
-        const v = await enc.runU8(stackImages(frames), frames.length, o.output);
-        frames.forEach((f, i) => sink.add({ key: f.key, path: f.path, time: new Date(f.mtimeMs).toISOString(), model: enc.version }, v.subarray(i * d, (i + 1) * d)));
-      },
-      () => sink instanceof JsonlSink && sink.sync(),
-    );
-  } catch (e) {
-    sink.abort();
-    await live.close();
-    throw e;
-  }
-  sink.close();
-  await live.close();
+  const r = await frameLoop(o, live, sink, async (enc, frames) => {
+    const d = enc.dim(o.output);
+    const v = await enc.runU8(stackImages(frames), frames.length, o.output);
+    frames.forEach((f, i) => sink.add({ key: f.key, path: f.path, time: new Date(f.mtimeMs).toISOString(), model: enc.version }, v.subarray(i * d, (i + 1) * d)));
+  });
   log(`embedded ${r.frames} frames (${r.bad} skipped) in ${r.seconds.toFixed(1)} s, ${(r.frames / Math.max(r.seconds, 1e-3)).toFixed(0)} frames/s; ${live.swaps} model reloads${o.out && o.out !== '-' ? `; wrote ${o.out}` : ''}`);
 }
 
@@ -213,35 +217,21 @@ export async function classifyCommand(o: ClassifyOptions): Promise<void> {
   await live.use(prepare);
   log(`support: ${support.frames.length} images, ${support.labels.length} labels (${support.labels.slice(0, 8).join(', ')}${support.labels.length > 8 ? ', ...' : ''})${bufferImages ? `; novelty also against ${bufferImages.count} buffer images` : ''}`);
   const counts = new Map<string, number>();
-  let r;
-  try {
-    r = await frameLoop(
-      o,
-      live,
-      async (enc, frames) => {
-        const c = await prepare(enc);
-        const v = await enc.runU8(stackImages(frames), frames.length);
-        const preds = await c.fs.classify(v);
-        const nov = o.novelty ? await noveltyScores(v, c.refs, c.fs.d, engine) : null;
-        frames.forEach((f, i) => {
-          const p = preds[i];
-          const label = o.rejectBelow !== undefined && p.score < o.rejectBelow ? 'unknown' : p.label;
-          counts.set(label, (counts.get(label) ?? 0) + 1);
-          sink.add(
-            { key: f.key, path: f.path, time: new Date(f.mtimeMs).toISOString(), model: enc.version, label, score: round(p.score), similarity: round(p.similarity), ...(label !== p.label ? { nearestLabel: p.label } : {}), ...(nov ? { novelty: round(nov[i]) } : {}) },
-            null,
-          );
-        });
-      },
-      () => sink.sync(),
-    );
-  } catch (e) {
-    sink.abort();
-    await live.close();
-    throw e;
-  }
-  sink.close();
-  await live.close();
+  const r = await frameLoop(o, live, sink, async (enc, frames) => {
+    const c = await prepare(enc);
+    const v = await enc.runU8(stackImages(frames), frames.length);
+    const preds = await c.fs.classify(v);
+    const nov = o.novelty ? await noveltyScores(v, c.refs, c.fs.d, engine) : null;
+    frames.forEach((f, i) => {
+      const p = preds[i];
+      const label = o.rejectBelow !== undefined && p.score < o.rejectBelow ? 'unknown' : p.label;
+      counts.set(label, (counts.get(label) ?? 0) + 1);
+      sink.add(
+        { key: f.key, path: f.path, time: new Date(f.mtimeMs).toISOString(), model: enc.version, label, score: round(p.score), similarity: round(p.similarity), ...(label !== p.label ? { nearestLabel: p.label } : {}), ...(nov ? { novelty: round(nov[i]) } : {}) },
+        null,
+      );
+    });
+  });
   log(`classified ${r.frames} frames (${r.bad} skipped) in ${r.seconds.toFixed(1)} s: ${[...counts].sort((a, b) => b[1] - a[1]).map(([k, v]) => `${k} ${v}`).join(', ')}`);
 }
 

@@ -113,6 +113,8 @@ export interface RecordSink {
   /** Id the next record gets. */
   readonly next: number;
   add(rec: Omit<EmbedRecord, 'id'> & Record<string, unknown>, vector: Float32Array | null): void;
+  /** Makes what was added durable (JSON lines); a matrix is only written by close(). */
+  sync(): void;
   /** Finishes the output (a matrix is written only here). */
   close(): void;
   /** After a failure: never replace an existing output with a partial one. */
@@ -200,6 +202,7 @@ export class MatrixSink implements RecordSink {
   static recordsFile(file: string): string {
     return file.replace(/\.npy$/i, '') + '.records.jsonl';
   }
+  sync(): void {}
   abort(): void {
     this.rows = [];
   }
