@@ -100,6 +100,13 @@ export interface AgentSummary {
   stoppedBy: string;
 }
 
+/** Memory in MB for the metrics: RSS beside the JS heap and buffers, so a long run shows which one grows. */
+function memMB(): { rss: number; heap: number; heapTotal: number; external: number; arrayBuffers: number } {
+  const m = process.memoryUsage();
+  const mb = (b: number) => Math.round(b / 104857.6) / 10;
+  return { rss: mb(m.rss), heap: mb(m.heapUsed), heapTotal: mb(m.heapTotal), external: mb(m.external), arrayBuffers: mb(m.arrayBuffers) };
+}
+
 function isDiskFull(e: unknown): boolean {
   const c = (e as NodeJS.ErrnoException)?.code;
   return c === 'ENOSPC' || c === 'EDQUOT';
@@ -552,6 +559,7 @@ export async function runAgent(o: AgentOptions): Promise<AgentSummary> {
               buffer: learner.buffer.size,
               nnSim: learner.buffer.meanNearestSimilarity(),
               frames: counters.framesIngested,
+              mem: memMB(),
             }) + '\n',
           );
           } catch (e) {

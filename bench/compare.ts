@@ -6,7 +6,8 @@
 // beside the random-init floor. Rows are appended to the JSON as they finish; a table is printed.
 //
 //   node --import tsx bench/compare.ts [--methods ours,empssl,minred,simclr-reservoir] [--orders seq]
-//        [--trials 0,1,2,3,4] [--per-class 450] [--updates 2] [--memory 10000] [--json bench/out/compare.json]
+//        [--trials 0,1,2,3,4] [--per-class 450] [--updates 2] [--memory 10000] [--threads N]
+//        [--json bench/out/compare.jsonl]
 
 import { appendFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { cpus, tmpdir } from 'node:os';
@@ -36,6 +37,9 @@ const { values } = parseArgs({
     updates: { type: 'string', default: '2' },
     'new-per-arrival': { type: 'string', default: '32' },
     memory: { type: 'string', default: '10000' },
+    // ORT threads per training session. Two runs at --threads 1 side by side (separate --orders and
+    // --json) gave 1.5x the crops/s of one run at 2 threads on 2 cores (bench/train-step).
+    threads: { type: 'string', default: String(cpus().length) },
     dataset: { type: 'string', default: 'cifar10' },
     data: { type: 'string', describe: 'the unpacked data set folder' } as never,
     json: { type: 'string', default: path.join(HERE, 'out/compare.jsonl') },
@@ -50,7 +54,7 @@ const test = ds === 'cifar10' ? readCifar10(dataDir, 'test') : readCifar100(data
 // Streams run over classes (CIFAR-10) or superclasses (CIFAR-100, as SCALE); kNN on the primary labels.
 const streamLabels = ds === 'cifar10' ? train.labels : train.coarse!;
 const protocol = `edge-${ds}`;
-const engine = await ortSimilarity();
+const engine = await ortSimilarity(Number(values.threads));
 const perClass = Number(values['per-class']);
 const newPer = Number(values['new-per-arrival']);
 const memRng = new Rng(12345);
@@ -87,6 +91,8 @@ interface Row {
   dataset?: string;
   final20: number;
   mean20: number;
+  /** ORT threads of the run (absent in older rows: all cores). */
+  threads?: number;
   /** Cosine between consecutive steps' gradients, one per step (the paper's Fig. 1); absent in older rows. */
   gradCos?: (number | null)[];
 }
@@ -118,7 +124,7 @@ try {
         const preset = getPreset(method.preset, [...method.sets, `seed=${trial}`, `batch=${2 * newPer}`, `agent.newPerArrival=${newPer}`]);
         const dir = path.join(work, `${mname}-${trial}`);
         writeArtifacts(compileArtifacts(preset), dir);
-        const tr = await Trainer.open(dir);
+        const tr = await Trainer.open(dir, { threads: Number(values.threads) });
         const floor = (await knn(tr))[0];
         const learner = new Learner(
           tr,
@@ -144,7 +150,7 @@ try {
             process.stderr.write(`${mname} ${order} trial ${trial}: ${Math.round((100 * a) / arrivals)}% of ${stream.length} images, ${tr.steps} steps, kNN@20 ${x.toFixed(2)} (floor ${floor.toFixed(2)})\n`);
           }
         }
-        const row: Row = { ...(ds === 'cifar10' ? {} : { dataset: ds, super20: s20 }), method: mname, order, trial, images: stream.length, steps: tr.steps, seconds: (performance.now() - t0) / 1000, floor20: floor, knn20: k20, knn50: k50, final20: k20[3], mean20: k20.reduce((p, q) => p + q, 0) / 4, gradCos: gcos };
+        const row: Row = { ...(ds === 'cifar10' ? {} : { dataset: ds, super20: s20 }), method: mname, order, trial, images: stream.length, steps: tr.steps, seconds: (performance.now() - t0) / 1000, floor20: floor, knn20: k20, knn50: k50, final20: k20[3], mean20: k20.reduce((p, q) => p + q, 0) / 4, threads: Number(values.threads), gradCos: gcos };
         rows.push(row);
         appendFileSync(values.json!, JSON.stringify(row) + '\n');
         await tr.close();

@@ -7,7 +7,7 @@
 //   node --import tsx bench/soak.ts [--minutes 60] [--fps 20] [--json bench/out/soak.json]
 
 import { spawn } from 'node:child_process';
-import { mkdirSync, mkdtempSync, readFileSync, renameSync, rmSync, writeFileSync, existsSync, readdirSync } from 'node:fs';
+import { closeSync, fstatSync, mkdirSync, mkdtempSync, openSync, readSync, renameSync, rmSync, writeFileSync, existsSync, readdirSync, readFileSync } from 'node:fs';
 import { cpus, tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -59,14 +59,37 @@ child.stdout.on('data', (c) => (out += c));
 child.stderr.on('data', (c) => (err = (err + c).slice(-200_000)));
 const exit = new Promise<number | null>((r) => child.on('exit', (code) => r(code)));
 const t0 = Date.now();
-const samples: { t: number; rssMB: number; hwmMB: number; frames: number; steps: number }[] = [];
-const lastMetric = () => {
+// heapMB/externalMB: the agent's own process.memoryUsage() from its newest metrics line, to tell a
+// JS-heap or buffer leak from native memory (ORT, libvips, the allocator) when RSS moves.
+const samples: { t: number; rssMB: number; hwmMB: number; anonMB: number; fileMB: number; frames: number; steps: number; heapMB?: number; heapTotalMB?: number; externalMB?: number }[] = [];
+let metricsRead = 0;
+let metricsTail = '';
+const lastMetric = (): { frames: number; steps: number; heapMB?: number; heapTotalMB?: number; externalMB?: number } => {
   if (!existsSync(metrics)) return { frames: 0, steps: 0 };
-  const txt = readFileSync(metrics, 'utf8');
-  const line = txt.slice(txt.lastIndexOf('\n', txt.length - 2) + 1).trim();
+  // Only the bytes appended since the last sample (the file grows by a line per step).
+  const fd = openSync(metrics, 'r');
   try {
-    const m = JSON.parse(line);
-    return { frames: m.frames as number, steps: m.step as number };
+    const size = fstatSync(fd).size;
+    if (size > metricsRead) {
+      const buf = Buffer.alloc(Math.min(size - metricsRead, 1 << 20));
+      readSync(fd, buf, 0, buf.length, size - buf.length);
+      metricsRead = size;
+      const lines = buf.toString('utf8').trim().split('\n');
+      const ok = (l: string) => {
+        try {
+          return JSON.parse(l).step !== undefined;
+        } catch {
+          return false; // a cut first line of the chunk
+        }
+      };
+      metricsTail = [...lines].reverse().find(ok) ?? metricsTail;
+    }
+  } finally {
+    closeSync(fd);
+  }
+  try {
+    const m = JSON.parse(metricsTail);
+    return { frames: m.frames as number, steps: m.step as number, heapMB: m.mem?.heap, heapTotalMB: m.mem?.heapTotal, externalMB: m.mem?.external };
   } catch {
     return { frames: 0, steps: 0 };
   }
@@ -76,7 +99,7 @@ const sampler = setInterval(() => {
     const st = readFileSync(`/proc/${child.pid}/status`, 'utf8');
     const kb = (k: string) => Number(new RegExp(`${k}:\\s+(\\d+)`).exec(st)?.[1] ?? 0);
     const m = lastMetric();
-    samples.push({ t: (Date.now() - t0) / 1000, rssMB: kb('VmRSS') / 1024, hwmMB: kb('VmHWM') / 1024, ...m });
+    samples.push({ t: (Date.now() - t0) / 1000, rssMB: kb('VmRSS') / 1024, hwmMB: kb('VmHWM') / 1024, anonMB: kb('RssAnon') / 1024, fileMB: kb('RssFile') / 1024, ...m });
     process.stderr.write(`\r${((Date.now() - t0) / 60000).toFixed(1)} min  RSS ${(kb('VmRSS') / 1024).toFixed(0)} MB  frames ${m.frames}  steps ${m.steps}  written ${written}   `);
   } catch {
     /* exited */
@@ -96,6 +119,23 @@ const warm = samples.filter((s) => s.t >= 0.1 * seconds && s.t <= seconds);
 const mt = warm.reduce((a, s) => a + s.t, 0) / warm.length;
 const mr = warm.reduce((a, s) => a + s.rssMB, 0) / warm.length;
 const slope = (warm.reduce((a, s) => a + (s.t - mt) * (s.rssMB - mr), 0) / warm.reduce((a, s) => a + (s.t - mt) ** 2, 0)) * 3600;
+// RSS saws up and down with garbage collection; a leak shows as a rising floor. So also: the lowest RSS
+// in each 10-minute window after warm-up, and the slope through those floors.
+const win = 600;
+const floors: { t: number; rssMB: number }[] = [];
+for (let w = 0.1 * seconds; w < seconds; w += win) {
+  const ws = warm.filter((x) => x.t >= w && x.t < Math.min(w + win, seconds));
+  if (ws.length >= 5) floors.push(ws.reduce((a, b) => (b.rssMB < a.rssMB ? b : a)));
+}
+const fit = (pts: { t: number; y: number }[]) => {
+  const tm = pts.reduce((a, q) => a + q.t, 0) / pts.length;
+  const ym = pts.reduce((a, q) => a + q.y, 0) / pts.length;
+  return (pts.reduce((a, q) => a + (q.t - tm) * (q.y - ym), 0) / pts.reduce((a, q) => a + (q.t - tm) ** 2, 0)) * 3600;
+};
+const floorSlope = floors.length >= 2 ? fit(floors.map((f) => ({ t: f.t, y: f.rssMB }))) : NaN;
+const withHeap = warm.filter((x) => x.heapMB !== undefined);
+const heapSlope = withHeap.length >= 2 ? fit(withHeap.map((x) => ({ t: x.t, y: x.heapMB! }))) : NaN;
+const extSlope = withHeap.length >= 2 ? fit(withHeap.map((x) => ({ t: x.t, y: x.externalMB! }))) : NaN;
 const rssMin = Math.min(...warm.map((s) => s.rssMB));
 const rssMax = Math.max(...warm.map((s) => s.rssMB));
 const exportsLeft = existsSync(path.join(root, 'models')) ? readdirSync(path.join(root, 'models')).filter((f) => /^encoder-/.test(f)).length : 0;
@@ -103,16 +143,21 @@ const result = {
   machine: { cores: cpus().length, cpu: cpus()[0]?.model, date: new Date().toISOString() },
   minutes: wall / 60, exitCode: code, fpsWritten: fps, framesWritten: written, framesIngested: ingested, dropped: Number(summary?.[3] ?? NaN),
   quarantined: Number(summary?.[2] ?? NaN), steps, framesPerS: ingested / wall, stepsPerS: steps / wall,
-  rss: { warmupMinutes: (0.1 * seconds) / 60, minMB: rssMin, maxMB: rssMax, meanMB: mr, slopeMBPerHour: slope, peakHwmMB: Math.max(...samples.map((s) => s.hwmMB)) },
+  rss: { warmupMinutes: (0.1 * seconds) / 60, minMB: rssMin, maxMB: rssMax, meanMB: mr, slopeMBPerHour: slope, floorsMB: floors.map((f) => [Math.round(f.t), Math.round(f.rssMB)]), floorSlopeMBPerHour: floorSlope, heapSlopeMBPerHour: heapSlope, externalSlopeMBPerHour: extSlope, peakHwmMB: Math.max(...samples.map((s) => s.hwmMB)) },
   exportsKept: exportsLeft, samples,
 };
 console.log(`\nsoak: ${(wall / 60).toFixed(1)} min on ${result.machine.cores} cores, demo stream written at ${fps} fps, exit ${code}`);
-console.log('| minutes | frames written | ingested | dropped (backlog 500) | frames/s | steps | steps/s | RSS after warm-up min-max MB | RSS slope MB/h | peak RSS MB |');
-console.log('|---|---|---|---|---|---|---|---|---|---|');
-console.log(`| ${(wall / 60).toFixed(1)} | ${written} | ${ingested} | ${result.dropped} | ${result.framesPerS.toFixed(2)} | ${steps} | ${result.stepsPerS.toFixed(3)} | ${rssMin.toFixed(0)}-${rssMax.toFixed(0)} | ${slope.toFixed(1)} | ${result.rss.peakHwmMB.toFixed(0)} |`);
+console.log('| minutes | frames written | ingested | dropped (backlog 500) | frames/s | steps | steps/s | RSS after warm-up min-max MB | RSS slope MB/h | 10-min RSS floors MB | floor slope MB/h | JS heap / external slope MB/h | peak RSS MB |');
+console.log('|---|---|---|---|---|---|---|---|---|---|---|---|---|');
+console.log(`| ${(wall / 60).toFixed(1)} | ${written} | ${ingested} | ${result.dropped} | ${result.framesPerS.toFixed(2)} | ${steps} | ${result.stepsPerS.toFixed(3)} | ${rssMin.toFixed(0)}-${rssMax.toFixed(0)} | ${slope.toFixed(1)} | ${floors.map((f) => f.rssMB.toFixed(0)).join(' ')} | ${floorSlope.toFixed(1)} | ${heapSlope.toFixed(1)} / ${extSlope.toFixed(1)} | ${result.rss.peakHwmMB.toFixed(0)} |`);
 mkdirSync(path.dirname(values.json!), { recursive: true });
 writeFileSync(values.json!, JSON.stringify(result, null, 1) + '\n');
-const svg = lineChart([{ name: 'agent RSS (MB)', points: samples.map((s) => [s.t / 60, s.rssMB] as [number, number]) }], { title: `soak: agent RSS over ${(wall / 60).toFixed(0)} minutes (demo stream, ${fps} fps)`, xLabel: 'minutes', yLabel: 'RSS MB' });
+const series = [{ name: 'agent RSS (MB)', points: samples.map((s) => [s.t / 60, s.rssMB] as [number, number]) }];
+if (samples.some((x) => x.heapMB !== undefined)) {
+  series.push({ name: 'JS heap used (MB)', points: samples.filter((x) => x.heapMB !== undefined).map((x) => [x.t / 60, x.heapMB!] as [number, number]) });
+  series.push({ name: 'external + array buffers (MB)', points: samples.filter((x) => x.externalMB !== undefined).map((x) => [x.t / 60, x.externalMB!] as [number, number]) });
+}
+const svg = lineChart(series, { title: `soak: agent RSS over ${(wall / 60).toFixed(0)} minutes (demo stream, ${fps} fps)`, xLabel: 'minutes', yLabel: 'RSS MB' });
 const base = values.json!.replace(/\.json$/, '');
 writeFileSync(`${base}-rss.svg`, svg);
 writeFileSync(`${base}-rss.png`, await svgToPng(svg));
