@@ -190,21 +190,36 @@ await yargs(hideBin(process.argv))
   )
   .command(
     'bench',
-    'the paper\'s comparison at an edge budget (bench/compare.ts): methods x stream orders x paired trials, kNN beside the random-init floor',
+    'the paper\'s comparison (bench/compare.ts): methods x stream orders x paired trials, kNN beside the random-init floor; edge protocols on CPU, gpu/paper protocols for a GPU',
     (y) =>
       y
-        .option('protocol', { choices: ['edge-cifar10', 'edge-cifar100'] as const, default: 'edge-cifar10' as const, describe: 'edge-cifar100 streams the 20 superclasses and reports fine and superclass kNN' })
-        .option('methods', { type: 'string', default: 'ours,empssl,minred,simclr-reservoir' })
-        .option('orders', { type: 'string', default: 'seq' })
-        .option('trials', { type: 'string', default: '0,1,2,3,4' })
-        .option('per-class', { type: 'number', default: 450 })
-        .option('updates', { type: 'number', default: 2 })
-        .option('memory', { type: 'number', default: 10000 })
+        .option('protocol', {
+          choices: ['edge-cifar10', 'edge-cifar100', 'gpu-cifar10', 'paper-cifar10', 'paper-cifar100'] as const,
+          default: 'edge-cifar10' as const,
+          describe: 'edge-*: edge encoder, reduced stream (450/class), b 32, K 2, kNN memory 10000; gpu-cifar10: ResNet-18-CIFAR, 10,000-image stream, b 100, K 1; paper-*: the full stream, b 100, K 10, memory = train split. cifar100 streams the 20 superclasses and reports fine and superclass kNN',
+        })
+        .option('methods', { type: 'string', default: 'ours,empssl,minred,simclr-reservoir', describe: 'also: ours-paper-eq, ours-buffer-replay' })
+        .option('orders', { type: 'string', default: 'seq', describe: 'seq, seq-bl, seq-im (comma-separated)' })
+        .option('trials', { type: 'string', default: '0,1,2,3,4', describe: 'paired seeds: same init, stream order, replay and crop draws across methods' })
+        .option('per-class', { type: 'string', describe: "images per class of the stream, or 'all' (default: the protocol's)" })
+        .option('updates', { type: 'number', describe: "updates per arrival for ours; 2-crop methods get more so updates x crops match (default: the protocol's)" })
+        .option('memory', { type: 'string', describe: "train images as kNN memory, or 'all' (default: the protocol's)" })
+        .option('queries', { type: 'string', describe: "test images as kNN queries, a fixed random subset, or 'all' (default: all; fewer only for quick checks)" })
+        .option('ep', { choices: ['cpu', 'cuda', 'webgpu', 'wasm'] as const, default: 'cpu' as const, describe: 'execution provider of the training steps and features' })
+        .option('threads', { type: 'number', describe: 'ORT threads (CPU); default all cores' })
+        .option('plan', { type: 'boolean', default: false, describe: 'print what each method would run (presets, stream sizes, updates x crops, done or not) and exit' })
         .option('data-dir', { type: 'string', default: DEFAULT_DATA })
-        .option('json', { type: 'string', default: path.join(REPO_ROOT, 'bench/out/compare.jsonl') }),
+        .option('json', { type: 'string', default: path.join(REPO_ROOT, 'bench/out/compare.jsonl'), describe: 'results, one JSON line per run; a run already there is skipped (resume)' }),
     async (a) => {
       const { spawnSync } = await import('node:child_process');
-      const args = ['--import', 'tsx', path.join(REPO_ROOT, 'bench/compare.ts'), '--methods', a.methods, '--orders', a.orders, '--trials', a.trials, '--per-class', String(a['per-class']), '--updates', String(a.updates), '--memory', String(a.memory), '--dataset', a.protocol === 'edge-cifar10' ? 'cifar10' : 'cifar100', '--data', path.join(a['data-dir'], a.protocol === 'edge-cifar10' ? 'cifar-10-batches-bin' : 'cifar-100-binary'), '--json', a.json];
+      const c100 = a.protocol.endsWith('cifar100');
+      const args = ['--import', 'tsx', path.join(REPO_ROOT, 'bench/compare.ts'), '--protocol', a.protocol, '--methods', a.methods, '--orders', a.orders, '--trials', a.trials, '--ep', a.ep, '--data', path.join(a['data-dir'], c100 ? 'cifar-100-binary' : 'cifar-10-batches-bin'), '--json', a.json];
+      if (a['per-class'] !== undefined) args.push('--per-class', a['per-class']);
+      if (a.updates !== undefined) args.push('--updates', String(a.updates));
+      if (a.memory !== undefined) args.push('--memory', a.memory);
+      if (a.queries !== undefined) args.push('--queries', a.queries);
+      if (a.threads !== undefined) args.push('--threads', String(a.threads));
+      if (a.plan) args.push('--plan');
       const r = spawnSync(process.execPath, args, { stdio: 'inherit' });
       process.exitCode = r.status ?? 1;
     },

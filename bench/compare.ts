@@ -1,13 +1,17 @@
-// bench/compare: the paper's comparison at an edge budget (protocol edge-cifar10, or edge-cifar100
-// with --dataset cifar100: superclass streams, kNN on fine labels and on superclasses). For each trial
+// bench/compare: the paper's comparison. Protocols: edge-cifar10 / edge-cifar100 (the edge encoder on a
+// reduced stream, minutes on 2 CPU cores; CIFAR-100 streams its 20 superclasses and reports kNN on fine
+// labels and on superclasses), gpu-cifar10 (ResNet-18-CIFAR, a 10,000-image stream) and paper-cifar10 /
+// paper-cifar100 (the paper's full scale); the last three are meant for --ep cuda. For each trial
 // (paired across methods: same encoder init, same stream order, same seeds of replay and crops) and
 // each stream order, every method learns the same reduced class-incremental stream with the same
 // budget (updates x crops), and weighted kNN (k 20, 50) is measured at 25/50/75/100% of the stream,
 // beside the random-init floor. Rows are appended to the JSON as they finish; a table is printed.
 //
-//   node --import tsx bench/compare.ts [--methods ours,empssl,minred,simclr-reservoir] [--orders seq]
-//        [--trials 0,1,2,3,4] [--per-class 450] [--updates 2] [--memory 10000] [--threads N]
-//        [--json bench/out/compare.jsonl]
+//   node --import tsx bench/compare.ts [--protocol edge-cifar10] [--methods ours,empssl,minred,simclr-reservoir]
+//        [--orders seq] [--trials 0,1,2,3,4] [--per-class N|all] [--updates K] [--memory N|all]
+//        [--queries N|all] [--ep cpu] [--threads N] [--plan] [--json bench/out/compare.jsonl]
+// --per-class, --updates, --new-per-arrival and --memory default to the protocol's; --plan prints what
+// each method would run (presets, stream sizes, updates x crops) and exits.
 
 import { appendFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { cpus, tmpdir } from 'node:os';
@@ -15,11 +19,13 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { getPreset } from '../tools/artifacts/presets.ts';
+import { ENCODERS } from '../tools/nn/encoders.ts';
 import { compileArtifacts, writeArtifacts } from '../tools/artifacts/write.ts';
 import { readCifar10, readCifar100 } from '../tools/data/cifar.ts';
 import { makeStream, streamSpec, type StreamOrder } from '../tools/data/streams.ts';
 import { Rng } from '../tools/nn/rng.ts';
 import { Trainer } from '../agent/trainer/trainer.ts';
+import type { EP } from '../agent/trainer/backend.ts';
 import { Learner, defaultLearnerConfig } from '../agent/trainer/learner.ts';
 import { ortSimilarity } from '../agent/buffer/similarity.ts';
 import { computeFeatures } from '../agent/eval/features.ts';
@@ -33,38 +39,93 @@ const { values } = parseArgs({
     methods: { type: 'string', default: 'ours,empssl,minred,simclr-reservoir' },
     orders: { type: 'string', default: 'seq' },
     trials: { type: 'string', default: '0' },
-    'per-class': { type: 'string', default: '450' },
-    updates: { type: 'string', default: '2' },
-    'new-per-arrival': { type: 'string', default: '32' },
-    memory: { type: 'string', default: '10000' },
+    protocol: { type: 'string' },
+    'per-class': { type: 'string' },
+    updates: { type: 'string' },
+    'new-per-arrival': { type: 'string' },
+    memory: { type: 'string' },
+    // Test images as kNN queries (a fixed random subset; default all): only to make smoke runs short.
+    queries: { type: 'string' },
+    ep: { type: 'string', default: 'cpu' },
+    plan: { type: 'boolean', default: false },
     // ORT threads per training session. Two runs at --threads 1 side by side (separate --orders and
     // --json) gave 1.5x the crops/s of one run at 2 threads on 2 cores (bench/train-step).
     threads: { type: 'string', default: String(cpus().length) },
-    dataset: { type: 'string', default: 'cifar10' },
+    // Older spelling: --dataset cifar100 = --protocol edge-cifar100.
+    dataset: { type: 'string' },
     data: { type: 'string', describe: 'the unpacked data set folder' } as never,
     json: { type: 'string', default: path.join(HERE, 'out/compare.jsonl') },
   },
 });
 
-if (values.dataset !== 'cifar10' && values.dataset !== 'cifar100') throw new Error(`--dataset ${values.dataset}: cifar10 or cifar100`);
-const ds = values.dataset as 'cifar10' | 'cifar100';
+interface Protocol {
+  dataset: 'cifar10' | 'cifar100';
+  /** Which presets the methods use: the edge encoder or ResNet-18-CIFAR at the paper's settings. */
+  scale: 'edge' | 'paper';
+  perClass: number;
+  newPer: number;
+  updates: number;
+  /** Train images used as kNN memory (Infinity: the full split). */
+  memory: number;
+}
+const PROTOCOLS: Record<string, Protocol> = {
+  // b = 32 new + 32 replay, K = 2: about 5 minutes a cell on 2 CPU cores.
+  'edge-cifar10': { dataset: 'cifar10', scale: 'edge', perClass: 450, newPer: 32, updates: 2, memory: 10000 },
+  'edge-cifar100': { dataset: 'cifar100', scale: 'edge', perClass: 450, newPer: 32, updates: 2, memory: 10000 },
+  // 1,000 per class = a 10,000-image stream; K = 1 is a first guess until GPU step times are measured.
+  'gpu-cifar10': { dataset: 'cifar10', scale: 'paper', perClass: 1000, newPer: 100, updates: 1, memory: Infinity },
+  // The paper: every image of the stream, b = 100, K = 10, memory = the full train split.
+  'paper-cifar10': { dataset: 'cifar10', scale: 'paper', perClass: Infinity, newPer: 100, updates: 10, memory: Infinity },
+  'paper-cifar100': { dataset: 'cifar100', scale: 'paper', perClass: Infinity, newPer: 100, updates: 10, memory: Infinity },
+};
+if (values.dataset !== undefined && values.dataset !== 'cifar10' && values.dataset !== 'cifar100') throw new Error(`--dataset ${values.dataset}: cifar10 or cifar100`);
+const protocol = values.protocol ?? `edge-${values.dataset ?? 'cifar10'}`;
+const P = PROTOCOLS[protocol];
+if (!P) throw new Error(`--protocol ${protocol}: unknown (accepted: ${Object.keys(PROTOCOLS).join(', ')})`);
+if (values.dataset !== undefined && values.dataset !== P.dataset) throw new Error(`--dataset ${values.dataset} contradicts --protocol ${protocol}`);
+const ds = P.dataset;
+const count = (flag: string, v: string | undefined, dflt: number) => {
+  if (v === undefined) return dflt;
+  if (v === 'all') return Infinity;
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < 1) throw new Error(`--${flag} ${v}: a positive whole number${flag === 'updates' || flag === 'new-per-arrival' ? '' : " or 'all'"}`);
+  return n;
+};
+const perClass = count('per-class', values['per-class'], P.perClass);
+const newPer = count('new-per-arrival', values['new-per-arrival'], P.newPer);
+const updatesK = count('updates', values.updates, P.updates);
+const memoryN = count('memory', values.memory, P.memory);
+if (!Number.isFinite(newPer) || !Number.isFinite(updatesK)) throw new Error('--new-per-arrival and --updates take a number');
+const EPS = ['cpu', 'cuda', 'webgpu', 'wasm'];
+if (!EPS.includes(values.ep!)) throw new Error(`--ep ${values.ep}: accepted ${EPS.join(', ')}`);
 const dataDir = (values.data as string | undefined) ?? path.resolve(HERE, '../../shared/data', ds === 'cifar10' ? 'cifar-10-batches-bin' : 'cifar-100-binary');
-const train = ds === 'cifar10' ? readCifar10(dataDir, 'train') : readCifar100(dataDir, 'train');
-const test = ds === 'cifar10' ? readCifar10(dataDir, 'test') : readCifar100(dataDir, 'test');
+const [train, test] = (() => {
+  try {
+    return ds === 'cifar10' ? [readCifar10(dataDir, 'train'), readCifar10(dataDir, 'test')] : [readCifar100(dataDir, 'train'), readCifar100(dataDir, 'test')];
+  } catch (e) {
+    console.error(`compare: ${(e as Error).message}`);
+    process.exit(2);
+  }
+})();
 // Streams run over classes (CIFAR-10) or superclasses (CIFAR-100, as SCALE); kNN on the primary labels.
 const streamLabels = ds === 'cifar10' ? train.labels : train.coarse!;
-const protocol = `edge-${ds}`;
 const engine = await ortSimilarity(Number(values.threads));
-const perClass = Number(values['per-class']);
-const newPer = Number(values['new-per-arrival']);
 const memRng = new Rng(12345);
 const memIdx = [...Array(train.count).keys()];
-for (let i = 0; i < Number(values.memory); i++) {
+const memN = Math.min(memoryN, train.count);
+for (let i = 0; i < memN; i++) {
   const j = i + memRng.int(train.count - i);
   [memIdx[i], memIdx[j]] = [memIdx[j], memIdx[i]];
 }
-memIdx.length = Number(values.memory);
+memIdx.length = memN;
 const qIdx = [...Array(test.count).keys()];
+const qN = Math.min(count('queries', values.queries, Infinity), test.count);
+const qRng = new Rng(54321);
+for (let i = 0; i < qN && qN < test.count; i++) {
+  const j = i + qRng.int(test.count - i);
+  [qIdx[i], qIdx[j]] = [qIdx[j], qIdx[i]];
+}
+qIdx.length = qN;
 
 async function knn(tr: Trainer): Promise<[number, number, number?]> {
   const m = { dim: tr.manifest.preset.encoder.widths.at(-1)!, run: async (x: Float32Array, c: number) => (await tr.embed(x, c)).features, close: async () => {} };
@@ -91,6 +152,12 @@ interface Row {
   dataset?: string;
   final20: number;
   mean20: number;
+  /** kNN memory (train) and query (test) image counts; absent in older rows: 10000 and 10000. */
+  memory?: number;
+  queries?: number;
+  /** Absent: edge-<dataset>. */
+  protocol?: string;
+  ep?: string;
   /** ORT threads of the run (absent in older rows: all cores). */
   threads?: number;
   /** Cosine between consecutive steps' gradients, one per step (the paper's Fig. 1); absent in older rows. */
@@ -98,8 +165,12 @@ interface Row {
 }
 
 mkdirSync(path.dirname(values.json!), { recursive: true });
-// Rows of this data set only (one JSON file may hold both protocols).
-const rows: Row[] = (existsSync(values.json!) ? readFileSync(values.json!, 'utf8').trim().split('\n').filter(Boolean).map((l) => JSON.parse(l) as Row) : []).filter((r) => (r.dataset ?? 'cifar10') === ds);
+// Rows of this protocol only (one JSON file may hold several; older rows name only their data set).
+const rowProtocol = (r: Row) => r.protocol ?? `edge-${r.dataset ?? 'cifar10'}`;
+const rows: Row[] = (existsSync(values.json!) ? readFileSync(values.json!, 'utf8').trim().split('\n').filter(Boolean).map((l) => JSON.parse(l) as Row) : []).filter((r) => rowProtocol(r) === protocol);
+// Identical budget: updates x crops per arrival equal to ours' at the same scale.
+const refCrops = getPreset(P.scale === 'edge' ? METHODS.ours.preset : METHODS.ours.paperPreset).crops;
+const planned: string[][] = [];
 const work = mkdtempSync(path.join(tmpdir(), 'ssocl-compare-'));
 try {
   for (const trial of values.trials!.split(',').map(Number)) {
@@ -120,18 +191,26 @@ try {
       for (const mname of values.methods!.split(',')) {
         const method = METHODS[mname];
         if (!method) throw new Error(`--methods: unknown '${mname}' (accepted: ${Object.keys(METHODS).join(', ')})`);
-        if (rows.some((r) => r.method === mname && r.order === order && r.trial === trial && (r.dataset ?? 'cifar10') === ds)) continue; // resumable
-        const preset = getPreset(method.preset, [...method.sets, `seed=${trial}`, `batch=${2 * newPer}`, `agent.newPerArrival=${newPer}`]);
+        const [pname, psets] = P.scale === 'edge' ? [method.preset, method.sets] : [method.paperPreset, method.paperSets];
+        const preset = getPreset(pname, [...psets, `seed=${trial}`, `batch=${2 * newPer}`, `agent.newPerArrival=${newPer}`]);
+        const updates = Math.round((updatesK * refCrops) / preset.crops);
+        const arrivals = Math.floor(stream.length / newPer);
+        // Done only with the same stream length and kNN sets (older rows: the edge protocol's 10000 and 10000).
+        const done = rows.some((r) => r.method === mname && r.order === order && r.trial === trial && r.images === stream.length && (r.memory ?? 10000) === memIdx.length && (r.queries ?? 10000) === qIdx.length);
+        if (values.plan) {
+          planned.push([mname, order, String(trial), pname, Object.keys(ENCODERS).find((k) => JSON.stringify(ENCODERS[k]) === JSON.stringify(preset.encoder)) ?? 'custom', String(preset.crops), String(preset.batch), String(updates), String(updates * preset.crops * preset.batch), String(stream.length), String(arrivals), String(arrivals * updates), done ? 'done' : 'to run']);
+          continue;
+        }
+        if (done) continue; // resumable
         const dir = path.join(work, `${mname}-${trial}`);
         writeArtifacts(compileArtifacts(preset), dir);
-        const tr = await Trainer.open(dir, { threads: Number(values.threads) });
+        const tr = await Trainer.open(dir, { ep: values.ep as EP, ...(values.ep === 'cpu' ? { threads: Number(values.threads) } : {}) });
         const floor = (await knn(tr))[0];
         const learner = new Learner(
           tr,
-          defaultLearnerConfig(tr, { updates: Math.round(Number(values.updates) * method.updatesScale), replay: method.replay, buffer: { capacity: 256, policy: method.buffer, alpha: 0.5 }, seed: trial }),
+          defaultLearnerConfig(tr, { updates, replay: method.replay, buffer: { capacity: 256, policy: method.buffer, alpha: 0.5 }, seed: trial }),
           engine,
         );
-        const arrivals = Math.floor(stream.length / newPer);
         const marks = [0.25, 0.5, 0.75, 1].map((f) => Math.round(f * arrivals));
         const k20: number[] = [];
         const s20: number[] = [];
@@ -150,7 +229,7 @@ try {
             process.stderr.write(`${mname} ${order} trial ${trial}: ${Math.round((100 * a) / arrivals)}% of ${stream.length} images, ${tr.steps} steps, kNN@20 ${x.toFixed(2)} (floor ${floor.toFixed(2)})\n`);
           }
         }
-        const row: Row = { ...(ds === 'cifar10' ? {} : { dataset: ds, super20: s20 }), method: mname, order, trial, images: stream.length, steps: tr.steps, seconds: (performance.now() - t0) / 1000, floor20: floor, knn20: k20, knn50: k50, final20: k20[3], mean20: k20.reduce((p, q) => p + q, 0) / 4, threads: Number(values.threads), gradCos: gcos };
+        const row: Row = { ...(ds === 'cifar10' ? {} : { dataset: ds, super20: s20 }), ...(protocol.startsWith('edge-') ? {} : { protocol, ep: values.ep }), method: mname, order, trial, images: stream.length, steps: tr.steps, seconds: (performance.now() - t0) / 1000, floor20: floor, knn20: k20, knn50: k50, final20: k20[3], mean20: k20.reduce((p, q) => p + q, 0) / 4, memory: memIdx.length, queries: qIdx.length, threads: Number(values.threads), gradCos: gcos };
         rows.push(row);
         appendFileSync(values.json!, JSON.stringify(row) + '\n');
         await tr.close();
@@ -160,6 +239,13 @@ try {
   }
 } finally {
   rmSync(work, { recursive: true, force: true });
+}
+if (values.plan) {
+  const head = ['method', 'order', 'trial', 'preset', 'encoder', 'crops', 'batch', 'updates/arrival', 'crop-passes/arrival', 'images', 'arrivals', 'updates (planned)', 'status'];
+  console.log(`${protocol}: ${newPer} new images per arrival, kNN memory ${memIdx.length} train images, ${qIdx.length} test queries, ep ${values.ep}`);
+  console.log(`| ${head.join(' | ')} |\n|${head.map(() => '---').join('|')}|`);
+  for (const r of planned) console.log(`| ${r.join(' | ')} |`);
+  process.exit(0);
 }
 
 // Table: mean +- std over trials, with the floor and the paired gain.

@@ -1,0 +1,97 @@
+// `ssocl bench` (bench/compare.ts): each protocol's plan (stream sizes computed here from the DESIGN's
+// class counts, the same updates x crops for every method, resume status) and a small real run whose
+// rows are paired (same random-init floor) and skipped when run again.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { REPO, CIFAR10_DIR } from './helpers/paths.ts';
+
+const skip = !existsSync(path.join(CIFAR10_DIR, 'test_batch.bin')) && 'no CIFAR-10';
+const root = mkdtempSync(path.join(tmpdir(), 'ssocl-compare-'));
+process.on('exit', () => rmSync(root, { recursive: true, force: true }));
+
+function bench(args: string[]) {
+  return spawnSync(process.execPath, [path.join(REPO, 'bin/ssocl.mjs'), 'bench', '--data-dir', path.dirname(CIFAR10_DIR), ...args], { encoding: 'utf8' });
+}
+
+function planRows(out: string): Record<string, string>[] {
+  const lines = out.split('\n').filter((l) => l.startsWith('| '));
+  const head = lines[0].slice(2, -2).split(' | ');
+  return lines.slice(1).map((l) => Object.fromEntries(l.slice(2, -2).split(' | ').map((v, i) => [head[i], v])));
+}
+
+// DESIGN.md section 5: CIFAR-10 Seq asks 4096 a class (5000 exist); Seq-im asks these.
+const SEQ_IM = [2048, 4096, 2048, 4096, 2048, 2048, 4096, 2048, 2048, 4096];
+
+test('bench --plan: stream sizes, presets and one budget (updates x crops) per protocol; done rows marked', { skip }, () => {
+  const json = path.join(root, 'plan.jsonl');
+  // An older edge row (no protocol field) for ours/seq/trial 1: done for edge-cifar10 only.
+  writeFileSync(json, JSON.stringify({ method: 'ours', order: 'seq', trial: 1, images: 4500, steps: 1, seconds: 1, floor20: 1, knn20: [1, 1, 1, 1], knn50: [1, 1, 1, 1], final20: 1, mean20: 1 }) + '\n');
+  const expect: Record<string, { perClass: number; b: number; k: number; scale: string }> = {
+    'edge-cifar10': { perClass: 450, b: 32, k: 2, scale: 'edge' },
+    'gpu-cifar10': { perClass: 1000, b: 100, k: 1, scale: 'paper' },
+    'paper-cifar10': { perClass: 4096, b: 100, k: 10, scale: 'paper' },
+  };
+  for (const [protocol, e] of Object.entries(expect)) {
+    const r = bench(['--protocol', protocol, '--plan', '--methods', 'ours,ours-paper-eq,empssl,minred,simclr-reservoir', '--orders', 'seq,seq-im', '--trials', '1', '--json', json]);
+    assert.equal(r.status, 0, r.stderr);
+    const rows = planRows(r.stdout);
+    assert.equal(rows.length, 10, r.stdout);
+    // Reduced streams keep the imbalance: each class gets its share of perClass for the largest class.
+    const seqIm = SEQ_IM.reduce((a, n) => a + Math.round((n * Math.min(e.perClass, 4096)) / 4096), 0);
+    for (const row of rows) {
+      const images = row.order === 'seq' ? 10 * e.perClass : seqIm;
+      assert.equal(Number(row.images), images, `${protocol} ${row.order}`);
+      assert.equal(Number(row.arrivals), Math.floor(images / e.b));
+      assert.equal(Number(row.batch), 2 * e.b);
+      const twoView = row.method === 'minred' || row.method === 'simclr-reservoir';
+      const oursCrops = e.scale === 'edge' ? 4 : 20;
+      assert.equal(Number(row.crops), twoView ? 2 : oursCrops);
+      assert.equal(Number(row['updates/arrival']), twoView ? (e.k * oursCrops) / 2 : e.k);
+      assert.equal(Number(row['crop-passes/arrival']), e.k * oursCrops * 2 * e.b, `${protocol} ${row.method}: same budget as ours`);
+      assert.equal(row.encoder, e.scale === 'edge' ? 'resnet-edge' : 'resnet18-cifar');
+      const done = protocol === 'edge-cifar10' && row.method === 'ours' && row.order === 'seq';
+      assert.equal(row.status, done ? 'done' : 'to run', `${protocol} ${row.method} ${row.order}`);
+    }
+    assert.match(r.stdout, new RegExp(`${protocol}: ${e.b} new images per arrival, kNN memory ${e.scale === 'edge' ? 10000 : 50000} train images, 10000 test queries`));
+  }
+  const bad = bench(['--protocol', 'edge-cifar10', '--plan', '--per-class', '0', '--json', json]);
+  assert.equal(bad.status, 1);
+  assert.match(bad.stderr, /--per-class 0: a positive whole number or 'all'/);
+});
+
+test('bench runs paired methods on a small edge stream, appends a row each, and skips them when run again', { skip }, () => {
+  const json = path.join(root, 'run.jsonl');
+  const mk = (queries: string) => ['--methods', 'ours,simclr-reservoir', '--orders', 'seq', '--trials', '0', '--per-class', '20', '--memory', '300', '--queries', queries, '--threads', '1', '--json', json];
+  const args = mk('500');
+  const r = bench(args);
+  assert.equal(r.status, 0, r.stderr);
+  const rows = readFileSync(json, 'utf8').trim().split('\n').map((l) => JSON.parse(l));
+  assert.equal(rows.length, 2);
+  const [ours, simclr] = rows;
+  assert.deepEqual([ours.method, simclr.method], ['ours', 'simclr-reservoir']);
+  // Paired: the same encoder init, so the same random-init floor.
+  assert.equal(ours.floor20, simclr.floor20);
+  for (const row of rows) {
+    assert.deepEqual([row.images, row.memory, row.queries], [200, 300, 500]);
+    assert.equal(row.knn20.length, 4);
+    for (const v of [...row.knn20, ...row.knn50, row.floor20]) assert.ok(v >= 0 && v <= 100 && v > 5, String(v)); // 10 classes
+    assert.equal(row.final20, row.knn20[3]);
+    assert.ok(Math.abs(row.mean20 - row.knn20.reduce((a: number, b: number) => a + b, 0) / 4) < 1e-9);
+    assert.equal(row.gradCos.length, row.steps);
+  }
+  // 6 arrivals of 32: ours up to 2 updates each, SimCLR (2 crops) up to 4, from its buffer.
+  assert.ok(ours.steps > 0 && ours.steps <= 12, String(ours.steps));
+  assert.ok(simclr.steps > ours.steps && simclr.steps <= 24, String(simclr.steps));
+  assert.match(r.stdout, /\| ours \| seq \| 1 \|/);
+  const again = bench(args);
+  assert.equal(again.status, 0, again.stderr);
+  assert.equal(readFileSync(json, 'utf8').trim().split('\n').length, 2, 'nothing run twice');
+  // Other kNN sets are other runs, not these: the plan shows them as still to run.
+  const plan = bench([...mk('600'), '--plan']);
+  assert.equal(plan.status, 0, plan.stderr);
+  assert.deepEqual(planRows(plan.stdout).map((x) => x.status), ['to run', 'to run']);
+});
