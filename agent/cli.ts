@@ -208,6 +208,7 @@ await yargs(hideBin(process.argv))
         .option('ep', { choices: ['cpu', 'cuda', 'webgpu', 'wasm'] as const, default: 'cpu' as const, describe: 'execution provider of the training steps and features' })
         .option('threads', { type: 'number', describe: 'ORT threads (CPU); default all cores' })
         .option('plan', { type: 'boolean', default: false, describe: 'print what each method would run (presets, stream sizes, updates x crops, done or not) and exit' })
+        .option('report', { type: 'boolean', default: false, describe: 'print the tables and draw the charts of the rows already in --json; run nothing' })
         .option('data-dir', { type: 'string', default: DEFAULT_DATA })
         .option('json', { type: 'string', default: path.join(REPO_ROOT, 'bench/out/compare.jsonl'), describe: 'results, one JSON line per run; a run already there is skipped (resume)' }),
     async (a) => {
@@ -220,6 +221,7 @@ await yargs(hideBin(process.argv))
       if (a.queries !== undefined) args.push('--queries', a.queries);
       if (a.threads !== undefined) args.push('--threads', String(a.threads));
       if (a.plan) args.push('--plan');
+      if (a.report) args.push('--report');
       const r = spawnSync(process.execPath, args, { stdio: 'inherit' });
       process.exitCode = r.status ?? 1;
     },

@@ -9,9 +9,10 @@
 //
 //   node --import tsx bench/compare.ts [--protocol edge-cifar10] [--methods ours,empssl,minred,simclr-reservoir]
 //        [--orders seq] [--trials 0,1,2,3,4] [--per-class N|all] [--updates K] [--memory N|all]
-//        [--queries N|all] [--ep cpu] [--threads N] [--plan] [--json bench/out/compare.jsonl]
+//        [--queries N|all] [--ep cpu] [--threads N] [--plan | --report] [--json bench/out/compare.jsonl]
 // --per-class, --updates, --new-per-arrival and --memory default to the protocol's; --plan prints what
-// each method would run (presets, stream sizes, updates x crops) and exits.
+// each method would run (presets, stream sizes, updates x crops) and exits; --report prints the tables
+// and draws the charts of the rows already in --json without running anything.
 
 import { appendFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { cpus, tmpdir } from 'node:os';
@@ -48,6 +49,7 @@ const { values } = parseArgs({
     queries: { type: 'string' },
     ep: { type: 'string', default: 'cpu' },
     plan: { type: 'boolean', default: false },
+    report: { type: 'boolean', default: false },
     // ORT threads per training session. Two runs at --threads 1 side by side (separate --orders and
     // --json) gave 1.5x the crops/s of one run at 2 threads on 2 cores (bench/train-step).
     threads: { type: 'string', default: String(cpus().length) },
@@ -173,7 +175,8 @@ const refCrops = getPreset(P.scale === 'edge' ? METHODS.ours.preset : METHODS.ou
 const planned: string[][] = [];
 const work = mkdtempSync(path.join(tmpdir(), 'ssocl-compare-'));
 try {
-  for (const trial of values.trials!.split(',').map(Number)) {
+  // --report: the tables and charts of the rows already in --json; nothing is run.
+  for (const trial of values.report ? [] : values.trials!.split(',').map(Number)) {
     for (const order of values.orders!.split(',') as StreamOrder[]) {
       const full = makeStream(streamSpec(ds, order, streamLabels, trial));
       // Reduced stream: the same procedure's order, each class cut to its first share: per-class for
