@@ -2,7 +2,7 @@
 // the learner (buffer + K compiled steps) -> checkpoints, exports, metrics. Resumes from the newest
 // checkpoint; SIGINT/SIGTERM finish the current step, checkpoint, export and exit.
 
-import { statSync, appendFileSync, copyFileSync, existsSync, lstatSync, mkdirSync, realpathSync, renameSync, rmSync, unlinkSync, writeFileSync, accessSync, constants } from 'node:fs';
+import { readdirSync, statSync, appendFileSync, copyFileSync, existsSync, lstatSync, mkdirSync, realpathSync, renameSync, rmSync, unlinkSync, writeFileSync, accessSync, constants } from 'node:fs';
 import path from 'node:path';
 import { Trainer } from './trainer/trainer.ts';
 import { SessionRunError, type EP } from './trainer/backend.ts';
@@ -141,6 +141,26 @@ function moveFile(from: string, to: string): void {
   }
 }
 
+/** Regular files under dir, recursively (none if it does not exist). */
+function listFiles(dir: string): string[] {
+  const out: string[] = [];
+  const walk = (d: string) => {
+    let entries;
+    try {
+      entries = readdirSync(d, { withFileTypes: true });
+    } catch {
+      return;
+    }
+    for (const e of entries) {
+      const abs = path.join(d, e.name);
+      if (e.isDirectory()) walk(abs);
+      else if (e.isFile()) out.push(abs);
+    }
+  };
+  walk(dir);
+  return out;
+}
+
 function uniqueTarget(dir: string, rel: string): string {
   let target = path.join(dir, rel);
   for (let k = 1; existsSync(target); k++) {
@@ -273,6 +293,53 @@ export async function runAgent(o: AgentOptions): Promise<AgentSummary> {
       o.log(`refused ${p}: ${why}`);
     },
   });
+
+  // With --after-ingest delete|move, a frame leaves the watched directory as soon as it is read, into
+  // <state>/held/, and is deleted or moved from there once a checkpoint holds what was learnt from it.
+  // Left in the watched directory until then (minutes), it would keep a watcher and a stat poll each:
+  // the one-hour soak saw RSS saw-tooth 40-60 MB between checkpoints with ~2000 frames waiting.
+  const heldDir = path.join(o.stateDir, 'held');
+  let holding = !!watch && o.afterIngest !== 'keep';
+  // Held by a run that stopped before its checkpoint: back where they were, to be taken again; those
+  // its checkpoint did hold (in the ledger) are finished as --after-ingest says. Called before watching.
+  const restoreHeld = () => {
+    if (!watch || !existsSync(heldDir)) return;
+    let back = 0;
+    let finished = 0;
+    for (const abs of listFiles(heldDir)) {
+      const key = path.relative(heldDir, abs);
+      try {
+        const st = statSync(abs);
+        const f: FileFrame = { key, path: abs, size: st.size, mtimeMs: st.mtimeMs, arrival: Date.now() };
+        if (ledger.has(key, st.size, st.mtimeMs) && o.afterIngest !== 'keep') {
+          if (afterIngest(f)) ledger.forget(key, st.size, st.mtimeMs);
+          finished++;
+        } else {
+          moveFile(abs, uniqueTarget(watch, key)); // a new name if one of its name came meanwhile
+          back++;
+        }
+      } catch (e) {
+        o.log(`could not return held frame ${abs}: ${(e as Error).message}`);
+      }
+    }
+    if (back) o.log(`${back} frame(s) read by a run that stopped before its checkpoint are back in ${watch}`);
+    if (finished) o.log(`${finished} frame(s) the last checkpoint holds were finished (--after-ingest ${o.afterIngest})`);
+  };
+  const hold = (f: FileFrame) => {
+    if (!holding) return;
+    const to = path.join(heldDir, f.key);
+    try {
+      mkdirSync(path.dirname(to), { recursive: true });
+      renameSync(f.path, to);
+      f.path = to;
+    } catch (e) {
+      const code = (e as NodeJS.ErrnoException).code;
+      if (code === 'EXDEV') {
+        holding = false;
+        o.log(`--state ${o.stateDir} is on another filesystem than ${watch}: frames stay in the watched directory until the checkpoint`);
+      } else if (code !== 'ENOENT') o.log(`could not hold ${f.key} in ${heldDir} (${code ?? (e as Error).message}); it stays in place until the checkpoint`);
+    }
+  };
 
   let stopReason = '';
   const stop = (why: string) => {
@@ -435,7 +502,10 @@ export async function runAgent(o: AgentOptions): Promise<AgentSummary> {
   };
 
   if (camera) camera.start();
-  else if (!dataset) await source.start();
+  else if (!dataset) {
+    restoreHeld();
+    await source.start();
+  }
   o.log(`${dataset ? `replaying ${o.dataset!.label} (${dataset.remaining} frames left)` : camera ? `reading ${o.camera!.input} through ffmpeg${o.camera!.fps ? ` at ${o.camera!.fps} fps` : ''}${counters.cameraPosition ? ` from frame ${counters.cameraPosition + 1}` : ''}` : `watching ${watch} (${source.pending} frames waiting)`}; training ${m.name} on ${trainer.ep}: ${newPer} new images per arrival, ${learnerCfg.updates} updates, buffer ${learnerCfg.buffer.capacity} (${learnerCfg.buffer.policy}), replay ${learnerCfg.replay}`);
 
   let pending: { key: string; image: Uint8Array }[] = [];
@@ -510,6 +580,7 @@ export async function runAgent(o: AgentOptions): Promise<AgentSummary> {
         }
         // Recorded in the ledger (and moved/deleted) only once a checkpoint holds what was learnt from it:
         // after a crash it is taken again instead of being lost.
+        hold(f);
         uncommitted.push(f);
         counters.framesIngested++;
         pending.push({ key: f.key, image });
