@@ -90,6 +90,13 @@ test('bench runs paired methods on a small edge stream, appends a row each, and 
   const again = bench(args);
   assert.equal(again.status, 0, again.stderr);
   assert.equal(readFileSync(json, 'utf8').trim().split('\n').length, 2, 'nothing run twice');
+  // --report: the tables and charts from the rows there, nothing run.
+  const rep = bench(['--report', '--json', json]);
+  assert.equal(rep.status, 0, rep.stderr);
+  assert.match(rep.stdout, /\| ours \| seq \| 1 \| /);
+  assert.match(rep.stdout, /\| simclr-reservoir \| -?\d+\.\d\d \(1\) \|/); // ours minus SimCLR, one pair
+  assert.ok(existsSync(json.replace(/\.jsonl$/, '-seq.png')) && existsSync(json.replace(/\.jsonl$/, '-seq-gradcos.svg')));
+  assert.equal(readFileSync(json, 'utf8').trim().split('\n').length, 2);
   // Other kNN sets are other runs, not these: the plan shows them as still to run.
   const plan = bench([...mk('600'), '--plan']);
   assert.equal(plan.status, 0, plan.stderr);
