@@ -34,6 +34,7 @@ export async function download(url: string, dest: string, progress?: (got: numbe
   const part = `${dest}.part`;
   const have = existsSync(part) ? statSync(part).size : 0;
   await new Promise<void>((resolve, reject) => {
+    let midBody: ((e: Error) => void) | null = null;
     const lib = url.startsWith('https:') ? https : http;
     const req = lib.get(url, { headers: have ? { Range: `bytes=${have}-` } : {} }, (res) => {
       const code = res.statusCode ?? 0;
@@ -63,17 +64,34 @@ export async function download(url: string, dest: string, progress?: (got: numbe
         progress?.(got, total);
       });
       res.pipe(out);
-      res.on('aborted', () => reject(new Error(`GET ${url}: connection closed after ${got} bytes (run again to resume)`)));
-      res.on('error', reject);
+      // A dropped connection: finish writing what came (the next run resumes from the .part's size, so
+      // rejecting before the flush would make it ask for bytes it already had) and close the file.
+      let failed: Error | null = null;
+      const fail = (e: Error) => {
+        if (failed) return;
+        failed = e;
+        res.unpipe(out);
+        out.end();
+      };
+      midBody = fail;
+      res.on('aborted', () => fail(new Error(`GET ${url}: connection closed after ${got} bytes (run again to resume)`)));
+      res.on('error', (e) => fail(e));
+      out.on('error', (e) => reject(new Error(`writing ${part}: ${e.message}`)));
       out.on('finish', () => {
-        if (total !== null && got < total) reject(new Error(`GET ${url}: got ${got} of ${total} bytes (run again to resume)`));
+        if (failed) reject(failed);
+        else if (total !== null && got < total) reject(new Error(`GET ${url}: got ${got} of ${total} bytes (run again to resume)`));
         else {
           renameSync(part, dest);
           resolve();
         }
       });
     });
-    req.on('error', (e) => reject(new Error(`GET ${url}: ${e.message} (run again to resume)`)));
+    req.on('error', (e) => {
+      const err = new Error(`GET ${url}: ${e.message} (run again to resume)`);
+      // Mid-body: the same flush-then-reject as a dropped response.
+      if (midBody) midBody(err);
+      else reject(err);
+    });
   });
 }
 
