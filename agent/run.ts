@@ -141,26 +141,6 @@ function moveFile(from: string, to: string): void {
   }
 }
 
-/** Regular files under dir, recursively (none if it does not exist). */
-function listFiles(dir: string): string[] {
-  const out: string[] = [];
-  const walk = (d: string) => {
-    let entries;
-    try {
-      entries = readdirSync(d, { withFileTypes: true });
-    } catch {
-      return;
-    }
-    for (const e of entries) {
-      const abs = path.join(d, e.name);
-      if (e.isDirectory()) walk(abs);
-      else if (e.isFile()) out.push(abs);
-    }
-  };
-  walk(dir);
-  return out;
-}
-
 function uniqueTarget(dir: string, rel: string): string {
   let target = path.join(dir, rel);
   for (let k = 1; existsSync(target); k++) {
@@ -306,10 +286,11 @@ export async function runAgent(o: AgentOptions): Promise<AgentSummary> {
     if (!watch || !existsSync(heldDir)) return;
     let back = 0;
     let finished = 0;
-    for (const abs of listFiles(heldDir)) {
-      const key = path.relative(heldDir, abs);
+    for (const key of readdirSync(heldDir, { recursive: true, encoding: 'utf8' })) {
+      const abs = path.join(heldDir, key);
       try {
-        const st = statSync(abs);
+        const st = lstatSync(abs);
+        if (!st.isFile()) continue;
         const f: FileFrame = { key, path: abs, size: st.size, mtimeMs: st.mtimeMs, arrival: Date.now() };
         if (ledger.has(key, st.size, st.mtimeMs) && o.afterIngest !== 'keep') {
           if (afterIngest(f)) ledger.forget(key, st.size, st.mtimeMs);

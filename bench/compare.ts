@@ -86,18 +86,17 @@ const P = PROTOCOLS[protocol];
 if (!P) throw new Error(`--protocol ${protocol}: unknown (accepted: ${Object.keys(PROTOCOLS).join(', ')})`);
 if (values.dataset !== undefined && values.dataset !== P.dataset) throw new Error(`--dataset ${values.dataset} contradicts --protocol ${protocol}`);
 const ds = P.dataset;
-const count = (flag: string, v: string | undefined, dflt: number) => {
+const count = (flag: string, v: string | undefined, dflt: number, all = true) => {
   if (v === undefined) return dflt;
-  if (v === 'all') return Infinity;
+  if (v === 'all' && all) return Infinity;
   const n = Number(v);
-  if (!Number.isInteger(n) || n < 1) throw new Error(`--${flag} ${v}: a positive whole number${flag === 'updates' || flag === 'new-per-arrival' ? '' : " or 'all'"}`);
+  if (!Number.isInteger(n) || n < 1) throw new Error(`--${flag} ${v}: a positive whole number${all ? " or 'all'" : ''}`);
   return n;
 };
 const perClass = count('per-class', values['per-class'], P.perClass);
-const newPer = count('new-per-arrival', values['new-per-arrival'], P.newPer);
-const updatesK = count('updates', values.updates, P.updates);
+const newPer = count('new-per-arrival', values['new-per-arrival'], P.newPer, false);
+const updatesK = count('updates', values.updates, P.updates, false);
 const memoryN = count('memory', values.memory, P.memory);
-if (!Number.isFinite(newPer) || !Number.isFinite(updatesK)) throw new Error('--new-per-arrival and --updates take a number');
 const EPS = ['cpu', 'cuda', 'webgpu', 'wasm'];
 if (!EPS.includes(values.ep!)) throw new Error(`--ep ${values.ep}: accepted ${EPS.join(', ')}`);
 const dataDir = (values.data as string | undefined) ?? path.resolve(HERE, '../../shared/data', ds === 'cifar10' ? 'cifar-10-batches-bin' : 'cifar-100-binary');
@@ -112,22 +111,19 @@ const [train, test] = (() => {
 // Streams run over classes (CIFAR-10) or superclasses (CIFAR-100, as SCALE); kNN on the primary labels.
 const streamLabels = ds === 'cifar10' ? train.labels : train.coarse!;
 const engine = await ortSimilarity(Number(values.threads));
-const memRng = new Rng(12345);
-const memIdx = [...Array(train.count).keys()];
-const memN = Math.min(memoryN, train.count);
-for (let i = 0; i < memN; i++) {
-  const j = i + memRng.int(train.count - i);
-  [memIdx[i], memIdx[j]] = [memIdx[j], memIdx[i]];
+/** n of 0..total-1 drawn without replacement with a fixed seed (all of them, in order, when n >= total). */
+function sample(total: number, n: number, seed: number): number[] {
+  const idx = [...Array(total).keys()];
+  if (n >= total) return idx;
+  const rng = new Rng(seed);
+  for (let i = 0; i < n; i++) {
+    const j = i + rng.int(total - i);
+    [idx[i], idx[j]] = [idx[j], idx[i]];
+  }
+  return idx.slice(0, n);
 }
-memIdx.length = memN;
-const qIdx = [...Array(test.count).keys()];
-const qN = Math.min(count('queries', values.queries, Infinity), test.count);
-const qRng = new Rng(54321);
-for (let i = 0; i < qN && qN < test.count; i++) {
-  const j = i + qRng.int(test.count - i);
-  [qIdx[i], qIdx[j]] = [qIdx[j], qIdx[i]];
-}
-qIdx.length = qN;
+const memIdx = sample(train.count, memoryN, 12345);
+const qIdx = sample(test.count, count('queries', values.queries, Infinity), 54321);
 
 async function knn(tr: Trainer): Promise<[number, number, number?]> {
   const m = { dim: tr.manifest.preset.encoder.widths.at(-1)!, run: async (x: Float32Array, c: number) => (await tr.embed(x, c)).features, close: async () => {} };

@@ -116,9 +116,14 @@ const steps = Number(summary?.[6] ?? NaN);
 // Flatness: least-squares slope of RSS after a 10% warm-up, in MB per hour, and the spread.
 // While the agent ran: after --max-seconds it checkpoints, exports and frees memory (not part of the figure).
 const warm = samples.filter((s) => s.t >= 0.1 * seconds && s.t <= seconds);
-const mt = warm.reduce((a, s) => a + s.t, 0) / warm.length;
 const mr = warm.reduce((a, s) => a + s.rssMB, 0) / warm.length;
-const slope = (warm.reduce((a, s) => a + (s.t - mt) * (s.rssMB - mr), 0) / warm.reduce((a, s) => a + (s.t - mt) ** 2, 0)) * 3600;
+// Least-squares slope in MB per hour.
+const fit = (pts: { t: number; y: number }[]) => {
+  const tm = pts.reduce((a, q) => a + q.t, 0) / pts.length;
+  const ym = pts.reduce((a, q) => a + q.y, 0) / pts.length;
+  return (pts.reduce((a, q) => a + (q.t - tm) * (q.y - ym), 0) / pts.reduce((a, q) => a + (q.t - tm) ** 2, 0)) * 3600;
+};
+const slope = fit(warm.map((x) => ({ t: x.t, y: x.rssMB })));
 // RSS saws up and down with garbage collection; a leak shows as a rising floor. So also: the lowest RSS
 // in each 10-minute window after warm-up, and the slope through those floors.
 const win = 600;
@@ -127,11 +132,6 @@ for (let w = 0.1 * seconds; w < seconds; w += win) {
   const ws = warm.filter((x) => x.t >= w && x.t < Math.min(w + win, seconds));
   if (ws.length >= 5) floors.push(ws.reduce((a, b) => (b.rssMB < a.rssMB ? b : a)));
 }
-const fit = (pts: { t: number; y: number }[]) => {
-  const tm = pts.reduce((a, q) => a + q.t, 0) / pts.length;
-  const ym = pts.reduce((a, q) => a + q.y, 0) / pts.length;
-  return (pts.reduce((a, q) => a + (q.t - tm) * (q.y - ym), 0) / pts.reduce((a, q) => a + (q.t - tm) ** 2, 0)) * 3600;
-};
 const floorSlope = floors.length >= 2 ? fit(floors.map((f) => ({ t: f.t, y: f.rssMB }))) : NaN;
 const withHeap = warm.filter((x) => x.heapMB !== undefined);
 const heapSlope = withHeap.length >= 2 ? fit(withHeap.map((x) => ({ t: x.t, y: x.heapMB! }))) : NaN;
