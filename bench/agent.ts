@@ -6,7 +6,6 @@ import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { cpus, tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { parseArgs } from 'node:util';
 import { Trainer } from '../agent/trainer/trainer.ts';
 import { Learner, defaultLearnerConfig } from '../agent/trainer/learner.ts';
 import { decodeFrame, encodePng } from '../agent/frames/decode.ts';
@@ -16,15 +15,14 @@ import { exportEncoder } from '../agent/export/export.ts';
 import { ReplayBuffer } from '../agent/buffer/buffer.ts';
 import { ortSimilarity } from '../agent/buffer/similarity.ts';
 import { Rng } from '../tools/nn/rng.ts';
+import { benchArgs } from './args.ts';
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
-const { values } = parseArgs({
-  options: {
-    arrivals: { type: 'string', default: '30' },
-    artifacts: { type: 'string', default: path.join(HERE, '../training-artifacts/edge') },
-    json: { type: 'string', default: path.join(HERE, 'out/agent.json') },
-    sizes: { type: 'string', default: '256,2048,16384' },
-  },
+const values = benchArgs(import.meta.url, {
+  arrivals: { type: 'string', default: '30', describe: 'arrivals timed through the agent loop' },
+  artifacts: { type: 'string', default: path.join(HERE, '../training-artifacts/edge'), describe: 'training artifacts to run' },
+  json: { type: 'string', default: path.join(HERE, 'out/agent.json'), describe: 'results' },
+  sizes: { type: 'string', default: '256,2048,16384', describe: 'buffer sizes M for the removal-rule timing' },
 });
 
 const tr = await Trainer.open(values.artifacts!);

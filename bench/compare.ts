@@ -18,7 +18,6 @@ import { appendFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSyn
 import { cpus, tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { parseArgs } from 'node:util';
 import { getPreset } from '../tools/artifacts/presets.ts';
 import { ENCODERS } from '../tools/nn/encoders.ts';
 import { compileArtifacts, writeArtifacts } from '../tools/artifacts/write.ts';
@@ -33,31 +32,30 @@ import { computeFeatures } from '../agent/eval/features.ts';
 import { knnWeightedBlocks } from '../agent/eval/knn.ts';
 import { METHODS } from '../agent/eval/methods.ts';
 import { lineChart, svgToPng } from '../agent/report/plot.ts';
+import { benchArgs } from './args.ts';
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
-const { values } = parseArgs({
-  options: {
-    methods: { type: 'string', default: 'ours,empssl,minred,simclr-reservoir' },
-    orders: { type: 'string', default: 'seq' },
-    trials: { type: 'string', default: '0' },
-    protocol: { type: 'string' },
-    'per-class': { type: 'string' },
-    updates: { type: 'string' },
-    'new-per-arrival': { type: 'string' },
-    memory: { type: 'string' },
-    // Test images as kNN queries (a fixed random subset; default all): only to make smoke runs short.
-    queries: { type: 'string' },
-    ep: { type: 'string', default: 'cpu' },
-    plan: { type: 'boolean', default: false },
-    report: { type: 'boolean', default: false },
-    // ORT threads per training session. Two runs at --threads 1 side by side (separate --orders and
-    // --json) gave 1.5x the crops/s of one run at 2 threads on 2 cores (bench/train-step).
-    threads: { type: 'string', default: String(cpus().length) },
-    // Older spelling: --dataset cifar100 = --protocol edge-cifar100.
-    dataset: { type: 'string' },
-    data: { type: 'string', describe: 'the unpacked data set folder' } as never,
-    json: { type: 'string', default: path.join(HERE, 'out/compare.jsonl') },
-  },
+const values = benchArgs(import.meta.url, {
+  protocol: { type: 'string', describe: 'edge-cifar10 | edge-cifar100 | gpu-cifar10 | paper-cifar10 | paper-cifar100 (default edge-cifar10)' },
+  methods: { type: 'string', default: 'ours,empssl,minred,simclr-reservoir', describe: 'methods, comma-separated' },
+  orders: { type: 'string', default: 'seq', describe: 'stream orders: seq, seq-bl, seq-im' },
+  trials: { type: 'string', default: '0', describe: 'paired trial indices' },
+  'per-class': { type: 'string', describe: "stream images per class, or 'all' (default: the protocol's)" },
+  updates: { type: 'string', describe: "minibatch updates per arrival (default: the protocol's)" },
+  'new-per-arrival': { type: 'string', describe: "stream images per arrival (default: the protocol's)" },
+  memory: { type: 'string', describe: "kNN memory images, or 'all' (default: the protocol's)" },
+  // Only to make smoke runs short.
+  queries: { type: 'string', describe: "kNN query images, a fixed random subset of the test set, or 'all' (default all)" },
+  ep: { type: 'string', default: 'cpu', describe: 'execution provider for training and features' },
+  plan: { type: 'boolean', default: false, describe: 'print the plan (presets, stream sizes, budget, done or not) and run nothing' },
+  report: { type: 'boolean', default: false, describe: 'tables and charts of the rows in --json, nothing run' },
+  // Two runs at --threads 1 side by side (separate --orders and --json) gave 1.5x the crops/s of one
+  // run at 2 threads on 2 cores (bench/train-step).
+  threads: { type: 'string', default: String(cpus().length), describe: 'ORT threads per training session' },
+  // Older spelling: --dataset cifar100 = --protocol edge-cifar100.
+  dataset: { type: 'string', hidden: true },
+  data: { type: 'string', describe: 'the unpacked data set folder (default: ../shared/data/cifar-10-batches-bin or cifar-100-binary)' },
+  json: { type: 'string', default: path.join(HERE, 'out/compare.jsonl'), describe: 'results, one JSON line per run; a run already there is skipped (resume)' },
 });
 
 interface Protocol {
@@ -99,7 +97,7 @@ const updatesK = count('updates', values.updates, P.updates, false);
 const memoryN = count('memory', values.memory, P.memory);
 const EPS = ['cpu', 'cuda', 'webgpu', 'wasm'];
 if (!EPS.includes(values.ep!)) throw new Error(`--ep ${values.ep}: accepted ${EPS.join(', ')}`);
-const dataDir = (values.data as string | undefined) ?? path.resolve(HERE, '../../shared/data', ds === 'cifar10' ? 'cifar-10-batches-bin' : 'cifar-100-binary');
+const dataDir = values.data ?? path.resolve(HERE, '../../shared/data', ds === 'cifar10' ? 'cifar-10-batches-bin' : 'cifar-100-binary');
 const [train, test] = (() => {
   try {
     return ds === 'cifar10' ? [readCifar10(dataDir, 'train'), readCifar10(dataDir, 'test')] : [readCifar100(dataDir, 'train'), readCifar100(dataDir, 'test')];

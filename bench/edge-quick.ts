@@ -7,7 +7,6 @@ import { mkdtempSync, rmSync, appendFileSync, mkdirSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { parseArgs } from 'node:util';
 import { getPreset } from '../tools/artifacts/presets.ts';
 import { compileArtifacts, writeArtifacts } from '../tools/artifacts/write.ts';
 import { readCifar10 } from '../tools/data/cifar.ts';
@@ -16,17 +15,16 @@ import { Learner, defaultLearnerConfig } from '../agent/trainer/learner.ts';
 import { computeFeatures } from '../agent/eval/features.ts';
 import { knnWeighted } from '../agent/eval/knn.ts';
 import { Rng } from '../tools/nn/rng.ts';
+import { benchArgs } from './args.ts';
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
-const { values } = parseArgs({
-  options: {
-    seconds: { type: 'string', default: '90' },
-    set: { type: 'string', multiple: true, default: [] },
-    updates: { type: 'string' },
-    label: { type: 'string', default: 'run' },
-    data: { type: 'string', default: path.resolve(HERE, '../../shared/data/cifar-10-batches-bin') },
-    out: { type: 'string', default: path.join(HERE, 'out/edge-quick.jsonl') },
-  },
+const values = benchArgs(import.meta.url, {
+  seconds: { type: 'string', default: '90', describe: 'training time' },
+  set: { type: 'string', multiple: true, default: [], describe: 'learner setting key=value (repeatable)' },
+  updates: { type: 'string', describe: 'minibatch updates per arrival' },
+  label: { type: 'string', default: 'run', describe: 'name of the row' },
+  data: { type: 'string', default: path.resolve(HERE, '../../shared/data/cifar-10-batches-bin'), describe: 'CIFAR-10 binary folder' },
+  out: { type: 'string', default: path.join(HERE, 'out/edge-quick.jsonl'), describe: 'results, one JSON line per run' },
 });
 const dir = mkdtempSync(path.join(tmpdir(), 'ssocl-quick-'));
 writeArtifacts(compileArtifacts(getPreset('edge', values.set)), path.join(dir, 'a'));

@@ -9,7 +9,6 @@ import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { cpus, tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { parseArgs } from 'node:util';
 import { getPreset } from '../tools/artifacts/presets.ts';
 import { buildEmbed, initState } from '../tools/artifacts/build.ts';
 import { bindInputs, encodeModel } from '../tools/onnx/model.ts';
@@ -17,16 +16,15 @@ import { Encoder } from '../agent/infer/encoder.ts';
 import { decodeFrames, listFrames, stackImages } from '../agent/infer/io.ts';
 import { encodePng } from '../agent/frames/decode.ts';
 import type { EP } from '../agent/trainer/backend.ts';
+import { benchArgs } from './args.ts';
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
-const { values } = parseArgs({
-  options: {
-    threads: { type: 'string', default: '2' },
-    eps: { type: 'string', default: 'cpu,cuda,webgpu' },
-    batch: { type: 'string', default: '256' },
-    seconds: { type: 'string', default: '4' },
-    json: { type: 'string', default: path.join(HERE, 'out/inference.json') },
-  },
+const values = benchArgs(import.meta.url, {
+  threads: { type: 'string', default: '2', describe: 'ORT intra-op threads' },
+  eps: { type: 'string', default: 'cpu,cuda,webgpu', describe: 'execution providers to try (one that does not start is listed with why)' },
+  batch: { type: 'string', default: '256', describe: 'batch size of the throughput rows' },
+  seconds: { type: 'string', default: '4', describe: 'seconds per throughput measurement' },
+  json: { type: 'string', default: path.join(HERE, 'out/inference.json'), describe: 'results' },
 });
 const threads = Number(values.threads);
 const batch = Number(values.batch);

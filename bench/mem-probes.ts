@@ -10,17 +10,15 @@ import { mkdirSync, mkdtempSync, rmSync, unlinkSync, writeFileSync } from 'node:
 import { cpus, tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { parseArgs } from 'node:util';
+import { benchArgs } from './args.ts';
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
-const { values } = parseArgs({
-  options: {
-    files: { type: 'string', default: '2000' },
-    runs: { type: 'string', default: '40000' },
-    decodes: { type: 'string', default: '30000' },
-    json: { type: 'string', default: path.join(HERE, 'out/mem-probes.json') },
-    child: { type: 'string' },
-  },
+const values = benchArgs(import.meta.url, {
+  files: { type: 'string', default: '2000', describe: 'files added and deleted per chokidar round' },
+  runs: { type: 'string', default: '40000', describe: 'similarity-session runs' },
+  decodes: { type: 'string', default: '30000', describe: 'frames decoded' },
+  json: { type: 'string', default: path.join(HERE, 'out/mem-probes.json'), describe: 'results' },
+  child: { type: 'string', hidden: true },
 });
 const rss = () => Math.round(process.memoryUsage().rss / 1048576);
 const wait = (ms: number) => new Promise((r) => setTimeout(r, ms));

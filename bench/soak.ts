@@ -11,19 +11,17 @@ import { closeSync, fstatSync, mkdirSync, mkdtempSync, openSync, readSync, renam
 import { cpus, tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { parseArgs } from 'node:util';
 import { demoStream } from '../agent/commands/demo.ts';
 import { encodePng } from '../agent/frames/decode.ts';
 import { lineChart, svgToPng } from '../agent/report/plot.ts';
+import { benchArgs } from './args.ts';
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
-const { values } = parseArgs({
-  options: {
-    minutes: { type: 'string', default: '60' },
-    fps: { type: 'string', default: '20' },
-    'sample-s': { type: 'string', default: '15' },
-    json: { type: 'string', default: path.join(HERE, 'out/soak.json') },
-  },
+const values = benchArgs(import.meta.url, {
+  minutes: { type: 'string', default: '60', describe: 'how long the agent runs' },
+  fps: { type: 'string', default: '20', describe: 'frames written per second into the watched directory' },
+  'sample-s': { type: 'string', default: '15', describe: 'seconds between RSS samples' },
+  json: { type: 'string', default: path.join(HERE, 'out/soak.json'), describe: 'results; the charts go beside it' },
 });
 const seconds = Number(values.minutes) * 60;
 const fps = Number(values.fps);

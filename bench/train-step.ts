@@ -9,7 +9,6 @@ import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { cpus, tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { parseArgs } from 'node:util';
 import { getPreset, type Preset } from '../tools/artifacts/presets.ts';
 import { compileArtifacts, writeArtifacts } from '../tools/artifacts/write.ts';
 import { Graph } from '../tools/graph/graph.ts';
@@ -17,6 +16,7 @@ import { encodeModel } from '../tools/onnx/model.ts';
 import { Trainer } from '../agent/trainer/trainer.ts';
 import { openSession, type EP, type FeedTensor } from '../agent/trainer/backend.ts';
 import { Rng } from '../tools/nn/rng.ts';
+import { benchArgs } from './args.ts';
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 
@@ -113,15 +113,13 @@ async function child(config: string, ep: EP, steps: number, threads: number): Pr
   }
 }
 
-const { values } = parseArgs({
-  options: {
-    configs: { type: 'string', default: 'edge,edge-bac,resnet18-small' },
-    eps: { type: 'string', default: 'cpu' },
-    steps: { type: 'string', default: '10' },
-    threads: { type: 'string', default: String(cpus().length) },
-    json: { type: 'string', default: path.join(HERE, 'out/train-step.json') },
-    child: { type: 'string' },
-  },
+const values = benchArgs(import.meta.url, {
+  configs: { type: 'string', default: 'edge,edge-bac,resnet18-small', describe: 'presets to time' },
+  eps: { type: 'string', default: 'cpu', describe: 'execution providers (cpu, cuda, webgpu, wasm)' },
+  steps: { type: 'string', default: '10', describe: 'timed steps per configuration' },
+  threads: { type: 'string', default: String(cpus().length), describe: 'ORT intra-op threads' },
+  json: { type: 'string', default: path.join(HERE, 'out/train-step.json'), describe: 'results' },
+  child: { type: 'string', hidden: true },
 });
 
 if (values.child) {
