@@ -5,6 +5,7 @@
 // end: RSS over time (must be flat after warm-up), frames/s, steps/s, drops, checkpoints, exports.
 //
 //   node --import tsx bench/soak.ts [--minutes 60] [--fps 20] [--json bench/out/soak.json]
+//   node --import tsx bench/soak.ts --replot bench/results/soak-held-1h.json   (redraw a saved run)
 
 import { spawn } from 'node:child_process';
 import { closeSync, fstatSync, mkdirSync, mkdtempSync, openSync, readSync, renameSync, rmSync, writeFileSync, existsSync, readdirSync, readFileSync } from 'node:fs';
@@ -22,7 +23,28 @@ const values = benchArgs(import.meta.url, {
   fps: { type: 'string', default: '20', describe: 'frames written per second into the watched directory' },
   'sample-s': { type: 'string', default: '15', describe: 'seconds between RSS samples' },
   json: { type: 'string', default: path.join(HERE, 'out/soak.json'), describe: 'results; the charts go beside it' },
+  replot: { type: 'string', describe: 'only redraw the charts of a saved result JSON (beside it), nothing run' },
 });
+
+type Sample = { t: number; rssMB: number; heapMB?: number; externalMB?: number };
+// RSS over time beside the agent's own JS heap and external memory (from its metrics lines).
+async function draw(result: { minutes: number; fpsWritten: number; samples: Sample[] }, base: string) {
+  const { samples } = result;
+  const series = [{ name: 'agent RSS (MB)', points: samples.map((s) => [s.t / 60, s.rssMB] as [number, number]) }];
+  if (samples.some((x) => x.heapMB !== undefined)) {
+    series.push({ name: 'JS heap used (MB)', points: samples.filter((x) => x.heapMB !== undefined).map((x) => [x.t / 60, x.heapMB!] as [number, number]) });
+    series.push({ name: 'external + array buffers (MB)', points: samples.filter((x) => x.externalMB !== undefined).map((x) => [x.t / 60, x.externalMB!] as [number, number]) });
+  }
+  const svg = lineChart(series, { title: `soak: agent RSS over ${result.minutes.toFixed(0)} minutes (demo stream, ${result.fpsWritten} fps)`, xLabel: 'minutes', yLabel: 'RSS MB' });
+  writeFileSync(`${base}-rss.svg`, svg);
+  writeFileSync(`${base}-rss.png`, await svgToPng(svg));
+}
+if (values.replot !== undefined) {
+  const base = values.replot.replace(/\.json$/, '');
+  await draw(JSON.parse(readFileSync(values.replot, 'utf8')), base);
+  console.log(`wrote ${base}-rss.svg and .png`);
+  process.exit(0);
+}
 const seconds = Number(values.minutes) * 60;
 const fps = Number(values.fps);
 const root = mkdtempSync(path.join(tmpdir(), 'ssocl-soak-'));
@@ -148,17 +170,9 @@ console.log(`\nsoak: ${(wall / 60).toFixed(1)} min on ${result.machine.cores} co
 console.log('| minutes | frames written | ingested | dropped (backlog 500) | frames/s | steps | steps/s | RSS after warm-up min-max MB | RSS slope MB/h | 10-min RSS floors MB | floor slope MB/h | JS heap / external slope MB/h | peak RSS MB |');
 console.log('|---|---|---|---|---|---|---|---|---|---|---|---|---|');
 console.log(`| ${(wall / 60).toFixed(1)} | ${written} | ${ingested} | ${result.dropped} | ${result.framesPerS.toFixed(2)} | ${steps} | ${result.stepsPerS.toFixed(3)} | ${rssMin.toFixed(0)}-${rssMax.toFixed(0)} | ${slope.toFixed(1)} | ${floors.map((f) => f.rssMB.toFixed(0)).join(' ')} | ${floorSlope.toFixed(1)} | ${heapSlope.toFixed(1)} / ${extSlope.toFixed(1)} | ${result.rss.peakHwmMB.toFixed(0)} |`);
-mkdirSync(path.dirname(values.json!), { recursive: true });
-writeFileSync(values.json!, JSON.stringify(result, null, 1) + '\n');
-const series = [{ name: 'agent RSS (MB)', points: samples.map((s) => [s.t / 60, s.rssMB] as [number, number]) }];
-if (samples.some((x) => x.heapMB !== undefined)) {
-  series.push({ name: 'JS heap used (MB)', points: samples.filter((x) => x.heapMB !== undefined).map((x) => [x.t / 60, x.heapMB!] as [number, number]) });
-  series.push({ name: 'external + array buffers (MB)', points: samples.filter((x) => x.externalMB !== undefined).map((x) => [x.t / 60, x.externalMB!] as [number, number]) });
-}
-const svg = lineChart(series, { title: `soak: agent RSS over ${(wall / 60).toFixed(0)} minutes (demo stream, ${fps} fps)`, xLabel: 'minutes', yLabel: 'RSS MB' });
-const base = values.json!.replace(/\.json$/, '');
-writeFileSync(`${base}-rss.svg`, svg);
-writeFileSync(`${base}-rss.png`, await svgToPng(svg));
-console.log(`wrote ${values.json}, ${base}-rss.svg and .png`);
+mkdirSync(path.dirname(values.json), { recursive: true });
+writeFileSync(values.json, JSON.stringify(result, null, 1) + '\n');
+await draw(result, values.json.replace(/\.json$/, ''));
+console.log(`wrote ${values.json}, ${values.json.replace(/\.json$/, '')}-rss.svg and .png`);
 if (code !== 0) console.log(`agent stderr (tail):\n${err.slice(-3000)}`);
 rmSync(root, { recursive: true, force: true });

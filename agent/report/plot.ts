@@ -30,9 +30,11 @@ function ticks(lo: number, hi: number, n = 5): number[] {
 }
 
 export function lineChart(series: Series[], o: ChartOptions): string {
-  const W = o.width ?? 640;
   const H = o.height ?? 400;
-  const m = { l: 60, r: 150, t: 40, b: 50 };
+  // The legend sits right of the plot: room for the longest name (~7 px a character at 12 px), added to
+  // the width so the plot itself keeps its size.
+  const m = { l: 60, r: Math.max(150, 40 + 7 * Math.max(0, ...series.map((s) => s.name.length))), t: 40, b: 50 };
+  const W = (o.width ?? 640) + m.r - 150;
   const xs = series.flatMap((s) => s.points.map((p) => p[0]));
   const ys = series.flatMap((s) => s.points.map((p) => p[1]));
   const [x0, x1] = [Math.min(...xs), Math.max(...xs)];
