@@ -198,7 +198,7 @@ await yargs(hideBin(process.argv))
           default: 'edge-cifar10' as const,
           describe: 'edge-*: edge encoder, reduced stream (450/class), b 32, K 2, kNN memory 10000; gpu-cifar10: ResNet-18-CIFAR, 10,000-image stream, b 100, K 1; paper-*: the full stream, b 100, K 10, memory = train split. cifar100 streams the 20 superclasses and reports fine and superclass kNN',
         })
-        .option('methods', { type: 'string', default: 'ours,empssl,minred,simclr-reservoir', describe: 'also: ours-paper-eq, ours-buffer-replay' })
+        .option('methods', { type: 'string', default: 'ours,empssl,minred,simclr-reservoir', describe: 'also: ours-paper-eq, ours-buffer-replay, ours-reservoir (ablations of ours)' })
         .option('orders', { type: 'string', default: 'seq', describe: 'seq, seq-bl, seq-im (comma-separated)' })
         .option('trials', { type: 'string', default: '0,1,2,3,4', describe: 'paired seeds: same init, stream order, replay and crop draws across methods' })
         .option('per-class', { type: 'string', describe: "images per class of the stream, or 'all' (default: the protocol's)" })

@@ -246,10 +246,10 @@ if (values.plan) {
 }
 
 // Table: mean +- std over trials, with the floor and the paired gain.
-const stat = (xs: number[]) => {
+const stat = (xs: number[], digits = 2) => {
   const m = xs.reduce((a, b) => a + b, 0) / xs.length;
   const sd = xs.length > 1 ? Math.sqrt(xs.reduce((a, b) => a + (b - m) ** 2, 0) / (xs.length - 1)) : 0;
-  return `${m.toFixed(2)} +- ${sd.toFixed(2)}`;
+  return `${m.toFixed(digits)} +- ${sd.toFixed(digits)}`;
 };
 console.log(`\n${protocol}, ${cpus().length} cores, kNN@20 on ${qIdx.length} test images with ${memIdx.length} train images as memory`);
 const sup = ds === 'cifar100';
@@ -288,6 +288,24 @@ if (methods.includes('ours')) {
       const sd = Math.sqrt(diffs.reduce((a, b) => a + (b - mean) ** 2, 0) / (n - 1));
       const h = (T95[n - 1] ?? 1.96) * (sd / Math.sqrt(n));
       return `${mean.toFixed(2)} [${(mean - h).toFixed(2)}, ${(mean + h).toFixed(2)}] (${n})`;
+    });
+    console.log(`| ${m} | ${cells.join(' | ')} |`);
+  }
+}
+// The paper's Fig. 1 claim in numbers: the mean cosine of consecutive gradients over each run (all
+// steps, and the second half, past the start-up transient), mean +- std over the runs that logged it.
+if (rows.some((r) => r.gradCos?.length)) {
+  const meanCos = (r: Row, from: number) => {
+    const v = r.gradCos!.slice(Math.max(1, Math.floor(from * r.gradCos!.length))).filter((x): x is number => x !== null);
+    return v.reduce((a, b) => a + b, 0) / v.length;
+  };
+  console.log(`\nCosine of consecutive gradients (mean over steps; mean +- std over runs, n in brackets):`);
+  console.log(`| method | ${orders.map((o) => `${o}: whole run | ${o}: second half`).join(' | ')} |`);
+  console.log(`|---|${orders.map(() => '---|---').join('|')}|`);
+  for (const m of methods) {
+    const cells = orders.map((o) => {
+      const rs = rows.filter((r) => r.order === o && r.method === m && r.gradCos?.length);
+      return rs.length ? `${stat(rs.map((r) => meanCos(r, 0)), 3)} (${rs.length}) | ${stat(rs.map((r) => meanCos(r, 0.5)), 3)}` : '- | -';
     });
     console.log(`| ${m} | ${cells.join(' | ')} |`);
   }

@@ -26,6 +26,9 @@ export const METHODS: Record<string, Method> = {
   ours: { name: 'ours', preset: 'edge', sets: [], paperPreset: 'paper-cifar', paperSets: [], buffer: 'diverse', replay: 'mixed' },
   'ours-paper-eq': { name: 'ours-paper-eq', preset: 'edge', sets: [MCC_PAPER_EDGE], paperPreset: 'paper-cifar', paperSets: [MCC_PAPER_PAPER], buffer: 'diverse', replay: 'mixed' },
   'ours-buffer-replay': { name: 'ours-buffer-replay', preset: 'edge', sets: [], paperPreset: 'paper-cifar', paperSets: [], buffer: 'diverse', replay: 'buffer' },
+  // Ablation of the buffer alone: ours with a reservoir instead of the diverse removal rule (the paper's
+  // uncorrelated-gradient claim is about the buffer's contents).
+  'ours-reservoir': { name: 'ours-reservoir', preset: 'edge', sets: [], paperPreset: 'paper-cifar', paperSets: [], buffer: 'reservoir', replay: 'mixed' },
   empssl: { name: 'empssl', preset: 'edge-empssl', sets: [], paperPreset: 'empssl', paperSets: [], buffer: 'diverse', replay: 'mixed' },
   // Two views instead of four (or 20) crops: bench/compare gives it more updates for the same crops.
   minred: { name: 'minred', preset: 'edge-minred', sets: [], paperPreset: 'minred', paperSets: [], buffer: 'minred', replay: 'buffer' },
