@@ -25,7 +25,7 @@ const values = benchArgs(import.meta.url, {
   sizes: { type: 'string', default: '256,2048,16384', describe: 'buffer sizes M for the removal-rule timing' },
 });
 
-const tr = await Trainer.open(values.artifacts!);
+const tr = await Trainer.open(values.artifacts);
 const engine = await ortSimilarity();
 const learner = new Learner(tr, defaultLearnerConfig(tr), engine);
 const { images, order } = demoStream();
@@ -84,7 +84,7 @@ console.log(`checkpoint (buffer ${learner.buffer.size}): ${ckMs.toFixed(0)} ms p
 const d = tr.manifest.trainStep.outputs.find((o) => o.name === 'zbar')!.shape[1] as number;
 const b = tr.manifest.trainStep.crops.images;
 const scale: { M: number; buildMs: number; msPerArrival: number }[] = [];
-for (const M of values.sizes!.split(',').map(Number)) {
+for (const M of values.sizes.split(',').map(Number)) {
   const rng = new Rng(1);
   const buf = new ReplayBuffer({ capacity: M, policy: 'diverse', alpha: 0.5 }, engine);
   const fill = buf.add(Array.from({ length: M }, (_, i) => ({ key: String(i), image: new Uint8Array(1) })));
@@ -106,8 +106,8 @@ for (const M of values.sizes!.split(',').map(Number)) {
 }
 console.log(`\nbuffer update + removal per arrival (d = ${d}, ${learner.cfg.updates} x ${b} feature updates, ${newPer} removals)\n| M | ms per arrival | index build (resume) ms |\n|---|---|---|`);
 for (const s of scale) console.log(`| ${s.M} | ${s.msPerArrival.toFixed(1)} | ${s.buildMs.toFixed(0)} |`);
-mkdirSync(path.dirname(values.json!), { recursive: true });
-writeFileSync(values.json!, JSON.stringify({ machine: { cores: cpus().length, cpu: cpus()[0]?.model, node: process.version, date: new Date().toISOString() }, preset: tr.manifest.name, ep: tr.ep, trainedArrivals, rows, checkpointMs: ckMs, exportMs: exMs, removal: scale }, null, 1) + '\n');
+mkdirSync(path.dirname(values.json), { recursive: true });
+writeFileSync(values.json, JSON.stringify({ machine: { cores: cpus().length, cpu: cpus()[0]?.model, node: process.version, date: new Date().toISOString() }, preset: tr.manifest.name, ep: tr.ep, trainedArrivals, rows, checkpointMs: ckMs, exportMs: exMs, removal: scale }, null, 1) + '\n');
 console.log(`wrote ${values.json}`);
 await tr.close();
 rmSync(work, { recursive: true, force: true });

@@ -96,7 +96,7 @@ const newPer = count('new-per-arrival', values['new-per-arrival'], P.newPer, fal
 const updatesK = count('updates', values.updates, P.updates, false);
 const memoryN = count('memory', values.memory, P.memory);
 const EPS = ['cpu', 'cuda', 'webgpu', 'wasm'];
-if (!EPS.includes(values.ep!)) throw new Error(`--ep ${values.ep}: accepted ${EPS.join(', ')}`);
+if (!EPS.includes(values.ep)) throw new Error(`--ep ${values.ep}: accepted ${EPS.join(', ')}`);
 const dataDir = values.data ?? path.resolve(HERE, '../../shared/data', ds === 'cifar10' ? 'cifar-10-batches-bin' : 'cifar-100-binary');
 const [train, test] = (() => {
   try {
@@ -160,18 +160,18 @@ interface Row {
   gradCos?: (number | null)[];
 }
 
-mkdirSync(path.dirname(values.json!), { recursive: true });
+mkdirSync(path.dirname(values.json), { recursive: true });
 // Rows of this protocol only (one JSON file may hold several; older rows name only their data set).
 const rowProtocol = (r: Row) => r.protocol ?? `edge-${r.dataset ?? 'cifar10'}`;
-const rows: Row[] = (existsSync(values.json!) ? readFileSync(values.json!, 'utf8').trim().split('\n').filter(Boolean).map((l) => JSON.parse(l) as Row) : []).filter((r) => rowProtocol(r) === protocol);
+const rows: Row[] = (existsSync(values.json) ? readFileSync(values.json, 'utf8').trim().split('\n').filter(Boolean).map((l) => JSON.parse(l) as Row) : []).filter((r) => rowProtocol(r) === protocol);
 // Identical budget: updates x crops per arrival equal to ours' at the same scale.
 const refCrops = getPreset(P.scale === 'edge' ? METHODS.ours.preset : METHODS.ours.paperPreset).crops;
 const planned: string[][] = [];
 const work = mkdtempSync(path.join(tmpdir(), 'ssocl-compare-'));
 try {
   // --report: the tables and charts of the rows already in --json; nothing is run.
-  for (const trial of values.report ? [] : values.trials!.split(',').map(Number)) {
-    for (const order of values.orders!.split(',') as StreamOrder[]) {
+  for (const trial of values.report ? [] : values.trials.split(',').map(Number)) {
+    for (const order of values.orders.split(',') as StreamOrder[]) {
       const full = makeStream(streamSpec(ds, order, streamLabels, trial));
       // Reduced stream: the same procedure's order, each class cut to its first share: per-class for
       // the largest class, proportionally less for the others (seq-im keeps its imbalance).
@@ -185,7 +185,7 @@ try {
         counts.set(c, k);
         return k <= Math.round((nC.get(c)! * perClass) / most);
       });
-      for (const mname of values.methods!.split(',')) {
+      for (const mname of values.methods.split(',')) {
         const method = METHODS[mname];
         if (!method) throw new Error(`--methods: unknown '${mname}' (accepted: ${Object.keys(METHODS).join(', ')})`);
         const [pname, psets] = P.scale === 'edge' ? [method.preset, method.sets] : [method.paperPreset, method.paperSets];
@@ -228,7 +228,7 @@ try {
         }
         const row: Row = { ...(ds === 'cifar10' ? {} : { dataset: ds, super20: s20 }), ...(protocol.startsWith('edge-') ? {} : { protocol, ep: values.ep }), method: mname, order, trial, images: stream.length, steps: tr.steps, seconds: (performance.now() - t0) / 1000, floor20: floor, knn20: k20, knn50: k50, final20: k20[3], mean20: k20.reduce((p, q) => p + q, 0) / 4, memory: memIdx.length, queries: qIdx.length, threads: Number(values.threads), gradCos: gcos };
         rows.push(row);
-        appendFileSync(values.json!, JSON.stringify(row) + '\n');
+        appendFileSync(values.json, JSON.stringify(row) + '\n');
         await tr.close();
         rmSync(dir, { recursive: true, force: true });
       }
@@ -319,7 +319,7 @@ for (const order of [...new Set(rows.map((r) => r.order))]) {
   const floor = rows.filter((r) => r.order === order).reduce((a, r, _i, all) => a + r.floor20 / all.length, 0);
   series.push({ name: 'random init', points: [[25, floor], [100, floor]] });
   const svg = lineChart(series, { title: `${protocol} ${order}: kNN@20 over the stream`, xLabel: '% of the stream seen', yLabel: 'weighted kNN@20 accuracy %' });
-  const base = values.json!.replace(/\.jsonl$/, '') + `-${order}`;
+  const base = values.json.replace(/\.jsonl$/, '') + `-${order}`;
   writeFileSync(`${base}.svg`, svg);
   writeFileSync(`${base}.png`, await svgToPng(svg));
   console.log(`wrote ${base}.svg and .png`);
@@ -342,9 +342,9 @@ for (const order of [...new Set(rows.map((r) => r.order))]) {
   }
   if (!series.length) continue;
   const svg = lineChart(series, { title: `${protocol} ${order}: cosine of consecutive gradients`, xLabel: '% of the run (steps)', yLabel: 'cos(g_t, g_t-1), 20-step mean' });
-  const base = values.json!.replace(/\.jsonl$/, '') + `-${order}-gradcos`;
+  const base = values.json.replace(/\.jsonl$/, '') + `-${order}-gradcos`;
   writeFileSync(`${base}.svg`, svg);
   writeFileSync(`${base}.png`, await svgToPng(svg));
   console.log(`wrote ${base}.svg and .png`);
 }
-writeFileSync(values.json!.replace(/\.jsonl$/, '') + '.summary.json', JSON.stringify({ machine: { cores: cpus().length, cpu: cpus()[0]?.model, date: new Date().toISOString() }, rows }, null, 1) + '\n');
+writeFileSync(values.json.replace(/\.jsonl$/, '') + '.summary.json', JSON.stringify({ machine: { cores: cpus().length, cpu: cpus()[0]?.model, date: new Date().toISOString() }, rows }, null, 1) + '\n');

@@ -30,8 +30,8 @@ const dir = mkdtempSync(path.join(tmpdir(), 'ssocl-quick-'));
 writeArtifacts(compileArtifacts(getPreset('edge', values.set)), path.join(dir, 'a'));
 const tr = await Trainer.open(path.join(dir, 'a'));
 const learner = new Learner(tr, defaultLearnerConfig(tr, values.updates ? { updates: Number(values.updates) } : {}));
-const train = readCifar10(values.data!, 'train');
-const test = readCifar10(values.data!, 'test');
+const train = readCifar10(values.data, 'train');
+const test = readCifar10(values.data, 'test');
 const rng = new Rng(7);
 const perm = [...Array(train.count).keys()];
 for (let i = perm.length - 1; i > 0; i--) {
@@ -61,7 +61,7 @@ while (Date.now() - t0 < Number(values.seconds) * 1000) {
 const acc = await feats();
 const row = { label: values.label, set: values.set, updates: learner.cfg.updates, seconds: Number(values.seconds), frames: pos, steps: tr.steps, lastLoss: last, knn20: acc, floor, gain: acc - floor };
 console.log(JSON.stringify(row));
-mkdirSync(path.dirname(values.out!), { recursive: true });
-appendFileSync(values.out!, JSON.stringify(row) + '\n');
+mkdirSync(path.dirname(values.out), { recursive: true });
+appendFileSync(values.out, JSON.stringify(row) + '\n');
 await tr.close();
 rmSync(dir, { recursive: true, force: true });

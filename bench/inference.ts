@@ -63,7 +63,7 @@ try {
   const refs = listFrames(dir);
   for (const [name, preset] of [['edge (resnet-edge 16/32/64)', 'edge'], ['ResNet-18-CIFAR', 'paper-cifar']] as const) {
     const bytes = encoderBytes(preset);
-    for (const ep of values.eps!.split(',') as EP[]) {
+    for (const ep of values.eps.split(',') as EP[]) {
       let enc: Encoder;
       try {
         enc = await Encoder.fromBytes(name, bytes, { ep, threads });
@@ -108,6 +108,6 @@ console.log(`\ninference at 32x32, ${machine.cores} cores (${machine.cpu}), ${th
 console.log('| encoder | EP | batched frames/s (batch ' + batch + ') | single-frame p50 ms | p99 ms | embed pipeline (PNG decode + encoder) frames/s |');
 console.log('|---|---|---|---|---|---|');
 for (const r of rows) console.log(r.note ? `| ${r.model} | ${r.ep} | not available: ${r.note} | | | |` : `| ${r.model} | ${r.ep} | ${r.framesPerS} | ${r.p50ms} | ${r.p99ms} | ${r.pipelineFramesPerS} |`);
-mkdirSync(path.dirname(values.json!), { recursive: true });
-writeFileSync(values.json!, JSON.stringify({ machine, rows }, null, 1) + '\n');
+mkdirSync(path.dirname(values.json), { recursive: true });
+writeFileSync(values.json, JSON.stringify({ machine, rows }, null, 1) + '\n');
 console.log(`wrote ${values.json}`);

@@ -107,13 +107,13 @@ if (values.child) {
 const rows: { probe: string; rssMB: string[] }[] = [];
 for (const name of Object.keys(PROBES)) {
   process.stderr.write(`${name} ...\n`);
-  const argv = [...process.execArgv, fileURLToPath(import.meta.url), '--child', name, '--files', values.files!, '--runs', values.runs!, '--decodes', values.decodes!];
+  const argv = [...process.execArgv, fileURLToPath(import.meta.url), '--child', name, '--files', values.files, '--runs', values.runs, '--decodes', values.decodes];
   const r = spawnSync(process.execPath, argv, { encoding: 'utf8', maxBuffer: 1 << 24 });
   const line = r.stdout.split('\n').find((l) => l.startsWith('ROW '));
   rows.push({ probe: name, rssMB: line ? JSON.parse(line.slice(4)) : [`failed: ${(r.stderr || '').trim().split('\n').at(-1)}`] });
 }
 console.log('| probe | RSS MB at each checkpoint |\n|---|---|');
 for (const r of rows) console.log(`| ${r.probe} | ${r.rssMB.join('; ')} |`);
-mkdirSync(path.dirname(values.json!), { recursive: true });
-writeFileSync(values.json!, JSON.stringify({ machine: { cores: cpus().length, cpu: cpus()[0]?.model, node: process.version, date: new Date().toISOString() }, files: Number(values.files), runs: Number(values.runs), decodes: Number(values.decodes), rows }, null, 1) + '\n');
+mkdirSync(path.dirname(values.json), { recursive: true });
+writeFileSync(values.json, JSON.stringify({ machine: { cores: cpus().length, cpu: cpus()[0]?.model, node: process.version, date: new Date().toISOString() }, files: Number(values.files), runs: Number(values.runs), decodes: Number(values.decodes), rows }, null, 1) + '\n');
 console.log(`wrote ${values.json}`);

@@ -27,9 +27,11 @@ const values = benchArgs(import.meta.url, {
 });
 
 type Sample = { t: number; rssMB: number; heapMB?: number; externalMB?: number };
-// RSS over time beside the agent's own JS heap and external memory (from its metrics lines).
-async function draw(result: { minutes: number; fpsWritten: number; samples: Sample[] }, base: string) {
+// RSS over time beside the agent's own JS heap and external memory (from its metrics lines), as
+// FILE-rss.svg and .png beside FILE.json; returns that FILE.
+async function draw(result: { minutes: number; fpsWritten: number; samples: Sample[] }, json: string) {
   const { samples } = result;
+  const base = json.replace(/\.json$/, '');
   const series = [{ name: 'agent RSS (MB)', points: samples.map((s) => [s.t / 60, s.rssMB] as [number, number]) }];
   if (samples.some((x) => x.heapMB !== undefined)) {
     series.push({ name: 'JS heap used (MB)', points: samples.filter((x) => x.heapMB !== undefined).map((x) => [x.t / 60, x.heapMB!] as [number, number]) });
@@ -38,10 +40,10 @@ async function draw(result: { minutes: number; fpsWritten: number; samples: Samp
   const svg = lineChart(series, { title: `soak: agent RSS over ${result.minutes.toFixed(0)} minutes (demo stream, ${result.fpsWritten} fps)`, xLabel: 'minutes', yLabel: 'RSS MB' });
   writeFileSync(`${base}-rss.svg`, svg);
   writeFileSync(`${base}-rss.png`, await svgToPng(svg));
+  return base;
 }
 if (values.replot !== undefined) {
-  const base = values.replot.replace(/\.json$/, '');
-  await draw(JSON.parse(readFileSync(values.replot, 'utf8')), base);
+  const base = await draw(JSON.parse(readFileSync(values.replot, 'utf8')), values.replot);
   console.log(`wrote ${base}-rss.svg and .png`);
   process.exit(0);
 }
@@ -172,7 +174,7 @@ console.log('|---|---|---|---|---|---|---|---|---|---|---|---|---|');
 console.log(`| ${(wall / 60).toFixed(1)} | ${written} | ${ingested} | ${result.dropped} | ${result.framesPerS.toFixed(2)} | ${steps} | ${result.stepsPerS.toFixed(3)} | ${rssMin.toFixed(0)}-${rssMax.toFixed(0)} | ${slope.toFixed(1)} | ${floors.map((f) => f.rssMB.toFixed(0)).join(' ')} | ${floorSlope.toFixed(1)} | ${heapSlope.toFixed(1)} / ${extSlope.toFixed(1)} | ${result.rss.peakHwmMB.toFixed(0)} |`);
 mkdirSync(path.dirname(values.json), { recursive: true });
 writeFileSync(values.json, JSON.stringify(result, null, 1) + '\n');
-await draw(result, values.json.replace(/\.json$/, ''));
-console.log(`wrote ${values.json}, ${values.json.replace(/\.json$/, '')}-rss.svg and .png`);
+const base = await draw(result, values.json);
+console.log(`wrote ${values.json}, ${base}-rss.svg and .png`);
 if (code !== 0) console.log(`agent stderr (tail):\n${err.slice(-3000)}`);
 rmSync(root, { recursive: true, force: true });

@@ -129,11 +129,11 @@ if (values.child) {
 } else {
   const rows: Row[] = [];
   const failed: string[] = [];
-  for (const config of values.configs!.split(',')) {
+  for (const config of values.configs.split(',')) {
     if (!CONFIGS[config]) throw new Error(`--configs: unknown '${config}' (accepted: ${Object.keys(CONFIGS).join(', ')})`);
-    for (const ep of values.eps!.split(',')) {
+    for (const ep of values.eps.split(',')) {
       process.stderr.write(`running ${config} on ${ep} ...\n`);
-      const r = spawnSync(process.execPath, ['--import', 'tsx', fileURLToPath(import.meta.url), '--child', `${config}:${ep}`, '--steps', values.steps!, '--threads', values.threads!], {
+      const r = spawnSync(process.execPath, ['--import', 'tsx', fileURLToPath(import.meta.url), '--child', `${config}:${ep}`, '--steps', values.steps, '--threads', values.threads], {
         encoding: 'utf8',
         maxBuffer: 1 << 26,
       });
@@ -145,8 +145,8 @@ if (values.child) {
       }
       rows.push(JSON.parse(line.slice(4)));
       // Rows so far, so an interrupted run keeps what it measured.
-      mkdirSync(path.dirname(values.json!), { recursive: true });
-      writeFileSync(values.json!, JSON.stringify({ partial: true, rows, failed }, null, 1) + '\n');
+      mkdirSync(path.dirname(values.json), { recursive: true });
+      writeFileSync(values.json, JSON.stringify({ partial: true, rows, failed }, null, 1) + '\n');
     }
   }
   const header = ['config', 'ep', 'crops/step', 'params', 'ms/step (p50)', 'p90', 'crops/s', 'fwd ms', 'state MB', 'state ms', 'state %', 'peak RSS MB', 'loss first->last'];
@@ -155,7 +155,7 @@ if (values.child) {
   process.stdout.write(out + '\n');
   for (const f of failed) process.stdout.write(`not run: ${f}\n`);
   const machine = { cores: cpus().length, cpu: cpus()[0]?.model, node: process.version, threads: Number(values.threads), date: new Date().toISOString() };
-  mkdirSync(path.dirname(values.json!), { recursive: true });
-  writeFileSync(values.json!, JSON.stringify({ machine, rows, failed }, null, 1) + '\n');
+  mkdirSync(path.dirname(values.json), { recursive: true });
+  writeFileSync(values.json, JSON.stringify({ machine, rows, failed }, null, 1) + '\n');
   process.stdout.write(`wrote ${values.json}\n`);
 }
