@@ -97,6 +97,16 @@ test('bench runs paired methods on a small edge stream, appends a row each, and 
   assert.match(rep.stdout, /\| simclr-reservoir \| -?\d+\.\d\d \(1\) \|/); // ours minus SimCLR, one pair
   assert.ok(existsSync(json.replace(/\.jsonl$/, '-seq.png')) && existsSync(json.replace(/\.jsonl$/, '-seq-gradcos.svg')));
   assert.equal(readFileSync(json, 'utf8').trim().split('\n').length, 2);
+  // The gradient-cosine table: each method's mean over steps 1.. (and over the second half), from its row.
+  for (const r of readFileSync(json, 'utf8').trim().split('\n').map((l) => JSON.parse(l) as { method: string; gradCos: (number | null)[] })) {
+    const mean = (from: number) => {
+      const v = r.gradCos.filter((x, j) => j >= from && x !== null) as number[];
+      return (v.reduce((a, b) => a + b, 0) / v.length).toFixed(3);
+    };
+    assert.ok(r.gradCos.length > 4, r.method);
+    const line = `| ${r.method} | ${mean(1)} +- 0.000 (1) | ${mean(Math.floor(r.gradCos.length / 2))} +- 0.000 |`;
+    assert.ok(rep.stdout.includes(line), `${line}\n${rep.stdout}`);
+  }
   // Other kNN sets are other runs, not these: the plan shows them as still to run.
   const plan = bench([...mk('600'), '--plan']);
   assert.equal(plan.status, 0, plan.stderr);
