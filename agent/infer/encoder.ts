@@ -1,10 +1,14 @@
 // An exported encoder for inference: one immutable snapshot of a model file (read once, so a file
 // replaced while it loads cannot mix two versions), opened on the chosen EP, with its version (sha256
-// of the bytes, training step from the metadata) recorded with everything it computes.
+// of the bytes, training step from the metadata) recorded with everything it computes. A model is
+// validated before use (declared shapes within limits, then a probe run whose outputs must be finite
+// and of the declared size): a model file is input like any other, and a bad one must be refused with
+// a clear error, not exhaust memory or turn every result into NaN.
 
 import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { modelInfo } from '../../tools/onnx/model.ts';
+import { readFields } from '../../tools/onnx/protobuf.ts';
 import { openSessionOrFallback, type EP, type EpOptions, type Session } from '../trainer/backend.ts';
 
 export type EncoderOutput = 'features' | 'embedding';
@@ -24,6 +28,64 @@ export interface EncoderOptions extends EpOptions {
 
 export class EncoderError extends Error {
   override name = 'EncoderError';
+  constructor(
+    message: string,
+    /** The file is a readable ONNX model but failed validation (as opposed to unreadable or cut short). */
+    readonly refused = false,
+  ) {
+    super(message);
+  }
+}
+
+/**
+ * Largest input side accepted. Frames are decoded to, and batches allocated at, the model's declared
+ * size: a model declaring 60000x60000 would need ~43 GB per frame as float32 and be OOM-killed
+ * without a word. 1024 leaves ample room above the 32-96 px encoders ssocl exports.
+ */
+export const MAX_INPUT_SIDE = 1024;
+/** Largest output width accepted (features, embedding), for the same reason on the output side. */
+export const MAX_OUTPUT_DIM = 65536;
+/** A model with a fixed batch size is probed with that many images; more than this is not an edge encoder. */
+const MAX_FIXED_BATCH = 16;
+const ONNX_FLOAT = 1;
+
+/** elem_type of each graph input (ONNX TensorProto.DataType; 0 where not declared). modelInfo leaves it out. */
+function inputElemTypes(model: Uint8Array): Map<string, number> {
+  const out = new Map<string, number>();
+  const dec = new TextDecoder();
+  for (const f of readFields(model)) {
+    if (f.field !== 7 || !f.data) continue;
+    for (const gf of readFields(f.data)) {
+      if (gf.field !== 11 || !gf.data) continue;
+      const vi = readFields(gf.data);
+      const name = vi.find((x) => x.field === 1)?.data;
+      const type = vi.find((x) => x.field === 2)?.data;
+      const tensor = type ? readFields(type).find((x) => x.field === 1)?.data : undefined;
+      const elem = tensor ? readFields(tensor).find((x) => x.field === 1)?.value : undefined;
+      if (name) out.set(dec.decode(name), elem !== undefined ? Number(elem) : 0);
+    }
+  }
+  return out;
+}
+
+/**
+ * Probe images: mid-grey, and a pattern (checkerboard with colour ramps) that exercises every
+ * channel and spatial position, alternating; NCHW float32 in [0, 1].
+ */
+function probeImages(count: number, size: number): Float32Array {
+  const per = 3 * size * size;
+  const x = new Float32Array(count * per);
+  for (let n = 0; n < count; n++) {
+    for (let c = 0; c < 3; c++) {
+      for (let i = 0; i < size; i++) {
+        for (let j = 0; j < size; j++) {
+          const k = n * per + (c * size + i) * size + j;
+          x[k] = n % 2 === 0 ? 0.5 : ((i >> 2) + (j >> 2)) % 2 ? (c === 0 ? i : c === 1 ? j : i + j) / (2 * size) : 1 - c / 3;
+        }
+      }
+    }
+  }
+  return x;
 }
 
 export class Encoder {
@@ -58,20 +120,67 @@ export class Encoder {
       throw new EncoderError(`${file}: not a readable ONNX model (${(e as Error).message})`);
     }
     const input = info.inputs.find((i) => i.name === 'images');
-    const [, c, h, w] = input?.dims ?? [];
+    const [b, c, h, w] = input?.dims ?? [];
     if (!input || input.dims.length !== 4 || c !== 3 || typeof h !== 'number' || h !== w) {
       throw new EncoderError(`${file}: not an ssocl encoder (needs one input 'images' of shape [batch, 3, S, S]; has ${info.inputs.map((i) => `${i.name} [${i.dims}]`).join(', ') || 'none'})`);
     }
+    // Checked before a session exists or anything is allocated at the declared size.
+    const shape = `[${input.dims.join(', ')}]`;
+    if (!(Number.isInteger(h) && h >= 1 && h <= MAX_INPUT_SIDE)) {
+      throw new EncoderError(`${file}: refused: input 'images' ${shape} is ${h}x${w} px; the largest accepted is ${MAX_INPUT_SIDE}x${MAX_INPUT_SIDE}`, true);
+    }
+    if (typeof b === 'number' && !(Number.isInteger(b) && b >= 1 && b <= MAX_FIXED_BATCH)) {
+      throw new EncoderError(`${file}: refused: input 'images' ${shape} has a fixed batch of ${b} (use a dynamic batch dimension)`, true);
+    }
+    const elem = inputElemTypes(bytes).get('images');
+    if (elem !== ONNX_FLOAT) throw new EncoderError(`${file}: refused: input 'images' ${shape} is not float32 (ONNX elem_type ${elem ?? 'missing'})`, true);
     const outDim = (n: string) => {
       const d = info.outputs.find((x) => x.name === n)?.dims[1];
       return typeof d === 'number' ? d : null;
     };
     const dims = { features: outDim('features'), embedding: outDim('embedding') };
     if (dims.features === null) throw new EncoderError(`${file}: not an ssocl encoder (no output 'features' of shape [batch, D])`);
+    for (const [n, d] of Object.entries(dims)) {
+      if (d !== null && !(Number.isInteger(d) && d >= 1 && d <= MAX_OUTPUT_DIM)) {
+        throw new EncoderError(`${file}: refused: output '${n}' [${info.outputs.find((x) => x.name === n)!.dims.join(', ')}] has width ${d}; accepted 1 to ${MAX_OUTPUT_DIM}`, true);
+      }
+    }
     const step = info.metadata['ssocl.step'];
     const version = { sha256: createHash('sha256').update(bytes).digest('hex').slice(0, 16), step: step !== undefined ? Number(step) : null };
     const session = await openSessionOrFallback(bytes, o.ep ?? 'cpu', o.epFallback, o, o.warn);
-    return new Encoder(file, version, h, dims, session);
+    const enc = new Encoder(file, version, h, dims, session);
+    try {
+      await enc.probe(typeof b === 'number' ? b : 2);
+    } catch (e) {
+      await session.release();
+      throw e;
+    }
+    return enc;
+  }
+
+  /**
+   * One run on known images: every declared output must have the declared size and finite values. A
+   * model whose weights hold a NaN (or overflow) passes every shape check and then writes nulls.
+   */
+  private async probe(count: number): Promise<void> {
+    const outputs = (Object.keys(this.dims) as EncoderOutput[]).filter((n) => this.dims[n] !== null);
+    const s = this.size;
+    let out;
+    try {
+      out = await this.session.run({ images: { type: 'float32', data: probeImages(count, s), dims: [count, 3, s, s] } }, outputs);
+    } catch (e) {
+      throw new EncoderError(`${this.file}: refused: probe run on ${count} images of [3, ${s}, ${s}] failed: ${String((e as Error).message).split('\n')[0]}`, true);
+    }
+    for (const n of outputs) {
+      const t = out[n];
+      const want = count * this.dims[n]!;
+      if (!t || t.data.length !== want) {
+        throw new EncoderError(`${this.file}: refused: probe output '${n}' has ${t ? `shape [${t.dims.join(', ')}]` : 'no value'}, expected [${count}, ${this.dims[n]}]`, true);
+      }
+      let bad = 0;
+      for (let i = 0; i < t.data.length; i++) if (!Number.isFinite(t.data[i] as number)) bad++;
+      if (bad) throw new EncoderError(`${this.file}: refused: probe output '${n}' has ${bad} of ${want} values not finite (NaN or infinite) on mid-grey and patterned images`, true);
+    }
   }
 
   dim(output: EncoderOutput): number {

@@ -5,7 +5,7 @@
 // and the version recorded with a result is the one that computed it.
 
 import { statSync } from 'node:fs';
-import { Encoder, type EncoderOptions } from './encoder.ts';
+import { Encoder, EncoderError, type EncoderOptions } from './encoder.ts';
 
 function identity(file: string): string | null {
   try {
@@ -61,9 +61,11 @@ export class LiveEncoder {
     try {
       next = await Encoder.open(this.file, this.o);
     } catch (e) {
-      // E.g. a writer that does not rename into place: keep serving the old model, look again at the
-      // next poll (said once per version of the file).
-      if (this.failed !== id) this.o.log(`model ${this.file} changed but could not be loaded, keeping ${this.cur.version.sha256}: ${(e as Error).message}`);
+      // E.g. a writer that does not rename into place, or a complete model that fails validation (bad
+      // shapes, non-finite probe outputs): keep serving the old model, look again at the next poll
+      // (said once per version of the file).
+      const how = e instanceof EncoderError && e.refused ? 'was refused' : 'could not be loaded';
+      if (this.failed !== id) this.o.log(`model ${this.file} changed but ${how}, keeping ${this.cur.version.sha256}: ${(e as Error).message}`);
       this.failed = id;
       return;
     }
