@@ -1,9 +1,12 @@
 // Frame decoding: any supported image file -> uint8 CHW RGB at the training resolution. sharp decodes
 // JPEG, PNG and WebP; BMP and PPM/PGM are parsed here (sharp has no loader for them) and handed to
-// sharp as raw pixels. Pixel count is bounded before decoding (decompression bombs).
+// sharp as raw pixels. Pixel count is bounded before decoding (decompression bombs). Data that ends before
+// the size its header declares is refused (never padded with grey), and non-sRGB inputs (CMYK, 16-bit) are
+// converted to 8-bit sRGB colorimetrically.
 
+import { constants as zc, inflateSync } from 'node:zlib';
 import sharp from 'sharp';
-import type { Metadata, OutputInfo, Sharp } from 'sharp';
+import type { FailOnOptions, Metadata, OutputInfo, Sharp } from 'sharp';
 
 // Every frame is a new image: libvips' operation cache (up to 50 MB by default) only grows the RSS of
 // a long-running agent.
@@ -91,26 +94,115 @@ function parseBmp(buf: Uint8Array, o: DecodeOptions): Raw {
   return { data, width, height, channels: 3 };
 }
 
+const oneLine = (err: unknown): string => String((err as Error)?.message ?? err).split('\n')[0].trim();
+
+const ascii = (b: Uint8Array, at: number, n: number): string => String.fromCharCode(...b.subarray(at, at + n));
+
+/** Bytes of filtered scanlines a PNG of this header needs (Adam7 adds one filter byte per row per pass). */
+function pngDataBytes(w: number, h: number, depth: number, colourType: number, interlaced: boolean): number {
+  const samples = ({ 0: 1, 2: 3, 3: 1, 4: 2, 6: 4 } as Record<number, number>)[colourType];
+  if (!samples) return 0;
+  const row = (pw: number) => 1 + Math.ceil((pw * samples * depth) / 8);
+  if (!interlaced) return h * row(w);
+  let n = 0;
+  for (const [x0, y0, dx, dy] of [[0, 0, 8, 8], [4, 0, 8, 8], [0, 4, 4, 8], [2, 0, 4, 4], [0, 2, 2, 4], [1, 0, 2, 2], [0, 1, 1, 2]]) {
+    const pw = Math.ceil((w - x0) / dx);
+    const ph = Math.ceil((h - y0) / dy);
+    if (pw > 0 && ph > 0) n += ph * row(pw);
+  }
+  return n;
+}
+
+function pngShortfall(b: Uint8Array, sizeChecked: boolean): string | null {
+  if (b.length < 33) return `PNG of ${b.length} bytes ends inside its header`;
+  const dv = new DataView(b.buffer, b.byteOffset, b.byteLength);
+  const size = `header says ${dv.getUint32(16)}x${dv.getUint32(20)}`;
+  const idat: Uint8Array[] = [];
+  let pos = 8;
+  for (;;) {
+    if (pos + 8 > b.length) return `PNG ends after ${b.length} bytes without its IEND chunk, ${size}`;
+    const len = dv.getUint32(pos);
+    const type = ascii(b, pos + 4, 4);
+    if (pos + 12 + len > b.length) return `PNG stops at byte ${b.length}, inside chunk ${type}, which runs to byte ${pos + 12 + len}, ${size}`;
+    if (type === 'IDAT') idat.push(b.subarray(pos + 8, pos + 8 + len));
+    if (type === 'IEND') break;
+    pos += 12 + len;
+  }
+  // Every chunk is whole, yet the compressed image data may still stop short (cut, then IEND appended).
+  // Inflated only once the header's size has passed check(), so a crafted bomb cannot blow up memory here.
+  const need = sizeChecked ? pngDataBytes(dv.getUint32(16), dv.getUint32(20), b[24], b[25], b[28] === 1) : 0;
+  if (!need) return null;
+  let got: number;
+  try {
+    got = inflateSync(Buffer.concat(idat), { finishFlush: zc.Z_SYNC_FLUSH, maxOutputLength: need }).length;
+  } catch {
+    return null; // corrupt rather than short, or all there (output hit the bound)
+  }
+  return got < need ? `PNG image data holds ${got} of the ${need} bytes, ${size}` : null;
+}
+
+function webpShortfall(b: Uint8Array): string | null {
+  if (b.length < 12) return `WebP of ${b.length} bytes ends inside its header`;
+  const dv = new DataView(b.buffer, b.byteOffset, b.byteLength);
+  const riff = 8 + dv.getUint32(4, true);
+  if (riff > b.length) return `WebP file holds ${b.length} of the ${riff} bytes its RIFF header says`;
+  for (let pos = 12; pos + 8 <= riff; ) {
+    const end = pos + 8 + dv.getUint32(pos + 4, true);
+    if (end > riff) return `WebP stops at byte ${riff}, inside chunk ${ascii(b, pos, 4).trim()}, which runs to byte ${end}`;
+    pos = end + (end & 1);
+  }
+  return null;
+}
+
+/**
+ * On a failed read only: 'truncated: ...' when the bytes end before what the header declares, so the
+ * quarantine reason says so instead of a loader's generic error. Format by content (a JPEG may be named .png).
+ */
+function truncation(b: Uint8Array, err: unknown, meta?: Metadata): string | null {
+  const msg = oneLine(err);
+  let why: string | null = null;
+  if (b[0] === 0xff && b[1] === 0xd8) {
+    // libjpeg: 'premature end of data segment' (scan data stops before the last MCU) or '... of JPEG file'.
+    if (/premature end/i.test(msg)) why = meta?.width ? `JPEG data ends before the image does, header says ${meta.width}x${meta.height} (${msg})` : `JPEG ends inside its header (${msg})`;
+  } else if (ascii(b, 0, 8) === '\x89PNG\r\n\x1a\n') {
+    why = pngShortfall(b, meta !== undefined);
+  } else if (ascii(b, 0, 4) === 'RIFF' && ascii(b, 8, 4) === 'WEBP') {
+    why = webpShortfall(b);
+  }
+  return why && `truncated: ${why}`;
+}
+
 /** Decodes and resizes one image file's bytes; throws FrameError with a reason on anything unusable. */
 export async function decodeFrame(buf: Uint8Array, ext: string, o: DecodeOptions): Promise<Uint8Array> {
   if (buf.length === 0) throw new FrameError('empty file');
   let img: Sharp;
+  let meta: Metadata | undefined;
   const e = ext.toLowerCase();
   if (e === '.ppm' || e === '.pgm' || e === '.bmp') {
     const raw = e === '.bmp' ? parseBmp(buf, o) : parsePnm(buf, o);
     img = sharp(raw.data, { raw: { width: raw.width, height: raw.height, channels: raw.channels } });
   } else {
-    img = sharp(buf, { limitInputPixels: o.maxPixels, failOn: 'truncated' });
-    let meta: Metadata;
     try {
       // Header only (nothing is decoded), without sharp's own pixel limit, so an oversized image is
       // refused below with its size in the reason; decoding keeps the limit.
       meta = await sharp(buf, { limitInputPixels: false }).metadata();
     } catch (err) {
-      throw new FrameError(`unreadable image: ${(err as Error).message}`);
+      throw new FrameError(truncation(buf, err) ?? `unreadable image: ${oneLine(err)}`);
     }
     if (!['jpeg', 'png', 'webp'].includes(meta.format ?? '')) throw new FrameError(`format '${meta.format}' is not a supported frame format`);
     check(meta.width ?? 0, meta.height ?? 0, o);
+    // JPEG: scan data that stops before the header's size (cut, then an EOI appended, or a header that
+    // claims more pixels) is only a libjpeg *warning*, and libvips fills the rest with grey; 'warning'
+    // makes it an error (per decode: sharp's warning events come from one process-wide queue, so they
+    // cannot be pinned on a frame). PNG and WebP loaders already fail on short data at 'truncated',
+    // which keeps tolerating their benign warnings (libpng's iCCP complaints and the like).
+    const failOn: FailOnOptions = meta.format === 'jpeg' ? 'warning' : 'truncated';
+    img = sharp(buf, { limitInputPixels: o.maxPixels, failOn });
+    // Non-sRGB input is converted at load by libvips' colourspace conversion. Otherwise sharp converts CMYK
+    // with its built-in profile at perceptual intent (a visible shift), and converts 16-bit RGB with a profile
+    // to P3, which the final toColourspace('srgb') only cuts to 8 bits. sRGB and grey skip this because it
+    // turns off JPEG shrink-on-load.
+    if (meta.space !== 'srgb' && meta.space !== 'b-w') img = img.pipelineColourspace('srgb');
     img = img.rotate(); // honour EXIF orientation
   }
   let out: { data: Buffer; info: OutputInfo };
@@ -122,7 +214,7 @@ export async function decodeFrame(buf: Uint8Array, ext: string, o: DecodeOptions
       .raw()
       .toBuffer({ resolveWithObject: true });
   } catch (err) {
-    throw new FrameError(`cannot decode: ${(err as Error).message}`);
+    throw new FrameError(truncation(buf, err, meta) ?? `cannot decode: ${oneLine(err)}`);
   }
   const { data, info } = out;
   if (info.width !== o.size || info.height !== o.size) throw new FrameError(`resize gave ${info.width}x${info.height}`);
