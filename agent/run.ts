@@ -2,19 +2,19 @@
 // the learner (buffer + K compiled steps) -> checkpoints, exports, metrics. Resumes from the newest
 // checkpoint; SIGINT/SIGTERM finish the current step, checkpoint, export and exit.
 
-import { readdirSync, statSync, appendFileSync, copyFileSync, existsSync, lstatSync, mkdirSync, realpathSync, renameSync, rmSync, unlinkSync, writeFileSync, accessSync, constants } from 'node:fs';
+import { readdirSync, readFileSync, statSync, appendFileSync, copyFileSync, existsSync, lstatSync, mkdirSync, realpathSync, renameSync, rmSync, unlinkSync, writeFileSync, accessSync, constants } from 'node:fs';
 import path from 'node:path';
 import { Trainer } from './trainer/trainer.ts';
 import { SessionRunError, type EP } from './trainer/backend.ts';
 import { ortSimilarity } from './buffer/similarity.ts';
 import { Learner, defaultLearnerConfig, type ArrivalReport, type LearnerConfig, type Replay } from './trainer/learner.ts';
-import { latestCheckpoint, listCheckpoints, removeStaleTemps, saveCheckpoint, CHECKPOINT_VERSION } from './trainer/checkpoint.ts';
+import { latestCheckpoint, listCheckpoints, removeStaleTemps, saveCheckpoint, CHECKPOINT_VERSION, type PendingFrame } from './trainer/checkpoint.ts';
 import { exportEncoder, type ExportInfo } from './export/export.ts';
 import { DirSource, type FileFrame, type Overflow } from './sources/dir.ts';
 import { DatasetSource } from './sources/dataset.ts';
 import { Ledger } from './sources/ledger.ts';
 import { JsonlSink } from './infer/io.ts';
-import { readRegularFile, UnreadableFile } from './sources/read.ts';
+import { confinedPath, readRegularFile, UnreadableFile } from './sources/read.ts';
 import { CameraError, CameraSource, checkFfmpeg, isLive } from './sources/camera.ts';
 import { decodeFrame, resizeChw, FrameError, type Fit } from './frames/decode.ts';
 import type { BufferPolicy } from './buffer/buffer.ts';
@@ -46,6 +46,10 @@ export interface AgentOptions {
   /** A camera device, stream URL or video file, through ffmpeg. */
   camera?: { input: string; fps: number; captureSize?: string; ffmpeg: string; stallMs: number };
   recursive: boolean;
+  /** Accept frames with more than one hard link (which may alias files outside the watched directory). */
+  allowHardLinks?: boolean;
+  /** The watched path deleted and recreated, or replaced by a link: watch the new directory, or stop. */
+  rootReplaced?: 'follow' | 'stop';
   order: 'name' | 'mtime';
   afterIngest: 'keep' | 'move' | 'delete';
   processed: string;
@@ -112,6 +116,9 @@ function isDiskFull(e: unknown): boolean {
   return c === 'ENOSPC' || c === 'EDQUOT';
 }
 
+/** Exit code when checkpoints exist but none verifies: starting over is the user's choice (--fresh). */
+export const EXIT_NO_TRUSTED_STATE = 6;
+
 export class AgentError extends Error {
   constructor(
     message: string,
@@ -131,7 +138,7 @@ function ensureWritable(flag: string, dir: string): void {
 }
 
 /** rename, or copy and unlink where the target is on another filesystem (EXDEV). */
-function moveFile(from: string, to: string): void {
+function moveFile(from: string | Buffer, to: string): void {
   try {
     renameSync(from, to);
   } catch (e) {
@@ -151,6 +158,16 @@ function uniqueTarget(dir: string, rel: string): string {
   return target;
 }
 
+/** step and artifact of models/latest.json, or null if there is none (or it cannot be read). */
+function readPublished(models: string): { step: number; artifact: string } | null {
+  try {
+    const j = JSON.parse(readFileSync(path.join(models, 'latest.json'), 'utf8'));
+    return Number.isInteger(j.step) && typeof j.artifact === 'string' ? { step: j.step, artifact: j.artifact } : null;
+  } catch {
+    return null;
+  }
+}
+
 /** A video file's identity as a 31-bit number (checkpoint counters are numbers). */
 function fileIdentity(file: string, fps: number): number {
   const st = statSync(file);
@@ -160,7 +177,42 @@ function fileIdentity(file: string, fps: number): number {
   return (h >>> 1) || 1;
 }
 
-export async function runAgent(o: AgentOptions): Promise<AgentSummary> {
+interface Signals {
+  /** Set once the agent can stop cleanly; a signal before that is remembered in `got`. */
+  stop: ((sig: string) => void) | null;
+  got: string;
+}
+
+/**
+ * `keepSignalHandlers`: leave SIGINT/SIGTERM handled after returning (the CLI, which exits right after:
+ * a signal in that gap would otherwise kill it with 143 after a clean stop).
+ */
+export async function runAgent(o: AgentOptions, { keepSignalHandlers = false } = {}): Promise<AgentSummary> {
+  // Handled from the first moment to the last: a SIGTERM while the artifacts load, or a second one
+  // during the final checkpoint and export, must not kill the process half-way (exit 143).
+  const signals: Signals = { stop: null, got: '' };
+  const on = (sig: string) => () => {
+    if (signals.stop) signals.stop(sig);
+    else if (!signals.got) {
+      signals.got = sig;
+      o.log(`${sig} while starting: stopping as soon as the state is loaded`);
+    }
+  };
+  const sigint = on('SIGINT');
+  const sigterm = on('SIGTERM');
+  process.on('SIGINT', sigint);
+  process.on('SIGTERM', sigterm);
+  try {
+    return await runAgentWith(o, signals);
+  } finally {
+    if (!keepSignalHandlers) {
+      process.off('SIGINT', sigint);
+      process.off('SIGTERM', sigterm);
+    }
+  }
+}
+
+async function runAgentWith(o: AgentOptions, signals: Signals): Promise<AgentSummary> {
   if ([o.watch, o.dataset, o.camera].filter(Boolean).length !== 1) throw new AgentError('give one source: --watch DIR, --camera DEVICE|URL|FILE or --dataset NAME');
   if (o.camera) {
     checkFfmpeg(o.camera.ffmpeg);
@@ -198,11 +250,26 @@ export async function runAgent(o: AgentOptions): Promise<AgentSummary> {
   if (stale) o.log(`removed ${stale} temporary file(s) left by an interrupted write`);
   const counters = { framesIngested: 0, quarantined: 0, dropped: 0, refused: 0, skippedSteps: 0, datasetPosition: 0, cameraPosition: 0, cameraFile: 0, evaluatedPct: 0 };
   let resumedFrom: string | null = null;
+  // Frames the resumed checkpoint learnt from since the one before it (committed at the next checkpoint).
+  let resumedPending: PendingFrame[] = [];
+  let rejectedNewer = false;
   if (o.fresh) {
     rmSync(ckptDir, { recursive: true, force: true });
     rmSync(path.join(o.stateDir, 'ingested.log'), { force: true });
   } else {
-    const last = latestCheckpoint(ckptDir, o.log);
+    const rejected: string[] = [];
+    const last = latestCheckpoint(ckptDir, o.log, rejected);
+    rejectedNewer = rejected.length > 0;
+    if (!last && rejected.length) {
+      throw new AgentError(`--state ${o.stateDir}: none of its ${rejected.length} checkpoint(s) verifies (see above); not starting over by itself: --fresh starts from scratch, or restore a good checkpoint into ${ckptDir}`, EXIT_NO_TRUSTED_STATE);
+    }
+    if (last && rejected.length) {
+      // Kept for a look, out of the way: left in place they would stay "newest" and outlive rotation.
+      const aside = path.join(ckptDir, 'rejected');
+      mkdirSync(aside, { recursive: true });
+      for (const f of rejected) renameSync(f, path.join(aside, path.basename(f)));
+      o.log(`resuming from the older ${last.file}: ${rejected.length} newer checkpoint(s) did not verify (moved to ${aside}); the frames learnt since are taken again`);
+    }
     if (last) {
       const c = last.data;
       if (c.meta.artifact !== artifactHash) {
@@ -223,6 +290,7 @@ export async function runAgent(o: AgentOptions): Promise<AgentSummary> {
         entries: c.meta.buffer.entries.map((e, i) => ({ ...e, image: c.images[i], feature: c.features[i] })),
       });
       Object.assign(counters, c.meta.counters);
+      resumedPending = c.meta.pending ?? [];
       resumedFrom = last.file;
       o.log(`resumed from ${last.file}: step ${trainer.steps}, ${learner.arrivals} arrivals, buffer ${learner.buffer.size}`);
     }
@@ -272,6 +340,12 @@ export async function runAgent(o: AgentOptions): Promise<AgentSummary> {
       counters.refused++;
       o.log(`refused ${p}: ${why}`);
     },
+    onBadName: (dir, raw) => quarantineRawName(dir, raw),
+    rootReplaced: o.rootReplaced ?? 'follow',
+    onRootLost: (why) => {
+      o.log(`${why}: stopping`);
+      stop(why);
+    },
   });
 
   // With --after-ingest delete|move, a frame leaves the watched directory as soon as it is read, into
@@ -280,6 +354,7 @@ export async function runAgent(o: AgentOptions): Promise<AgentSummary> {
   // the one-hour soak saw RSS saw-tooth 40-60 MB between checkpoints with ~2000 frames waiting.
   const heldDir = path.join(o.stateDir, 'held');
   let holding = !!watch && o.afterIngest !== 'keep';
+  const pendingIds = new Set(resumedPending.map((p) => Ledger.key(p.key, p.size, p.mtimeMs)));
   // Held by a run that stopped before its checkpoint: back where they were, to be taken again; those
   // its checkpoint did hold (in the ledger) are finished as --after-ingest says. Called before watching.
   const restoreHeld = () => {
@@ -292,33 +367,42 @@ export async function runAgent(o: AgentOptions): Promise<AgentSummary> {
         const st = lstatSync(abs);
         if (!st.isFile()) continue;
         const f: FileFrame = { key, path: abs, size: st.size, mtimeMs: st.mtimeMs, arrival: Date.now() };
-        if (ledger.has(key, st.size, st.mtimeMs) && o.afterIngest !== 'keep') {
+        if (pendingIds.delete(Ledger.key(key, st.size, st.mtimeMs))) {
+          // The resumed checkpoint learnt from it (a kill may have come before its ledger line).
+          if (!ledger.has(key, st.size, st.mtimeMs)) ledger.record('ingested', key, st.size, st.mtimeMs);
+          prevPending.push(f);
+        } else if (ledger.has(key, st.size, st.mtimeMs) && !rejectedNewer) {
           if (afterIngest(f)) ledger.forget(key, st.size, st.mtimeMs);
           finished++;
         } else {
-          moveFile(abs, uniqueTarget(watch, key)); // a new name if one of its name came meanwhile
+          // Not held by the checkpoint resumed from (one that did not verify did): learnt again.
+          if (ledger.has(key, st.size, st.mtimeMs)) ledger.record('returned', key, st.size, st.mtimeMs);
+          const target = uniqueTarget(watch, key); // a new name if one of its name came meanwhile
+          confinedPath(target, source.root);
+          moveFile(abs, target);
           back++;
         }
       } catch (e) {
         o.log(`could not return held frame ${abs}: ${(e as Error).message}`);
       }
     }
-    if (back) o.log(`${back} frame(s) read by a run that stopped before its checkpoint are back in ${watch}`);
+    if (back) o.log(`${back} frame(s) read by a run that stopped before its checkpoint${rejectedNewer ? ' (or whose checkpoint did not verify)' : ''} are back in ${watch}`);
     if (finished) o.log(`${finished} frame(s) the last checkpoint holds were finished (--after-ingest ${o.afterIngest})`);
   };
   const hold = (f: FileFrame) => {
     if (!holding) return;
     const to = path.join(heldDir, f.key);
     try {
+      const from = confinedPath(f.path, source.root);
       mkdirSync(path.dirname(to), { recursive: true });
-      renameSync(f.path, to);
+      renameSync(from, to);
       f.path = to;
     } catch (e) {
       const code = (e as NodeJS.ErrnoException).code;
       if (code === 'EXDEV') {
         holding = false;
         o.log(`--state ${o.stateDir} is on another filesystem than ${watch}: frames stay in the watched directory until the checkpoint`);
-      } else if (code !== 'ENOENT') o.log(`could not hold ${f.key} in ${heldDir} (${code ?? (e as Error).message}); it stays in place until the checkpoint`);
+      } else if (code !== 'ENOENT') o.log(`could not hold ${f.key} in ${heldDir} (${(e as Error).message}); it stays in place until the checkpoint`);
     }
   };
 
@@ -328,14 +412,12 @@ export async function runAgent(o: AgentOptions): Promise<AgentSummary> {
     void source.close();
     void camera?.close();
   };
-  const onSignal = (sig: string) => () => {
+  signals.stop = (sig: string) => {
+    if (stopReason) return o.log(`${sig}: already stopping (${stopReason}); the checkpoint and export are being written`);
     o.log(`${sig}: finishing the current step, then checkpoint and export`);
     stop(sig);
   };
-  const sigint = onSignal('SIGINT');
-  const sigterm = onSignal('SIGTERM');
-  process.on('SIGINT', sigint);
-  process.on('SIGTERM', sigterm);
+  if (signals.got) stop(signals.got);
 
   const metricsFile = o.metrics ? path.resolve(o.metrics) : null;
   if (metricsFile) mkdirSync(path.dirname(metricsFile), { recursive: true });
@@ -378,7 +460,17 @@ export async function runAgent(o: AgentOptions): Promise<AgentSummary> {
   let metricsFailed = false;
   let evalNext = 0;
 
+  // Frames read since the last checkpoint; those of arrivals where every step was skipped taught
+  // nothing, so they are never committed by this run (a restart takes them again).
   const uncommitted: FileFrame[] = [];
+  let lastCkptFile = resumedFrom ?? '';
+  const unlearnt: FileFrame[] = [];
+  // Learnt and held by the newest verified checkpoint: in the ledger, but deleted or moved only once
+  // the next checkpoint verifies too, so losing the newest file loses no frame (they are taken again).
+  let prevPending: FileFrame[] = [];
+  const finish = (list: FileFrame[]) => {
+    for (const f of list.splice(0)) if (afterIngest(f)) ledger.forget(f.key, f.size, f.mtimeMs);
+  };
   const checkpoint = () => {
     const snap = learner.buffer.snapshot();
     const file = saveCheckpoint(ckptDir, {
@@ -397,6 +489,7 @@ export async function runAgent(o: AgentOptions): Promise<AgentSummary> {
           hasFeature: snap.entries.map((e) => e.feature !== null),
         },
         counters: { ...counters },
+        pending: [...prevPending, ...uncommitted].map(({ key, size, mtimeMs }) => ({ key, size, mtimeMs })),
         time: new Date().toISOString(),
       },
       state: trainer.state,
@@ -405,13 +498,17 @@ export async function runAgent(o: AgentOptions): Promise<AgentSummary> {
     });
     lastCkptStep = trainer.steps;
     lastCkptTime = Date.now();
+    // The same name is the same state written again (e.g. the final checkpoint right after a periodic
+    // one): it replaced that file, so still only one checkpoint holds the previous frames.
+    if (file !== lastCkptFile) finish(prevPending);
+    lastCkptFile = file;
     // One by one, so a failed append (disk full) leaves the rest for the next checkpoint.
     while (uncommitted.length) {
       const f = uncommitted[0];
       ledger.record('ingested', f.key, f.size, f.mtimeMs);
       uncommitted.shift();
       source.forget(f);
-      if (afterIngest(f)) ledger.forget(f.key, f.size, f.mtimeMs);
+      prevPending.push(f);
     }
     return file;
   };
@@ -436,7 +533,20 @@ export async function runAgent(o: AgentOptions): Promise<AgentSummary> {
     }
   };
 
+  // What is published now: never replaced by an encoder less trained (e.g. after resuming from an
+  // older checkpoint because the newest did not verify) unless the user started over (--fresh).
+  const published = readPublished(o.models);
+  let heldBackLogged = false;
   const doExport = async () => {
+    if (published && !o.fresh && published.artifact === artifactHash && trainer.steps < published.step) {
+      if (!heldBackLogged) o.log(`not exporting: ${path.join(o.models, 'latest.onnx')} is at step ${published.step}, this run at step ${trainer.steps}; exports resume once training passes it`);
+      heldBackLogged = true;
+      return;
+    }
+    if (published && o.fresh && !heldBackLogged && trainer.steps < published.step) {
+      o.log(`--fresh: replacing ${path.join(o.models, 'latest.onnx')} (step ${published.step}) with this run's encoder (step ${trainer.steps})`);
+      heldBackLogged = true;
+    }
     const entries = learner.buffer.entries.slice(0, 8);
     const per = 3 * size * size;
     const count = Math.max(1, entries.length);
@@ -461,8 +571,9 @@ export async function runAgent(o: AgentOptions): Promise<AgentSummary> {
     }
     source.forget(f);
     try {
+      const from = confinedPath(f.path, source.root);
       const target = uniqueTarget(o.quarantine, f.key);
-      moveFile(f.path, target);
+      moveFile(from, target);
       writeFileSync(`${target}.reason`, `${reason}\n`);
       o.log(`quarantined ${f.key}: ${reason}`);
     } catch (e) {
@@ -470,13 +581,34 @@ export async function runAgent(o: AgentOptions): Promise<AgentSummary> {
     }
   };
 
+  // A name that is not valid UTF-8 cannot be reached through a string path (nor kept in the ledger
+  // as it is): moved aside by its raw bytes under an escaped name, with a reason, and counted.
+  const quarantineRawName = (dir: string, raw: Buffer) => {
+    const shown = [...raw].map((b) => (b < 0x20 || b >= 0x7f || b === 0x25 ? `%${b.toString(16).padStart(2, '0')}` : String.fromCharCode(b))).join('');
+    counters.quarantined++;
+    try {
+      confinedPath(path.join(dir, 'x'), source.root);
+      const target = uniqueTarget(o.quarantine, path.join(path.relative(source.root, dir), shown));
+      moveFile(Buffer.concat([Buffer.from(dir + path.sep), raw]), target);
+      writeFileSync(`${target}.reason`, 'file name is not valid UTF-8 (shown with its bytes %-escaped); rename it and put it back to have it learnt\n');
+      o.log(`quarantined ${shown}: file name is not valid UTF-8`);
+    } catch (e) {
+      o.log(`could not quarantine ${shown} (${(e as Error).message}): file name is not valid UTF-8`);
+    }
+  };
+
   /** true when the file is gone from the watched directory (so the ledger need not remember it in memory). */
   const afterIngest = (f: FileFrame): boolean => {
     try {
-      if (o.afterIngest === 'delete') rmSync(f.path, { force: true });
-      else if (o.afterIngest === 'move') moveFile(f.path, uniqueTarget(o.processed, f.key));
-      return o.afterIngest !== 'keep';
+      if (o.afterIngest === 'keep') return false;
+      // Only ever inside the watched directory or our own held/ (a parent swapped for a link is refused).
+      const held = path.resolve(f.path).startsWith(path.resolve(heldDir) + path.sep);
+      const from = confinedPath(f.path, held ? realpathSync(heldDir) : source.root);
+      if (o.afterIngest === 'delete') rmSync(from, { force: true });
+      else moveFile(from, uniqueTarget(o.processed, f.key));
+      return true;
     } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT') return true; // already gone
       o.log(`after-ingest ${o.afterIngest} failed for ${f.key}: ${(e as Error).message}`);
       return false;
     }
@@ -485,11 +617,21 @@ export async function runAgent(o: AgentOptions): Promise<AgentSummary> {
   if (camera) camera.start();
   else if (!dataset) {
     restoreHeld();
+    // Frames the resumed checkpoint learnt from that stayed in place (keep, or another filesystem): not taken again.
+    for (const p of resumedPending) {
+      if (!pendingIds.has(Ledger.key(p.key, p.size, p.mtimeMs)) || !watch) continue;
+      const f: FileFrame = { key: p.key, path: path.join(watch, p.key), size: p.size, mtimeMs: p.mtimeMs, arrival: Date.now() };
+      if (!ledger.has(p.key, p.size, p.mtimeMs)) ledger.record('ingested', p.key, p.size, p.mtimeMs);
+      source.claim(f);
+      prevPending.push(f);
+    }
     await source.start();
   }
   o.log(`${dataset ? `replaying ${o.dataset!.label} (${dataset.remaining} frames left)` : camera ? `reading ${o.camera!.input} through ffmpeg${o.camera!.fps ? ` at ${o.camera!.fps} fps` : ''}${counters.cameraPosition ? ` from frame ${counters.cameraPosition + 1}` : ''}` : `watching ${watch} (${source.pending} frames waiting)`}; training ${m.name} on ${trainer.ep}: ${newPer} new images per arrival, ${learnerCfg.updates} updates, buffer ${learnerCfg.buffer.capacity} (${learnerCfg.buffer.policy}), replay ${learnerCfg.replay}`);
 
   let pending: { key: string; image: Uint8Array }[] = [];
+  let arrivalFrames: FileFrame[] = [];
+  const incompleteGraceMs = Math.max(5000, 10 * o.stableMs);
   try {
     while (!stopReason) {
       if (o.maxSeconds && Date.now() - started >= o.maxSeconds * 1000) {
@@ -524,7 +666,8 @@ export async function runAgent(o: AgentOptions): Promise<AgentSummary> {
       if (dataset || camera) {
         if (pending.length < newPer) continue;
       } else if (!f) {
-        if (o.exitWhenIdle && Date.now() - lastFrameAt >= o.exitWhenIdle * 1000) stop(`idle for ${o.exitWhenIdle}s (--exit-when-idle)`);
+        // Not idle while a frame that may still be being written waits for its second look.
+        if (o.exitWhenIdle && !source.deferred && Date.now() - lastFrameAt >= o.exitWhenIdle * 1000) stop(`idle for ${o.exitWhenIdle}s (--exit-when-idle)`);
         continue;
       }
       if (f) {
@@ -538,8 +681,14 @@ export async function runAgent(o: AgentOptions): Promise<AgentSummary> {
             source.forget(f);
             continue;
           }
-          bytes = readRegularFile(f.path);
+          bytes = readRegularFile(f.path, undefined, undefined, { root: source.root, allowHardLinks: !!o.allowHardLinks });
         } catch (e) {
+          if (e instanceof UnreadableFile && (e.code === 'EOUTSIDE' || e.code === 'EHARDLINK')) {
+            counters.refused++;
+            o.log(`refused ${f.key}: ${e.message}`);
+            source.forget(f);
+            continue;
+          }
           counters.refused++;
           const why = e instanceof UnreadableFile ? e.message : `${(e as NodeJS.ErrnoException).code ?? (e as Error).message} (gone before it could be read)`;
           o.log(`skipped ${f.key}: ${why}`);
@@ -556,13 +705,22 @@ export async function runAgent(o: AgentOptions): Promise<AgentSummary> {
         try {
           image = await decodeFrame(bytes, path.extname(f.path), { size, fit: o.fit, maxPixels: o.maxPixels });
         } catch (e) {
-          quarantine(f, e instanceof FrameError ? e.message : `decode failed: ${(e as Error).message}`);
+          const why = e instanceof FrameError ? e.message : `decode failed: ${(e as Error).message}`;
+          // Written moments ago: a writer that paused longer than --stable-ms may not be done. Look
+          // again once it has been still for the grace period; quarantine only what fails then.
+          if (Date.now() - f.mtimeMs < incompleteGraceMs) {
+            o.log(`deferred ${f.key}: ${why}; modified ${Math.round(Date.now() - f.mtimeMs)} ms ago, looking again in ${incompleteGraceMs / 1000} s`);
+            source.recheckLater(f, incompleteGraceMs);
+            continue;
+          }
+          quarantine(f, why);
           continue;
         }
         // Recorded in the ledger (and moved/deleted) only once a checkpoint holds what was learnt from it:
         // after a crash it is taken again instead of being lost.
         hold(f);
         uncommitted.push(f);
+        arrivalFrames.push(f);
         counters.framesIngested++;
         pending.push({ key: f.key, image });
         if (pending.length < newPer) continue;
@@ -582,6 +740,13 @@ export async function runAgent(o: AgentOptions): Promise<AgentSummary> {
       }
       await emit(pending);
       pending = [];
+      if (r.trained && !r.steps.some((s) => s.applied)) {
+        for (const f of arrivalFrames) {
+          const i = uncommitted.indexOf(f);
+          if (i >= 0) unlearnt.push(...uncommitted.splice(i, 1));
+        }
+      }
+      arrivalFrames = [];
       for (const s of r.steps) {
         if (!s.applied) {
           counters.skippedSteps++;
@@ -670,8 +835,6 @@ export async function runAgent(o: AgentOptions): Promise<AgentSummary> {
     emitted?.close();
     throw e;
   } finally {
-    process.off('SIGINT', sigint);
-    process.off('SIGTERM', sigterm);
     await source.close();
     await camera?.close();
   }

@@ -96,6 +96,8 @@ export async function runCommand(a: Record<string, any>): Promise<void> {
     camera: a.camera ? { input: a.camera, fps: a.fps, captureSize: a.size, ffmpeg: a.ffmpeg, stallMs: a['stall-s'] * 1000 } : undefined,
     dataset,
     recursive: a.recursive,
+    allowHardLinks: a['allow-hard-links'],
+    rootReplaced: a['root-replaced'],
     order: a.order,
     afterIngest: a['after-ingest'],
     processed: path.resolve(a.processed ?? path.join(state, 'processed')),
@@ -135,7 +137,7 @@ export async function runCommand(a: Record<string, any>): Promise<void> {
     log: (line) => process.stderr.write(`${tty ? '\r\x1b[K' : ''}${line}\n`),
     progress: tty ? (line) => process.stderr.write(`\r\x1b[K${line}`) : undefined,
   };
-  const s = await runAgent(opts);
+  const s = await runAgent(opts, { keepSignalHandlers: true });
   process.stdout.write(
     `${tty ? '\n' : ''}stopped (${s.stoppedBy}): ${s.framesIngested} frames ingested, ${s.quarantined} quarantined, ${s.dropped} dropped, ${s.refused} refused; ` +
       `${s.arrivals} arrivals, ${s.steps} steps (${s.skippedSteps} skipped); loss ${s.lossFirst?.toFixed(4) ?? '-'} -> ${s.lossLast?.toFixed(4) ?? '-'}\n` +

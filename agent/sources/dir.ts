@@ -4,7 +4,7 @@
 // overflow policy (block | drop-oldest) decides what happens when the backlog passes its limit.
 
 import chokidar, { type FSWatcher } from 'chokidar';
-import { lstatSync, readdirSync, realpathSync, statSync } from 'node:fs';
+import { closeSync, fstatSync, lstatSync, openSync, readdirSync, realpathSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { FRAME_EXTENSIONS } from '../frames/decode.ts';
 import { Ledger } from './ledger.ts';
@@ -35,6 +35,16 @@ export interface DirSourceOptions {
   stableMs: number;
   onDrop?: (f: FileFrame) => void;
   onRefused?: (absPath: string, reason: string) => void;
+  /** A name that is not valid UTF-8 (no string path can reach it): the caller moves it aside. */
+  onBadName?: (dir: string, raw: Buffer) => void;
+  /**
+   * The watched path no longer names the directory watched (deleted, recreated, or replaced by a
+   * link). 'follow': watch what it names now if that is a real directory; 'stop': call onRootLost.
+   */
+  rootReplaced?: 'follow' | 'stop';
+  onRootLost?: (why: string) => void;
+  /** How often the watched path is checked (ms). */
+  rootCheckMs?: number;
 }
 
 export class DirSource implements AsyncIterable<FileFrame> {
@@ -46,12 +56,29 @@ export class DirSource implements AsyncIterable<FileFrame> {
   private closed = false;
   private resolveClosed!: () => void;
   private closedPromise = new Promise<void>((r) => (this.resolveClosed = r));
+  private rootTimer: NodeJS.Timeout | null = null;
+  private rootId: string;
+  private rootNote = '';
+  private badNames = new Set<string>();
   dropped = 0;
-  readonly root: string;
+  /** Frames waiting for a second look (see recheckLater). */
+  deferred = 0;
+  root: string;
 
   constructor(readonly o: DirSourceOptions) {
     // Real path, so links that stay inside a watch path reached through a link are still inside.
     this.root = realpathSync(path.resolve(o.dir));
+    this.rootId = this.holdRoot();
+  }
+
+  // Held open so a deleted root's inode cannot be reused by the directory recreated in its place
+  // (which would give it the same device:inode identity).
+  private rootFd: number | null = null;
+  private holdRoot(): string {
+    if (this.rootFd !== null) closeSync(this.rootFd);
+    this.rootFd = openSync(this.root, 'r');
+    const st = fstatSync(this.rootFd);
+    return `${st.dev}:${st.ino}`;
   }
 
   inside(real: string): boolean {
@@ -70,6 +97,15 @@ export class DirSource implements AsyncIterable<FileFrame> {
     if (this.closed || !this.eligible(abs)) return;
     let st;
     try {
+      // Every level, not just the file: under --recursive a subdirectory may have become a link.
+      const realDir = realpathSync(path.dirname(abs));
+      if (!this.inside(path.join(realDir, path.basename(abs)))) {
+        if (!this.refusedLinks.has(`${abs}\0${realDir}`)) {
+          this.refusedLinks.add(`${abs}\0${realDir}`);
+          this.o.onRefused?.(abs, `its directory now resolves to ${realDir}, outside the watched directory`);
+        }
+        return;
+      }
       const l = lstatSync(abs);
       if (l.isSymbolicLink()) {
         // Untrusted directory: a link may point anywhere; only follow it inside the watched tree.
@@ -127,21 +163,93 @@ export class DirSource implements AsyncIterable<FileFrame> {
   private scan(dir: string, out: string[]): void {
     let entries;
     try {
-      entries = readdirSync(dir, { withFileTypes: true });
+      entries = readdirSync(dir, { withFileTypes: true, encoding: 'buffer' });
     } catch (e) {
       this.o.onRefused?.(dir, `cannot list: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
       return;
     }
     for (const d of entries) {
-      const abs = path.join(dir, d.name);
+      const name = d.name.toString('utf8');
+      if (!Buffer.from(name, 'utf8').equals(d.name)) {
+        // Node turns invalid bytes into U+FFFD: the string names no file, so it would sit here unseen.
+        if (!d.isDirectory()) this.badName(dir, d.name);
+        continue;
+      }
+      const abs = path.join(dir, name);
       if (d.isDirectory()) {
         if (this.o.recursive && !this.o.ignore.includes(abs)) this.scan(abs, out);
       } else out.push(abs);
     }
   }
 
+  private badName(dir: string, raw: Buffer): void {
+    const id = `${dir}\0${raw.toString('hex')}`;
+    if (this.badNames.has(id)) return;
+    this.badNames.add(id);
+    this.o.onBadName?.(dir, raw);
+  }
+
+  /** Looks at `abs` again after `ms` (a frame that may still be being written), if it still exists. */
+  recheckLater(f: FileFrame, ms: number): void {
+    this.forget(f);
+    this.deferred++;
+    setTimeout(() => {
+      if (!this.closed) this.recheck(f.path, 0);
+    }, ms).unref();
+    // Counted until its recheck has had time to offer it again.
+    setTimeout(() => this.deferred--, ms + this.o.stableMs + 100).unref();
+  }
+
+  /** The watched path still names the directory being watched? Reported once per change. */
+  private checkRoot(): void {
+    const given = path.resolve(this.o.dir);
+    let note = '';
+    let next: string | null = null;
+    try {
+      const l = lstatSync(given);
+      const real = realpathSync(given);
+      if (l.isSymbolicLink() && real !== this.root) note = `was replaced by a symbolic link to ${real}`;
+      else if (!statSync(real).isDirectory()) note = 'is no longer a directory';
+      else if (dirId(real) !== this.rootId) {
+        note = 'was deleted and recreated';
+        next = real;
+      }
+    } catch {
+      note = 'is gone';
+    }
+    if (note === this.rootNote) return;
+    this.rootNote = note;
+    if (!note) return;
+    const msg = `the watched directory ${given} ${note}`;
+    if (this.o.rootReplaced === 'stop') {
+      this.o.onRootLost?.(`${msg} (--root-replaced stop)`);
+      return;
+    }
+    if (!next) {
+      this.o.onRefused?.(given, `${msg}; not followed (only a real directory is), waiting for one`);
+      return;
+    }
+    this.o.onRefused?.(given, `${msg}; now watching the new one (--root-replaced follow)`);
+    this.root = next;
+    this.rootId = this.holdRoot();
+    this.rootNote = '';
+    void this.rewatch();
+  }
+
+  private async rewatch(): Promise<void> {
+    await this.watcher?.close();
+    this.watcher = null;
+    if (!this.closed) await this.watchAndList();
+  }
+
   /** Queues what is there now (in the chosen order), then watches for more. */
   async start(): Promise<void> {
+    await this.watchAndList();
+    this.rootTimer = setInterval(() => this.checkRoot(), this.o.rootCheckMs ?? 1000);
+    this.rootTimer.unref();
+  }
+
+  private async watchAndList(): Promise<void> {
     // Watch first, then list: a file created in between comes as an event or in the listing, and
     // the queued set and the ledger drop the second sighting.
     this.watcher = chokidar.watch(this.root, {
@@ -151,7 +259,11 @@ export class DirSource implements AsyncIterable<FileFrame> {
       awaitWriteFinish: { stabilityThreshold: this.o.stableMs, pollInterval: Math.max(10, Math.floor(this.o.stableMs / 4)) },
       ignored: (p: string) => this.o.ignore.some((d) => p === d || p.startsWith(d + path.sep)),
     });
-    this.watcher.on('add', (p) => this.offer(path.resolve(p)));
+    this.watcher.on('add', (p) => {
+      // A name chokidar got as lossy UTF-8: find the real bytes with a raw listing of its directory.
+      if (p.includes('\uFFFD')) this.scan(path.dirname(path.resolve(p)), []);
+      this.offer(path.resolve(p));
+    });
     this.watcher.on('change', (p) => this.offer(path.resolve(p)));
     // E.g. ENOSPC (inotify watch limit) or EMFILE: report, keep going with what works.
     this.watcher.on('error', (e) => this.o.onRefused?.(this.root, `watcher error: ${(e as Error).message}`));
@@ -167,6 +279,11 @@ export class DirSource implements AsyncIterable<FileFrame> {
       if (now - t >= this.o.stableMs) this.offer(f);
       else this.recheck(f, 0);
     }
+  }
+
+  /** A frame taken before this source started (the resumed checkpoint's): not offered again. */
+  claim(f: FileFrame): void {
+    this.queued.add(Ledger.key(f.key, f.size, f.mtimeMs));
   }
 
   /** A taken frame is settled (in the ledger, or gone): stop remembering it, so memory stays flat. */
@@ -206,9 +323,22 @@ export class DirSource implements AsyncIterable<FileFrame> {
 
   async close(): Promise<void> {
     this.closed = true;
+    if (this.rootTimer) clearInterval(this.rootTimer);
+    if (this.rootFd !== null) closeSync(this.rootFd);
+    this.rootFd = null;
     this.resolveClosed();
     for (const w of this.waiters.splice(0)) w(null);
     await this.watcher?.close();
+  }
+}
+
+/** A directory's identity (device and inode): a deleted and recreated one has a new one. */
+function dirId(p: string): string {
+  try {
+    const st = statSync(p);
+    return `${st.dev}:${st.ino}`;
+  } catch {
+    return '';
   }
 }
 

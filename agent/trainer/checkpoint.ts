@@ -1,14 +1,22 @@
 // Checkpoints: the trainer state, the buffer (images, features, flags), counters and RNG states in
 // one safetensors file, written to a temporary file, fsynced and renamed, so a kill at any moment
-// leaves the previous checkpoint complete. The newest 3 are kept; resume takes the newest readable one.
+// leaves the previous checkpoint complete. Each carries a sha256 of every tensor and of its metadata,
+// checked on load: a checkpoint altered or cut short on disk is refused, not trained on. Only finite
+// state is written, every write is read back and verified, and rotation keeps the newest 3 while never
+// dropping the newest one that verifies.
 
-import { closeSync, existsSync, fsyncSync, mkdirSync, openSync, readdirSync, readFileSync, renameSync, rmSync, writeSync } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { closeSync, existsSync, fsyncSync, mkdirSync, openSync, readdirSync, readFileSync, renameSync, rmSync, truncateSync, writeSync } from 'node:fs';
 import path from 'node:path';
 import { decodeSafetensors, encodeSafetensors, type StTensor } from '../../tools/io/safetensors.ts';
 import type { Entry } from '../buffer/buffer.ts';
 import { fault } from '../faults.ts';
 
-export const CHECKPOINT_VERSION = 1;
+/** 2: with digests. Version 1 files (no digests) are still read, with a warning. */
+export const CHECKPOINT_VERSION = 2;
+
+/** A checkpoint that exists but cannot be trusted (unreadable, altered, non-finite). */
+export class CheckpointError extends Error {}
 
 export interface CheckpointMeta {
   version: number;
@@ -21,7 +29,19 @@ export interface CheckpointMeta {
   cropRng: number[];
   buffer: { nextId: number; streamCount: number; entries: Omit<Entry, 'image' | 'feature'>[]; hasFeature: boolean[] };
   counters: Record<string, number>;
+  /**
+   * Frames learnt from since the previous checkpoint. They are committed (ledger, after-ingest) only
+   * when the next checkpoint verifies, so if this one is lost the one before it plus these frames,
+   * still on disk, redo what it held.
+   */
+  pending?: PendingFrame[];
   time: string;
+}
+
+export interface PendingFrame {
+  key: string;
+  size: number;
+  mtimeMs: number;
 }
 
 export interface CheckpointData {
@@ -58,7 +78,28 @@ export function writeFileAtomic(file: string, bytes: Uint8Array): void {
   }
 }
 
+function sha256(b: Uint8Array | string): string {
+  return createHash('sha256').update(b).digest('hex');
+}
+
+function tensorBytes(t: StTensor['data']): Uint8Array {
+  return new Uint8Array(t.buffer, t.byteOffset, t.byteLength);
+}
+
+/** Names of the float tensors holding a NaN or an infinity (learning from them would spread it). */
+export function nonFinite(c: Pick<CheckpointData, 'state' | 'features'>): string[] {
+  const bad: string[] = [];
+  const check = (name: string, v: Float32Array) => {
+    for (let i = 0; i < v.length; i++) if (!Number.isFinite(v[i])) return void bad.push(name);
+  };
+  for (const [k, v] of c.state) check(`state/${k}`, v);
+  c.features.forEach((f, i) => f && check(`buffer/features[${i}]`, f));
+  return bad;
+}
+
 export function saveCheckpoint(dir: string, c: CheckpointData, keep = 3): string {
+  const bad = nonFinite(c);
+  if (bad.length) throw new CheckpointError(`refusing to checkpoint non-finite state (${bad.slice(0, 3).join(', ')}${bad.length > 3 ? `, +${bad.length - 3} more` : ''})`);
   const tensors = new Map<string, StTensor['data'] | StTensor>();
   for (const [k, v] of c.state) tensors.set(`state/${k}`, v);
   const n = c.images.length;
@@ -70,10 +111,22 @@ export function saveCheckpoint(dir: string, c: CheckpointData, keep = 3): string
   const feats = new Float32Array(n * d);
   c.features.forEach((f, i) => f && feats.set(f, i * d));
   tensors.set('buffer/features', { dtype: 'F32', shape: [n, d], data: feats });
-  const bytes = encodeSafetensors(tensors, { ssocl: JSON.stringify(c.meta) });
+  const meta = JSON.stringify(c.meta);
+  const digests: Record<string, string> = { __meta__: sha256(meta) };
+  for (const [k, t] of tensors) digests[k] = sha256(tensorBytes('shape' in t ? t.data : t));
+  const bytes = encodeSafetensors(tensors, { ssocl: meta, 'ssocl.sha256': JSON.stringify(digests) });
   const file = path.join(dir, `ckpt-${String(c.meta.steps).padStart(9, '0')}-${String(c.meta.arrivals).padStart(9, '0')}.safetensors`);
   writeFileAtomic(file, bytes);
-  for (const old of listCheckpoints(dir).slice(0, -keep)) rmSync(old, { force: true });
+  const t = fault('truncate-checkpoint');
+  if (t !== undefined) truncateSync(file, Math.floor(bytes.length / 2));
+  // Read back what the disk holds: only a checkpoint that verifies may commit frames or displace older ones.
+  try {
+    readCheckpoint(file);
+  } catch (e) {
+    rmSync(file, { force: true });
+    throw new CheckpointError(`checkpoint ${file} did not verify after writing (${(e as Error).message}); removed, older checkpoints kept`);
+  }
+  for (const old of listCheckpoints(dir).slice(0, -keep)) if (old !== file) rmSync(old, { force: true });
   return file;
 }
 
@@ -85,10 +138,32 @@ export function listCheckpoints(dir: string): string[] {
     .map((f) => path.join(dir, f));
 }
 
-export function readCheckpoint(file: string): CheckpointData {
-  const { tensors, metadata } = decodeSafetensors(readFileSync(file));
-  const meta = JSON.parse(metadata.ssocl) as CheckpointMeta;
-  if (meta.version !== CHECKPOINT_VERSION) throw new Error(`${file}: checkpoint version ${meta.version}, expected ${CHECKPOINT_VERSION}`);
+/** Reads and verifies a checkpoint (digests, shapes, finite values); CheckpointError says why not. */
+export function readCheckpoint(file: string, warn: (msg: string) => void = () => {}): CheckpointData {
+  let tensors: Map<string, StTensor>;
+  let metadata: Record<string, string>;
+  let meta: CheckpointMeta;
+  try {
+    ({ tensors, metadata } = decodeSafetensors(readFileSync(file)));
+    meta = JSON.parse(metadata.ssocl) as CheckpointMeta;
+  } catch (e) {
+    throw new CheckpointError(`unreadable (${(e as Error).message})`);
+  }
+  if (meta.version === 1) warn(`${file}: written before checkpoints carried digests; not verified`);
+  else if (meta.version !== CHECKPOINT_VERSION) throw new CheckpointError(`checkpoint version ${meta.version}, expected ${CHECKPOINT_VERSION}`);
+  else {
+    let digests: Record<string, string>;
+    try {
+      digests = JSON.parse(metadata['ssocl.sha256']);
+    } catch {
+      throw new CheckpointError('no digests');
+    }
+    if (digests.__meta__ !== sha256(metadata.ssocl)) throw new CheckpointError('metadata altered (sha256 mismatch)');
+    const names = [...tensors.keys()];
+    if (names.length !== Object.keys(digests).length - 1) throw new CheckpointError('tensors added or removed');
+    for (const k of names) if (digests[k] !== sha256(tensorBytes(tensors.get(k)!.data))) throw new CheckpointError(`tensor ${k} altered (sha256 mismatch)`);
+  }
+  if (!tensors.has('buffer/images') || !tensors.has('buffer/features')) throw new CheckpointError('no buffer tensors');
   const state = new Map<string, Float32Array>();
   for (const [k, t] of tensors) if (k.startsWith('state/')) state.set(k.slice(6), t.data as Float32Array);
   const imgs = tensors.get('buffer/images')!;
@@ -101,17 +176,24 @@ export function readCheckpoint(file: string): CheckpointData {
     images.push((imgs.data as Uint8Array).slice(i * per, (i + 1) * per));
     features.push(meta.buffer.hasFeature[i] ? (feats.data as Float32Array).slice(i * d, (i + 1) * d) : null);
   }
-  return { meta, state, images, features };
+  if (meta.buffer.entries.length !== n) throw new CheckpointError(`buffer of ${n} images but ${meta.buffer.entries.length} entries`);
+  const data = { meta, state, images, features };
+  const bad = nonFinite(data);
+  if (bad.length) throw new CheckpointError(`non-finite values in ${bad.slice(0, 3).join(', ')}${bad.length > 3 ? `, +${bad.length - 3} more` : ''}`);
+  return data;
 }
 
-/** The newest checkpoint that reads back whole (older ones are tried if the newest is damaged). */
-export function latestCheckpoint(dir: string, warn: (msg: string) => void = () => {}): { file: string; data: CheckpointData } | null {
-  const files = listCheckpoints(dir).reverse();
-  for (const f of files) {
+/**
+ * The newest checkpoint that verifies (older ones are tried if the newest is damaged); those that did
+ * not are pushed to `rejected`, newest first, so a caller can tell "none yet" from "none trustworthy".
+ */
+export function latestCheckpoint(dir: string, warn: (msg: string) => void = () => {}, rejected: string[] = []): { file: string; data: CheckpointData } | null {
+  for (const f of listCheckpoints(dir).reverse()) {
     try {
-      return { file: f, data: readCheckpoint(f) };
+      return { file: f, data: readCheckpoint(f, warn) };
     } catch (e) {
-      warn(`skipping unreadable checkpoint ${f}: ${(e as Error).message}`);
+      warn(`skipping checkpoint ${f}: ${(e as Error).message}`);
+      rejected.push(f);
     }
   }
   return null;
