@@ -1,12 +1,19 @@
 // Export: embed.onnx with the current weights bound in as initializers, a self-contained encoder
 // (input float32 NCHW in [0, 1], dynamic batch; outputs `features` and `embedding`). It is loaded in a
 // fresh session and checked against the trainer's own embedding before being renamed into place.
+//
+// Publishing takes three atomic writes, in this order: the versioned encoder-<step>.onnx, then
+// latest.json (naming that file and its sha256), then latest.onnx. latest.json is the commit record:
+// it is written only once the file it names is whole, so at every moment it names a file that matches
+// it. A kill before latest.onnx is renamed leaves latest.onnx one export behind; reconcileLatest (at
+// start, and after a failed export) finishes the publish from the versioned file, or, where that is
+// gone, rewrites latest.json from latest.onnx itself (its metadata_props carry the step and the rest).
 
 import { createHash } from 'node:crypto';
-import { readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
 import path from 'node:path';
 import * as ort from 'onnxruntime-node';
-import { bindInputs } from '../../tools/onnx/model.ts';
+import { bindInputs, modelInfo } from '../../tools/onnx/model.ts';
 import { readManifest, type Trainer } from '../trainer/trainer.ts';
 import type { Manifest } from '../../tools/artifacts/manifest.ts';
 import { decodeSafetensors } from '../../tools/io/safetensors.ts';
@@ -39,6 +46,9 @@ export function initialEncoder(dir: string): Uint8Array {
   return bindEncoder(dir, m, state, { 'ssocl.step': '0', 'ssocl.preset': m.name, 'ssocl.frames_seen': '0' });
 }
 
+const sha256 = (b: Uint8Array) => createHash('sha256').update(b).digest('hex');
+const VERSIONED = /^encoder-\d+\.onnx$/;
+
 export async function exportEncoder(
   trainer: Trainer,
   modelsDir: string,
@@ -47,7 +57,16 @@ export async function exportEncoder(
 ): Promise<ExportInfo> {
   const m = trainer.manifest;
   const step = trainer.steps;
-  const bytes = bindEncoder(trainer.dir, m, trainer.state, { 'ssocl.step': String(step), 'ssocl.preset': m.name, 'ssocl.frames_seen': String(info.framesSeen) });
+  const artifact = m.files[m.trainStep.file];
+  // Everything latest.json says that is known before the check also goes into the model itself, so
+  // reconcileLatest can rebuild latest.json from latest.onnx alone.
+  const bytes = bindEncoder(trainer.dir, m, trainer.state, {
+    'ssocl.step': String(step),
+    'ssocl.preset': m.name,
+    'ssocl.frames_seen': String(info.framesSeen),
+    'ssocl.artifact': artifact,
+    ...(info.loss !== null ? { 'ssocl.loss': String(info.loss) } : {}),
+  });
   // Check the model as a user would load it, before it replaces anything.
   const sess = await ort.InferenceSession.create(bytes);
   const [, c, h, w] = m.embed.images.shape as number[];
@@ -62,12 +81,21 @@ export async function exportEncoder(
   let maxAbsDiff = 0;
   for (let i = 0; i < got.length; i++) maxAbsDiff = Math.max(maxAbsDiff, Math.abs(got[i] - ref.features[i]));
   if (!(maxAbsDiff <= 1e-4)) throw new Error(`export check failed: features differ from the trainer's by ${maxAbsDiff}`);
-  const artifact = m.files[m.trainStep.file];
   const file = path.join(modelsDir, `encoder-${String(step).padStart(9, '0')}.onnx`);
   writeFileAtomic(file, bytes);
-  writeFileAtomic(path.join(modelsDir, 'latest.onnx'), bytes);
   const meta: ExportInfo = { file: path.basename(file), step, framesSeen: info.framesSeen, loss: info.loss, artifact, time: new Date().toISOString(), maxAbsDiff };
-  writeFileAtomic(path.join(modelsDir, 'latest.json'), Buffer.from(JSON.stringify({ ...meta, preset: m.name, sha256: createHash('sha256').update(bytes).digest('hex') }, null, 1) + '\n'));
+  try {
+    writeFileAtomic(path.join(modelsDir, 'latest.json'), Buffer.from(JSON.stringify({ ...meta, preset: m.name, sha256: sha256(bytes) }, null, 1) + '\n'));
+    writeFileAtomic(path.join(modelsDir, 'latest.onnx'), bytes);
+  } catch (e) {
+    // E.g. a full disk between the two writes: leave the pair agreeing (on the old model if need be).
+    try {
+      reconcileLatest(modelsDir);
+    } catch {
+      // the error that matters is the export's
+    }
+    throw e;
+  }
   // Newest by write time, not by name: a --fresh run starts its step numbers again from 1.
   const versions = readdirSync(modelsDir)
     .filter((f) => /^encoder-\d+\.onnx$/.test(f))
@@ -75,4 +103,71 @@ export async function exportEncoder(
     .sort((a, b) => a.t - b.t || a.f.localeCompare(b.f));
   for (const old of versions.slice(0, -keep)) if (old.f !== path.basename(file)) rmSync(path.join(modelsDir, old.f), { force: true });
   return meta;
+}
+
+/**
+ * Makes models/latest.json and models/latest.onnx describe the same model (latest.json's sha256 is
+ * latest.onnx's, its step the model's own ssocl.step), after a kill or an error between the writes of an
+ * export. Call it before anything reads or exports there (the agent: at start). Returns a line for the
+ * log saying what it repaired, or null when there was nothing to repair.
+ */
+export function reconcileLatest(modelsDir: string): string | null {
+  const jsonFile = path.join(modelsDir, 'latest.json');
+  const onnxFile = path.join(modelsDir, 'latest.onnx');
+  type Latest = { file?: unknown; sha256?: unknown; step?: unknown };
+  let json: Latest | null = null;
+  try {
+    const v: unknown = JSON.parse(readFileSync(jsonFile, 'utf8'));
+    if (v && typeof v === 'object') json = v as Latest;
+  } catch {
+    // missing or unreadable: rebuilt below where latest.onnx exists
+  }
+  const onnx = existsSync(onnxFile) ? readFileSync(onnxFile) : null;
+  if (onnx && json && json.sha256 === sha256(onnx)) return null;
+  // An interrupted publish: latest.json was written after the versioned file it names; where that file
+  // is whole (it has latest.json's sha256), finish by copying it to latest.onnx.
+  if (json && typeof json.file === 'string' && VERSIONED.test(json.file)) {
+    try {
+      const b = readFileSync(path.join(modelsDir, json.file));
+      if (sha256(b) === json.sha256) {
+        writeFileAtomic(onnxFile, b);
+        return `latest.onnx was behind latest.json (an export stopped between its writes): completed from ${json.file} (step ${json.step})`;
+      }
+    } catch {
+      // gone, or no room to copy: fall back to latest.onnx as it is
+    }
+  }
+  if (!onnx) {
+    if (!existsSync(jsonFile)) return null;
+    rmSync(jsonFile, { force: true });
+    return 'latest.json named no model that exists (and there is no latest.onnx): removed';
+  }
+  // latest.onnx is the truth: describe it from its own metadata.
+  const md = modelInfo(onnx).metadata;
+  const sha = sha256(onnx);
+  const num = (k: string) => (md[k] !== undefined && md[k] !== '' && Number.isFinite(Number(md[k])) ? Number(md[k]) : null);
+  // The versioned file that holds these bytes, if one is still there.
+  const same = readdirSync(modelsDir)
+    .filter((f) => VERSIONED.test(f))
+    .find((f) => {
+      try {
+        return statSync(path.join(modelsDir, f)).size === onnx.length && sha256(readFileSync(path.join(modelsDir, f))) === sha;
+      } catch {
+        return false;
+      }
+    });
+  const rebuilt = {
+    file: same ?? 'latest.onnx',
+    step: num('ssocl.step'),
+    framesSeen: num('ssocl.frames_seen'),
+    loss: num('ssocl.loss'),
+    artifact: md['ssocl.artifact'] ?? null,
+    time: statSync(onnxFile).mtime.toISOString(),
+    maxAbsDiff: null,
+    preset: md['ssocl.preset'] ?? null,
+    sha256: sha,
+    rebuiltFrom: 'latest.onnx',
+  };
+  writeFileAtomic(jsonFile, Buffer.from(JSON.stringify(rebuilt, null, 1) + '\n'));
+  return `latest.json did not describe latest.onnx: rewritten from latest.onnx's own metadata (step ${rebuilt.step})`;
 }
