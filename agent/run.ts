@@ -9,7 +9,7 @@ import { SessionRunError, type EP } from './trainer/backend.ts';
 import { ortSimilarity } from './buffer/similarity.ts';
 import { Learner, defaultLearnerConfig, type ArrivalReport, type LearnerConfig, type Replay } from './trainer/learner.ts';
 import { latestCheckpoint, listCheckpoints, removeStaleTemps, saveCheckpoint, CHECKPOINT_VERSION, type PendingFrame } from './trainer/checkpoint.ts';
-import { exportEncoder, type ExportInfo } from './export/export.ts';
+import { exportEncoder, reconcileLatest, type ExportInfo } from './export/export.ts';
 import { DirSource, type FileFrame, type Overflow } from './sources/dir.ts';
 import { DatasetSource } from './sources/dataset.ts';
 import { Ledger } from './sources/ledger.ts';
@@ -535,6 +535,9 @@ async function runAgentWith(o: AgentOptions, signals: Signals): Promise<AgentSum
 
   // What is published now: never replaced by an encoder less trained (e.g. after resuming from an
   // older checkpoint because the newest did not verify) unless the user started over (--fresh).
+  // A kill between the publishing renames leaves latest.json and latest.onnx apart: made to agree first.
+  const repaired = reconcileLatest(o.models);
+  if (repaired) o.log(repaired);
   const published = readPublished(o.models);
   let heldBackLogged = false;
   const doExport = async () => {
