@@ -355,8 +355,10 @@ async function runAgentWith(o: AgentOptions, signals: Signals): Promise<AgentSum
   const heldDir = path.join(o.stateDir, 'held');
   let holding = !!watch && o.afterIngest !== 'keep';
   const pendingIds = new Set(resumedPending.map((p) => Ledger.key(p.key, p.size, p.mtimeMs)));
-  // Held by a run that stopped before its checkpoint: back where they were, to be taken again; those
-  // its checkpoint did hold (in the ledger) are finished as --after-ingest says. Called before watching.
+  // Held by a run that stopped before its checkpoint (or whose checkpoint did not verify): back where
+  // they were, to be taken again; those the resumed checkpoint learnt from stay held until the next
+  // one; those an earlier checkpoint holds (in the ledger) are finished as --after-ingest says.
+  // Called before watching.
   const restoreHeld = () => {
     if (!watch || !existsSync(heldDir)) return;
     let back = 0;
@@ -464,7 +466,6 @@ async function runAgentWith(o: AgentOptions, signals: Signals): Promise<AgentSum
   // nothing, so they are never committed by this run (a restart takes them again).
   const uncommitted: FileFrame[] = [];
   let lastCkptFile = resumedFrom ?? '';
-  const unlearnt: FileFrame[] = [];
   // Learnt and held by the newest verified checkpoint: in the ledger, but deleted or moved only once
   // the next checkpoint verifies too, so losing the newest file loses no frame (they are taken again).
   let prevPending: FileFrame[] = [];
@@ -573,14 +574,19 @@ async function runAgentWith(o: AgentOptions, signals: Signals): Promise<AgentSum
       o.log(`could not record ${f.key} as quarantined in the ledger (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`);
     }
     source.forget(f);
+    moveToQuarantine(() => confinedPath(f.path, source.root), f.key, f.key, reason);
+  };
+
+  /** Moves what `from()` names (checked inside the root) into the quarantine as `rel`, with a `.reason` file. */
+  const moveToQuarantine = (from: () => string | Buffer, rel: string, shown: string, reason: string, note = reason) => {
     try {
-      const from = confinedPath(f.path, source.root);
-      const target = uniqueTarget(o.quarantine, f.key);
-      moveFile(from, target);
-      writeFileSync(`${target}.reason`, `${reason}\n`);
-      o.log(`quarantined ${f.key}: ${reason}`);
+      const src = from();
+      const target = uniqueTarget(o.quarantine, rel);
+      moveFile(src, target);
+      writeFileSync(`${target}.reason`, `${note}\n`);
+      o.log(`quarantined ${shown}: ${reason}`);
     } catch (e) {
-      o.log(`could not quarantine ${f.key} (${(e as Error).message}); reason was: ${reason}`);
+      o.log(`could not quarantine ${shown} (${(e as Error).message}); reason was: ${reason}`);
     }
   };
 
@@ -589,15 +595,12 @@ async function runAgentWith(o: AgentOptions, signals: Signals): Promise<AgentSum
   const quarantineRawName = (dir: string, raw: Buffer) => {
     const shown = [...raw].map((b) => (b < 0x20 || b >= 0x7f || b === 0x25 ? `%${b.toString(16).padStart(2, '0')}` : String.fromCharCode(b))).join('');
     counters.quarantined++;
-    try {
+    const from = () => {
       confinedPath(path.join(dir, 'x'), source.root);
-      const target = uniqueTarget(o.quarantine, path.join(path.relative(source.root, dir), shown));
-      moveFile(Buffer.concat([Buffer.from(dir + path.sep), raw]), target);
-      writeFileSync(`${target}.reason`, 'file name is not valid UTF-8 (shown with its bytes %-escaped); rename it and put it back to have it learnt\n');
-      o.log(`quarantined ${shown}: file name is not valid UTF-8`);
-    } catch (e) {
-      o.log(`could not quarantine ${shown} (${(e as Error).message}): file name is not valid UTF-8`);
-    }
+      return Buffer.concat([Buffer.from(dir + path.sep), raw]);
+    };
+    const note = 'file name is not valid UTF-8 (shown with its bytes %-escaped); rename it and put it back to have it learnt';
+    moveToQuarantine(from, path.join(path.relative(source.root, dir), shown), shown, 'file name is not valid UTF-8', note);
   };
 
   /** true when the file is gone from the watched directory (so the ledger need not remember it in memory). */
@@ -677,24 +680,14 @@ async function runAgentWith(o: AgentOptions, signals: Signals): Promise<AgentSum
         lastFrameAt = Date.now();
         let bytes: Buffer;
         try {
-          // The directory is untrusted: a file may have become a link since it was queued.
-          if (lstatSync(f.path).isSymbolicLink() && !source.inside(realpathSync(f.path))) {
-            counters.refused++;
-            o.log(`refused ${f.key}: became a symbolic link outside the watched directory`);
-            source.forget(f);
-            continue;
-          }
+          // The directory is untrusted: a file may have become a link, or its directory one, since it
+          // was queued; the read checks the real path of what it opened.
           bytes = readRegularFile(f.path, undefined, undefined, { root: source.root, allowHardLinks: !!o.allowHardLinks });
         } catch (e) {
-          if (e instanceof UnreadableFile && (e.code === 'EOUTSIDE' || e.code === 'EHARDLINK')) {
-            counters.refused++;
-            o.log(`refused ${f.key}: ${e.message}`);
-            source.forget(f);
-            continue;
-          }
           counters.refused++;
+          const confinement = e instanceof UnreadableFile && (e.code === 'EOUTSIDE' || e.code === 'EHARDLINK');
           const why = e instanceof UnreadableFile ? e.message : `${(e as NodeJS.ErrnoException).code ?? (e as Error).message} (gone before it could be read)`;
-          o.log(`skipped ${f.key}: ${why}`);
+          o.log(`${confinement ? 'refused' : 'skipped'} ${f.key}: ${why}`);
           source.forget(f);
           continue;
         }
@@ -719,8 +712,8 @@ async function runAgentWith(o: AgentOptions, signals: Signals): Promise<AgentSum
           quarantine(f, why);
           continue;
         }
-        // Recorded in the ledger (and moved/deleted) only once a checkpoint holds what was learnt from it:
-        // after a crash it is taken again instead of being lost.
+        // Recorded in the ledger only once a checkpoint holds what was learnt from it, and moved/deleted
+        // once a second one does: after a crash, or with the newest checkpoint lost, it is taken again.
         hold(f);
         uncommitted.push(f);
         arrivalFrames.push(f);
@@ -746,7 +739,7 @@ async function runAgentWith(o: AgentOptions, signals: Signals): Promise<AgentSum
       if (r.trained && !r.steps.some((s) => s.applied)) {
         for (const f of arrivalFrames) {
           const i = uncommitted.indexOf(f);
-          if (i >= 0) unlearnt.push(...uncommitted.splice(i, 1));
+          if (i >= 0) uncommitted.splice(i, 1);
         }
       }
       arrivalFrames = [];
