@@ -4,10 +4,11 @@
 // overflow policy (block | drop-oldest) decides what happens when the backlog passes its limit.
 
 import chokidar, { type FSWatcher } from 'chokidar';
-import { closeSync, fstatSync, lstatSync, openSync, readdirSync, realpathSync, statSync } from 'node:fs';
+import { closeSync, fstatSync, lstatSync, openSync, readdirSync, realpathSync, statSync, type Stats } from 'node:fs';
 import path from 'node:path';
 import { FRAME_EXTENSIONS } from '../frames/decode.ts';
 import { Ledger } from './ledger.ts';
+import { isInside } from './read.ts';
 
 export interface FileFrame {
   /** Path relative to the watched directory. */
@@ -57,7 +58,10 @@ export class DirSource implements AsyncIterable<FileFrame> {
   private resolveClosed!: () => void;
   private closedPromise = new Promise<void>((r) => (this.resolveClosed = r));
   private rootTimer: NodeJS.Timeout | null = null;
-  private rootId: string;
+  // Held open while watching, so a deleted root's inode cannot be reused by the directory recreated in
+  // its place (which would give it the same device:inode identity).
+  private rootFd: number | null = null;
+  private rootId = '';
   private rootNote = '';
   private badNames = new Set<string>();
   dropped = 0;
@@ -68,21 +72,16 @@ export class DirSource implements AsyncIterable<FileFrame> {
   constructor(readonly o: DirSourceOptions) {
     // Real path, so links that stay inside a watch path reached through a link are still inside.
     this.root = realpathSync(path.resolve(o.dir));
-    this.rootId = this.holdRoot();
   }
 
-  // Held open so a deleted root's inode cannot be reused by the directory recreated in its place
-  // (which would give it the same device:inode identity).
-  private rootFd: number | null = null;
-  private holdRoot(): string {
+  private holdRoot(): void {
     if (this.rootFd !== null) closeSync(this.rootFd);
     this.rootFd = openSync(this.root, 'r');
-    const st = fstatSync(this.rootFd);
-    return `${st.dev}:${st.ino}`;
+    this.rootId = identity(fstatSync(this.rootFd));
   }
 
   inside(real: string): boolean {
-    return real === this.root || real.startsWith(this.root + path.sep);
+    return isInside(this.root, real);
   }
 
   private eligible(abs: string): boolean {
@@ -189,7 +188,7 @@ export class DirSource implements AsyncIterable<FileFrame> {
     this.o.onBadName?.(dir, raw);
   }
 
-  /** Looks at `abs` again after `ms` (a frame that may still be being written), if it still exists. */
+  /** Looks at `f` again after `ms` (a frame that may still be being written), if it still exists. */
   recheckLater(f: FileFrame, ms: number): void {
     this.forget(f);
     this.deferred++;
@@ -210,7 +209,7 @@ export class DirSource implements AsyncIterable<FileFrame> {
       const real = realpathSync(given);
       if (l.isSymbolicLink() && real !== this.root) note = `was replaced by a symbolic link to ${real}`;
       else if (!statSync(real).isDirectory()) note = 'is no longer a directory';
-      else if (dirId(real) !== this.rootId) {
+      else if (identity(statSync(real)) !== this.rootId) {
         note = 'was deleted and recreated';
         next = real;
       }
@@ -231,7 +230,7 @@ export class DirSource implements AsyncIterable<FileFrame> {
     }
     this.o.onRefused?.(given, `${msg}; now watching the new one (--root-replaced follow)`);
     this.root = next;
-    this.rootId = this.holdRoot();
+    this.holdRoot();
     this.rootNote = '';
     void this.rewatch();
   }
@@ -244,6 +243,7 @@ export class DirSource implements AsyncIterable<FileFrame> {
 
   /** Queues what is there now (in the chosen order), then watches for more. */
   async start(): Promise<void> {
+    this.holdRoot();
     await this.watchAndList();
     this.rootTimer = setInterval(() => this.checkRoot(), this.o.rootCheckMs ?? 1000);
     this.rootTimer.unref();
@@ -333,13 +333,8 @@ export class DirSource implements AsyncIterable<FileFrame> {
 }
 
 /** A directory's identity (device and inode): a deleted and recreated one has a new one. */
-function dirId(p: string): string {
-  try {
-    const st = statSync(p);
-    return `${st.dev}:${st.ino}`;
-  } catch {
-    return '';
-  }
+function identity(st: Stats): string {
+  return `${st.dev}:${st.ino}`;
 }
 
 function statKey(f: string): string | null {
