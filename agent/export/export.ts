@@ -9,7 +9,6 @@
 // start, and after a failed export) finishes the publish from the versioned file, or, where that is
 // gone, rewrites latest.json from latest.onnx itself (its metadata_props carry the step and the rest).
 
-import { createHash } from 'node:crypto';
 import { existsSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
 import path from 'node:path';
 import * as ort from 'onnxruntime-node';
@@ -17,7 +16,7 @@ import { bindInputs, modelInfo } from '../../tools/onnx/model.ts';
 import { readManifest, type Trainer } from '../trainer/trainer.ts';
 import type { Manifest } from '../../tools/artifacts/manifest.ts';
 import { decodeSafetensors } from '../../tools/io/safetensors.ts';
-import { writeFileAtomic } from '../trainer/checkpoint.ts';
+import { sha256, writeFileAtomic } from '../trainer/checkpoint.ts';
 
 export interface ExportInfo {
   file: string;
@@ -46,7 +45,6 @@ export function initialEncoder(dir: string): Uint8Array {
   return bindEncoder(dir, m, state, { 'ssocl.step': '0', 'ssocl.preset': m.name, 'ssocl.frames_seen': '0' });
 }
 
-const sha256 = (b: Uint8Array) => createHash('sha256').update(b).digest('hex');
 const VERSIONED = /^encoder-\d+\.onnx$/;
 
 export async function exportEncoder(
@@ -98,7 +96,7 @@ export async function exportEncoder(
   }
   // Newest by write time, not by name: a --fresh run starts its step numbers again from 1.
   const versions = readdirSync(modelsDir)
-    .filter((f) => /^encoder-\d+\.onnx$/.test(f))
+    .filter((f) => VERSIONED.test(f))
     .map((f) => ({ f, t: statSync(path.join(modelsDir, f)).mtimeMs }))
     .sort((a, b) => a.t - b.t || a.f.localeCompare(b.f));
   for (const old of versions.slice(0, -keep)) if (old.f !== path.basename(file)) rmSync(path.join(modelsDir, old.f), { force: true });

@@ -6,7 +6,7 @@
 // dropping the newest one that verifies.
 
 import { createHash } from 'node:crypto';
-import { closeSync, existsSync, fsyncSync, mkdirSync, openSync, readdirSync, readFileSync, renameSync, rmSync, truncateSync, writeSync } from 'node:fs';
+import { closeSync, existsSync, fsyncSync, mkdirSync, openSync, readdirSync, readFileSync, renameSync, rmSync, writeSync } from 'node:fs';
 import path from 'node:path';
 import { decodeSafetensors, encodeSafetensors, type StTensor } from '../../tools/io/safetensors.ts';
 import type { Entry } from '../buffer/buffer.ts';
@@ -78,7 +78,7 @@ export function writeFileAtomic(file: string, bytes: Uint8Array): void {
   }
 }
 
-function sha256(b: Uint8Array | string): string {
+export function sha256(b: Uint8Array | string): string {
   return createHash('sha256').update(b).digest('hex');
 }
 
@@ -86,20 +86,23 @@ function tensorBytes(t: StTensor['data']): Uint8Array {
   return new Uint8Array(t.buffer, t.byteOffset, t.byteLength);
 }
 
-/** Names of the float tensors holding a NaN or an infinity (learning from them would spread it). */
-export function nonFinite(c: Pick<CheckpointData, 'state' | 'features'>): string[] {
+/**
+ * The float tensors holding a NaN or an infinity (learning from them would spread it), named in a
+ * short list ('state/w, buffer/features[3], +2 more'), or null when all are finite.
+ */
+export function nonFinite(c: Pick<CheckpointData, 'state' | 'features'>): string | null {
   const bad: string[] = [];
   const check = (name: string, v: Float32Array) => {
     for (let i = 0; i < v.length; i++) if (!Number.isFinite(v[i])) return void bad.push(name);
   };
   for (const [k, v] of c.state) check(`state/${k}`, v);
   c.features.forEach((f, i) => f && check(`buffer/features[${i}]`, f));
-  return bad;
+  return bad.length ? `${bad.slice(0, 3).join(', ')}${bad.length > 3 ? `, +${bad.length - 3} more` : ''}` : null;
 }
 
 export function saveCheckpoint(dir: string, c: CheckpointData, keep = 3): string {
   const bad = nonFinite(c);
-  if (bad.length) throw new CheckpointError(`refusing to checkpoint non-finite state (${bad.slice(0, 3).join(', ')}${bad.length > 3 ? `, +${bad.length - 3} more` : ''})`);
+  if (bad) throw new CheckpointError(`refusing to checkpoint non-finite state (${bad})`);
   const tensors = new Map<string, StTensor['data'] | StTensor>();
   for (const [k, v] of c.state) tensors.set(`state/${k}`, v);
   const n = c.images.length;
@@ -117,8 +120,6 @@ export function saveCheckpoint(dir: string, c: CheckpointData, keep = 3): string
   const bytes = encodeSafetensors(tensors, { ssocl: meta, 'ssocl.sha256': JSON.stringify(digests) });
   const file = path.join(dir, `ckpt-${String(c.meta.steps).padStart(9, '0')}-${String(c.meta.arrivals).padStart(9, '0')}.safetensors`);
   writeFileAtomic(file, bytes);
-  const t = fault('truncate-checkpoint');
-  if (t !== undefined) truncateSync(file, Math.floor(bytes.length / 2));
   // Read back what the disk holds: only a checkpoint that verifies may commit frames or displace older ones.
   try {
     readCheckpoint(file);
@@ -179,7 +180,7 @@ export function readCheckpoint(file: string, warn: (msg: string) => void = () =>
   if (meta.buffer.entries.length !== n) throw new CheckpointError(`buffer of ${n} images but ${meta.buffer.entries.length} entries`);
   const data = { meta, state, images, features };
   const bad = nonFinite(data);
-  if (bad.length) throw new CheckpointError(`non-finite values in ${bad.slice(0, 3).join(', ')}${bad.length > 3 ? `, +${bad.length - 3} more` : ''}`);
+  if (bad) throw new CheckpointError(`non-finite values in ${bad}`);
   return data;
 }
 
