@@ -8,7 +8,6 @@
 import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { modelInfo } from '../../tools/onnx/model.ts';
-import { readFields } from '../../tools/onnx/protobuf.ts';
 import { openSessionOrFallback, type EP, type EpOptions, type Session } from '../trainer/backend.ts';
 
 export type EncoderOutput = 'features' | 'embedding';
@@ -48,25 +47,6 @@ export const MAX_OUTPUT_DIM = 65536;
 /** A model with a fixed batch size is probed with that many images; more than this is not an edge encoder. */
 const MAX_FIXED_BATCH = 16;
 const ONNX_FLOAT = 1;
-
-/** elem_type of each graph input (ONNX TensorProto.DataType; 0 where not declared). modelInfo leaves it out. */
-function inputElemTypes(model: Uint8Array): Map<string, number> {
-  const out = new Map<string, number>();
-  const dec = new TextDecoder();
-  for (const f of readFields(model)) {
-    if (f.field !== 7 || !f.data) continue;
-    for (const gf of readFields(f.data)) {
-      if (gf.field !== 11 || !gf.data) continue;
-      const vi = readFields(gf.data);
-      const name = vi.find((x) => x.field === 1)?.data;
-      const type = vi.find((x) => x.field === 2)?.data;
-      const tensor = type ? readFields(type).find((x) => x.field === 1)?.data : undefined;
-      const elem = tensor ? readFields(tensor).find((x) => x.field === 1)?.value : undefined;
-      if (name) out.set(dec.decode(name), elem !== undefined ? Number(elem) : 0);
-    }
-  }
-  return out;
-}
 
 /**
  * Probe images: mid-grey, and a pattern (checkerboard with colour ramps) that exercises every
@@ -132,8 +112,7 @@ export class Encoder {
     if (typeof b === 'number' && !(Number.isInteger(b) && b >= 1 && b <= MAX_FIXED_BATCH)) {
       throw new EncoderError(`${file}: refused: input 'images' ${shape} has a fixed batch of ${b} (use a dynamic batch dimension)`, true);
     }
-    const elem = inputElemTypes(bytes).get('images');
-    if (elem !== ONNX_FLOAT) throw new EncoderError(`${file}: refused: input 'images' ${shape} is not float32 (ONNX elem_type ${elem ?? 'missing'})`, true);
+    if (input.elemType !== ONNX_FLOAT) throw new EncoderError(`${file}: refused: input 'images' ${shape} is not float32 (ONNX elem_type ${input.elemType})`, true);
     const outDim = (n: string) => {
       const d = info.outputs.find((x) => x.name === n)?.dims[1];
       return typeof d === 'number' ? d : null;

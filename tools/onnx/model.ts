@@ -146,13 +146,20 @@ export function bindInputs(model: Uint8Array, values: Map<string, { dtype: DType
   return out.finish();
 }
 
+/** elemType: ONNX TensorProto.DataType (1 = float32), 0 where not declared. */
+export interface ValueInfo {
+  name: string;
+  dims: (number | string)[];
+  elemType: number;
+}
+
 export interface ModelInfo {
-  inputs: { name: string; dims: (number | string)[] }[];
-  outputs: { name: string; dims: (number | string)[] }[];
+  inputs: ValueInfo[];
+  outputs: ValueInfo[];
   metadata: Record<string, string>;
 }
 
-/** Graph inputs/outputs (names and shapes) and metadata_props of a serialised model, without loading it. */
+/** Graph inputs/outputs (names, element types and shapes) and metadata_props of a serialised model, without loading it. */
 export function modelInfo(model: Uint8Array): ModelInfo {
   const dec = new TextDecoder();
   const str = (fs: ReturnType<typeof readFields>, n: number) => {
@@ -164,7 +171,9 @@ export function modelInfo(model: Uint8Array): ModelInfo {
     const dims: (number | string)[] = [];
     const type = vi.find((x) => x.field === 2)?.data;
     const tensor = type ? readFields(type).find((x) => x.field === 1)?.data : undefined;
-    const shape = tensor ? readFields(tensor).find((x) => x.field === 2)?.data : undefined;
+    const tf = tensor ? readFields(tensor) : [];
+    const elem = tf.find((x) => x.field === 1)?.value;
+    const shape = tf.find((x) => x.field === 2)?.data;
     if (shape) {
       for (const d of readFields(shape).filter((x) => x.field === 1)) {
         const df = readFields(d.data!);
@@ -172,7 +181,7 @@ export function modelInfo(model: Uint8Array): ModelInfo {
         dims.push(v?.value !== undefined ? Number(v.value) : str(df, 2) || '?');
       }
     }
-    return { name: str(vi, 1), dims };
+    return { name: str(vi, 1), dims, elemType: elem !== undefined ? Number(elem) : 0 };
   };
   const info: ModelInfo = { inputs: [], outputs: [], metadata: {} };
   for (const f of readFields(model)) {
