@@ -19,7 +19,7 @@ const ESCAPED = ':e';
 // (so a name with a backslash always takes the escaped form, and old plain lines with one stay literal)
 // and lone surrogates.
 const NEEDS_ESCAPE = /[\t\n\r\\]|[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/;
-const ESCAPE_ALL = /[\t\n\r\\]|[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/g;
+const ESCAPE_ALL = new RegExp(NEEDS_ESCAPE.source, 'g');
 
 function escapeName(s: string): string {
   return s.replace(ESCAPE_ALL, (c) =>
