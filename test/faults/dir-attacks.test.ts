@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import { appendFileSync, copyFileSync, existsSync, linkSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, renameSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { startAgent, tinyArtifacts, waitFor, writeFrames } from './helpers.ts';
+import { ledgerStatus, startAgent, tinyArtifacts, waitFor, writeFrames } from './helpers.ts';
 
 const root = mkdtempSync(path.join(tmpdir(), 'ssocl-fault-dir-'));
 const art = tinyArtifacts(path.join(root, 'art'));
@@ -23,17 +23,8 @@ function setup(name: string) {
   return { dir, frames, state, args, steps };
 }
 
-/** Names with status 'ingested' in the ledger (plain lines). */
-function ingested(state: string): Set<string> {
-  const f = path.join(state, 'ingested.log');
-  const out = new Set<string>();
-  if (!existsSync(f)) return out;
-  for (const l of readFileSync(f, 'utf8').split('\n').filter(Boolean)) {
-    const [st, , , name] = l.split('\t');
-    if (st === 'ingested') out.add(name);
-  }
-  return out;
-}
+/** Names whose last ledger line says 'ingested'. */
+const ingested = (state: string): Set<string> => new Set([...ledgerStatus(state)].filter(([, st]) => st === 'ingested').map(([n]) => n));
 
 test('item 1: under --recursive, a subdirectory swapped for a link to an outside directory mid-run: nothing outside is read, moved or deleted', async () => {
   const s = setup('escape');

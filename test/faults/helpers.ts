@@ -1,7 +1,7 @@
 // Shared set-up of the fault suite: tiny artifacts (steps take milliseconds), demo frames as PNG files,
 // and the agent as a child process.
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdirSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { compileArtifacts, writeArtifacts } from '../../tools/artifacts/write.ts';
 import { encodePng } from '../../agent/frames/decode.ts';
@@ -62,4 +62,16 @@ export async function waitFor(cond: () => boolean, ms: number, step = 50): Promi
     await new Promise((r) => setTimeout(r, step));
   }
   return cond();
+}
+
+/** Final status of each name in `<state>/ingested.log` (plain lines: demo frame names need no escaping). */
+export function ledgerStatus(state: string): Map<string, string> {
+  const m = new Map<string, string>();
+  const f = path.join(state, 'ingested.log');
+  if (!existsSync(f)) return m;
+  for (const l of readFileSync(f, 'utf8').split('\n').filter(Boolean)) {
+    const [st, , , name] = l.split('\t');
+    m.set(name, st);
+  }
+  return m;
 }

@@ -9,7 +9,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { decodeSafetensors, encodeSafetensors, type StTensor } from '../../tools/io/safetensors.ts';
 import { CheckpointError, listCheckpoints, readCheckpoint, saveCheckpoint } from '../../agent/trainer/checkpoint.ts';
-import { startAgent, tinyArtifacts, writeFrames } from './helpers.ts';
+import { ledgerStatus, startAgent, tinyArtifacts, writeFrames } from './helpers.ts';
 
 const root = mkdtempSync(path.join(tmpdir(), 'ssocl-fault-state-'));
 const art = tinyArtifacts(path.join(root, 'art'));
@@ -40,18 +40,6 @@ function nonFiniteCount(file: string): number {
 
 const sha = (f: string) => createHash('sha256').update(readFileSync(f)).digest('hex');
 const files = (d: string): string[] => (existsSync(d) ? readdirSync(d, { recursive: true, withFileTypes: true }).filter((e) => e.isFile()).map((e) => e.name) : []);
-
-/** Final status of each name in the ledger (plain lines only: demo frame names need no escaping). */
-function ledgerStatus(state: string): Map<string, string> {
-  const m = new Map<string, string>();
-  const f = path.join(state, 'ingested.log');
-  if (!existsSync(f)) return m;
-  for (const l of readFileSync(f, 'utf8').split('\n').filter(Boolean)) {
-    const [st, , , name] = l.split('\t');
-    m.set(name, st);
-  }
-  return m;
-}
 
 test('item 2: a checkpoint whose weights or buffer images were altered on disk is refused; the agent resumes from the one before', async () => {
   const s = setup('altered');
