@@ -149,3 +149,52 @@ test('reservoir: a capacity lowered on resume is restored at the next shrink', a
   await small.shrink(rng);
   assert.equal(small.size, 4);
 });
+
+test('representative feature: the EMA weighs the old feature by alpha (alpha 0.9 and 0.2, a batch of two)', async () => {
+  // alpha 0.5 cannot tell alpha from 1 - alpha; these can. Expected values are computed here in float64.
+  const norm = (v: number[]) => {
+    const n = Math.hypot(...v);
+    return v.map((x) => x / n);
+  };
+  for (const alpha of [0.9, 0.2]) {
+    const b = new ReplayBuffer({ capacity: 10, policy: 'diverse', alpha });
+    const es = b.add([{ key: 'x', image: img(0) }, { key: 'y', image: img(1) }]);
+    // Per-image rows of zbar for three steps (rows are normalised before use).
+    const steps = [
+      [[3, 4, 0], [0, 0, 2]],
+      [[0, 2, 0], [1, 1, 0]],
+      [[1, 0, 1], [0, -3, 4]],
+    ];
+    const want: number[][] = [];
+    for (const [s, rows] of steps.entries()) {
+      await b.updateFeatures(es, Float32Array.from(rows.flat()));
+      rows.forEach((row, j) => {
+        const f = norm(row);
+        want[j] = s === 0 ? f : norm(want[j].map((z, k) => alpha * z + (1 - alpha) * f[k]));
+      });
+      es.forEach((e, j) => {
+        for (let k = 0; k < 3; k++) assert.ok(Math.abs(e.feature![k] - want[j][k]) < 1e-6, `alpha ${alpha}, step ${s}, entry ${e.key}: feature ${Array.from(e.feature!)} expected ${want[j]}`);
+      });
+    }
+  }
+});
+
+for (const policy of ['diverse', 'minred'] as const) test(`${policy} buffer: the seen threshold is exactly 2n (2n - 1 seen: oldest first; 2n seen: redundancy rule)`, async () => {
+  // n = 2 to remove from 6 entries e0..e5 (e0 oldest). e0 and e1 stay unseen, so the redundancy rule
+  // can never pick them while oldest-first must. Features: e3 and e4 are near copies (the most
+  // redundant pair, e3 the earlier), e2 and e5 the next closest pair.
+  const feats = [[1, 0, 0], [0, 1, 0], [0, 1, 0.05], [1, 0, 0.5]];
+  const make = async (seen: number) => {
+    const b = new ReplayBuffer({ capacity: 4, policy, alpha: 0.5 });
+    // One per arrival so the lifespans are 5..0 with no ties.
+    const es = [0, 1, 2, 3, 4, 5].flatMap((i) => b.add([{ key: `e${i}`, image: img(i) }]));
+    const batch = es.slice(2, 2 + seen);
+    await b.updateFeatures(batch, Float32Array.from(feats.slice(0, seen).flat()));
+    return b;
+  };
+  const removedKeys = async (b: ReplayBuffer) => (await b.shrink(new Rng(5))).map((e) => e.key).sort();
+  // 3 = 2n - 1 seen: too few, so the two oldest go (the redundancy rule would take e3, then e2).
+  assert.deepEqual(await removedKeys(await make(3)), ['e0', 'e1'], '2n - 1 seen must remove the oldest');
+  // 4 = 2n seen: the redundancy rule, e3 (near copy of e4) then e2 (closest to e5).
+  assert.deepEqual(await removedKeys(await make(4)), ['e2', 'e3'], '2n seen must use the redundancy rule');
+});

@@ -1,0 +1,116 @@
+// The Learner's replay rule (DESIGN.md section 3), through its public surface with a fake trainer:
+// which buffer entries each training step was given, read from the batch handed to updateFeatures
+// (crops are augmented, so the images cannot tell us which entry they came from).
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { Learner, type LearnerConfig, type Replay } from '../agent/trainer/learner.ts';
+import type { StepResult, Trainer } from '../agent/trainer/trainer.ts';
+import { CIFAR_AUGMENT } from '../agent/frames/augment.ts';
+
+const B = 4; // images per step
+const VIEWS = 2;
+const SIZE = 4;
+const D = 3; // zbar width per image
+
+/** Just what Learner reads from a Trainer; counts the steps and checks the crops' layout. */
+function fakeTrainer() {
+  const t = {
+    manifest: { trainStep: { crops: { images: B, views: VIEWS } }, preset: { image: { size: SIZE } } },
+    steps: 0,
+    cropLengths: [] as number[],
+    async step(crops: Float32Array, lr: number): Promise<StepResult> {
+      t.cropLengths.push(crops.length);
+      t.steps++;
+      // A distinct, non-zero zbar row per image so updateFeatures has real features to store.
+      const zbar = Float32Array.from({ length: B * D }, (_, i) => 1 + ((i * 7) % 5));
+      return { step: t.steps, lr, loss: 0, terms: {}, zbar, gradNorm: 0, gradCos: null, applied: true, ms: 0 };
+    },
+  };
+  return t;
+}
+
+function makeLearner(replay: Replay, updates = 10) {
+  const trainer = fakeTrainer();
+  const cfg: LearnerConfig = {
+    updates,
+    replay,
+    // Capacity far above what the tests add, so shrink never removes anything.
+    buffer: { capacity: 100, policy: 'diverse', alpha: 0.5 },
+    lr: 0.01,
+    schedule: 'constant',
+    scheduleSteps: 1,
+    augment: CIFAR_AUGMENT,
+    seed: 7,
+  };
+  const learner = new Learner(trainer as unknown as Trainer, cfg);
+  // Spy: every applied step passes its batch (the entries it trained on) to updateFeatures.
+  const batches: number[][] = [];
+  const orig = learner.buffer.updateFeatures.bind(learner.buffer);
+  learner.buffer.updateFeatures = (batch, zbar) => {
+    batches.push(batch.map((e) => e.id));
+    return orig(batch, zbar);
+  };
+  return { learner, trainer, batches };
+}
+
+const items = (tag: string, n: number) => Array.from({ length: n }, (_, i) => ({ key: `${tag}${i}`, image: new Uint8Array(3 * SIZE * SIZE).fill(10 * i) }));
+const newIds = (learner: Learner, before: Set<number>) => learner.buffer.entries.map((e) => e.id).filter((id) => !before.has(id));
+
+test("mixed replay: no step while the buffer holds too few others; then this arrival's images plus distinct others", async () => {
+  const { learner, trainer, batches } = makeLearner('mixed');
+  // 1 fresh image needs 3 others; the buffer has none.
+  let r = await learner.arrive(items('a', 1));
+  assert.equal(r.trained, false);
+  assert.equal(r.steps.length, 0);
+  // 2 fresh need 2 others; only 1 (one short) is there.
+  r = await learner.arrive(items('b', 2));
+  assert.equal(r.trained, false);
+  assert.equal(trainer.steps, 0);
+  assert.equal(batches.length, 0);
+  // 2 fresh, 3 others: every step trains on both fresh images and 2 of the 3 others.
+  const before = new Set(learner.buffer.entries.map((e) => e.id));
+  r = await learner.arrive(items('c', 2));
+  const fresh = newIds(learner, before);
+  assert.equal(fresh.length, 2);
+  assert.equal(r.trained, true);
+  assert.equal(r.steps.length, 10);
+  assert.equal(batches.length, 10);
+  assert.deepEqual(trainer.cropLengths, new Array(10).fill(VIEWS * B * 3 * SIZE * SIZE));
+  for (const [k, ids] of batches.entries()) {
+    assert.equal(ids.length, B, `step ${k}: batch size`);
+    assert.deepEqual(ids.slice(0, 2), fresh, `step ${k}: the batch starts with this arrival's images`);
+    const replayed = ids.slice(2);
+    // The replayed part must come from the rest of the buffer: a fresh image drawn again would be
+    // trained on twice in one step.
+    assert.ok(replayed.every((id) => before.has(id)), `step ${k}: replayed ${replayed} includes this arrival's images ${fresh}`);
+    assert.equal(new Set(ids).size, B, `step ${k}: duplicate entries in the batch ${ids}`);
+  }
+});
+
+test('buffer replay: no step until the buffer holds a full batch; then whole batches drawn from all of it', async () => {
+  const { learner, trainer, batches } = makeLearner('buffer');
+  let r = await learner.arrive(items('a', 2));
+  assert.equal(r.trained, false);
+  assert.equal(trainer.steps, 0);
+  r = await learner.arrive(items('b', 1));
+  assert.equal(r.trained, false, 'three images are one short of a batch');
+  // Exactly a full batch: every step trains on all four.
+  r = await learner.arrive(items('c', 1));
+  assert.equal(r.trained, true);
+  const all = learner.buffer.entries.map((e) => e.id).sort((x, y) => x - y);
+  assert.equal(batches.length, 10);
+  for (const ids of batches) assert.deepEqual([...ids].sort((x, y) => x - y), all);
+  // Six in the buffer: batches are B distinct entries, not forced to hold this arrival's images
+  // (which the mixed rule would always include).
+  batches.length = 0;
+  const before = new Set(learner.buffer.entries.map((e) => e.id));
+  await learner.arrive(items('d', 2));
+  const fresh = newIds(learner, before);
+  const live = new Set(learner.buffer.entries.map((e) => e.id));
+  assert.equal(batches.length, 10);
+  for (const ids of batches) {
+    assert.equal(new Set(ids).size, B);
+    assert.ok(ids.every((id) => live.has(id)));
+  }
+  assert.ok(batches.some((ids) => !fresh.every((id) => ids.includes(id))), 'every batch held all fresh images');
+});
