@@ -1,9 +1,11 @@
 // Every gradient rule against central finite differences: float64 where ORT's CPU EP has the kernel,
-// float32 with eps = 1 (exact by bilinearity) for Conv, whose CPU kernel is float32 only.
+// float32 with eps = 1 (exact by bilinearity) for Conv, whose CPU kernel is float32 only. Composite
+// rows (BatchNorm) are checked through the layer that emits them.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { GRAD_RULES } from '../tools/graph/grad.ts';
 import type { Graph, Value } from '../tools/graph/graph.ts';
+import { Model, batchNorm } from '../tools/nn/layers.ts';
 import { gradCheck, type GradCase } from './helpers/ort.ts';
 
 const positive = (rng: { uniform(): number }, n: number) => Array.from({ length: n }, () => 0.5 + 2 * rng.uniform());
@@ -98,6 +100,10 @@ const CASES: Record<string, GradCase[]> = {
   Concat: [f64([[2, 3], [2, 4], [2, 1]], (g, xs) => g.concat(xs, 1))],
   Expand: [f64([[3, 1]], (g, [x]) => g.expand(x, [2, 3, 4]))],
   Pad: [f64([[3, 4]], (g, [x]) => g.pad(x, [1, 0, 2, 3]))],
+  // Training mode; gamma and beta (the layer's own inputs) are differentiated too.
+  BatchNorm: ([[[4, 3, 2, 3], true], [[5, 3], true], [[6, 2, 3, 3], false], [[5, 3], false]] as const).map(([shape, affine]) =>
+    f64([[...shape]], (g, [x]) => batchNorm(new Model(g, true), 'bn', x, affine), { diffExtras: true }),
+  ),
 };
 
 // Ops whose rule returns no gradient by design.
@@ -132,6 +138,21 @@ test('stop-gradient blocks exactly its own path', async () => {
   const bv = Float64Array.from([0.5, -2, 3]);
   const out = await run(await session(g), g, new Map([[a, Float64Array.from([1, 2, 3])], [b, bv]]));
   assert.deepEqual(Array.from(out.ga as Float64Array), Array.from(bv));
+});
+
+test('negative control: batch norm is differentiated by its table row', async () => {
+  const saved = GRAD_RULES.BatchNorm;
+  // dx shifted by mean(gy) per channel, as a slip in that term would do; gamma's and beta's stay right.
+  GRAD_RULES.BatchNorm = (g, n, gys, opts) => {
+    const [dx, ...rest] = saved(g, n, gys, opts);
+    return [g.add(dx!, g.reduceMean(gys[0]!, (n.attrs.axes as { ints: number[] }).ints, true)), ...rest];
+  };
+  try {
+    const r = await gradCheck(CASES.BatchNorm[0]);
+    assert.ok(r.failures.length > 0);
+  } finally {
+    GRAD_RULES.BatchNorm = saved;
+  }
 });
 
 test('negative control: the harness catches a wrong rule', async () => {

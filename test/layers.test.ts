@@ -1,22 +1,10 @@
-// Layers with their own gradients or state: training-mode batch norm (closed-form backward, running
-// statistics), L2 normalisation; and the builder's shape checks.
+// Layers with state: training-mode batch norm's output and running statistics (its gradient rule,
+// GRAD_RULES.BatchNorm, is checked in grad-rules.test.ts), L2 normalisation; and the builder's shape checks.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { Graph } from '../tools/graph/graph.ts';
 import { Model, batchNorm, l2normalize } from '../tools/nn/layers.ts';
 import { gradCheck, run, session } from './helpers/ort.ts';
-
-for (const [shape, affine] of [[[4, 3, 2, 3], true], [[5, 3], true], [[6, 2, 3, 3], false]] as const) {
-  test(`batch norm (training mode) ${JSON.stringify(shape)} affine=${affine}: gradient matches finite differences`, async () => {
-    const r = await gradCheck({
-      dtype: 'float64',
-      inputs: [{ shape: [...shape] }],
-      build: (g, [x]) => batchNorm(new Model(g, true), 'bn', x, affine),
-      diffExtras: true,
-    });
-    assert.deepEqual(r.failures, [], `max abs err ${r.maxAbsErr}`);
-  });
-}
 
 test('batch norm: output and running statistics match an independent computation', async () => {
   const g = new Graph('float64');

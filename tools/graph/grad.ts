@@ -1,7 +1,7 @@
 // Reverse-mode gradients: one table of per-op rules (each emits standard ops only) and one walker.
 // Adding an op means adding a row; reaching an op without a row fails with the op's and node's name.
 
-import { Graph, Value, fmt, type GradRule, type Node, type Shape } from './graph.ts';
+import { Graph, Value, fmt, type Node, type Shape } from './graph.ts';
 
 /**
  * How Conv's weight gradient is formed; measured per EP (see bench/train-step):
@@ -18,7 +18,13 @@ export interface GradOptions {
   convInputGrad?: ConvInputGrad;
 }
 
-let options: Required<GradOptions> = { convWeightGrad: 'batch-as-channels', convInputGrad: 'conv-transpose' };
+const DEFAULT_OPTIONS: Readonly<Required<GradOptions>> = Object.freeze({ convWeightGrad: 'batch-as-channels', convInputGrad: 'conv-transpose' });
+
+/**
+ * One op's gradient: the gradients of the node's inputs (null or missing: none) from its outputs'.
+ * `opts` is the walker's resolved options, passed down rather than held in module state.
+ */
+export type GradRule = (g: Graph, node: Node, gys: (Value | null)[], opts: Required<GradOptions>) => (Value | null)[];
 
 function sameShape(a: Shape, b: Shape): boolean {
   return a.length === b.length && a.every((d, i) => d === b[i]);
@@ -82,14 +88,14 @@ function reduceRule(mean: boolean): GradRule {
   };
 }
 
-function convInputGrad(g: Graph, node: Node, gy: Value): Value {
+function convInputGrad(g: Graph, node: Node, gy: Value, how: ConvInputGrad): Value {
   const [x, w] = node.inputs as Value[];
   const strides = ints(node, 'strides', [1, 1]);
   const pads = ints(node, 'pads', [0, 0, 0, 0]);
   const dil = ints(node, 'dilations', [1, 1]);
   const group = int(node, 'group', 1);
   const [, , kh, kw] = w.dims();
-  if (options.convInputGrad === 'conv' && strides.every((v) => v === 1) && group === 1) {
+  if (how === 'conv' && strides.every((v) => v === 1) && group === 1) {
     // Stride 1: dx = conv(gy, flip(W)^T) with the complementary padding.
     const wf = g.flip(g.transpose(w, [1, 0, 2, 3]), [2, 3]);
     const pd = [dil[0] * (kh - 1) - pads[0], dil[1] * (kw - 1) - pads[1], dil[0] * (kh - 1) - pads[2], dil[1] * (kw - 1) - pads[3]];
@@ -101,14 +107,14 @@ function convInputGrad(g: Graph, node: Node, gy: Value): Value {
   return g.convTranspose(gy, w, { strides, pads, dilations: dil, group, outputPadding: [oph, opw] });
 }
 
-function convWeightGrad(g: Graph, node: Node, gy: Value): Value {
+function convWeightGrad(g: Graph, node: Node, gy: Value, how: ConvWeightGrad): Value {
   const [x, w] = node.inputs as Value[];
   const strides = ints(node, 'strides', [1, 1]);
   const pads = ints(node, 'pads', [0, 0, 0, 0]);
   const dil = ints(node, 'dilations', [1, 1]);
   if (int(node, 'group', 1) !== 1) throw new Error(`Conv weight gradient: grouped conv not supported (node ${node.name})`);
   const [o, c, kh, kw] = w.dims();
-  if (options.convWeightGrad === 'batch-as-channels') {
+  if (how === 'batch-as-channels') {
     // Batch becomes the reduction channel: conv(x^T [C,N,H,W], gy^T [O,N,Ho,Wo]) = dW^T, stride <-> dilation.
     const xt = g.transpose(x, [1, 0, 2, 3]);
     const gt = g.transpose(gy, [1, 0, 2, 3]);
@@ -118,7 +124,7 @@ function convWeightGrad(g: Graph, node: Node, gy: Value): Value {
   }
   const n = x.shape[0] as number;
   const [ho, wo] = [gy.shape[2] as number, gy.shape[3] as number];
-  if (options.convWeightGrad === 'im2col-offsets') {
+  if (how === 'im2col-offsets') {
     // Channels first, so each offset's slice is a [C, N*Ho*Wo] matrix for one large GEMM.
     const xt = g.transpose(x, [1, 0, 2, 3]);
     const xtp = pads.some((p) => p) ? g.pad(xt, [0, 0, pads[0], pads[1], 0, 0, pads[2], pads[3]]) : xt;
@@ -209,8 +215,8 @@ export const GRAD_RULES: Record<string, GradRule> = {
     const dC = c ? sumToShape(g, beta === 1 ? gy! : g.mul(gy!, g.scalar(beta, gy!.dtype)), c.shape) : null;
     return c ? [dA, dB, dC] : [dA, dB];
   },
-  Conv: (g, n, [gy]) => {
-    const grads: (Value | null)[] = [convInputGrad(g, n, gy!), convWeightGrad(g, n, gy!)];
+  Conv: (g, n, [gy], opts) => {
+    const grads: (Value | null)[] = [convInputGrad(g, n, gy!, opts.convInputGrad), convWeightGrad(g, n, gy!, opts.convWeightGrad)];
     if (n.inputs[2]) grads.push(g.reduceSum(gy!, [0, 2, 3], false));
     return grads;
   },
@@ -289,6 +295,29 @@ export const GRAD_RULES: Record<string, GradRule> = {
     if (pads.some((p) => p < 0)) throw new Error(`Pad gradient: negative pads (node ${n.name})`);
     return [axes.length ? g.slice(gy!, axes.map((a) => pads[a]), axes.map((a) => pads[a] + (x.shape[a] as number)), axes) : gy, null];
   },
+  // Composites (Graph.composite): builder-internal names whose forward is already standard ops.
+  // Training-mode batch norm from nn/layers batchNorm: inputs [x, gamma, beta] (or [x]), saved
+  // [xhat, inv, gamma] (or [xhat, inv]; gamma as the forward read it), results [y, mean, var].
+  BatchNorm: (g, n, [gy, gMean, gVar]) => {
+    // mean and var feed only the running statistics; a gradient through them would need more terms.
+    if (gMean || gVar) throw new Error(`BatchNorm gradient: only the normalised output is differentiable (node ${n.name})`);
+    const x = n.inputs[0]!;
+    const [xhat, inv, gamma] = n.inputs.slice(n.composite!.inputs, n.inputs.length - n.outputs.length) as Value[];
+    const axes = ints(n, 'axes', []);
+    const count = axes.reduce((a, ax) => a * (x.shape[ax] as number), 1);
+    // dx = gamma * inv * (gy - mean(gy) - xhat * mean(gy * xhat)); the two means are dbeta and
+    // dgamma over the count, so dx = gy * a + xhat * b + c with per-channel a, b, c (fewer full passes).
+    const dgamma = g.reduceSum(g.mul(gy!, xhat), axes, true);
+    const dbeta = g.reduceSum(gy!, axes, true);
+    const a = gamma ? g.mul(inv, g.reshape(gamma, inv.dims())) : inv;
+    const invCount = g.scalar(-1 / count, x.dtype);
+    const b = g.mul(g.mul(a, dgamma), invCount);
+    const c = g.mul(g.mul(a, dbeta), invCount);
+    const dx = g.add(g.add(g.mul(gy!, a), g.mul(xhat, b)), c);
+    if (!gamma) return [dx];
+    const ch = [x.shape[1] as number];
+    return [dx, g.reshape(dgamma, ch), g.reshape(dbeta, ch)];
+  },
 };
 
 /**
@@ -297,37 +326,33 @@ export const GRAD_RULES: Record<string, GradRule> = {
  */
 export function gradients(g: Graph, loss: Value, wrt: Value[], opts: GradOptions = {}): Value[] {
   if (loss.rank !== 0) throw new Error(`gradients: loss must be a scalar, got shape ${fmt(loss.shape)}`);
-  const saved = options;
-  options = { ...options, ...opts };
-  try {
-    const nodes = g.nodes.slice();
-    // Forward: which values depend on wrt.
-    const live = new Set<Value>(wrt);
-    for (const n of nodes) if (n.inputs.some((i) => i && live.has(i))) for (const o of n.outputs) live.add(o);
-    const grads = new Map<Value, Value>();
-    grads.set(loss, g.scalar(1, loss.dtype));
-    g.scope('grad', () => {
-      for (let k = nodes.length - 1; k >= 0; k--) {
-        const n = nodes[k];
-        if (!n.outputs.some((o) => live.has(o))) continue;
-        const gys = n.outputs.map((o) => grads.get(o) ?? null);
-        if (gys.every((x) => x === null)) continue;
-        const rule = n.customGrad ?? GRAD_RULES[n.op];
-        if (!rule) throw new Error(`no gradient rule for op ${n.op} (node ${n.name})`);
-        const gxs = g.scope(n.name, () => rule(g, n, gys));
-        n.inputs.forEach((x, i) => {
-          const gx = gxs[i];
-          if (!x || !gx || !live.has(x)) return;
-          if (!sameShape(gx.shape, x.shape)) {
-            throw new Error(`gradient rule for ${n.op} (node ${n.name}) gave ${fmt(gx.shape)} for input ${fmt(x.shape)}`);
-          }
-          const prev = grads.get(x);
-          grads.set(x, prev ? g.add(prev, gx) : gx);
-        });
-      }
-    });
-    return wrt.map((w) => grads.get(w) ?? g.zeros(w.dims(), w.dtype));
-  } finally {
-    options = saved;
-  }
+  const options: Required<GradOptions> = { ...DEFAULT_OPTIONS, ...opts };
+  const nodes = g.nodes.slice();
+  // Forward: which values depend on wrt.
+  const live = new Set<Value>(wrt);
+  for (const n of nodes) if (n.inputs.some((i) => i && live.has(i))) for (const o of n.outputs) live.add(o);
+  const grads = new Map<Value, Value>();
+  grads.set(loss, g.scalar(1, loss.dtype));
+  g.scope('grad', () => {
+    for (let k = nodes.length - 1; k >= 0; k--) {
+      const n = nodes[k];
+      if (!n.outputs.some((o) => live.has(o))) continue;
+      const gys = n.outputs.map((o) => grads.get(o) ?? null);
+      if (gys.every((x) => x === null)) continue;
+      const op = n.composite?.op ?? n.op;
+      const rule = GRAD_RULES[op];
+      if (!rule) throw new Error(`no gradient rule for op ${op} (node ${n.name})`);
+      const gxs = g.scope(n.name, () => rule(g, n, gys, options));
+      n.inputs.forEach((x, i) => {
+        const gx = gxs[i];
+        if (!x || !gx || !live.has(x)) return;
+        if (!sameShape(gx.shape, x.shape)) {
+          throw new Error(`gradient rule for ${op} (node ${n.name}) gave ${fmt(gx.shape)} for input ${fmt(x.shape)}`);
+        }
+        const prev = grads.get(x);
+        grads.set(x, prev ? g.add(prev, gx) : gx);
+      });
+    }
+  });
+  return wrt.map((w) => grads.get(w) ?? g.zeros(w.dims(), w.dtype));
 }

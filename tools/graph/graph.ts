@@ -38,16 +38,14 @@ export class Value {
   }
 }
 
-export type GradRule = (g: Graph, node: Node, gys: (Value | null)[]) => (Value | null)[];
-
 export interface Node {
   op: string;
   name: string;
   inputs: (Value | null)[];
   outputs: Value[];
   attrs: Record<string, Attr>;
-  /** A node-local gradient overriding the rule table (see Graph.custom). */
-  customGrad?: GradRule;
+  /** Set on Graph.composite's Custom nodes: the gradient-table row and how many leading inputs are real. */
+  composite?: { op: string; inputs: number };
 }
 
 export interface Initializer {
@@ -164,8 +162,8 @@ export class Graph {
     return this.constant(xs, [xs.length], 'int64');
   }
 
-  addNode(op: string, inputs: (Value | null)[], outputs: Value[], attrs: Record<string, Attr>, customGrad?: GradRule): Node {
-    const node: Node = { op, name: this.fresh(op.toLowerCase()), inputs, outputs, attrs, customGrad };
+  addNode(op: string, inputs: (Value | null)[], outputs: Value[], attrs: Record<string, Attr>): Node {
+    const node: Node = { op, name: this.fresh(op.toLowerCase()), inputs, outputs, attrs };
     for (const o of outputs) o.producer = node;
     this.nodes.push(node);
     return node;
@@ -233,22 +231,23 @@ export class Graph {
   }
 
   /**
-   * A sub-computation with its own gradient: `forward` is built on stop-gradient copies of `inputs`,
-   * and `backward` maps the outputs' gradients to the inputs' gradients.
+   * An op built from standard ops but differentiated as a whole, by its row `op` in the gradient table
+   * (a closed form beats differentiating the pieces). `forward` runs on stop-gradient copies of
+   * `inputs`, so no gradient leaks through the pieces, and returns its results and the intermediates
+   * the rule reads. The Custom node holds [...inputs, ...saved, ...results] and `attrs` for the rule;
+   * it lowers to one Identity per result.
    */
-  custom(
-    label: string,
+  composite(
+    op: string,
     inputs: Value[],
-    forward: (xs: Value[]) => Value[],
-    backward: (gys: (Value | null)[], xs: Value[], ys: Value[]) => (Value | null)[],
+    attrs: Record<string, Attr>,
+    forward: (xs: Value[]) => { results: Value[]; saved: Value[] },
   ): Value[] {
     const sg = inputs.map((x) => this.stopGradient(x));
-    const inner = forward(sg);
-    const outs = inner.map((y) => new Value(this, this.fresh(label), y.shape, y.dtype));
-    this.addNode('Custom', [...inputs, ...inner], outs, {}, (_g, _node, gys) => [
-      ...backward(gys, sg, inner),
-      ...inner.map(() => null),
-    ]);
+    const { results, saved } = forward(sg);
+    const outs = results.map((y) => new Value(this, this.fresh(op.toLowerCase()), y.shape, y.dtype));
+    const node = this.addNode('Custom', [...inputs, ...saved, ...results], outs, attrs);
+    node.composite = { op, inputs: inputs.length };
     return outs;
   }
 

@@ -61,13 +61,13 @@ export function linear(m: Model, name: string, x: Value, out: number, bias = tru
 }
 
 /**
- * Batch normalisation over N (and H, W). Training: batch statistics, a closed-form backward and the
- * running statistics as new state; evaluation: running statistics.
+ * Batch normalisation over N (and H, W). Training: batch statistics, one composite op with a
+ * closed-form gradient rule (GRAD_RULES.BatchNorm) and the running statistics as new state;
+ * evaluation: running statistics.
  */
 export function batchNorm(m: Model, name: string, x: Value, affine = true, eps = 1e-5): Value {
   const g = m.g;
-  const c0 = x.shape[1] as number;
-  const c = c0;
+  const c = x.shape[1] as number;
   const axes = x.rank === 4 ? [0, 2, 3] : [0];
   const bshape = x.rank === 4 ? [1, c, 1, 1] : [1, c];
   const gamma = affine ? m.state(`${name}.weight`, [c], 'param', { kind: 'ones' }, false) : null;
@@ -86,35 +86,16 @@ export function batchNorm(m: Model, name: string, x: Value, affine = true, eps =
     }
     const count = axes.reduce((a, ax) => a * (x.shape[ax] as number), 1);
     const ins = [x, ...(gamma ? [gamma, beta!] : [])];
-    let saved: { xhat: Value; inv: Value } | null = null;
-    const [y, mean, varB] = g.custom(
-      'batchnorm',
-      ins,
-      ([xs, gs, bs]) => {
-        const mean = g.reduceMean(xs, axes, true);
-        const xc = g.sub(xs, mean);
-        const varB = g.reduceMean(g.mul(xc, xc), axes, true);
-        const inv = g.reciprocal(g.sqrt(g.add(varB, epsV)));
-        const xhat = g.mul(xc, inv);
-        saved = { xhat, inv };
-        const y = gs ? g.add(g.mul(xhat, g.reshape(gs, bshape)), g.reshape(bs, bshape)) : xhat;
-        return [y, mean, varB];
-      },
-      ([gy], [, gs]) => {
-        const { xhat, inv } = saved!;
-        // dx = gamma * inv * (gy - mean(gy) - xhat * mean(gy * xhat)); the two means are dbeta and
-        // dgamma over the count, so dx = gy * a + xhat * b + c with per-channel a, b, c (fewer full passes).
-        const dgamma = g.reduceSum(g.mul(gy!, xhat), axes, true);
-        const dbeta = g.reduceSum(gy!, axes, true);
-        const a = gs ? g.mul(inv, g.reshape(gs, bshape)) : inv;
-        const invCount = g.scalar(-1 / count);
-        const b = g.mul(g.mul(a, dgamma), invCount);
-        const c = g.mul(g.mul(a, dbeta), invCount);
-        const dx = g.add(g.add(g.mul(gy!, a), g.mul(xhat, b)), c);
-        if (!gs) return [dx];
-        return [dx, g.reshape(dgamma, [c0]), g.reshape(dbeta, [c0])];
-      },
-    );
+    // Differentiated as one op by GRAD_RULES.BatchNorm (closed form), which reads xhat, inv and gamma.
+    const [y, mean, varB] = g.composite('BatchNorm', ins, { axes: { ints: axes } }, ([xs, gs, bs]) => {
+      const mean = g.reduceMean(xs, axes, true);
+      const xc = g.sub(xs, mean);
+      const varB = g.reduceMean(g.mul(xc, xc), axes, true);
+      const inv = g.reciprocal(g.sqrt(g.add(varB, epsV)));
+      const xhat = g.mul(xc, inv);
+      const y = gs ? g.add(g.mul(xhat, g.reshape(gs, bshape)), g.reshape(bs, bshape)) : xhat;
+      return { results: [y, mean, varB], saved: gs ? [xhat, inv, gs] : [xhat, inv] };
+    });
     // Running statistics as PyTorch keeps them: unbiased variance, momentum on the new value.
     const mom = g.scalar(m.bnMomentum);
     const keep = g.scalar(1 - m.bnMomentum);
