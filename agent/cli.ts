@@ -4,7 +4,6 @@
 import yargs from 'yargs';
 import { hideBin } from 'yargs/helpers';
 import path from 'node:path';
-import { PRESETS } from '../tools/artifacts/presets.ts';
 import { EPS, type EP } from './trainer/backend.ts';
 
 import { REPO_ROOT } from './paths.ts';
@@ -60,13 +59,16 @@ await yargs(hideBin(process.argv))
   .command(
     'artifacts',
     'compile a preset into training-artifacts/<name>/ (manifest.json, train_step.onnx, embed.onnx, init.safetensors)',
-    (y) =>
-      y
+    // The preset list comes from the compiler, loaded only when this command is given (async builder).
+    async (y) => {
+      const { PRESETS } = await import('../tools/artifacts/presets.ts');
+      return y
         .option('preset', { type: 'string', default: 'edge', describe: `one of: ${Object.keys(PRESETS).join(', ')}` })
         .option('set', { type: 'string', array: true, default: [] as string[], describe: 'override a preset field: key=value (dotted path, JSON value)' })
         .option('out', { type: 'string', describe: 'output directory (default training-artifacts/<name>)' })
         .option('name', { type: 'string', describe: 'artifact name (default: the preset name, or <preset>-custom with --set)' })
-        .option('check', { type: 'boolean', default: false, describe: 'compare the existing directory with a fresh build instead of writing' }),
+        .option('check', { type: 'boolean', default: false, describe: 'compare the existing directory with a fresh build instead of writing' });
+    },
     async (a) => {
       const { artifactsCommand } = await import('./commands/artifacts.ts');
       await artifactsCommand({ preset: a.preset, set: a.set, out: a.out, name: a.name, check: a.check });

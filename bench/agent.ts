@@ -14,7 +14,7 @@ import { saveCheckpoint, CHECKPOINT_VERSION } from '../agent/trainer/checkpoint.
 import { exportEncoder } from '../agent/export/export.ts';
 import { ReplayBuffer } from '../agent/buffer/buffer.ts';
 import { ortSimilarity } from '../agent/buffer/similarity.ts';
-import { Rng } from '../tools/nn/rng.ts';
+import { Rng } from '../core/rng.ts';
 import { benchArgs } from './args.ts';
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));

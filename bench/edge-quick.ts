@@ -9,12 +9,12 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { getPreset } from '../tools/artifacts/presets.ts';
 import { compileArtifacts, writeArtifacts } from '../tools/artifacts/write.ts';
-import { readCifar10 } from '../tools/data/cifar.ts';
+import { readCifar10 } from '../core/codecs/cifar.ts';
 import { Trainer } from '../agent/trainer/trainer.ts';
 import { Learner, defaultLearnerConfig } from '../agent/trainer/learner.ts';
 import { computeFeatures } from '../agent/eval/features.ts';
 import { knnWeighted } from '../agent/eval/knn.ts';
-import { Rng } from '../tools/nn/rng.ts';
+import { Rng } from '../core/rng.ts';
 import { benchArgs } from './args.ts';
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));

@@ -52,7 +52,7 @@ async function chokidarProbe(n: number): Promise<string[]> {
 async function similarityProbe(runs: number, variant: string): Promise<string[]> {
   const ort = await import('onnxruntime-node');
   const { Graph } = await import('../tools/graph/graph.ts');
-  const { encodeModel } = await import('../tools/onnx/model.ts');
+  const { encodeModel } = await import('../tools/onnx/encode.ts');
   // The buffer's similarity graph (agent/buffer/similarity.ts): [na, d] x [nb, d]^T.
   const g = new Graph();
   const a = g.input('a', ['na', 'd']);

@@ -12,10 +12,10 @@ import { fileURLToPath } from 'node:url';
 import { getPreset, type Preset } from '../tools/artifacts/presets.ts';
 import { compileArtifacts, writeArtifacts } from '../tools/artifacts/write.ts';
 import { Graph } from '../tools/graph/graph.ts';
-import { encodeModel } from '../tools/onnx/model.ts';
+import { encodeModel } from '../tools/onnx/encode.ts';
 import { Trainer } from '../agent/trainer/trainer.ts';
 import { openSession, type EP, type FeedTensor } from '../agent/trainer/backend.ts';
-import { Rng } from '../tools/nn/rng.ts';
+import { Rng } from '../core/rng.ts';
 import { benchArgs } from './args.ts';
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));

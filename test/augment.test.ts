@@ -3,7 +3,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { CIFAR_AUGMENT, multiCrop, renderCrop, sampleCrop, type CropParams } from '../agent/frames/augment.ts';
-import { Rng } from '../tools/nn/rng.ts';
+import { Rng } from '../core/rng.ts';
 
 const S = 32;
 function image(seed: number): Uint8Array {

@@ -5,7 +5,7 @@ import assert from 'node:assert/strict';
 import { removeRedundantReference, NearestNeighbours } from '../agent/buffer/removal.ts';
 import { ReplayBuffer } from '../agent/buffer/buffer.ts';
 import { ortSimilarity } from '../agent/buffer/similarity.ts';
-import { Rng } from '../tools/nn/rng.ts';
+import { Rng } from '../core/rng.ts';
 
 const unit = (v: number[]) => {
   const n = Math.hypot(...v);

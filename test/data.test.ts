@@ -5,9 +5,9 @@ import assert from 'node:assert/strict';
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { readCifar10, readCifar100 } from '../tools/data/cifar.ts';
-import { bindInputs } from '../tools/onnx/model.ts';
-import { decodeSafetensors } from '../tools/io/safetensors.ts';
+import { readCifar10, readCifar100 } from '../core/codecs/cifar.ts';
+import { bindInputs } from '../core/onnx/model.ts';
+import { decodeSafetensors } from '../core/codecs/safetensors.ts';
 import { evaluate } from '../agent/commands/eval.ts';
 import { CIFAR10_DIR, REPO } from './helpers/paths.ts';
 

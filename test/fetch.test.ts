@@ -9,7 +9,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { gzipSync } from 'node:zlib';
 import { fetchDataset, untar, download } from '../tools/data/fetch.ts';
-import { readCifar10 } from '../tools/data/cifar.ts';
+import { readCifar10 } from '../core/codecs/cifar.ts';
 import { tarEntry, tinyCifarArchive } from './helpers/archive.ts';
 
 async function serve(body: Buffer, opts: { dropFirstAt?: number } = {}) {

@@ -5,7 +5,7 @@ import assert from 'node:assert/strict';
 import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { readCifar10 } from '../tools/data/cifar.ts';
+import { readCifar10 } from '../core/codecs/cifar.ts';
 import { encodePng } from '../agent/frames/decode.ts';
 import { readImageFolder } from '../agent/eval/folder.ts';
 import { evaluate } from '../agent/commands/eval.ts';

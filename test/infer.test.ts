@@ -15,10 +15,10 @@ import { exportEncoder, initialEncoder } from '../agent/export/export.ts';
 import { encodePng } from '../agent/frames/decode.ts';
 import { Encoder } from '../agent/infer/encoder.ts';
 import { FewShot, noveltyScores } from '../agent/infer/fewshot.ts';
-import { decodeNpy } from '../tools/io/npy.ts';
-import { readSafetensors } from '../tools/io/safetensors.ts';
-import { readCifar10 } from '../tools/data/cifar.ts';
-import { Rng } from '../tools/nn/rng.ts';
+import { decodeNpy } from '../core/codecs/npy.ts';
+import { readSafetensors } from '../core/codecs/safetensors.ts';
+import { readCifar10 } from '../core/codecs/cifar.ts';
+import { Rng } from '../core/rng.ts';
 
 const CLI = path.join(REPO, 'bin/ssocl.mjs');
 const ART = path.join(REPO, 'training-artifacts/edge');

@@ -3,7 +3,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { knnWeighted, knnUniformEuclidean, knnWeightedBlocks } from '../agent/eval/knn.ts';
 import { ortSimilarity } from '../agent/buffer/similarity.ts';
-import { Rng } from '../tools/nn/rng.ts';
+import { Rng } from '../core/rng.ts';
 
 test('weighted kNN: queries next to their class cluster are all right; k beyond a cluster still weights the near ones', async () => {
   // Two clusters on the unit circle: class 0 near angle 0, class 1 near angle pi/2; 3 vs 7 members.

@@ -3,8 +3,8 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { makeStream, streamSpec, SEQ_IM_COUNTS, blurBoundaries } from '../tools/data/streams.ts';
-import { readCifar10 } from '../tools/data/cifar.ts';
-import { Rng } from '../tools/nn/rng.ts';
+import { readCifar10 } from '../core/codecs/cifar.ts';
+import { Rng } from '../core/rng.ts';
 import { CIFAR10_DIR } from './helpers/paths.ts';
 
 const cifar = readCifar10(CIFAR10_DIR, 'train');

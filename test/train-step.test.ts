@@ -7,7 +7,7 @@ import { Value, type TypedData } from '../tools/graph/graph.ts';
 import { GRAD_RULES, gradients, type ConvWeightGrad } from '../tools/graph/grad.ts';
 import { buildLoss, buildTrainStep, initState } from '../tools/artifacts/build.ts';
 import type { Preset } from '../tools/artifacts/presets.ts';
-import { Rng } from '../tools/nn/rng.ts';
+import { Rng } from '../core/rng.ts';
 import { run, session } from './helpers/ort.ts';
 import { tinyPreset } from './helpers/tiny.ts';
 

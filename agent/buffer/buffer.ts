@@ -3,7 +3,7 @@
 // what to drop when it is over capacity: `diverse` / `minred` (the redundancy rule over seen entries,
 // oldest first while too few are seen), `reservoir`, `fifo`.
 
-import { Rng } from '../../tools/nn/rng.ts';
+import { Rng } from '../../core/rng.ts';
 import { NearestNeighbours } from './removal.ts';
 import type { SimilarityEngine } from './similarity.ts';
 

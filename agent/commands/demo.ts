@@ -6,7 +6,7 @@
 import { mkdtempSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { parseCifar10 } from '../../tools/data/cifar.ts';
+import { parseCifar10 } from '../../core/codecs/cifar.ts';
 import { encodePng } from '../frames/decode.ts';
 import { runAgent } from '../run.ts';
 import type { EP } from '../trainer/backend.ts';
@@ -14,7 +14,7 @@ import { REPO_ROOT } from '../paths.ts';
 import { Trainer } from '../trainer/trainer.ts';
 import { openEncoder, computeFeatures, type FeatureModel } from '../eval/features.ts';
 import { knnWeighted } from '../eval/knn.ts';
-import { Rng } from '../../tools/nn/rng.ts';
+import { Rng } from '../../core/rng.ts';
 
 export interface DemoArgs {
   ep: EP;

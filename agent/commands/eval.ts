@@ -1,12 +1,12 @@
 // `ssocl eval MODEL.onnx --dataset cifar10|cifar100`: kNN accuracy of an exported encoder.
 
 import path from 'node:path';
-import { readCifar10, readCifar100, type LabelledImages } from '../../tools/data/cifar.ts';
+import { readCifar10, readCifar100, type LabelledImages } from '../../core/codecs/cifar.ts';
 import { openEncoder, computeFeatures } from '../eval/features.ts';
 import { knnWeightedBlocks, knnUniformEuclidean, type KnnResult } from '../eval/knn.ts';
 import { ortSimilarity } from '../buffer/similarity.ts';
-import { Rng } from '../../tools/nn/rng.ts';
-import { modelInfo } from '../../tools/onnx/model.ts';
+import { Rng } from '../../core/rng.ts';
+import { modelInfo } from '../../core/onnx/model.ts';
 import { readImageFolder } from '../eval/folder.ts';
 import { readFileSync } from 'node:fs';
 

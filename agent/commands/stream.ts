@@ -4,7 +4,7 @@
 import { mkdirSync, renameSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import sharp from 'sharp';
-import { readCifar10, readCifar100 } from '../../tools/data/cifar.ts';
+import { readCifar10, readCifar100 } from '../../core/codecs/cifar.ts';
 import { makeStream, streamSpec, type StreamOrder } from '../../tools/data/streams.ts';
 
 export interface StreamArgs {

@@ -6,7 +6,7 @@ import { existsSync, readFileSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { decodeFrame, type Fit } from '../frames/decode.ts';
 import { listSupport } from '../infer/fewshot.ts';
-import type { LabelledImages } from '../../tools/data/cifar.ts';
+import type { LabelledImages } from '../../core/codecs/cifar.ts';
 
 export interface FolderOptions {
   size: number;

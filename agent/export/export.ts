@@ -12,11 +12,11 @@
 import { existsSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
 import path from 'node:path';
 import * as ort from 'onnxruntime-node';
-import { bindInputs, modelInfo } from '../../tools/onnx/model.ts';
+import { bindInputs, modelInfo } from '../../core/onnx/model.ts';
 import { readManifest, type Trainer } from '../trainer/trainer.ts';
-import type { Manifest } from '../../tools/artifacts/manifest.ts';
-import { decodeSafetensors } from '../../tools/io/safetensors.ts';
-import { sha256, writeFileAtomic } from '../trainer/checkpoint.ts';
+import type { Manifest } from '../../core/manifest.ts';
+import { decodeSafetensors } from '../../core/codecs/safetensors.ts';
+import { sha256, writeFileAtomic } from '../../core/atomic.ts';
 
 export interface ExportInfo {
   file: string;

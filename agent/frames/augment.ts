@@ -2,7 +2,7 @@
 // training size, horizontal flip, colour jitter, grayscale, Gaussian blur and solarize, all drawn from
 // an explicit seeded RNG. Output is float32 NCHW in [0, 1]; normalisation happens inside the graph.
 
-import { Rng } from '../../tools/nn/rng.ts';
+import { Rng } from '../../core/rng.ts';
 
 export interface AugmentConfig {
   /** Crop area as a fraction of the image (fixed, as in the author's code). */

@@ -1,7 +1,7 @@
 // A built-in image set that needs no files: seeded random scenes (a coloured background with a few
 // rectangles and discs), so the demo and tests run on a fresh clone with nothing downloaded.
 
-import { Rng } from '../../tools/nn/rng.ts';
+import { Rng } from '../../core/rng.ts';
 
 /** count images, uint8 CHW size x size each, concatenated. */
 export function syntheticImages(count: number, size: number, seed: number): Uint8Array {

@@ -7,7 +7,7 @@
 
 import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
-import { modelInfo } from '../../tools/onnx/model.ts';
+import { modelInfo } from '../../core/onnx/model.ts';
 import { openSessionOrFallback, type EP, type EpOptions, type Session } from '../trainer/backend.ts';
 
 export type EncoderOutput = 'features' | 'embedding';

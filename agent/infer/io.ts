@@ -6,9 +6,9 @@ import { closeSync, existsSync, fstatSync, fsyncSync, ftruncateSync, lstatSync, 
 import path from 'node:path';
 import { decodeFrame, FRAME_EXTENSIONS, FrameError, type Fit } from '../frames/decode.ts';
 import { readRegularFile, UnreadableFile } from '../sources/read.ts';
-import { encodeSafetensors } from '../../tools/io/safetensors.ts';
-import { encodeNpy } from '../../tools/io/npy.ts';
-import { writeFileAtomic } from '../trainer/checkpoint.ts';
+import { encodeSafetensors } from '../../core/codecs/safetensors.ts';
+import { encodeNpy } from '../../core/codecs/npy.ts';
+import { writeFileAtomic } from '../../core/atomic.ts';
 import type { ModelVersion } from './encoder.ts';
 
 export interface FrameRef {

@@ -5,12 +5,11 @@
 // state is written, every write is read back and verified, and rotation keeps the newest 3 while never
 // dropping the newest one that verifies.
 
-import { createHash } from 'node:crypto';
-import { closeSync, existsSync, fsyncSync, mkdirSync, openSync, readdirSync, readFileSync, renameSync, rmSync, writeSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import path from 'node:path';
-import { decodeSafetensors, encodeSafetensors, type StTensor } from '../../tools/io/safetensors.ts';
+import { sha256, writeFileAtomic } from '../../core/atomic.ts';
+import { decodeSafetensors, encodeSafetensors, type StTensor } from '../../core/codecs/safetensors.ts';
 import type { Entry } from '../buffer/buffer.ts';
-import { fault } from '../faults.ts';
 
 /** 2: with digests. Version 1 files (no digests) are still read, with a warning. */
 export const CHECKPOINT_VERSION = 2;
@@ -49,37 +48,6 @@ export interface CheckpointData {
   state: Map<string, Float32Array>;
   images: Uint8Array[];
   features: (Float32Array | null)[];
-}
-
-/** Writes bytes to `file` atomically: temp file, fsync, rename, fsync of the directory. */
-export function writeFileAtomic(file: string, bytes: Uint8Array): void {
-  const dir = path.dirname(file);
-  mkdirSync(dir, { recursive: true });
-  const tmp = path.join(dir, `.${path.basename(file)}.tmp-${process.pid}`);
-  const fd = openSync(tmp, 'w');
-  try {
-    let off = 0;
-    while (off < bytes.length) off += writeSync(fd, bytes, off, bytes.length - off);
-    fsyncSync(fd);
-  } catch (e) {
-    closeSync(fd);
-    rmSync(tmp, { force: true });
-    throw e;
-  }
-  closeSync(fd);
-  const k = fault('kill-before-rename');
-  if (k !== undefined && path.basename(file).includes(k)) process.kill(process.pid, 'SIGKILL');
-  renameSync(tmp, file);
-  const dfd = openSync(dir, 'r');
-  try {
-    fsyncSync(dfd);
-  } finally {
-    closeSync(dfd);
-  }
-}
-
-export function sha256(b: Uint8Array | string): string {
-  return createHash('sha256').update(b).digest('hex');
 }
 
 function tensorBytes(t: StTensor['data']): Uint8Array {
@@ -198,21 +166,4 @@ export function latestCheckpoint(dir: string, warn: (msg: string) => void = () =
     }
   }
   return null;
-}
-
-/**
- * Removes temp files that a killed writer left in `dir` (writeFileAtomic's). Called at start, before
- * this process writes anything there; one agent per state directory, so any pid's are stale (in a
- * container the restarted agent often has the same pid as the killed one).
- */
-export function removeStaleTemps(dir: string): number {
-  if (!existsSync(dir)) return 0;
-  let n = 0;
-  for (const f of readdirSync(dir)) {
-    if (/^\..+\.tmp-\d+$/.test(f)) {
-      rmSync(path.join(dir, f), { force: true });
-      n++;
-    }
-  }
-  return n;
 }

@@ -3,7 +3,7 @@
 // step's zbar, then shrink the buffer. Shared by the agent and the benchmarks: a method is a
 // configuration (artifacts + buffer policy + replay rule), not a copy of this loop.
 
-import { Rng } from '../../tools/nn/rng.ts';
+import { Rng } from '../../core/rng.ts';
 import { ReplayBuffer, type Entry, type BufferConfig } from '../buffer/buffer.ts';
 import type { SimilarityEngine } from '../buffer/similarity.ts';
 import { multiCrop, CIFAR_AUGMENT, type AugmentConfig } from '../frames/augment.ts';

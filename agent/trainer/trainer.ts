@@ -4,9 +4,9 @@
 import { createHash } from 'node:crypto';
 import { readFileSync, existsSync } from 'node:fs';
 import path from 'node:path';
-import { decodeSafetensors } from '../../tools/io/safetensors.ts';
-import { MANIFEST_FORMAT, type Manifest } from '../../tools/artifacts/manifest.ts';
-import { fault } from '../faults.ts';
+import { decodeSafetensors } from '../../core/codecs/safetensors.ts';
+import { MANIFEST_FORMAT, type Manifest } from '../../core/manifest.ts';
+import { fault } from '../../core/faults.ts';
 import { openSession, EpError, SessionRunError, type EP, type EpOptions, type Session, type FeedTensor } from './backend.ts';
 
 export interface TrainerOptions extends EpOptions {

@@ -9,7 +9,7 @@ import { existsSync, lstatSync, mkdtempSync, readFileSync, rmSync, statSync, sym
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { download, fetchDataset } from '../../tools/data/fetch.ts';
-import { readCifar10 } from '../../tools/data/cifar.ts';
+import { readCifar10 } from '../../core/codecs/cifar.ts';
 import { tinyCifarArchive } from '../helpers/archive.ts';
 
 // The name README documents, spelled out here rather than imported from the code under test.

@@ -9,7 +9,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import * as ort from 'onnxruntime-node';
 import { latestCheckpoint, listCheckpoints, readCheckpoint } from '../../agent/trainer/checkpoint.ts';
-import { Rng } from '../../tools/nn/rng.ts';
+import { Rng } from '../../core/rng.ts';
 import { startAgent, tinyArtifacts, waitFor, writeFrames } from './helpers.ts';
 
 const CKPT_EVERY = 4; // steps

@@ -10,7 +10,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import * as ort from 'onnxruntime-node';
 import * as exportModule from '../../agent/export/export.ts';
-import { modelInfo } from '../../tools/onnx/model.ts';
+import { modelInfo } from '../../core/onnx/model.ts';
 import { startAgent, tinyArtifacts, writeFrames } from './helpers.ts';
 
 // Looked up rather than imported by name: on code without it the test fails on the mismatch itself.

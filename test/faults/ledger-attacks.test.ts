@@ -8,7 +8,7 @@ import { mkdtempSync, readFileSync, renameSync, rmSync, statSync, utimesSync, wr
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { Ledger } from '../../agent/sources/ledger.ts';
-import { Rng } from '../../tools/nn/rng.ts';
+import { Rng } from '../../core/rng.ts';
 import { startAgent, tinyArtifacts, writeFrames } from './helpers.ts';
 
 function tmp(): { root: string; file: string } {

@@ -10,7 +10,7 @@ import { mkdirSync, mkdtempSync, readFileSync, renameSync, rmSync, writeFileSync
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { Graph, type Shape } from '../../tools/graph/graph.ts';
-import { encodeModel } from '../../tools/onnx/model.ts';
+import { encodeModel } from '../../tools/onnx/encode.ts';
 import { initialEncoder } from '../../agent/export/export.ts';
 import { REPO } from '../helpers/paths.ts';
 import { CLI, waitFor, writeFrames } from './helpers.ts';

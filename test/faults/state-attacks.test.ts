@@ -7,7 +7,7 @@ import { createHash } from 'node:crypto';
 import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, truncateSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { decodeSafetensors, encodeSafetensors, type StTensor } from '../../tools/io/safetensors.ts';
+import { decodeSafetensors, encodeSafetensors, type StTensor } from '../../core/codecs/safetensors.ts';
 import { CheckpointError, listCheckpoints, readCheckpoint, saveCheckpoint } from '../../agent/trainer/checkpoint.ts';
 import { ledgerStatus, startAgent, tinyArtifacts, writeFrames } from './helpers.ts';
 

@@ -1,7 +1,7 @@
 // Test archives for `ssocl data fetch`: ustar entries written by hand, and a small CIFAR-10 in the
 // official binary layout (3 images per batch file), gzipped.
 import { gzipSync } from 'node:zlib';
-import { encodeCifar10 } from '../../tools/data/cifar.ts';
+import { encodeCifar10 } from '../../core/codecs/cifar.ts';
 
 export function tarEntry(name: string, data: Buffer): Buffer {
   const h = Buffer.alloc(512);

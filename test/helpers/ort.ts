@@ -3,8 +3,8 @@
 import * as ort from 'onnxruntime-node';
 import { Graph, Value, type DType, type TypedData } from '../../tools/graph/graph.ts';
 import { gradients, type GradOptions } from '../../tools/graph/grad.ts';
-import { encodeModel } from '../../tools/onnx/model.ts';
-import { Rng } from '../../tools/nn/rng.ts';
+import { encodeModel } from '../../tools/onnx/encode.ts';
+import { Rng } from '../../core/rng.ts';
 
 export async function session(g: Graph): Promise<ort.InferenceSession> {
   return ort.InferenceSession.create(encodeModel(g, 'test'), { graphOptimizationLevel: 'all', intraOpNumThreads: 2 });

@@ -8,7 +8,7 @@ import { resnet } from '../nn/encoders.ts';
 import { mlp } from '../nn/heads.ts';
 import * as L from '../losses/index.ts';
 import { makeOptimizer } from '../optim/index.ts';
-import { Rng } from '../nn/rng.ts';
+import { Rng } from '../../core/rng.ts';
 import type { Preset } from './presets.ts';
 
 export function views(p: Preset): number {

@@ -1,25 +1,25 @@
 // Writes an artifact directory: manifest.json, train_step.onnx, embed.onnx, init.safetensors.
 // Same preset, same bytes. Written to a temporary directory and renamed into place.
 
-import { createHash } from 'node:crypto';
 import { existsSync, mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { encodeModel, OPSET } from '../onnx/model.ts';
-import { encodeSafetensors } from '../io/safetensors.ts';
+import { sha256 } from '../../core/atomic.ts';
+import { OPSET } from '../../core/onnx/model.ts';
+import { encodeModel } from '../onnx/encode.ts';
+import { encodeSafetensors } from '../../core/codecs/safetensors.ts';
 import { buildEmbed, buildTrainStep, initState, views } from './build.ts';
-import { MANIFEST_FORMAT, type Manifest, type TensorInfo } from './manifest.ts';
+import { MANIFEST_FORMAT, type Manifest, type TensorInfo } from '../../core/manifest.ts';
 import type { Preset } from './presets.ts';
 import type { Graph } from '../graph/graph.ts';
 
 const PKG = JSON.parse(readFileSync(path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../package.json'), 'utf8'));
 export const GENERATOR = { name: 'ssocl-tools', version: PKG.version as string };
 
-const sha256 = (b: Uint8Array) => createHash('sha256').update(b).digest('hex');
 const info = (vs: Graph['inputs']): TensorInfo[] => vs.map((v) => ({ name: v.name, shape: v.shape, dtype: v.dtype as TensorInfo['dtype'] }));
 
 export interface BuiltArtifacts {
-  manifest: Manifest;
+  manifest: Manifest<Preset>;
   files: Map<string, Uint8Array>;
 }
 
@@ -40,7 +40,7 @@ export function compileArtifacts(p: Preset): BuiltArtifacts {
   const embedNames = new Set(em.g.inputs.map((x) => x.name));
   const crops = ts.g.inputs.find((x) => x.name === 'crops')!;
   const images = em.g.inputs.find((x) => x.name === 'images')!;
-  const manifest: Manifest = {
+  const manifest: Manifest<Preset> = {
     format: MANIFEST_FORMAT,
     name: p.name,
     generator: GENERATOR,

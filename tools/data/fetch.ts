@@ -4,11 +4,12 @@
 // a completion marker so that an interrupted unpack is redone instead of taken as done.
 
 import { createHash } from 'node:crypto';
-import { closeSync, createReadStream, createWriteStream, existsSync, fsyncSync, lstatSync, mkdirSync, openSync, readFileSync, renameSync, rmSync, statSync, unlinkSync, writeFileSync, writeSync } from 'node:fs';
+import { createReadStream, createWriteStream, existsSync, lstatSync, mkdirSync, readFileSync, renameSync, rmSync, statSync, unlinkSync, writeFileSync } from 'node:fs';
 import http from 'node:http';
 import https from 'node:https';
 import path from 'node:path';
 import { gunzipSync } from 'node:zlib';
+import { writeFileAtomic } from '../../core/atomic.ts';
 
 export interface DatasetSource {
   url: string;
@@ -263,19 +264,6 @@ function readMarker(marker: string): { md5?: string } | null {
   }
 }
 
-/** Writes `file` so that it is either absent or whole: a temporary file, flushed, then renamed over it. */
-function writeAtomic(file: string, text: string): void {
-  const tmp = `${file}.tmp-${process.pid}`;
-  const fd = openSync(tmp, 'w');
-  try {
-    writeSync(fd, text);
-    fsyncSync(fd);
-  } finally {
-    closeSync(fd);
-  }
-  renameSync(tmp, file);
-}
-
 /**
  * Downloads, verifies and unpacks `src` under `dir`; returns the unpacked folder. A folder counts as done
  * only with its completion marker: one without (an interrupted unpack) is unpacked again over itself,
@@ -316,7 +304,7 @@ export async function fetchDataset(src: DatasetSource, dir: string, log: (s: str
     const size = statSync(f.path).size;
     if (size !== f.size) throw new Error(`${f.path}: ${size} bytes on disk, ${f.size} in the archive; run again`);
   }
-  writeAtomic(marker, `${JSON.stringify({ md5: src.md5, file: src.file, files: files.map((f) => path.relative(out, f.path)) })}\n`);
+  writeFileAtomic(marker, `${JSON.stringify({ md5: src.md5, file: src.file, files: files.map((f) => path.relative(out, f.path)) })}\n`);
   log(`unpacked ${files.length} files into ${dir}`);
   return out;
 }

@@ -4,7 +4,7 @@
 import { readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { readCifar10, encodeCifar10, CIFAR_PIXELS } from './cifar.ts';
+import { readCifar10, encodeCifar10, CIFAR_PIXELS } from '../../core/codecs/cifar.ts';
 
 const PER_CLASS = 200;
 const repo = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');

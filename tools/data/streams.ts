@@ -2,7 +2,7 @@
 // order, each shuffled), `seq-im` (imbalanced per-class counts), `seq-bl` (blurred boundaries: items
 // near each boundary swapped with a linearly falling probability). Seeded by the trial number.
 
-import { Rng } from '../nn/rng.ts';
+import { Rng } from '../../core/rng.ts';
 
 export type StreamOrder = 'seq' | 'seq-bl' | 'seq-im';
 export const STREAM_ORDERS: StreamOrder[] = ['seq', 'seq-bl', 'seq-im'];

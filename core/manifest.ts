@@ -1,7 +1,22 @@
 // The contract between tools/ and agent/: what an artifact directory holds and how to drive it.
 // The agent reads only this; it never guesses tensor names.
 
-import type { Preset } from './presets.ts';
+/**
+ * The preset as the manifest records it: the whole of tools/artifacts/presets.ts's Preset is written,
+ * but only these fields are part of the contract (the runtime reads them; the rest is kept as a record).
+ * Declared here rather than imported so the runtime does not depend on the compiler's types.
+ */
+export interface ManifestPreset {
+  name: string;
+  image: { size: number; mean: number[]; std: number[] };
+  encoder: { widths: number[] };
+  /** Present for SimSiam-style (two-view, predictor) steps. */
+  predictor?: unknown;
+  crops: number;
+  batch: number;
+  lr: number;
+  agent: { newPerArrival: number; updatesPerArrival: number; bufferSize: number; replay: 'mixed' | 'buffer' };
+}
 
 export const MANIFEST_FORMAT = 'ssocl-artifacts/1';
 
@@ -24,12 +39,13 @@ export interface StateInfo {
   embed: boolean;
 }
 
-export interface Manifest {
+/** P: the writer's full preset type (tools/ passes its Preset, so the compiler checks it fits). */
+export interface Manifest<P extends ManifestPreset = ManifestPreset> {
   format: typeof MANIFEST_FORMAT;
   name: string;
   generator: { name: string; version: string };
   opset: number;
-  preset: Preset;
+  preset: P;
   trainStep: {
     file: string;
     crops: TensorInfo & { layout: string; views: number; images: number; range: [number, number] };

@@ -1,8 +1,51 @@
-// Serialises a builder Graph to an ONNX ModelProto (opset 18, IR version 8). Builder-only markers
-// (StopGradient, Custom) become Identity nodes; everything else is emitted as the standard op it is.
+// ONNX ModelProto (opset 18, IR version 8) from a plain description of its graph, and the two things
+// the runtime does with serialised models: bind inputs as initializers (export) and read the
+// inputs, outputs and metadata (checks before use). No graph builder here, so the runtime can use it:
+// tools/onnx/encode.ts lowers the builder's Graph to an OnnxGraph; agent/buffer/similarity.ts writes
+// its one-node model directly.
 
 import { ProtoWriter, readFields } from './protobuf.ts';
-import { Graph, Value, ONNX_DTYPE, type Attr, type DType, type Shape, type TypedData } from '../graph/graph.ts';
+
+// The builder (tools/graph/graph.ts) declares the same unions for its values; tools/onnx/encode.ts hands
+// its values to encodeModel, so tsc reports it if the two ever drift apart.
+export type DType = 'float32' | 'float64' | 'int64' | 'int32' | 'uint8' | 'bool';
+export type Dim = number | string;
+export type Shape = Dim[];
+export type Attr = { i: number } | { f: number } | { ints: number[] } | { floats: number[] } | { s: string };
+export type TypedData = Float32Array | Float64Array | BigInt64Array | Int32Array | Uint8Array;
+
+/** TensorProto.DataType codes. */
+export const ONNX_DTYPE: Record<DType, number> = { float32: 1, uint8: 2, int32: 6, int64: 7, bool: 9, float64: 11 };
+
+export interface OnnxNode {
+  op: string;
+  name: string;
+  inputs: string[];
+  outputs: string[];
+  attrs: Record<string, Attr>;
+}
+
+export interface OnnxTensor {
+  name: string;
+  dtype: DType;
+  dims: number[];
+  data: TypedData;
+}
+
+export interface OnnxValueInfo {
+  name: string;
+  dtype: DType;
+  shape: Shape;
+}
+
+/** A graph in the order it is serialised: nodes, then initializers, inputs and outputs. */
+export interface OnnxGraph {
+  name: string;
+  nodes: OnnxNode[];
+  initializers: OnnxTensor[];
+  inputs: OnnxValueInfo[];
+  outputs: OnnxValueInfo[];
+}
 
 export const OPSET = 18;
 export const IR_VERSION = 8;
@@ -53,29 +96,6 @@ function writeAttr(w: ProtoWriter, name: string, a: Attr): void {
   });
 }
 
-interface OnnxNode {
-  op: string;
-  name: string;
-  inputs: string[];
-  outputs: string[];
-  attrs: Record<string, Attr>;
-}
-
-/** Builder markers to standard ops: StopGradient is Identity; Custom is one Identity per forward result. */
-function lowerNodes(g: Graph): OnnxNode[] {
-  const out: OnnxNode[] = [];
-  for (const n of g.nodes) {
-    const names = (vs: (Value | null)[]) => vs.map((v) => (v ? v.name : ''));
-    if (n.op === 'Custom') {
-      const inner = n.inputs.slice(n.inputs.length - n.outputs.length);
-      n.outputs.forEach((o, k) => out.push({ op: 'Identity', name: `${n.name}_${k}`, inputs: [inner[k]!.name], outputs: [o.name], attrs: {} }));
-    } else {
-      out.push({ op: n.op === 'StopGradient' ? 'Identity' : n.op, name: n.name, inputs: names(n.inputs), outputs: names(n.outputs), attrs: n.attrs });
-    }
-  }
-  return out;
-}
-
 export interface ModelMeta {
   producer?: string;
   producerVersion?: string;
@@ -83,14 +103,14 @@ export interface ModelMeta {
   metadata?: Record<string, string>;
 }
 
-export function encodeModel(g: Graph, graphName: string, meta: ModelMeta = {}): Uint8Array {
+export function encodeOnnx(g: OnnxGraph, meta: ModelMeta = {}): Uint8Array {
   const w = new ProtoWriter();
   w.int(1, IR_VERSION);
   w.string(2, meta.producer ?? 'ssocl-tools');
   w.string(3, meta.producerVersion ?? '0');
   if (meta.doc) w.string(6, meta.doc);
   w.message(7, (gw) => {
-    for (const n of lowerNodes(g)) {
+    for (const n of g.nodes) {
       gw.message(1, (nw) => {
         for (const i of n.inputs) nw.string(1, i);
         for (const o of n.outputs) nw.string(2, o);
@@ -99,10 +119,8 @@ export function encodeModel(g: Graph, graphName: string, meta: ModelMeta = {}): 
         for (const [k, v] of Object.entries(n.attrs)) writeAttr(nw, k, v);
       });
     }
-    gw.string(2, graphName);
-    for (const init of g.initializers) {
-      gw.bytes(5, encodeTensor(init.value.name, init.value.dtype, init.value.dims(), init.data));
-    }
+    gw.string(2, g.name);
+    for (const t of g.initializers) gw.bytes(5, encodeTensor(t.name, t.dtype, t.dims, t.data));
     for (const v of g.inputs) writeValueInfo(gw, 11, v.name, v.dtype, v.shape);
     for (const v of g.outputs) writeValueInfo(gw, 12, v.name, v.dtype, v.shape);
   });

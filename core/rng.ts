@@ -1,5 +1,5 @@
-// Seeded random numbers for parameter init and tests: xoshiro128** with a splitmix32 seed expansion,
-// so the same seed gives the same bytes on every platform.
+// Seeded random numbers (parameter init, the agent's sampling and augmentation, tests): xoshiro128**
+// with a splitmix32 seed expansion, so the same seed gives the same bytes on every platform.
 
 export class Rng {
   private s: Uint32Array;
