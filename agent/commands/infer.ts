@@ -12,8 +12,9 @@ import { latestCheckpoint } from '../trainer/checkpoint.ts';
 import { ortSimilarity } from '../buffer/similarity.ts';
 import { LiveEncoder } from '../infer/live.ts';
 import type { Encoder, EncoderOutput } from '../infer/encoder.ts';
-import { decodeFrames, formatOf, JsonlSink, listFrames, openSink, stackImages, type DecodedFrame, type FrameRef, type OutFormat, type RecordSink } from '../infer/io.ts';
-import { FewShot, listSupport, noveltyScores } from '../infer/fewshot.ts';
+import { decodeFrames, formatOf, JsonlSink, openSink, stackImages, type DecodedFrame, type OutFormat, type RecordSink } from '../infer/io.ts';
+import { listFrames, listSupport, type FrameRef } from '../frames/list.ts';
+import { FewShot, noveltyScores } from '../infer/fewshot.ts';
 
 export interface FrameLoopOptions {
   input?: string;

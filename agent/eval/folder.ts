@@ -5,7 +5,7 @@
 import { existsSync, readFileSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { decodeFrame, type Fit } from '../frames/decode.ts';
-import { listSupport } from '../infer/fewshot.ts';
+import { listSupport } from '../frames/list.ts';
 import type { LabelledImages } from '../../core/codecs/cifar.ts';
 
 export interface FolderOptions {

@@ -3,39 +3,8 @@
 // rule, T 0.07), a score (the winning label's share of the vote) and its cosine similarity to the
 // nearest support embedding. Novelty is 1 minus the similarity to the nearest reference embedding.
 
-import { readdirSync, statSync } from 'node:fs';
-import path from 'node:path';
 import { jsSimilarity, type SimilarityEngine } from '../buffer/similarity.ts';
 import { argmax, forEachNearest, l2normalizeRows, weightedVotes } from '../eval/knn.ts';
-import { listFrames, type FrameRef } from './io.ts';
-
-export interface SupportSet {
-  labels: string[];
-  frames: FrameRef[];
-  /** Index into `labels` per frame. */
-  labelOf: number[];
-}
-
-export function listSupport(dir: string): SupportSet {
-  let names: string[];
-  try {
-    names = readdirSync(dir).filter((n) => !n.startsWith('.') && statSync(path.join(dir, n)).isDirectory()).sort();
-  } catch (e) {
-    throw new Error(`--support ${dir}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
-  }
-  const s: SupportSet = { labels: [], frames: [], labelOf: [] };
-  for (const name of names) {
-    const frames = listFrames(path.join(dir, name));
-    if (!frames.length) continue;
-    const li = s.labels.push(name) - 1;
-    for (const f of frames) {
-      s.frames.push({ ...f, key: path.join(name, f.key) });
-      s.labelOf.push(li);
-    }
-  }
-  if (!s.labels.length) throw new Error(`--support ${dir}: no labelled images found (expected ${dir}/<label>/*.png|jpg)`);
-  return s;
-}
 
 export interface Prediction {
   label: string;

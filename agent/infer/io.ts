@@ -1,47 +1,16 @@
-// Inputs and outputs of the inference commands: image files from a path (one image or a directory
-// tree, in name order), decoded at the encoder's size; records written as JSON lines (streamed, one
+// Inputs and outputs of the inference commands: image files from a path (listed by frames/list.ts),
+// decoded at the encoder's size; records written as JSON lines (streamed, one
 // per frame, appendable) or as one float32 matrix (npy or safetensors, written atomically at the end).
 
-import { closeSync, existsSync, fstatSync, fsyncSync, ftruncateSync, lstatSync, openSync, readdirSync, readSync, statSync, writeSync } from 'node:fs';
+import { closeSync, existsSync, fstatSync, fsyncSync, ftruncateSync, openSync, readSync, writeSync } from 'node:fs';
 import path from 'node:path';
-import { decodeFrame, FRAME_EXTENSIONS, FrameError, type Fit } from '../frames/decode.ts';
+import { decodeFrame, FrameError, type Fit } from '../frames/decode.ts';
 import { readRegularFile, UnreadableFile } from '../sources/read.ts';
 import { encodeSafetensors } from '../../core/codecs/safetensors.ts';
 import { encodeNpy } from '../../core/codecs/npy.ts';
 import { writeFileAtomic } from '../../core/atomic.ts';
+import type { FrameRef } from '../frames/list.ts';
 import type { ModelVersion } from './encoder.ts';
-
-export interface FrameRef {
-  /** Path relative to the input root (the file name for a single image). */
-  key: string;
-  path: string;
-  mtimeMs: number;
-  /** Size when listed or queued: a file that changed since is refused (it is taken again when settled). */
-  size?: number;
-}
-
-/** The image files of INPUT (a file, or a directory searched recursively; links are not followed). */
-export function listFrames(input: string): FrameRef[] {
-  let st;
-  try {
-    st = statSync(input);
-  } catch (e) {
-    throw new Error(`${input}: ${(e as NodeJS.ErrnoException).code === 'ENOENT' ? 'no such file or directory' : (e as Error).message}`);
-  }
-  if (st.isFile()) return [{ key: path.basename(input), path: input, mtimeMs: st.mtimeMs, size: st.size }];
-  const out: FrameRef[] = [];
-  const walk = (dir: string) => {
-    for (const name of readdirSync(dir).sort()) {
-      if (name.startsWith('.')) continue;
-      const abs = path.join(dir, name);
-      const l = lstatSync(abs);
-      if (l.isDirectory()) walk(abs);
-      else if (l.isFile() && FRAME_EXTENSIONS.includes(path.extname(name).toLowerCase())) out.push({ key: path.relative(input, abs), path: abs, mtimeMs: l.mtimeMs, size: l.size });
-    }
-  };
-  walk(input);
-  return out;
-}
 
 export interface DecodedFrame extends FrameRef {
   image: Uint8Array;
