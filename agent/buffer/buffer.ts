@@ -23,6 +23,12 @@ export interface Entry {
   streamIndex: number;
 }
 
+export interface BufferSnapshot {
+  nextId: number;
+  streamCount: number;
+  entries: Entry[];
+}
+
 export interface BufferConfig {
   capacity: number;
   policy: BufferPolicy;
@@ -153,15 +159,15 @@ export class ReplayBuffer {
     return this.nn.meanSimilarity();
   }
 
-  /** Snapshot for checkpoints (images and features stay typed arrays). */
-  snapshot() {
-    return { nextId: this.nextId, streamCount: this.streamCount, entries: this.entries };
+  /** Snapshot for checkpoints: entries copied (images and features are shared, never mutated in place). */
+  snapshot(): BufferSnapshot {
+    return { nextId: this.nextId, streamCount: this.streamCount, entries: this.entries.map((e) => ({ ...e })) };
   }
 
-  async restore(s: { nextId: number; streamCount: number; entries: Entry[] }): Promise<void> {
+  async restore(s: BufferSnapshot): Promise<void> {
     this.nextId = s.nextId;
     this.streamCount = s.streamCount;
-    this.entries = s.entries;
+    this.entries = s.entries.map((e) => ({ ...e }));
     this.live = new Set(s.entries.map((e) => e.id));
     this.nn = new NearestNeighbours(this.engine);
     if (this.usesFeatures) await this.nn.setMany(this.entries.filter((e) => e.seen && e.feature).map((e) => ({ id: e.id, feature: e.feature!, rank: e.streamIndex })));

@@ -5,7 +5,7 @@ import { runAgent, parseEvery, AgentError, type AgentOptions } from '../run.ts';
 import type { EP } from '../trainer/backend.ts';
 import { demoStream } from './demo.ts';
 import { streamOrder } from './stream.ts';
-import { readCifar10, readCifar100 } from '../../core/codecs/cifar.ts';
+import { CIFAR_SIZE, readCifar10, readCifar100 } from '../../core/codecs/cifar.ts';
 import { Rng } from '../../core/rng.ts';
 import { ortSimilarity } from '../buffer/similarity.ts';
 import { computeFeatures } from '../eval/features.ts';
@@ -60,7 +60,7 @@ export async function runCommand(a: Record<string, any>): Promise<void> {
   let dataset: AgentOptions['dataset'];
   if (a.dataset === 'demo') {
     const d = demoStream();
-    dataset = { label: 'demo', images: d.images, order: d.order };
+    dataset = { label: 'demo', images: d.images, order: d.order, size: CIFAR_SIZE };
   } else if (a.dataset) {
     const d = streamOrder({ dataset: a.dataset, dataDir: a['data-dir'], order: a['stream-order'], trial: a.trial });
     let order = d.order;
@@ -79,7 +79,7 @@ export async function runCommand(a: Record<string, any>): Promise<void> {
         return k <= Math.round((n.get(c)! * per) / most);
       });
     }
-    dataset = { label: `${a.dataset} ${a['stream-order']} trial ${a.trial}${a['per-class'] ? `, ${order.length} images` : ''}`, images: d.data.images, order };
+    dataset = { label: `${a.dataset} ${a['stream-order']} trial ${a.trial}${a['per-class'] ? `, ${order.length} images` : ''}`, images: d.data.images, order, size: CIFAR_SIZE };
   }
   let evaluate: AgentOptions['evaluate'];
   if (a['eval-every'] !== undefined) {

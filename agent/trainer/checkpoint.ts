@@ -10,6 +10,7 @@ import path from 'node:path';
 import { sha256, writeFileAtomic } from '../../core/atomic.ts';
 import { decodeSafetensors, encodeSafetensors, type StTensor } from '../../core/codecs/safetensors.ts';
 import type { Entry } from '../buffer/buffer.ts';
+import type { LearnerState } from './learner.ts';
 
 /** 2: with digests. Version 1 files (no digests) are still read, with a warning. */
 export const CHECKPOINT_VERSION = 2;
@@ -48,6 +49,58 @@ export interface CheckpointData {
   state: Map<string, Float32Array>;
   images: Uint8Array[];
   features: (Float32Array | null)[];
+}
+
+/** What a run adds to the learner's state in a checkpoint. */
+export interface RunRecord {
+  artifact: string;
+  framesIngested: number;
+  counters: Record<string, number>;
+  pending: PendingFrame[];
+}
+
+/** A learner's state plus the run's record as checkpoint data; `fromCheckpoint` is its exact inverse. */
+export function toCheckpoint(s: LearnerState, run: RunRecord, time = new Date()): CheckpointData {
+  const entries = s.buffer.entries;
+  return {
+    meta: {
+      version: CHECKPOINT_VERSION,
+      artifact: run.artifact,
+      steps: s.steps,
+      arrivals: s.arrivals,
+      framesIngested: run.framesIngested,
+      rng: s.rng,
+      cropRng: s.cropRng,
+      buffer: {
+        nextId: s.buffer.nextId,
+        streamCount: s.buffer.streamCount,
+        entries: entries.map(({ image: _i, feature: _f, ...rest }) => rest),
+        hasFeature: entries.map((e) => e.feature !== null),
+      },
+      counters: { ...run.counters },
+      pending: run.pending,
+      time: time.toISOString(),
+    },
+    state: s.tensors,
+    images: entries.map((e) => e.image),
+    features: entries.map((e) => e.feature),
+  };
+}
+
+/** The learner's state and the run's record back out of checkpoint data (what `toCheckpoint` put in). */
+export function fromCheckpoint(c: CheckpointData): { learner: LearnerState; run: RunRecord } {
+  const m = c.meta;
+  return {
+    learner: {
+      steps: m.steps,
+      arrivals: m.arrivals,
+      rng: m.rng,
+      cropRng: m.cropRng,
+      tensors: c.state,
+      buffer: { nextId: m.buffer.nextId, streamCount: m.buffer.streamCount, entries: m.buffer.entries.map((e, i) => ({ ...e, image: c.images[i], feature: c.features[i] })) },
+    },
+    run: { artifact: m.artifact, framesIngested: m.framesIngested, counters: m.counters, pending: m.pending ?? [] },
+  };
 }
 
 function tensorBytes(t: StTensor['data']): Uint8Array {

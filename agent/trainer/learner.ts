@@ -4,7 +4,7 @@
 // configuration (artifacts + buffer policy + replay rule), not a copy of this loop.
 
 import { Rng } from '../../core/rng.ts';
-import { ReplayBuffer, type Entry, type BufferConfig } from '../buffer/buffer.ts';
+import { ReplayBuffer, type Entry, type BufferConfig, type BufferSnapshot } from '../buffer/buffer.ts';
 import type { SimilarityEngine } from '../buffer/similarity.ts';
 import { multiCrop, CIFAR_AUGMENT, type AugmentConfig } from '../frames/augment.ts';
 import type { StepResult, Trainer } from './trainer.ts';
@@ -114,6 +114,48 @@ export class Learner {
     ms.buffer += performance.now() - te;
     return { steps, trained, removed, ms };
   }
+}
+
+/**
+ * Everything an arrival changes: the trainer's tensors and step count, the arrival count, both RNGs
+ * and the buffer (images, features, seen flags, lifespans, ids). Checkpoints are written from it and
+ * restored through it, so a restored learner continues bit for bit as if it had never stopped.
+ */
+export interface LearnerState {
+  steps: number;
+  arrivals: number;
+  rng: number[];
+  cropRng: number[];
+  tensors: Map<string, Float32Array>;
+  buffer: BufferSnapshot;
+}
+
+export class StateError extends Error {}
+
+export function snapshotLearner(l: Learner): LearnerState {
+  return {
+    steps: l.trainer.steps,
+    arrivals: l.arrivals,
+    rng: [...l.rng.state],
+    cropRng: [...l.cropRng.state],
+    tensors: new Map(l.trainer.state),
+    buffer: l.buffer.snapshot(),
+  };
+}
+
+/** Restores a snapshot; every tensor the manifest names must be there with its shape. */
+export async function restoreLearner(l: Learner, s: LearnerState): Promise<void> {
+  const t = l.trainer;
+  for (const st of t.manifest.state) {
+    const v = s.tensors.get(st.name);
+    if (!v || v.length !== t.state.get(st.name)!.length) throw new StateError(`no state '${st.name}' of the manifest's shape`);
+  }
+  for (const st of t.manifest.state) t.state.set(st.name, s.tensors.get(st.name)!);
+  t.steps = s.steps;
+  l.arrivals = s.arrivals;
+  l.rng.state = [...s.rng];
+  l.cropRng.state = [...s.cropRng];
+  await l.buffer.restore(s.buffer);
 }
 
 export function defaultLearnerConfig(trainer: Trainer, over: Partial<LearnerConfig> = {}): LearnerConfig {

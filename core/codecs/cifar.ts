@@ -6,6 +6,9 @@ import path from 'node:path';
 
 export const CIFAR_PIXELS = 3072;
 
+/** Side of the square images in the CIFAR binary layout. */
+export const CIFAR_SIZE = 32;
+
 export interface LabelledImages {
   /** uint8 CHW 3x32x32 per image, concatenated. */
   images: Uint8Array;

@@ -1,0 +1,102 @@
+// State restores bit for bit: N arrivals straight, and k arrivals + checkpoint written to disk + read
+// back into a fresh trainer and learner + N-k arrivals, must give identical parameters and optimizer
+// state, buffer (images, features, seen flags, lifespans, ids), RNG states, and the same crops at
+// every step after the restore.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { compileArtifacts, writeArtifacts } from '../tools/artifacts/write.ts';
+import { Rng } from '../core/rng.ts';
+import { Trainer } from '../agent/trainer/trainer.ts';
+import { Learner, defaultLearnerConfig, restoreLearner, snapshotLearner, type LearnerState } from '../agent/trainer/learner.ts';
+import { fromCheckpoint, readCheckpoint, saveCheckpoint, toCheckpoint } from '../agent/trainer/checkpoint.ts';
+import { tinyPreset } from './helpers/tiny.ts';
+
+const root = mkdtempSync(path.join(tmpdir(), 'ssocl-restore-'));
+const art = path.join(root, 'art');
+// A buffer of 6 with 2 new images per arrival and 2 updates: from the 4th arrival on, every shrink
+// uses the features (the redundancy rule), and every replay draw the RNG.
+writeArtifacts(compileArtifacts(tinyPreset(['agent={"newPerArrival":2,"updatesPerArrival":2,"bufferSize":6,"replay":"mixed"}'])), art);
+
+const N = 10;
+const K = 4;
+const SIZE = 8;
+const arrivals: { key: string; image: Uint8Array }[][] = (() => {
+  const rng = new Rng(7);
+  return Array.from({ length: N }, (_, a) =>
+    Array.from({ length: 2 }, (_, j) => ({ key: `a${a}-${j}`, image: Uint8Array.from({ length: 3 * SIZE * SIZE }, () => rng.int(256)) })),
+  );
+})();
+
+/** A learner on a fresh trainer, recording a digest of the crops of every step. */
+async function open(crops: string[]): Promise<Learner> {
+  const trainer = await Trainer.open(art, { threads: 1 });
+  const cfg = defaultLearnerConfig(trainer, { seed: 3 });
+  // alpha != 0.5, so a swapped EMA would show too.
+  const learner = new Learner(trainer, { ...cfg, buffer: { ...cfg.buffer, alpha: 0.7 } });
+  const step = trainer.step.bind(trainer);
+  trainer.step = (c, lr) => {
+    crops.push(createHash('sha256').update(new Uint8Array(c.buffer, c.byteOffset, c.byteLength)).digest('hex'));
+    return step(c, lr);
+  };
+  return learner;
+}
+
+const bytes = (a: ArrayBufferView) => Buffer.from(a.buffer, a.byteOffset, a.byteLength);
+
+function assertSameState(got: LearnerState, want: LearnerState): void {
+  assert.equal(got.steps, want.steps, 'steps');
+  assert.equal(got.arrivals, want.arrivals, 'arrivals');
+  assert.deepEqual(got.rng, want.rng, 'replay RNG');
+  assert.deepEqual(got.cropRng, want.cropRng, 'crop RNG');
+  assert.deepEqual([...got.tensors.keys()].sort(), [...want.tensors.keys()].sort());
+  for (const [k, v] of want.tensors) assert.ok(bytes(got.tensors.get(k)!).equals(bytes(v)), `state tensor ${k} differs`);
+  assert.equal(got.buffer.nextId, want.buffer.nextId, 'buffer nextId');
+  assert.equal(got.buffer.streamCount, want.buffer.streamCount, 'buffer streamCount');
+  assert.equal(got.buffer.entries.length, want.buffer.entries.length, 'buffer size');
+  want.buffer.entries.forEach((w, i) => {
+    const g = got.buffer.entries[i];
+    const { image: gi, feature: gf, ...gRest } = g;
+    const { image: wi, feature: wf, ...wRest } = w;
+    assert.deepEqual(gRest, wRest, `buffer entry ${i}`);
+    assert.ok(bytes(gi).equals(bytes(wi)), `buffer entry ${i}: image differs`);
+    assert.equal(gf === null, wf === null, `buffer entry ${i}: feature ${wf === null ? 'appeared' : 'lost'}`);
+    if (gf && wf) assert.ok(bytes(gf).equals(bytes(wf)), `buffer entry ${i} (${w.key}): feature differs`);
+  });
+}
+
+test(`${K} arrivals + checkpoint + restore + ${N - K} give what ${N} straight give, bit for bit`, async () => {
+  try {
+    const straightCrops: string[] = [];
+    const straight = await open(straightCrops);
+    for (const a of arrivals) await straight.arrive(a);
+    const want = snapshotLearner(straight);
+    // The run must have exercised what is restored: features, seen flags, removals by redundancy.
+    assert.equal(want.buffer.entries.length, 6);
+    assert.ok(want.buffer.entries.filter((e) => e.seen && e.feature).length >= 4, 'most entries seen, with features');
+    assert.ok(want.steps >= 2 * (N - 2), `steps ${want.steps}`);
+
+    const firstCrops: string[] = [];
+    const first = await open(firstCrops);
+    for (const a of arrivals.slice(0, K)) await first.arrive(a);
+    const ckpt = path.join(root, 'ckpt');
+    const file = saveCheckpoint(ckpt, toCheckpoint(snapshotLearner(first), { artifact: 'x', framesIngested: 2 * K, counters: {}, pending: [] }));
+    await first.trainer.close();
+
+    const restCrops: string[] = [];
+    const restored = await open(restCrops);
+    await restoreLearner(restored, fromCheckpoint(readCheckpoint(file)).learner);
+    for (const a of arrivals.slice(K)) await restored.arrive(a);
+
+    assert.deepEqual(firstCrops, straightCrops.slice(0, firstCrops.length), 'crops before the checkpoint');
+    assert.deepEqual(restCrops, straightCrops.slice(firstCrops.length), 'crops after the restore');
+    assertSameState(snapshotLearner(restored), want);
+    await straight.trainer.close();
+    await restored.trainer.close();
+  } finally {
+    rmSync(root, { recursive: true, force: true });
+  }
+});
