@@ -26,6 +26,13 @@ export interface Session {
   release(): Promise<void>;
 }
 
+/**
+ * How the CUDA provider gets installed, as README says: the pinned installer accepts only `cuda12`;
+ * CUDA 13 needs the provider copied from npm (test/docs.test.ts keeps the two in step).
+ */
+export const CUDA_INSTALL_HINT =
+  "the CUDA provider library is not installed: for CUDA 12 run onnxruntime-node's installer with ONNXRUNTIME_NODE_INSTALL=cuda12, for CUDA 13 copy it from com.github.asus4.onnxruntime.linux-x64-gpu@0.4.9; see README";
+
 export class EpError extends Error {
   override name = 'EpError';
   constructor(
@@ -90,7 +97,7 @@ export async function openSession(model: Uint8Array, ep: EP, o: EpOptions = {}):
     });
   } catch (e) {
     const msg = (e as Error).message.split('\n')[0];
-    const hint = ep === 'cuda' ? ' (the CUDA provider library is installed by onnxruntime-node\'s installer with ONNXRUNTIME_NODE_INSTALL=cuda13; see README)' : '';
+    const hint = ep === 'cuda' ? ` (${CUDA_INSTALL_HINT})` : '';
     throw new EpError(ep, `could not start execution provider '${ep}': ${msg}${hint}`);
   }
   return {
