@@ -3,6 +3,7 @@
 // an explicit seeded RNG. Output is float32 NCHW in [0, 1]; normalisation happens inside the graph.
 
 import { Rng } from '../../core/rng.ts';
+import type { CropParams } from '../../core/crop-params.ts';
 
 export interface AugmentConfig {
   /** Crop area as a fraction of the image (fixed, as in the author's code). */
@@ -23,17 +24,8 @@ export const CIFAR_AUGMENT: AugmentConfig = {
   solarize: 0.1,
 };
 
-/** The random draws of one crop: enough to replay it exactly (tests, logs). */
-export interface CropParams {
-  x: number;
-  y: number;
-  side: number;
-  flip: boolean;
-  jitter: null | { order: number[]; brightness: number; contrast: number; saturation: number; hue: number };
-  gray: boolean;
-  blurSigma: number;
-  solarize: boolean;
-}
+// The draws' type lives in core/ with its packed layout, so tools/ can build the in-graph crops.
+export { packCropParams, type CropParams } from '../../core/crop-params.ts';
 
 export function sampleCrop(rng: Rng, size: number, c: AugmentConfig): CropParams {
   const side = Math.max(1, Math.round(size * Math.sqrt(c.area)));
