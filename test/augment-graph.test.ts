@@ -9,7 +9,7 @@ import { fileURLToPath } from 'node:url';
 import { CIFAR_AUGMENT, renderCrop, sampleCrop, type AugmentConfig, type CropParams } from '../agent/frames/augment.ts';
 import { CROP_PARAM, CROP_PARAM_COUNT, packCropParams, unpackCropParams } from '../core/crop-params.ts';
 import { Rng } from '../core/rng.ts';
-import { Graph } from '../tools/graph/graph.ts';
+import { Graph, type TypedData, type Value } from '../tools/graph/graph.ts';
 import { buildCrops } from '../tools/nn/augment-graph.ts';
 import { run, session } from './helpers/ort.ts';
 
@@ -61,7 +61,7 @@ async function cropGraph(b: number, rows: number, out = S) {
   const pr = g.input('params', [rows, CROP_PARAM_COUNT]);
   g.output(buildCrops(g, im, pr, { size: S, out }), 'crops');
   const sess = await session(g);
-  return async (ims: Uint8Array, packed: Float32Array) => (await run(sess, g, new Map([[im, ims], [pr, packed]]))).crops as Float32Array;
+  return async (ims: Uint8Array, packed: Float32Array) => (await run(sess, g, new Map<Value, TypedData>([[im, ims], [pr, packed]]))).crops as Float32Array;
 }
 
 function maxAbsDiff(a: Float32Array, b: Float32Array): { max: number; at: number } {
@@ -182,11 +182,11 @@ test('packed CIFAR draws follow DESIGN section 3 (rates within 5 binomial sigmas
   // 5 sigmas of a binomial proportion: a false alarm about once in 1.7 million runs (per rate).
   const rate = (name: string, xs: number[], p: number) => {
     assert.ok(xs.every((v) => v === 0 || v === 1), `${name} flag not 0/1`);
-    const hat = xs.reduce((a, b) => a + b, 0) / xs.length;
+    const hat = xs.reduce((a: number, b) => a + b, 0) / xs.length;
     const bound = 5 * Math.sqrt((p * (1 - p)) / xs.length);
     assert.ok(Math.abs(hat - p) < bound, `${name}: rate ${hat} vs ${p} (bound ${bound.toFixed(4)})`);
   };
-  const blurOn = col(CROP_PARAM.BLUR_SIGMA).map((v) => (v > 0 ? 1 : 0));
+  const blurOn = col(CROP_PARAM.BLUR_SIGMA).map((v): number => (v > 0 ? 1 : 0));
   rate('flip', col(CROP_PARAM.FLIP), CIFAR_AUGMENT.flip);
   rate('jitter', col(CROP_PARAM.JITTER), CIFAR_AUGMENT.jitter.p);
   rate('grayscale', col(CROP_PARAM.GRAY), CIFAR_AUGMENT.grayscale);
