@@ -1,0 +1,471 @@
+// bench/peer: our compiled training step against a PyTorch reference of the same step
+// (bench/reference/ssocl_ref.py), back to back in one run: same artifact, same initial weights
+// (init.safetensors), same crops (augmented demo images written to a .npy both sides read), per thread
+// count (ORT intraOpNumThreads / torch.set_num_threads). Reports the median step time after the warm-up,
+// the speed ratio ours/torch (= torch ms / ours ms: above 1, ours is faster), loss agreement over the
+// first steps, and eval-mode encoder inference frames/s at batch 256 on both sides. Prints tables,
+// writes JSON.
+//
+// The PyTorch child runs with GLIBC_TUNABLES=glibc.malloc.mmap_threshold=268435456:glibc.malloc.trim_threshold=1073741824
+// (shared/notes/cpu-peer.md: at glibc's defaults it page-faults and its step time swings 2-4x between runs).
+//
+//   node --import tsx bench/peer.ts [--preset edge | --artifacts DIR] [--set key=value ...]
+//        [--threads 1,2] [--steps 10] [--ep cpu|cuda|webgpu[,...]] [--json bench/out/peer.json]
+
+import { spawn, spawnSync } from 'node:child_process';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { cpus, tmpdir } from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { getPreset } from '../tools/artifacts/presets.ts';
+import { compileArtifacts, writeArtifacts } from '../tools/artifacts/write.ts';
+import { Trainer, readManifest } from '../agent/trainer/trainer.ts';
+import { multiCrop } from '../agent/frames/augment.ts';
+import type { EP } from '../agent/trainer/backend.ts';
+import { Rng } from '../core/rng.ts';
+import { benchArgs } from './args.ts';
+
+const HERE = path.dirname(fileURLToPath(import.meta.url));
+const REPO = path.resolve(HERE, '..');
+const GLIBC_TUNABLES = 'glibc.malloc.mmap_threshold=268435456:glibc.malloc.trim_threshold=1073741824';
+
+const values = benchArgs(import.meta.url, {
+  preset: { type: 'string', default: 'edge', describe: 'preset to compare (training-artifacts/<name> when it exists and no --set is given, else compiled into bench/out/peer-artifacts/)' },
+  set: { type: 'string', multiple: true, default: [], describe: 'override a preset field, key=value (as `ssocl artifacts --set`)' },
+  artifacts: { type: 'string', describe: 'an artifact directory to use instead of --preset' },
+  threads: { type: 'string', default: '1,2', describe: 'thread counts, comma-separated (ORT intra-op / torch.set_num_threads)' },
+  steps: { type: 'string', default: '10', describe: 'timed steps (median reported)' },
+  warmup: { type: 'string', default: '2', describe: 'warm-up steps before them (excluded from the median)' },
+  'check-steps': { type: 'string', default: '3', describe: 'first steps whose losses must agree' },
+  ep: { type: 'string', default: 'cpu', describe: 'our execution providers, comma-separated (cpu, cuda, webgpu, wasm); torch runs on CUDA for cuda/webgpu when it has CUDA' },
+  'torch-device': { type: 'string', default: 'auto', describe: 'auto (cpu for cpu/wasm rows, cuda if available for cuda/webgpu rows), cpu or cuda' },
+  tf32: { type: 'string', default: 'default', describe: "CUDA TF32 on both sides: default (each library's own), on, off" },
+  batches: { type: 'string', default: '2', describe: 'distinct crop batches, used in turn' },
+  'embed-batch': { type: 'string', default: '256', describe: 'images per inference batch' },
+  'embed-iters': { type: 'string', default: '10', describe: 'timed inference batches per side (0: no inference rows)' },
+  python: { type: 'string', describe: 'Python with torch (default: $SSOCL_PYTHON, else the first of python3, /usr/bin/python3 that imports torch)' },
+  'torch-ld-path': { type: 'string', describe: "prepended to the torch child's LD_LIBRARY_PATH, e.g. an OpenBLAS libblas.so.3 folder (default: $SSOCL_TORCH_LD_PATH)" },
+  seed: { type: 'string', default: '1', describe: 'crop seed' },
+  json: { type: 'string', default: path.join(HERE, 'out/peer.json'), describe: 'results' },
+});
+
+const threadsList = values.threads.split(',').map(Number);
+const steps = Number(values.steps);
+const warmup = Number(values.warmup);
+const checkSteps = Number(values['check-steps']);
+const eps = values.ep.split(',') as EP[];
+const embedIters = Number(values['embed-iters']);
+const embedBatch = Number(values['embed-batch']);
+const nBatches = Number(values.batches);
+for (const [flag, v] of [['threads', threadsList], ['steps', [steps]], ['warmup', [warmup]], ['check-steps', [checkSteps]], ['embed-iters', [embedIters]], ['embed-batch', [embedBatch]], ['batches', [nBatches]]] as const) {
+  if (v.some((x) => !Number.isInteger(x) || x < 0)) fail(`--${flag} ${v.join(',')}: expected whole numbers >= 0`);
+}
+if (nBatches < 1 || steps < 1) fail('--steps and --batches must be at least 1');
+for (const e of eps) if (!['cpu', 'cuda', 'webgpu', 'wasm'].includes(e)) fail(`--ep ${e}: accepted: cpu, cuda, webgpu, wasm`);
+if (!['auto', 'cpu', 'cuda'].includes(values['torch-device'])) fail(`--torch-device ${values['torch-device']}: accepted: auto, cpu, cuda`);
+if (!['default', 'on', 'off'].includes(values.tf32)) fail(`--tf32 ${values.tf32}: accepted: default, on, off`);
+
+function fail(msg: string): never {
+  process.stderr.write(`bench/peer: ${msg}\n`);
+  process.exit(2);
+}
+
+const isGpu = (ep: EP) => ep === 'cuda' || ep === 'webgpu';
+const median = (xs: number[]) => {
+  const s = [...xs].sort((a, b) => a - b);
+  return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
+};
+
+// ------------------------------------------------------------------ artifacts and crops
+
+function resolveArtifacts(): string {
+  if (values.artifacts) return path.resolve(values.artifacts);
+  const committed = path.join(REPO, 'training-artifacts', values.preset);
+  if (values.set.length === 0 && existsSync(path.join(committed, 'manifest.json'))) return committed;
+  const p = getPreset(values.preset, values.set);
+  // Under bench/out (git-ignored): a ResNet-18 artifact is 134 MB, which must not land in the working tree
+  // that travels to the GPU machine.
+  const tag = values.set.length ? `-${Buffer.from(values.set.join(';')).toString('base64url').slice(0, 40)}` : '';
+  const dir = path.join(HERE, 'out/peer-artifacts', `${values.preset}${tag}`);
+  const mf = path.join(dir, 'manifest.json');
+  if (existsSync(mf) && JSON.stringify(JSON.parse(readFileSync(mf, 'utf8')).preset) === JSON.stringify(p)) return dir;
+  const t0 = performance.now();
+  writeArtifacts(compileArtifacts(p), dir);
+  process.stderr.write(`compiled ${values.preset}${values.set.length ? ` (${values.set.join(' ')})` : ''} into ${path.relative(REPO, dir)} in ${((performance.now() - t0) / 1000).toFixed(1)} s\n`);
+  return dir;
+}
+
+/** K batches of augmented crops of the demo images (32x32), or uniform noise for other sizes. */
+function makeCrops(views: number, images: number, size: number, k: number, seed: number): Float32Array[] {
+  const rng = new Rng(seed);
+  const per = 3 * size * size;
+  const demo = path.join(REPO, 'agent/demo/cifar10-demo.bin');
+  const out: Float32Array[] = [];
+  if (size === 32 && existsSync(demo)) {
+    const raw = readFileSync(demo);
+    const count = Math.floor(raw.length / (1 + per));
+    for (let b = 0; b < k; b++) {
+      const imgs = new Uint8Array(images * per);
+      for (let j = 0; j < images; j++) {
+        const idx = rng.int(count);
+        imgs.set(raw.subarray(idx * (1 + per) + 1, (idx + 1) * (1 + per)), j * per);
+      }
+      out.push(multiCrop(imgs, images, size, views, rng));
+    }
+  } else {
+    for (let b = 0; b < k; b++) out.push(Float32Array.from({ length: views * images * per }, () => rng.uniform()));
+  }
+  return out;
+}
+
+/** A C-order float32 .npy of shape [K, rows, 3, H, W] (what ssocl_ref.py --crops reads). */
+function writeNpy(file: string, batches: Float32Array[], shape: number[]): void {
+  let header = `{'descr': '<f4', 'fortran_order': False, 'shape': (${shape.join(', ')}), }`;
+  const total = 10 + header.length + 1;
+  header += ' '.repeat((64 - (total % 64)) % 64) + '\n';
+  const pre = Buffer.alloc(10);
+  pre.write('\x93NUMPY', 0, 'latin1');
+  pre[6] = 1;
+  pre[7] = 0;
+  pre.writeUInt16LE(header.length, 8);
+  writeFileSync(file, Buffer.concat([pre, Buffer.from(header, 'latin1'), ...batches.map((b) => Buffer.from(b.buffer, b.byteOffset, b.byteLength))]));
+}
+
+/** The inference images both sides use: rows 0..n-1 of all batches concatenated (cycled). */
+function embedImages(batches: Float32Array[], per: number, n: number): Float32Array {
+  const rows = batches.reduce((a, b) => a + b.length / per, 0);
+  const flat = batches.length === 1 ? batches[0] : Float32Array.from(batches.flatMap((b) => Array.from(b)));
+  const out = new Float32Array(n * per);
+  for (let i = 0; i < n; i++) out.set(flat.subarray((i % rows) * per, ((i % rows) + 1) * per), i * per);
+  return out;
+}
+
+// ------------------------------------------------------------------ the two sides
+
+interface SideRun {
+  side: 'ours' | 'torch';
+  ep: string; // ours: the EP; torch: the device
+  threads: number;
+  losses: number[];
+  gradNorms: number[];
+  terms: Record<string, number>[];
+  ms: number[]; // every step, warm-up included
+  medianMs: number;
+  /** |update| of each parameter tensor at step 1 (checks decay masks, LARS, lr). */
+  updateNorms?: Record<string, number>;
+  embed?: { framesPerS: number; medianMs: number; featuresSum: number; featuresSumsq: number };
+  info?: Record<string, unknown>;
+  error?: string;
+}
+
+async function runOurs(dir: string, ep: EP, threads: number, batches: Float32Array[], images: Float32Array | null, lr: number): Promise<SideRun> {
+  const base = { side: 'ours' as const, ep, threads, losses: [], gradNorms: [], terms: [], ms: [], medianMs: NaN };
+  let tr: Trainer;
+  try {
+    tr = await Trainer.open(dir, { ep, threads, noEmbed: !images, ...(values.tf32 !== 'default' ? { cudaTf32: values.tf32 === 'on' } : {}) });
+  } catch (e) {
+    return { ...base, error: (e as Error).message.split('\n')[0] };
+  }
+  const r: SideRun = { ...base, losses: [], gradNorms: [], terms: [], ms: [] };
+  try {
+    if (images) {
+      const times: number[] = [];
+      let check = { featuresSum: NaN, featuresSumsq: NaN };
+      for (let i = 0; i < embedIters + 2; i++) {
+        const t0 = performance.now();
+        const { features } = await tr.embed(images, embedBatch);
+        if (i >= 2) times.push(performance.now() - t0);
+        if (i === 0) {
+          let s = 0;
+          let q = 0;
+          for (const v of features) {
+            s += v;
+            q += v * v;
+          }
+          check = { featuresSum: s, featuresSumsq: q };
+        }
+      }
+      const med = median(times);
+      r.embed = { framesPerS: (embedBatch / med) * 1000, medianMs: med, ...check };
+    }
+    const init = new Map(tr.manifest.state.filter((x) => x.role === 'param').map((x) => [x.name, tr.state.get(x.name)!]));
+    for (let s = 1; s <= warmup + steps; s++) {
+      const st = await tr.step(batches[(s - 1) % batches.length], lr);
+      if (s === 1) {
+        // A step replaces the state arrays, so the initial ones are still intact here.
+        r.updateNorms = {};
+        for (const [name, a] of init) {
+          const b = tr.state.get(name)!;
+          let q = 0;
+          for (let i = 0; i < a.length; i++) q += (b[i] - a[i]) ** 2;
+          r.updateNorms[name] = Math.sqrt(q);
+        }
+      }
+      // The session run as the trainer times it: feeds, the whole graph, fetching every output to the host.
+      r.ms.push(st.ms);
+      r.losses.push(st.loss);
+      r.gradNorms.push(st.gradNorm);
+      r.terms.push(st.terms);
+      if (!st.applied) throw new Error(`step ${s} was not applied (non-finite or blow-up)`);
+    }
+    r.medianMs = median(r.ms.slice(warmup));
+  } catch (e) {
+    r.error = (e as Error).message.split('\n')[0];
+  } finally {
+    await tr.close();
+  }
+  return r;
+}
+
+function findPython(): string {
+  const cands = [values.python, process.env.SSOCL_PYTHON, 'python3', '/usr/bin/python3'].filter((x): x is string => !!x);
+  for (const py of cands) {
+    const r = spawnSync(py, ['-c', 'import torch'], { encoding: 'utf8' });
+    if (r.status === 0) return py;
+    if (py === values.python) fail(`--python ${py}: cannot import torch (${(r.stderr || r.error?.message || '').trim().split('\n').pop()})`);
+  }
+  fail(`no Python with torch found (tried ${cands.join(', ')}); install it (Debian: apt-get install python3-torch) or pass --python`);
+}
+
+async function runTorch(py: string, dir: string, npy: string, device: string, threads: number, lr: number): Promise<SideRun> {
+  const ld = values['torch-ld-path'] ?? process.env.SSOCL_TORCH_LD_PATH;
+  const env = {
+    ...process.env,
+    GLIBC_TUNABLES,
+    OMP_NUM_THREADS: String(threads),
+    OPENBLAS_NUM_THREADS: String(threads),
+    MKL_NUM_THREADS: String(threads),
+    ...(ld ? { LD_LIBRARY_PATH: [ld, process.env.LD_LIBRARY_PATH].filter(Boolean).join(':') } : {}),
+  };
+  const args = [path.join(HERE, 'reference/ssocl_ref.py'), '--artifacts', dir, '--crops', npy, '--steps', String(warmup + steps), '--warmup', String(warmup), '--threads', String(threads), '--device', device, '--lr', String(lr), '--tf32', values.tf32, '--embed-batch', String(embedBatch), '--embed-iters', String(embedIters)];
+  const r: SideRun = { side: 'torch', ep: device, threads, losses: [], gradNorms: [], terms: [], ms: [], medianMs: NaN };
+  const lines: string[] = [];
+  const code = await new Promise<number | null>((resolve) => {
+    const child = spawn(py, args, { env, stdio: ['ignore', 'pipe', 'pipe'] });
+    let buf = '';
+    child.stdout.setEncoding('utf8').on('data', (d: string) => {
+      buf += d;
+      let i;
+      while ((i = buf.indexOf('\n')) >= 0) {
+        lines.push(buf.slice(0, i));
+        buf = buf.slice(i + 1);
+      }
+    });
+    child.stderr.setEncoding('utf8').on('data', (d: string) => process.stderr.write(d.replace(/^/gm, '  [torch] ')));
+    child.on('close', resolve);
+    child.on('error', (e) => {
+      r.error = e.message;
+      resolve(null);
+    });
+  });
+  for (const l of lines) {
+    let o: Record<string, any>;
+    try {
+      o = JSON.parse(l);
+    } catch {
+      continue;
+    }
+    if (o.event === 'config') r.info = o;
+    if (o.event === 'embed') r.embed = { framesPerS: o.frames_per_s, medianMs: o.median_ms, featuresSum: o.features_sum, featuresSumsq: o.features_sumsq };
+    if (o.event === 'step') {
+      r.losses.push(o.loss);
+      r.gradNorms.push(o.grad_norm);
+      r.terms.push(o.terms);
+      r.ms.push(o.ms);
+    }
+    if (o.event === 'update') r.updateNorms = o.norms;
+    if (o.event === 'summary') r.medianMs = o.median_ms;
+  }
+  if (r.info) r.ep = String(r.info.device);
+  if (code !== 0 && !r.error) r.error = `ssocl_ref.py exited with ${code}`;
+  return r;
+}
+
+// ------------------------------------------------------------------ agreement
+
+interface Agreement {
+  step1Abs: number;
+  step1Rel: number;
+  maxAbs: number;
+  maxRel: number;
+  gradNorm1Rel: number;
+  /** Worst relative difference of a tensor's step-1 update norm (tensors moved at least 1% of the most-moved one). */
+  update1Rel: number;
+  featuresRel: number | null;
+  tolerance: Tolerance;
+  ok: boolean;
+}
+
+interface Tolerance {
+  step1: number;
+  update1: number;
+  steps: number;
+}
+
+/**
+ * Relative tolerances. Float32 on the CPU: step 1 (same weights, same crops) differs only by summation
+ * order, so loss and gradient norm must agree to 1e-5 and each tensor's first update to 1e-4. Later steps
+ * start from weights that differ by ~1e-6, which flips the odd ReLU whose input is within ~1e-6 of zero
+ * (dozens per layer are, at 128 crops); one flip moves that layer's bias gradient by ~1e-3 (measured), so
+ * losses of steps 2-3 get 1e-3. GPUs (TF32 convolutions, other kernels): ten times looser.
+ */
+function tolerance(ep: string): Tolerance {
+  return isGpu(ep as EP) ? { step1: 1e-3, update1: 1e-2, steps: 1e-2 } : { step1: 1e-5, update1: 1e-4, steps: 1e-3 };
+}
+
+function agree(o: SideRun, t: SideRun): Agreement | null {
+  const k = Math.min(checkSteps, o.losses.length, t.losses.length);
+  if (k === 0) return null;
+  const rel = (a: number, b: number) => Math.abs(a - b) / Math.max(1, Math.abs(b));
+  let maxAbs = 0;
+  let maxRel = 0;
+  for (let i = 0; i < k; i++) {
+    maxAbs = Math.max(maxAbs, Math.abs(o.losses[i] - t.losses[i]));
+    maxRel = Math.max(maxRel, rel(o.losses[i], t.losses[i]));
+  }
+  let update1Rel = NaN;
+  if (o.updateNorms && t.updateNorms) {
+    const big = Math.max(...Object.values(t.updateNorms));
+    update1Rel = 0;
+    for (const [name, tn] of Object.entries(t.updateNorms)) {
+      const on = o.updateNorms[name];
+      if (on === undefined) update1Rel = Infinity; // a tensor one side does not have
+      else if (tn >= 0.01 * big) update1Rel = Math.max(update1Rel, Math.abs(on - tn) / tn);
+    }
+  }
+  const tol = tolerance(o.ep);
+  const step1Rel = rel(o.losses[0], t.losses[0]);
+  const gradNorm1Rel = Math.abs(o.gradNorms[0] - t.gradNorms[0]) / Math.abs(t.gradNorms[0]);
+  return {
+    step1Abs: Math.abs(o.losses[0] - t.losses[0]),
+    step1Rel,
+    maxAbs,
+    maxRel,
+    gradNorm1Rel,
+    update1Rel,
+    featuresRel: o.embed && t.embed ? Math.abs(o.embed.featuresSum - t.embed.featuresSum) / Math.max(1, Math.abs(t.embed.featuresSum)) : null,
+    tolerance: tol,
+    ok: step1Rel <= tol.step1 && gradNorm1Rel <= tol.step1 && update1Rel <= tol.update1 && maxRel <= tol.steps,
+  };
+}
+
+// ------------------------------------------------------------------ main
+
+const dir = resolveArtifacts();
+const man = readManifest(dir);
+const cs = man.trainStep.crops;
+const size = man.preset.image.size;
+const per = 3 * size * size;
+const lr = man.preset.lr;
+const params = man.state.filter((s) => s.role === 'param').reduce((a, s) => a + s.shape.reduce((p, q) => p * q, 1), 0);
+const py = findPython();
+const work = mkdtempSync(path.join(tmpdir(), 'ssocl-peer-'));
+const ortVersion = JSON.parse(readFileSync(path.join(REPO, 'node_modules/onnxruntime-node/package.json'), 'utf8')).version as string;
+
+const pairs: { threads: number; ours: SideRun; torch: SideRun; agreement: Agreement | null }[] = [];
+const torchRuns: SideRun[] = [];
+try {
+  const batches = makeCrops(cs.views, cs.images, size, nBatches, Number(values.seed));
+  const npy = path.join(work, 'crops.npy');
+  writeNpy(npy, batches, [nBatches, cs.shape[0] as number, 3, size, size]);
+  const images = embedIters > 0 ? embedImages(batches, per, embedBatch) : null;
+  process.stderr.write(
+    `peer: ${man.name} (${cs.shape[0]} crops = ${cs.views} views x ${cs.images} images of ${size}x${size}, ${params.toLocaleString('en')} parameters), ` +
+      `ours on ${eps.join(', ')}, torch via ${py}, threads ${threadsList.join(', ')}; PyTorch child with GLIBC_TUNABLES=${GLIBC_TUNABLES}\n`,
+  );
+  const torchDevice = (ep: EP) => (values['torch-device'] !== 'auto' ? values['torch-device'] : isGpu(ep) ? 'auto' : 'cpu');
+  for (const threads of threadsList) {
+    // Ours first on each EP, then torch once per device those EPs pair with; nothing else runs meanwhile.
+    const ours: SideRun[] = [];
+    for (const ep of eps) {
+      process.stderr.write(`  ours  ${ep}, ${threads} thread(s) ...\n`);
+      ours.push(await runOurs(dir, ep, threads, batches, images, lr));
+      if (ours[ours.length - 1].error) process.stderr.write(`    not run: ${ours[ours.length - 1].error}\n`);
+    }
+    const byDevice = new Map<string, SideRun>();
+    for (const ep of eps) {
+      const dev = torchDevice(ep);
+      if (byDevice.has(dev)) continue;
+      process.stderr.write(`  torch ${dev}, ${threads} thread(s) ...\n`);
+      const t = await runTorch(py, dir, npy, dev, threads, lr);
+      if (t.error) process.stderr.write(`    torch: ${t.error}\n`);
+      byDevice.set(dev, t);
+      torchRuns.push(t);
+    }
+    eps.forEach((ep, i) => {
+      const t = byDevice.get(torchDevice(ep))!;
+      pairs.push({ threads, ours: ours[i], torch: t, agreement: agree(ours[i], t) });
+    });
+    // Pairs so far, so an interrupted run (a GPU call's time limit) keeps what it measured.
+    mkdirSync(path.dirname(values.json), { recursive: true });
+    writeFileSync(values.json, JSON.stringify({ partial: true, artifacts: dir, pairs }, null, 1) + '\n');
+  }
+} finally {
+  rmSync(work, { recursive: true, force: true });
+}
+
+// ------------------------------------------------------------------ report
+
+const f = (x: number | undefined, d = 0) => (x === undefined || !Number.isFinite(x) ? '-' : x.toFixed(d));
+const e = (x: number | undefined | null) => (x === undefined || x === null || !Number.isFinite(x) ? '-' : x.toExponential(1));
+const torchInfo = torchRuns.find((t) => t.info)?.info ?? {};
+const rowsN = cs.shape[0] as number;
+const table = (head: string[], rows: string[][]) => ['| ' + head.join(' | ') + ' |', '|' + head.map(() => '---').join('|') + '|', ...rows.map((r) => '| ' + r.join(' | ') + ' |')].join('\n');
+const stepRows = pairs.map(({ threads, ours, torch, agreement: a }) => [
+  String(threads),
+  ours.ep,
+  torch.ep,
+  ours.error ? `not run: ${ours.error.slice(0, 80)}` : f(ours.medianMs),
+  torch.error && !Number.isFinite(torch.medianMs) ? `not run: ${torch.error.slice(0, 80)}` : f(torch.medianMs),
+  f(torch.medianMs / ours.medianMs, 2),
+  f((rowsN / ours.medianMs) * 1000),
+  f((rowsN / torch.medianMs) * 1000),
+  a ? `${e(a.step1Abs)} (${e(a.step1Rel)} rel)` : '-',
+  a ? `${e(a.maxAbs)} (${e(a.maxRel)} rel)` : '-',
+  a ? e(a.gradNorm1Rel) : '-',
+  a ? e(a.update1Rel) : '-',
+  a ? (a.ok ? 'yes' : 'NO') : '-',
+]);
+const out: string[] = [];
+out.push(
+  `${man.name}: ${rowsN} crops of ${size}x${size} per step (${cs.views} views x ${cs.images} images), ${params.toLocaleString('en')} parameters; ` +
+    `ours: onnxruntime-node ${ortVersion}; torch: ${torchInfo.torch ?? '?'} (${py})${torchInfo.gpu ? ` on ${torchInfo.gpu}` : ''}; ` +
+    `median of ${steps} steps after ${warmup} warm-up; loss agreement over steps 1-${checkSteps}.`,
+);
+out.push(`PyTorch child ran with GLIBC_TUNABLES=${GLIBC_TUNABLES}${torchInfo.blas ? `; its BLAS: ${torchInfo.blas}` : ''}.`);
+out.push('');
+out.push(table(['threads', 'ours EP', 'torch', 'ours ms/step', 'torch ms/step', 'speed ours/torch', 'ours crops/s', 'torch crops/s', 'loss diff step 1', `max loss diff steps 1-${checkSteps}`, 'grad-norm diff step 1 (rel)', 'update diff step 1 (rel, worst tensor)', 'agree'], stepRows));
+if (embedIters > 0) {
+  out.push('');
+  out.push(
+    table(
+      ['threads', 'ours EP', 'torch', `ours frames/s (batch ${embedBatch})`, 'torch frames/s', 'ours/torch', 'features sum diff (rel)'],
+      pairs.map(({ threads, ours, torch, agreement: a }) => [String(threads), ours.ep, torch.ep, f(ours.embed?.framesPerS), f(torch.embed?.framesPerS), f((ours.embed?.framesPerS ?? NaN) / (torch.embed?.framesPerS ?? NaN), 2), e(a?.featuresRel)]),
+    ),
+  );
+}
+out.push('');
+const tols = [...new Set(pairs.map((p) => JSON.stringify(p.agreement?.tolerance)))].filter((x) => x && x !== 'undefined').map((x) => JSON.parse(x) as Tolerance);
+for (const t of tols) out.push(`agree = relative differences within: loss and gradient norm at step 1 ${e(t.step1)}, each tensor's step-1 update ${e(t.update1)}, losses of steps 1-${checkSteps} ${e(t.steps)} (relative = |ours - torch| / max(1, |torch|) for losses).`);
+out.push('speed ours/torch = torch ms / ours ms (above 1: ours faster); ours ms = the ORT session run (feeds, graph, every output fetched to the host), torch ms = host->device crops, zero_grad, forward, backward, grad norm, optimizer step, losses to the host.');
+const bad = pairs.filter((p) => p.agreement && !p.agreement.ok);
+if (bad.length) out.push(`LOSS AGREEMENT FAILED for ${bad.map((p) => `${p.ours.ep}/${p.threads}t`).join(', ')}`);
+process.stdout.write(out.join('\n') + '\n');
+
+const lscpu = spawnSync('lscpu', [], { encoding: 'utf8' }).stdout ?? '';
+const machine = {
+  cpu: lscpu.match(/Model name:\s*(.*)/)?.[1] ?? cpus()[0]?.model,
+  cores: cpus().length,
+  node: process.version,
+  onnxruntimeNode: ortVersion,
+  torch: torchInfo.torch,
+  gpu: torchInfo.gpu ?? null,
+  date: new Date().toISOString(),
+};
+mkdirSync(path.dirname(values.json), { recursive: true });
+writeFileSync(
+  values.json,
+  JSON.stringify({ machine, artifacts: dir, preset: man.preset, rows: rowsN, steps, warmup, checkSteps, glibcTunables: GLIBC_TUNABLES, python: py, tf32: values.tf32, pairs }, null, 1) + '\n',
+);
+process.stdout.write(`wrote ${path.relative(process.cwd(), values.json) || values.json}\n`);
+process.exit(bad.length ? 1 : 0);
