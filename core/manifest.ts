@@ -39,6 +39,33 @@ export interface StateInfo {
   embed: boolean;
 }
 
+/**
+ * A training step that runs K updates of one arrival in one graph run. `crops` (above) then describes
+ * one inner step's batch; `lr` names the [K] learning-rate input and `step` the first update's number.
+ * Per-step outputs (loss, terms, zbar, gradNorm, gradCos, applied) gain a leading [K] axis; the state
+ * outputs are the state after the K updates.
+ */
+export interface FusedStep {
+  /** Updates per run, K. */
+  updates: number;
+  /**
+   * float32 [K]: entry i is the learning rate of the run's i-th applied update. Inner step k uses the
+   * entry (and the update number `step` + that count) of the updates applied before it, so a skipped
+   * update does not count, as with single steps.
+   */
+  lrs: string;
+  /** float32 [K]: 1 where inner step k was applied, 0 where the guard kept the state as it was. */
+  applied: string;
+  /** Crops made on the host: float32 [K, ...crops.shape], inner step k's at [k]; null when the graph makes them. */
+  crops: (TensorInfo & { layout: string }) | null;
+  /** Crops made in the graph (all three, or all null): the arrival's distinct images, uint8 [U, 3, S, S] at the training size. */
+  images: (TensorInfo & { range: [number, number] }) | null;
+  /** int64 [K, b]: row k lists, as rows of `images`, the images of inner step k's batch in batch order. */
+  index: TensorInfo | null;
+  /** float32 [K, N*b, P]: inner step k's crop draws, rows as crops.layout, columns as core/crop-params.ts packs them. */
+  cropParams: (TensorInfo & { layout: string }) | null;
+}
+
 /** P: the writer's full preset type (tools/ passes its Preset, so the compiler checks it fits). */
 export interface Manifest<P extends ManifestPreset = ManifestPreset> {
   format: typeof MANIFEST_FORMAT;
@@ -58,6 +85,8 @@ export interface Manifest<P extends ManifestPreset = ManifestPreset> {
     gradCos: string | null;
     inputs: TensorInfo[];
     outputs: TensorInfo[];
+    /** Present when one run makes K updates (artifact option `fuse`); absent in single-step artifacts. */
+    fused?: FusedStep;
   };
   embed: {
     file: string;

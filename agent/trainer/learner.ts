@@ -6,8 +6,9 @@
 import { Rng } from '../../core/rng.ts';
 import { ReplayBuffer, type Entry, type BufferConfig, type BufferSnapshot } from '../buffer/buffer.ts';
 import type { SimilarityEngine } from '../buffer/similarity.ts';
-import { multiCrop, CIFAR_AUGMENT, type AugmentConfig } from '../frames/augment.ts';
-import type { StepResult, Trainer } from './trainer.ts';
+import { multiCrop, sampleCrop, CIFAR_AUGMENT, type AugmentConfig, type CropParams } from '../frames/augment.ts';
+import { packCropParams } from '../../core/crop-params.ts';
+import type { FusedBatch, StepResult, Trainer } from './trainer.ts';
 
 export type Replay = 'mixed' | 'buffer';
 
@@ -76,6 +77,7 @@ export class Learner {
     const fresh = this.buffer.add(items);
     this.arrivals++;
     const ms = { augment: 0, overlapped: 0, train: 0, buffer: performance.now() - t0 };
+    if (this.trainer.manifest.trainStep.fused) return this.arriveFused(fresh, ms);
     const steps: StepResult[] = [];
     const p = this.trainer.manifest.preset;
     const views = this.trainer.manifest.trainStep.crops.views;
@@ -108,6 +110,81 @@ export class Learner {
       ms.train += tc - tb;
       ms.buffer += td - tc;
       steps.push(r);
+    }
+    const te = performance.now();
+    const removed = await this.buffer.shrink(this.rng);
+    ms.buffer += performance.now() - te;
+    return { steps, trained, removed, ms };
+  }
+
+  /**
+   * The same arrival through a fused artifact: each run's K batches and their crops are composed up
+   * front, drawing replay then crops per step as the loop above does (batches never depend on the
+   * steps' results), the run makes the K updates, then each applied step's zbar refreshes the
+   * features of its batch in step order.
+   */
+  private async arriveFused(fresh: Entry[], ms: ArrivalReport['ms']): Promise<ArrivalReport> {
+    const f = this.trainer.manifest.trainStep.fused!;
+    const K = f.updates;
+    if (this.cfg.updates % K !== 0) {
+      throw new Error(`--updates ${this.cfg.updates}: artifact ${this.trainer.manifest.name} makes ${K} updates per run; use a multiple of ${K}`);
+    }
+    const views = this.trainer.manifest.trainStep.crops.views;
+    const size = this.trainer.manifest.preset.image.size;
+    const per = 3 * size * size;
+    const steps: StepResult[] = [];
+    let trained = false;
+    for (let run = 0; run < this.cfg.updates / K; run++) {
+      const ta = performance.now();
+      const batches: Entry[][] = [];
+      for (let k = 0; k < K; k++) {
+        const batch = this.compose(fresh);
+        if (!batch) break;
+        batches.push(batch);
+      }
+      // The buffer holds the same images all arrival: every step has a batch or none does.
+      if (!batches.length) break;
+      if (batches.length !== K) throw new Error(`fused arrival: ${batches.length} of ${K} batches composed`);
+      // Replay draws (rng) and crop draws (cropRng) use separate generators, each in step order, so
+      // drawing all batches first gives the draws of the loop above.
+      const input: FusedBatch = { lrs: [] };
+      if (f.crops) {
+        const n = views * this.batchSize * per;
+        input.crops = new Float32Array(K * n);
+        batches.forEach((batch, k) => {
+          const images = new Uint8Array(batch.length * per);
+          batch.forEach((e, j) => images.set(e.image, j * per));
+          input.crops!.set(multiCrop(images, batch.length, size, views, this.cropRng, this.cfg.augment), k * n);
+        });
+      } else {
+        // Each distinct image crosses once; the index says which rows make each step's batch.
+        const rows = new Map<number, number>();
+        const distinct: Entry[] = [];
+        const index: number[] = [];
+        const draws: CropParams[] = [];
+        for (const batch of batches) {
+          for (const e of batch) {
+            if (!rows.has(e.id)) rows.set(e.id, distinct.push(e) - 1);
+            index.push(rows.get(e.id)!);
+          }
+          // multiCrop's draw order: crop i of every image, then crop i + 1.
+          for (let i = 0; i < views; i++) for (let j = 0; j < batch.length; j++) draws.push(sampleCrop(this.cropRng, size, this.cfg.augment));
+        }
+        input.images = new Uint8Array(distinct.length * per);
+        distinct.forEach((e, u) => input.images!.set(e.image, u * per));
+        input.index = BigInt64Array.from(index, BigInt);
+        input.params = packCropParams(draws);
+      }
+      ms.augment += performance.now() - ta;
+      trained = true;
+      const tb = performance.now();
+      input.lrs = Array.from({ length: K }, (_, i) => this.lrAt(this.trainer.steps + i));
+      const rs = await this.trainer.arrive(input);
+      const tc = performance.now();
+      for (let k = 0; k < K; k++) if (rs[k].applied) await this.buffer.updateFeatures(batches[k], rs[k].zbar);
+      ms.train += tc - tb;
+      ms.buffer += performance.now() - tc;
+      steps.push(...rs);
     }
     const te = performance.now();
     const removed = await this.buffer.shrink(this.rng);

@@ -34,6 +34,20 @@ export interface StepResult {
 
 export const MAX_UPDATE_RATIO = 10;
 
+/** One fused run's inputs (manifest trainStep.fused): either host crops, or images + index + crop draws. */
+export interface FusedBatch {
+  /** K entries: lrs[i] is the learning rate of the run's i-th applied update. */
+  lrs: ArrayLike<number>;
+  /** Host crops, float32 [K, ...cropsShape]. */
+  crops?: Float32Array;
+  /** In-graph crops: the distinct images, uint8 [U, 3, S, S]. */
+  images?: Uint8Array;
+  /** In-graph crops: int64 [K, b], inner step k's batch as rows of `images`. */
+  index?: BigInt64Array;
+  /** In-graph crops: float32 [K, N*b, P], packed by core/crop-params.ts. */
+  params?: Float32Array;
+}
+
 export class ManifestError extends Error {}
 
 export function readManifest(dir: string): Manifest {
@@ -65,6 +79,8 @@ export class Trainer {
   /** Completed (applied) updates. */
   steps = 0;
   private runs = 0;
+  /** What crossed into and out of the training session, and the time spent in its run() (benchmarks). */
+  readonly io = { runs: 0, bytesIn: 0, bytesOut: 0, runMs: 0 };
   private readonly ep0: EP;
 
   private constructor(
@@ -136,25 +152,36 @@ export class Trainer {
     return f;
   }
 
-  /** One update on a batch of crops laid out as the manifest says. */
-  async step(crops: Float32Array, lr: number): Promise<StepResult> {
-    const ts = this.manifest.trainStep;
-    const shape = this.cropsShape;
-    const n = shape.reduce((a, b) => a * b, 1);
-    if (crops.length !== n) throw new Error(`step: crops has ${crops.length} values, the artifact expects [${shape}] = ${n}`);
-    const stepNo = this.steps + 1;
+  /** Runs the training session, counting the bytes and time for `io`. */
+  private async runTrain(feeds: Record<string, FeedTensor>): Promise<{ out: Record<string, FeedTensor>; ms: number }> {
     const failAfter = fault('session-error-after');
     if (failAfter !== undefined && ++this.runs > Number(failAfter) && this.train.ep === this.ep0) {
       throw new SessionRunError(this.train.ep, `execution provider '${this.train.ep}' failed during a run: injected fault (SSOCL_INJECT_FAULT)`);
     }
     const t0 = performance.now();
-    const out = await this.train.run({
+    const out = await this.train.run(feeds);
+    const ms = performance.now() - t0;
+    this.io.runs++;
+    this.io.runMs += ms;
+    for (const f of Object.values(feeds)) this.io.bytesIn += f.data.byteLength;
+    for (const f of Object.values(out)) this.io.bytesOut += f.data.byteLength;
+    return { out, ms };
+  }
+
+  /** One update on a batch of crops laid out as the manifest says. */
+  async step(crops: Float32Array, lr: number): Promise<StepResult> {
+    const ts = this.manifest.trainStep;
+    if (ts.fused) throw new Error(`step: artifact ${this.manifest.name} runs ${ts.fused.updates} updates per run; use arrive()`);
+    const shape = this.cropsShape;
+    const n = shape.reduce((a, b) => a * b, 1);
+    if (crops.length !== n) throw new Error(`step: crops has ${crops.length} values, the artifact expects [${shape}] = ${n}`);
+    const stepNo = this.steps + 1;
+    const { out, ms } = await this.runTrain({
       ...this.stateFeeds(() => true),
       [ts.crops.name]: { type: 'float32', data: crops, dims: shape },
       [ts.lr]: { type: 'float32', data: Float32Array.of(lr), dims: [] },
       [ts.step]: { type: 'float32', data: Float32Array.of(stepNo), dims: [] },
     });
-    const ms = performance.now() - t0;
     const scalar = (k: string) => (out[k].data as Float32Array)[0];
     const loss = scalar(ts.loss);
     const gradNorm = scalar(ts.gradNorm);
@@ -179,6 +206,68 @@ export class Trainer {
       applied,
       ms,
     };
+  }
+
+  /**
+   * The K updates of a fused artifact in one run: the state crosses into ORT and back once. The graph
+   * applies step()'s guard to each inner step (a skipped one leaves the state to the next, and does
+   * not count: the next takes its update number and learning rate). Returns K results in order;
+   * `ms` is the run's time split evenly.
+   */
+  async arrive(a: FusedBatch): Promise<StepResult[]> {
+    const ts = this.manifest.trainStep;
+    const f = ts.fused;
+    if (!f) throw new Error(`arrive: artifact ${this.manifest.name} runs one update per run; use step()`);
+    const K = f.updates;
+    if (a.lrs.length !== K) throw new Error(`arrive: ${a.lrs.length} learning rates for ${K} updates`);
+    const n = this.cropsShape.reduce((x, y) => x * y, 1);
+    const feeds: Record<string, FeedTensor> = {
+      ...this.stateFeeds(() => true),
+      [f.lrs]: { type: 'float32', data: Float32Array.from(a.lrs), dims: [K] },
+      [ts.step]: { type: 'float32', data: Float32Array.of(this.steps + 1), dims: [] },
+    };
+    if (f.crops) {
+      if (a.crops?.length !== K * n) throw new Error(`arrive: crops has ${a.crops?.length ?? 0} values, the artifact expects [${f.crops.shape}] = ${K * n}`);
+      feeds[f.crops.name] = { type: 'float32', data: a.crops, dims: f.crops.shape as number[] };
+    } else {
+      const [, c, h, w] = f.images!.shape as number[];
+      const [, b] = f.index!.shape as number[];
+      const np = (f.cropParams!.shape as number[]).reduce((x, y) => x * y, 1);
+      const u = (a.images?.length ?? 0) / (c * h * w);
+      if (!a.images || !Number.isInteger(u) || u < 1) throw new Error(`arrive: images has ${a.images?.length ?? 0} bytes, not a whole number of [${c}, ${h}, ${w}] images`);
+      if (a.index?.length !== K * b) throw new Error(`arrive: index has ${a.index?.length ?? 0} entries, the artifact expects [${K}, ${b}]`);
+      for (const i of a.index) if (i < 0n || i >= BigInt(u)) throw new Error(`arrive: index ${i} outside the ${u} images given`);
+      if (a.params?.length !== np) throw new Error(`arrive: params has ${a.params?.length ?? 0} values, the artifact expects [${f.cropParams!.shape}]`);
+      feeds[f.images!.name] = { type: 'uint8', data: a.images, dims: [u, c, h, w] };
+      feeds[f.index!.name] = { type: 'int64', data: a.index, dims: [K, b] };
+      feeds[f.cropParams!.name] = { type: 'float32', data: a.params, dims: f.cropParams!.shape as number[] };
+    }
+    const first = this.steps + 1;
+    const { out, ms } = await this.runTrain(feeds);
+    const col = (k: string) => out[k].data as Float32Array;
+    const zbar = col(ts.zbar);
+    const d = zbar.length / K;
+    const results: StepResult[] = [];
+    let applied = 0;
+    for (let k = 0; k < K; k++) {
+      const ok = col(f.applied)[k] === 1;
+      results.push({
+        step: first + applied,
+        lr: a.lrs[applied],
+        loss: col(ts.loss)[k],
+        terms: Object.fromEntries(Object.entries(ts.terms).map(([t, v]) => [t, col(v)[k]])),
+        zbar: zbar.subarray(k * d, (k + 1) * d),
+        gradNorm: col(ts.gradNorm)[k],
+        gradCos: ts.gradCos ? col(ts.gradCos)[k] : null,
+        applied: ok,
+        ms: ms / K,
+      });
+      if (ok) applied++;
+    }
+    // The graph already kept the state of skipped steps, so its final state is the state.
+    for (const s of this.manifest.state) this.state.set(s.name, out[s.next].data as Float32Array);
+    this.steps += applied;
+    return results;
   }
 
   /**

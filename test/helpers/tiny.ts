@@ -13,3 +13,8 @@ export function tinyPreset(sets: string[] = []): Preset {
     ...sets,
   ]);
 }
+
+/** The tiny preset with K updates fused into one graph run (K updates per arrival), crops from the host or made in the graph. */
+export function tinyFusedPreset(k: number, cropsInGraph = false, sets: string[] = []): Preset {
+  return tinyPreset([`fuse=${k}`, `agent.updatesPerArrival=${k}`, ...(cropsInGraph ? ['cropsInGraph=true'] : []), ...sets]);
+}

@@ -6,6 +6,8 @@ import { gradients } from '../graph/grad.ts';
 import { Model, l2normalize, type StateSpec } from '../nn/layers.ts';
 import { resnet } from '../nn/encoders.ts';
 import { mlp } from '../nn/heads.ts';
+import { buildCrops } from '../nn/augment-graph.ts';
+import { CROP_PARAM_COUNT } from '../../core/crop-params.ts';
 import * as L from '../losses/index.ts';
 import { makeOptimizer } from '../optim/index.ts';
 import { Rng } from '../../core/rng.ts';
@@ -40,7 +42,13 @@ export function buildLoss(p: Preset, dtype: 'float32' | 'float64' = 'float32'): 
   const b = p.batch;
   const s = p.image.size;
   const crops = g.input('crops', [v * b, 3, s, s]);
-  const model = new Model(g, true, p.activation, p.bnMomentum);
+  return lossOn(g, p, crops, new Model(g, true, p.activation, p.bnMomentum));
+}
+
+/** The loss of one batch of crops into `g`, with the state tensors `model` hands out. */
+function lossOn(g: Graph, p: Preset, crops: Value, model: Model): LossGraph {
+  const v = views(p);
+  const b = p.batch;
   const feats = resnet(model, normalizeInput(g, crops, p), p.encoder);
   const proj = g.scope('projector', () => mlp(model, 'projector', feats, p.projector));
   const pred = p.predictor ? g.scope('predictor', () => mlp(model, 'predictor', proj, p.predictor!)) : null;
@@ -93,33 +101,54 @@ export interface TrainStepGraph {
   state: StateEntry[];
   specs: StateSpec[];
   terms: string[];
+  /** Set when the graph runs K updates (preset `fuse`). */
+  fused: FusedInfo | null;
 }
 
-export function buildTrainStep(p: Preset, dtype: 'float32' | 'float64' = 'float32'): TrainStepGraph {
-  const lg = buildLoss(p, dtype);
+/** The inputs of a fused step beyond the state; every per-step output gains a leading [K] axis. */
+export interface FusedInfo {
+  updates: number;
+  /**
+   * Either `crops`, float32 [K, ...crops]: each inner step's crops made on the host; or (preset
+   * `cropsInGraph`) `images` uint8 [U, 3, S, S], `index` int64 [K, b] (inner step k's batch as rows
+   * of images) and `cropParams` float32 [K, N*b, CROP_PARAM_COUNT] (core/crop-params.ts).
+   */
+  inputs: { crops: string | null; images: string | null; index: string | null; cropParams: string | null };
+}
+
+/**
+ * Where one update's state comes from and its results go: the single step reads graph inputs and
+ * writes graph outputs; an inner step of a fused run reads the state carried from the step before
+ * and hands its results to the fused builder.
+ */
+interface StepPorts {
+  state(name: string, shape: number[]): Value;
+  output(v: Value, name: string): void;
+}
+
+/** Gradients, diagnostics and the optimizer update of one loss; results go to `ports.output`. */
+function emitStep(p: Preset, lg: LossGraph, lr: Value, step: Value, ports: StepPorts): { state: StateEntry[]; terms: string[] } {
   const { g, model } = lg;
-  const lr = g.input('lr', []);
-  const step = g.input('step', []);
   const grads = gradients(g, lg.total, lg.params.map((x) => x.value), { convWeightGrad: p.convWeightGrad, convInputGrad: p.convInputGrad });
   const state: StateEntry[] = [];
   const outs: [Value, string][] = [];
 
-  g.output(lg.total, 'loss');
-  for (const [name, t] of lg.terms) g.output(t, `loss.${name}`);
-  g.output(lg.zbar, 'zbar');
+  ports.output(lg.total, 'loss');
+  for (const [name, t] of lg.terms) ports.output(t, `loss.${name}`);
+  ports.output(lg.zbar, 'zbar');
 
   g.scope('diagnostics', () => {
     const sq = grads.map((gr) => g.reduceSum(g.mul(gr, gr), gr.shape.map((_, i) => i), false));
     const total = sq.reduce((a, b) => g.add(a, b));
     const gnorm = g.sqrt(total);
-    g.output(gnorm, 'grad_norm');
+    ports.output(gnorm, 'grad_norm');
     if (p.gradCos) {
       // Cosine between this step's gradient and the previous step's (the paper's Fig. 1); 0 on the first step.
       let dot: Value | null = null;
       let prevSq: Value | null = null;
       lg.params.forEach(({ spec }, i) => {
         const name = `diag.prev_grad.${spec.name}`;
-        const prev = g.input(name, spec.shape);
+        const prev = ports.state(name, spec.shape);
         const d = g.reduceSum(g.mul(prev, grads[i]), spec.shape.map((_, k) => k), false);
         const ps = g.reduceSum(g.mul(prev, prev), spec.shape.map((_, k) => k), false);
         dot = dot ? g.add(dot, d) : d;
@@ -127,7 +156,7 @@ export function buildTrainStep(p: Preset, dtype: 'float32' | 'float64' = 'float3
         state.push({ name, next: `${name}.next`, shape: spec.shape, role: 'diag', init: 'zeros', embed: false });
         outs.push([grads[i], `${name}.next`]);
       });
-      g.output(g.div(dot!, g.add(g.mul(gnorm, g.sqrt(prevSq!)), g.scalar(1e-12))), 'grad_cos');
+      ports.output(g.div(dot!, g.add(g.mul(gnorm, g.sqrt(prevSq!)), g.scalar(1e-12))), 'grad_cos');
     }
   });
 
@@ -137,7 +166,7 @@ export function buildTrainStep(p: Preset, dtype: 'float32' | 'float64' = 'float3
       const slots: Record<string, Value> = {};
       for (const slot of opt.slots) {
         const name = `optim.${slot}.${spec.name}`;
-        slots[slot] = g.input(name, spec.shape);
+        slots[slot] = ports.state(name, spec.shape);
         state.push({ name, next: `${name}.next`, shape: spec.shape, role: 'optim', init: 'zeros', embed: false });
       }
       const r = g.scope(spec.name, () => opt.update(g, { lr, step }, { name: spec.name, value, grad: grads[i], decay: spec.decay }, grads[i], slots));
@@ -157,8 +186,149 @@ export function buildTrainStep(p: Preset, dtype: 'float32' | 'float64' = 'float3
   const all = [...own, ...state.filter((s) => s.role === 'optim'), ...state.filter((s) => s.role === 'diag')];
   const order = new Map(all.map((s, i) => [s.next, i]));
   outs.sort((a, b) => order.get(a[1])! - order.get(b[1])!);
-  for (const [v, name] of outs) g.output(v, name);
-  return { g, state: all, specs: model.specs, terms: [...lg.terms.keys()] };
+  for (const [v, name] of outs) ports.output(v, name);
+  return { state: all, terms: [...lg.terms.keys()] };
+}
+
+export function buildTrainStep(p: Preset, dtype: 'float32' | 'float64' = 'float32'): TrainStepGraph {
+  if (p.fuse) return buildFusedStep(p, dtype);
+  const lg = buildLoss(p, dtype);
+  const { g, model } = lg;
+  const lr = g.input('lr', []);
+  const step = g.input('step', []);
+  const r = emitStep(p, lg, lr, step, { state: (name, shape) => g.input(name, shape), output: (v, name) => g.output(v, name) });
+  return { g, state: r.state, specs: model.specs, terms: r.terms, fused: null };
+}
+
+/** A Model whose state tensors come from `bind` (a fused run's carried state) instead of new inputs. */
+class BoundModel extends Model {
+  constructor(
+    g: Graph,
+    p: Preset,
+    private readonly bind: (name: string, shape: number[]) => Value,
+  ) {
+    super(g, true, p.activation, p.bnMomentum);
+  }
+
+  override state(name: string, shape: number[], role: 'param' | 'buffer', init: StateSpec['init'], decay: boolean): Value {
+    if (this.values.has(name)) throw new Error(`state '${name}' declared twice`);
+    const v = this.bind(`${role === 'param' ? 'params.' : 'buffers.'}${name}`, shape);
+    this.specs.push({ name, shape, role, init, decay });
+    this.values.set(name, v);
+    return v;
+  }
+}
+
+/** Gathers made per graph: names count per graph so that the same preset gives the same bytes. */
+const gathers = new WeakMap<Graph, number>();
+/** ONNX Gather along axis 0 (the builder has no row-select op; the name cannot meet a builder name, which ends in _N). */
+function gatherRows(g: Graph, x: Value, index: Value): Value {
+  const n = gathers.get(g) ?? 0;
+  gathers.set(g, n + 1);
+  const out = new Value(g, `gather.${n}.rows`, [...index.shape, ...x.shape.slice(1)], x.dtype);
+  g.addNode('Gather', [x, index], [out], { axis: { i: 0 } });
+  return out;
+}
+
+function stack(g: Graph, xs: Value[]): Value {
+  return g.concat(xs.map((x) => g.unsqueeze(x, [0])), 0);
+}
+
+/** 1 where |x| is finite (Greater(inf, NaN) is false), as a float. */
+function finite(g: Graph, x: Value): Value {
+  return g.cast(g.greater(g.scalar(Infinity, x.dtype), g.unary('Abs', x)), x.dtype);
+}
+
+/**
+ * K updates in one graph (preset `fuse: K`), so the state crosses the host once per K updates:
+ * K unrolled copies of the step, each reading the state the one before left. Unrolled rather than
+ * an ONNX Loop: every EP runs the plain ops it already runs for one step (Loop bodies fall back to
+ * the CPU on some EPs and cannot carry the builder's per-step shapes), and ORT plans memory across
+ * the copies as one graph; the cost is a model K times the size (kilobytes: weights are inputs).
+ *
+ * Inner step k applies only when Trainer.step's guard would: finite loss, gradient norm and new
+ * parameters, and an update no larger than MAX_UPDATE_RATIO (10) x the weights' norm; otherwise
+ * Where carries the state unchanged into step k + 1. Like the host, a skipped update does not count:
+ * step k runs as update number `step` + (updates applied before it) with learning rate
+ * lrs[updates applied before it], so skips give what K single steps give.
+ */
+function buildFusedStep(p: Preset, dtype: 'float32' | 'float64'): TrainStepGraph {
+  const K = p.fuse!;
+  if (!Number.isInteger(K) || K < 1) throw new Error(`preset ${p.name}: fuse must be a positive integer, got ${K}`);
+  const g = new Graph(dtype);
+  const v = views(p);
+  const b = p.batch;
+  const s = p.image.size;
+  let cropsAt: (k: number) => Value;
+  let fusedInputs: FusedInfo['inputs'];
+  const at = (k: number) => g.constant([k], [], 'int64');
+  if (p.cropsInGraph) {
+    // The arrival's distinct images once (the buffer keeps them at the training size), each inner
+    // step's batch as rows of them, and the host's crop draws; the graph renders the crops.
+    const images = g.input('images', ['U', 3, s, s], 'uint8');
+    const index = g.input('index', [K, b], 'int64');
+    const params = g.input('crop_params', [K, v * b, CROP_PARAM_COUNT]);
+    cropsAt = (k) => buildCrops(g, gatherRows(g, images, gatherRows(g, index, at(k))), gatherRows(g, params, at(k)), { size: s, out: s });
+    fusedInputs = { crops: null, images: images.name, index: index.name, cropParams: params.name };
+  } else {
+    const crops = g.input('crops', [K, v * b, 3, s, s]);
+    cropsAt = (k) => gatherRows(g, crops, at(k));
+    fusedInputs = { crops: crops.name, images: null, index: null, cropParams: null };
+  }
+  const lrs = g.input('lrs', [K]);
+  const step0 = g.input('step', []);
+  const cur = new Map<string, Value>();
+  const per = new Map<string, Value[]>();
+  const collect = (name: string, x: Value) => per.set(name, [...(per.get(name) ?? []), x]);
+  let before = g.scalar(0); // updates applied so far in this run
+  const inner: { state: StateEntry[]; terms: string[]; specs: StateSpec[] }[] = [];
+  for (let k = 0; k < K; k++) {
+    g.scope(`k${k}`, () => {
+      // The first inner step reads graph inputs; later ones the state the step before left.
+      const bind = (name: string, shape: number[]) => {
+        if (k === 0) cur.set(name, g.input(name, shape));
+        const x = cur.get(name);
+        if (!x) throw new Error(`fused step: no carried state '${name}'`);
+        return x;
+      };
+      const crops = cropsAt(k);
+      const model = new BoundModel(g, p, bind);
+      const lg = lossOn(g, p, crops, model);
+      const lr = gatherRows(g, lrs, g.cast(before, 'int64'));
+      const outs = new Map<string, Value>();
+      const r = emitStep(p, lg, lr, g.add(step0, before), { state: bind, output: (x, name) => outs.set(name, x) });
+      // The host guard (Trainer.step, sane()), in float32 sums: d2 <= 100 max(w2, 1e-6) is
+      // |update| <= 10 max(|w|, 1e-3); d2 is non-finite exactly when a new parameter is (the old are finite).
+      const ok = g.scope('guard', () => {
+        let d2: Value | null = null;
+        let w2: Value | null = null;
+        for (const e of r.state) {
+          if (e.role !== 'param') continue;
+          const old = cur.get(e.name)!;
+          const d = g.sub(outs.get(e.next)!, old);
+          const axes = e.shape.map((_, i) => i);
+          const dd = g.reduceSum(g.mul(d, d), axes, false);
+          const ww = g.reduceSum(g.mul(old, old), axes, false);
+          d2 = d2 ? g.add(d2, dd) : dd;
+          w2 = w2 ? g.add(w2, ww) : ww;
+        }
+        const small = g.sub(g.scalar(1), g.cast(g.greater(d2!, g.mul(g.max(w2!, g.scalar(1e-6)), g.scalar(100))), dtype));
+        const flag = [finite(g, outs.get('loss')!), finite(g, outs.get('grad_norm')!), finite(g, d2!), small].reduce((a, c) => g.mul(a, c));
+        return flag;
+      });
+      const apply = g.greater(ok, g.scalar(0.5));
+      // Behind a stop-gradient: step k + 1 differentiates its own forward pass, not this one.
+      for (const e of r.state) cur.set(e.name, g.stopGradient(g.whereOp(apply, outs.get(e.next)!, cur.get(e.name)!)));
+      before = g.add(before, ok);
+      for (const [name, x] of outs) if (!name.endsWith('.next')) collect(name, x);
+      collect('applied', ok);
+      inner.push({ ...r, specs: model.specs });
+    });
+  }
+  const { state, terms, specs } = inner[K - 1];
+  for (const [name, xs] of per) g.output(stack(g, xs), name);
+  for (const e of state) g.output(cur.get(e.name)!, e.next);
+  return { g, state, specs, terms, fused: { updates: K, inputs: fusedInputs } };
 }
 
 /** Inference graph: images in [0, 1] (any batch) -> backbone features and the L2-normalised embedding. */

@@ -34,6 +34,10 @@ export interface Preset {
   gradCos: boolean;
   convWeightGrad: ConvWeightGrad;
   convInputGrad: ConvInputGrad;
+  /** K updates in one graph run (state crosses the host once per K); absent: one update per run. */
+  fuse?: number;
+  /** With fuse: the graph makes the crops from uint8 images and the host's crop draws. */
+  cropsInGraph?: boolean;
   /** Defaults for the agent's loop (DESIGN.md section 3). */
   agent: { newPerArrival: number; updatesPerArrival: number; bufferSize: number; replay: 'mixed' | 'buffer' };
 }
@@ -162,7 +166,7 @@ export function applyOverrides(p: Preset, sets: string[]): Preset {
       obj = obj[k] as Record<string, unknown>;
     }
     const last = path[path.length - 1];
-    if (!(last in obj) && !['predictor', 'name'].includes(last)) throw new Error(`--set ${s}: unknown field '${last}'`);
+    if (!(last in obj) && !['predictor', 'name', 'fuse', 'cropsInGraph'].includes(last)) throw new Error(`--set ${s}: unknown field '${last}'`);
     obj[last] = value;
   }
   return out as unknown as Preset;

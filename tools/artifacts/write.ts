@@ -38,7 +38,12 @@ export function compileArtifacts(p: Preset): BuiltArtifacts {
   ]);
   const v = views(p);
   const embedNames = new Set(em.g.inputs.map((x) => x.name));
-  const crops = ts.g.inputs.find((x) => x.name === 'crops')!;
+  const s = p.image.size;
+  const fin = ts.fused?.inputs;
+  const one = (name: string | null | undefined) => {
+    const x = name ? ts.g.inputs.find((i) => i.name === name) : undefined;
+    return x ? info([x])[0] : null;
+  };
   const images = em.g.inputs.find((x) => x.name === 'images')!;
   const manifest: Manifest<Preset> = {
     format: MANIFEST_FORMAT,
@@ -50,14 +55,15 @@ export function compileArtifacts(p: Preset): BuiltArtifacts {
       file: 'train_step.onnx',
       crops: {
         name: 'crops',
-        shape: crops.shape,
+        // One (inner) step's crops.
+        shape: [v * p.batch, 3, s, s],
         dtype: 'float32',
         layout: 'row i*b + j holds crop (view) i of image j; NCHW pixels in [0, 1], augmented; normalisation is inside the graph',
         views: v,
         images: p.batch,
         range: [0, 1],
       },
-      lr: 'lr',
+      lr: ts.fused ? 'lrs' : 'lr',
       step: 'step',
       loss: 'loss',
       terms: Object.fromEntries(ts.terms.map((t) => [t, `loss.${t}`])),
@@ -66,6 +72,19 @@ export function compileArtifacts(p: Preset): BuiltArtifacts {
       gradCos: p.gradCos ? 'grad_cos' : null,
       inputs: info(ts.g.inputs),
       outputs: info(ts.g.outputs),
+      ...(ts.fused
+        ? {
+            fused: {
+              updates: ts.fused.updates,
+              lrs: 'lrs',
+              applied: 'applied',
+              crops: one(fin!.crops) && { ...one(fin!.crops)!, layout: "[k] holds inner step k's crops, laid out as crops.layout says" },
+              images: one(fin!.images) && { ...one(fin!.images)!, range: [0, 255] as [number, number] },
+              index: one(fin!.index),
+              cropParams: one(fin!.cropParams) && { ...one(fin!.cropParams)!, layout: `[k, i*b + j] holds the draws of crop i of image j of inner step k, packed by core/crop-params.ts` },
+            },
+          }
+        : {}),
     },
     embed: {
       file: 'embed.onnx',
