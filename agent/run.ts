@@ -10,7 +10,7 @@
 //   pipeline/observe.ts  metrics, embeddings, loss and skip tallies
 //   pipeline/evaluate.ts inline evaluation of a finite stream
 
-import { existsSync } from 'node:fs';
+import { accessSync, constants, readdirSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { removeStaleTemps } from '../core/atomic.ts';
 import { ortSimilarity } from './buffer/similarity.ts';
@@ -22,7 +22,7 @@ import type { EvaluateOptions } from './pipeline/evaluate.ts';
 import { InlineEval } from './pipeline/evaluate.ts';
 import { Due, type Every } from './pipeline/every.ts';
 import { learnArrival, learnt } from './pipeline/learn.ts';
-import { EmbeddingLog, MetricsLog, StepTally } from './pipeline/observe.ts';
+import { EmbeddingLog, MetricsLog, StatusLine, StepTally } from './pipeline/observe.ts';
 import { Publisher } from './pipeline/publish.ts';
 import { Checkpointer, resume, type Resumed } from './pipeline/state.ts';
 import { CameraInput, checkCamera } from './sources/camera-input.ts';
@@ -86,6 +86,8 @@ export interface AgentOptions {
   };
   log: (line: string) => void;
   progress?: (line: string) => void;
+  /** A one-line status through `log` this often (ms; 0 or unset: none), for logs without a terminal. */
+  statusEveryMs?: number;
 }
 
 export interface AgentSummary {
@@ -139,11 +141,30 @@ export async function runAgent(o: AgentOptions, { keepSignalHandlers = false } =
 }
 
 
+/** The watched path must be a directory this process can list and read (else nothing would ever come). */
+function checkWatch(dir: string): void {
+  const abs = path.resolve(dir);
+  let st;
+  try {
+    st = statSync(abs);
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    throw new AgentError(`--watch ${dir}: ${code === 'ENOENT' ? 'no such directory' : `cannot be read (${code})`}`);
+  }
+  if (!st.isDirectory()) throw new AgentError(`--watch ${dir}: not a directory`);
+  try {
+    accessSync(abs, constants.R_OK | constants.X_OK);
+    readdirSync(abs);
+  } catch (e) {
+    throw new AgentError(`--watch ${dir}: cannot list it (${(e as NodeJS.ErrnoException).code ?? (e as Error).message}); the agent needs read and search permission`);
+  }
+}
+
 /** What can be checked before anything is loaded. */
 function checkOptions(o: AgentOptions): void {
   if ([o.watch, o.dataset, o.camera].filter(Boolean).length !== 1) throw new AgentError('give one source: --watch DIR, --camera DEVICE|URL|FILE or --dataset NAME');
   if (o.camera) checkCamera(o.camera.input, o.camera.ffmpeg);
-  if (o.watch && !existsSync(path.resolve(o.watch))) throw new AgentError(`--watch ${o.watch}: no such directory`);
+  if (o.watch) checkWatch(o.watch);
   for (const [flag, dir] of [['--state', o.stateDir], ['--models', o.models], ['--quarantine', o.quarantine]] as const) ensureWritable(flag, dir);
   if (o.afterIngest === 'move') ensureWritable('--processed', o.processed);
 }
@@ -219,6 +240,7 @@ interface Run {
   embeddings: EmbeddingLog;
   tally: StepTally;
   evaluation: InlineEval;
+  status: StatusLine;
   checkpointDue: Due;
   exportDue: Due;
   resumedFrom: string | null;
@@ -238,14 +260,16 @@ async function runAgentWith(o: AgentOptions, signals: Signals): Promise<AgentSum
   const resumed = await resume(o, ckptDir, learner, artifact, counters);
   const source = makeSource(o, m.preset.image.size, counters, resumed);
   const metrics = new MetricsLog(o.metrics, o.log);
+  const tally = new StepTally(learner, counters, metrics, o.log);
+  const checkpoints = new Checkpointer(ckptDir, learner, artifact, counters, source, o.log, o.diskRetryMs);
+  const publisher = new Publisher(o.models, o.fresh, artifact, learner, o.log);
+  const last = () => ({ checkpoint: checkpoints.lastFile || resumed.file, checkpointAt: checkpoints.lastAt, export: publisher.last ? `step ${publisher.last.step}` : '' });
   const r: Run = {
-    o, learner, trainer, source, counters, metrics,
+    o, learner, trainer, source, counters, metrics, tally, checkpoints, publisher,
     stop: new Stop(source, signals, o.log),
-    checkpoints: new Checkpointer(ckptDir, learner, artifact, counters, source, o.log, o.diskRetryMs),
-    publisher: new Publisher(o.models, o.fresh, artifact, learner, o.log),
     embeddings: new EmbeddingLog(o.emitEmbeddings, learner, source, o.log),
-    tally: new StepTally(learner, counters, metrics, o.log),
     evaluation: new InlineEval(o.evaluate, trainer, source, counters, metrics, o.log),
+    status: new StatusLine(o.statusEveryMs ?? 0, learner, counters, source, tally, last, o.log),
     checkpointDue: new Due(o.checkpointEvery, trainer.steps),
     exportDue: new Due(o.exportEvery, trainer.steps),
     resumedFrom: resumed.file || null,
@@ -286,6 +310,7 @@ async function loop(r: Run): Promise<Frame[]> {
       break;
     }
     const f = await source.next(waitMs);
+    r.status.maybe();
     if (!f) {
       const quietMs = Date.now() - Math.max(lastFrameAt, source.lastActivity ?? 0);
       if (source.ended) stop.stop(source.ended);

@@ -48,14 +48,7 @@ async function streamEvaluator(dataset: 'cifar10' | 'cifar100', dataDir: string,
 
 export async function runCommand(a: Record<string, any>): Promise<void> {
   const state = path.resolve(a.state);
-  const positive = (flag: string, v: number | undefined) => {
-    if (v !== undefined && !(Number.isFinite(v) && v > 0)) throw new AgentError(`--${flag} ${v}: must be a positive number`);
-  };
-  positive('updates', a.updates);
-  positive('buffer-size', a['buffer-size']);
-  positive('lr', a.lr);
-  positive('max-pixels', a['max-pixels']);
-  positive('backlog', a.backlog);
+  // Numbers and paths were checked by the command line (cli-args.ts) before this runs.
   const tty = process.stderr.isTTY;
   let dataset: AgentOptions['dataset'];
   if (a.dataset === 'demo') {
@@ -67,7 +60,6 @@ export async function runCommand(a: Record<string, any>): Promise<void> {
     if (a['per-class'] !== undefined) {
       // A reduced stream: the same order, each class cut to its share (imbalance kept for seq-im).
       const per = a['per-class'];
-      if (!(Number.isInteger(per) && per > 0)) throw new AgentError(`--per-class ${per}: must be a positive integer`);
       const n = new Map<number, number>();
       for (const i of order) n.set(d.labels[i], (n.get(d.labels[i]) ?? 0) + 1);
       const most = Math.max(...n.values());
@@ -85,7 +77,6 @@ export async function runCommand(a: Record<string, any>): Promise<void> {
   if (a['eval-every'] !== undefined) {
     const pct = Number(a['eval-every']);
     if (!a.dataset || a.dataset === 'demo') throw new AgentError('--eval-every needs --dataset cifar10|cifar100 (a stream of known length with a labelled test split)');
-    if (!(pct > 0 && pct <= 100)) throw new AgentError(`--eval-every ${a['eval-every']}: a percentage of the stream, in (0, 100]`);
     const at: number[] = [];
     for (let p = pct; p < 100 + 1e-9; p += pct) at.push(p / 100);
     if (at.at(-1)! < 1) at.push(1);
@@ -138,6 +129,8 @@ export async function runCommand(a: Record<string, any>): Promise<void> {
     progress: tty ? (line) => process.stderr.write(`\r\x1b[K${line}`) : undefined,
   };
   const s = await runAgent(opts, { keepSignalHandlers: true });
+    // Without a terminal there is no progress line: a status line every 30 s unless told otherwise.
+    statusEveryMs: (a['status-every'] ?? (tty ? 0 : 30)) * 1000,
   process.stdout.write(
     `${tty ? '\n' : ''}stopped (${s.stoppedBy}): ${s.framesIngested} frames ingested, ${s.quarantined} quarantined, ${s.dropped} dropped, ${s.refused} refused; ` +
       `${s.arrivals} arrivals, ${s.steps} steps (${s.skippedSteps} skipped); loss ${s.lossFirst?.toFixed(4) ?? '-'} -> ${s.lossLast?.toFixed(4) ?? '-'}\n` +

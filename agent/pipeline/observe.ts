@@ -128,3 +128,44 @@ export class StepTally {
     }
   }
 }
+
+/**
+ * A periodic one-line status for logs without a terminal (a service, a file): without it a long run
+ * prints nothing between its start line and its summary.
+ */
+export class StatusLine {
+  private at = Date.now();
+  private steps: number;
+  private frames: number;
+
+  constructor(
+    private everyMs: number,
+    private learner: Learner,
+    private counters: Counters,
+    private source: Source,
+    private tally: StepTally,
+    private last: () => { checkpoint: string; checkpointAt: number; export: string },
+    private log: (line: string) => void,
+  ) {
+    this.steps = learner.trainer.steps;
+    this.frames = counters.framesIngested;
+  }
+
+  maybe(): void {
+    const now = Date.now();
+    if (!(this.everyMs > 0) || now - this.at < this.everyMs) return;
+    const steps = this.learner.trainer.steps;
+    const rate = (steps - this.steps) / ((now - this.at) / 1000);
+    const c = this.counters;
+    const l = this.last();
+    const ago = (t: number) => `${Math.round((now - t) / 1000)} s ago`;
+    this.log(
+      `status: frames ${c.framesIngested} (+${c.framesIngested - this.frames}), step ${steps} (${rate.toFixed(2)}/s), loss ${this.tally.lossLast?.toFixed(4) ?? '-'}, ` +
+        `buffer ${this.learner.buffer.size}, waiting ${this.source.waiting}, quarantined ${c.quarantined}, ` +
+        `checkpoint ${l.checkpoint ? `${path.basename(l.checkpoint)} (${l.checkpointAt ? ago(l.checkpointAt) : 'resumed from'})` : 'none yet'}, export ${l.export || 'none yet'}`,
+    );
+    this.at = now;
+    this.steps = steps;
+    this.frames = c.framesIngested;
+  }
+}

@@ -21,6 +21,8 @@ export class Publisher {
   last: ExportInfo | null = null;
   private published: { step: number; artifact: string } | null;
   private heldBackLogged = false;
+  private untrainedLogged = false;
+  private readonly startSteps: number;
 
   constructor(
     private models: string,
@@ -33,6 +35,7 @@ export class Publisher {
     const repaired = reconcileLatest(models);
     if (repaired) log(repaired);
     this.published = readPublished(models);
+    this.startSteps = learner.trainer.steps;
   }
 
   /** Exports the encoder as it is now; false when held back (it would replace a more trained one). */
@@ -40,6 +43,14 @@ export class Publisher {
     const trainer = this.learner.trainer;
     const p = this.published;
     const latest = path.join(this.models, 'latest.onnx');
+    // An encoder nobody trained is never published, and a run that trained nothing does not replace
+    // what is there (e.g. a run whose source had no frames, pointed at the models of a trained one).
+    const untrained = trainer.steps === 0 ? 'the encoder has not been trained yet (step 0)' : p && trainer.steps === this.startSteps ? 'this run has not trained it' : '';
+    if (untrained) {
+      if (!this.untrainedLogged) this.log(`not exporting: ${untrained}${p ? `; ${latest} (step ${p.step}) stays` : ''}`);
+      this.untrainedLogged = true;
+      return false;
+    }
     if (p && !this.fresh && p.artifact === this.artifact && trainer.steps < p.step) {
       if (!this.heldBackLogged) this.log(`not exporting: ${latest} is at step ${p.step}, this run at step ${trainer.steps}; exports resume once training passes it`);
       this.heldBackLogged = true;

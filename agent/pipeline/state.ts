@@ -59,6 +59,10 @@ export async function resume(o: { fresh: boolean; stateDir: string; log: (line: 
 
 /** Writes checkpoints of the learner, the counters and the source's pending frames. */
 export class Checkpointer {
+  /** The last checkpoint this run wrote, and when (for the status line). */
+  lastFile = '';
+  lastAt = 0;
+
   constructor(
     readonly dir: string,
     private learner: Learner,
@@ -75,6 +79,8 @@ export class Checkpointer {
     const run = { artifact: this.artifact, framesIngested: this.counters.framesIngested, counters: this.counters, pending: this.source.pendingFrames() };
     const file = saveCheckpoint(this.dir, toCheckpoint(snapshotLearner(this.learner), run));
     this.source.committed(file);
+    this.lastFile = file;
+    this.lastAt = Date.now();
     return file;
   }
 
