@@ -39,6 +39,7 @@ const values = benchArgs(import.meta.url, {
   'check-steps': { type: 'string', default: '3', describe: 'first steps whose losses must agree' },
   ep: { type: 'string', default: 'cpu', describe: 'our execution providers, comma-separated (cpu, cuda, webgpu, wasm); torch runs on CUDA for cuda/webgpu when it has CUDA' },
   'torch-device': { type: 'string', default: 'auto', describe: 'auto (cpu for cpu/wasm rows, cuda if available for cuda/webgpu rows), cpu or cuda' },
+  'torch-dtype': { type: 'string', default: 'float32', describe: 'float64: run the reference in double precision, to see how much of a difference is float32 rounding' },
   tf32: { type: 'string', default: 'default', describe: "CUDA TF32 on both sides: default (each library's own), on, off" },
   batches: { type: 'string', default: '2', describe: 'distinct crop batches, used in turn' },
   'embed-batch': { type: 'string', default: '256', describe: 'images per inference batch' },
@@ -63,6 +64,7 @@ for (const [flag, v] of [['threads', threadsList], ['steps', [steps]], ['warmup'
 if (nBatches < 1 || steps < 1) fail('--steps and --batches must be at least 1');
 for (const e of eps) if (!['cpu', 'cuda', 'webgpu', 'wasm'].includes(e)) fail(`--ep ${e}: accepted: cpu, cuda, webgpu, wasm`);
 if (!['auto', 'cpu', 'cuda'].includes(values['torch-device'])) fail(`--torch-device ${values['torch-device']}: accepted: auto, cpu, cuda`);
+if (!['float32', 'float64'].includes(values['torch-dtype'])) fail(`--torch-dtype ${values['torch-dtype']}: accepted: float32, float64`);
 if (!['default', 'on', 'off'].includes(values.tf32)) fail(`--tf32 ${values.tf32}: accepted: default, on, off`);
 
 function fail(msg: string): never {
@@ -237,7 +239,7 @@ async function runTorch(py: string, dir: string, npy: string, device: string, th
     MKL_NUM_THREADS: String(threads),
     ...(ld ? { LD_LIBRARY_PATH: [ld, process.env.LD_LIBRARY_PATH].filter(Boolean).join(':') } : {}),
   };
-  const args = [path.join(HERE, 'reference/ssocl_ref.py'), '--artifacts', dir, '--crops', npy, '--steps', String(warmup + steps), '--warmup', String(warmup), '--threads', String(threads), '--device', device, '--lr', String(lr), '--tf32', values.tf32, '--embed-batch', String(embedBatch), '--embed-iters', String(embedIters)];
+  const args = [path.join(HERE, 'reference/ssocl_ref.py'), '--artifacts', dir, '--crops', npy, '--steps', String(warmup + steps), '--warmup', String(warmup), '--threads', String(threads), '--device', device, '--lr', String(lr), '--tf32', values.tf32, '--dtype', values['torch-dtype'], '--embed-batch', String(embedBatch), '--embed-iters', String(embedIters)];
   const r: SideRun = { side: 'torch', ep: device, threads, losses: [], gradNorms: [], terms: [], ms: [], medianMs: NaN };
   const lines: string[] = [];
   const code = await new Promise<number | null>((resolve) => {
@@ -292,25 +294,31 @@ interface Agreement {
   /** Worst relative difference of a tensor's step-1 update norm (tensors moved at least 1% of the most-moved one). */
   update1Rel: number;
   featuresRel: number | null;
-  tolerance: Tolerance;
-  ok: boolean;
+  tolerance: Tolerance | null;
+  /** null: no verdict (TF32 on a GPU). */
+  ok: boolean | null;
 }
 
 interface Tolerance {
   step1: number;
+  gradNorm1: number;
   update1: number;
   steps: number;
 }
 
 /**
- * Relative tolerances. Float32 on the CPU: step 1 (same weights, same crops) differs only by summation
- * order, so loss and gradient norm must agree to 1e-5 and each tensor's first update to 1e-4. Later steps
- * start from weights that differ by ~1e-6, which flips the odd ReLU whose input is within ~1e-6 of zero
- * (dozens per layer are, at 128 crops); one flip moves that layer's bias gradient by ~1e-3 (measured), so
- * losses of steps 2-3 get 1e-3. GPUs (TF32 convolutions, other kernels): ten times looser.
+ * Relative tolerances, from the float32 error of each side against a float64 run of the reference
+ * (--torch-dtype float64; paper-cifar at 4 x 4 crops, 2026-12-02): loss at step 1 within 1e-5 on both sides,
+ * gradient norm 8e-5 (ours) and 1.1e-4 (torch float32), the worst tensor's first update 2.0e-3 and 7.0e-4.
+ * The updates are the loose part: TCR's logdet(I + c Z Z^T) has c = d / (b eps) = 1280 there and nearly
+ * parallel embeddings at init, so its gradient is ill-conditioned in float32. From step 2 on the weights
+ * differ by that much, which also flips the odd ReLU whose input is within ~1e-6 of zero (dozens per layer
+ * are). CPU and WASM: 3x the worst error measured; GPUs in pure float32 (--tf32 off): 3-10x looser (other
+ * kernels, other summation orders); with TF32 (10-bit mantissas) there is no verdict, only the numbers.
  */
-function tolerance(ep: string): Tolerance {
-  return isGpu(ep as EP) ? { step1: 1e-3, update1: 1e-2, steps: 1e-2 } : { step1: 1e-5, update1: 1e-4, steps: 1e-3 };
+function tolerance(ep: string): Tolerance | null {
+  if (!isGpu(ep as EP)) return { step1: 3e-5, gradNorm1: 3e-4, update1: 1e-2, steps: 3e-3 };
+  return values.tf32 === 'off' ? { step1: 1e-4, gradNorm1: 1e-3, update1: 3e-2, steps: 1e-2 } : null;
 }
 
 function agree(o: SideRun, t: SideRun): Agreement | null {
@@ -345,7 +353,7 @@ function agree(o: SideRun, t: SideRun): Agreement | null {
     update1Rel,
     featuresRel: o.embed && t.embed ? Math.abs(o.embed.featuresSum - t.embed.featuresSum) / Math.max(1, Math.abs(t.embed.featuresSum)) : null,
     tolerance: tol,
-    ok: step1Rel <= tol.step1 && gradNorm1Rel <= tol.step1 && update1Rel <= tol.update1 && maxRel <= tol.steps,
+    ok: tol ? step1Rel <= tol.step1 && gradNorm1Rel <= tol.gradNorm1 && update1Rel <= tol.update1 && maxRel <= tol.steps : null,
   };
 }
 
@@ -424,13 +432,14 @@ const stepRows = pairs.map(({ threads, ours, torch, agreement: a }) => [
   a ? `${e(a.maxAbs)} (${e(a.maxRel)} rel)` : '-',
   a ? e(a.gradNorm1Rel) : '-',
   a ? e(a.update1Rel) : '-',
-  a ? (a.ok ? 'yes' : 'NO') : '-',
+  a ? (a.ok === null ? 'n/a (TF32)' : a.ok ? 'yes' : 'NO') : '-',
 ]);
 const out: string[] = [];
 out.push(
   `${man.name}: ${rowsN} crops of ${size}x${size} per step (${cs.views} views x ${cs.images} images), ${params.toLocaleString('en')} parameters; ` +
     `ours: onnxruntime-node ${ortVersion}; torch: ${torchInfo.torch ?? '?'} (${py})${torchInfo.gpu ? ` on ${torchInfo.gpu}` : ''}; ` +
-    `median of ${steps} steps after ${warmup} warm-up; loss agreement over steps 1-${checkSteps}.`,
+    `median of ${steps} steps after ${warmup} warm-up; loss agreement over steps 1-${checkSteps}` +
+    (values['torch-dtype'] === 'float64' ? '; TORCH IN FLOAT64 (an accuracy check, not a speed comparison).' : '.'),
 );
 out.push(`PyTorch child ran with GLIBC_TUNABLES=${GLIBC_TUNABLES}${torchInfo.blas ? `; its BLAS: ${torchInfo.blas}` : ''}.`);
 out.push('');
@@ -445,10 +454,10 @@ if (embedIters > 0) {
   );
 }
 out.push('');
-const tols = [...new Set(pairs.map((p) => JSON.stringify(p.agreement?.tolerance)))].filter((x) => x && x !== 'undefined').map((x) => JSON.parse(x) as Tolerance);
-for (const t of tols) out.push(`agree = relative differences within: loss and gradient norm at step 1 ${e(t.step1)}, each tensor's step-1 update ${e(t.update1)}, losses of steps 1-${checkSteps} ${e(t.steps)} (relative = |ours - torch| / max(1, |torch|) for losses).`);
+const tols = [...new Set(pairs.map((p) => JSON.stringify(p.agreement?.tolerance)))].filter((x) => x && x !== 'undefined' && x !== 'null').map((x) => JSON.parse(x) as Tolerance);
+for (const t of tols) out.push(`agree = relative differences within: loss at step 1 ${e(t.step1)}, gradient norm at step 1 ${e(t.gradNorm1)}, each tensor's step-1 update ${e(t.update1)}, losses of steps 1-${checkSteps} ${e(t.steps)} (for losses relative to max(1, |torch|)).`);
 out.push('speed ours/torch = torch ms / ours ms (above 1: ours faster); ours ms = the ORT session run (feeds, graph, every output fetched to the host), torch ms = host->device crops, zero_grad, forward, backward, grad norm, optimizer step, losses to the host.');
-const bad = pairs.filter((p) => p.agreement && !p.agreement.ok);
+const bad = pairs.filter((p) => p.agreement && p.agreement.ok === false);
 if (bad.length) out.push(`LOSS AGREEMENT FAILED for ${bad.map((p) => `${p.ours.ep}/${p.threads}t`).join(', ')}`);
 process.stdout.write(out.join('\n') + '\n');
 
@@ -465,7 +474,7 @@ const machine = {
 mkdirSync(path.dirname(values.json), { recursive: true });
 writeFileSync(
   values.json,
-  JSON.stringify({ machine, artifacts: dir, preset: man.preset, rows: rowsN, steps, warmup, checkSteps, glibcTunables: GLIBC_TUNABLES, python: py, tf32: values.tf32, pairs }, null, 1) + '\n',
+  JSON.stringify({ machine, artifacts: dir, preset: man.preset, rows: rowsN, steps, warmup, checkSteps, glibcTunables: GLIBC_TUNABLES, python: py, tf32: values.tf32, torchDtype: values['torch-dtype'], pairs }, null, 1) + '\n',
 );
 process.stdout.write(`wrote ${path.relative(process.cwd(), values.json) || values.json}\n`);
 process.exit(bad.length ? 1 : 0);

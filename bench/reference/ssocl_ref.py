@@ -359,6 +359,8 @@ def main():
     ap.add_argument('--threads', type=int, default=0, help='torch.set_num_threads (0: leave as is)')
     ap.add_argument('--device', default='cpu', help='cpu, cuda or auto (cuda when available)')
     ap.add_argument('--tf32', choices=['default', 'on', 'off'], default='default', help='CUDA: TF32 in convolutions and matmuls')
+    ap.add_argument('--dtype', choices=['float32', 'float64'], default='float32',
+                    help='float64: how far float32 rounding alone moves the results (ours is float32)')
     ap.add_argument('--embed-batch', type=int, default=256)
     ap.add_argument('--embed-iters', type=int, default=0, help='timed eval-mode inference runs of --embed-batch images (0: none)')
     a = ap.parse_args()
@@ -388,7 +390,8 @@ def main():
 
     net = Net(p)
     load_state(net, read_safetensors(os.path.join(a.artifacts, man['init'])), man['state'])
-    net.to(dev)
+    dtype = torch.float64 if a.dtype == 'float64' else torch.float32
+    net.to(dev, dtype)
 
     if a.crops:
         crops = read_npy(a.crops)
@@ -404,7 +407,7 @@ def main():
     opt = Optimizer(p['optimizer'], named)
     print(json.dumps({'event': 'config', 'preset': p['name'], 'torch': torch.__version__, 'device': str(dev),
                       'gpu': torch.cuda.get_device_name(0) if dev.type == 'cuda' else None,
-                      'threads': torch.get_num_threads(), 'rows': rows, 'views': n, 'images': b, 'lr': lr,
+                      'threads': torch.get_num_threads(), 'dtype': a.dtype, 'rows': rows, 'views': n, 'images': b, 'lr': lr,
                       'params': sum(t.numel() for _, t in named), 'batches': crops.shape[0],
                       'glibc_tunables': os.environ.get('GLIBC_TUNABLES'), 'blas': loaded_blas()}), flush=True)
 
@@ -418,7 +421,7 @@ def main():
         with torch.inference_mode():
             for i in range(a.embed_iters + 2):
                 t0 = time.perf_counter()
-                feats, proj, _ = net(imgs.to(dev))
+                feats, proj, _ = net(imgs.to(dev, dtype))
                 emb = l2n(proj)
                 sync(dev)
                 if i >= 2:
@@ -436,7 +439,7 @@ def main():
         x_host = crops[(s - 1) % crops.shape[0]]
         before = [t.detach().clone() for _, t in named] if s == 1 else None
         t0 = time.perf_counter()
-        x = x_host.to(dev)
+        x = x_host.to(dev, dtype)
         opt.zero_grad()
         _, proj, pred = net(x)
         total, terms, _ = loss_terms(p, proj, pred, n, b)
