@@ -2,18 +2,10 @@
 // graph is built, naming the node. Every method emits standard ai.onnx ops (opset 18) or one of two
 // markers (StopGradient, Custom) that lower to Identity.
 
-export type DType = 'float32' | 'float64' | 'int64' | 'int32' | 'uint8' | 'bool';
-export type Dim = number | string;
-export type Shape = Dim[];
+// The tensor types are the ONNX codec's (core/), so the two cannot drift apart.
+import { ONNX_DTYPE, type Attr, type DType, type Dim, type Shape, type TypedData } from '../../core/onnx/model.ts';
 
-export type Attr =
-  | { i: number }
-  | { f: number }
-  | { ints: number[] }
-  | { floats: number[] }
-  | { s: string };
-
-export type TypedData = Float32Array | Float64Array | BigInt64Array | Int32Array | Uint8Array;
+export { ONNX_DTYPE, type Attr, type DType, type Dim, type Shape, type TypedData };
 
 export class Value {
   producer: Node | null = null;
@@ -480,8 +472,6 @@ function convAttrs(a: ConvAttrs): Record<string, Attr> {
   if (a.group && a.group !== 1) out.group = { i: a.group };
   return out;
 }
-
-export const ONNX_DTYPE: Record<DType, number> = { float32: 1, uint8: 2, int32: 6, int64: 7, bool: 9, float64: 11 };
 
 export function toTyped(data: TypedData | number[], dtype: DType): TypedData {
   switch (dtype) {
