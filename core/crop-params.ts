@@ -56,6 +56,8 @@ export function packCropParams(params: CropParams[]): Float32Array {
     out[o + CROP_PARAM.FLIP] = p.flip ? 1 : 0;
     const j = p.jitter;
     if (j && !isPermutation(j.order)) throw new Error(`packCropParams: crop ${r} has jitter order [${j.order}]; expected a permutation of 0 1 2 3`);
+    // The graph wraps the hue once; torchvision's adjust_hue allows no more than half a turn either.
+    if (j && !(Math.abs(j.hue) <= 0.5)) throw new Error(`packCropParams: crop ${r} has hue shift ${j.hue}; expected one in [-0.5, 0.5]`);
     out[o + CROP_PARAM.JITTER] = j ? 1 : 0;
     for (let t = 0; t < 4; t++) out[o + CROP_PARAM.ORDER + t] = j ? j.order[t] : t;
     out[o + CROP_PARAM.BRIGHTNESS] = j ? j.brightness : 1;

@@ -83,11 +83,14 @@ test('in-graph crops equal renderCrop on the same draws (every branch, CIFAR ima
   const ims = images(B);
   const ps = draws(B, N, 21, BUSY);
   // Exact corner cases among the random ones: a zero hue shift (renderCrop skips it), factors at
-  // their bounds, the smallest blur, everything at once, and nothing at all.
+  // their bounds, the smallest blur, everything at once, nothing at all, and the widest hue shifts.
   ps[0] = { ...ps[0], jitter: { order: [3, 2, 1, 0], brightness: 1.4, contrast: 0.6, saturation: 1.4, hue: 0 } };
   ps[1] = { ...ps[1], flip: true, jitter: { order: [1, 3, 0, 2], brightness: 0.6, contrast: 1.4, saturation: 0.6, hue: -0.2 }, gray: true, blurSigma: 2, solarize: true };
   ps[2] = { ...ps[2], flip: false, jitter: null, gray: false, blurSigma: 0, solarize: false };
   ps[B - 1] = { ...ps[B - 1], jitter: { order: [2, 0, 3, 1], brightness: 1.1, contrast: 0.9, saturation: 1.3, hue: 0.2 }, blurSigma: 0.1 };
+  // Half a turn either way: the widest hue wrap packCropParams accepts.
+  ps[3] = { ...ps[3], jitter: { order: [3, 0, 1, 2], brightness: 1, contrast: 1, saturation: 1, hue: 0.5 } };
+  ps[B + 3] = { ...ps[B + 3], jitter: { order: [1, 2, 0, 3], brightness: 0.9, contrast: 1.2, saturation: 1.1, hue: -0.5 } };
   const count = (f: (p: CropParams) => boolean) => ps.filter(f).length;
   for (const [name, k] of Object.entries({
     flip: count((p) => p.flip),
@@ -234,5 +237,6 @@ test('packCropParams round-trips through unpackCropParams and refuses malformed 
   const base = ps[0];
   assert.throws(() => packCropParams([{ ...base, jitter: { order: [0, 1, 1, 3], brightness: 1, contrast: 1, saturation: 1, hue: 0 } }]), /permutation/);
   assert.throws(() => packCropParams([{ ...base, side: 0 }]), /side/);
+  assert.throws(() => packCropParams([{ ...base, jitter: { order: [0, 1, 2, 3], brightness: 1, contrast: 1, saturation: 1, hue: 0.6 } }]), /hue/);
   assert.throws(() => unpackCropParams(new Float32Array(CROP_PARAM_COUNT + 1)), /multiple/);
 });

@@ -1,12 +1,14 @@
 // Multi-crop augmentation inside the graph: uint8 images + the host's packed per-crop draws
 // (core/crop-params.ts) -> float32 crops in [0, 1], the same values as agent/frames/augment.ts's
-// renderCrop (to float32 rounding), so the host no longer spends ~0.25 ms of CPU per crop.
-// Standard opset-18 ops that ORT's CPU and WebGPU EPs both run: MatMul, Mul/Add/Sub/Div, Max/Min,
-// Abs, Relu, Exp, Greater, Cast, Where, ReduceMean, Slice/Concat/Reshape/Transpose/Unsqueeze. No
-// Gather, GridSample or Floor: the crop-resize and the blur are per-crop matrices, and hue's
-// wrap-arounds are compare-and-subtract. Per-crop choices are exact 0/1 blends (a*m + b*(1-m)),
-// since ORT's CPU Where costs ~10x a Mul; colour ops run per channel ([BN, 1, s, s] each), which
-// also saves splitting for the luma every round. Nothing here is differentiated.
+// renderCrop (to float32 rounding), so the host no longer renders crops in JS.
+// Standard opset-18 ops: MatMul, Mul/Add/Sub/Div, Max/Min, Abs, Relu, Exp, Greater, Cast, Where,
+// ReduceMean, Slice/Concat/Reshape/Transpose/Unsqueeze (all on ORT's WebGPU EP; Max/Min natively only
+// from microsoft/onnxruntime#29833, before that ORT places them on the CPU). No Gather, GridSample or
+// Floor: the crop-resize and the blur are per-crop matrices, hue's wrap-arounds compare-and-subtract.
+// Per-crop choices are exact 0/1 blends (a*m + b*(1-m)), since ORT's CPU Where costs ~10x a Mul;
+// colour ops run per channel ([BN, 1, s, s] each), which also saves a split for the luma every
+// round. Nothing here is differentiated (the crops are an input to the differentiated part).
+
 import { Graph, Value, fmt } from '../graph/graph.ts';
 import { CROP_PARAM, CROP_PARAM_COUNT } from '../../core/crop-params.ts';
 
@@ -166,7 +168,8 @@ function shiftHue(g: Graph, x: RGB, shift: Value, enabled: Value): RGB {
     // renderCrop tests max === r first, then max === g.
     const notR = g.cast(g.greater(mx, r), F);
     const h6 = select(g, notR, select(g, g.cast(g.greater(mx, gr), F), hB, hG), hR);
-    // h in [-2/3, 4/3) before wrapping into [0, 1] (1 and 0 give the same colour).
+    // h in [-2/3, 4/3] (|shift| <= 0.5, packCropParams checks) before wrapping into [0, 1] (1 and 0
+    // give the same colour).
     let h = g.add(g.div(h6, g.scalar(6)), shift);
     h = g.sub(g.add(h, g.cast(g.greater(g.scalar(0), h), F)), g.cast(g.greater(h, one), F));
     const h6w = g.mul(h, g.scalar(6));
