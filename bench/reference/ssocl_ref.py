@@ -435,6 +435,7 @@ def main():
         net.train()
 
     times = []
+    finite = True
     for s in range(1, a.steps + 1):
         x_host = crops[(s - 1) % crops.shape[0]]
         before = [t.detach().clone() for _, t in named] if s == 1 else None
@@ -448,6 +449,7 @@ def main():
         opt.step(lr)
         vals = torch.stack([total.detach(), gn, *[t.detach() for t in terms.values()]]).tolist()  # one device sync
         ms = (time.perf_counter() - t0) * 1000
+        finite = finite and all(math.isfinite(v) for v in vals)
         if s > a.warmup:
             times.append(ms)
         print(json.dumps({'event': 'step', 'step': s, 'loss': vals[0], 'grad_norm': vals[1],
@@ -459,7 +461,7 @@ def main():
             print(json.dumps({'event': 'update', 'step': 1, 'norms': norms}), flush=True)
     med = statistics.median(times) if times else float('nan')
     print(json.dumps({'event': 'summary', 'median_ms': med, 'crops_per_s': rows / med * 1000 if times else None,
-                      'steps': len(times), 'finite': all(math.isfinite(v) for v in [med])}), flush=True)
+                      'steps': len(times), 'finite': finite}), flush=True)
 
 
 if __name__ == '__main__':
