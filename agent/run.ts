@@ -184,7 +184,7 @@ async function openLearner(o: AgentOptions): Promise<Learner> {
     ...(L.seed !== undefined ? { seed: L.seed } : {}),
     buffer: { ...cfg.buffer, ...(L.bufferSize ? { capacity: L.bufferSize } : {}), ...(L.policy ? { policy: L.policy } : {}) },
   };
-  return new Learner(trainer, learnerCfg, await ortSimilarity(o.threads));
+  return new Learner(trainer, learnerCfg, await ortSimilarity(async (m) => (await import('./trainer/backend.ts')).openChosen(m, { ep: trainer.ep, epFallback: o.epFallback, threads: o.threads, log: o.log })));
 }
 
 /** The one place that knows the kinds of source. */

@@ -14,6 +14,7 @@ import { saveCheckpoint, CHECKPOINT_VERSION } from '../agent/trainer/checkpoint.
 import { exportEncoder } from '../agent/export/export.ts';
 import { ReplayBuffer } from '../agent/buffer/buffer.ts';
 import { ortSimilarity } from '../agent/buffer/similarity.ts';
+import { openChosen } from '../agent/trainer/backend.ts';
 import { Rng } from '../core/rng.ts';
 import { benchArgs } from './args.ts';
 
@@ -26,7 +27,7 @@ const values = benchArgs(import.meta.url, {
 });
 
 const tr = await Trainer.open(values.artifacts);
-const engine = await ortSimilarity();
+const engine = await ortSimilarity((m) => openChosen(m));
 const learner = new Learner(tr, defaultLearnerConfig(tr), engine);
 const { images, order } = demoStream();
 const size = tr.manifest.preset.image.size;

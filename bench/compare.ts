@@ -25,7 +25,7 @@ import { readCifar10, readCifar100 } from '../core/codecs/cifar.ts';
 import { makeStream, streamSpec, type StreamOrder } from '../tools/data/streams.ts';
 import { Rng } from '../core/rng.ts';
 import { Trainer } from '../agent/trainer/trainer.ts';
-import type { EP } from '../agent/trainer/backend.ts';
+import { openChosen, type EP } from '../agent/trainer/backend.ts';
 import { Learner, defaultLearnerConfig } from '../agent/trainer/learner.ts';
 import { ortSimilarity } from '../agent/buffer/similarity.ts';
 import { computeFeatures } from '../agent/eval/features.ts';
@@ -108,7 +108,7 @@ const [train, test] = (() => {
 })();
 // Streams run over classes (CIFAR-10) or superclasses (CIFAR-100, as SCALE); kNN on the primary labels.
 const streamLabels = ds === 'cifar10' ? train.labels : train.coarse!;
-const engine = await ortSimilarity(Number(values.threads));
+const engine = await ortSimilarity((m) => openChosen(m, { ep: values.ep as EP, threads: Number(values.threads) }));
 /** n of 0..total-1 drawn without replacement with a fixed seed (all of them, in order, when n >= total). */
 function sample(total: number, n: number, seed: number): number[] {
   const idx = [...Array(total).keys()];

@@ -5,6 +5,7 @@ import assert from 'node:assert/strict';
 import { removeRedundantReference, NearestNeighbours } from '../agent/buffer/removal.ts';
 import { ReplayBuffer } from '../agent/buffer/buffer.ts';
 import { ortSimilarity } from '../agent/buffer/similarity.ts';
+import { openChosen } from '../agent/trainer/backend.ts';
 import { Rng } from '../core/rng.ts';
 
 const unit = (v: number[]) => {
@@ -32,7 +33,7 @@ test('removal rule: the near-duplicate goes first, then the next most redundant'
 
 for (const engine of [false, true]) test(`incremental nearest neighbours${engine ? ' (ORT MatMul blocks) pick the most redundant to within rounding' : ' give exactly the reference removals'} under updates and deletions`, async () => {
   const rng = new Rng(4);
-  const eng = engine ? await ortSimilarity(1) : null;
+  const eng = engine ? await ortSimilarity((m) => openChosen(m, { threads: 1 })) : null;
   for (let trial = 0; trial < (engine ? 6 : 20); trial++) {
     // With the engine: sizes large enough that the similarity blocks go to ORT.
     const m = engine ? 150 + rng.int(100) : 10 + rng.int(30);

@@ -3,6 +3,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { knnWeighted, knnUniformEuclidean, knnWeightedBlocks } from '../agent/eval/knn.ts';
 import { ortSimilarity } from '../agent/buffer/similarity.ts';
+import { openChosen } from '../agent/trainer/backend.ts';
 import { Rng } from '../core/rng.ts';
 
 test('weighted kNN: queries next to their class cluster are all right; k beyond a cluster still weights the near ones', async () => {
@@ -57,7 +58,7 @@ test('weighted kNN through ORT similarity blocks agrees with the plain-loop vers
   const pts = (labels: number[]) => Float32Array.from(labels.flatMap((c) => centers[c].map((v) => v + 1.5 * rng.normal())));
   const inp = { memory: pts(memoryLabels), memoryLabels, queries: pts(queryLabels), queryLabels, d, classes: 5 };
   const a = await knnWeighted(inp, [20, 50]);
-  const b = await knnWeightedBlocks(await ortSimilarity(1), inp, [20, 50]);
+  const b = await knnWeightedBlocks(await ortSimilarity((m) => openChosen(m, { threads: 1 })), inp, [20, 50]);
   // float32 GEMM vs float64 sums can swap near-tied neighbours: allow a handful of queries to differ.
   for (let i = 0; i < 2; i++) assert.ok(Math.abs(a[i].correct - b[i].correct) <= 3, `${a[i].correct} vs ${b[i].correct}`);
   assert.ok(a[0].accuracy > 40, 'the clusters are separable');

@@ -1,7 +1,6 @@
 // Similarity blocks for the buffer's nearest-neighbour index: rows of F_a . F_b^T computed by one ORT
 // MatMul (multi-threaded GEMM) instead of JavaScript loops, which run at ~0.3 GMAC/s on 2 cores.
 
-import * as ort from 'onnxruntime-node';
 import { encodeOnnx } from '../../core/onnx/model.ts';
 
 export interface SimilarityEngine {
@@ -24,7 +23,17 @@ export const jsSimilarity: SimilarityEngine = {
   },
 };
 
-export async function ortSimilarity(threads?: number): Promise<SimilarityEngine> {
+/**
+ * What the engine needs of a session: agent/trainer/backend.ts's Session, which callers open with
+ * `openChosen` on their EP choice. Taken as an argument because agent/trainer imports this folder
+ * (the learner holds the buffer), and an import back would be a cycle (test/modules.test.ts).
+ */
+export interface GemmSession {
+  run(feeds: Record<string, { type: 'float32'; data: Float32Array; dims: number[] }>): Promise<Record<string, { data: unknown }>>;
+}
+
+/** `open` puts the one-node model on the caller's EP, e.g. `(m) => openChosen(m, { ep, epFallback, threads })`. */
+export async function ortSimilarity(open: (model: Uint8Array) => Promise<GemmSession>): Promise<SimilarityEngine> {
   // s = a . b^T as one Gemm (transB) node: the same GEMM as MatMul after a Transpose, in one op.
   const model = encodeOnnx({
     name: 'similarity',
@@ -36,10 +45,10 @@ export async function ortSimilarity(threads?: number): Promise<SimilarityEngine>
     ],
     outputs: [{ name: 's', dtype: 'float32', shape: ['na', 'nb'] }],
   });
-  const sess = await ort.InferenceSession.create(model, { graphOptimizationLevel: 'all', ...(threads ? { intraOpNumThreads: threads } : {}) });
+  const sess = await open(model);
   return {
     async rows(av, na, bv, nb, d) {
-      const out = await sess.run({ a: new ort.Tensor('float32', av.subarray(0, na * d), [na, d]), b: new ort.Tensor('float32', bv.subarray(0, nb * d), [nb, d]) });
+      const out = await sess.run({ a: { type: 'float32', data: av.subarray(0, na * d), dims: [na, d] }, b: { type: 'float32', data: bv.subarray(0, nb * d), dims: [nb, d] } });
       return out.s.data as Float32Array;
     },
   };

@@ -9,7 +9,7 @@ import path from 'node:path';
 import { parseCifar10 } from '../../core/codecs/cifar.ts';
 import { encodePng } from '../frames/decode.ts';
 import { runAgent } from '../run.ts';
-import type { EP } from '../trainer/backend.ts';
+import type { EP, EpChoice } from '../trainer/backend.ts';
 import { REPO_ROOT } from '../paths.ts';
 import { Trainer } from '../trainer/trainer.ts';
 import { openEncoder, computeFeatures, type FeatureModel } from '../eval/features.ts';
@@ -45,7 +45,7 @@ export function demoStream(): { images: Uint8Array; labels: Uint8Array; order: n
 }
 
 /** Weighted kNN within the demo set (even indices memory, odd queries): exported vs initial encoder. */
-async function demoKnn(artifacts: string, exported: string, images: Uint8Array, labels: Uint8Array) {
+async function demoKnn(artifacts: string, exported: string, images: Uint8Array, labels: Uint8Array, choice: EpChoice) {
   const n = labels.length;
   const mem = [...Array(n).keys()].filter((i) => i % 2 === 0);
   const qs = [...Array(n).keys()].filter((i) => i % 2 === 1);
@@ -56,8 +56,8 @@ async function demoKnn(artifacts: string, exported: string, images: Uint8Array, 
     await model.close();
     return r.accuracy;
   };
-  const trained = await acc(await openEncoder(exported, 32));
-  const tr = await Trainer.open(artifacts);
+  const trained = await acc(await openEncoder(exported, 32, choice));
+  const tr = await Trainer.open(artifacts, choice);
   const initial = await acc({ dim: tr.manifest.preset.encoder.widths.at(-1)!, run: async (x, c) => (await tr.embed(x, c)).features, close: () => tr.close() });
   return { trained, initial };
 }

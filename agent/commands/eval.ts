@@ -5,6 +5,7 @@ import { readCifar10, readCifar100, type LabelledImages } from '../../core/codec
 import { openEncoder, computeFeatures } from '../eval/features.ts';
 import { knnWeightedBlocks, knnUniformEuclidean, type KnnResult } from '../eval/knn.ts';
 import { ortSimilarity } from '../buffer/similarity.ts';
+import { openChosen, type EP, type EpChoice } from '../trainer/backend.ts';
 import { Rng } from '../../core/rng.ts';
 import { modelInfo } from '../../core/onnx/model.ts';
 import { readImageFolder } from '../eval/folder.ts';
@@ -26,6 +27,9 @@ export interface EvalArgs {
   protocol: 'weighted' | 'scale';
   k: number[];
   threads?: number;
+  /** Execution provider of the features and the kNN similarities (default cpu), and its explicit fallback. */
+  ep?: EP;
+  epFallback?: EP;
   seed: number;
   limitTrain?: number;
   limitTest?: number;
@@ -82,7 +86,8 @@ export async function evaluate(a: EvalArgs): Promise<EvalReport> {
   // SCALE's protocol: 1000 (CIFAR-10) / 5000 (CIFAR-100) random train images as memory, 5000 test queries.
   const memIdx = pick(train.count, a.protocol === 'scale' ? (a.dataset === 'cifar10' && !a.folder ? 1000 : 5000) : a.limitTrain, rng);
   const qIdx = pick(test.count, a.protocol === 'scale' ? 5000 : a.limitTest, rng);
-  const model = await openEncoder(a.model, size, a.threads);
+  const choice: EpChoice = { ep: a.ep, epFallback: a.epFallback, threads: a.threads };
+  const model = await openEncoder(a.model, size, choice);
   const mem = await computeFeatures(model, train.images, memIdx, size, 500, bar('train features'));
   const qs = await computeFeatures(model, test.images, qIdx, size, 500, bar('test features'));
   await model.close();
@@ -98,7 +103,7 @@ export async function evaluate(a: EvalArgs): Promise<EvalReport> {
       d: model.dim,
       classes,
     };
-    const rs: KnnResult[] = a.protocol === 'weighted' ? await knnWeightedBlocks(await ortSimilarity(a.threads), input, a.k) : [knnUniformEuclidean(input, 50)];
+    const rs: KnnResult[] = a.protocol === 'weighted' ? await knnWeightedBlocks(await ortSimilarity((m) => openChosen(m, choice)), input, a.k) : [knnUniformEuclidean(input, 50)];
     for (const r of rs) results.push({ labels: name, k: r.k, accuracy: r.accuracy });
   }
   return { dataset: name, protocol: a.protocol, memory: memIdx.length, queries: qIdx.length, results };

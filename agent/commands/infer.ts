@@ -7,7 +7,7 @@ import path from 'node:path';
 import { DirSource, type FileFrame } from '../sources/dir.ts';
 import { Ledger } from '../sources/ledger.ts';
 import type { Fit } from '../frames/decode.ts';
-import type { EP } from '../trainer/backend.ts';
+import { openChosen, type EP } from '../trainer/backend.ts';
 import { latestCheckpoint } from '../trainer/checkpoint.ts';
 import { ortSimilarity } from '../buffer/similarity.ts';
 import { LiveEncoder } from '../infer/live.ts';
@@ -194,7 +194,8 @@ export async function classifyCommand(o: ClassifyOptions): Promise<void> {
     bufferImages = { images: stackImages(imgs.map((image) => ({ image }))), count: imgs.length, size: Math.round(Math.sqrt((imgs[0]?.length ?? 0) / 3)) };
   }
   const live = await openLive(o);
-  const engine = await ortSimilarity(o.threads);
+  // On the EP the encoder got (after any fallback), so a failed --ep is not tried twice.
+  const engine = await ortSimilarity((m) => openChosen(m, { ep: live.current.ep, epFallback: o.epFallback, threads: o.threads, log }));
   const sink = new JsonlSink(o.out ?? '-');
   // Support (and buffer) embeddings belong to one model version: recomputed when it changes.
   let cache: { sha: string; fs: FewShot; refs: Float32Array } | null = null;

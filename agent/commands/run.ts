@@ -2,12 +2,12 @@
 
 import path from 'node:path';
 import { runAgent, parseEvery, AgentError, type AgentOptions } from '../run.ts';
-import type { EP } from '../trainer/backend.ts';
+import { openChosen, type EP } from '../trainer/backend.ts';
 import { demoStream } from './demo.ts';
 import { streamOrder } from './stream.ts';
 import { CIFAR_SIZE, readCifar10, readCifar100 } from '../../core/codecs/cifar.ts';
 import { Rng } from '../../core/rng.ts';
-import { ortSimilarity } from '../buffer/similarity.ts';
+import { ortSimilarity, type SimilarityEngine } from '../buffer/similarity.ts';
 import { computeFeatures } from '../eval/features.ts';
 import { knnWeightedBlocks } from '../eval/knn.ts';
 import type { Trainer } from '../trainer/trainer.ts';
@@ -29,8 +29,10 @@ async function streamEvaluator(dataset: 'cifar10' | 'cifar100', dataDir: string,
   }
   mem.length = Math.min(memory, mem.length);
   const qs = [...Array(test.count).keys()];
-  const engine = await ortSimilarity();
+  let engine: SimilarityEngine | null = null;
   return async (t) => {
+    // Opened at the first evaluation, on the EP the trainer runs on (after any fallback).
+    const similarity = (engine ??= await ortSimilarity((m) => openChosen(m, { ep: t.ep })));
     if (t.manifest.preset.image.size !== 32) throw new AgentError(`--eval-every: the artifacts train at ${t.manifest.preset.image.size}px; evaluation on CIFAR needs 32px artifacts`, 2);
     const model = { dim: t.manifest.preset.encoder.widths.at(-1)!, run: async (x: Float32Array, c: number) => (await t.embed(x, c)).features, close: async () => {} };
     const fm = await computeFeatures(model, train.images, mem, 32, 250);
@@ -39,7 +41,7 @@ async function streamEvaluator(dataset: 'cifar10' | 'cifar100', dataDir: string,
     const sets: [string, Uint8Array, Uint8Array, number][] = [['', train.labels, test.labels, train.classes.length]];
     if (dataset === 'cifar100') sets.push(['super', train.coarse!, test.coarse!, 20]);
     for (const [name, trL, teL, classes] of sets) {
-      const r = await knnWeightedBlocks(engine, { memory: fm, memoryLabels: mem.map((i) => trL[i]), queries: fq, queryLabels: qs.map((i) => teL[i]), d: model.dim, classes }, [20, 50]);
+      const r = await knnWeightedBlocks(similarity, { memory: fm, memoryLabels: mem.map((i) => trL[i]), queries: fq, queryLabels: qs.map((i) => teL[i]), d: model.dim, classes }, [20, 50]);
       for (const x of r) out[`${name}knn${x.k}`] = x.accuracy;
     }
     return out;

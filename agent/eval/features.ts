@@ -1,7 +1,8 @@
 // Features of a labelled image set from an exported encoder (or embed.onnx with weights), computed
 // with ORT in batches, with a progress callback.
 
-import * as ort from 'onnxruntime-node';
+import { readFileSync } from 'node:fs';
+import { openChosen, type EpChoice } from '../trainer/backend.ts';
 
 export interface FeatureModel {
   run(images: Float32Array, count: number): Promise<Float32Array>;
@@ -9,17 +10,18 @@ export interface FeatureModel {
   close(): Promise<void>;
 }
 
-/** An exported encoder file: input 'images' [B, 3, S, S] in [0, 1], output 'features'. */
-export async function openEncoder(file: string, size: number, threads?: number): Promise<FeatureModel> {
-  const sess = await ort.InferenceSession.create(file, { graphOptimizationLevel: 'all', ...(threads ? { intraOpNumThreads: threads } : {}) });
+/** An exported encoder file: input 'images' [B, 3, S, S] in [0, 1], output 'features'; on the EP chosen (cpu by default). */
+export async function openEncoder(file: string, size: number, c: EpChoice = {}): Promise<FeatureModel> {
+  const sess = await openChosen(readFileSync(file), c);
   if (!sess.inputNames.includes('images') || !sess.outputNames.includes('features')) {
+    await sess.release();
     throw new Error(`${file}: not an ssocl encoder (needs input 'images' and output 'features')`);
   }
-  const probe = await sess.run({ images: new ort.Tensor('float32', new Float32Array(3 * size * size), [1, 3, size, size]) }, ['features']);
+  const probe = await sess.run({ images: { type: 'float32', data: new Float32Array(3 * size * size), dims: [1, 3, size, size] } }, ['features']);
   return {
-    dim: probe.features.dims[1] as number,
+    dim: probe.features.dims[1],
     async run(images, count) {
-      const out = await sess.run({ images: new ort.Tensor('float32', images, [count, 3, size, size]) }, ['features']);
+      const out = await sess.run({ images: { type: 'float32', data: images, dims: [count, 3, size, size] } }, ['features']);
       return out.features.data as Float32Array;
     },
     close: () => sess.release(),

@@ -11,9 +11,9 @@
 
 import { existsSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
 import path from 'node:path';
-import * as ort from 'onnxruntime-node';
 import { bindInputs, modelInfo } from '../../core/onnx/model.ts';
 import { readManifest, type Trainer } from '../trainer/trainer.ts';
+import { openSession } from '../trainer/backend.ts';
 import type { Manifest } from '../../core/manifest.ts';
 import { decodeSafetensors } from '../../core/codecs/safetensors.ts';
 import { sha256, writeFileAtomic } from '../../core/atomic.ts';
@@ -65,12 +65,13 @@ export async function exportEncoder(
     'ssocl.artifact': artifact,
     ...(info.loss !== null ? { 'ssocl.loss': String(info.loss) } : {}),
   });
-  // Check the model as a user would load it, before it replaces anything.
-  const sess = await ort.InferenceSession.create(bytes);
+  // Check the model as a user would load it, before it replaces anything: a fresh session on the EP
+  // the trainer runs on (after any fallback), so the comparison is like for like.
+  const sess = await openSession(bytes, trainer.ep);
   const [, c, h, w] = m.embed.images.shape as number[];
   let out;
   try {
-    out = await sess.run({ [m.embed.images.name]: new ort.Tensor('float32', info.probe, [info.probeCount, c, h, w]) });
+    out = await sess.run({ [m.embed.images.name]: { type: 'float32', data: info.probe, dims: [info.probeCount, c, h, w] } });
   } finally {
     await sess.release();
   }

@@ -1,5 +1,11 @@
 // One session interface over the execution providers: onnxruntime-node for cpu, cuda and webgpu,
 // onnxruntime-web (WASM) where no native binding exists. Callers never branch on the backend.
+// Every ORT session the agent opens comes through here, so --ep, --ep-fallback, ORT's logging and
+// its telemetry switch are decided in this one file.
+
+import { existsSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import path from 'node:path';
 
 export type EP = 'cpu' | 'cuda' | 'webgpu' | 'wasm';
 export const EPS: EP[] = ['cpu', 'cuda', 'webgpu', 'wasm'];
@@ -10,6 +16,14 @@ export interface EpOptions {
   cudaTf32?: boolean;
   /** CUDA: cuDNN convolution algorithm search ('EXHAUSTIVE' | 'HEURISTIC' | 'DEFAULT'). */
   cudnnSearch?: 'EXHAUSTIVE' | 'HEURISTIC' | 'DEFAULT';
+}
+
+/** What a caller chooses for its sessions: the EP, the explicit fallback and where the fallback notice goes. */
+export interface EpChoice extends EpOptions {
+  ep?: EP;
+  epFallback?: EP;
+  /** One line per notice (the fallback); default: a line on stderr. */
+  log?: (line: string) => void;
 }
 
 export interface FeedTensor {
@@ -33,32 +47,86 @@ export interface Session {
 export const CUDA_INSTALL_HINT =
   "the CUDA provider library is not installed: for CUDA 12 run onnxruntime-node's installer with ONNXRUNTIME_NODE_INSTALL=cuda12, for CUDA 13 copy it from com.github.asus4.onnxruntime.linux-x64-gpu@0.4.9; see README";
 
+/**
+ * An EP that cannot start. `message` is one line naming the EP (and for CUDA the install hint);
+ * `detail` is what ORT said in full and what was checked, for --verbose ('' when there is no more).
+ */
 export class EpError extends Error {
   override name = 'EpError';
   constructor(
     readonly ep: EP,
     message: string,
+    readonly detail = '',
   ) {
     super(message);
   }
 }
 
-/** A session that started but failed while running (device lost, out of memory, driver error). */
+/** A session that started but failed while running (device lost, out of memory, driver error); `detail` as EpError's. */
 export class SessionRunError extends Error {
   override name = 'SessionRunError';
   constructor(
     readonly ep: EP,
     message: string,
+    readonly detail = '',
   ) {
     super(message);
   }
 }
 
+/** The default notice sink: one plain line on stderr (not process.emitWarning, which adds a --trace-warnings hint). */
+export const stderrLine = (line: string): void => {
+  process.stderr.write(`${line}\n`);
+};
+
+let ortVerbose = false;
+
+/**
+ * ORT's own log on stderr: off (fatal only) by default, since ssocl reports every failure itself in
+ * one line; on (warnings and errors, e.g. which CUDA library failed to load) for --verbose. ORT fixes
+ * its process-wide log level when the first session opens: call this before opening any.
+ */
+export function setOrtVerbose(on: boolean): void {
+  ortVerbose = on;
+}
+
+/**
+ * onnxruntime-node 1.29 on Linux starts Microsoft's 1DS telemetry with its first session: it writes a
+ * device id and an event database under $XDG_CACHE_HOME (~/.cache)/Microsoft/DeveloperTools/.onnxruntime,
+ * a `.ses` file and an empty mat-debug-<pid>.log in $TMPDIR, and uploads events. It reads
+ * ORT_DISABLE_TELEMETRY once, when that first session creates its environment, so this runs before
+ * every session opens (test/litter.test.ts). A value the user set is left as it is.
+ */
+function beforeOrtStarts(): void {
+  process.env.ORT_DISABLE_TELEMETRY ??= '1';
+  // The name ORT's sources use after 1.29 (microsoft/onnxruntime#29843), for when the pin moves.
+  process.env.ORT_TELEMETRY_DISABLED ??= '1';
+}
+
 type OrtModule = typeof import('onnxruntime-node');
+const PACKAGE: Record<EP, string> = { cpu: 'onnxruntime-node', cuda: 'onnxruntime-node', webgpu: 'onnxruntime-node', wasm: 'onnxruntime-web' };
 
 async function loadModule(ep: EP): Promise<OrtModule> {
-  if (ep === 'wasm') return (await import('onnxruntime-web')) as unknown as OrtModule;
-  return import('onnxruntime-node');
+  beforeOrtStarts();
+  const ort = ep === 'wasm' ? ((await import('onnxruntime-web')) as unknown as OrtModule) : await import('onnxruntime-node');
+  // Read by onnxruntime-node when its first session creates the process-wide environment.
+  ort.env.logLevel = ortVerbose ? 'warning' : 'fatal';
+  return ort;
+}
+
+/**
+ * For a CUDA EP that did not start: which of the provider libraries ORT loads are there (ORT's own
+ * error says only "Failed to load shared library"; its log line names the file, see setOrtVerbose).
+ */
+function cudaLibraries(): string {
+  try {
+    const bin = path.join(path.dirname(createRequire(import.meta.url).resolve('onnxruntime-node')), '..', 'bin', 'napi-v6', process.platform, process.arch);
+    const libs = ['libonnxruntime_providers_shared.so', 'libonnxruntime_providers_cuda.so'].map((f) => `${f} ${existsSync(path.join(bin, f)) ? 'present' : 'missing'}`);
+    const all = libs.every((l) => l.endsWith('present'));
+    return `in ${bin}: ${libs.join(', ')}${all ? ' (so a CUDA or cuDNN library they need, or the driver, is what failed)' : ''}`;
+  } catch {
+    return '';
+  }
 }
 
 function providerOptions(ep: EP, o: EpOptions): unknown[] {
@@ -86,19 +154,25 @@ export async function openSession(model: Uint8Array, ep: EP, o: EpOptions = {}):
     const env = ort.env as unknown as { wasm: { numThreads?: number } };
     if (o.threads) env.wasm.numThreads = o.threads;
   } else if (!ort.listSupportedBackends().some((b) => b.name === ep)) {
-    throw new EpError(ep, `execution provider '${ep}' is not available in this onnxruntime-node build`);
+    const have = ort.listSupportedBackends().map((b) => b.name).join(', ');
+    throw new EpError(ep, `execution provider '${ep}' is not available in this onnxruntime-node build`, `onnxruntime-node ${ort.env.versions.node ?? ''} offers: ${have}`);
   }
   let sess: import('onnxruntime-node').InferenceSession;
   try {
     sess = await ort.InferenceSession.create(model, {
       executionProviders: providerOptions(ep, o) as never,
       graphOptimizationLevel: 'all',
+      // Session-level log (e.g. "some nodes were not assigned to the preferred execution providers" on
+      // webgpu, which is normal): as quiet as the process-wide one.
+      logSeverityLevel: ortVerbose ? 2 : 4,
       ...(o.threads && ep !== 'wasm' ? { intraOpNumThreads: o.threads, interOpNumThreads: 1 } : {}),
     });
   } catch (e) {
-    const msg = (e as Error).message.split('\n')[0];
+    const full = String((e as Error).message);
+    const msg = full.split('\n')[0];
     const hint = ep === 'cuda' ? ` (${CUDA_INSTALL_HINT})` : '';
-    throw new EpError(ep, `could not start execution provider '${ep}': ${msg}${hint}`);
+    const detail = [`${PACKAGE[ep]}: ${full.trim()}`, ep === 'cuda' ? cudaLibraries() : ''].filter(Boolean).join('\n');
+    throw new EpError(ep, `could not start execution provider '${ep}': ${msg}${hint}`, detail);
   }
   return {
     ep,
@@ -111,7 +185,8 @@ export async function openSession(model: Uint8Array, ep: EP, o: EpOptions = {}):
       try {
         out = fetches ? await sess.run(f, fetches) : await sess.run(f);
       } catch (e) {
-        throw new SessionRunError(ep, `execution provider '${ep}' failed during a run: ${(e as Error).message.split('\n')[0]}`);
+        const full = String((e as Error).message);
+        throw new SessionRunError(ep, `execution provider '${ep}' failed during a run: ${full.split('\n')[0]}`, `${PACKAGE[ep]}: ${full.trim()}`);
       }
       const r: Record<string, FeedTensor> = {};
       for (const [k, t] of Object.entries(out)) r[k] = { type: t.type as FeedTensor['type'], data: t.data as FeedTensor['data'], dims: [...t.dims] };
@@ -121,13 +196,47 @@ export async function openSession(model: Uint8Array, ep: EP, o: EpOptions = {}):
   };
 }
 
-/** openSession, and on an EP that cannot start, the explicit fallback EP (with a warning), if one was asked for. */
-export async function openSessionOrFallback(model: Uint8Array, ep: EP, fallback: EP | undefined, o: EpOptions = {}, warn: (msg: string) => void = (m) => process.emitWarning(m)): Promise<Session> {
+/** openSession, and on an EP that cannot start, the explicit fallback EP (with a notice line), if one was asked for. */
+export async function openSessionOrFallback(model: Uint8Array, ep: EP, fallback: EP | undefined, o: EpOptions = {}, log: (line: string) => void = stderrLine): Promise<Session> {
   try {
     return await openSession(model, ep, o);
   } catch (e) {
     if (!(e instanceof EpError) || !fallback || fallback === ep) throw e;
-    warn(`${e.message}; falling back to --ep ${fallback} as --ep-fallback asks`);
+    log(`${e.message}; falling back to --ep ${fallback} as --ep-fallback asks`);
     return openSession(model, fallback, o);
   }
+}
+
+/**
+ * A session on what the caller chose (cpu when nothing was), for the stateless models beside the
+ * trainer (buffer similarity, evaluation features, the export check). With a fallback, an EP that
+ * cannot start or fails during a run is left for the fallback (one notice line), as the trainer does.
+ */
+export async function openChosen(model: Uint8Array, c: EpChoice = {}): Promise<Session> {
+  const log = c.log ?? stderrLine;
+  let sess = await openSessionOrFallback(model, c.ep ?? 'cpu', c.epFallback, c, log);
+  const moved = async (e: unknown): Promise<boolean> => {
+    const to = c.epFallback;
+    if (!(e instanceof SessionRunError) || !to || to === sess.ep) return false;
+    log(`${e.message}; moving to --ep ${to} as --ep-fallback asks`);
+    await sess.release().catch(() => {});
+    sess = await openSession(model, to, c);
+    return true;
+  };
+  return {
+    get ep() {
+      return sess.ep;
+    },
+    inputNames: sess.inputNames,
+    outputNames: sess.outputNames,
+    async run(feeds, fetches) {
+      try {
+        return await sess.run(feeds, fetches);
+      } catch (e) {
+        if (!(await moved(e))) throw e;
+        return sess.run(feeds, fetches);
+      }
+    },
+    release: () => sess.release(),
+  };
 }

@@ -15,6 +15,8 @@ export interface TrainerOptions extends EpOptions {
   epFallback?: EP;
   /** Skip opening embed.onnx (benchmarks of the step alone). */
   noEmbed?: boolean;
+  /** Where the --ep-fallback notice goes, one line; default: stderr. */
+  log?: (line: string) => void;
 }
 
 export interface StepResult {
@@ -120,7 +122,7 @@ export class Trainer {
       if (embedBytes) embed = await openSession(embedBytes, ep, o);
     } catch (e) {
       if (!(e instanceof EpError) || !o.epFallback || o.epFallback === ep) throw e;
-      process.emitWarning(`${e.message}; falling back to --ep ${o.epFallback} as --ep-fallback asks`);
+      (o.log ?? ((l: string) => process.stderr.write(`${l}\n`)))(`${e.message}; falling back to --ep ${o.epFallback} as --ep-fallback asks`);
       // The training session may have started before the embed session failed.
       if (train) await train.release().catch(() => {});
       train = await openSession(trainBytes, o.epFallback, o);
