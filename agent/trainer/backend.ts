@@ -93,13 +93,13 @@ export function setOrtVerbose(on: boolean): void {
 /**
  * onnxruntime-node 1.29 on Linux starts Microsoft's 1DS telemetry with its first session: it writes a
  * device id and an event database under $XDG_CACHE_HOME (~/.cache)/Microsoft/DeveloperTools/.onnxruntime,
- * a `.ses` file and an empty mat-debug-<pid>.log in $TMPDIR, and uploads events. It reads
+ * a `.ses` file and an empty mat-debug-<pid>.log in $TMPDIR, and sends events to Microsoft. It reads
  * ORT_DISABLE_TELEMETRY once, when that first session creates its environment, so this runs before
  * every session opens (test/litter.test.ts). A value the user set is left as it is.
  */
 function beforeOrtStarts(): void {
   process.env.ORT_DISABLE_TELEMETRY ??= '1';
-  // The name ORT's sources use after 1.29 (microsoft/onnxruntime#29843), for when the pin moves.
+  // The spelling other ORT sources read (microsoft/onnxruntime#29843), should the pin move; 1.29.0 ignores it.
   process.env.ORT_TELEMETRY_DISABLED ??= '1';
 }
 
