@@ -167,8 +167,8 @@ export class Learner {
             if (!rows.has(e.id)) rows.set(e.id, distinct.push(e) - 1);
             index.push(rows.get(e.id)!);
           }
-          // multiCrop's draw order: crop i of every image, then crop i + 1.
-          for (let i = 0; i < views; i++) for (let j = 0; j < batch.length; j++) draws.push(sampleCrop(this.cropRng, size, this.cfg.augment));
+          // Row i*b + j (crop i of image j) takes the draws in multiCrop's order.
+          for (let r = 0; r < views * batch.length; r++) draws.push(sampleCrop(this.cropRng, size, this.cfg.augment));
         }
         input.images = new Uint8Array(distinct.length * per);
         distinct.forEach((e, u) => input.images!.set(e.image, u * per));
