@@ -1,5 +1,5 @@
-// ssocl command line. Every flag is validated up front; errors name the flag, the value and what is
-// accepted, and exit with code 2.
+// ssocl command line. Every flag is validated up front (numbers and paths through cli-args.ts); errors
+// name the flag, the value and what is accepted, and exit with code 2.
 
 import yargs from 'yargs';
 import { hideBin } from 'yargs/helpers';
@@ -7,21 +7,58 @@ import path from 'node:path';
 import { EPS, type EP } from './trainer/backend.ts';
 
 import { REPO_ROOT } from './paths.ts';
+import { UsageError, nums, readableDir, writableDir, writableFile, readableInput, encoderFile, cifarDir, artifactsDir } from './cli-args.ts';
 
 // The shared data sets beside the repository, or SSOCL_DATA.
 const DEFAULT_DATA = process.env.SSOCL_DATA ?? path.resolve(REPO_ROOT, '../shared/data');
 
-class UsageError extends Error {}
+// Read from the raw arguments: an error can come before (or instead of) a successful parse.
+const VERBOSE = (() => {
+  const args = hideBin(process.argv);
+  const end = args.indexOf('--');
+  return (end < 0 ? args : args.slice(0, end)).some((a) => a === '--verbose' || a === '--verbose=true');
+})();
 
-function fail(msg: string): never {
-  process.stderr.write(`ssocl: ${msg}\n`);
-  process.exit(2);
+// Errors whose class says the input was at fault (a flag, a file, an EP that cannot start): exit code 2.
+const USAGE_ERRORS = new Set(['UsageError', 'ManifestError', 'EpError', 'EncoderError', 'CameraError']);
+
+/**
+ * Every error the command line prints goes through here: one line `ssocl: <message>`, and with --verbose
+ * the rest of the message, the error's `detail` (what ORT said in full, for instance) and the stack.
+ * Exit code: the error's own `exitCode`, else 2 for usage errors, else 1.
+ */
+function exitWithError(e: unknown): never {
+  const err = e instanceof Error ? e : new Error(String(e));
+  const [first, ...rest] = err.message.split('\n');
+  const d = (err as { detail?: unknown }).detail;
+  const detail = typeof d === 'string' ? d.trim() : '';
+  const code = (err as { exitCode?: number }).exitCode ?? (USAGE_ERRORS.has(err.name) || /^--/.test(err.message) ? 2 : 1);
+  const more = rest.join('\n').trim() !== '' || detail !== '' || code === 1;
+  let out = `ssocl: ${first}${more && !VERBOSE ? ' (more with --verbose)' : ''}\n`;
+  if (VERBOSE) {
+    if (rest.length) out += `${rest.join('\n')}\n`;
+    if (detail) out += `detail: ${detail}\n`;
+    if (!(err instanceof UsageError) && err.stack) out += `${err.stack}\n`;
+  }
+  process.stderr.write(out);
+  process.exit(code);
+}
+
+/** yargs' own complaints, rephrased to the one-line shape of the others. */
+function yargsMessage(msg: string): string {
+  const needs = /^Not enough arguments following: (\S+)$/.exec(msg);
+  if (needs) return `--${needs[1]}: needs a value`;
+  if (msg.startsWith('Invalid values:')) {
+    const bad = [...msg.matchAll(/Argument: (\S+), Given: (.*?), Choices: (.*)/g)].map((m) => `--${m[1]} ${m[2].replace(/^"(.*)"$/, '$1')}: expected one of ${m[3].replace(/"/g, '')}`);
+    if (bad.length) return bad.join('; ');
+  }
+  return msg.replace(/\s*\n\s*/g, ' ').trim();
 }
 
 const epOption = {
   ep: { choices: EPS, default: 'cpu' as EP, describe: 'execution provider' },
   'ep-fallback': { choices: EPS, describe: 'EP to use when --ep cannot start (never silent)' },
-  threads: { type: 'number' as const, describe: 'intra-op threads (default: all cores)' },
+  ...nums({ threads: { int: true, min: 1, describe: 'intra-op threads (default: all cores)' } }),
 };
 
 
@@ -33,17 +70,28 @@ function inferOptions<T>(y: import('yargs').Argv<T>) {
     .option('watch', { type: 'string', describe: 'instead of INPUT: keep taking new frames written to this directory' })
     .check((a) => {
       if (!a.input === !a.watch) throw new UsageError('give one input: INPUT (an image or a directory) or --watch DIR');
-      if (!(Number.isInteger(a.batch) && (a.batch as number) > 0)) throw new UsageError(`--batch ${a.batch}: must be a positive integer`);
       return true;
     })
     .option('model', { type: 'string', default: 'models/latest.onnx', describe: 'exported encoder; with --watch it is reloaded whenever the file is replaced' })
-    .option('batch', { type: 'number', default: 256, describe: 'frames per encoder run (with --watch: at most this many of those waiting; 1 = single-frame latency mode)' })
+    .options(nums({ batch: { int: true, min: 1, default: 256, describe: 'frames per encoder run (with --watch: at most this many of those waiting; 1 = single-frame latency mode)' } }))
     .option('recursive', { type: 'boolean', default: false, describe: 'with --watch: also watch subdirectories' })
     .option('fit', { choices: ['cover', 'letterbox'] as const, default: 'cover' as const, describe: 'resize to the model size by centre crop or padding' })
-    .option('max-pixels', { type: 'number', default: 40_000_000, describe: 'refuse images with more pixels' })
-    .option('stable-ms', { type: 'number', default: 300, describe: 'with --watch: a new file is read once its size has not changed for this long' })
-    .option('reload-ms', { type: 'number', default: 1000, describe: 'with --watch: how often to look for a new model file (0: never)' })
-    .option('exit-when-idle', { type: 'number', default: 0, describe: 'with --watch: stop after this many seconds without a new frame (0: never)' });
+    .options(
+      nums({
+        'max-pixels': { int: true, min: 1, default: 40_000_000, describe: 'refuse images with more pixels' },
+        'stable-ms': { min: 0, default: 300, describe: 'with --watch: a new file is read once its size has not changed for this long' },
+        'reload-ms': { min: 0, default: 1000, describe: 'with --watch: how often to look for a new model file (0: never)' },
+        'exit-when-idle': { min: 0, default: 0, describe: 'with --watch: stop after this many seconds without a new frame (0: never)' },
+      }),
+    );
+}
+
+/** embed and classify: the input, the watched directory, the model and the output, checked before any work. */
+function inferPaths(a: { input?: string; watch?: string; model: string; out?: string }): void {
+  if (a.input) readableInput('INPUT', a.input);
+  if (a.watch) readableDir('--watch', a.watch);
+  encoderFile('--model', a.model);
+  if (a.out && a.out !== '-') writableFile('--out', a.out);
 }
 
 function inferArgs(a: Record<string, any>) {
@@ -70,6 +118,7 @@ await yargs(hideBin(process.argv))
         .option('check', { type: 'boolean', default: false, describe: 'compare the existing directory with a fresh build instead of writing' });
     },
     async (a) => {
+      if (a.out && !a.check) writableDir('--out', a.out);
       const { artifactsCommand } = await import('./commands/artifacts.ts');
       await artifactsCommand({ preset: a.preset, set: a.set, out: a.out, name: a.name, check: a.check });
     },
@@ -82,22 +131,24 @@ await yargs(hideBin(process.argv))
         .options(epOption)
         .option('watch', { type: 'string', describe: 'directory to take frames from (jpg, jpeg, png, webp, bmp, ppm, pgm)' })
         .option('camera', { type: 'string', describe: 'instead of --watch: a camera (/dev/video0), a stream URL (rtsp://...) or a video file, read through ffmpeg' })
-        .option('fps', { type: 'number', default: 0, describe: 'with --camera: frames per second taken from the input (0: every frame)' })
+        .options(nums({ fps: { min: 0, default: 0, describe: 'with --camera: frames per second taken from the input (0: every frame)' } }))
         .option('size', { type: 'string', describe: 'with --camera on a device: capture resolution WxH asked of the camera (frames are then scaled to the training size)' })
         .option('ffmpeg', { type: 'string', default: process.env.SSOCL_FFMPEG ?? 'ffmpeg', describe: 'with --camera: the ffmpeg binary (SSOCL_FFMPEG)' })
-        .option('stall-s', { type: 'number', default: 10, describe: 'with --camera on a live source: seconds without a frame before ffmpeg is restarted' })
+        .options(nums({ 'stall-s': { above: 0, default: 10, describe: 'with --camera on a live source: seconds without a frame before ffmpeg is restarted' } }))
         .option('dataset', { choices: ['demo', 'cifar10', 'cifar100'] as const, describe: 'instead of --watch: replay a data set stream in-process (benchmarks, demos)' })
         .option('stream-order', { choices: ['seq', 'seq-bl', 'seq-im'] as const, default: 'seq' as const, describe: 'with --dataset cifar10|cifar100: the class-incremental order' })
-        .option('trial', { type: 'number', default: 0, describe: 'with --dataset: seed of the stream order' })
+        .options(nums({ trial: { int: true, min: 0, default: 0, describe: 'with --dataset: seed of the stream order' } }))
         .option('data-dir', { type: 'string', default: DEFAULT_DATA, describe: 'with --dataset: folder holding the data sets' })
-        .option('per-class', { type: 'number', describe: 'with --dataset cifar10|cifar100: a reduced stream, each class cut to this many images (seq-im keeps its imbalance)' })
-        .option('eval-every', { type: 'number', describe: 'with --dataset cifar10|cifar100: kNN accuracy every this % of the stream (log + metrics), e.g. 25' })
-        .option('eval-memory', { type: 'number', default: 10000, describe: 'with --eval-every: train images used as the kNN memory (queries: the whole test split)' })
+        .options(
+          nums({
+            'per-class': { int: true, min: 1, describe: 'with --dataset cifar10|cifar100: a reduced stream, each class cut to this many images (seq-im keeps its imbalance)' },
+            'eval-every': { above: 0, max: 100, describe: 'with --dataset cifar10|cifar100: kNN accuracy every this % of the stream (log + metrics), e.g. 25' },
+            'eval-memory': { int: true, min: 1, default: 10000, describe: 'with --eval-every: train images used as the kNN memory (queries: the whole test split)' },
+          }),
+        )
         .check((a) => {
           if ([a.watch, a.dataset, a.camera].filter(Boolean).length !== 1) throw new UsageError('give one source: --watch DIR, --camera DEVICE|URL|FILE or --dataset demo|cifar10|cifar100');
-          if (a.size !== undefined && !/^\d+x\d+$/.test(String(a.size))) throw new UsageError(`--size ${a.size}: expected WxH, e.g. 640x480`);
-          if (!(Number(a.fps) >= 0)) throw new UsageError(`--fps ${a.fps}: must be 0 or more`);
-          if (!(Number(a['stall-s']) > 0)) throw new UsageError(`--stall-s ${a['stall-s']}: must be positive`);
+          if (a.size !== undefined && !/^[1-9]\d*x[1-9]\d*$/.test(String(a.size))) throw new UsageError(`--size ${a.size}: expected WxH, e.g. 640x480`);
           return true;
         })
         .option('recursive', { type: 'boolean', default: false, describe: 'also watch subdirectories' })
@@ -111,51 +162,85 @@ await yargs(hideBin(process.argv))
         .option('state', { type: 'string', default: 'ssocl-state', describe: 'checkpoints and the ingestion ledger' })
         .option('models', { type: 'string', default: 'models', describe: 'where encoders are exported (latest.onnx, latest.json, encoder-<step>.onnx)' })
         .option('fit', { choices: ['cover', 'letterbox'] as const, default: 'cover' as const, describe: 'resize to the training size by centre crop or padding' })
-        .option('max-pixels', { type: 'number', default: 40_000_000, describe: 'refuse images with more pixels (decompression bombs)' })
+        .options(nums({ 'max-pixels': { int: true, min: 1, default: 40_000_000, describe: 'refuse images with more pixels (decompression bombs)' } }))
         .option('overflow', { choices: ['block', 'drop-oldest'] as const, default: 'block' as const, describe: 'when frames arrive faster than training: leave them waiting on disk, or drop the oldest waiting' })
-        .option('backlog', { type: 'number', default: 10000, describe: 'waiting frames beyond which drop-oldest drops' })
-        .option('checkpoint-every', { type: 'string', default: '5m', describe: 'steps (e.g. 200) or time (30s, 5m, 1h); also on exit and on SIGINT/SIGTERM' })
-        .option('export-every', { type: 'string', default: '10m', describe: 'steps or time; also on exit' })
+        .options(
+          nums({
+            backlog: { int: true, min: 1, default: 10000, describe: 'waiting frames beyond which drop-oldest drops' },
+            'checkpoint-every': { kind: 'every', default: '5m', describe: 'steps (e.g. 200) or time (30s, 5m, 1h); also on exit and on SIGINT/SIGTERM' },
+            'export-every': { kind: 'every', default: '10m', describe: 'steps or time; also on exit' },
+          }),
+        )
         .option('fresh', { type: 'boolean', default: false, describe: 'ignore existing checkpoints and the ledger, start over (needed when checkpoints exist but none verifies: exit code 6 otherwise)' })
         .option('metrics', { type: 'string', describe: 'append one JSON line per step to this file' })
         .option('emit-embeddings', { type: 'string', describe: 'append the embedding (backbone features, current weights) of every ingested frame to this JSON-lines file' })
-        .option('updates', { type: 'number', describe: 'updates per arrival, K (default from the artifacts)' })
+        .options(nums({ updates: { int: true, min: 1, describe: 'updates per arrival, K (default from the artifacts)' } }))
         .option('replay', { choices: ['mixed', 'buffer'] as const, describe: 'batch composition (default from the artifacts)' })
-        .option('buffer-size', { type: 'number', describe: 'buffer capacity M (default from the artifacts)' })
+        .options(nums({ 'buffer-size': { int: true, min: 1, describe: 'buffer capacity M (default from the artifacts)' } }))
         .option('buffer', { choices: ['diverse', 'minred', 'reservoir', 'fifo'] as const, describe: 'buffer policy (default diverse; minred for SimSiam artifacts)' })
-        .option('lr', { type: 'number', describe: 'learning rate (default from the artifacts)' })
-        .option('lr-schedule', { choices: ['constant', 'cosine'] as const, default: 'constant' as const })
-        .option('lr-steps', { type: 'number', default: 10000, describe: 'steps over which the cosine schedule decays' })
-        .option('seed', { type: 'number', default: 0, describe: 'seed of replay draws and crops' })
-        .option('max-arrivals', { type: 'number', default: 0, describe: 'stop after this many arrivals (0: never)' })
-        .option('max-seconds', { type: 'number', default: 0, describe: 'stop after this many seconds (0: never)' })
-        .option('exit-when-idle', { type: 'number', default: 0, describe: 'stop after this many seconds without a new frame (0: never)' })
-        .option('disk-retry-s', { type: 'number', default: 30, describe: 'disk full: seconds between tries to write the checkpoint (the agent pauses meanwhile)' })
-        .option('max-skips', { type: 'number', default: 10, describe: 'consecutive non-finite steps before stopping' })
-        .option('stable-ms', { type: 'number', default: 300, describe: 'a new file is read once its size has not changed for this long' }),
+        .options(nums({ lr: { above: 0, describe: 'learning rate (default from the artifacts)' } }))
+        .option('lr-schedule', { choices: ['constant', 'cosine'] as const, default: 'constant' as const, describe: 'learning rate over the run: constant, or a cosine decay from --lr to 0 over --lr-steps steps (0 after)' })
+        .options(
+          nums({
+            'lr-steps': { int: true, min: 1, default: 10000, describe: 'steps over which the cosine schedule decays' },
+            seed: { int: true, min: 0, default: 0, describe: 'seed of replay draws and crops' },
+            'max-arrivals': { int: true, min: 0, default: 0, describe: 'stop after this many arrivals (0: never)' },
+            'max-seconds': { min: 0, default: 0, describe: 'stop after this many seconds (0: never)' },
+            'exit-when-idle': { min: 0, default: 0, describe: 'stop after this many seconds without a new frame (0: never)' },
+          }),
+        )
+        .options(nums({ 'status-every': { min: 0, describe: 'log a one-line status (frames, steps/s, loss, buffer, last checkpoint and export) every this many seconds (0: never; default 30 when stderr is not a terminal, never on a terminal, which has the progress line)' } }))
+        .options(
+          nums({
+            'disk-retry-s': { above: 0, default: 30, describe: 'disk full: seconds between tries to write the checkpoint (the agent pauses meanwhile)' },
+            'max-skips': { int: true, min: 1, default: 10, describe: 'consecutive non-finite steps before stopping' },
+            'stable-ms': { min: 0, default: 300, describe: 'a new file is read once its size has not changed for this long' },
+          }),
+        ),
     async (a) => {
+      // What each path must be, before anything is created or read (--watch and --camera are checked by
+      // the run itself, which names what it could not list or open).
+      if (a.dataset === 'cifar10' || a.dataset === 'cifar100') cifarDir(a['data-dir'], a.dataset);
+      artifactsDir('--artifacts', a.artifacts);
+      writableDir('--state', a.state);
+      writableDir('--models', a.models);
+      if (a.processed) writableDir('--processed', a.processed);
+      if (a.quarantine) writableDir('--quarantine', a.quarantine);
+      if (a.metrics) writableFile('--metrics', a.metrics);
+      if (a['emit-embeddings']) {
+        writableFile('--emit-embeddings', a['emit-embeddings']);
+        (await import('./infer/io.ts')).checkAppend(a['emit-embeddings'], 'features');
+      }
       const { runCommand } = await import('./commands/run.ts');
       await runCommand(a);
     },
   )
   .command(
     'eval <model>',
-    'kNN accuracy of an exported encoder on CIFAR-10 or CIFAR-100',
+    'kNN accuracy of an exported encoder on CIFAR-10, CIFAR-100 (--dataset) or your own labelled images (--folder ROOT)',
     (y) =>
       y
         .positional('model', { type: 'string', demandOption: true, describe: 'an exported encoder (.onnx)' })
-        .option('dataset', { choices: ['cifar10', 'cifar100'] as const, default: 'cifar10' as const })
+        .option('dataset', { choices: ['cifar10', 'cifar100'] as const, default: 'cifar10' as const, describe: 'the data set: train split as the kNN memory, test split as the queries (read from --data-dir)' })
         .option('folder', { type: 'string', describe: 'instead of --dataset: your own labelled images, ROOT/<class>/*.png|jpg (every 5th per class is a query) or ROOT/train/<class>/ + ROOT/test|val/<class>/' })
         .option('data-dir', { type: 'string', default: DEFAULT_DATA, describe: 'folder holding cifar-10-batches-bin/ or cifar-100-binary/' })
         .option('protocol', { choices: ['weighted', 'scale'] as const, default: 'weighted' as const, describe: 'weighted cosine kNN (T 0.07), or SCALE\'s (k 50, uniform, Euclidean)' })
-        .option('k', { type: 'string', default: '20,50', describe: 'neighbours, comma-separated (weighted protocol)' })
-        .option('threads', { type: 'number' })
-        .option('seed', { type: 'number', default: 0, describe: 'draws of the scale protocol subsets' }),
+        .options(
+          nums({
+            k: { kind: 'list', int: true, min: 1, default: '20,50', describe: 'neighbours, comma-separated (weighted protocol)' },
+            threads: { int: true, min: 1, describe: 'intra-op threads of the feature and kNN runs (default: all cores)' },
+            seed: { int: true, min: 0, default: 0, describe: 'draws of the scale protocol subsets' },
+          }),
+        ),
     async (a) => {
-      const ks = String(a.k).split(',').map(Number);
-      if (ks.some((k) => !(Number.isInteger(k) && k > 0))) throw new Error(`--k ${a.k}: expected positive integers, e.g. 20,50`);
+      const size = encoderFile('MODEL', a.model!);
+      if (a.folder) readableDir('--folder', a.folder);
+      else {
+        cifarDir(a['data-dir'], a.dataset);
+        if (size !== 32) throw new UsageError(`MODEL ${a.model}: takes ${size}x${size} images; CIFAR is 32x32 (evaluate it on an image folder with --folder)`);
+      }
       const { evalCommand } = await import('./commands/eval.ts');
-      await evalCommand({ model: a.model!, dataset: a.dataset, folder: a.folder, dataDir: a['data-dir'], protocol: a.protocol, k: ks, threads: a.threads, seed: a.seed });
+      await evalCommand({ model: a.model!, dataset: a.dataset, folder: a.folder, dataDir: a['data-dir'], protocol: a.protocol, k: a.k, threads: a.threads, seed: a.seed });
     },
   )
   .command(
@@ -163,10 +248,12 @@ await yargs(hideBin(process.argv))
     'download CIFAR-10 or CIFAR-100 (official binary version) with resume and checksum verification',
     (y) =>
       y
-        .positional('dataset', { choices: ['cifar10', 'cifar100'] as const, demandOption: true })
+        .positional('dataset', { choices: ['cifar10', 'cifar100'] as const, demandOption: true, describe: 'which data set' })
         .option('dir', { type: 'string', default: DEFAULT_DATA, describe: 'where to put the archive and the unpacked folder' })
         .option('url', { type: 'string', describe: 'a mirror of the official archive (same file, same checksum)' }),
     async (a) => {
+      writableDir('--dir', a.dir);
+      if (a.url !== undefined && !/^https?:\/\/[^/\s]+/i.test(a.url)) throw new UsageError(`--url ${a.url}: expected an http:// or https:// URL`);
       const { DATASETS, fetchDataset } = await import('../tools/data/fetch.ts');
       const src = { ...DATASETS[a.dataset!], ...(a.url ? { url: a.url } : {}) };
       const out = await fetchDataset(src, a.dir, (s) => process.stderr.write(`${s}\n`));
@@ -178,16 +265,18 @@ await yargs(hideBin(process.argv))
     'write a class-incremental stream of a data set as image files (a camera for `run --watch`), or print its order',
     (y) =>
       y
-        .option('dataset', { choices: ['cifar10', 'cifar100'] as const, default: 'cifar10' as const })
-        .option('data-dir', { type: 'string', default: DEFAULT_DATA })
-        .option('order', { choices: ['seq', 'seq-bl', 'seq-im'] as const, default: 'seq' as const })
-        .option('trial', { type: 'number', default: 0, describe: 'seed of the within-class shuffles and the boundary blur' })
+        .option('dataset', { choices: ['cifar10', 'cifar100'] as const, default: 'cifar10' as const, describe: 'the data set whose train split is streamed (CIFAR-100 by its 20 superclasses)' })
+        .option('data-dir', { type: 'string', default: DEFAULT_DATA, describe: 'folder holding cifar-10-batches-bin/ or cifar-100-binary/' })
+        .option('order', { choices: ['seq', 'seq-bl', 'seq-im'] as const, default: 'seq' as const, describe: 'class-incremental order: seq (class by class), seq-bl (blurred boundaries), seq-im (imbalanced classes)' })
+        .options(nums({ trial: { int: true, min: 0, default: 0, describe: 'seed of the within-class shuffles and the boundary blur' } }))
         .option('to', { type: 'string', describe: 'output directory' })
-        .option('fps', { type: 'number', default: 0, describe: 'frames per second (0: as fast as possible)' })
-        .option('format', { choices: ['png', 'jpg'] as const, default: 'png' as const })
-        .option('limit', { type: 'number', describe: 'write only the first N frames' })
+        .options(nums({ fps: { min: 0, default: 0, describe: 'frames per second (0: as fast as possible)' } }))
+        .option('format', { choices: ['png', 'jpg'] as const, default: 'png' as const, describe: 'image file format of the frames written' })
+        .options(nums({ limit: { int: true, min: 1, describe: 'write only the first N frames' } }))
         .option('print-order', { type: 'boolean', default: false, describe: 'print the index order as JSON and exit' }),
     async (a) => {
+      cifarDir(a['data-dir'], a.dataset);
+      if (a.to && !a['print-order']) writableDir('--to', a.to);
       const { streamCommand } = await import('./commands/stream.ts');
       await streamCommand({ dataset: a.dataset, dataDir: a['data-dir'], order: a.order, trial: a.trial, to: a.to, fps: a.fps, format: a.format, printOrder: a['print-order'], limit: a.limit });
     },
@@ -204,25 +293,31 @@ await yargs(hideBin(process.argv))
         })
         .option('methods', { type: 'string', default: 'ours,empssl,minred,simclr-reservoir', describe: 'also: ours-paper-eq, ours-buffer-replay, ours-reservoir (ablations of ours)' })
         .option('orders', { type: 'string', default: 'seq', describe: 'seq, seq-bl, seq-im (comma-separated)' })
-        .option('trials', { type: 'string', default: '0,1,2,3,4', describe: 'paired seeds: same init, stream order, replay and crop draws across methods' })
-        .option('per-class', { type: 'string', describe: "images per class of the stream, or 'all' (default: the protocol's)" })
-        .option('updates', { type: 'number', describe: "updates per arrival for ours; 2-crop methods get more so updates x crops match (default: the protocol's)" })
-        .option('memory', { type: 'string', describe: "train images as kNN memory, or 'all' (default: the protocol's)" })
-        .option('queries', { type: 'string', describe: "test images as kNN queries, a fixed random subset, or 'all' (default: all; fewer only for quick checks)" })
+        .options(
+          nums({
+            trials: { kind: 'list', int: true, min: 0, default: '0,1,2,3,4', describe: 'paired seeds: same init, stream order, replay and crop draws across methods' },
+            'per-class': { kind: 'or-all', int: true, min: 1, describe: "images per class of the stream, or 'all' (default: the protocol's)" },
+            updates: { int: true, min: 1, describe: "updates per arrival for ours; 2-crop methods get more so updates x crops match (default: the protocol's)" },
+            memory: { kind: 'or-all', int: true, min: 1, describe: "train images as kNN memory, or 'all' (default: the protocol's)" },
+            queries: { kind: 'or-all', int: true, min: 1, describe: "test images as kNN queries, a fixed random subset, or 'all' (default: all; fewer only for quick checks)" },
+          }),
+        )
         .option('ep', { choices: ['cpu', 'cuda', 'webgpu', 'wasm'] as const, default: 'cpu' as const, describe: 'execution provider of the training steps and features' })
-        .option('threads', { type: 'number', describe: 'ORT threads (CPU); default all cores' })
+        .options(nums({ threads: { int: true, min: 1, describe: 'ORT threads (CPU); default all cores' } }))
         .option('plan', { type: 'boolean', default: false, describe: 'print what each method would run (presets, stream sizes, updates x crops, done or not) and exit' })
         .option('report', { type: 'boolean', default: false, describe: 'print the tables and draw the charts of the rows already in --json; run nothing' })
-        .option('data-dir', { type: 'string', default: DEFAULT_DATA })
+        .option('data-dir', { type: 'string', default: DEFAULT_DATA, describe: 'folder holding cifar-10-batches-bin/ or cifar-100-binary/' })
         .option('json', { type: 'string', default: path.join(REPO_ROOT, 'bench/out/compare.jsonl'), describe: 'results, one JSON line per run; a run already there is skipped (resume)' }),
     async (a) => {
       const { spawnSync } = await import('node:child_process');
       const c100 = a.protocol.endsWith('cifar100');
-      const args = ['--import', 'tsx', path.join(REPO_ROOT, 'bench/compare.ts'), '--protocol', a.protocol, '--methods', a.methods, '--orders', a.orders, '--trials', a.trials, '--ep', a.ep, '--data', path.join(a['data-dir'], c100 ? 'cifar-100-binary' : 'cifar-10-batches-bin'), '--json', a.json];
-      if (a['per-class'] !== undefined) args.push('--per-class', a['per-class']);
+      if (!a.report) cifarDir(a['data-dir'], c100 ? 'cifar100' : 'cifar10');
+      if (!a.report && !a.plan) writableFile('--json', a.json);
+      const args = ['--import', 'tsx', path.join(REPO_ROOT, 'bench/compare.ts'), '--protocol', a.protocol, '--methods', a.methods, '--orders', a.orders, '--trials', a.trials.join(','), '--ep', a.ep, '--data', path.join(a['data-dir'], c100 ? 'cifar-100-binary' : 'cifar-10-batches-bin'), '--json', a.json];
+      if (a['per-class'] !== undefined) args.push('--per-class', String(a['per-class']));
       if (a.updates !== undefined) args.push('--updates', String(a.updates));
-      if (a.memory !== undefined) args.push('--memory', a.memory);
-      if (a.queries !== undefined) args.push('--queries', a.queries);
+      if (a.memory !== undefined) args.push('--memory', String(a.memory));
+      if (a.queries !== undefined) args.push('--queries', String(a.queries));
       if (a.threads !== undefined) args.push('--threads', String(a.threads));
       if (a.plan) args.push('--plan');
       if (a.report) args.push('--report');
@@ -235,10 +330,11 @@ await yargs(hideBin(process.argv))
     'embeddings of frames (an image, a directory, or --watch DIR) from an exported encoder, hot-reloaded when it is replaced',
     (y) =>
       inferOptions(y)
-        .option('out', { type: 'string', describe: 'output file (default: JSON lines on stdout); .npy or .safetensors write one matrix' })
-        .option('format', { choices: ['jsonl', 'npy', 'safetensors'] as const, describe: 'output format (default: from the --out extension, else jsonl)' })
-        .option('output', { choices: ['features', 'embedding'] as const, default: 'features' as const, describe: 'backbone features (what kNN uses) or the L2-normalised projection' }),
+        .option('out', { type: 'string', describe: 'output file (default: JSON lines on stdout): .jsonl (or .ndjson) JSON lines, .npy or .safetensors one matrix' })
+        .option('format', { choices: ['jsonl', 'npy', 'safetensors'] as const, describe: 'output format (default: from the --out extension, else jsonl); must agree with the --out extension' })
+        .option('output', { choices: ['features', 'embedding'] as const, default: 'features' as const, describe: "backbone features (what kNN uses) or the L2-normalised projection; the records' vector field is named after it" }),
     async (a) => {
+      inferPaths(a);
       const { embedCommand } = await import('./commands/infer.ts');
       await embedCommand({ ...inferArgs(a), out: a.out, format: a.format, output: a.output });
     },
@@ -249,19 +345,22 @@ await yargs(hideBin(process.argv))
     (y) =>
       inferOptions(y)
         .option('support', { type: 'string', demandOption: true, describe: 'labelled examples: DIR/<label>/*.png|jpg (a few per label)' })
-        .option('out', { type: 'string', describe: 'output file (default: JSON lines on stdout)' })
-        .option('k', { type: 'number', default: 20, describe: 'neighbours that vote' })
-        .option('temperature', { type: 'number', default: 0.07, describe: 'vote weight exp(similarity / T)' })
-        .option('reject-below', { type: 'number', describe: 'label "unknown" when the winning share of the vote is below this (0-1)' })
+        .option('out', { type: 'string', describe: 'output file, .jsonl (or .ndjson) (default: JSON lines on stdout)' })
+        .options(
+          nums({
+            k: { int: true, min: 1, default: 20, describe: 'neighbours that vote' },
+            temperature: { above: 0, default: 0.07, describe: 'vote weight exp(similarity / T)' },
+            'reject-below': { min: 0, max: 1, describe: 'label "unknown" when the winning share of the vote is below this (0-1)' },
+          }),
+        )
         .option('novelty', { type: 'boolean', default: false, describe: 'add novelty = 1 - cosine similarity to the nearest support (and buffer) embedding' })
         .option('novelty-buffer', { type: 'string', describe: 'also compare with the images in the agent\'s buffer (its newest checkpoint in this state directory)' }),
     async (a) => {
-      const k = a.k;
-      if (!(Number.isInteger(k) && k > 0)) throw new UsageError(`--k ${k}: must be a positive integer`);
-      if (!(a.temperature > 0)) throw new UsageError(`--temperature ${a.temperature}: must be positive`);
-      if (a['reject-below'] !== undefined && !(a['reject-below'] >= 0 && a['reject-below'] <= 1)) throw new UsageError(`--reject-below ${a['reject-below']}: must be between 0 and 1`);
+      inferPaths(a);
+      readableDir('--support', a.support);
+      if (a['novelty-buffer'] !== undefined) readableDir('--novelty-buffer', a['novelty-buffer']);
       const { classifyCommand } = await import('./commands/infer.ts');
-      await classifyCommand({ ...inferArgs(a), support: a.support, out: a.out, k, temperature: a.temperature, rejectBelow: a['reject-below'], novelty: a.novelty || a['novelty-buffer'] !== undefined, noveltyState: a['novelty-buffer'] });
+      await classifyCommand({ ...inferArgs(a), support: a.support, out: a.out, k: a.k, temperature: a.temperature, rejectBelow: a['reject-below'], novelty: a.novelty || a['novelty-buffer'] !== undefined, noveltyState: a['novelty-buffer'] });
     },
   )
   .command(
@@ -270,25 +369,27 @@ await yargs(hideBin(process.argv))
     (y) =>
       y
         .options(epOption)
-        .option('seconds', { type: 'number', default: 120, describe: 'how long the agent trains' })
-        .option('fps', { type: 'number', default: 20, describe: 'frames written per second by the demo "camera"' })
+        .options(
+          nums({
+            seconds: { above: 0, default: 120, describe: 'how long the agent trains' },
+            fps: { above: 0, default: 20, describe: 'frames written per second by the demo "camera"' },
+          }),
+        )
         .option('models', { type: 'string', default: path.join(REPO_ROOT, 'models'), describe: 'where the encoder is exported' })
         .option('artifacts', { type: 'string', default: path.join(REPO_ROOT, 'training-artifacts/edge'), describe: 'artifact directory' }),
     async (a) => {
+      artifactsDir('--artifacts', a.artifacts);
+      writableDir('--models', a.models);
       const { demoCommand } = await import('./commands/demo.ts');
       await demoCommand({ ep: a.ep, epFallback: a['ep-fallback'], threads: a.threads, seconds: a.seconds, fps: a.fps, models: a.models, artifacts: a.artifacts });
     },
   )
+  .option('verbose', { type: 'boolean', default: false, describe: "on an error, also print the rest of its message, its detail (e.g. what ONNX Runtime said) and the stack" })
   .demandCommand(1, 'name a command (see --help)')
   .strict()
-  .fail((msg, err) => {
-    if (err && !(err instanceof UsageError)) {
-      process.stderr.write(`ssocl: ${err.message}\n`);
-      const code = (err as { exitCode?: number }).exitCode;
-      process.exit(code ?? (err.name === 'ManifestError' || err.name === 'EpError' || err.name === 'EncoderError' || err.name === 'CameraError' || /^--/.test(err.message) ? 2 : 1));
-    }
-    fail(msg ?? err?.message ?? 'invalid arguments');
-  })
+  // yargs' own complaints come as a message (err absent, or its YError); anything thrown by a check, a
+  // coerce or a handler comes as the error itself.
+  .fail((msg, err) => exitWithError(err && err.name !== 'YError' ? err : new UsageError(yargsMessage(msg ?? err?.message ?? 'invalid arguments'))))
   .help()
   .parseAsync();
 // The command is done: exit now rather than when every handle is gone. A watched directory that keeps

@@ -12,7 +12,7 @@ import { latestCheckpoint } from '../trainer/checkpoint.ts';
 import { ortSimilarity } from '../buffer/similarity.ts';
 import { LiveEncoder } from '../infer/live.ts';
 import type { Encoder, EncoderOutput } from '../infer/encoder.ts';
-import { decodeFrames, formatOf, JsonlSink, openSink, stackImages, type DecodedFrame, type OutFormat, type RecordSink } from '../infer/io.ts';
+import { checkAppend, decodeFrames, formatOf, JsonlSink, openSink, stackImages, type DecodedFrame, type OutFormat, type RecordSink } from '../infer/io.ts';
 import { listFrames, listSupport, type FrameRef } from '../frames/list.ts';
 import { FewShot, noveltyScores } from '../infer/fewshot.ts';
 
@@ -160,9 +160,10 @@ export async function embedCommand(o: EmbedOptions): Promise<void> {
   const format = formatOf(o.out, o.format);
   if (o.watch && format !== 'jsonl') throw new Error(`--watch streams one record per frame: use a JSON-lines --out (not ${format})`);
   if (o.watch && (!o.out || o.out === '-')) throw new Error('--watch needs --out FILE (it records which frames are done beside it, to resume)');
+  if (format === 'jsonl' && o.out && o.out !== '-') checkAppend(o.out, o.output);
   const live = await openLive(o);
   live.current.dim(o.output);
-  const sink = openSink(o.out, format);
+  const sink = openSink(o.out, format, o.output);
   const r = await frameLoop(o, live, sink, async (enc, frames) => {
     const d = enc.dim(o.output);
     const v = await enc.runU8(stackImages(frames), frames.length, o.output);
@@ -181,6 +182,7 @@ export interface ClassifyOptions extends FrameLoopOptions {
 }
 
 export async function classifyCommand(o: ClassifyOptions): Promise<void> {
+  formatOf(o.out, undefined, ['jsonl']);
   if (o.watch && (!o.out || o.out === '-')) throw new Error('--watch needs --out FILE (it records which frames are done beside it, to resume)');
   const support = listSupport(o.support);
   // Reference images for novelty from the agent's buffer (its newest checkpoint), embedded like the support.

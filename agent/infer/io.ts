@@ -1,6 +1,7 @@
 // Inputs and outputs of the inference commands: image files from a path (listed by frames/list.ts),
 // decoded at the encoder's size; records written as JSON lines (streamed, one
 // per frame, appendable) or as one float32 matrix (npy or safetensors, written atomically at the end).
+// The vector is named after what it holds: `features` (backbone) or `embedding` (the projection).
 
 import { closeSync, existsSync, fstatSync, fsyncSync, ftruncateSync, openSync, readSync, writeSync } from 'node:fs';
 import path from 'node:path';
@@ -70,12 +71,61 @@ export function f32List(v: Float32Array): number[] {
 }
 
 export type OutFormat = 'jsonl' | 'npy' | 'safetensors';
+/** What a vector in the output holds; the JSON field and the safetensors tensor carry this name. */
+export type VectorName = 'features' | 'embedding';
 
-export function formatOf(file: string | undefined, flag?: OutFormat): OutFormat {
-  if (flag) return flag;
-  if (!file || file === '-') return 'jsonl';
+/** An output that cannot be written as asked (exit code 2, before any work). */
+export class OutputError extends Error {
+  override name = 'OutputError';
+  readonly exitCode = 2;
+}
+
+const EXTENSIONS: Record<string, OutFormat> = { '.jsonl': 'jsonl', '.ndjson': 'jsonl', '.npy': 'npy', '.safetensors': 'safetensors' };
+
+/**
+ * The format of --out FILE, by its extension: one this tool does not write (x.csv, a name without one)
+ * is an error, never JSON lines under another name. `flag` (--format) must agree with the extension.
+ */
+export function formatOf(file: string | undefined, flag?: OutFormat, accept: OutFormat[] = ['jsonl', 'npy', 'safetensors']): OutFormat {
+  if (!file || file === '-') return flag ?? 'jsonl';
   const ext = path.extname(file).toLowerCase();
-  return ext === '.npy' ? 'npy' : ext === '.safetensors' ? 'safetensors' : 'jsonl';
+  const byExt = EXTENSIONS[ext];
+  if (!byExt || !accept.includes(byExt)) {
+    const supported = Object.keys(EXTENSIONS).filter((e) => accept.includes(EXTENSIONS[e]));
+    throw new OutputError(`--out ${file}: ${ext ? `${ext} is not` : 'a name without an extension is not'} an output this command writes; supported: ${supported.join(', ')}`);
+  }
+  if (flag && flag !== byExt) throw new OutputError(`--format ${flag}: --out ${file} names a ${byExt} file; give a matching extension or leave --format out`);
+  return byExt;
+}
+
+/**
+ * The vector field of the records already in a JSON-lines file (null: none yet, or no vectors). Read
+ * from the first line only: appending vectors under another name would leave a file no reader can take
+ * as one table (older ssocl wrote backbone features as `embedding`).
+ */
+export function vectorFieldOf(file: string): VectorName | null {
+  if (!existsSync(file)) return null;
+  const fd = openSync(file, 'r');
+  try {
+    const buf = Buffer.alloc(1 << 20);
+    const n = readSync(fd, buf, 0, buf.length, 0);
+    const nl = buf.subarray(0, n).indexOf(10);
+    const first = JSON.parse(buf.subarray(0, nl < 0 ? n : nl).toString('utf8')) as Record<string, unknown>;
+    return Array.isArray(first.features) ? 'features' : Array.isArray(first.embedding) ? 'embedding' : null;
+  } catch {
+    return null; // empty, or a first line longer than the read: nothing to compare with
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/** Refuses to append `field` vectors to a JSON-lines file whose records hold the other kind. */
+export function checkAppend(file: string, field: VectorName): void {
+  const there = vectorFieldOf(file);
+  if (there && there !== field) {
+    const what = there === 'embedding' ? ' (the projection, or backbone features from an older ssocl)' : '';
+    throw new OutputError(`${file}: its records hold '${there}' vectors${what}, this run writes '${field}'; write to a new file`);
+  }
 }
 
 export interface RecordSink {
@@ -119,19 +169,28 @@ function countLinesRepairingTail(file: string): number {
   }
 }
 
-/** JSON lines to a file (appended; ids continue after the lines already there) or to stdout ('-'). */
+/**
+ * JSON lines to a file (appended; ids continue after the lines already there) or to stdout ('-'). A
+ * record's vector goes in the field named `field` (run --emit-embeddings writes backbone features).
+ */
 export class JsonlSink implements RecordSink {
   next = 0;
   private fd: number;
-  constructor(readonly file: string) {
+  constructor(
+    readonly file: string,
+    readonly field: VectorName = 'features',
+  ) {
     if (file === '-') this.fd = 1;
     else {
-      if (existsSync(file)) this.next = countLinesRepairingTail(file);
+      if (existsSync(file)) {
+        checkAppend(file, field);
+        this.next = countLinesRepairingTail(file);
+      }
       this.fd = openSync(file, 'a');
     }
   }
   add(rec: Omit<EmbedRecord, 'id'> & Record<string, unknown>, vector: Float32Array | null): void {
-    const line = JSON.stringify({ id: this.next++, ...rec, ...(vector ? { embedding: f32List(vector) } : {}) }) + '\n';
+    const line = JSON.stringify({ id: this.next++, ...rec, ...(vector ? { [this.field]: f32List(vector) } : {}) }) + '\n';
     writeSync(this.fd, line);
   }
   /** Durable before the caller records the frames as done (a crash repeats a frame, never loses one). */
@@ -158,6 +217,7 @@ export class MatrixSink implements RecordSink {
   constructor(
     readonly file: string,
     readonly format: 'npy' | 'safetensors',
+    readonly field: VectorName = 'features',
   ) {}
   add(rec: Omit<EmbedRecord, 'id'>, vector: Float32Array | null): void {
     if (!vector) throw new Error('matrix output needs a vector per record');
@@ -183,14 +243,14 @@ export class MatrixSink implements RecordSink {
       writeFileAtomic(MatrixSink.recordsFile(this.file), Buffer.from(this.recs.map((r) => JSON.stringify(r) + '\n').join('')));
       writeFileAtomic(this.file, encodeNpy(m, [this.rows.length, d]));
     } else {
-      writeFileAtomic(this.file, encodeSafetensors(new Map([['embeddings', { dtype: 'F32', shape: [this.rows.length, d], data: m }]]), { records: JSON.stringify(this.recs) }));
+      writeFileAtomic(this.file, encodeSafetensors(new Map([[this.field, { dtype: 'F32', shape: [this.rows.length, d], data: m }]]), { records: JSON.stringify(this.recs) }));
     }
   }
 }
 
-export function openSink(file: string | undefined, format: OutFormat): RecordSink {
-  if (format === 'jsonl') return new JsonlSink(file ?? '-');
-  if (!file || file === '-') throw new Error(`--format ${format}: needs --out FILE (a binary matrix is not written to the terminal)`);
-  return new MatrixSink(file, format);
+export function openSink(file: string | undefined, format: OutFormat, field: VectorName = 'features'): RecordSink {
+  if (format === 'jsonl') return new JsonlSink(file ?? '-', field);
+  if (!file || file === '-') throw new OutputError(`--format ${format}: needs --out FILE (a binary matrix is not written to the terminal)`);
+  return new MatrixSink(file, format, field);
 }
 

@@ -112,8 +112,8 @@ test('embed --watch: a hot reload to a same-shape model with NaN outputs is refu
     assert.equal(recs.length, 12);
     for (const x of recs) {
       assert.equal(x.model.sha256, sha16(good), `${x.key} computed by the old model`);
-      assert.equal(x.embedding.length, 64);
-      assert.ok(x.embedding.every((v: unknown) => typeof v === 'number' && Number.isFinite(v)), `${x.key}: finite embedding`);
+      assert.equal(x.features.length, 64);
+      assert.ok(x.features.every((v: unknown) => typeof v === 'number' && Number.isFinite(v)), `${x.key}: finite features`);
     }
   } finally {
     rmSync(root, { recursive: true, force: true });
