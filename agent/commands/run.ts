@@ -129,10 +129,10 @@ export async function runCommand(a: Record<string, any>): Promise<void> {
     },
     log: (line) => process.stderr.write(`${tty ? '\r\x1b[K' : ''}${line}\n`),
     progress: tty ? (line) => process.stderr.write(`\r\x1b[K${line}`) : undefined,
-  };
-  const s = await runAgent(opts, { keepSignalHandlers: true });
     // Without a terminal there is no progress line: a status line every 30 s unless told otherwise.
     statusEveryMs: (a['status-every'] ?? (tty ? 0 : 30)) * 1000,
+  };
+  const s = await runAgent(opts, { keepSignalHandlers: true });
   process.stdout.write(
     `${tty ? '\n' : ''}stopped (${s.stoppedBy}): ${s.framesIngested} frames ingested, ${s.quarantined} quarantined, ${s.dropped} dropped, ${s.refused} refused; ` +
       `${s.arrivals} arrivals, ${s.steps} steps (${s.skippedSteps} skipped); loss ${s.lossFirst?.toFixed(4) ?? '-'} -> ${s.lossLast?.toFixed(4) ?? '-'}\n` +
