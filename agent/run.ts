@@ -30,7 +30,7 @@ import { DatasetSource, type DatasetStream } from './sources/dataset.ts';
 import { DirInput } from './sources/dir-input.ts';
 import type { Overflow } from './sources/dir.ts';
 import { newCounters, type Counters, type Frame, type Source } from './sources/source.ts';
-import type { EP } from './trainer/backend.ts';
+import { openChosen, type EP } from './trainer/backend.ts';
 import { Learner, defaultLearnerConfig, type LearnerConfig, type Replay } from './trainer/learner.ts';
 import { Trainer } from './trainer/trainer.ts';
 
@@ -171,7 +171,7 @@ function checkOptions(o: AgentOptions): void {
 
 /** The trainer on its EP and the learner with the preset's configuration overridden by the flags. */
 async function openLearner(o: AgentOptions): Promise<Learner> {
-  const trainer = await Trainer.open(o.artifacts, { ep: o.ep, epFallback: o.epFallback, threads: o.threads });
+  const trainer = await Trainer.open(o.artifacts, { ep: o.ep, epFallback: o.epFallback, threads: o.threads, log: o.log });
   const cfg = defaultLearnerConfig(trainer);
   const L = o.learner;
   const learnerCfg: LearnerConfig = {
@@ -184,7 +184,7 @@ async function openLearner(o: AgentOptions): Promise<Learner> {
     ...(L.seed !== undefined ? { seed: L.seed } : {}),
     buffer: { ...cfg.buffer, ...(L.bufferSize ? { capacity: L.bufferSize } : {}), ...(L.policy ? { policy: L.policy } : {}) },
   };
-  return new Learner(trainer, learnerCfg, await ortSimilarity(async (m) => (await import('./trainer/backend.ts')).openChosen(m, { ep: trainer.ep, epFallback: o.epFallback, threads: o.threads, log: o.log })));
+  return new Learner(trainer, learnerCfg, await ortSimilarity((m) => openChosen(m, { ep: trainer.ep, epFallback: o.epFallback, threads: o.threads, log: o.log })));
 }
 
 /** The one place that knows the kinds of source. */
