@@ -1,9 +1,11 @@
 // bench/agent: where an arrival's time goes in the agent's loop (decode, augment, train, buffer,
-// checkpoint, export) on the demo stream, and the cost of the buffer's removal rule as M grows.
+// checkpoint, export) on the demo stream, the cost of the buffer's removal rule as M grows, and the
+// paper-cifar arrival (200 images, 20 crops, K = 10) as K single steps with JS crops against one fused
+// run with in-graph crops: host ms outside run() and bytes crossing into and out of ORT per arrival.
 // Prints tables, writes JSON.  node --import tsx bench/agent.ts [--arrivals 30] [--artifacts DIR]
 
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { cpus, tmpdir } from 'node:os';
+import { cpus, loadavg, tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Trainer } from '../agent/trainer/trainer.ts';
@@ -17,6 +19,15 @@ import { ortSimilarity } from '../agent/buffer/similarity.ts';
 import { openChosen } from '../agent/trainer/backend.ts';
 import { Rng } from '../core/rng.ts';
 import { benchArgs } from './args.ts';
+import { compileArtifacts, writeArtifacts } from '../tools/artifacts/write.ts';
+import { buildTrainStep } from '../tools/artifacts/build.ts';
+import { getPreset } from '../tools/artifacts/presets.ts';
+
+/** Bytes of a tensor of this shape, a symbolic dimension taken as `symbolic`. */
+function bytesOf(shape: (number | string)[], dtype: string, symbolic: number): number {
+  const size: Record<string, number> = { float32: 4, float64: 8, int64: 8, uint8: 1 };
+  return shape.reduce<number>((x, d) => x * (typeof d === 'number' ? d : symbolic), 1) * size[dtype];
+}
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 const values = benchArgs(import.meta.url, {
@@ -24,6 +35,17 @@ const values = benchArgs(import.meta.url, {
   artifacts: { type: 'string', default: path.join(HERE, '../training-artifacts/edge'), describe: 'training artifacts to run' },
   json: { type: 'string', default: path.join(HERE, 'out/agent.json'), describe: 'results' },
   sizes: { type: 'string', default: '256,2048,16384', describe: 'buffer sizes M for the removal-rule timing' },
+  'fused-arrivals': { type: 'string', default: '1', describe: 'trained paper-cifar-shape arrivals per variant (single steps, fused); 0 skips' },
+  'fused-encoder': {
+    type: 'string',
+    // ResNet-18 (and even the edge encoder: ~100 s a step) at 4,000 crops a step is too slow on 2 cores;
+    // what is measured (host work, bytes) does not depend on the encoder, but the state bytes do, so
+    // ResNet-18's are computed from its graphs.
+    // The projector keeps paper-cifar's 1024-d output: zbar's size sets the buffer's work.
+    default: 'encoder.widths=[4] encoder.blocks=[1] projector=[{"out":1024}]',
+    describe: '--set overrides (space-separated) that shrink the paper-cifar preset for the timed arrivals',
+  },
+  'fused-variants': { type: 'string', default: 'single,graph', describe: 'timed variants: single (K steps, JS crops), fused (one run, JS crops), graph (one run, in-graph crops)' },
 });
 
 const tr = await Trainer.open(values.artifacts);
@@ -74,11 +96,14 @@ await exportEncoder(tr, path.join(work, 'models'), { framesSeen: frame, loss: nu
 const exMs = performance.now() - t0;
 const arrival = tot.decode + tot.augment + tot.train + tot.buffer;
 const rows = Object.entries({ decode: tot.decode, augment: tot.augment, train: tot.train, buffer: tot.buffer }).map(([k, v]) => ({ part: k, msPerArrival: v / trainedArrivals, share: v / arrival }));
-console.log(`agent loop, ${tr.manifest.name} on ${tr.ep}, ${trainedArrivals} trained arrivals of ${newPer} frames, K=${learner.cfg.updates}`);
-console.log('| part | ms per arrival | share |\n|---|---|---|');
-for (const r of rows) console.log(`| ${r.part} | ${r.msPerArrival.toFixed(1)} | ${(100 * r.share).toFixed(1)}% |`);
-console.log(`| non-train total | ${((arrival - tot.train) / trainedArrivals).toFixed(1)} | ${(100 * (1 - tot.train / arrival)).toFixed(1)}% |`);
-console.log(`(augmentation done while a step ran, inside train: ${(tot.overlapped / trainedArrivals).toFixed(1)} ms per arrival)`);
+// --arrivals 0 skips the loop (to time only the arrival shapes below).
+if (trainedArrivals > 0) {
+  console.log(`agent loop, ${tr.manifest.name} on ${tr.ep}, ${trainedArrivals} trained arrivals of ${newPer} frames, K=${learner.cfg.updates}`);
+  console.log('| part | ms per arrival | share |\n|---|---|---|');
+  for (const r of rows) console.log(`| ${r.part} | ${r.msPerArrival.toFixed(1)} | ${(100 * r.share).toFixed(1)}% |`);
+  console.log(`| non-train total | ${((arrival - tot.train) / trainedArrivals).toFixed(1)} | ${(100 * (1 - tot.train / arrival)).toFixed(1)}% |`);
+  console.log(`(augmentation done while a step ran, inside train: ${(tot.overlapped / trainedArrivals).toFixed(1)} ms per arrival)`);
+}
 console.log(`checkpoint (buffer ${learner.buffer.size}): ${ckMs.toFixed(0)} ms per write; export incl. check: ${exMs.toFixed(0)} ms per export`);
 
 // The removal rule as M grows: one arrival's worth of feature updates (K steps x batch) plus the removals.
@@ -107,8 +132,106 @@ for (const M of values.sizes.split(',').map(Number)) {
 }
 console.log(`\nbuffer update + removal per arrival (d = ${d}, ${learner.cfg.updates} x ${b} feature updates, ${newPer} removals)\n| M | ms per arrival | index build (resume) ms |\n|---|---|---|`);
 for (const s of scale) console.log(`| ${s.M} | ${s.msPerArrival.toFixed(1)} | ${s.buildMs.toFixed(0)} |`);
+
+// The paper-cifar arrival: K single steps with JS crops (state and crops cross K times) against one
+// fused run with in-graph crops (state once; uint8 images, the batch index and the crop draws).
+const fusedArrivals = Number(values['fused-arrivals']);
+const arrivalShape: Record<string, unknown>[] = [];
+if (fusedArrivals > 0) {
+  const shrink = values['fused-encoder'].split(' ').filter(Boolean);
+  const K = getPreset('paper-cifar').agent.updatesPerArrival;
+  const known = {
+    single: { name: 'K single steps, JS crops', sets: shrink },
+    fused: { name: 'fused, JS crops', sets: [...shrink, `fuse=${K}`] },
+    graph: { name: 'fused, in-graph crops', sets: [...shrink, `fuse=${K}`, 'cropsInGraph=true'] },
+  };
+  const variants = values['fused-variants'].split(',').map((v) => {
+    if (!(v in known)) throw new Error(`--fused-variants ${v}: unknown (accepted: ${Object.keys(known).join(', ')})`);
+    return known[v as keyof typeof known];
+  });
+  for (const v of variants) {
+    const dir = path.join(work, `arrival-${arrivalShape.length}`);
+    writeArtifacts(compileArtifacts(getPreset('paper-cifar', v.sets)), dir);
+    const t = await Trainer.open(dir, { noEmbed: true });
+    const l = new Learner(t, defaultLearnerConfig(t), engine);
+    const p = t.manifest.preset;
+    const per = 3 * p.image.size * p.image.size;
+    const runs: { wall: number; cpu: number; run: number; runCpu: number; hidden: number; augment: number; buffer: number; bytesIn: number; bytesOut: number; runs: number; steps: number }[] = [];
+    for (let a = 0, k = 0; runs.length < fusedArrivals; a++) {
+      const items = Array.from({ length: p.agent.newPerArrival }, () => {
+        const i = order[k++ % order.length];
+        return { key: String(k), image: images.slice(i * per, (i + 1) * per) };
+      });
+      const io0 = { ...t.io };
+      const t0 = performance.now();
+      const c0 = process.cpuUsage();
+      const r = await l.arrive(items);
+      const wall = performance.now() - t0;
+      const c = process.cpuUsage(c0);
+      if (!r.trained) continue; // the first arrival only fills the buffer
+      runs.push({ wall, cpu: (c.user + c.system) / 1000, run: t.io.runMs - io0.runMs, runCpu: t.io.runCpuMs - io0.runCpuMs, hidden: r.ms.overlapped, augment: r.ms.augment, buffer: r.ms.buffer, bytesIn: t.io.bytesIn - io0.bytesIn, bytesOut: t.io.bytesOut - io0.bytesOut, runs: t.io.runs - io0.runs, steps: r.steps.length });
+    }
+    const mean = (f: (r: (typeof runs)[number]) => number) => runs.reduce((x, r) => x + f(r), 0) / runs.length;
+    const fused = t.manifest.trainStep.fused;
+    // The distinct images that crossed: what the run's bytes hold beyond the inputs of fixed size.
+    const fixedIn = t.manifest.trainStep.inputs.filter((i) => i.name !== fused?.images?.name).reduce((x, i) => x + bytesOf(i.shape, i.dtype, 0), 0);
+    const distinct = fused?.images ? (mean((r) => r.bytesIn) - fixedIn) / per : null;
+    arrivalShape.push({
+      variant: v.name,
+      encoder: v.sets.filter((x) => !x.startsWith('fuse') && !x.startsWith('crops')).join(' '),
+      arrivals: runs.length,
+      updates: mean((r) => r.steps),
+      ortRuns: mean((r) => r.runs),
+      hostMsOutsideRun: mean((r) => r.wall - r.run),
+      // Process CPU (every thread) outside run(): the wall figure inflates when other work shares the cores.
+      hostCpuMsOutsideRun: mean((r) => r.cpu - r.runCpu),
+      hostMsHiddenUnderRun: mean((r) => r.hidden),
+      // Outside run(): crops or draws before the first run, buffer (add, features, removal), and the rest
+      // (feeds, reading outputs, the host guard of single steps).
+      hostMsParts: { crops: mean((r) => r.augment), buffer: mean((r) => r.buffer), trainer: mean((r) => r.wall - r.run - r.augment - r.buffer) },
+      runMs: mean((r) => r.run),
+      bytesIn: mean((r) => r.bytesIn),
+      bytesOut: mean((r) => r.bytesOut),
+      distinctImages: distinct,
+    });
+    await t.close();
+  }
+  // ResNet-18 (the paper-cifar preset itself) moves far more state: its bytes per arrival from its
+  // graphs' inputs and outputs, with the distinct images a fused run above sent (else the most mixed
+  // replay can send at M = 256: 100 new + 256 others).
+  const u = (arrivalShape.find((r) => r.distinctImages !== null)?.distinctImages as number | undefined) ?? 356;
+  const crossing = (sets: string[], runsPerArrival: number) => {
+    const g = buildTrainStep(getPreset('paper-cifar', sets)).g;
+    const sum = (vs: typeof g.inputs) => vs.reduce((x, i) => x + bytesOf(i.shape, i.dtype, u), 0);
+    return { bytesIn: runsPerArrival * sum(g.inputs), bytesOut: runsPerArrival * sum(g.outputs) };
+  };
+  // The same count for the shrunk encoder must give what the Trainer measured.
+  variants.forEach((v, i) => {
+    const c = crossing(v.sets, v.sets.some((x) => x.startsWith('fuse')) ? 1 : K);
+    const m = arrivalShape[i];
+    if (c.bytesIn !== m.bytesIn || c.bytesOut !== m.bytesOut) console.log(`warning: ${v.name}: graph shapes give ${c.bytesIn} + ${c.bytesOut} bytes, the Trainer counted ${m.bytesIn} + ${m.bytesOut}`);
+  });
+  const r18 = [
+    { variant: 'K single steps, JS crops', ...crossing([], K) },
+    { variant: 'fused, JS crops', ...crossing([`fuse=${K}`], 1) },
+    { variant: 'fused, in-graph crops', ...crossing([`fuse=${K}`, 'cropsInGraph=true'], 1) },
+  ];
+  const mb = (b: number) => (b / 1e6).toFixed(1);
+  console.log(`\npaper-cifar arrival (${getPreset('paper-cifar').batch} images x ${getPreset('paper-cifar').crops} crops, K = ${K}), timed with the encoder shrunk (${values['fused-encoder']}); load average ${loadavg()[0].toFixed(1)}`);
+  console.log('| variant | ORT runs | host ms outside run() (wall / CPU) | of which crops or draws / buffer / trainer (wall) | JS crops hidden under run() ms | run() ms | MB into ORT | MB out of ORT | in + out vs the first |\n|---|---|---|---|---|---|---|---|---|');
+  const before = (arrivalShape[0].bytesIn as number) + (arrivalShape[0].bytesOut as number);
+  for (const r of arrivalShape) {
+    const n = (k: string) => r[k] as number;
+    const parts = r.hostMsParts as Record<string, number>;
+    console.log(`| ${r.variant} | ${n('ortRuns')} | ${n('hostMsOutsideRun').toFixed(0)} / ${n('hostCpuMsOutsideRun').toFixed(0)} | ${parts.crops.toFixed(0)} / ${parts.buffer.toFixed(0)} / ${parts.trainer.toFixed(0)} | ${n('hostMsHiddenUnderRun').toFixed(0)} | ${n('runMs').toFixed(0)} | ${mb(n('bytesIn'))} | ${mb(n('bytesOut'))} | ${(before / (n('bytesIn') + n('bytesOut'))).toFixed(1)}x less |`);
+  }
+  console.log(`\nResNet-18 (paper-cifar as built, not run): bytes per arrival from the graphs' inputs and outputs (${u.toFixed(0)} distinct images)\n| variant | MB into ORT | MB out of ORT | in + out vs before |\n|---|---|---|---|`);
+  for (const r of r18) console.log(`| ${r.variant} | ${mb(r.bytesIn)} | ${mb(r.bytesOut)} | ${((r18[0].bytesIn + r18[0].bytesOut) / (r.bytesIn + r.bytesOut)).toFixed(1)}x less |`);
+  arrivalShape.push(...r18.map((r) => ({ ...r, encoder: 'resnet18-cifar (computed)' })));
+}
+
 mkdirSync(path.dirname(values.json), { recursive: true });
-writeFileSync(values.json, JSON.stringify({ machine: { cores: cpus().length, cpu: cpus()[0]?.model, node: process.version, date: new Date().toISOString() }, preset: tr.manifest.name, ep: tr.ep, trainedArrivals, rows, checkpointMs: ckMs, exportMs: exMs, removal: scale }, null, 1) + '\n');
+writeFileSync(values.json, JSON.stringify({ machine: { cores: cpus().length, cpu: cpus()[0]?.model, node: process.version, date: new Date().toISOString() }, preset: tr.manifest.name, ep: tr.ep, trainedArrivals, rows, checkpointMs: ckMs, exportMs: exMs, removal: scale, arrivalShape }, null, 1) + '\n');
 console.log(`wrote ${values.json}`);
 await tr.close();
 rmSync(work, { recursive: true, force: true });

@@ -81,8 +81,8 @@ export class Trainer {
   /** Completed (applied) updates. */
   steps = 0;
   private runs = 0;
-  /** What crossed into and out of the training session, and the time spent in its run() (benchmarks). */
-  readonly io = { runs: 0, bytesIn: 0, bytesOut: 0, runMs: 0 };
+  /** What crossed into and out of the training session, and the wall and process CPU time spent in its run() (benchmarks). */
+  readonly io = { runs: 0, bytesIn: 0, bytesOut: 0, runMs: 0, runCpuMs: 0 };
   private readonly ep0: EP;
 
   private constructor(
@@ -161,10 +161,13 @@ export class Trainer {
       throw new SessionRunError(this.train.ep, `execution provider '${this.train.ep}' failed during a run: injected fault (SSOCL_INJECT_FAULT)`);
     }
     const t0 = performance.now();
+    const c0 = process.cpuUsage();
     const out = await this.train.run(feeds);
     const ms = performance.now() - t0;
+    const c = process.cpuUsage(c0);
     this.io.runs++;
     this.io.runMs += ms;
+    this.io.runCpuMs += (c.user + c.system) / 1000;
     for (const f of Object.values(feeds)) this.io.bytesIn += f.data.byteLength;
     for (const f of Object.values(out)) this.io.bytesOut += f.data.byteLength;
     return { out, ms };
