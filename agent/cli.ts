@@ -196,7 +196,19 @@ await yargs(hideBin(process.argv))
             'max-skips': { int: true, min: 1, default: 10, describe: 'consecutive non-finite steps before stopping' },
             'stable-ms': { min: 0, default: 300, describe: 'a new file is read once its size has not changed for this long' },
           }),
-        ),
+        )
+        .option('health-gate', { type: 'boolean', default: true, describe: 'measure each export on a health set of frames kept aside and refuse to publish a collapsed or worse encoder (--no-health-gate: measure and report only)' })
+        .options(
+          nums({
+            'health-frames': { int: true, min: 2, default: 256, describe: 'frames in the health set (a reservoir of the stream, in <state>/health-set.safetensors)' },
+            'health-min-rank': { min: 0, default: 1.5, describe: 'refuse an export whose effective rank (RankMe of the features) is below this (1: every frame embeds alike)' },
+            'health-max-cos': { min: 0, max: 1, default: 0.99, describe: 'refuse an export whose mean pairwise cosine similarity is above this' },
+            'health-max-rank-drop': { min: 0, max: 1, default: 0.5, describe: 'refuse an export whose effective rank is below (1 - this) x the published model\'s on the same frames' },
+            'health-max-cos-rise': { min: 0, max: 2, describe: 'refuse an export whose mean cosine similarity is above the published model\'s + this (default: not checked; it wanders with the features\' mean direction)' },
+            'probe-max-drop': { min: 0, max: 1, default: 0.1, describe: 'with --probe: refuse an export whose kNN accuracy (0-1) is below the published model\'s - this' },
+          }),
+        )
+        .option('probe', { type: 'string', describe: 'a labelled folder ROOT/<class>/*.png|jpg: its kNN accuracy is measured at each export too (every 5th image per class a query)' }),
     async (a) => {
       // What each path must be, before anything is created or read (--watch and --camera are checked by
       // the run itself, which names what it could not list or open).
@@ -206,6 +218,7 @@ await yargs(hideBin(process.argv))
       writableDir('--models', a.models);
       if (a.processed) writableDir('--processed', a.processed);
       if (a.quarantine) writableDir('--quarantine', a.quarantine);
+      if (a.probe) readableDir('--probe', a.probe);
       if (a.metrics) writableFile('--metrics', a.metrics);
       if (a['emit-embeddings']) {
         writableFile('--emit-embeddings', a['emit-embeddings']);
@@ -361,6 +374,26 @@ await yargs(hideBin(process.argv))
       if (a['novelty-buffer'] !== undefined) readableDir('--novelty-buffer', a['novelty-buffer']);
       const { classifyCommand } = await import('./commands/infer.ts');
       await classifyCommand({ ...inferArgs(a), support: a.support, out: a.out, k: a.k, temperature: a.temperature, rejectBelow: a['reject-below'], novelty: a.novelty || a['novelty-buffer'] !== undefined, noveltyState: a['novelty-buffer'] });
+    },
+  )
+  .command(
+    'models <action> [step]',
+    'the exported versions (list: published or refused by the health gate, the current one marked) and rollback [STEP] (an earlier version becomes latest.onnx)',
+    (y) =>
+      y
+        .positional('action', { choices: ['list', 'rollback'] as const, demandOption: true, describe: 'list, or rollback' })
+        .positional('step', { type: 'string', describe: 'rollback: the step of the version to publish (default: the published one before the current)' })
+        .option('models', { type: 'string', default: 'models', describe: 'the models directory of the agent (--models of ssocl run)' })
+        .option('force', { type: 'boolean', default: false, describe: 'rollback: publish a version the health gate refused' })
+        .option('json', { type: 'boolean', default: false, describe: 'list: one JSON line per version' }),
+    async (a) => {
+      readableDir('--models', a.models);
+      const step = a.step === undefined ? undefined : Number(a.step);
+      if (step !== undefined && !(Number.isSafeInteger(step) && step >= 0)) throw new UsageError(`STEP ${a.step}: expected a training step (a whole number)`);
+      if (a.action === 'list' && step !== undefined) throw new UsageError('models list takes no STEP');
+      const { modelsList, modelsRollback } = await import('./commands/models.ts');
+      if (a.action === 'list') await modelsList({ models: a.models, json: a.json });
+      else await modelsRollback({ models: a.models, step, force: a.force });
     },
   )
   .command(

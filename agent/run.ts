@@ -24,6 +24,7 @@ import { Due, type Every } from './pipeline/every.ts';
 import { learnArrival, learnt } from './pipeline/learn.ts';
 import { EmbeddingLog, MetricsLog, StatusLine, StepTally } from './pipeline/observe.ts';
 import { Publisher } from './pipeline/publish.ts';
+import { HealthGate, type HealthOptions } from './health/gate.ts';
 import { Checkpointer, resume, type Resumed } from './pipeline/state.ts';
 import { CameraInput, checkCamera } from './sources/camera-input.ts';
 import { DatasetSource, type DatasetStream } from './sources/dataset.ts';
@@ -88,6 +89,8 @@ export interface AgentOptions {
   progress?: (line: string) => void;
   /** A one-line status through `log` this often (ms; 0 or unset: none), for logs without a terminal. */
   statusEveryMs?: number;
+  /** The health gate before each export (agent/health/gate.ts); unset fields take its defaults. */
+  health?: Partial<HealthOptions>;
 }
 
 export interface AgentSummary {
@@ -262,7 +265,8 @@ async function runAgentWith(o: AgentOptions, signals: Signals): Promise<AgentSum
   const metrics = new MetricsLog(o.metrics, o.log);
   const tally = new StepTally(learner, counters, metrics, o.log);
   const checkpoints = new Checkpointer(ckptDir, learner, artifact, counters, source, o.log, o.diskRetryMs);
-  const publisher = new Publisher(o.models, o.fresh, artifact, learner, o.log);
+  const health = await HealthGate.open({ stateDir: o.stateDir, fresh: o.fresh, fit: o.fit, maxPixels: o.maxPixels, options: o.health }, learner, source, o.log);
+  const publisher = new Publisher(o.models, o.fresh, artifact, learner, o.log, health, metrics);
   const last = () => ({ checkpoint: checkpoints.lastFile || resumed.file, checkpointAt: checkpoints.lastAt, export: publisher.last ? `step ${publisher.last.step}` : '' });
   const r: Run = {
     o, learner, trainer, source, counters, metrics, tally, checkpoints, publisher,

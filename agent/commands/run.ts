@@ -131,6 +131,10 @@ export async function runCommand(a: Record<string, any>): Promise<void> {
     progress: tty ? (line) => process.stderr.write(`\r\x1b[K${line}`) : undefined,
     // Without a terminal there is no progress line: a status line every 30 s unless told otherwise.
     statusEveryMs: (a['status-every'] ?? (tty ? 0 : 30)) * 1000,
+    health: {
+      gate: a['health-gate'], frames: a['health-frames'], minRank: a['health-min-rank'], maxCos: a['health-max-cos'],
+      maxRankDrop: a['health-max-rank-drop'], maxCosRise: a['health-max-cos-rise'], probe: a.probe, maxProbeDrop: a['probe-max-drop'],
+    },
   };
   const s = await runAgent(opts, { keepSignalHandlers: true });
   process.stdout.write(

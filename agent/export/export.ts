@@ -8,6 +8,10 @@
 // it. A kill before latest.onnx is renamed leaves latest.onnx one export behind; reconcileLatest (at
 // start, and after a failed export) finishes the publish from the versioned file, or, where that is
 // gone, rewrites latest.json from latest.onnx itself (its metadata_props carry the step and the rest).
+//
+// Each version has a sidecar encoder-<step>.json (written after the model it describes): step, time,
+// health figures, and status `published` or `rejected` (the health gate refused it: the model is kept
+// for inspection, latest.* untouched). A rollback publishes an older version in the same order.
 
 import { existsSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
 import path from 'node:path';
@@ -17,6 +21,7 @@ import { openSession } from '../trainer/backend.ts';
 import type { Manifest } from '../../core/manifest.ts';
 import { decodeSafetensors } from '../../core/codecs/safetensors.ts';
 import { sha256, writeFileAtomic } from '../../core/atomic.ts';
+import type { HealthFigures } from '../health/measure.ts';
 
 export interface ExportInfo {
   file: string;
@@ -26,6 +31,11 @@ export interface ExportInfo {
   artifact: string;
   time: string;
   maxAbsDiff: number;
+  sha256: string;
+  /** rejected: refused by the health gate (kept as a version, not published). */
+  status: 'published' | 'rejected';
+  reason?: string;
+  health?: HealthFigures;
 }
 
 /** embed.onnx of an artifact directory with `state` (parameters and BN statistics) bound in. */
@@ -47,10 +57,70 @@ export function initialEncoder(dir: string): Uint8Array {
 
 const VERSIONED = /^encoder-\d+\.onnx$/;
 
+/** encoder-<step>.onnx's sidecar: encoder-<step>.json. */
+export const sidecarOf = (file: string) => file.replace(/\.onnx$/, '.json');
+
+function readJson(file: string): Record<string, unknown> | null {
+  try {
+    const v: unknown = JSON.parse(readFileSync(file, 'utf8'));
+    return v && typeof v === 'object' && !Array.isArray(v) ? (v as Record<string, unknown>) : null;
+  } catch {
+    return null;
+  }
+}
+
+const jsonBytes = (v: unknown) => Buffer.from(JSON.stringify(v, null, 1) + '\n');
+
+/**
+ * Publishes a whole versioned model: latest.json (the commit record, naming it) first, then latest.onnx,
+ * each by rename, so a reader of latest.onnx sees the old model or the new one, never a mix, and a kill
+ * in between is finished by reconcileLatest. Used by exports and rollbacks alike.
+ */
+export function publishLatest(modelsDir: string, bytes: Uint8Array, record: Record<string, unknown>): void {
+  try {
+    writeFileAtomic(path.join(modelsDir, 'latest.json'), jsonBytes(record));
+    writeFileAtomic(path.join(modelsDir, 'latest.onnx'), bytes);
+  } catch (e) {
+    // E.g. a full disk between the two writes: leave the pair agreeing (on the old model if need be).
+    try {
+      reconcileLatest(modelsDir);
+    } catch {
+      // the error that matters is the export's
+    }
+    throw e;
+  }
+}
+
+/**
+ * Keeps the newest `keep` published versions and the newest `keep` rejected ones (by write time, not by
+ * name: a --fresh run starts its step numbers again from 1), and always the one latest.json names.
+ */
+function pruneVersions(modelsDir: string, keep: number, justWritten: string): void {
+  const current = readJson(path.join(modelsDir, 'latest.json'))?.file;
+  const files = readdirSync(modelsDir);
+  const versions = files
+    .filter((f) => VERSIONED.test(f))
+    .map((f) => ({ f, t: statSync(path.join(modelsDir, f)).mtimeMs, rejected: readJson(path.join(modelsDir, sidecarOf(f)))?.status === 'rejected' }))
+    .sort((a, b) => a.t - b.t || a.f.localeCompare(b.f));
+  for (const rejected of [false, true]) {
+    for (const old of versions.filter((v) => v.rejected === rejected).slice(0, -keep)) {
+      if (old.f === justWritten || old.f === current) continue;
+      rmSync(path.join(modelsDir, old.f), { force: true });
+      rmSync(path.join(modelsDir, sidecarOf(old.f)), { force: true });
+    }
+  }
+  // Sidecars whose model is gone (a kill between the two removals above).
+  for (const f of files) if (/^encoder-\d+\.json$/.test(f) && !existsSync(path.join(modelsDir, f.replace(/\.json$/, '.onnx')))) rmSync(path.join(modelsDir, f), { force: true });
+}
+
+/**
+ * Writes the encoder as it is now as encoder-<step>.onnx (+ sidecar) and, unless `rejected` gives the
+ * health gate's reason, publishes it as latest.json + latest.onnx.
+ */
 export async function exportEncoder(
   trainer: Trainer,
   modelsDir: string,
-  info: { framesSeen: number; loss: number | null; probe: Float32Array; probeCount: number },
+  info: { framesSeen: number; loss: number | null; probe: Float32Array; probeCount: number; health?: HealthFigures; rejected?: string },
   keep = 5,
 ): Promise<ExportInfo> {
   const m = trainer.manifest;
@@ -81,26 +151,20 @@ export async function exportEncoder(
   for (let i = 0; i < got.length; i++) maxAbsDiff = Math.max(maxAbsDiff, Math.abs(got[i] - ref.features[i]));
   if (!(maxAbsDiff <= 1e-4)) throw new Error(`export check failed: features differ from the trainer's by ${maxAbsDiff}`);
   const file = path.join(modelsDir, `encoder-${String(step).padStart(9, '0')}.onnx`);
-  writeFileAtomic(file, bytes);
-  const meta: ExportInfo = { file: path.basename(file), step, framesSeen: info.framesSeen, loss: info.loss, artifact, time: new Date().toISOString(), maxAbsDiff };
-  try {
-    writeFileAtomic(path.join(modelsDir, 'latest.json'), Buffer.from(JSON.stringify({ ...meta, preset: m.name, sha256: sha256(bytes) }, null, 1) + '\n'));
-    writeFileAtomic(path.join(modelsDir, 'latest.onnx'), bytes);
-  } catch (e) {
-    // E.g. a full disk between the two writes: leave the pair agreeing (on the old model if need be).
-    try {
-      reconcileLatest(modelsDir);
-    } catch {
-      // the error that matters is the export's
-    }
-    throw e;
+  const name = path.basename(file);
+  const meta: ExportInfo = {
+    file: name, step, framesSeen: info.framesSeen, loss: info.loss, artifact, time: new Date().toISOString(), maxAbsDiff, sha256: sha256(bytes),
+    status: info.rejected ? 'rejected' : 'published', ...(info.rejected ? { reason: info.rejected } : {}), ...(info.health ? { health: info.health } : {}),
+  };
+  const record = { ...meta, preset: m.name };
+  if (info.rejected && readJson(path.join(modelsDir, 'latest.json'))?.file === name) {
+    // A --fresh run's step numbers start again: never overwrite the published model's own version.
+    return { ...meta, file: '' };
   }
-  // Newest by write time, not by name: a --fresh run starts its step numbers again from 1.
-  const versions = readdirSync(modelsDir)
-    .filter((f) => VERSIONED.test(f))
-    .map((f) => ({ f, t: statSync(path.join(modelsDir, f)).mtimeMs }))
-    .sort((a, b) => a.t - b.t || a.f.localeCompare(b.f));
-  for (const old of versions.slice(0, -keep)) if (old.f !== path.basename(file)) rmSync(path.join(modelsDir, old.f), { force: true });
+  writeFileAtomic(file, bytes);
+  writeFileAtomic(path.join(modelsDir, sidecarOf(name)), jsonBytes(record));
+  if (!info.rejected) publishLatest(modelsDir, bytes, record);
+  pruneVersions(modelsDir, keep, name);
   return meta;
 }
 
@@ -155,6 +219,8 @@ export function reconcileLatest(modelsDir: string): string | null {
         return false;
       }
     });
+  // The health figures live in the version's sidecar (the model's bytes depend on its weights alone).
+  const health = same ? (readJson(path.join(modelsDir, sidecarOf(same)))?.health as HealthFigures | undefined) : undefined;
   const rebuilt = {
     file: same ?? 'latest.onnx',
     step: num('ssocl.step'),
@@ -165,8 +231,62 @@ export function reconcileLatest(modelsDir: string): string | null {
     maxAbsDiff: null,
     preset: md['ssocl.preset'] ?? null,
     sha256: sha,
+    status: 'published',
+    ...(health ? { health } : {}),
     rebuiltFrom: 'latest.onnx',
   };
-  writeFileAtomic(jsonFile, Buffer.from(JSON.stringify(rebuilt, null, 1) + '\n'));
+  writeFileAtomic(jsonFile, jsonBytes(rebuilt));
   return `latest.json did not describe latest.onnx: rewritten from latest.onnx's own metadata (step ${rebuilt.step})`;
+}
+
+/** One encoder-<step>.onnx in a models directory, as `ssocl models list` shows it. */
+export interface Version {
+  file: string;
+  step: number | null;
+  time: string;
+  status: 'published' | 'rejected' | 'unknown';
+  reason?: string;
+  health?: HealthFigures;
+  framesSeen: number | null;
+  sha256: string;
+  /** The bytes are those its sidecar names (false: the file was damaged or replaced). */
+  intact: boolean;
+  /** latest.onnx holds this model. */
+  current: boolean;
+  /** What latest.json would say of it once published. */
+  record: Record<string, unknown>;
+}
+
+/** The versions in `modelsDir`, oldest first, from their sidecars (or, without one, the model's own metadata). */
+export function listVersions(modelsDir: string): Version[] {
+  const latest = readJson(path.join(modelsDir, 'latest.json'));
+  const out: Version[] = [];
+  for (const f of readdirSync(modelsDir).filter((x) => VERSIONED.test(x))) {
+    let bytes: Buffer;
+    try {
+      bytes = readFileSync(path.join(modelsDir, f));
+    } catch {
+      continue; // removed while listing (an export pruning it)
+    }
+    const sha = sha256(bytes);
+    const side = readJson(path.join(modelsDir, sidecarOf(f)));
+    let md: Record<string, string> = {};
+    try {
+      md = modelInfo(bytes).metadata;
+    } catch {
+      // not a model any more: listed as damaged
+    }
+    const num = (v: unknown) => (typeof v === 'number' && Number.isFinite(v) ? v : typeof v === 'string' && v !== '' && Number.isFinite(Number(v)) ? Number(v) : null);
+    const record = side ?? {
+      file: f, step: num(md['ssocl.step']), framesSeen: num(md['ssocl.frames_seen']), loss: num(md['ssocl.loss']), artifact: md['ssocl.artifact'] ?? null,
+      time: statSync(path.join(modelsDir, f)).mtime.toISOString(), preset: md['ssocl.preset'] ?? null, sha256: sha,
+    };
+    const status = side?.status === 'rejected' ? 'rejected' : side ? 'published' : 'unknown';
+    out.push({
+      file: f, step: num(record.step), time: String(record.time ?? ''), status, ...(typeof side?.reason === 'string' ? { reason: side.reason } : {}),
+      ...(record.health ? { health: record.health as HealthFigures } : {}), framesSeen: num(record.framesSeen), sha256: sha,
+      intact: (side?.sha256 ?? sha) === sha && Object.keys(md).length > 0, current: latest?.sha256 === sha, record: { ...record, file: f, sha256: sha },
+    });
+  }
+  return out.sort((a, b) => a.time.localeCompare(b.time) || a.file.localeCompare(b.file));
 }

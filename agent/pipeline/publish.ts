@@ -1,17 +1,22 @@
 // Exports of the encoder into --models, never replacing what is published by an encoder less trained
 // (e.g. after resuming from an older checkpoint because the newest did not verify) unless the user
-// started over (--fresh).
+// started over (--fresh), nor by one the health gate refuses (collapsed, or clearly worse than the
+// published model on the health set): that one is kept as a rejected version and training goes on.
 
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { exportEncoder, reconcileLatest, type ExportInfo } from '../export/export.ts';
+import { describeHealth, type HealthGate, type Verdict } from '../health/gate.ts';
+import type { HealthFigures } from '../health/measure.ts';
 import type { Learner } from '../trainer/learner.ts';
+import { memMB, type MetricsLog } from './observe.ts';
 
-/** step and artifact of models/latest.json, or null if there is none (or it cannot be read). */
-export function readPublished(models: string): { step: number; artifact: string } | null {
+/** step, artifact, sha256 and health figures of models/latest.json, or null if there is none (or it cannot be read). */
+export function readPublished(models: string): { step: number; artifact: string; sha256: string; health?: HealthFigures } | null {
   try {
     const j = JSON.parse(readFileSync(path.join(models, 'latest.json'), 'utf8'));
-    return Number.isInteger(j.step) && typeof j.artifact === 'string' ? { step: j.step, artifact: j.artifact } : null;
+    if (!Number.isInteger(j.step) || typeof j.artifact !== 'string') return null;
+    return { step: j.step, artifact: j.artifact, sha256: typeof j.sha256 === 'string' ? j.sha256 : '', ...(j.health && typeof j.health === 'object' ? { health: j.health } : {}) };
   } catch {
     return null;
   }
@@ -30,6 +35,9 @@ export class Publisher {
     private artifact: string,
     private learner: Learner,
     private log: (line: string) => void,
+    /** The health gate; null: exports are not measured (benchmarks, tests of other parts). */
+    private health: HealthGate | null = null,
+    private metrics: MetricsLog | null = null,
   ) {
     // A kill between the publishing renames leaves latest.json and latest.onnx apart: made to agree first.
     const repaired = reconcileLatest(models);
@@ -38,7 +46,10 @@ export class Publisher {
     this.startSteps = learner.trainer.steps;
   }
 
-  /** Exports the encoder as it is now; false when held back (it would replace a more trained one). */
+  /**
+   * Exports the encoder as it is now; false when held back (it would replace a more trained one). A
+   * candidate the health gate refuses counts as exported (kept as a rejected version, not retried).
+   */
   async publish(framesSeen: number, loss: number | null): Promise<boolean> {
     const trainer = this.learner.trainer;
     const p = this.published;
@@ -68,8 +79,36 @@ export class Publisher {
     const probe = new Float32Array(count * per);
     if (entries.length) entries.forEach((e, i) => e.image.forEach((v, k) => (probe[i * per + k] = v / 255)));
     else probe.fill(0.5);
-    this.last = await exportEncoder(trainer, this.models, { framesSeen, loss, probe, probeCount: count });
-    this.log(`exported ${path.join(this.models, this.last.file)} (step ${this.last.step}) and ${latest}`);
+    // Measured before anything is written; latest.json is re-read so a rollback since is the reference.
+    const verdict = this.health ? await this.health.check(readPublished(this.models)) : null;
+    const rejected = verdict?.reasons.join('; ') ?? '';
+    const info = await exportEncoder(trainer, this.models, { framesSeen, loss, probe, probeCount: count, health: verdict?.figures, rejected: rejected || undefined });
+    if (verdict) this.report(verdict, info);
+    if (rejected) {
+      const kept = info.file ? `kept as ${path.join(this.models, info.file)} (rejected)` : 'not kept (its file name is the published model\'s)';
+      const now = readPublished(this.models);
+      this.log(`not published: the encoder at step ${info.step} failed the health gate: ${rejected}; ${kept}; ${now ? `${latest} (step ${now.step}) stays` : 'nothing is published yet'}; training goes on`);
+      await this.health!.settle(verdict!, null);
+      return true;
+    }
+    this.last = info;
+    this.log(`exported ${path.join(this.models, info.file)} (step ${info.step}) and ${latest}`);
+    if (verdict) await this.health!.settle(verdict, { step: info.step, sha256: info.sha256 });
     return true;
+  }
+
+  /** The figures in the log and as a `health` record in the metrics. */
+  private report(v: Verdict, info: ExportInfo): void {
+    const ref = v.reference;
+    this.log(`health at step ${info.step}: ${describeHealth(v.figures)}${ref && ref.set === v.figures.set ? ` (published step ${ref.step}: rank ${ref.rank.toFixed(2)}, mean cos ${ref.meanCos.toFixed(3)})` : ''}`);
+    if (v.ignored.length) this.log(`health gate off (--no-health-gate): would have refused it: ${v.ignored.join('; ')}`);
+    // step, frames, loss and mem as in the step records, so readers of the last line of the file keep working.
+    this.metrics?.write({
+      step: info.step,
+      frames: info.framesSeen,
+      loss: info.loss,
+      mem: memMB(),
+      health: { ...v.figures, verdict: info.status, reasons: v.reasons, ...(v.ignored.length ? { ignored: v.ignored } : {}), file: info.file, reference: ref },
+    });
   }
 }

@@ -1,0 +1,84 @@
+// `ssocl models list|rollback`: the versions the agent exported into a models directory (published or
+// refused by the health gate, the current one marked), and putting an earlier one back as
+// latest.onnx + latest.json in the order exports use, so a running `embed --watch` reloads it whole.
+
+import { readFileSync } from 'node:fs';
+import path from 'node:path';
+import { listVersions, publishLatest, reconcileLatest, type Version } from '../export/export.ts';
+import { Encoder } from '../infer/encoder.ts';
+
+const usage = (msg: string) => Object.assign(new Error(msg), { exitCode: 2 });
+
+const num = (v: number | undefined, digits: number) => (v === undefined || v === null || !Number.isFinite(v) ? '-' : v.toFixed(digits));
+
+function row(v: Version): string[] {
+  const h = v.health;
+  return [
+    v.current ? '*' : ' ',
+    v.step === null ? '?' : String(v.step),
+    v.time.replace('T', ' ').replace(/\.\d+Z$/, 'Z'),
+    v.intact ? v.status : 'damaged',
+    num(h?.rank, 2),
+    num(h?.meanCos, 3),
+    num(h?.alignment, 3),
+    h?.probe ? `${(h.probe.knn * 100).toFixed(1)}%` : '-',
+    v.file + (v.status === 'rejected' && v.reason ? `  (${v.reason})` : ''),
+  ];
+}
+
+export async function modelsList(a: { models: string; json: boolean }): Promise<void> {
+  const repaired = reconcileLatest(a.models);
+  if (repaired) process.stderr.write(`${repaired}\n`);
+  const versions = listVersions(a.models);
+  if (a.json) {
+    for (const v of versions) process.stdout.write(JSON.stringify({ ...v, record: undefined }) + '\n');
+    return;
+  }
+  if (!versions.length) {
+    process.stdout.write(`no versions in ${a.models}\n`);
+    return;
+  }
+  const rows = [['', 'step', 'exported', 'status', 'rank', 'mean cos', 'align', 'probe', 'file'], ...versions.map(row)];
+  const widths = rows[0].map((_, c) => Math.max(...rows.map((r) => (c === rows[0].length - 1 ? 0 : r[c].length))));
+  for (const r of rows) process.stdout.write(r.map((x, c) => (c === 1 ? x.padStart(widths[c]) : x.padEnd(widths[c]))).join('  ').trimEnd() + '\n');
+  if (!versions.some((v) => v.current)) process.stdout.write(`(${path.join(a.models, 'latest.onnx')} is none of these)\n`);
+}
+
+/** The version a rollback publishes: STEP's, or the newest published one exported before the current. */
+function target(versions: Version[], step: number | undefined, models: string): Version {
+  const cur = versions.find((v) => v.current);
+  if (step !== undefined) {
+    const v = versions.filter((x) => x.step === step).at(-1);
+    if (!v) throw usage(`STEP ${step}: no version at that step in ${models} (there: ${versions.map((x) => x.step).join(', ') || 'none'})`);
+    return v;
+  }
+  const earlier = versions.filter((v) => v.status !== 'rejected' && v.intact && !v.current && (!cur || v.time < cur.time));
+  if (!earlier.length) throw usage(`no earlier published version in ${models} to roll back to${versions.length ? ' (see ssocl models list)' : ''}`);
+  return earlier.at(-1)!;
+}
+
+export async function modelsRollback(a: { models: string; step?: number; force: boolean }): Promise<void> {
+  const repaired = reconcileLatest(a.models);
+  if (repaired) process.stderr.write(`${repaired}\n`);
+  const versions = listVersions(a.models);
+  const cur = versions.find((v) => v.current);
+  const v = target(versions, a.step, a.models);
+  if (v.current) {
+    process.stdout.write(`${v.file} (step ${v.step}) is already what ${path.join(a.models, 'latest.onnx')} holds\n`);
+    return;
+  }
+  if (!v.intact) throw usage(`STEP ${v.step}: ${v.file} is not the model its sidecar describes (damaged or replaced); not published`);
+  if (v.status === 'rejected' && !a.force) throw usage(`STEP ${v.step}: ${v.file} was refused by the health gate (${v.reason ?? 'no reason recorded'}); --force publishes it anyway`);
+  // The bytes that are checked are the bytes that are published (the file could change in between).
+  const bytes = readFileSync(path.join(a.models, v.file));
+  const enc = await Encoder.fromBytes(v.file, bytes).catch((e: Error) => {
+    throw usage(`STEP ${v.step}: ${e.message}`);
+  });
+  await enc.release();
+  const from = cur ? { step: cur.step, sha256: cur.sha256 } : null;
+  publishLatest(a.models, bytes, { ...v.record, status: 'published', rollback: { from, at: new Date().toISOString() } });
+  process.stdout.write(
+    `${path.join(a.models, 'latest.onnx')}: step ${v.step} (${v.file})${cur ? `, was step ${cur.step}` : ''}; ` +
+      `an agent exporting into ${a.models} replaces it at its next export that passes the health gate\n`,
+  );
+}
