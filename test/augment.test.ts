@@ -2,7 +2,8 @@
 // resize, reproducibility per seed, and the statistics of the random draws.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { CIFAR_AUGMENT, multiCrop, renderCrop, sampleCrop, type CropParams } from '../agent/frames/augment.ts';
+import { CIFAR_AUGMENT, multiCrop, packCropParams, renderCrop, sampleCrop, sampleCropPacked, type CropParams } from '../agent/frames/augment.ts';
+import { CROP_PARAM_COUNT } from '../core/crop-params.ts';
 import { Rng } from '../core/rng.ts';
 
 const S = 32;
@@ -102,4 +103,17 @@ test('crop draws follow the configured statistics', () => {
   near(blur, 0.1);
   near(sol, 0.1);
   assert.ok(Math.abs(xs / n - 8) < 0.15, `mean crop x ${xs / n}`);
+});
+
+test('sampleCropPacked writes the draws sampleCrop makes, from the same generator, packed', () => {
+  const a = new Rng(11);
+  const b = new Rng(11);
+  const n = 5000;
+  const out = new Float32Array(n * CROP_PARAM_COUNT);
+  // Every branch: a config that jitters, blurs and solarizes often.
+  const c = { ...CIFAR_AUGMENT, blur: { p: 0.5, sigma: [0.1, 2] as [number, number] }, solarize: 0.5, grayscale: 0.5 };
+  for (let i = 0; i < n; i++) sampleCropPacked(a, 32, c, out, i);
+  const want = packCropParams(Array.from({ length: n }, () => sampleCrop(b, 32, c)));
+  assert.deepEqual(out, want);
+  assert.deepEqual(a.state, b.state, 'same number of draws');
 });

@@ -48,6 +48,8 @@ export class ReplayBuffer {
   private nextId = 1;
   private streamCount = 0;
   private nn: NearestNeighbours;
+  /** Entries whose features changed since the index was last refreshed. */
+  private dirty = new Map<number, Entry>();
   /** Ids currently in the buffer. */
   private live = new Set<number>();
 
@@ -77,10 +79,14 @@ export class ReplayBuffer {
     return added;
   }
 
-  /** After a training step: z* = f the first time, then normalise(alpha z* + (1 - alpha) f). */
+  /**
+   * After a training step: z* = f the first time, then normalise(alpha z* + (1 - alpha) f). The
+   * nearest-neighbour index is refreshed once, at the next shrink (or flush), for every entry changed
+   * since: nothing reads it between the K steps of an arrival, and one refresh of the union costs up
+   * to K times less than one per step (the index ends the same either way).
+   */
   async updateFeatures(batch: Entry[], zbar: Float32Array): Promise<void> {
     const d = zbar.length / batch.length;
-    const changed: { id: number; feature: Float32Array; rank: number }[] = [];
     batch.forEach((e, j) => {
       const f = normalise(zbar.subarray(j * d, (j + 1) * d));
       if (!e.feature) e.feature = f;
@@ -89,8 +95,15 @@ export class ReplayBuffer {
         e.feature = normalise(e.feature.map((v, k) => a * v + (1 - a) * f[k]));
       }
       e.seen = true;
-      if (this.usesFeatures && this.live.has(e.id)) changed.push({ id: e.id, feature: e.feature, rank: e.streamIndex });
+      if (this.usesFeatures && this.live.has(e.id)) this.dirty.set(e.id, e);
     });
+  }
+
+  /** Brings the nearest-neighbour index up to date with the features changed since the last flush. */
+  async flush(): Promise<void> {
+    if (!this.dirty.size) return;
+    const changed = [...this.dirty.values()].map((e) => ({ id: e.id, feature: e.feature!, rank: e.streamIndex }));
+    this.dirty.clear();
     await this.nn.setMany(changed);
   }
 
@@ -109,6 +122,7 @@ export class ReplayBuffer {
     const gone = this.entries.filter((e) => ids.has(e.id));
     this.entries = this.entries.filter((e) => !ids.has(e.id));
     for (const e of gone) {
+      this.dirty.delete(e.id);
       await this.nn.delete(e.id);
       this.live.delete(e.id);
     }
@@ -117,6 +131,7 @@ export class ReplayBuffer {
 
   /** Shrinks to capacity by the policy; returns what was removed. */
   async shrink(rng: Rng): Promise<Entry[]> {
+    await this.flush();
     const n = this.size - this.cfg.capacity;
     if (n <= 0) return [];
     const drop = new Set<number>();
@@ -155,6 +170,7 @@ export class ReplayBuffer {
     return removed;
   }
 
+  /** Over the index as of the last shrink or flush. */
   meanNearestSimilarity(): number {
     return this.nn.meanSimilarity();
   }
@@ -169,6 +185,7 @@ export class ReplayBuffer {
     this.streamCount = s.streamCount;
     this.entries = s.entries.map((e) => ({ ...e }));
     this.live = new Set(s.entries.map((e) => e.id));
+    this.dirty.clear();
     this.nn = new NearestNeighbours(this.engine);
     if (this.usesFeatures) await this.nn.setMany(this.entries.filter((e) => e.seen && e.feature).map((e) => ({ id: e.id, feature: e.feature!, rank: e.streamIndex })));
   }

@@ -3,7 +3,7 @@
 // an explicit seeded RNG. Output is float32 NCHW in [0, 1]; normalisation happens inside the graph.
 
 import { Rng } from '../../core/rng.ts';
-import type { CropParams } from '../../core/crop-params.ts';
+import { CROP_PARAM, CROP_PARAM_COUNT, type CropParams } from '../../core/crop-params.ts';
 
 export interface AugmentConfig {
   /** Crop area as a fraction of the image (fixed, as in the author's code). */
@@ -60,6 +60,47 @@ const clamp01 = (v: number) => (v < 0 ? 0 : v > 1 ? 1 : v);
  * Renders one crop of a uint8 CHW image (size x size) into `out` (float32 CHW, size x size) at `off`.
  * Bilinear resize with align-corners=false sampling, as torchvision's resize does.
  */
+/**
+ * sampleCrop's draws, in the same order from the same generator, written straight into one row of
+ * packed parameters (core/crop-params.ts) for crops made in the graph: the paper's 4,000 crops per step
+ * would otherwise allocate 4,000 objects (and their arrays) only to copy them into a Float32Array.
+ */
+export function sampleCropPacked(rng: Rng, size: number, c: AugmentConfig, out: Float32Array, row: number): void {
+  const o = row * CROP_PARAM_COUNT;
+  const side = Math.max(1, Math.round(size * Math.sqrt(c.area)));
+  out[o + CROP_PARAM.X] = rng.int(size - side + 1);
+  out[o + CROP_PARAM.Y] = rng.int(size - side + 1);
+  out[o + CROP_PARAM.SIDE] = side;
+  out[o + CROP_PARAM.FLIP] = rng.uniform() < c.flip ? 1 : 0;
+  const j = c.jitter;
+  if (rng.uniform() < j.p) {
+    // sampleCrop's Fisher-Yates shuffle, done in place in the row.
+    const ord = o + CROP_PARAM.ORDER;
+    for (let t = 0; t < 4; t++) out[ord + t] = t;
+    for (let i = 3; i > 0; i--) {
+      const k = rng.int(i + 1);
+      const v = out[ord + i];
+      out[ord + i] = out[ord + k];
+      out[ord + k] = v;
+    }
+    out[o + CROP_PARAM.JITTER] = 1;
+    out[o + CROP_PARAM.BRIGHTNESS] = rng.range(1 - j.brightness, 1 + j.brightness);
+    out[o + CROP_PARAM.CONTRAST] = rng.range(1 - j.contrast, 1 + j.contrast);
+    out[o + CROP_PARAM.SATURATION] = rng.range(1 - j.saturation, 1 + j.saturation);
+    out[o + CROP_PARAM.HUE] = rng.range(-j.hue, j.hue);
+  } else {
+    out[o + CROP_PARAM.JITTER] = 0;
+    for (let t = 0; t < 4; t++) out[o + CROP_PARAM.ORDER + t] = t;
+    out[o + CROP_PARAM.BRIGHTNESS] = 1;
+    out[o + CROP_PARAM.CONTRAST] = 1;
+    out[o + CROP_PARAM.SATURATION] = 1;
+    out[o + CROP_PARAM.HUE] = 0;
+  }
+  out[o + CROP_PARAM.GRAY] = rng.uniform() < c.grayscale ? 1 : 0;
+  out[o + CROP_PARAM.BLUR_SIGMA] = rng.uniform() < c.blur.p ? rng.range(c.blur.sigma[0], c.blur.sigma[1]) : 0;
+  out[o + CROP_PARAM.SOLARIZE] = rng.uniform() < c.solarize ? 1 : 0;
+}
+
 export function renderCrop(img: Uint8Array, imgOff: number, size: number, p: CropParams, out: Float32Array, off: number): void {
   const plane = size * size;
   const scale = p.side / size;

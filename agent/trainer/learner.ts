@@ -6,8 +6,8 @@
 import { Rng } from '../../core/rng.ts';
 import { ReplayBuffer, type Entry, type BufferConfig, type BufferSnapshot } from '../buffer/buffer.ts';
 import type { SimilarityEngine } from '../buffer/similarity.ts';
-import { multiCrop, sampleCrop, CIFAR_AUGMENT, type AugmentConfig, type CropParams } from '../frames/augment.ts';
-import { packCropParams } from '../../core/crop-params.ts';
+import { multiCrop, sampleCropPacked, CIFAR_AUGMENT, type AugmentConfig } from '../frames/augment.ts';
+import { CROP_PARAM_COUNT } from '../../core/crop-params.ts';
 import type { FusedBatch, StepResult, Trainer } from './trainer.ts';
 
 export type Replay = 'mixed' | 'buffer';
@@ -161,19 +161,20 @@ export class Learner {
         const rows = new Map<number, number>();
         const distinct: Entry[] = [];
         const index: number[] = [];
-        const draws: CropParams[] = [];
+        const params = new Float32Array(K * views * this.batchSize * CROP_PARAM_COUNT);
+        let row = 0;
         for (const batch of batches) {
           for (const e of batch) {
             if (!rows.has(e.id)) rows.set(e.id, distinct.push(e) - 1);
             index.push(rows.get(e.id)!);
           }
           // Row i*b + j (crop i of image j) takes the draws in multiCrop's order.
-          for (let r = 0; r < views * batch.length; r++) draws.push(sampleCrop(this.cropRng, size, this.cfg.augment));
+          for (let r = 0; r < views * batch.length; r++) sampleCropPacked(this.cropRng, size, this.cfg.augment, params, row++);
         }
         input.images = new Uint8Array(distinct.length * per);
         distinct.forEach((e, u) => input.images!.set(e.image, u * per));
         input.index = BigInt64Array.from(index, BigInt);
-        input.params = packCropParams(draws);
+        input.params = params;
       }
       ms.augment += performance.now() - ta;
       trained = true;
