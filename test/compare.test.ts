@@ -59,8 +59,9 @@ test('bench --plan: stream sizes, presets and one budget (updates x crops) per p
     assert.match(r.stdout, new RegExp(`${protocol}: ${e.b} new images per arrival, kNN memory ${e.scale === 'edge' ? 10000 : 50000} train images, 10000 test queries`));
   }
   const bad = bench(['--protocol', 'edge-cifar10', '--plan', '--per-class', '0', '--json', json]);
-  assert.equal(bad.status, 1);
-  assert.match(bad.stderr, /--per-class 0: a positive whole number or 'all'/);
+  // A bad flag is the command line's one-line exit 2 (agent/cli-args.ts), before anything is read.
+  assert.equal(bad.status, 2);
+  assert.match(bad.stderr, /^ssocl: --per-class 0: expected a whole number >= 1 or 'all'\n$/);
 });
 
 test('bench runs paired methods on a small edge stream, appends a row each, and skips them when run again', { skip }, () => {
