@@ -397,6 +397,27 @@ await yargs(hideBin(process.argv))
     },
   )
   .command(
+    'serve',
+    "a live dashboard of a running or finished agent in the browser (loss, throughput, gradient cosine, memory, health, buffer, quarantine, latest model), read from its directories and never written there",
+    (y) =>
+      y
+        .option('state', { type: 'string', default: 'ssocl-state', describe: 'the agent\'s --state directory (checkpoints: the buffer)' })
+        .option('models', { type: 'string', default: 'models', describe: 'the agent\'s --models directory (latest.json, latest.onnx)' })
+        .option('metrics', { type: 'string', describe: 'the agent\'s --metrics file (the charts)' })
+        .option('quarantine', { type: 'string', describe: 'the agent\'s --quarantine directory (default <state>/quarantine)' })
+        .option('host', { type: 'string', default: '127.0.0.1', describe: 'address to listen on; anything but loopback lets others see the frames and take the model (a warning is printed)' })
+        .options(
+          nums({
+            port: { int: true, min: 0, max: 65535, default: 8777, describe: 'port to listen on (0: any free port; the address is printed)' },
+            'poll-ms': { min: 50, default: 500, describe: 'how often the agent\'s files are looked at (ms)' },
+          }),
+        ),
+    async (a) => {
+      const { serveCommand } = await import('./commands/serve.ts');
+      await serveCommand({ state: a.state, models: a.models, metrics: a.metrics, quarantine: a.quarantine, host: a.host, port: a.port, pollMs: a['poll-ms'] });
+    },
+  )
+  .command(
     'demo',
     'the built-in default (npm start): replay the demo stream as image files into a temporary directory and run the agent on it, then export',
     (y) =>

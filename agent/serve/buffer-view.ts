@@ -1,0 +1,88 @@
+// The replay buffer as the dashboard shows it: the newest checkpoint that verifies (read through the
+// trainer's own reader, so a damaged one is skipped as a resume would skip it), its images, and each
+// entry's nearest-neighbour cosine similarity over the representative features z* stored with it.
+
+import path from 'node:path';
+import { latestCheckpoint, listCheckpoints } from '../trainer/checkpoint.ts';
+
+export interface BufferEntryView {
+  id: number;
+  key: string;
+  seen: boolean;
+  lifespan: number;
+  streamIndex: number;
+  /** Cosine similarity to the most similar other entry (null: no feature yet, or no other entry has one). */
+  nnSim: number | null;
+}
+
+export interface BufferView {
+  /** The checkpoint's file name: changes whenever a newer checkpoint is read. */
+  version: string;
+  step: number;
+  arrivals: number;
+  framesIngested: number;
+  time: string;
+  /** Image side: entries are uint8 CHW [3, size, size]. */
+  size: number;
+  entries: BufferEntryView[];
+  /** Mean of the entries' nnSim (what the metrics' nnSim reports, from the stored features). */
+  meanNnSim: number | null;
+  /** All images, entry after entry. */
+  images: Uint8Array;
+}
+
+/** Yields to the event loop: a large buffer's similarities must not stall the server's other clients. */
+const breathe = () => new Promise<void>((r) => setImmediate(r));
+
+/**
+ * For each vector, the largest dot product with another (the vectors are unit length: a cosine),
+ * null for missing vectors. Plain loops, a block of rows at a time with a yield between blocks.
+ */
+export async function nearestSimilarities(features: (Float32Array | null)[]): Promise<(number | null)[]> {
+  const idx = features.flatMap((f, i) => (f ? [i] : []));
+  const out: (number | null)[] = features.map(() => null);
+  const best = new Float64Array(features.length).fill(-Infinity);
+  for (let a = 0; a < idx.length; a++) {
+    const fa = features[idx[a]]!;
+    for (let b = a + 1; b < idx.length; b++) {
+      const fb = features[idx[b]]!;
+      let s = 0;
+      for (let k = 0; k < fa.length; k++) s += fa[k] * fb[k];
+      if (s > best[idx[a]]) best[idx[a]] = s;
+      if (s > best[idx[b]]) best[idx[b]] = s;
+    }
+    if (a % 64 === 63) await breathe();
+  }
+  for (const i of idx) if (Number.isFinite(best[i])) out[i] = best[i];
+  return out;
+}
+
+/** The name of the newest checkpoint file (cheap: one directory listing), or null. */
+export function newestCheckpointName(dir: string): string | null {
+  const all = listCheckpoints(dir);
+  return all.length ? path.basename(all.at(-1)!) : null;
+}
+
+/** The buffer of the newest checkpoint in `dir` that verifies, or null when there is none. */
+export async function readBufferView(dir: string): Promise<BufferView | null> {
+  const found = latestCheckpoint(dir);
+  if (!found) return null;
+  const { meta, images, features } = found.data;
+  const per = images[0]?.length ?? 0;
+  const size = Math.round(Math.sqrt(per / 3));
+  const all = new Uint8Array(images.length * per);
+  images.forEach((im, i) => all.set(im, i * per));
+  const nn = await nearestSimilarities(features);
+  const known = nn.filter((v): v is number => v !== null);
+  return {
+    version: path.basename(found.file),
+    step: meta.steps,
+    arrivals: meta.arrivals,
+    framesIngested: meta.framesIngested,
+    time: meta.time,
+    size,
+    entries: meta.buffer.entries.map((e, i) => ({ id: e.id, key: e.key, seen: e.seen, lifespan: e.lifespan, streamIndex: e.streamIndex, nnSim: nn[i] })),
+    meanNnSim: known.length ? known.reduce((a, b) => a + b, 0) / known.length : null,
+    images: all,
+  };
+}

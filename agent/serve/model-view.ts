@@ -1,0 +1,74 @@
+// The exported encoders as the dashboard shows them: latest.json (the commit record export.ts writes
+// before latest.onnx), the model's input size and feature width read from latest.onnx itself, and the
+// versions' sidecars (encoder-<step>.json: published or refused by the health gate, and why).
+
+import { readdirSync, readFileSync } from 'node:fs';
+import path from 'node:path';
+import { sha256 } from '../../core/atomic.ts';
+import { modelInfo } from '../../core/onnx/model.ts';
+
+export interface ModelView {
+  /** latest.json as written (step, time, health, sha256, ...), or null before the first export. */
+  latest: Record<string, unknown> | null;
+  /** Input side S of latest.onnx (images [B, 3, S, S]) and its feature width, when it reads as an encoder. */
+  size: number | null;
+  featureDim: number | null;
+  /** sha256 of latest.onnx as read now; differs from latest.latest.sha256 for a moment while an export publishes. */
+  sha256: string | null;
+  versions: { file: string; step: number | null; time: string | null; status: string; reason?: string }[];
+}
+
+function readJson(file: string): Record<string, unknown> | null {
+  try {
+    const v: unknown = JSON.parse(readFileSync(file, 'utf8'));
+    return v && typeof v === 'object' && !Array.isArray(v) ? (v as Record<string, unknown>) : null;
+  } catch {
+    return null;
+  }
+}
+
+/** latest.onnx's bytes, or null. Read whole at once: export.ts replaces it by rename, never in place. */
+export function readLatestModel(dir: string): Buffer | null {
+  try {
+    return readFileSync(path.join(dir, 'latest.onnx'));
+  } catch {
+    return null;
+  }
+}
+
+export function readModelView(dir: string): ModelView {
+  const latest = readJson(path.join(dir, 'latest.json'));
+  const bytes = readLatestModel(dir);
+  let size: number | null = null;
+  let featureDim: number | null = null;
+  if (bytes) {
+    try {
+      const info = modelInfo(bytes);
+      const s = info.inputs.find((i) => i.name === 'images')?.dims[2];
+      const d = info.outputs.find((o) => o.name === 'features')?.dims[1];
+      size = typeof s === 'number' ? s : null;
+      featureDim = typeof d === 'number' ? d : null;
+    } catch {
+      // not a readable model: the page says so rather than load it
+    }
+  }
+  let names: string[] = [];
+  try {
+    names = readdirSync(dir).filter((f) => /^encoder-\d+\.json$/.test(f));
+  } catch {
+    // no models directory yet
+  }
+  const versions = names
+    .map((f) => {
+      const j = readJson(path.join(dir, f)) ?? {};
+      return {
+        file: f.replace(/\.json$/, '.onnx'),
+        step: typeof j.step === 'number' ? j.step : null,
+        time: typeof j.time === 'string' ? j.time : null,
+        status: typeof j.status === 'string' ? j.status : 'unknown',
+        ...(typeof j.reason === 'string' ? { reason: j.reason } : {}),
+      };
+    })
+    .sort((a, b) => (a.time ?? '').localeCompare(b.time ?? '') || a.file.localeCompare(b.file));
+  return { latest, size, featureDim, sha256: bytes ? sha256(bytes) : null, versions };
+}

@@ -1,0 +1,161 @@
+// Follows a running (or finished) agent from the outside by polling what it writes: the metrics file,
+// the newest checkpoint's buffer, latest.json, the quarantine folder. Polling rather than fs.watch: the
+// agent replaces files by rename and its directories may not exist yet when the server starts, and a
+// stat a few times a second costs nothing. Nothing here writes, creates or locks anything.
+
+import { existsSync, statSync } from 'node:fs';
+import path from 'node:path';
+import { readBufferView, newestCheckpointName, type BufferView } from './buffer-view.ts';
+import { MetricsTail, type MetricsBatch } from './metrics.ts';
+import { readModelView, type ModelView } from './model-view.ts';
+import { QuarantineReader, type QuarantineView } from './quarantine-view.ts';
+
+export interface AgentDirs {
+  state: string;
+  models: string;
+  metrics?: string;
+  /** Default <state>/quarantine, as ssocl run's. */
+  quarantine: string;
+}
+
+export interface Presence {
+  state: boolean;
+  checkpoints: boolean;
+  models: boolean;
+  metrics: boolean | null;
+}
+
+export type WatchEvent =
+  | { type: 'metrics'; data: MetricsBatch }
+  | { type: 'buffer'; data: Omit<BufferView, 'images'> }
+  | { type: 'model'; data: ModelView }
+  | { type: 'quarantine'; data: QuarantineView }
+  | { type: 'presence'; data: Presence };
+
+export interface WatchTiming {
+  /** How often the metrics file and the directories are looked at. */
+  pollMs: number;
+  /** At most one checkpoint read per this long (each is a whole file, verified). */
+  bufferMs: number;
+  /** The quarantine folder (a recursive listing) at most this often. */
+  quarantineMs: number;
+}
+
+const stamp = (file: string): string => {
+  try {
+    const s = statSync(file);
+    return `${s.ino}:${s.size}:${s.mtimeMs}`;
+  } catch {
+    return '';
+  }
+};
+
+export class AgentWatch {
+  readonly tail: MetricsTail;
+  buffer: BufferView | null = null;
+  model: ModelView | null = null;
+  quarantine: QuarantineView | null = null;
+  presence: Presence | null = null;
+  private listeners = new Set<(e: WatchEvent) => void>();
+  private timer: NodeJS.Timeout | null = null;
+  private busy = false;
+  private modelStamp = '';
+  private lastBufferRead = 0;
+  private lastQuarantineRead = 0;
+  private quarantineJson = '';
+  private quarantineReader: QuarantineReader;
+
+  constructor(
+    readonly dirs: AgentDirs,
+    private timing: WatchTiming = { pollMs: 500, bufferMs: 2000, quarantineMs: 2000 },
+  ) {
+    this.tail = new MetricsTail(dirs.metrics);
+    this.quarantineReader = new QuarantineReader(dirs.quarantine);
+  }
+
+  on(fn: (e: WatchEvent) => void): () => void {
+    this.listeners.add(fn);
+    return () => this.listeners.delete(fn);
+  }
+
+  private emit(e: WatchEvent): void {
+    for (const fn of this.listeners) fn(e);
+  }
+
+  /** One look at everything now, then every pollMs. */
+  async start(): Promise<void> {
+    await this.tick();
+    this.timer = setInterval(() => void this.tick(), this.timing.pollMs);
+  }
+
+  stop(): void {
+    if (this.timer) clearInterval(this.timer);
+    this.timer = null;
+  }
+
+  /** One poll; ticks never overlap (a slow checkpoint read delays the next one instead). */
+  async tick(): Promise<void> {
+    if (this.busy) return;
+    this.busy = true;
+    try {
+      this.pollPresence();
+      const batch = this.tail.poll();
+      if (batch) this.emit({ type: 'metrics', data: batch });
+      this.pollModel();
+      this.pollQuarantine();
+      await this.pollBuffer();
+    } finally {
+      this.busy = false;
+    }
+  }
+
+  private pollPresence(): void {
+    const p: Presence = {
+      state: existsSync(this.dirs.state),
+      checkpoints: existsSync(path.join(this.dirs.state, 'checkpoints')),
+      models: existsSync(path.join(this.dirs.models, 'latest.json')),
+      metrics: this.dirs.metrics ? existsSync(this.dirs.metrics) : null,
+    };
+    if (JSON.stringify(p) === JSON.stringify(this.presence)) return;
+    this.presence = p;
+    this.emit({ type: 'presence', data: p });
+  }
+
+  private pollModel(): void {
+    const s = `${stamp(path.join(this.dirs.models, 'latest.json'))}|${stamp(path.join(this.dirs.models, 'latest.onnx'))}`;
+    if (s === this.modelStamp) return;
+    this.modelStamp = s;
+    this.model = readModelView(this.dirs.models);
+    this.emit({ type: 'model', data: this.model });
+  }
+
+  private pollQuarantine(): void {
+    const now = Date.now();
+    if (now - this.lastQuarantineRead < this.timing.quarantineMs) return;
+    this.lastQuarantineRead = now;
+    const q = this.quarantineReader.read();
+    const json = JSON.stringify(q);
+    if (json === this.quarantineJson) return;
+    this.quarantineJson = json;
+    this.quarantine = q;
+    this.emit({ type: 'quarantine', data: q });
+  }
+
+  private async pollBuffer(): Promise<void> {
+    const now = Date.now();
+    if (now - this.lastBufferRead < this.timing.bufferMs) return;
+    const newest = newestCheckpointName(path.join(this.dirs.state, 'checkpoints'));
+    if (!newest || newest === this.buffer?.version) return;
+    this.lastBufferRead = now;
+    const view = await readBufferView(path.join(this.dirs.state, 'checkpoints'));
+    if (!view || view.version === this.buffer?.version) return;
+    this.buffer = view;
+    this.emit({ type: 'buffer', data: bufferSummary(view) });
+  }
+}
+
+/** The buffer without its images (they go by a separate binary request). */
+export function bufferSummary(v: BufferView): Omit<BufferView, 'images'> {
+  const { images: _images, ...rest } = v;
+  return rest;
+}
