@@ -54,7 +54,9 @@ function drawCharts() {
   charts.terms.set(terms.map((t) => ({ label: t })), [x, ...terms.map((t) => col((p) => p.terms[t] ?? null))]);
   const r = rates(s);
   charts.rate.set([{ label: 'steps/s' }, { label: 'frames/s' }, { label: 'crops/s', right: true }], [x, r.sps, r.fps, col((p) => p.cropsPerS)]);
-  charts.grad.set([{ label: 'gradient cosine' }, { label: 'grad norm', right: true }], [x, col((p) => p.gradCos), col((p) => p.gradNorm)]);
+  // Artifacts built with gradCos=false do not report it (it keeps the previous gradient as extra state).
+  const measured = s.some((p) => p.gradCos !== null);
+  charts.grad.set([{ label: measured || !s.length ? 'gradient cosine' : 'gradient cosine (not measured by these artifacts)' }, { label: 'grad norm', right: true }], [x, col((p) => p.gradCos), col((p) => p.gradNorm)]);
   charts.mem.set([{ label: 'rss' }, { label: 'heap' }], [x, col((p) => p.rss), col((p) => p.heap)]);
   charts.buffer.set([{ label: 'entries' }, { label: 'mean NN cosine', right: true }], [x, col((p) => p.buffer), col((p) => p.nnSim)]);
   if (state.health.length) {
@@ -252,7 +254,7 @@ async function renderQuery() {
 
 /** Any drawable (image bitmap, video frame) to the model's input, preprocessed as the agent does. */
 async function setQuery(source, width, height) {
-  if (!(await tryModel.refresh())) return tryStatus('no model published yet');
+  if (!state.model?.latest || !(await tryModel.refresh())) return tryStatus('no model published yet');
   const size = tryModel.size ?? state.model?.size;
   const canvas = new OffscreenCanvas(width, height);
   const ctx = canvas.getContext('2d');
@@ -355,5 +357,5 @@ connect();
 drawCharts();
 tryStatus('waiting for a published model');
 // latest.json is polled as well as announced: a missed event or a model that was mid-publish is picked up.
-setInterval(() => void tryModel.refresh(), 2000);
-void tryModel.refresh();
+// (Only once an export exists: before that the request would only log a 404 every 2 s.)
+setInterval(() => state.presence?.models && void tryModel.refresh(), 2000);
