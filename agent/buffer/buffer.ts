@@ -36,13 +36,12 @@ export interface BufferConfig {
   alpha: number;
 }
 
-function normalise(v: Float32Array): Float32Array {
+/** 1 / |v| of v[off, off + d) (float64 sum of squares, as the EMA has always rounded it). */
+function invNorm(v: Float32Array, off: number, d: number): number {
   let s = 0;
-  for (const x of v) s += x * x;
-  const inv = 1 / Math.sqrt(s + 1e-12);
-  return v.map((x) => x * inv);
+  for (let k = 0; k < d; k++) s += v[off + k] * v[off + k];
+  return 1 / Math.sqrt(s + 1e-12);
 }
-
 export class ReplayBuffer {
   entries: Entry[] = [];
   private nextId = 1;
@@ -87,16 +86,28 @@ export class ReplayBuffer {
    */
   async updateFeatures(batch: Entry[], zbar: Float32Array): Promise<void> {
     const d = zbar.length / batch.length;
-    batch.forEach((e, j) => {
-      const f = normalise(zbar.subarray(j * d, (j + 1) * d));
-      if (!e.feature) e.feature = f;
-      else {
-        const a = this.cfg.alpha;
-        e.feature = normalise(e.feature.map((v, k) => a * v + (1 - a) * f[k]));
+    const a = this.cfg.alpha;
+    // In place, with the same float32 roundings as normalise(alpha z* + (1 - alpha) normalise(f)) built
+    // from map() temporaries: only the new feature is allocated (snapshots share the old one).
+    const f = new Float32Array(d);
+    for (let j = 0; j < batch.length; j++) {
+      const e = batch[j];
+      const off = j * d;
+      const inv = invNorm(zbar, off, d);
+      const z = e.feature;
+      const g = new Float32Array(d);
+      if (!z) {
+        for (let k = 0; k < d; k++) g[k] = zbar[off + k] * inv;
+      } else {
+        for (let k = 0; k < d; k++) f[k] = zbar[off + k] * inv;
+        for (let k = 0; k < d; k++) g[k] = a * z[k] + (1 - a) * f[k];
+        const inv2 = invNorm(g, 0, d);
+        for (let k = 0; k < d; k++) g[k] *= inv2;
       }
+      e.feature = g;
       e.seen = true;
       if (this.usesFeatures && this.live.has(e.id)) this.dirty.set(e.id, e);
-    });
+    }
   }
 
   /** Brings the nearest-neighbour index up to date with the features changed since the last flush. */
