@@ -2,11 +2,12 @@
 // the agent starts, its charts fill from server-sent events while `ssocl run --dataset demo` trains
 // tiny artifacts; the page's onnxruntime-web encoder gives Node's features (agent/infer/encoder.ts) for
 // the same input tensor; an image given to the page finds its nearest buffer images; a screenshot is
-// saved and is not blank. Without chromium: fails under CI, skips elsewhere, saying why.
+// saved and is not blank; the webcam path runs on chromium's fake camera; the page's WebGPU path
+// (SwiftShader) agrees with Node too. Without chromium: fails under CI, skips elsewhere, saying why.
 
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync, copyFileSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import sharp from 'sharp';
@@ -45,7 +46,8 @@ test('dashboard in chromium: live charts from a running agent, the page embeds a
   const models = path.join(root, 'models');
   const metrics = path.join(root, 'metrics.jsonl');
   const served = await serve({ dirs: { state, models, metrics, quarantine: path.join(state, 'quarantine') }, host: '127.0.0.1', port: 0, timing: { pollMs: 100, bufferMs: 300, quarantineMs: 1000 } });
-  const browser = await launchChromium(exe);
+  // A fake camera that needs no permission prompt, for the webcam path.
+  const browser = await launchChromium(exe, ['--use-fake-device-for-media-stream', '--use-fake-ui-for-media-stream']);
   let agent: ReturnType<typeof startAgent> | null = null;
   try {
     const page = await browser.newPage();
@@ -119,6 +121,13 @@ test('dashboard in chromium: live charts from a running agent, the page embeds a
     assert.deepEqual(hits, [...hits].sort((a, b) => b - a), 'nearest first');
     lap('nearest buffer images shown');
 
+    // The webcam (chromium's fake camera: a moving test pattern) is embedded frame after frame.
+    await page.evaluate(() => (document.querySelector('#nearest') as HTMLElement).replaceChildren());
+    await page.click('#webcam');
+    await page.waitForFunction(() => document.querySelectorAll('#nearest .hit').length > 0 && !(document.querySelector('#video') as HTMLVideoElement).hidden, { timeout: 30_000 });
+    await page.click('#webcam');
+    lap('webcam frames embedded');
+
     const shot = await page.screenshot({ fullPage: true });
     writeFileSync(path.join(root, 'dashboard.png'), shot);
     if (process.env.SSOCL_UPDATE_SCREENSHOT) {
@@ -134,6 +143,38 @@ test('dashboard in chromium: live charts from a running agent, the page embeds a
       agent.child.kill('SIGKILL');
       await agent.exit;
     }
+    await browser.close();
+    await served.close();
+  }
+});
+
+test("the page's WebGPU path (?ep=webgpu; SwiftShader here): the same features as Node within 1e-4, or WASM when WebGPU does not start", async (t) => {
+  const exe = chromiumOrSkip(t);
+  if (!exe) return;
+  const models = path.join(root, 'models');
+  if (!existsSync(path.join(models, 'latest.onnx'))) return void t.skip('needs the model the first test exported');
+  const t0 = Date.now();
+  const served = await serve({ dirs: { state: path.join(root, 'state'), models, quarantine: path.join(root, 'state/quarantine') }, host: '127.0.0.1', port: 0, timing: { pollMs: 200, bufferMs: 1000, quarantineMs: 1000 } });
+  const browser = await launchChromium(exe);
+  try {
+    const page = await browser.newPage();
+    await page.goto(`${served.url}?ep=webgpu`, { waitUntil: 'load' });
+    // Loading the WebGPU build and compiling its shaders on a CPU Vulkan takes a while.
+    await page.waitForFunction(() => (window as any).ssocl?.model.session, { timeout: 120_000, polling: 500 });
+    const ep: string = await page.evaluate(() => (window as any).ssocl.model.ep);
+    const size: number = await page.evaluate(() => (window as any).ssocl.model.size);
+    const rng = new Rng(4);
+    const x = Float32Array.from({ length: 3 * 3 * size * size }, () => rng.uniform());
+    const got: number[] = await page.evaluate(async (arr: number[]) => Array.from((await (window as any).ssocl.embed(new Float32Array(arr), 3)).features as Float32Array), Array.from(x));
+    const enc = await Encoder.open(path.join(models, 'latest.onnx'));
+    const want = await enc.run(x, 3);
+    await enc.release();
+    let maxDiff = 0;
+    for (let i = 0; i < want.length; i++) maxDiff = Math.max(maxDiff, Math.abs(got[i] - want[i]));
+    process.stdout.write(`# page on ${ep}${ep === 'webgpu' ? '' : ' (WebGPU did not start: the page fell back)'}: max |diff| vs Node ${maxDiff.toExponential(2)}, ${((Date.now() - t0) / 1000).toFixed(1)} s\n`);
+    assert.ok(maxDiff <= (ep === 'webgpu' ? 1e-4 : 1e-5), `page (${ep}) features differ from Node's by ${maxDiff}`);
+    assert.deepEqual(browser.errors, [], 'no errors in the page');
+  } finally {
     await browser.close();
     await served.close();
   }
