@@ -351,12 +351,13 @@ interface Tolerance {
  * The updates are the loose part: TCR's logdet(I + c Z Z^T) has c = d / (b eps) = 1280 there and nearly
  * parallel embeddings at init, so its gradient is ill-conditioned in float32. From step 2 on the weights
  * differ by that much, which also flips the odd ReLU whose input is within ~1e-6 of zero (dozens per layer
- * are). CPU and WASM: 3x the worst error measured; GPUs in pure float32 (--tf32 off): 3-10x looser (other
- * kernels, other summation orders); with TF32 (10-bit mantissas) there is no verdict, only the numbers.
+ * are). CPU and WASM: 3-5x the worst error measured (the two sides' errors add: at 64 crops they differed by
+ * 2.1e-4 in gradient norm); GPUs in pure float32 (--tf32 off): 3x looser again (other kernels, other
+ * summation orders); with TF32 (10-bit mantissas) there is no verdict, only the numbers.
  */
 function tolerance(ep: string): Tolerance | null {
-  if (!isGpu(ep as EP)) return { step1: 3e-5, gradNorm1: 3e-4, update1: 1e-2, steps: 3e-3 };
-  return values.tf32 === 'off' ? { step1: 1e-4, gradNorm1: 1e-3, update1: 3e-2, steps: 1e-2 } : null;
+  if (!isGpu(ep as EP)) return { step1: 3e-5, gradNorm1: 1e-3, update1: 1e-2, steps: 3e-3 };
+  return values.tf32 === 'off' ? { step1: 1e-4, gradNorm1: 3e-3, update1: 3e-2, steps: 1e-2 } : null;
 }
 
 /**
