@@ -199,3 +199,121 @@ for (const policy of ['diverse', 'minred'] as const) test(`${policy} buffer: the
   // 4 = 2n seen: the redundancy rule, e3 (near copy of e4) then e2 (closest to e5).
   assert.deepEqual(await removedKeys(await make(4)), ['e2', 'e3'], '2n seen must use the redundancy rule');
 });
+
+// The full-matrix removal (removeRedundant's path when most rows change anyway) against the
+// incremental index: the same ids in the same order, ties and near-duplicates included, and an index
+// that goes on to give the same answers.
+type Way = 'full' | 'incremental';
+const randomFeature = (rng: Rng, d: number, kind: number) =>
+  // kind 0: generic; 1: small integer components (exact ties in the sums); 2: a near copy is made by the caller.
+  kind === 1 ? unit(Array.from({ length: d }, () => rng.int(3) - 1 || 1)) : unit(Array.from({ length: d }, () => rng.normal()));
+const jitter = (rng: Rng, v: Float32Array, eps: number) => unit(Array.from(v, (x) => x + eps * rng.normal()));
+
+for (const engine of [false, true]) test(`full-matrix removal picks exactly what the incremental index picks${engine ? ' (ORT engine: each pick most redundant to within rounding)' : ' (JS: identical ids, ties and near-duplicates)'}`, async () => {
+  const eng = engine ? await ortSimilarity((m) => openChosen(m, { threads: 1 })) : null;
+  const rng = new Rng(21);
+  for (let trial = 0; trial < (engine ? 6 : 60); trial++) {
+    const m = engine ? 150 + rng.int(100) : 6 + rng.int(60);
+    const d = engine ? 64 : 2 + rng.int(6);
+    const kind = rng.int(3);
+    const pool = Array.from({ length: 1 + rng.int(m) }, () => randomFeature(rng, d, kind));
+    // Exact duplicates (kind 1 draws from few vectors), near copies, and generic features.
+    const draw = () => (kind === 2 && rng.int(2) ? jitter(rng, pool[rng.int(pool.length)], 1e-4 * rng.int(3)) : kind === 1 ? randomFeature(rng, d, 1) : pool[rng.int(pool.length)]);
+    // Ranks shuffled against slot order, so the rank tie-break is what decides ties.
+    const ranks = Array.from({ length: 4 * m }, (_, i) => i);
+    for (let i = ranks.length - 1; i > 0; i--) {
+      const k = rng.int(i + 1);
+      [ranks[i], ranks[k]] = [ranks[k], ranks[i]];
+    }
+    const feats = new Map<number, Float32Array>();
+    const ops: { items: { id: number; feature: Float32Array; rank: number }[]; del: number[] }[] = [];
+    // History: inserts, deletions (free slots reused out of order), updates.
+    let next = 0;
+    for (let k = 0; k < 3; k++) {
+      const items = Array.from({ length: 1 + rng.int(m) }, () => ({ id: next, feature: draw(), rank: ranks[next++] }));
+      for (const it of items) feats.set(it.id, it.feature);
+      const ids = [...feats.keys()];
+      const del = [...new Set(Array.from({ length: rng.int(Math.max(1, ids.length / 4)) }, () => ids[rng.int(ids.length)]))];
+      for (const id of del) feats.delete(id);
+      ops.push({ items, del });
+    }
+    const ids = [...feats.keys()];
+    // The arrival: some members change, new ones come, then n removals.
+    const changed = [...new Set(Array.from({ length: rng.int(ids.length + 1) }, () => ids[rng.int(ids.length)]))].map((id) => ({ id, feature: draw(), rank: ranks[id] }));
+    const fresh = Array.from({ length: rng.int(m / 2) }, () => ({ id: next, feature: draw(), rank: ranks[next++] }));
+    const arrival = [...changed, ...fresh];
+    const total = new Set([...ids, ...fresh.map((f) => f.id)]).size;
+    const n = rng.int(total + 1);
+    const run = async (way: Way) => {
+      const nn = new NearestNeighbours(eng);
+      for (const op of ops) {
+        await nn.setMany(op.items);
+        for (const id of op.del) await nn.delete(id);
+      }
+      const picks = await nn.removeRedundant(n, arrival, way);
+      // And afterwards the index answers alike: a further change and removals, incrementally.
+      const left = [...new Set([...ids, ...fresh.map((f) => f.id)])].filter((id) => nn.has(id));
+      const sims = left.map((id) => nn.similarity(id));
+      const later = left.slice(0, 3).map((id) => ({ id, feature: draw(), rank: ranks[id] }));
+      return { nn, picks, sims, left, later };
+    };
+    // draw() is consumed identically by both runs only if called in the same order: replay the Rng.
+    const state = rng.state;
+    const a = await run('full');
+    rng.state = state;
+    const b = await run('incremental');
+    if (!eng) {
+      assert.deepEqual(a.picks, b.picks, `trial ${trial}: m ${total}, n ${n}, kind ${kind}`);
+      assert.deepEqual(a.sims, b.sims, `trial ${trial}: nearest-neighbour similarities after removal`);
+      const k = Math.min(2, Math.floor(a.left.length / 2));
+      assert.deepEqual(await a.nn.removeRedundant(k, a.later, 'incremental'), await b.nn.removeRedundant(k, b.later, 'incremental'), `trial ${trial}: later removals`);
+    } else {
+      // Each full-matrix pick is most redundant among what was left, to within float32 GEMM rounding.
+      const all = new Map([...feats, ...arrival.map((it) => [it.id, it.feature] as const)]);
+      const alive = new Set(all.keys());
+      const dotf = (x: Float32Array, y: Float32Array) => x.reduce((s, v, k) => s + v * y[k], 0);
+      const nnSim = (i: number) => Math.max(...[...alive].filter((j) => j !== i).map((j) => dotf(all.get(i)!, all.get(j)!)));
+      for (const id of a.picks) {
+        const best = Math.max(...[...alive].map(nnSim));
+        assert.ok(nnSim(id) >= best - 1e-5, `trial ${trial}: picked ${nnSim(id)}, best ${best}`);
+        alive.delete(id);
+      }
+      assert.equal(a.picks.length, b.picks.length);
+    }
+  }
+});
+
+for (const policy of ['diverse', 'minred'] as const) test(`${policy} buffer: shrink removes the same entries whichever way the index takes`, async () => {
+  const proto = NearestNeighbours.prototype as unknown as { removeRedundant: (n: number, items: unknown[], way?: string) => Promise<number[]> };
+  const orig = proto.removeRedundant;
+  const history = async (way: Way | 'auto') => {
+    proto.removeRedundant = function (n, items) {
+      return orig.call(this, n, items, way);
+    };
+    try {
+      const rng = new Rng(31);
+      const b = new ReplayBuffer({ capacity: 40, policy, alpha: 0.5 });
+      const d = 6;
+      const base = Array.from({ length: 12 }, () => randomFeature(rng, d, 1));
+      const removed: string[][] = [];
+      for (let t = 0; t < 12; t++) {
+        const fresh = b.add(Array.from({ length: 10 + rng.int(15) }, (_, i) => ({ key: `${t}-${i}`, image: img(i) })));
+        for (let k = 0; k < 3; k++) {
+          const pick = b.sample(rng, Math.min(b.size, 20));
+          const batch = [...new Set([...fresh.slice(0, 5 + rng.int(5)), ...pick])];
+          // Features near a few base vectors, some exact copies: ties and near-duplicates.
+          const z = Float32Array.from(batch.flatMap(() => Array.from(rng.int(2) ? base[rng.int(base.length)] : jitter(rng, base[rng.int(base.length)], 1e-3))));
+          await b.updateFeatures(batch, z);
+        }
+        removed.push((await b.shrink(rng)).map((e) => e.key));
+      }
+      return removed;
+    } finally {
+      proto.removeRedundant = orig;
+    }
+  };
+  const full = await history('full');
+  assert.ok(full.some((r) => r.length > 0));
+  assert.deepEqual(full, await history('incremental'));
+  assert.deepEqual(full, await history('auto'));
+});

@@ -142,8 +142,21 @@ export class ReplayBuffer {
 
   /** Shrinks to capacity by the policy; returns what was removed. */
   async shrink(rng: Rng): Promise<Entry[]> {
-    await this.flush();
     const n = this.size - this.cfg.capacity;
+    let seen = this.nn.size;
+    for (const id of this.dirty.keys()) if (!this.nn.has(id)) seen++;
+    if (this.usesFeatures && n > 0 && seen >= 2 * n) {
+      // The index refresh and the removals together: the index picks the cheaper way (removal.ts).
+      const changed = [...this.dirty.values()].map((e) => ({ id: e.id, feature: e.feature!, rank: e.streamIndex }));
+      this.dirty.clear();
+      const ids = await this.nn.removeRedundant(n, changed);
+      const byId = new Map(this.entries.map((e) => [e.id, e]));
+      const gone = new Set(ids);
+      this.entries = this.entries.filter((e) => !gone.has(e.id));
+      for (const id of ids) this.live.delete(id);
+      return ids.map((id) => byId.get(id)!);
+    }
+    await this.flush();
     if (n <= 0) return [];
     const drop = new Set<number>();
     if (this.cfg.policy === 'fifo' || (this.usesFeatures && this.nn.size < 2 * n)) {
@@ -173,12 +186,7 @@ export class ReplayBuffer {
       }
       return this.remove(drop);
     }
-    const removed: Entry[] = [];
-    for (let r = 0; r < n; r++) {
-      const id = this.nn.mostRedundant();
-      removed.push(...(await this.remove(new Set([id]))));
-    }
-    return removed;
+    throw new Error('unreachable: the redundancy rule is taken above');
   }
 
   /** Over the index as of the last shrink or flush. */

@@ -36,6 +36,9 @@ export function removeRedundantReference(features: Float32Array[], n: number): n
   return removed;
 }
 
+/** Largest member count squared for which removeRedundant may hold the whole similarity matrix (64 MB). */
+const FULL_MAX = 1 << 24;
+
 /**
  * Nearest-neighbour similarity of every member, kept up to date as features change and members
  * leave. Dense storage (a feature matrix of slots) so the inner loops are plain typed-array dot
@@ -131,6 +134,11 @@ export class NearestNeighbours {
 
   /** Inserts or replaces the (normalised) features of several members at once. */
   async setMany(items: { id: number; feature: Float32Array; rank: number }[]): Promise<void> {
+    await this.refresh(this.load(items));
+  }
+
+  /** Writes features into slots without touching any nearest neighbour; returns the changed slots. */
+  private load(items: { id: number; feature: Float32Array; rank: number }[]): number[] {
     const changed: number[] = [];
     for (const it of items) {
       let slot = this.slotOf.get(it.id);
@@ -146,6 +154,11 @@ export class NearestNeighbours {
       this.ranks[slot] = it.rank;
       changed.push(slot);
     }
+    return changed;
+  }
+
+  /** Updates every nearest neighbour after `changed` slots got new features. */
+  private async refresh(changed: number[]): Promise<void> {
     if (!changed.length) return;
     const isChanged = new Uint8Array(this.cap);
     for (const c of changed) isChanged[c] = 1;
@@ -199,6 +212,104 @@ export class NearestNeighbours {
       }
     }
     return arg < 0 ? -1 : this.idOf[arg];
+  }
+
+  /**
+   * Sets `items`, then removes n times the most redundant member (mostRedundant, then delete) and
+   * returns the removed ids in order. When the changed rows plus the removals' recomputed rows would
+   * cost about as much as the whole matrix, the matrix over all members is computed once instead and
+   * the removals run on it (DESIGN.md section 3 as written): the same picks, ties and final index.
+   */
+  async removeRedundant(n: number, items: { id: number; feature: Float32Array; rank: number }[] = [], way: 'auto' | 'full' | 'incremental' = 'auto'): Promise<number[]> {
+    const changed = this.load(items);
+    const m = this.size;
+    // Incremental: rows for the changed slots, then about two rows per removal (the removed entry's
+    // mutual neighbour and whoever else pointed at it). Full: m rows once, in memory as [m, m] float32.
+    const full = way === 'full' || (way === 'auto' && n > 0 && m * m <= FULL_MAX && m <= changed.length + 2 * n);
+    if (full) return this.removeFull(n);
+    await this.refresh(changed);
+    const out: number[] = [];
+    for (let r = 0; r < n; r++) {
+      const id = this.mostRedundant();
+      if (id < 0) break;
+      out.push(id);
+      await this.delete(id);
+    }
+    return out;
+  }
+
+  private async removeFull(n: number): Promise<number[]> {
+    const { d, cap, alive, ranks, feats, nnSim, nnSlot } = this;
+    // Members in slot order, so scans and ties go exactly as in the slot loops above.
+    const slots: number[] = [];
+    for (let i = 0; i < cap; i++) if (alive[i]) slots.push(i);
+    const m = slots.length;
+    const F = new Float32Array(m * d);
+    slots.forEach((sl, p) => F.set(feats.subarray(sl * d, (sl + 1) * d), p * d));
+    let S: Float32Array;
+    if (this.engine && m * m * d >= 1 << 18) S = await this.engine.rows(F, m, F, m, d);
+    else {
+      // jsSimilarity's sums (float64 in k order, stored as float32) over one triangle: a.b and b.a
+      // are the same products in the same order, so the mirror is exact.
+      S = new Float32Array(m * m);
+      for (let p = 0; p < m; p++) {
+        for (let q = p + 1; q < m; q++) {
+          let s = 0;
+          for (let k = 0, x = p * d, y = q * d; k < d; k++) s += F[x + k] * F[y + k];
+          S[p * m + q] = s;
+          S[q * m + p] = S[p * m + q];
+        }
+      }
+    }
+    const live = new Uint8Array(m).fill(1);
+    const best = new Float64Array(m);
+    const arg = new Int32Array(m);
+    const scan = (p: number) => {
+      let b = -Infinity;
+      let a = -1;
+      for (let q = 0, o = p * m; q < m; q++) {
+        if (!live[q] || q === p) continue;
+        const v = S[o + q];
+        if (v > b) {
+          b = v;
+          a = q;
+        }
+      }
+      best[p] = b;
+      arg[p] = a;
+    };
+    for (let p = 0; p < m; p++) scan(p);
+    const out: number[] = [];
+    for (let r = 0; r < n; r++) {
+      // mostRedundant over the compact rows.
+      let b = -Infinity;
+      let pick = -1;
+      for (let p = 0; p < m; p++) {
+        if (!live[p]) continue;
+        const s = best[p];
+        if (s > b || (s === b && pick >= 0 && ranks[slots[p]] < ranks[slots[pick]])) {
+          b = s;
+          pick = p;
+        }
+      }
+      if (pick < 0) break;
+      live[pick] = 0;
+      const slot = slots[pick];
+      out.push(this.idOf[slot]);
+      // As delete(): the slot is freed in removal order, so later inserts land where they would have.
+      this.slotOf.delete(this.idOf[slot]);
+      alive[slot] = 0;
+      nnSim[slot] = -Infinity;
+      nnSlot[slot] = -1;
+      this.free.push(slot);
+      for (let p = 0; p < m; p++) if (live[p] && arg[p] === pick) scan(p);
+    }
+    for (let p = 0; p < m; p++) {
+      if (!live[p]) continue;
+      nnSim[slots[p]] = best[p];
+      nnSlot[slots[p]] = arg[p] < 0 ? -1 : slots[arg[p]];
+    }
+    return out;
   }
 
   /** Mean nearest-neighbour similarity (a diversity diagnostic). */
