@@ -405,6 +405,7 @@ await yargs(hideBin(process.argv))
         .option('models', { type: 'string', default: 'models', describe: 'the agent\'s --models directory (latest.json, latest.onnx)' })
         .option('metrics', { type: 'string', describe: 'the agent\'s --metrics file (the charts)' })
         .option('quarantine', { type: 'string', describe: 'the agent\'s --quarantine directory (default <state>/quarantine)' })
+        .option('artifacts', { type: 'string', default: path.join(REPO_ROOT, 'training-artifacts/edge'), describe: 'training artifacts the page can train with in the tab (the agent\'s --artifacts)' })
         .option('host', { type: 'string', default: '127.0.0.1', describe: 'address to listen on; anything but loopback lets others see the frames and take the model (a warning is printed)' })
         .options(
           nums({
@@ -414,7 +415,7 @@ await yargs(hideBin(process.argv))
         ),
     async (a) => {
       const { serveCommand } = await import('./commands/serve.ts');
-      await serveCommand({ state: a.state, models: a.models, metrics: a.metrics, quarantine: a.quarantine, host: a.host, port: a.port, pollMs: a['poll-ms'] });
+      await serveCommand({ state: a.state, models: a.models, metrics: a.metrics, quarantine: a.quarantine, artifacts: a.artifacts, host: a.host, port: a.port, pollMs: a['poll-ms'] });
     },
   )
   .command(

@@ -13,15 +13,26 @@ import path from 'node:path';
 import sharp from 'sharp';
 import { sha256 } from '../core/atomic.ts';
 import { Rng } from '../core/rng.ts';
-import { encodePng } from '../agent/frames/decode.ts';
+import { encodePng, resizeChw } from '../agent/frames/decode.ts';
+import { Trainer } from '../agent/trainer/trainer.ts';
+import { Learner, defaultLearnerConfig } from '../agent/trainer/learner.ts';
 import { Encoder } from '../agent/infer/encoder.ts';
-import { serve } from '../agent/serve/server.ts';
-import { chromiumOrSkip, launchChromium } from './helpers/browser.ts';
-import { startAgent, tinyArtifacts } from './faults/helpers.ts';
+import { serve, type Served } from '../agent/serve/server.ts';
+import { chromiumOrSkip, launchChromium, type Launched } from './helpers/browser.ts';
+import type { Page } from 'puppeteer-core';
+import { demoImage, startAgent, tinyArtifacts } from './faults/helpers.ts';
 import { REPO } from './helpers/paths.ts';
 
 const root = mkdtempSync(path.join(tmpdir(), 'ssocl-browser-'));
-test.after(() => rmSync(root, { recursive: true, force: true }));
+
+// One browser, server and dashboard page for the file (each chromium start and onnxruntime-web load
+// costs seconds on 2 cores): the first test opens them, the later ones use them when it got that far.
+let ctx: { browser: Launched; served: Served; page: Page; art: string; models: string } | null = null;
+test.after(async () => {
+  await ctx?.browser.close();
+  await ctx?.served.close();
+  rmSync(root, { recursive: true, force: true });
+});
 
 /** Pixel variance of a PNG (all channels): near 0 for a blank or single-colour page. */
 async function variance(png: Uint8Array): Promise<number> {
@@ -45,12 +56,16 @@ test('dashboard in chromium: live charts from a running agent, the page embeds a
   const state = path.join(root, 'state');
   const models = path.join(root, 'models');
   const metrics = path.join(root, 'metrics.jsonl');
-  const served = await serve({ dirs: { state, models, metrics, quarantine: path.join(state, 'quarantine') }, host: '127.0.0.1', port: 0, timing: { pollMs: 100, bufferMs: 300, quarantineMs: 1000 } });
+  const served = await serve({ dirs: { state, models, metrics, quarantine: path.join(state, 'quarantine') }, artifacts: art, host: '127.0.0.1', port: 0, timing: { pollMs: 100, bufferMs: 300, quarantineMs: 1000 } });
   // A fake camera that needs no permission prompt, for the webcam path.
-  const browser = await launchChromium(exe, ['--use-fake-device-for-media-stream', '--use-fake-ui-for-media-stream']);
+  const browser = await launchChromium(exe, ['--use-fake-device-for-media-stream', '--use-fake-ui-for-media-stream']).catch(async (e) => {
+    await served.close();
+    throw e;
+  });
+  const page = await browser.newPage();
+  ctx = { browser, served, page, art, models };
   let agent: ReturnType<typeof startAgent> | null = null;
   try {
-    const page = await browser.newPage();
     await page.setViewport({ width: 1400, height: 1700 });
     await page.goto(served.url, { waitUntil: 'load' });
     await page.waitForFunction(() => (window as any).ssocl?.state.presence, { timeout: 30_000 });
@@ -143,21 +158,99 @@ test('dashboard in chromium: live charts from a running agent, the page embeds a
       agent.child.kill('SIGKILL');
       await agent.exit;
     }
-    await browser.close();
-    await served.close();
+  }
+});
+
+test("training in the tab: the agent's Trainer and Learner bundled for the page give Node's loss and updated tensors (1e-4), one step and whole arrivals", async (t) => {
+  if (!chromiumOrSkip(t)) return;
+  if (!ctx) return void t.skip('needs the browser of the first test');
+  const { browser, page, art } = ctx;
+  const t0 = Date.now();
+  {
+    // The dashboard page of the first test: its onnxruntime-web is already loaded.
+    await page.waitForFunction(() => (window as any).ssoclTrain, { timeout: 30_000 });
+    const opened = await page.evaluate(() => (window as any).ssoclTrain.open('wasm'));
+    assert.equal(opened.ep, 'wasm');
+
+    // One step on fixed crops.
+    const node = await Trainer.open(art, { ep: 'cpu' });
+    const rng = new Rng(11);
+    const crops = Float32Array.from({ length: node.cropsShape.reduce((a, b) => a * b, 1) }, () => rng.uniform());
+    const want = await node.step(crops, 0.05);
+    const got = await page.evaluate((c: number[]) => (window as any).ssoclTrain.step(c, 0.05), Array.from(crops));
+    const worst = (a: Map<string, Float32Array>, b: Record<string, number[]>) => {
+      let m = 0;
+      for (const [k, v] of a) {
+        assert.equal(b[k]?.length, v.length, k);
+        for (let i = 0; i < v.length; i++) m = Math.max(m, Math.abs(v[i] - b[k][i]));
+      }
+      return m;
+    };
+    const dLoss = Math.abs(got.loss - want.loss);
+    const dState = worst(node.state, got.state);
+    process.stdout.write(`# one step: loss ${want.loss.toFixed(6)} (page - Node ${dLoss.toExponential(2)}), state max |diff| ${dState.toExponential(2)} over ${node.state.size} tensors\n`);
+    assert.ok(got.applied && want.applied);
+    assert.ok(dLoss <= 1e-4 && dState <= 1e-4, `loss differs by ${dLoss}, state by ${dState}`);
+    for (const [k, v] of Object.entries(want.terms)) assert.ok(Math.abs(got.terms[k] - v) <= 1e-4, `term ${k}`);
+
+    // Three arrivals through the Learner on both sides: the same replay draws, crops and buffer (shared
+    // code). Against Node on the same runtime (onnxruntime-web's wasm EP, as the agent's --ep wasm runs
+    // it): this tiny network amplifies the last-bit differences between the CPU and WASM kernels (1e-6
+    // after the first arrival's steps, 3e-3 in the momentum after the next two, whichever side runs WASM).
+    await page.evaluate(() => (window as any).ssoclTrain.open('wasm'));
+    const nodeT = await Trainer.open(art, { ep: 'wasm' });
+    const learner = new Learner(nodeT, defaultLearnerConfig(nodeT));
+    const per = nodeT.manifest.preset.agent.newPerArrival;
+    const size = nodeT.manifest.preset.image.size;
+    const frames = await Promise.all(Array.from({ length: 3 * per }, (_, k) => resizeChw(demoImage(k), 32, size)));
+    const nodeLosses: number[] = [];
+    const pageLosses: number[] = [];
+    for (let a = 0; a < 3; a++) {
+      const batch = frames.slice(a * per, (a + 1) * per);
+      const r = await learner.arrive(batch.map((image, i) => ({ key: `test-${i}`, image })));
+      nodeLosses.push(...r.steps.map((s) => s.loss));
+      const pr = await page.evaluate((ims: number[][]) => (window as any).ssoclTrain.arrive(ims), batch.map((b) => Array.from(b)));
+      pageLosses.push(...pr.steps.map((s: { loss: number }) => s.loss));
+      assert.equal(pr.buffer, learner.buffer.size, `buffer after arrival ${a + 1}`);
+    }
+    const arrState = worst(nodeT.state, await page.evaluate(() => (window as any).ssoclTrain.state()));
+    const arrLoss = Math.max(...nodeLosses.map((l, i) => Math.abs(l - pageLosses[i])));
+    process.stdout.write(`# 3 arrivals, ${nodeLosses.length} steps: losses max |diff| ${arrLoss.toExponential(2)}, state ${arrState.toExponential(2)}; ${((Date.now() - t0) / 1000).toFixed(1)} s\n`);
+    assert.ok(nodeLosses.length >= 2, `steps were taken (${nodeLosses.length})`);
+    assert.equal(pageLosses.length, nodeLosses.length);
+    assert.ok(arrLoss <= 1e-4 && arrState <= 1e-4, `arrivals: losses differ by ${arrLoss}, state by ${arrState}`);
+
+    // The panel's own path: image files given to it make an arrival (preprocessed as the agent's frames).
+    const pngs = await Promise.all(frames.slice(0, per).map(async (im, i) => {
+      const f = path.join(root, `train-${i}.png`);
+      writeFileSync(f, await encodePng(im, size));
+      return f;
+    }));
+    const stepsBefore = nodeT.steps;
+    await (await page.$('input#train-files'))!.uploadFile(...pngs);
+    await page.waitForFunction((n: number) => (document.querySelector('#train-download') as HTMLAnchorElement).download === `encoder-browser-${n}.onnx`, { timeout: 30_000 }, stepsBefore + nodeT.manifest.preset.agent.updatesPerArrival);
+    await learner.arrive(frames.slice(0, per).map((image, i) => ({ key: `train-${i}.png`, image })));
+
+    // The downloadable encoder is an ssocl encoder Node loads, with the page's weights.
+    const bytes = Uint8Array.from(await page.evaluate(() => (window as any).ssoclTrain.encoder()));
+    const enc = await Encoder.fromBytes('browser.onnx', bytes);
+    assert.equal(enc.version.step, nodeT.steps);
+    const x = Float32Array.from({ length: 2 * 3 * size * size }, () => rng.uniform());
+    const fPage = await enc.run(x, 2);
+    const fNode = (await nodeT.embed(x, 2)).features;
+    await enc.release();
+    assert.ok(Math.max(...fPage.map((v, i) => Math.abs(v - fNode[i]))) <= 1e-4, 'exported encoder agrees with the Node trainer');
+    assert.deepEqual(browser.errors, [], 'no errors in the page');
   }
 });
 
 test("the page's WebGPU path (?ep=webgpu; SwiftShader here): the same features as Node within 1e-4, or WASM when WebGPU does not start", async (t) => {
-  const exe = chromiumOrSkip(t);
-  if (!exe) return;
-  const models = path.join(root, 'models');
-  if (!existsSync(path.join(models, 'latest.onnx'))) return void t.skip('needs the model the first test exported');
+  if (!chromiumOrSkip(t)) return;
+  if (!ctx || !existsSync(path.join(ctx.models, 'latest.onnx'))) return void t.skip('needs the browser and the model of the first test');
+  const { browser, served, models } = ctx;
   const t0 = Date.now();
-  const served = await serve({ dirs: { state: path.join(root, 'state'), models, quarantine: path.join(root, 'state/quarantine') }, host: '127.0.0.1', port: 0, timing: { pollMs: 200, bufferMs: 1000, quarantineMs: 1000 } });
-  const browser = await launchChromium(exe);
+  const page = await browser.newPage();
   try {
-    const page = await browser.newPage();
     await page.goto(`${served.url}?ep=webgpu`, { waitUntil: 'load' });
     // Loading the WebGPU build and compiling its shaders on a CPU Vulkan takes a while.
     await page.waitForFunction(() => (window as any).ssocl?.model.session, { timeout: 120_000, polling: 500 });
@@ -175,7 +268,7 @@ test("the page's WebGPU path (?ep=webgpu; SwiftShader here): the same features a
     assert.ok(maxDiff <= (ep === 'webgpu' ? 1e-4 : 1e-5), `page (${ep}) features differ from Node's by ${maxDiff}`);
     assert.deepEqual(browser.errors, [], 'no errors in the page');
   } finally {
-    await browser.close();
-    await served.close();
+    await page.close();
   }
 });
+

@@ -21,6 +21,7 @@ import { serve, type Served } from '../agent/serve/server.ts';
 import { hostWarning } from '../agent/commands/serve.ts';
 import { reasonKind } from '../agent/serve/quarantine-view.ts';
 import { REPO } from './helpers/paths.ts';
+import { tinyArtifacts } from './faults/helpers.ts';
 
 const CLI = path.join(REPO, 'bin/ssocl.mjs');
 const MODEL = path.join(REPO, 'test/fixtures/edge-demo-step141.onnx');
@@ -277,17 +278,24 @@ function snapshot(dirs: string[]): Map<string, string> {
   return out;
 }
 
-test("a whole session (page, events, buffer images, model download, the state API) leaves the agent's directories as they were; missing ones are not created", async () => {
+test("a whole session (page, events, buffer images, model download, the state API, the training bundle and artifacts) leaves the agent's directories as they were; missing ones are not created", async () => {
   const d = agentDirs('readonly');
+  const art = tinyArtifacts(path.join(d.base, 'art'));
+  writeFileSync(path.join(art, 'notes.txt'), 'not named by the manifest\n');
   const before = snapshot([d.base]);
   await new Promise((r) => setTimeout(r, 20)); // a write after this would show in mtime/ctime
-  const s = await serveDirs(d);
+  const s = await serve({ dirs: { state: d.state, models: d.models, metrics: d.metrics, quarantine: d.quarantine }, artifacts: art, host: '127.0.0.1', port: 0, timing: FAST });
   const ev = events(s.url);
   try {
     await ev.next('buffer');
     await ev.next('model');
     await ev.next('quarantine');
-    for (const p of ['', 'page/app.js', 'api/state', 'api/buffer/images', 'models/latest.onnx', 'models/latest.json']) assert.equal((await fetchRaw(s.url + p)).status, 200, p);
+    for (const p of ['', 'page/app.js', 'api/state', 'api/buffer/images', 'models/latest.onnx', 'models/latest.json', 'artifacts/manifest.json', 'artifacts/train_step.onnx', 'artifacts/init.safetensors']) assert.equal((await fetchRaw(s.url + p)).status, 200, p);
+    // The agent's own modules bundled for the page (built in memory).
+    const bundle = await fetchRaw(`${s.url}page/train.bundle.js`);
+    assert.equal(bundle.status, 200);
+    assert.match(bundle.body.toString(), /openTrainer/);
+    for (const p of ['artifacts/notes.txt', 'artifacts/..%2Fmodels%2Flatest.json', 'artifacts/', 'artifacts/embed.onnx%00']) assert.equal((await fetchRaw(s.url + p)).status, 404, p);
     await new Promise((r) => setTimeout(r, 300)); // several polls
   } finally {
     ev.close();

@@ -12,6 +12,8 @@ export interface ServeArgs {
   models: string;
   metrics?: string;
   quarantine?: string;
+  /** Training artifacts for training in the tab (the agent's --artifacts). */
+  artifacts?: string;
   host: string;
   port: number;
   pollMs: number;
@@ -21,7 +23,7 @@ export interface ServeArgs {
  * The paths may not exist yet (the agent has not started, or not exported): the page says what it is
  * waiting for. What exists must be what it should be.
  */
-export function checkServePaths(a: Pick<ServeArgs, 'state' | 'models' | 'metrics' | 'quarantine'>): void {
+export function checkServePaths(a: Pick<ServeArgs, 'state' | 'models' | 'metrics' | 'quarantine' | 'artifacts'>): void {
   const kind = (p: string) => {
     try {
       return statSync(p).isDirectory() ? 'dir' : 'file';
@@ -29,7 +31,7 @@ export function checkServePaths(a: Pick<ServeArgs, 'state' | 'models' | 'metrics
       return null;
     }
   };
-  for (const [flag, p] of [['--state', a.state], ['--models', a.models], ['--quarantine', a.quarantine]] as const) {
+  for (const [flag, p] of [['--state', a.state], ['--models', a.models], ['--quarantine', a.quarantine], ['--artifacts', a.artifacts]] as const) {
     if (p !== undefined && kind(p) === 'file') throw new UsageError(`${flag} ${p}: not a directory`);
   }
   if (a.metrics !== undefined && kind(a.metrics) === 'dir') throw new UsageError(`--metrics ${a.metrics}: a directory, not a file`);
@@ -62,7 +64,7 @@ export async function serveCommand(a: ServeArgs): Promise<void> {
   if (warning) process.stderr.write(`${warning}\n`);
   let served;
   try {
-    served = await serve({ dirs, host: a.host, port: a.port, timing: { pollMs: a.pollMs, bufferMs: Math.max(2000, a.pollMs), quarantineMs: Math.max(2000, a.pollMs) } });
+    served = await serve({ dirs, artifacts: a.artifacts ? path.resolve(a.artifacts) : undefined, host: a.host, port: a.port, timing: { pollMs: a.pollMs, bufferMs: Math.max(2000, a.pollMs), quarantineMs: Math.max(2000, a.pollMs) } });
   } catch (e) {
     const code = (e as NodeJS.ErrnoException).code;
     if (code === 'EADDRINUSE') throw new UsageError(`--port ${a.port}: already in use on ${a.host} (--port 0 picks a free one)`);

@@ -11,6 +11,7 @@ import type { AddressInfo } from 'node:net';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { sha256 } from '../../core/atomic.ts';
+import { trainerBundle } from './bundle.ts';
 import { thin } from './metrics.ts';
 import { readLatestModel } from './model-view.ts';
 import { AgentWatch, bufferSummary, type AgentDirs, type WatchEvent, type WatchTiming } from './watch.ts';
@@ -51,6 +52,8 @@ const CSP = [
 
 export interface ServeOptions {
   dirs: AgentDirs;
+  /** Training artifacts the page may train with in the tab (served read-only: manifest.json and the files it names). */
+  artifacts?: string;
   host: string;
   port: number;
   timing?: WatchTiming;
@@ -89,6 +92,19 @@ function listed(dir: string, allow: RegExp): (name: string) => string | null {
 const pageFile = listed(PAGE_DIR, /^[\w-]+\.(html|js|css|png|svg)$/);
 const uplotFile = listed(UPLOT_DIR, /^uPlot\.(iife\.min\.js|min\.css)$/);
 const ortFile = listed(ORT_DIR, /^ort[\w.-]*\.(mjs|js|wasm)$/);
+
+/** An artifact file the page may fetch: manifest.json or a file its `files` names, present in the directory. */
+function artifactFile(dir: string | undefined, name: string): string | null {
+  if (!dir) return null;
+  let names: string[];
+  try {
+    const m = JSON.parse(readFileSync(path.join(dir, 'manifest.json'), 'utf8')) as { files?: Record<string, string> };
+    names = ['manifest.json', ...Object.keys(m.files ?? {})];
+  } catch {
+    return null;
+  }
+  return names.includes(name) ? listed(dir, /^[\w.-]+$/)(name) : null;
+}
 
 function send(res: ServerResponse, status: number, body: string | Uint8Array, type: string, headers: Record<string, string> = {}): void {
   res.writeHead(status, { 'Content-Type': type, 'Content-Length': String(Buffer.byteLength(body)), 'X-Content-Type-Options': 'nosniff', 'Content-Security-Policy': CSP, ...headers });
@@ -161,17 +177,26 @@ class EventHub {
   }
 }
 
-function handle(req: IncomingMessage, res: ServerResponse, watch: AgentWatch, hub: EventHub, boundLoopback: boolean): void {
+function handle(req: IncomingMessage, res: ServerResponse, watch: AgentWatch, hub: EventHub, boundLoopback: boolean, artifacts: string | undefined): void {
   if (!hostAllowed(req, boundLoopback)) return send(res, 403, 'host not allowed (the server answers only to its loopback address)\n', 'text/plain; charset=utf-8');
   if (req.method !== 'GET' && req.method !== 'HEAD') return send(res, 405, 'read-only\n', 'text/plain; charset=utf-8', { Allow: 'GET, HEAD' });
   const url = new URL(req.url ?? '/', 'http://x');
   const p = url.pathname;
   const m = /^\/(page|vendor\/uplot|vendor\/ort)\/([^/]+)$/.exec(p);
+  if (p === '/page/train.bundle.js') {
+    trainerBundle().then(
+      (js) => send(res, 200, js, TYPES['.js'], { 'Cache-Control': 'no-store' }),
+      (e) => send(res, 500, `the training bundle did not build: ${(e as Error).message}\n`, 'text/plain; charset=utf-8'),
+    );
+    return;
+  }
   if (p === '/' || p === '/index.html') return sendFile(res, pageFile('index.html'), 'no-store');
   if (m?.[1] === 'page') return sendFile(res, pageFile(m[2]), 'no-store');
   if (m?.[1] === 'vendor/uplot') return sendFile(res, uplotFile(m[2]), 'max-age=3600');
   if (m?.[1] === 'vendor/ort') return sendFile(res, ortFile(m[2]), 'max-age=3600');
   if (p === '/events') return hub.add(res);
+  const art = /^\/artifacts\/([^/]+)$/.exec(p);
+  if (art) return sendFile(res, artifactFile(artifacts, decodeURIComponent(art[1])), 'no-store');
   if (p === '/api/state') {
     const b = watch.buffer;
     return sendJson(res, { presence: watch.presence, model: watch.model, quarantine: watch.quarantine, buffer: b ? bufferSummary(b) : null, steps: watch.tail.steps.length, evals: watch.tail.evals, health: watch.tail.health });
@@ -208,7 +233,7 @@ export async function serve(o: ServeOptions): Promise<Served> {
   const boundLoopback = isLoopback(o.host);
   const server = createServer((req, res) => {
     try {
-      handle(req, res, watch, hub, boundLoopback);
+      handle(req, res, watch, hub, boundLoopback, o.artifacts);
     } catch (e) {
       if (!res.headersSent) send(res, 500, `${(e as Error).message}\n`, 'text/plain; charset=utf-8');
       else res.destroy();
