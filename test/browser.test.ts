@@ -143,6 +143,8 @@ test('dashboard in chromium: live charts from a running agent, the page embeds a
     await page.click('#webcam');
     lap('webcam frames embedded');
 
+    // Back to the top: the clicks above scrolled, and the sticky header would be drawn where the view was.
+    await page.evaluate(() => window.scrollTo(0, 0));
     const shot = await page.screenshot({ fullPage: true });
     writeFileSync(path.join(root, 'dashboard.png'), shot);
     if (process.env.SSOCL_UPDATE_SCREENSHOT) {
@@ -271,4 +273,3 @@ test("the page's WebGPU path (?ep=webgpu; SwiftShader here): the same features a
     await page.close();
   }
 });
-

@@ -43,6 +43,7 @@ async function open(ep = 'wasm', seed = 0) {
 async function arrive(items) {
   const r = await learner.arrive(items);
   for (const s of r.steps) losses.push([learner.trainer.steps, s.loss]);
+  $('chart-train').hidden = losses.length === 0;
   chart.set([{ label: 'loss' }], [losses.map((l) => l[0]), losses.map((l) => l[1])]);
   status(`step ${learner.trainer.steps}, buffer ${learner.buffer.size}, last loss ${r.steps.at(-1)?.loss.toFixed(4) ?? '– (the buffer is not full enough for a batch yet)'}`);
   const a = $('train-download');
