@@ -49,6 +49,7 @@ const values = benchArgs(import.meta.url, {
   python: { type: 'string', describe: 'Python with torch (default: $SSOCL_PYTHON, else the first of python3, /usr/bin/python3 that imports torch)' },
   'torch-ld-path': { type: 'string', describe: "prepended to the torch child's LD_LIBRARY_PATH, e.g. an OpenBLAS libblas.so.3 folder (default: $SSOCL_TORCH_LD_PATH)" },
   seed: { type: 'string', default: '1', describe: 'crop seed' },
+  progress: { type: 'boolean', default: false, describe: "a line per step of ours on stderr (where a long run got to), and each side's runs written to --json as they finish" },
   json: { type: 'string', default: path.join(HERE, 'out/peer.json'), describe: 'results' },
 });
 
@@ -245,6 +246,7 @@ async function runOurs(dir: string, ep: EP, threads: number, batches: Float32Arr
       r.losses.push(st.loss);
       r.gradNorms.push(st.gradNorm);
       r.terms.push(st.terms);
+      if (values.progress) process.stderr.write(`    ours ${ep} step ${s}/${warmup + steps}: ${st.ms.toFixed(0)} ms, loss ${st.loss.toFixed(5)}\n`);
       if (!st.applied) throw new Error(`step ${s} was not applied (non-finite or blow-up)`);
     }
     r.medianMs = median(r.ms.slice(warmup));
@@ -424,6 +426,14 @@ const py = findPython();
 const work = mkdtempSync(path.join(tmpdir(), 'ssocl-peer-'));
 const ortVersion = JSON.parse(readFileSync(path.join(REPO, 'node_modules/onnxruntime-node/package.json'), 'utf8')).version as string;
 
+const finished: SideRun[] = [];
+/** --progress: every side run in --json as soon as it ends, so a run stopped by a time limit keeps them. */
+function saveProgress(r: SideRun): void {
+  finished.push(r);
+  if (!values.progress) return;
+  mkdirSync(path.dirname(values.json), { recursive: true });
+  writeFileSync(values.json, JSON.stringify({ partial: true, artifacts: dir, pairs, finished }, null, 1) + '\n');
+}
 const pairs: { threads: number; ours: SideRun; torch: SideRun; agreement: Agreement | null; roundsMs: { ours: number[]; torch: number[] } }[] = [];
 const torchRuns: SideRun[] = [];
 try {
@@ -448,6 +458,7 @@ try {
         const o = await runOurs(dir, ep, threads, batches, images, lr);
         if (o.error) process.stderr.write(`    not run: ${o.error}\n`);
         ours[i].push(o);
+        saveProgress(o);
       }
       const done = new Set<string>();
       for (const ep of eps) {
@@ -459,6 +470,7 @@ try {
         if (t.error) process.stderr.write(`    torch: ${t.error}\n`);
         byDevice.set(dev, [...(byDevice.get(dev) ?? []), t]);
         torchRuns.push(t);
+        saveProgress(t);
       }
     }
     eps.forEach((ep, i) => {

@@ -77,7 +77,7 @@ part() {
   fi
   ((limit > left)) && limit=$left
   echo "== $name (limit ${limit} s, $((SECONDS - start)) s in)"
-  timeout -k 10 "$limit" node --import tsx bench/peer.ts --threads "$THREADS" --json "$OUT/peer-$name.json" "$@" \
+  timeout -k 10 "$limit" node --import tsx bench/peer.ts --progress --threads "$THREADS" --json "$OUT/peer-$name.json" "$@" \
     > "$OUT/$name.txt" 2> "$OUT/$name.log"
   local rc=$?
   case $rc in
@@ -93,10 +93,10 @@ for ep in $EPS; do
   part "edge-$ep" 120 --preset edge --ep "$ep" --steps "$EDGE_STEPS" --warmup "$EDGE_WARMUP" --tf32 off --embed-iters "$EDGE_EMBED"
 done
 for ep in $EPS; do
-  part "paper-cifar-$ep" 200 --preset paper-cifar "${pc_set[@]}" --ep "$ep" --steps "$PC_STEPS" --warmup "$PC_WARMUP" --tf32 off --embed-iters "$PC_EMBED"
+  part "paper-cifar-$ep" 200 --preset paper-cifar ${pc_set[@]+"${pc_set[@]}"} --ep "$ep" --steps "$PC_STEPS" --warmup "$PC_WARMUP" --tf32 off --embed-iters "$PC_EMBED"
 done
 if [[ $PC_TF32_ON == 1 && " $EPS " == *" cuda "* ]]; then
-  part "paper-cifar-cuda-tf32" 150 --preset paper-cifar "${pc_set[@]}" --ep cuda --steps "$PC_STEPS" --warmup "$PC_WARMUP" --tf32 on --embed-iters "$PC_EMBED"
+  part "paper-cifar-cuda-tf32" 150 --preset paper-cifar ${pc_set[@]+"${pc_set[@]}"} --ep cuda --steps "$PC_STEPS" --warmup "$PC_WARMUP" --tf32 on --embed-iters "$PC_EMBED"
 fi
 
 {
