@@ -212,8 +212,10 @@ const jitter = (rng: Rng, v: Float32Array, eps: number) => unit(Array.from(v, (x
 for (const engine of [false, true]) test(`full-matrix removal picks exactly what the incremental index picks${engine ? ' (ORT engine: each pick most redundant to within rounding)' : ' (JS: identical ids, ties and near-duplicates)'}`, async () => {
   const eng = engine ? await ortSimilarity((m) => openChosen(m, { threads: 1 })) : null;
   const rng = new Rng(21);
-  for (let trial = 0; trial < (engine ? 6 : 60); trial++) {
-    const m = engine ? 150 + rng.int(100) : 6 + rng.int(60);
+  // The ORT engine's incremental path makes one session run per row: a few small indexes keep this
+  // under a few seconds (the JS trials are the exhaustive ones).
+  for (let trial = 0; trial < (engine ? 3 : 60); trial++) {
+    const m = engine ? 60 + rng.int(40) : 6 + rng.int(60);
     const d = engine ? 64 : 2 + rng.int(6);
     const kind = rng.int(3);
     const pool = Array.from({ length: 1 + rng.int(m) }, () => randomFeature(rng, d, kind));
