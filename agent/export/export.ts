@@ -22,6 +22,7 @@ import type { Manifest } from '../../core/manifest.ts';
 import { decodeSafetensors } from '../../core/codecs/safetensors.ts';
 import { sha256, writeFileAtomic } from '../../core/atomic.ts';
 import type { HealthFigures } from '../health/measure.ts';
+import { readJsonObject } from '../../core/json.ts';
 
 export interface ExportInfo {
   file: string;
@@ -60,15 +61,6 @@ const VERSIONED = /^encoder-\d+\.onnx$/;
 /** encoder-<step>.onnx's sidecar: encoder-<step>.json. */
 export const sidecarOf = (file: string) => file.replace(/\.onnx$/, '.json');
 
-function readJson(file: string): Record<string, unknown> | null {
-  try {
-    const v: unknown = JSON.parse(readFileSync(file, 'utf8'));
-    return v && typeof v === 'object' && !Array.isArray(v) ? (v as Record<string, unknown>) : null;
-  } catch {
-    return null;
-  }
-}
-
 const jsonBytes = (v: unknown) => Buffer.from(JSON.stringify(v, null, 1) + '\n');
 
 /**
@@ -96,11 +88,11 @@ export function publishLatest(modelsDir: string, bytes: Uint8Array, record: Reco
  * name: a --fresh run starts its step numbers again from 1), and always the one latest.json names.
  */
 function pruneVersions(modelsDir: string, keep: number, justWritten: string): void {
-  const current = readJson(path.join(modelsDir, 'latest.json'))?.file;
+  const current = readJsonObject(path.join(modelsDir, 'latest.json'))?.file;
   const files = readdirSync(modelsDir);
   const versions = files
     .filter((f) => VERSIONED.test(f))
-    .map((f) => ({ f, t: statSync(path.join(modelsDir, f)).mtimeMs, rejected: readJson(path.join(modelsDir, sidecarOf(f)))?.status === 'rejected' }))
+    .map((f) => ({ f, t: statSync(path.join(modelsDir, f)).mtimeMs, rejected: readJsonObject(path.join(modelsDir, sidecarOf(f)))?.status === 'rejected' }))
     .sort((a, b) => a.t - b.t || a.f.localeCompare(b.f));
   for (const rejected of [false, true]) {
     for (const old of versions.filter((v) => v.rejected === rejected).slice(0, -keep)) {
@@ -157,7 +149,7 @@ export async function exportEncoder(
     status: info.rejected ? 'rejected' : 'published', ...(info.rejected ? { reason: info.rejected } : {}), ...(info.health ? { health: info.health } : {}),
   };
   const record = { ...meta, preset: m.name };
-  if (info.rejected && readJson(path.join(modelsDir, 'latest.json'))?.file === name) {
+  if (info.rejected && readJsonObject(path.join(modelsDir, 'latest.json'))?.file === name) {
     // A --fresh run's step numbers start again: never overwrite the published model's own version.
     return { ...meta, file: '' };
   }
@@ -178,13 +170,8 @@ export function reconcileLatest(modelsDir: string): string | null {
   const jsonFile = path.join(modelsDir, 'latest.json');
   const onnxFile = path.join(modelsDir, 'latest.onnx');
   type Latest = { file?: unknown; sha256?: unknown; step?: unknown };
-  let json: Latest | null = null;
-  try {
-    const v: unknown = JSON.parse(readFileSync(jsonFile, 'utf8'));
-    if (v && typeof v === 'object') json = v as Latest;
-  } catch {
-    // missing or unreadable: rebuilt below where latest.onnx exists
-  }
+  // Missing or unreadable: rebuilt below where latest.onnx exists.
+  const json = readJsonObject(jsonFile) as Latest | null;
   const onnx = existsSync(onnxFile) ? readFileSync(onnxFile) : null;
   if (onnx && json && json.sha256 === sha256(onnx)) return null;
   // An interrupted publish: latest.json was written after the versioned file it names; where that file
@@ -220,7 +207,7 @@ export function reconcileLatest(modelsDir: string): string | null {
       }
     });
   // The health figures live in the version's sidecar (the model's bytes depend on its weights alone).
-  const health = same ? (readJson(path.join(modelsDir, sidecarOf(same)))?.health as HealthFigures | undefined) : undefined;
+  const health = same ? (readJsonObject(path.join(modelsDir, sidecarOf(same)))?.health as HealthFigures | undefined) : undefined;
   const rebuilt = {
     file: same ?? 'latest.onnx',
     step: num('ssocl.step'),
@@ -259,7 +246,7 @@ export interface Version {
 
 /** The versions in `modelsDir`, oldest first, from their sidecars (or, without one, the model's own metadata). */
 export function listVersions(modelsDir: string): Version[] {
-  const latest = readJson(path.join(modelsDir, 'latest.json'));
+  const latest = readJsonObject(path.join(modelsDir, 'latest.json'));
   const out: Version[] = [];
   for (const f of readdirSync(modelsDir).filter((x) => VERSIONED.test(x))) {
     let bytes: Buffer;
@@ -269,7 +256,7 @@ export function listVersions(modelsDir: string): Version[] {
       continue; // removed while listing (an export pruning it)
     }
     const sha = sha256(bytes);
-    const side = readJson(path.join(modelsDir, sidecarOf(f)));
+    const side = readJsonObject(path.join(modelsDir, sidecarOf(f)));
     let md: Record<string, string> = {};
     try {
       md = modelInfo(bytes).metadata;

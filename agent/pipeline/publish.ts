@@ -3,23 +3,19 @@
 // started over (--fresh), nor by one the health gate refuses (collapsed, or clearly worse than the
 // published model on the health set): that one is kept as a rejected version and training goes on.
 
-import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { exportEncoder, reconcileLatest, type ExportInfo } from '../export/export.ts';
 import { describeHealth, type HealthGate, type Verdict } from '../health/gate.ts';
 import type { HealthFigures } from '../health/measure.ts';
 import type { Learner } from '../trainer/learner.ts';
 import { memMB, type MetricsLog } from './observe.ts';
+import { readJsonObject } from '../../core/json.ts';
 
 /** step, artifact, sha256 and health figures of models/latest.json, or null if there is none (or it cannot be read). */
 export function readPublished(models: string): { step: number; artifact: string; sha256: string; health?: HealthFigures } | null {
-  try {
-    const j = JSON.parse(readFileSync(path.join(models, 'latest.json'), 'utf8'));
-    if (!Number.isInteger(j.step) || typeof j.artifact !== 'string') return null;
-    return { step: j.step, artifact: j.artifact, sha256: typeof j.sha256 === 'string' ? j.sha256 : '', ...(j.health && typeof j.health === 'object' ? { health: j.health } : {}) };
-  } catch {
-    return null;
-  }
+  const j = readJsonObject(path.join(models, 'latest.json'));
+  if (!j || !Number.isInteger(j.step) || typeof j.artifact !== 'string') return null;
+  return { step: j.step as number, artifact: j.artifact, sha256: typeof j.sha256 === 'string' ? j.sha256 : '', ...(j.health && typeof j.health === 'object' ? { health: j.health as HealthFigures } : {}) };
 }
 
 export class Publisher {

@@ -6,6 +6,7 @@ import { readdirSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { sha256 } from '../../core/atomic.ts';
 import { modelInfo } from '../../core/onnx/model.ts';
+import { readJsonObject } from '../../core/json.ts';
 
 export interface ModelView {
   /** latest.json as written (step, time, health, sha256, ...), or null before the first export. */
@@ -18,15 +19,6 @@ export interface ModelView {
   versions: { file: string; step: number | null; time: string | null; status: string; reason?: string }[];
 }
 
-function readJson(file: string): Record<string, unknown> | null {
-  try {
-    const v: unknown = JSON.parse(readFileSync(file, 'utf8'));
-    return v && typeof v === 'object' && !Array.isArray(v) ? (v as Record<string, unknown>) : null;
-  } catch {
-    return null;
-  }
-}
-
 /** latest.onnx's bytes, or null. Read whole at once: export.ts replaces it by rename, never in place. */
 export function readLatestModel(dir: string): Buffer | null {
   try {
@@ -37,7 +29,7 @@ export function readLatestModel(dir: string): Buffer | null {
 }
 
 export function readModelView(dir: string): ModelView {
-  const latest = readJson(path.join(dir, 'latest.json'));
+  const latest = readJsonObject(path.join(dir, 'latest.json'));
   const bytes = readLatestModel(dir);
   let size: number | null = null;
   let featureDim: number | null = null;
@@ -60,7 +52,7 @@ export function readModelView(dir: string): ModelView {
   }
   const versions = names
     .map((f) => {
-      const j = readJson(path.join(dir, f)) ?? {};
+      const j = readJsonObject(path.join(dir, f)) ?? {};
       return {
         file: f.replace(/\.json$/, '.onnx'),
         step: typeof j.step === 'number' ? j.step : null,
