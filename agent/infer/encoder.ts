@@ -5,7 +5,7 @@
 // and of the declared size): a model file is input like any other, and a bad one must be refused with
 // a clear error, not exhaust memory or turn every result into NaN.
 
-import { createHash } from 'node:crypto';
+import { sha256 } from '../../core/atomic.ts';
 import { readFileSync } from 'node:fs';
 import { modelInfo } from '../../core/onnx/model.ts';
 import { openSessionOrFallback, type EP, type EpOptions, type Session } from '../trainer/backend.ts';
@@ -125,7 +125,7 @@ export class Encoder {
       }
     }
     const step = info.metadata['ssocl.step'];
-    const version = { sha256: createHash('sha256').update(bytes).digest('hex').slice(0, 16), step: step !== undefined ? Number(step) : null };
+    const version = { sha256: sha256(bytes).slice(0, 16), step: step !== undefined ? Number(step) : null };
     const session = await openSessionOrFallback(bytes, o.ep ?? 'cpu', o.epFallback, o, o.warn);
     const enc = new Encoder(file, version, h, dims, session);
     try {
