@@ -102,6 +102,25 @@ test('representative feature: first the step feature, then the normalised EMA wi
   assert.equal(e.seen, true);
 });
 
+test('representative feature: updated in place within an arrival, but never inside a snapshot', async () => {
+  // Checkpoints are written from snapshots while training goes on; the EMA must not reach into them.
+  const b = new ReplayBuffer({ capacity: 10, policy: 'diverse', alpha: 0.5 });
+  const [e] = b.add([{ key: 'x', image: img(0) }]);
+  await b.updateFeatures([e], new Float32Array([2, 0]));
+  const snap = b.snapshot();
+  const held = snap.entries[0].feature!;
+  await b.updateFeatures([e], new Float32Array([0, 5]));
+  assert.deepEqual(Array.from(held), [1, 0], 'the snapshot keeps the feature it was taken with');
+  assert.notEqual(e.feature, held);
+  const after = e.feature!;
+  await b.updateFeatures([e], new Float32Array([0, 5]));
+  assert.equal(e.feature, after, 'a feature no snapshot holds is reused');
+  await b.restore(snap);
+  const [r] = b.entries;
+  await b.updateFeatures([r], new Float32Array([0, 5]));
+  assert.deepEqual(Array.from(snap.entries[0].feature!), [1, 0], 'nor one restored from');
+});
+
 test('fifo keeps the newest; reservoir keeps a uniform sample of the stream', async () => {
   const fifo = new ReplayBuffer({ capacity: 5, policy: 'fifo', alpha: 0.5 });
   const rng = new Rng(2);
