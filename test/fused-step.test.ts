@@ -9,7 +9,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { compileArtifacts, writeArtifacts } from '../tools/artifacts/write.ts';
 import { Trainer, type StepResult } from '../agent/trainer/trainer.ts';
-import { Learner, defaultLearnerConfig } from '../agent/trainer/learner.ts';
+import { Learner, defaultLearnerConfig, snapshotLearner } from '../agent/trainer/learner.ts';
 import { CIFAR_AUGMENT, multiCrop, sampleCrop, type CropParams } from '../agent/frames/augment.ts';
 import { packCropParams } from '../core/crop-params.ts';
 import { Rng } from '../core/rng.ts';
@@ -203,7 +203,7 @@ test('the Learner through a fused artifact gives the unfused arrival reports, bu
     });
     // Same replay and crop draws, in the same order: both generators end where the unfused ones do.
     assert.deepEqual(run.l.rng.state, base.l.rng.state, `${what}: replay rng`);
-    assert.deepEqual(run.l.cropRng.state, base.l.cropRng.state, `${what}: crop rng`);
+    assert.deepEqual(snapshotLearner(run.l).cropRng, snapshotLearner(base.l).cropRng, `${what}: crop rng (as a checkpoint records it)`);
     const entries = base.l.buffer.entries;
     assert.deepEqual(run.l.buffer.entries.map((e) => [e.id, e.seen, e.lifespan]), entries.map((e) => [e.id, e.seen, e.lifespan]), `${what}: buffer`);
     run.l.buffer.entries.forEach((e, i) => assertClose(e.feature ?? [], entries[i].feature ?? [], tol, `${what}: feature of ${e.id}`));

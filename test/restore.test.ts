@@ -21,6 +21,11 @@ const art = path.join(root, 'art');
 // uses the features (the redundancy rule), and every replay draw the RNG.
 writeArtifacts(compileArtifacts(tinyPreset(['agent={"newPerArrival":2,"updatesPerArrival":2,"bufferSize":6,"replay":"mixed"}'])), art);
 
+// The same with K updates fused into one run and crops made in the graph: the crop draws of the next
+// run are made early, while a run is in flight, and a checkpoint must still restore them exactly.
+const fusedArt = path.join(root, 'fused');
+writeArtifacts(compileArtifacts(tinyPreset(['agent={"newPerArrival":2,"updatesPerArrival":2,"bufferSize":6,"replay":"mixed"}', 'fuse=2', 'cropsInGraph=true'])), fusedArt);
+
 const N = 10;
 const K = 4;
 const SIZE = 8;
@@ -32,8 +37,8 @@ const arrivals: { key: string; image: Uint8Array }[][] = (() => {
 })();
 
 /** A learner on a fresh trainer, recording a digest of the crops of every step. */
-async function open(crops: string[]): Promise<Learner> {
-  const trainer = await Trainer.open(art, { threads: 1 });
+async function open(crops: string[], dir = art): Promise<Learner> {
+  const trainer = await Trainer.open(dir, { threads: 1 });
   const cfg = defaultLearnerConfig(trainer, { seed: 3 });
   // alpha != 0.5, so a swapped EMA would show too.
   const learner = new Learner(trainer, { ...cfg, buffer: { ...cfg.buffer, alpha: 0.7 } });
@@ -41,6 +46,12 @@ async function open(crops: string[]): Promise<Learner> {
   trainer.step = (c, lr) => {
     crops.push(createHash('sha256').update(new Uint8Array(c.buffer, c.byteOffset, c.byteLength)).digest('hex'));
     return step(c, lr);
+  };
+  const arrive = trainer.arrive.bind(trainer);
+  trainer.arrive = (a) => {
+    const d = a.params ?? a.crops!;
+    crops.push(createHash('sha256').update(new Uint8Array(d.buffer, d.byteOffset, d.byteLength)).digest('hex'));
+    return arrive(a);
   };
   return learner;
 }
@@ -68,10 +79,11 @@ function assertSameState(got: LearnerState, want: LearnerState): void {
   });
 }
 
-test(`${K} arrivals + checkpoint + restore + ${N - K} give what ${N} straight give, bit for bit`, async () => {
-  try {
+for (const [what, dir] of [['single steps', art], ['fused K = 2, crops in the graph', fusedArt]] as const) {
+test(`${what}: ${K} arrivals + checkpoint + restore + ${N - K} give what ${N} straight give, bit for bit`, async () => {
+  {
     const straightCrops: string[] = [];
-    const straight = await open(straightCrops);
+    const straight = await open(straightCrops, dir);
     for (const a of arrivals) await straight.arrive(a);
     const want = snapshotLearner(straight);
     // The run must have exercised what is restored: features, seen flags, removals by redundancy.
@@ -80,14 +92,14 @@ test(`${K} arrivals + checkpoint + restore + ${N - K} give what ${N} straight gi
     assert.ok(want.steps >= 2 * (N - 2), `steps ${want.steps}`);
 
     const firstCrops: string[] = [];
-    const first = await open(firstCrops);
+    const first = await open(firstCrops, dir);
     for (const a of arrivals.slice(0, K)) await first.arrive(a);
     const ckpt = path.join(root, 'ckpt');
     const file = saveCheckpoint(ckpt, toCheckpoint(snapshotLearner(first), { artifact: 'x', framesIngested: 2 * K, counters: {}, pending: [] }));
     await first.trainer.close();
 
     const restCrops: string[] = [];
-    const restored = await open(restCrops);
+    const restored = await open(restCrops, dir);
     await restoreLearner(restored, fromCheckpoint(readCheckpoint(file)).learner);
     for (const a of arrivals.slice(K)) await restored.arrive(a);
 
@@ -96,7 +108,8 @@ test(`${K} arrivals + checkpoint + restore + ${N - K} give what ${N} straight gi
     assertSameState(snapshotLearner(restored), want);
     await straight.trainer.close();
     await restored.trainer.close();
-  } finally {
-    rmSync(root, { recursive: true, force: true });
   }
 });
+}
+
+test.after(() => rmSync(root, { recursive: true, force: true }));

@@ -41,6 +41,12 @@ export class Learner {
   /** Crop parameters. */
   cropRng: Rng;
   arrivals = 0;
+  /**
+   * Crop draws for the next fused run, made while the current run is in flight (the draws depend only
+   * on cropRng's sequence, never on the batch), with cropRng's state before them: a snapshot records
+   * that state and a restore drops the draws, so they are drawn again, the same.
+   */
+  drawn: { params: Float32Array; before: number[] } | null = null;
 
   constructor(
     readonly trainer: Trainer,
@@ -161,16 +167,13 @@ export class Learner {
         const rows = new Map<number, number>();
         const distinct: Entry[] = [];
         const index: number[] = [];
-        const params = new Float32Array(K * views * this.batchSize * CROP_PARAM_COUNT);
-        let row = 0;
         for (const batch of batches) {
           for (const e of batch) {
             if (!rows.has(e.id)) rows.set(e.id, distinct.push(e) - 1);
             index.push(rows.get(e.id)!);
           }
-          // Row i*b + j (crop i of image j) takes the draws in multiCrop's order.
-          for (let r = 0; r < views * batch.length; r++) sampleCropPacked(this.cropRng, size, this.cfg.augment, params, row++);
         }
+        const params = this.takeDraws(K * views * this.batchSize);
         input.images = new Uint8Array(distinct.length * per);
         distinct.forEach((e, u) => input.images!.set(e.image, u * per));
         input.index = BigInt64Array.from(index, BigInt);
@@ -180,7 +183,15 @@ export class Learner {
       trained = true;
       const tb = performance.now();
       input.lrs = Array.from({ length: K }, (_, i) => this.lrAt(this.trainer.steps + i));
-      const rs = await this.trainer.arrive(input);
+      const pending = this.trainer.arrive(input);
+      if (input.params) {
+        // The next run's draws (this arrival's next run or the next arrival's first) while ORT works.
+        const tp = performance.now();
+        const before = this.cropRng.state;
+        this.drawn = { params: this.drawParams(input.params.length / CROP_PARAM_COUNT), before };
+        ms.overlapped += performance.now() - tp;
+      }
+      const rs = await pending;
       const tc = performance.now();
       for (let k = 0; k < K; k++) if (rs[k].applied) await this.buffer.updateFeatures(batches[k], rs[k].zbar);
       ms.train += tc - tb;
@@ -191,6 +202,22 @@ export class Learner {
     const removed = await this.buffer.shrink(this.rng);
     ms.buffer += performance.now() - te;
     return { steps, trained, removed, ms };
+  }
+
+  /** `rows` crops' draws: those made early under the last run, else drawn now. */
+  private takeDraws(rows: number): Float32Array {
+    const d = this.drawn;
+    this.drawn = null;
+    if (d && d.params.length === rows * CROP_PARAM_COUNT) return d.params;
+    if (d) this.cropRng.state = d.before; // a different count (never within one artifact): draw afresh
+    return this.drawParams(rows);
+  }
+
+  /** Row i*b + j (crop i of image j) takes the draws in multiCrop's order. */
+  private drawParams(rows: number): Float32Array {
+    const params = new Float32Array(rows * CROP_PARAM_COUNT);
+    for (let r = 0; r < rows; r++) sampleCropPacked(this.cropRng, this.trainer.manifest.preset.image.size, this.cfg.augment, params, r);
+    return params;
   }
 }
 
@@ -215,7 +242,7 @@ export function snapshotLearner(l: Learner): LearnerState {
     steps: l.trainer.steps,
     arrivals: l.arrivals,
     rng: [...l.rng.state],
-    cropRng: [...l.cropRng.state],
+    cropRng: l.drawn ? [...l.drawn.before] : [...l.cropRng.state],
     tensors: new Map(l.trainer.state),
     buffer: l.buffer.snapshot(),
   };
@@ -233,6 +260,7 @@ export async function restoreLearner(l: Learner, s: LearnerState): Promise<void>
   l.arrivals = s.arrivals;
   l.rng.state = [...s.rng];
   l.cropRng.state = [...s.cropRng];
+  l.drawn = null;
   await l.buffer.restore(s.buffer);
 }
 
