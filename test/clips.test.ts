@@ -1,0 +1,59 @@
+// Camera-like clips (tools/data/clips.ts): frames of one clip are near-duplicates that drift, frames of
+// different images are not, and every frame is a pure function of (trial, source, t).
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { clipFrame, clipMotion, clipStream, DEFAULT_CLIP } from '../tools/data/clips.ts';
+
+const HERE = path.dirname(fileURLToPath(import.meta.url));
+// Real images (the demo's CIFAR-10 records: 1 label byte + 3072 image bytes), so "different" means
+// different scenes, not noise.
+const raw = readFileSync(path.join(HERE, '../agent/demo/cifar10-demo.bin'));
+const image = (j: number) => new Uint8Array(raw.subarray(j * 3073 + 1, (j + 1) * 3073));
+const mad = (a: Uint8Array, b: Uint8Array) => a.reduce((s, v, i) => s + Math.abs(v - b[i]), 0) / a.length;
+const mean = (a: Uint8Array) => a.reduce((s, v) => s + v, 0) / a.length;
+
+test('clips: consecutive frames are near-duplicates; the clip drifts; other images are far', () => {
+  const c = { ...DEFAULT_CLIP, frames: 10 };
+  const frames = Array.from({ length: 10 }, (_, t) => clipFrame(image(0), 32, c, 0, 0, t));
+  const step = Math.max(...frames.slice(1).map((f, t) => mad(f, frames[t])));
+  const ends = mad(frames[0], frames[9]);
+  const other = Math.min(...[1, 2, 3, 4, 5].map((j) => mad(frames[0], clipFrame(image(j), 32, c, 0, j, 0))));
+  assert.ok(step < ends, `consecutive ${step.toFixed(1)} vs first-last ${ends.toFixed(1)}`);
+  assert.ok(3 * step < other, `consecutive ${step.toFixed(1)} vs another image ${other.toFixed(1)}`);
+  // The camera itself moves, smoothly: without noise or drift, the clip's ends are far apart and
+  // each step covers a small part of the way.
+  const still = { ...c, drift: 0, noise: 0 };
+  const moved = Array.from({ length: 10 }, (_, t) => clipFrame(image(0), 32, still, 0, 0, t));
+  const mstep = Math.max(...moved.slice(1).map((f, t) => mad(f, moved[t])));
+  assert.ok(mad(moved[0], moved[9]) > 2 * mstep && mstep > 0, `motion: first-last ${mad(moved[0], moved[9]).toFixed(1)}, largest step ${mstep.toFixed(1)}`);
+});
+
+test('clips: a frame depends only on (trial, source, t), and trials differ', () => {
+  const c = { ...DEFAULT_CLIP, frames: 5 };
+  const a = clipFrame(image(3), 32, c, 2, 3, 4);
+  clipFrame(image(1), 32, c, 2, 1, 0); // other frames made in between change nothing
+  assert.deepEqual(clipFrame(image(3), 32, c, 2, 3, 4), a);
+  assert.notDeepEqual(clipFrame(image(3), 32, c, 3, 3, 4), a);
+  assert.notDeepEqual(clipMotion(c, 2, 3), clipMotion(c, 2, 4));
+});
+
+test('clips: without motion, drift or noise a frame is the image; the drift scales brightness as drawn', () => {
+  const still = { frames: 3, zoom: [1, 1] as [number, number], drift: 0, noise: 0 };
+  for (let t = 0; t < 3; t++) assert.deepEqual(clipFrame(image(2), 32, still, 0, 2, t), image(2));
+  const drift = { ...still, drift: 0.3 };
+  const m = clipMotion(drift, 0, 2);
+  const last = clipFrame(image(2), 32, drift, 0, 2, 2);
+  // Gain 1 + g at the last frame, before clamping and rounding: the mean follows within clipping.
+  const want = Math.min(255, mean(image(2)) * (1 + m.gain));
+  assert.ok(Math.abs(mean(last) - want) < 3, `mean ${mean(last).toFixed(1)} vs ${want.toFixed(1)} (gain ${m.gain.toFixed(3)})`);
+  assert.deepEqual(clipFrame(image(2), 32, drift, 0, 2, 0), image(2), 'the first frame has no drift yet');
+});
+
+test('clips: the stream repeats each source D times in order; bad frame numbers are refused', () => {
+  assert.deepEqual(clipStream([7, 3], 2), [{ source: 7, t: 0 }, { source: 7, t: 1 }, { source: 3, t: 0 }, { source: 3, t: 1 }]);
+  assert.throws(() => clipFrame(image(0), 32, { ...DEFAULT_CLIP, frames: 2 }, 0, 0, 2), /clip frame 2: expected 0..1/);
+  assert.throws(() => clipFrame(image(0), 32, { ...DEFAULT_CLIP, frames: 0 }, 0, 0, 0), /clip frames 0/);
+});
