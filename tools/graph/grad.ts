@@ -7,9 +7,12 @@ import { Graph, Value, fmt, type Node, type Shape } from './graph.ts';
  * How Conv's weight gradient is formed; measured per EP (see bench/train-step):
  * - batch-as-channels: one Conv of x^T with gy^T as the kernel;
  * - im2col: strided slices concatenated, one batched MatMul, a sum over the batch;
- * - im2col-offsets: per kernel offset one strided slice of x^T and one MatMul, no big concatenation.
+ * - im2col-offsets: per kernel offset one strided slice of x^T and one MatMul, no big concatenation;
+ * - batched-offsets: per kernel offset one slice of x as it lies (no transposes of x or gy) and one
+ *   MatMul batched over the images, summed over them: the GEMMs split across threads by image, where
+ *   im2col-offsets' single [O, N*Ho*Wo] x [N*Ho*Wo, C] GEMM has a 16 x 16 output MLAS cannot split.
  */
-export type ConvWeightGrad = 'batch-as-channels' | 'im2col' | 'im2col-offsets';
+export type ConvWeightGrad = 'batch-as-channels' | 'im2col' | 'im2col-offsets' | 'batched-offsets';
 /** How Conv's input gradient is formed: ConvTranspose, or (stride 1) a Conv with the flipped kernel. */
 export type ConvInputGrad = 'conv-transpose' | 'conv';
 
@@ -150,6 +153,31 @@ function convWeightGrad(g: Graph, node: Node, gy: Value, how: ConvWeightGrad): V
       }
     }
     return g.reshape(parts.length > 1 ? g.concat(parts, 2) : parts[0], [o, c, kh, kw]);
+  }
+  if (how === 'batched-offsets') {
+    const xp = pads.some((p) => p) ? g.pad(x, [0, 0, pads[0], pads[1], 0, 0, pads[2], pads[3]]) : x;
+    const gr = g.reshape(gy, [n, o, ho * wo]);
+    const hp = xp.shape[2] as number;
+    const unit = strides.every((s) => s === 1) && dil.every((d) => d === 1);
+    const parts: Value[] = new Array(kh * kw);
+    for (let j = 0; j < kw; j++) {
+      // Stride 1: as im2col-offsets, one column shift per kernel column, then each row offset is a
+      // contiguous window of the flattened rows.
+      const cols = unit ? (kw === 1 && xp.shape[3] === wo ? xp : g.slice(xp, [j], [j + wo], [3])) : null;
+      const flat = cols ? g.reshape(cols, [n, c, hp * wo]) : null;
+      for (let i = 0; i < kh; i++) {
+        let s: Value;
+        if (flat) s = kh === 1 && hp === ho ? flat : g.slice(flat, [i * wo], [i * wo + ho * wo], [2]);
+        else {
+          const h0 = i * dil[0];
+          const w0 = j * dil[1];
+          s = g.reshape(g.sliceStrided(xp, [h0, w0], [h0 + strides[0] * (ho - 1) + 1, w0 + strides[1] * (wo - 1) + 1], [2, 3], strides), [n, c, ho * wo]);
+        }
+        parts[i * kw + j] = g.unsqueeze(g.matmul(gr, swapLast(g, s)), [3]); // [N, O, C, 1]
+      }
+    }
+    const all = parts.length > 1 ? g.concat(parts, 3) : parts[0]; // [N, O, C, kh*kw]
+    return g.reshape(g.reduceSum(all, [0], false), [o, c, kh, kw]);
   }
   // im2col by strided slices of the padded input, then one batched MatMul and a sum over the batch.
   const xp = pads.some((p) => p) ? g.pad(x, [0, 0, pads[0], pads[1], 0, 0, pads[2], pads[3]]) : x;
