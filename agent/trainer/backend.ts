@@ -16,6 +16,8 @@ export interface EpOptions {
   cudaTf32?: boolean;
   /** CUDA: cuDNN convolution algorithm search ('EXHAUSTIVE' | 'HEURISTIC' | 'DEFAULT'). */
   cudnnSearch?: 'EXHAUSTIVE' | 'HEURISTIC' | 'DEFAULT';
+  /** More ORT session options, over the defaults below: the profiler and the speed levers bench/profile-step measures. */
+  session?: Record<string, unknown>;
 }
 
 /** What a caller chooses for its sessions: the EP, the explicit fallback and where the fallback notice goes. */
@@ -166,6 +168,7 @@ export async function openSession(model: Uint8Array, ep: EP, o: EpOptions = {}):
       // webgpu, which is normal): as quiet as the process-wide one.
       logSeverityLevel: ortVerbose ? 2 : 4,
       ...(o.threads && ep !== 'wasm' ? { intraOpNumThreads: o.threads, interOpNumThreads: 1 } : {}),
+      ...o.session,
     });
   } catch (e) {
     const full = String((e as Error).message);
