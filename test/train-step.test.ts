@@ -176,6 +176,42 @@ async function stepOnce(p: Preset, state: Map<string, Float32Array>, lr: number,
   return { out: await run(sess, ts.g, feeds), ts };
 }
 
+test('diagnostics: grad_norm and grad_cos are the norm and the cosine of the whole gradient (against the per-tensor gradients)', async () => {
+  // The step hands its gradient back as diag.prev_grad.*.next; the cosine is taken against the previous
+  // gradient fed in as diag.prev_grad.* state, so a fed-in g1 and the step's own g2 give both figures.
+  const p = tinyPreset(['gradCos=true']);
+  const net = await lossNet(p);
+  const rng = new Rng(11);
+  const state = new Map(net.init);
+  const prev = new Map<string, Float32Array>();
+  for (const name of net.names) {
+    const g1 = Float32Array.from({ length: net.init.get(name)!.length }, () => rng.normal());
+    prev.set(name, g1);
+    state.set(`diag.prev_grad.${name.replace(/^params\./, '')}`, g1);
+  }
+  const { out } = await stepOnce(p, state, 0.01, 2);
+  let nn = 0;
+  let dot = 0;
+  let pp = 0;
+  for (const name of net.names) {
+    const g2 = out[`diag.prev_grad.${name.replace(/^params\./, '')}.next`] as Float32Array;
+    const g1 = prev.get(name)!;
+    assert.equal(g2.length, g1.length, name);
+    g2.forEach((v, i) => {
+      nn += v * v;
+      dot += v * g1[i];
+      pp += g1[i] * g1[i];
+    });
+  }
+  const norm = Math.sqrt(nn);
+  const cos = dot / (norm * Math.sqrt(pp));
+  const gotNorm = (out.grad_norm as Float32Array)[0];
+  const gotCos = (out.grad_cos as Float32Array)[0];
+  assert.ok(Math.abs(gotNorm - norm) <= 1e-5 * norm, `grad_norm ${gotNorm} vs ${norm}`);
+  assert.ok(Math.abs(gotCos - cos) <= 1e-5, `grad_cos ${gotCos} vs ${cos}`);
+  assert.ok(Math.abs(cos) > 1e-4, 'a cosine that tells a wrong sum from a right one');
+});
+
 test('an SGD step (no momentum, decay or LARS) moves every parameter by -lr times its gradient', async () => {
   const p = tinyPreset(['optimizer={"type":"sgd","momentum":0,"weightDecay":0,"lars":false}']);
   const net = await lossNet(p);
