@@ -309,6 +309,7 @@ await yargs(hideBin(process.argv))
         .options(
           nums({
             trials: { kind: 'list', int: true, min: 0, default: '0,1,2,3,4', describe: 'paired seeds: same init, stream order, replay and crop draws across methods' },
+            clips: { kind: 'list', int: true, min: 0, default: '0', describe: 'camera-like streams: frames per source image, comma-separated (0: plain images); each run sees as many frames, from every D-th image, as clips of D frames that pan, zoom, drift and carry sensor noise' },
             'per-class': { kind: 'or-all', int: true, min: 1, describe: "images per class of the stream, or 'all' (default: the protocol's)" },
             updates: { int: true, min: 1, describe: "updates per arrival for ours; 2-crop methods get more so updates x crops match (default: the protocol's)" },
             memory: { kind: 'or-all', int: true, min: 1, describe: "train images as kNN memory, or 'all' (default: the protocol's)" },
@@ -326,7 +327,7 @@ await yargs(hideBin(process.argv))
       const c100 = a.protocol.endsWith('cifar100');
       if (!a.report) cifarDir(a['data-dir'], c100 ? 'cifar100' : 'cifar10');
       if (!a.report && !a.plan) writableFile('--json', a.json);
-      const args = ['--import', 'tsx', path.join(REPO_ROOT, 'bench/compare.ts'), '--protocol', a.protocol, '--methods', a.methods, '--orders', a.orders, '--trials', a.trials.join(','), '--ep', a.ep, '--data', path.join(a['data-dir'], c100 ? 'cifar-100-binary' : 'cifar-10-batches-bin'), '--json', a.json];
+      const args = ['--import', 'tsx', path.join(REPO_ROOT, 'bench/compare.ts'), '--protocol', a.protocol, '--methods', a.methods, '--orders', a.orders, '--trials', a.trials.join(','), '--clips', a.clips.join(','), '--ep', a.ep, '--data', path.join(a['data-dir'], c100 ? 'cifar-100-binary' : 'cifar-10-batches-bin'), '--json', a.json];
       if (a['per-class'] !== undefined) args.push('--per-class', String(a['per-class']));
       if (a.updates !== undefined) args.push('--updates', String(a.updates));
       if (a.memory !== undefined) args.push('--memory', String(a.memory));

@@ -23,6 +23,7 @@ import { ENCODERS } from '../tools/nn/encoders.ts';
 import { compileArtifacts, writeArtifacts } from '../tools/artifacts/write.ts';
 import { readCifar10, readCifar100 } from '../core/codecs/cifar.ts';
 import { makeStream, streamSpec, type StreamOrder } from '../tools/data/streams.ts';
+import { clipFrame, DEFAULT_CLIP } from '../tools/data/clips.ts';
 import { Rng } from '../core/rng.ts';
 import { Trainer } from '../agent/trainer/trainer.ts';
 import { openChosen, type EP } from '../agent/trainer/backend.ts';
@@ -31,6 +32,7 @@ import { ortSimilarity } from '../agent/buffer/similarity.ts';
 import { computeFeatures } from '../agent/eval/features.ts';
 import { knnWeightedBlocks } from '../agent/eval/knn.ts';
 import { METHODS } from '../agent/eval/methods.ts';
+import { redundancy } from '../agent/eval/redundancy.ts';
 import { lineChart, svgToPng } from '../agent/report/plot.ts';
 import { benchArgs } from './args.ts';
 
@@ -40,6 +42,8 @@ const values = benchArgs(import.meta.url, {
   methods: { type: 'string', default: 'ours,empssl,minred,simclr-reservoir', describe: 'methods, comma-separated' },
   orders: { type: 'string', default: 'seq', describe: 'stream orders: seq, seq-bl, seq-im' },
   trials: { type: 'string', default: '0', describe: 'paired trial indices' },
+  // Issue #15: the same number of frames, from 1/D as many images, each a camera-like clip of D frames.
+  clips: { type: 'string', default: '0', describe: 'frames per source image, comma-separated: 0 plain images; D >= 1 camera-like clips (tools/data/clips.ts) from every D-th image of the stream, so each run sees as many frames; rows are labelled ORDER+clipD' },
   'per-class': { type: 'string', describe: "stream images per class, or 'all' (default: the protocol's)" },
   updates: { type: 'string', describe: "minibatch updates per arrival (default: the protocol's)" },
   'new-per-arrival': { type: 'string', describe: "stream images per arrival (default: the protocol's)" },
@@ -92,6 +96,11 @@ const count = (flag: string, v: string | undefined, dflt: number, all = true) =>
   return n;
 };
 const perClass = count('per-class', values['per-class'], P.perClass);
+const clipsList = values.clips.split(',').map((v) => {
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < 0) throw new Error(`--clips ${v}: whole numbers >= 0 (0: plain images)`);
+  return n;
+});
 const newPer = count('new-per-arrival', values['new-per-arrival'], P.newPer, false);
 const updatesK = count('updates', values.updates, P.updates, false);
 const memoryN = count('memory', values.memory, P.memory);
@@ -135,7 +144,8 @@ async function knn(tr: Trainer): Promise<[number, number, number?]> {
 
 interface Row {
   method: string;
-  order: StreamOrder;
+  /** The stream order, with +clipD for a camera-like clip stream. */
+  order: string;
   trial: number;
   images: number;
   steps: number;
@@ -158,6 +168,12 @@ interface Row {
   threads?: number;
   /** Cosine between consecutive steps' gradients, one per step (the paper's Fig. 1); absent in older rows. */
   gradCos?: (number | null)[];
+  /** Clip streams: frames per source image. */
+  clip?: number;
+  /** The buffer at 25/50/75/100% of the stream: share of entries whose nearest neighbour (by stored
+   * feature) comes from the same source image, and the mean nearest-neighbour cosine. */
+  sameClip?: number[];
+  nnSim?: number[];
 }
 
 mkdirSync(path.dirname(values.json), { recursive: true });
@@ -171,7 +187,8 @@ const work = mkdtempSync(path.join(tmpdir(), 'ssocl-compare-'));
 try {
   // --report: the tables and charts of the rows already in --json; nothing is run.
   for (const trial of values.report ? [] : values.trials.split(',').map(Number)) {
-    for (const order of values.orders.split(',') as StreamOrder[]) {
+    for (const [order, clip] of (values.orders.split(',') as StreamOrder[]).flatMap((o) => clipsList.map((c) => [o, c] as const))) {
+      const label = clip ? `${order}+clip${clip}` : order;
       const full = makeStream(streamSpec(ds, order, streamLabels, trial));
       // Reduced stream: the same procedure's order, each class cut to its first share: per-class for
       // the largest class, proportionally less for the others (seq-im keeps its imbalance).
@@ -185,17 +202,20 @@ try {
         counts.set(c, k);
         return k <= Math.round((nC.get(c)! * perClass) / most);
       });
+      // Clips: every clip-th image of the same order, each expanded to `clip` frames (keys 'image.frame').
+      const frames = clip ? stream.filter((_, n) => n % clip === 0).flatMap((i) => Array.from({ length: clip }, (_, t) => ({ i, t }))) : stream.map((i) => ({ i, t: -1 }));
+      const clipCfg = { ...DEFAULT_CLIP, frames: clip || 1 };
       for (const mname of values.methods.split(',')) {
         const method = METHODS[mname];
         if (!method) throw new Error(`--methods: unknown '${mname}' (accepted: ${Object.keys(METHODS).join(', ')})`);
         const [pname, psets] = P.scale === 'edge' ? [method.preset, method.sets] : [method.paperPreset, method.paperSets];
         const preset = getPreset(pname, [...psets, `seed=${trial}`, `batch=${2 * newPer}`, `agent.newPerArrival=${newPer}`]);
         const updates = Math.round((updatesK * refCrops) / preset.crops);
-        const arrivals = Math.floor(stream.length / newPer);
+        const arrivals = Math.floor(frames.length / newPer);
         // Done only with the same stream length and kNN sets (older rows: the edge protocol's 10000 and 10000).
-        const done = rows.some((r) => r.method === mname && r.order === order && r.trial === trial && r.images === stream.length && (r.memory ?? 10000) === memIdx.length && (r.queries ?? 10000) === qIdx.length);
+        const done = rows.some((r) => r.method === mname && r.order === label && r.trial === trial && r.images === frames.length && (r.memory ?? 10000) === memIdx.length && (r.queries ?? 10000) === qIdx.length);
         if (values.plan) {
-          planned.push([mname, order, String(trial), pname, Object.keys(ENCODERS).find((k) => JSON.stringify(ENCODERS[k]) === JSON.stringify(preset.encoder)) ?? 'custom', String(preset.crops), String(preset.batch), String(updates), String(updates * preset.crops * preset.batch), String(stream.length), String(arrivals), String(arrivals * updates), done ? 'done' : 'to run']);
+          planned.push([mname, label, String(trial), pname, Object.keys(ENCODERS).find((k) => JSON.stringify(ENCODERS[k]) === JSON.stringify(preset.encoder)) ?? 'custom', String(preset.crops), String(preset.batch), String(updates), String(updates * preset.crops * preset.batch), String(frames.length), String(arrivals), String(arrivals * updates), done ? 'done' : 'to run']);
           continue;
         }
         if (done) continue; // resumable
@@ -213,9 +233,14 @@ try {
         const s20: number[] = [];
         const k50: number[] = [];
         const gcos: (number | null)[] = [];
+        const sameClip: number[] = [];
+        const nnSim: number[] = [];
         const t0 = performance.now();
         for (let a = 1; a <= arrivals; a++) {
-          const items = stream.slice((a - 1) * newPer, a * newPer).map((i) => ({ key: String(i), image: train.images.subarray(i * 3072, (i + 1) * 3072) }));
+          const items = frames.slice((a - 1) * newPer, a * newPer).map(({ i, t }) => {
+            const image = train.images.subarray(i * 3072, (i + 1) * 3072);
+            return t < 0 ? { key: String(i), image } : { key: `${i}.${t}`, image: clipFrame(image, 32, clipCfg, trial, i, t) };
+          });
           const rep = await learner.arrive(items);
           for (const st of rep.steps) gcos.push(st.gradCos === null ? null : Number(st.gradCos.toFixed(4)));
           if (marks.includes(a)) {
@@ -223,10 +248,13 @@ try {
             k20.push(x);
             k50.push(y);
             if (z !== undefined) s20.push(z);
-            process.stderr.write(`${mname} ${order} trial ${trial}: ${Math.round((100 * a) / arrivals)}% of ${stream.length} images, ${tr.steps} steps, kNN@20 ${x.toFixed(2)} (floor ${floor.toFixed(2)})\n`);
+            const red = redundancy(learner.buffer.entries);
+            sameClip.push(Number(red.sameSource.toFixed(4)));
+            nnSim.push(Number(red.nnSim.toFixed(4)));
+            process.stderr.write(`${mname} ${label} trial ${trial}: ${Math.round((100 * a) / arrivals)}% of ${frames.length} ${clip ? 'frames' : 'images'}, ${tr.steps} steps, kNN@20 ${x.toFixed(2)} (floor ${floor.toFixed(2)})\n`);
           }
         }
-        const row: Row = { ...(ds === 'cifar10' ? {} : { dataset: ds, super20: s20 }), ...(protocol.startsWith('edge-') ? {} : { protocol, ep: values.ep }), method: mname, order, trial, images: stream.length, steps: tr.steps, seconds: (performance.now() - t0) / 1000, floor20: floor, knn20: k20, knn50: k50, final20: k20[3], mean20: k20.reduce((p, q) => p + q, 0) / 4, memory: memIdx.length, queries: qIdx.length, threads: Number(values.threads), gradCos: gcos };
+        const row: Row = { ...(ds === 'cifar10' ? {} : { dataset: ds, super20: s20 }), ...(protocol.startsWith('edge-') ? {} : { protocol, ep: values.ep }), method: mname, order: label, trial, images: frames.length, steps: tr.steps, seconds: (performance.now() - t0) / 1000, floor20: floor, knn20: k20, knn50: k50, final20: k20[3], mean20: k20.reduce((p, q) => p + q, 0) / 4, memory: memIdx.length, queries: qIdx.length, threads: Number(values.threads), gradCos: gcos, ...(clip ? { clip } : {}), sameClip, nnSim };
         rows.push(row);
         appendFileSync(values.json, JSON.stringify(row) + '\n');
         await tr.close();
@@ -306,6 +334,20 @@ if (rows.some((r) => r.gradCos?.length)) {
     const cells = orders.map((o) => {
       const rs = rows.filter((r) => r.order === o && r.method === m && r.gradCos?.length);
       return rs.length ? `${stat(rs.map((r) => meanCos(r, 0)), 3)} (${rs.length}) | ${stat(rs.map((r) => meanCos(r, 0.5)), 3)}` : '- | -';
+    });
+    console.log(`| ${m} | ${cells.join(' | ')} |`);
+  }
+}
+// The buffer's redundancy at the end of each run (clip streams: how many entries have a frame of
+// their own clip as nearest neighbour), mean +- std over runs.
+if (rows.some((r) => r.sameClip?.length)) {
+  console.log(`\nBuffer redundancy at the end of the stream: same-clip nearest neighbours (share of entries) | mean nearest-neighbour cosine:`);
+  console.log(`| method | ${orders.join(' | ')} |`);
+  console.log(`|---|${orders.map(() => '---').join('|')}|`);
+  for (const m of methods) {
+    const cells = orders.map((o) => {
+      const rs = rows.filter((r) => r.order === o && r.method === m && r.sameClip?.length);
+      return rs.length ? `${stat(rs.map((r) => r.sameClip!.at(-1)!), 3)} \\| ${stat(rs.map((r) => r.nnSim!.at(-1)!), 3)}` : '-';
     });
     console.log(`| ${m} | ${cells.join(' | ')} |`);
   }

@@ -113,3 +113,19 @@ test('bench runs paired methods on a small edge stream, appends a row each, and 
   assert.equal(plan.status, 0, plan.stderr);
   assert.deepEqual(planRows(plan.stdout).map((x) => x.status), ['to run', 'to run']);
 });
+
+test('bench --clips: the same number of frames from every D-th image, rows labelled ORDER+clipD with the buffer redundancy', { skip }, () => {
+  const json = path.join(root, 'clips.jsonl');
+  const r = bench(['--methods', 'ours', '--orders', 'seq', '--trials', '0', '--clips', '4', '--per-class', '20', '--memory', '300', '--queries', '300', '--threads', '1', '--json', json]);
+  assert.equal(r.status, 0, r.stderr);
+  const [row] = readFileSync(json, 'utf8').trim().split('\n').map((l) => JSON.parse(l));
+  // 200 stream images -> 50 sources x 4 frames.
+  assert.deepEqual([row.order, row.clip, row.images], ['seq+clip4', 4, 200]);
+  assert.equal(row.sameClip.length, 4);
+  assert.equal(row.nnSim.length, 4);
+  for (const v of row.sameClip) assert.ok(v >= 0 && v <= 1, String(v));
+  // Frames of one clip are near-duplicates: once the buffer holds features, some entry has its own clip as nearest neighbour.
+  assert.ok(row.sameClip.at(-1) > 0, String(row.sameClip));
+  assert.match(r.stdout, /Buffer redundancy at the end of the stream/);
+  assert.match(r.stdout, /\| ours \| seq\+clip4 \| 1 \|/);
+});

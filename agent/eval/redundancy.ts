@@ -1,0 +1,38 @@
+// How redundant a buffer is (issue #15): for each entry with a representative feature, its nearest
+// neighbour among the others by cosine (features are normalised). Reported: the share of entries whose
+// nearest neighbour comes from the same source (a frame of the same clip: keys 'source.frame'), and
+// the mean nearest-neighbour cosine.
+
+export interface Redundancy {
+  /** Share of entries whose nearest neighbour has the same source; NaN with fewer than two entries. */
+  sameSource: number;
+  /** Mean cosine to the nearest neighbour; NaN with fewer than two entries. */
+  nnSim: number;
+}
+
+/** The source of a key: what comes before the first '.' ('123.4' -> '123'; '123' -> '123'). */
+export const sourceOf = (key: string) => key.split('.')[0];
+
+export function redundancy(entries: readonly { key: string; feature: Float32Array | null }[]): Redundancy {
+  const es = entries.filter((e) => e.feature);
+  if (es.length < 2) return { sameSource: NaN, nnSim: NaN };
+  let same = 0;
+  let sim = 0;
+  for (const a of es) {
+    let best = -Infinity;
+    let nb = a;
+    for (const b of es) {
+      if (b === a) continue;
+      let d = 0;
+      for (let k = 0; k < a.feature!.length; k++) d += a.feature![k] * b.feature![k];
+      // Ties go to the earlier entry, so the figure does not depend on float noise in the order.
+      if (d > best) {
+        best = d;
+        nb = b;
+      }
+    }
+    sim += best;
+    if (sourceOf(nb.key) === sourceOf(a.key)) same++;
+  }
+  return { sameSource: same / es.length, nnSim: sim / es.length };
+}
