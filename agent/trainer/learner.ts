@@ -1,7 +1,7 @@
 // The learning loop of one arrival (DESIGN.md section 3): add the new images to the buffer, run K
 // updates on batches composed by the replay rule, refresh the representative features from each
 // step's zbar, then shrink the buffer. Shared by the agent and the benchmarks: a method is a
-// configuration (artifacts + buffer policy + replay rule), not a copy of this loop.
+// configuration (agent/methods.ts: artifacts, buffer policy, replay rule, warm-up), not a copy of this loop.
 
 import { Rng } from '../../core/rng.ts';
 import { ReplayBuffer, type Entry, type BufferConfig, type BufferSnapshot } from '../buffer/buffer.ts';
@@ -259,7 +259,8 @@ export function defaultLearnerConfig(trainer: Trainer, over: Partial<LearnerConf
     updates: p.agent.updatesPerArrival,
     replay: p.agent.replay,
     warmup: 'none',
-    buffer: { capacity: p.agent.bufferSize, policy: p.predictor ? 'minred' : 'diverse', alpha: 0.5 },
+    // Ours' buffer whatever the artifacts train: a method's policy comes from its definition (agent/methods.ts).
+    buffer: { capacity: p.agent.bufferSize, policy: 'diverse', alpha: 0.5 },
     lr: p.lr,
     schedule: 'constant',
     scheduleSteps: 10000,
