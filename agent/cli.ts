@@ -4,7 +4,9 @@
 import yargs from 'yargs';
 import { hideBin } from 'yargs/helpers';
 import path from 'node:path';
+import { existsSync } from 'node:fs';
 import { EPS, type EP } from './trainer/backend.ts';
+import { DEFAULT_METHOD, METHODS, METHOD_NAMES, artifactName, buildCommand } from './methods.ts';
 
 import { REPO_ROOT } from './paths.ts';
 import { UsageError, nums, readableDir, writableDir, writableFile, readableInput, encoderFile, cifarDir, artifactsDir } from './cli-args.ts';
@@ -158,7 +160,11 @@ await yargs(hideBin(process.argv))
         .option('after-ingest', { choices: ['keep', 'move', 'delete'] as const, default: 'keep' as const, describe: 'what to do with a file once two verified checkpoints hold what was learnt from it (move, delete: it leaves the watched directory when read and waits in <state>/held/ until then)' })
         .option('processed', { type: 'string', describe: 'where --after-ingest move puts files (default <state>/processed)' })
         .option('quarantine', { type: 'string', describe: 'where unreadable files go, each with a .reason file (default <state>/quarantine)' })
-        .option('artifacts', { type: 'string', default: path.join(REPO_ROOT, 'training-artifacts/edge'), describe: 'training artifacts directory' })
+        .option('method', {
+          choices: METHOD_NAMES,
+          describe: `what to train, defined once in agent/methods.ts (as ssocl bench runs it): its artifacts, buffer policy, replay rule, warm-up and updates; --artifacts, --buffer, --replay, --warmup and --updates override each. Default ${DEFAULT_METHOD}, on any --artifacts. ${METHOD_NAMES.map((n) => `${n}: ${METHODS[n].describe}`).join('. ')}`,
+        })
+        .option('artifacts', { type: 'string', describe: "training artifacts directory (default: training-artifacts/<the method's edge preset>, e.g. training-artifacts/edge for ours); with --method they must be built for it" })
         .option('state', { type: 'string', default: 'ssocl-state', describe: 'checkpoints and the ingestion ledger' })
         .option('models', { type: 'string', default: 'models', describe: 'where encoders are exported (latest.onnx, latest.json, encoder-<step>.onnx)' })
         .option('fit', { choices: ['cover', 'letterbox'] as const, default: 'cover' as const, describe: 'resize to the training size by centre crop or padding' })
@@ -174,10 +180,11 @@ await yargs(hideBin(process.argv))
         .option('fresh', { type: 'boolean', default: false, describe: 'ignore existing checkpoints and the ledger, start over (needed when checkpoints exist but none verifies: exit code 6 otherwise)' })
         .option('metrics', { type: 'string', describe: 'append one JSON line per step to this file' })
         .option('emit-embeddings', { type: 'string', describe: 'append the embedding (backbone features, current weights) of every ingested frame to this JSON-lines file' })
-        .options(nums({ updates: { int: true, min: 1, describe: 'updates per arrival, K (default from the artifacts)' } }))
-        .option('replay', { choices: ['mixed', 'buffer'] as const, describe: 'batch composition (default from the artifacts)' })
+        .options(nums({ updates: { int: true, min: 1, describe: "updates per arrival, K (overrides the method's; default: the method's if it fixes one, else the artifacts')" } }))
+        .option('replay', { choices: ['mixed', 'buffer'] as const, describe: "batch composition, overriding the method's: mixed (this arrival's images + replayed ones) or buffer (each minibatch drawn from the whole buffer)" })
+        .option('warmup', { choices: ['fill', 'none'] as const, describe: "overrides the method's: fill (no training step until the buffer first holds --buffer-size images, as MinRed) or none" })
         .options(nums({ 'buffer-size': { int: true, min: 1, describe: 'buffer capacity M (default from the artifacts)' } }))
-        .option('buffer', { choices: ['diverse', 'minred', 'reservoir', 'fifo'] as const, describe: 'buffer policy (default diverse; minred for SimSiam artifacts)' })
+        .option('buffer', { choices: ['diverse', 'minred', 'reservoir', 'fifo'] as const, describe: "buffer policy, overriding the method's: diverse (drop the most redundant seen images after the arrival's steps), minred (the same rule applied before the steps, as MinRed's code), reservoir, fifo" })
         .options(nums({ lr: { above: 0, describe: 'learning rate (default from the artifacts)' } }))
         .option('lr-schedule', { choices: ['constant', 'cosine'] as const, default: 'constant' as const, describe: 'learning rate over the run: constant, or a cosine decay from --lr to 0 over --lr-steps steps (0 after)' })
         .options(
@@ -213,6 +220,11 @@ await yargs(hideBin(process.argv))
       // What each path must be, before anything is created or read (--watch and --camera are checked by
       // the run itself, which names what it could not list or open).
       if (a.dataset === 'cifar10' || a.dataset === 'cifar100') cifarDir(a['data-dir'], a.dataset);
+      const method = METHODS[a.method ?? DEFAULT_METHOD];
+      if (a.artifacts === undefined) {
+        a.artifacts = path.join(REPO_ROOT, 'training-artifacts', artifactName(method, 'edge'));
+        if (!existsSync(path.join(a.artifacts, 'manifest.json'))) throw new UsageError(`--method ${method.name}: no artifacts in ${a.artifacts}; build them (${buildCommand(method, 'edge')}) or give --artifacts`);
+      }
       artifactsDir('--artifacts', a.artifacts);
       writableDir('--state', a.state);
       writableDir('--models', a.models);
@@ -304,7 +316,7 @@ await yargs(hideBin(process.argv))
           default: 'edge-cifar10' as const,
           describe: 'edge-*: edge encoder, reduced stream (450/class), b 32, K 2, kNN memory 10000; gpu-cifar10: ResNet-18-CIFAR, 10,000-image stream, b 100, K 1; paper-*: the full stream, b 100, K 10, memory = train split. cifar100 streams the 20 superclasses and reports fine and superclass kNN',
         })
-        .option('methods', { type: 'string', default: 'ours,empssl,minred,simclr-reservoir', describe: 'also: ours-paper-eq, ours-buffer-replay, ours-reservoir (ablations of ours)' })
+        .option('methods', { type: 'string', default: 'ours,empssl,minred,simclr-reservoir', describe: `comma-separated, as defined in agent/methods.ts (the definitions ssocl run --method uses): ${METHOD_NAMES.join(', ')}` })
         .option('orders', { type: 'string', default: 'seq', describe: 'seq, seq-bl, seq-im (comma-separated)' })
         .options(
           nums({

@@ -32,8 +32,9 @@ import { DirInput } from './sources/dir-input.ts';
 import type { Overflow } from './sources/dir.ts';
 import { newCounters, type Counters, type Frame, type Source } from './sources/source.ts';
 import { openChosen, type EP } from './trainer/backend.ts';
-import { Learner, defaultLearnerConfig, type LearnerConfig, type Replay } from './trainer/learner.ts';
+import { Learner, defaultLearnerConfig, type LearnerConfig, type Replay, type Warmup } from './trainer/learner.ts';
 import { Trainer } from './trainer/trainer.ts';
+import { artifactsMismatch, type Method } from './methods.ts';
 
 export { AgentError, EXIT_NO_TRUSTED_STATE } from './pipeline/errors.ts';
 export { parseEvery, type Every } from './pipeline/every.ts';
@@ -80,10 +81,16 @@ export interface AgentOptions {
   maxSeconds: number;
   exitWhenIdle: number;
   maxSkips: number;
+  /**
+   * The method trained (agent/methods.ts), named in the log; with `checkArtifacts` the artifacts must
+   * have been built for it (--method given). Its rules reach the learner through `learner` below.
+   */
+  method?: { def: Method; checkArtifacts: boolean };
   learner: Partial<Pick<LearnerConfig, 'updates' | 'replay' | 'lr' | 'schedule' | 'scheduleSteps' | 'seed'>> & {
     bufferSize?: number;
     policy?: BufferPolicy;
     replay?: Replay;
+    warmup?: Warmup;
   };
   log: (line: string) => void;
   progress?: (line: string) => void;
@@ -175,12 +182,19 @@ function checkOptions(o: AgentOptions): void {
 /** The trainer on its EP and the learner with the preset's configuration overridden by the flags. */
 async function openLearner(o: AgentOptions): Promise<Learner> {
   const trainer = await Trainer.open(o.artifacts, { ep: o.ep, epFallback: o.epFallback, threads: o.threads, log: o.log });
+  const m = trainer.manifest;
+  const why = o.method?.checkArtifacts ? artifactsMismatch(o.method.def, { name: m.preset.name, views: m.trainStep.crops.views }) : '';
+  if (why) {
+    await trainer.close();
+    throw new AgentError(`--artifacts ${o.artifacts}: ${why}`, 2);
+  }
   const cfg = defaultLearnerConfig(trainer);
   const L = o.learner;
   const learnerCfg: LearnerConfig = {
     ...cfg,
     ...(L.updates !== undefined ? { updates: L.updates } : {}),
     ...(L.replay ? { replay: L.replay } : {}),
+    ...(L.warmup ? { warmup: L.warmup } : {}),
     ...(L.lr !== undefined ? { lr: L.lr } : {}),
     ...(L.schedule ? { schedule: L.schedule } : {}),
     ...(L.scheduleSteps ? { scheduleSteps: L.scheduleSteps } : {}),
@@ -280,7 +294,11 @@ async function runAgentWith(o: AgentOptions, signals: Signals): Promise<AgentSum
   };
   if (!r.stop.reason) await source.start();
   const c = learner.cfg;
-  o.log(`${source.describe()}; training ${m.name} on ${trainer.ep}: ${m.preset.agent.newPerArrival} new images per arrival, ${c.updates} updates, buffer ${c.buffer.capacity} (${c.buffer.policy}), replay ${c.replay}`);
+  const method = o.method ? `method ${o.method.def.name}, ` : '';
+  o.log(
+    `${source.describe()}; training ${m.name} on ${trainer.ep}: ${method}${m.preset.agent.newPerArrival} new images per arrival, ${c.updates} updates, ` +
+      `buffer ${c.buffer.capacity} (${c.buffer.policy}), replay ${c.replay}${c.warmup === 'fill' ? ', no training until the buffer fills' : ''}`,
+  );
   let leftover: Frame[];
   try {
     leftover = await loop(r);

@@ -31,7 +31,7 @@ import { Learner, defaultLearnerConfig } from '../agent/trainer/learner.ts';
 import { ortSimilarity } from '../agent/buffer/similarity.ts';
 import { computeFeatures } from '../agent/eval/features.ts';
 import { knnWeightedBlocks } from '../agent/eval/knn.ts';
-import { METHODS } from '../agent/eval/methods.ts';
+import { getMethod, methodRules, METHODS, type MethodRules } from '../agent/methods.ts';
 import { redundancy } from '../agent/eval/redundancy.ts';
 import { lineChart, svgToPng } from '../agent/report/plot.ts';
 import { benchArgs } from './args.ts';
@@ -174,14 +174,32 @@ interface Row {
    * feature) comes from the same source image, and the mean nearest-neighbour cosine. */
   sameClip?: number[];
   nnSim?: number[];
+  /** The method's learner rules the run was made under (agent/methods.ts); absent in older rows. */
+  rules?: MethodRules;
+}
+
+/**
+ * A row made under other rules than its method's definition now has: not a result of that method. Rows
+ * from before rules were recorded: minred trained from the first full batch and its policy acted as
+ * diverse; the other methods' rules have not changed since.
+ */
+function staleRow(r: Row): boolean {
+  const m = METHODS[r.method];
+  const was = r.rules ?? (r.method === 'minred' ? { policy: 'diverse', replay: 'buffer', warmup: 'none' } : undefined);
+  if (!m || !was) return false;
+  const now = methodRules(m);
+  return was.policy !== now.policy || was.replay !== now.replay || was.warmup !== now.warmup;
 }
 
 mkdirSync(path.dirname(values.json), { recursive: true });
 // Rows of this protocol only (one JSON file may hold several; older rows name only their data set).
 const rowProtocol = (r: Row) => r.protocol ?? `edge-${r.dataset ?? 'cifar10'}`;
-const rows: Row[] = (existsSync(values.json) ? readFileSync(values.json, 'utf8').trim().split('\n').filter(Boolean).map((l) => JSON.parse(l) as Row) : []).filter((r) => rowProtocol(r) === protocol);
+const allRows: Row[] = (existsSync(values.json) ? readFileSync(values.json, 'utf8').trim().split('\n').filter(Boolean).map((l) => JSON.parse(l) as Row) : []).filter((r) => rowProtocol(r) === protocol);
+const stale = allRows.filter(staleRow);
+if (stale.length) console.error(`compare: ${stale.length} row(s) of ${[...new Set(stale.map((r) => r.method))].join(', ')} in ${values.json} were made under rules the method no longer has; left out of the tables and run again`);
+const rows = allRows.filter((r) => !staleRow(r));
 // Identical budget: updates x crops per arrival equal to ours' at the same scale.
-const refCrops = getPreset(P.scale === 'edge' ? METHODS.ours.preset : METHODS.ours.paperPreset).crops;
+const refCrops = getPreset(METHODS.ours[P.scale].preset, METHODS.ours[P.scale].sets).crops;
 const planned: string[][] = [];
 const work = mkdtempSync(path.join(tmpdir(), 'ssocl-compare-'));
 try {
@@ -206,16 +224,17 @@ try {
       const frames = clip ? stream.filter((_, n) => n % clip === 0).flatMap((i) => Array.from({ length: clip }, (_, t) => ({ i, t }))) : stream.map((i) => ({ i, t: -1 }));
       const clipCfg = { ...DEFAULT_CLIP, frames: clip || 1 };
       for (const mname of values.methods.split(',')) {
-        const method = METHODS[mname];
-        if (!method) throw new Error(`--methods: unknown '${mname}' (accepted: ${Object.keys(METHODS).join(', ')})`);
-        const [pname, psets] = P.scale === 'edge' ? [method.preset, method.sets] : [method.paperPreset, method.paperSets];
+        const method = getMethod(mname, '--methods');
+        const { preset: pname, sets: psets } = method[P.scale];
         const preset = getPreset(pname, [...psets, `seed=${trial}`, `batch=${2 * newPer}`, `agent.newPerArrival=${newPer}`]);
-        const updates = Math.round((updatesK * refCrops) / preset.crops);
+        // The same rules `ssocl run --method` applies; K, unless the method fixes it, gives every method ours' crop budget.
+        const rules = methodRules(method, { updates: method.updates ?? Math.round((updatesK * refCrops) / preset.crops) });
+        const updates = rules.updates!;
         const arrivals = Math.floor(frames.length / newPer);
         // Done only with the same stream length and kNN sets (older rows: the edge protocol's 10000 and 10000).
         const done = rows.some((r) => r.method === mname && r.order === label && r.trial === trial && r.images === frames.length && (r.memory ?? 10000) === memIdx.length && (r.queries ?? 10000) === qIdx.length);
         if (values.plan) {
-          planned.push([mname, label, String(trial), pname, Object.keys(ENCODERS).find((k) => JSON.stringify(ENCODERS[k]) === JSON.stringify(preset.encoder)) ?? 'custom', String(preset.crops), String(preset.batch), String(updates), String(updates * preset.crops * preset.batch), String(frames.length), String(arrivals), String(arrivals * updates), done ? 'done' : 'to run']);
+          planned.push([mname, label, String(trial), pname, rules.policy, rules.replay, rules.warmup, Object.keys(ENCODERS).find((k) => JSON.stringify(ENCODERS[k]) === JSON.stringify(preset.encoder)) ?? 'custom', String(preset.crops), String(preset.batch), String(updates), String(updates * preset.crops * preset.batch), String(frames.length), String(arrivals), String(arrivals * updates), done ? 'done' : 'to run']);
           continue;
         }
         if (done) continue; // resumable
@@ -225,7 +244,7 @@ try {
         const floor = (await knn(tr))[0];
         const learner = new Learner(
           tr,
-          defaultLearnerConfig(tr, { updates, replay: method.replay, buffer: { capacity: 256, policy: method.buffer, alpha: 0.5 }, seed: trial }),
+          defaultLearnerConfig(tr, { updates, replay: rules.replay, warmup: rules.warmup, buffer: { capacity: 256, policy: rules.policy, alpha: 0.5 }, seed: trial }),
           engine,
         );
         const marks = [0.25, 0.5, 0.75, 1].map((f) => Math.round(f * arrivals));
@@ -254,7 +273,7 @@ try {
             process.stderr.write(`${mname} ${label} trial ${trial}: ${Math.round((100 * a) / arrivals)}% of ${frames.length} ${clip ? 'frames' : 'images'}, ${tr.steps} steps, kNN@20 ${x.toFixed(2)} (floor ${floor.toFixed(2)})\n`);
           }
         }
-        const row: Row = { ...(ds === 'cifar10' ? {} : { dataset: ds, super20: s20 }), ...(protocol.startsWith('edge-') ? {} : { protocol, ep: values.ep }), method: mname, order: label, trial, images: frames.length, steps: tr.steps, seconds: (performance.now() - t0) / 1000, floor20: floor, knn20: k20, knn50: k50, final20: k20[3], mean20: k20.reduce((p, q) => p + q, 0) / 4, memory: memIdx.length, queries: qIdx.length, threads: Number(values.threads), gradCos: gcos, ...(clip ? { clip } : {}), sameClip, nnSim };
+        const row: Row = { ...(ds === 'cifar10' ? {} : { dataset: ds, super20: s20 }), ...(protocol.startsWith('edge-') ? {} : { protocol, ep: values.ep }), method: mname, order: label, trial, images: frames.length, steps: tr.steps, seconds: (performance.now() - t0) / 1000, floor20: floor, knn20: k20, knn50: k50, final20: k20[3], mean20: k20.reduce((p, q) => p + q, 0) / 4, memory: memIdx.length, queries: qIdx.length, threads: Number(values.threads), gradCos: gcos, ...(clip ? { clip } : {}), sameClip, nnSim, rules: { policy: rules.policy, replay: rules.replay, warmup: rules.warmup } };
         rows.push(row);
         appendFileSync(values.json, JSON.stringify(row) + '\n');
         await tr.close();
@@ -266,7 +285,7 @@ try {
   rmSync(work, { recursive: true, force: true });
 }
 if (values.plan) {
-  const head = ['method', 'order', 'trial', 'preset', 'encoder', 'crops', 'batch', 'updates/arrival', 'crop-passes/arrival', 'images', 'arrivals', 'updates (planned)', 'status'];
+  const head = ['method', 'order', 'trial', 'preset', 'buffer', 'replay', 'warmup', 'encoder', 'crops', 'batch', 'updates/arrival', 'crop-passes/arrival', 'images', 'arrivals', 'updates (planned)', 'status'];
   console.log(`${protocol}: ${newPer} new images per arrival, kNN memory ${memIdx.length} train images, ${qIdx.length} test queries, ep ${values.ep}`);
   console.log(`| ${head.join(' | ')} |\n|${head.map(() => '---').join('|')}|`);
   for (const r of planned) console.log(`| ${r.join(' | ')} |`);

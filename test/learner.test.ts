@@ -3,7 +3,8 @@
 // (crops are augmented, so the images cannot tell us which entry they came from).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { Learner, type LearnerConfig, type Replay } from '../agent/trainer/learner.ts';
+import { Learner, type LearnerConfig, type Replay, type Warmup } from '../agent/trainer/learner.ts';
+import type { BufferPolicy } from '../agent/buffer/buffer.ts';
 import type { StepResult, Trainer } from '../agent/trainer/trainer.ts';
 import { CIFAR_AUGMENT } from '../agent/frames/augment.ts';
 
@@ -29,13 +30,14 @@ function fakeTrainer() {
   return t;
 }
 
-function makeLearner(replay: Replay, updates = 10) {
+function makeLearner(replay: Replay, updates = 10, over: { capacity?: number; policy?: BufferPolicy; warmup?: Warmup } = {}) {
   const trainer = fakeTrainer();
   const cfg: LearnerConfig = {
     updates,
     replay,
-    // Capacity far above what the tests add, so shrink never removes anything.
-    buffer: { capacity: 100, policy: 'diverse', alpha: 0.5 },
+    warmup: over.warmup ?? 'none',
+    // By default a capacity far above what the tests add, so shrink never removes anything.
+    buffer: { capacity: over.capacity ?? 100, policy: over.policy ?? 'diverse', alpha: 0.5 },
     lr: 0.01,
     schedule: 'constant',
     scheduleSteps: 1,
@@ -45,12 +47,15 @@ function makeLearner(replay: Replay, updates = 10) {
   const learner = new Learner(trainer as unknown as Trainer, cfg);
   // Spy: every applied step passes its batch (the entries it trained on) to updateFeatures.
   const batches: number[][] = [];
+  // ... and how many entries the buffer held while it trained.
+  const sizes: number[] = [];
   const orig = learner.buffer.updateFeatures.bind(learner.buffer);
   learner.buffer.updateFeatures = (batch, zbar) => {
     batches.push(batch.map((e) => e.id));
+    sizes.push(learner.buffer.size);
     return orig(batch, zbar);
   };
-  return { learner, trainer, batches };
+  return { learner, trainer, batches, sizes };
 }
 
 const items = (tag: string, n: number) => Array.from({ length: n }, (_, i) => ({ key: `${tag}${i}`, image: new Uint8Array(3 * SIZE * SIZE).fill(10 * i) }));
@@ -113,4 +118,46 @@ test('buffer replay: no step until the buffer holds a full batch; then whole bat
     assert.ok(ids.every((id) => live.has(id)));
   }
   assert.ok(batches.some((ids) => !fresh.every((id) => ids.includes(id))), 'every batch held all fresh images');
+});
+
+test("warm-up 'fill' (MinRed): no step until the buffer first holds its capacity, though a batch could be drawn; then every arrival trains", async () => {
+  const trained = async (warmup: Warmup) => {
+    const { learner, trainer } = makeLearner('buffer', 2, { capacity: 8, warmup });
+    const out: boolean[] = [];
+    for (let a = 0; a < 6; a++) {
+      const before = trainer.steps;
+      const r = await learner.arrive(items(`w${a}`, 2));
+      assert.equal(r.trained, trainer.steps > before);
+      out.push(r.trained);
+    }
+    return out;
+  };
+  // 2, 4, 6, 8, 10 (cut to 8), ... images: a batch of 4 exists from the second arrival on.
+  assert.deepEqual(await trained('none'), [false, true, true, true, true, true]);
+  assert.deepEqual(await trained('fill'), [false, false, false, true, true, true]);
+});
+
+test("'minred' buffer: the redundancy rule cuts the buffer before the arrival's steps ('diverse': after them)", async () => {
+  const run = async (policy: BufferPolicy) => {
+    const { learner, batches, sizes } = makeLearner('buffer', 10, { capacity: 6, policy });
+    // 6 images, every one trained on (seen) by the time the fourth arrival comes.
+    for (const tag of ['a', 'b', 'c']) await learner.arrive(items(tag, 2));
+    assert.equal(learner.buffer.entries.filter((e) => e.seen).length, 6);
+    batches.length = sizes.length = 0;
+    const before = new Set(learner.buffer.entries.map((e) => e.id));
+    const r = await learner.arrive(items('d', 2));
+    const fresh = learner.buffer.entries.map((e) => e.id).filter((id) => !before.has(id));
+    const removed = new Set(r.removed.map((e) => e.id));
+    assert.equal(removed.size, 2);
+    assert.equal(learner.buffer.size, 6);
+    return { sizes, trainedOnRemoved: batches.some((ids) => ids.some((id) => removed.has(id))), freshKept: fresh.length };
+  };
+  const minred = await run('minred');
+  // MinRed: the steps draw from the 6 survivors; the 2 new (unseen) images are never the ones removed.
+  assert.deepEqual(minred.sizes, new Array(10).fill(6));
+  assert.equal(minred.trainedOnRemoved, false);
+  assert.equal(minred.freshKept, 2);
+  // Ours: the steps draw from all 8, then the buffer is cut.
+  const diverse = await run('diverse');
+  assert.deepEqual(diverse.sizes, new Array(10).fill(8));
 });

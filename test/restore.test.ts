@@ -11,11 +11,13 @@ import path from 'node:path';
 import { compileArtifacts, writeArtifacts } from '../tools/artifacts/write.ts';
 import { Rng } from '../core/rng.ts';
 import { Trainer } from '../agent/trainer/trainer.ts';
-import { Learner, defaultLearnerConfig, restoreLearner, snapshotLearner, type LearnerState } from '../agent/trainer/learner.ts';
+import { Learner, defaultLearnerConfig, restoreLearner, snapshotLearner, type LearnerConfig, type LearnerState } from '../agent/trainer/learner.ts';
+import type { BufferPolicy } from '../agent/buffer/buffer.ts';
 import { fromCheckpoint, readCheckpoint, saveCheckpoint, toCheckpoint } from '../agent/trainer/checkpoint.ts';
 import { tinyPreset } from './helpers/tiny.ts';
 
 const root = mkdtempSync(path.join(tmpdir(), 'ssocl-restore-'));
+test.after(() => rmSync(root, { recursive: true, force: true }));
 const art = path.join(root, 'art');
 // A buffer of 6 with 2 new images per arrival and 2 updates: from the 4th arrival on, every shrink
 // uses the features (the redundancy rule), and every replay draw the RNG.
@@ -36,12 +38,15 @@ const arrivals: { key: string; image: Uint8Array }[][] = (() => {
   );
 })();
 
+type Rules = Partial<Pick<LearnerConfig, 'replay' | 'warmup'>> & { policy?: BufferPolicy };
+
 /** A learner on a fresh trainer, recording a digest of the crops of every step. */
-async function open(crops: string[], dir = art): Promise<Learner> {
+async function open(crops: string[], rules: Rules, dir = art): Promise<Learner> {
   const trainer = await Trainer.open(dir, { threads: 1 });
-  const cfg = defaultLearnerConfig(trainer, { seed: 3 });
+  const { policy, ...rest } = rules;
+  const cfg = defaultLearnerConfig(trainer, { seed: 3, ...rest });
   // alpha != 0.5, so a swapped EMA would show too.
-  const learner = new Learner(trainer, { ...cfg, buffer: { ...cfg.buffer, alpha: 0.7 } });
+  const learner = new Learner(trainer, { ...cfg, buffer: { ...cfg.buffer, alpha: 0.7, ...(policy ? { policy } : {}) } });
   const step = trainer.step.bind(trainer);
   trainer.step = (c, lr) => {
     crops.push(createHash('sha256').update(new Uint8Array(c.buffer, c.byteOffset, c.byteLength)).digest('hex'));
@@ -79,37 +84,42 @@ function assertSameState(got: LearnerState, want: LearnerState): void {
   });
 }
 
-for (const [what, dir] of [['single steps', art], ['fused K = 2, crops in the graph', fusedArt]] as const) {
-test(`${what}: ${K} arrivals + checkpoint + restore + ${N - K} give what ${N} straight give, bit for bit`, async () => {
-  {
-    const straightCrops: string[] = [];
-    const straight = await open(straightCrops, dir);
-    for (const a of arrivals) await straight.arrive(a);
-    const want = snapshotLearner(straight);
-    // The run must have exercised what is restored: features, seen flags, removals by redundancy.
-    assert.equal(want.buffer.entries.length, 6);
-    assert.ok(want.buffer.entries.filter((e) => e.seen && e.feature).length >= 4, 'most entries seen, with features');
-    assert.ok(want.steps >= 2 * (N - 2), `steps ${want.steps}`);
+// Ours' rules, and MinRed's (removal before the steps; no step until the buffer fills at the third
+// arrival: its checkpoint is taken while the buffer is still filling).
+// And ours' rules through a fused artifact with crops made in the graph: the next run's crop draws are
+// made early, while a run is in flight, and a checkpoint must still restore them exactly.
+const CASES: { name: string; rules: Rules; K: number; dir?: string }[] = [
+  { name: "ours' rules", rules: {}, K },
+  { name: "MinRed's rules", rules: { policy: 'minred', replay: 'buffer', warmup: 'fill' }, K: 2 },
+  { name: "ours' rules, fused K = 2 with crops in the graph", rules: {}, K, dir: fusedArt },
+];
 
-    const firstCrops: string[] = [];
-    const first = await open(firstCrops, dir);
-    for (const a of arrivals.slice(0, K)) await first.arrive(a);
-    const ckpt = path.join(root, 'ckpt');
-    const file = saveCheckpoint(ckpt, toCheckpoint(snapshotLearner(first), { artifact: 'x', framesIngested: 2 * K, counters: {}, pending: [] }));
-    await first.trainer.close();
+for (const [i, { name, rules, K, dir }] of CASES.entries()) test(`${name}: ${K} arrivals + checkpoint + restore + ${N - K} give what ${N} straight give, bit for bit`, async () => {
+  const straightCrops: string[] = [];
+  const straight = await open(straightCrops, rules, dir);
+  for (const a of arrivals) await straight.arrive(a);
+  const want = snapshotLearner(straight);
+  // The run must have exercised what is restored: features, seen flags, removals by redundancy.
+  assert.equal(want.buffer.entries.length, 6);
+  assert.ok(want.buffer.entries.filter((e) => e.seen && e.feature).length >= 4, 'most entries seen, with features');
+  assert.ok(want.steps >= 2 * (N - 2), `steps ${want.steps}`);
 
-    const restCrops: string[] = [];
-    const restored = await open(restCrops, dir);
-    await restoreLearner(restored, fromCheckpoint(readCheckpoint(file)).learner);
-    for (const a of arrivals.slice(K)) await restored.arrive(a);
+  const firstCrops: string[] = [];
+  const first = await open(firstCrops, rules, dir);
+  for (const a of arrivals.slice(0, K)) await first.arrive(a);
+  const ckpt = path.join(root, `ckpt-${i}`);
+  const file = saveCheckpoint(ckpt, toCheckpoint(snapshotLearner(first), { artifact: 'x', framesIngested: 2 * K, counters: {}, pending: [] }));
+  await first.trainer.close();
+  if (rules.warmup === 'fill') assert.equal(firstCrops.length, 0, 'checkpointed while the buffer was still filling');
 
-    assert.deepEqual(firstCrops, straightCrops.slice(0, firstCrops.length), 'crops before the checkpoint');
-    assert.deepEqual(restCrops, straightCrops.slice(firstCrops.length), 'crops after the restore');
-    assertSameState(snapshotLearner(restored), want);
-    await straight.trainer.close();
-    await restored.trainer.close();
-  }
+  const restCrops: string[] = [];
+  const restored = await open(restCrops, rules, dir);
+  await restoreLearner(restored, fromCheckpoint(readCheckpoint(file)).learner);
+  for (const a of arrivals.slice(K)) await restored.arrive(a);
+
+  assert.deepEqual(firstCrops, straightCrops.slice(0, firstCrops.length), 'crops before the checkpoint');
+  assert.deepEqual(restCrops, straightCrops.slice(firstCrops.length), 'crops after the restore');
+  assertSameState(snapshotLearner(restored), want);
+  await straight.trainer.close();
+  await restored.trainer.close();
 });
-}
-
-test.after(() => rmSync(root, { recursive: true, force: true }));

@@ -1,7 +1,10 @@
 // The replay buffer: entries hold the image (uint8 at training resolution), a representative
 // feature z* (EMA of the normalised mean crop embedding), a seen flag and a lifespan. Policies decide
 // what to drop when it is over capacity: `diverse` / `minred` (the redundancy rule over seen entries,
-// oldest first while too few are seen), `reservoir`, `fifo`.
+// oldest first while too few are seen), `reservoir`, `fifo`. `minred` differs from `diverse` only in
+// when the learner applies it: MinRed's official code (senthilps8/continuous_ssl_problem,
+// datasets/mysampler.py) cuts the buffer back to capacity as soon as an arrival is added, so the K
+// steps draw from the M survivors; ours trains on all M + b, then cuts (see `shrinksOnAdd`).
 
 import { Rng } from '../../core/rng.ts';
 import { NearestNeighbours } from './removal.ts';
@@ -69,6 +72,11 @@ export class ReplayBuffer {
 
   get usesFeatures(): boolean {
     return this.cfg.policy === 'diverse' || this.cfg.policy === 'minred';
+  }
+
+  /** Shrink right after an arrival is added, before its training steps (MinRed), not after them. */
+  get shrinksOnAdd(): boolean {
+    return this.cfg.policy === 'minred';
   }
 
   /** Appends an arrival; every entry already in the buffer ages by one. */

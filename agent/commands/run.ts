@@ -11,6 +11,7 @@ import { ortSimilarity, type SimilarityEngine } from '../buffer/similarity.ts';
 import { computeFeatures } from '../eval/features.ts';
 import { knnWeightedBlocks } from '../eval/knn.ts';
 import type { Trainer } from '../trainer/trainer.ts';
+import { DEFAULT_METHOD, getMethod, methodRules } from '../methods.ts';
 
 /**
  * kNN of the trainer's current encoder for --eval-every: weighted cosine kNN (k 20 and 50, T 0.07),
@@ -45,6 +46,26 @@ async function streamEvaluator(dataset: 'cifar10' | 'cifar100', dataDir: string,
       for (const x of r) out[`${name}knn${x.k}`] = x.accuracy;
     }
     return out;
+  };
+}
+
+/**
+ * The method and the learner settings of a run: the method's definition (agent/methods.ts; ours
+ * without --method), each rule replaced by its flag where one is given.
+ */
+export function runLearner(a: Record<string, any>): Pick<AgentOptions, 'method' | 'learner'> {
+  const def = getMethod(a.method ?? DEFAULT_METHOD);
+  const rules = methodRules(def, { policy: a.buffer, replay: a.replay, warmup: a.warmup, updates: a.updates });
+  return {
+    method: { def, checkArtifacts: a.method !== undefined },
+    learner: {
+      ...rules,
+      bufferSize: a['buffer-size'],
+      lr: a.lr,
+      schedule: a['lr-schedule'],
+      scheduleSteps: a['lr-steps'],
+      seed: a.seed,
+    },
   };
 }
 
@@ -117,16 +138,7 @@ export async function runCommand(a: Record<string, any>): Promise<void> {
     maxSkips: a['max-skips'],
     diskRetryMs: a['disk-retry-s'] * 1000,
     evaluate,
-    learner: {
-      updates: a.updates,
-      replay: a.replay,
-      bufferSize: a['buffer-size'],
-      policy: a.buffer,
-      lr: a.lr,
-      schedule: a['lr-schedule'],
-      scheduleSteps: a['lr-steps'],
-      seed: a.seed,
-    },
+    ...runLearner(a),
     log: (line) => process.stderr.write(`${tty ? '\r\x1b[K' : ''}${line}\n`),
     progress: tty ? (line) => process.stderr.write(`\r\x1b[K${line}`) : undefined,
     // Without a terminal there is no progress line: a status line every 30 s unless told otherwise.

@@ -1,7 +1,7 @@
 // The learning loop of one arrival (DESIGN.md section 3): add the new images to the buffer, run K
 // updates on batches composed by the replay rule, refresh the representative features from each
 // step's zbar, then shrink the buffer. Shared by the agent and the benchmarks: a method is a
-// configuration (artifacts + buffer policy + replay rule), not a copy of this loop.
+// configuration (agent/methods.ts: artifacts, buffer policy, replay rule, warm-up), not a copy of this loop.
 
 import { Rng } from '../../core/rng.ts';
 import { ReplayBuffer, type Entry, type BufferConfig, type BufferSnapshot } from '../buffer/buffer.ts';
@@ -11,11 +11,19 @@ import { CROP_PARAM_COUNT } from '../../core/crop-params.ts';
 import type { FusedBatch, StepResult, Trainer } from './trainer.ts';
 
 export type Replay = 'mixed' | 'buffer';
+/**
+ * `fill`: no training step while the buffer, with the arrival added, holds fewer than its capacity
+ * (MinRed: nothing is trained until the buffer first fills). Decided from the buffer alone, so a run
+ * resumed from a checkpoint waits or trains exactly as the uninterrupted one would. `none`: train as
+ * soon as the replay rule can compose a batch.
+ */
+export type Warmup = 'fill' | 'none';
 
 export interface LearnerConfig {
   /** Updates per arrival, K. */
   updates: number;
   replay: Replay;
+  warmup: Warmup;
   buffer: BufferConfig;
   lr: number;
   schedule: 'constant' | 'cosine';
@@ -27,7 +35,7 @@ export interface LearnerConfig {
 
 export interface ArrivalReport {
   steps: StepResult[];
-  /** false while the buffer holds too few images for a full batch (no update then). */
+  /** false while the buffer holds too few images for a full batch, or is still filling (warm-up). */
   trained: boolean;
   removed: Entry[];
   /** Wall time by part; `overlapped` is augmentation done while a step ran (inside `train`). */
@@ -82,8 +90,17 @@ export class Learner {
     const t0 = performance.now();
     const fresh = this.buffer.add(items);
     this.arrivals++;
+    // MinRed cuts the buffer back before the steps: by the redundancy rule over seen entries, or oldest
+    // first, so this arrival's unseen images stay for its steps.
+    const early = this.buffer.shrinksOnAdd ? await this.buffer.shrink(this.rng) : [];
     const ms = { augment: 0, overlapped: 0, train: 0, buffer: performance.now() - t0 };
-    if (this.trainer.manifest.trainStep.fused) return this.arriveFused(fresh, ms);
+    if (this.cfg.warmup === 'fill' && this.buffer.size < this.buffer.cfg.capacity) return { steps: [], trained: false, removed: early, ms };
+    const r = this.trainer.manifest.trainStep.fused ? await this.arriveFused(fresh, ms) : await this.arriveSteps(fresh, ms);
+    return early.length ? { ...r, removed: [...early, ...r.removed] } : r;
+  }
+
+  /** The K steps, one graph run each, then the shrink. */
+  private async arriveSteps(fresh: Entry[], ms: ArrivalReport['ms']): Promise<ArrivalReport> {
     const steps: StepResult[] = [];
     const p = this.trainer.manifest.preset;
     const views = this.trainer.manifest.trainStep.crops.views;
@@ -269,7 +286,9 @@ export function defaultLearnerConfig(trainer: Trainer, over: Partial<LearnerConf
   return {
     updates: p.agent.updatesPerArrival,
     replay: p.agent.replay,
-    buffer: { capacity: p.agent.bufferSize, policy: p.predictor ? 'minred' : 'diverse', alpha: 0.5 },
+    warmup: 'none',
+    // Ours' buffer whatever the artifacts train: a method's policy comes from its definition (agent/methods.ts).
+    buffer: { capacity: p.agent.bufferSize, policy: 'diverse', alpha: 0.5 },
     lr: p.lr,
     schedule: 'constant',
     scheduleSteps: 10000,

@@ -1,0 +1,112 @@
+// The methods of the comparison, each defined once: which artifacts it trains (a preset and overrides,
+// at the edge and at the paper's scale), its buffer policy, replay rule and warm-up, and the crops and
+// updates per arrival where the method fixes them. No method has its own loop: `ssocl run --method`
+// and bench/compare read these definitions and configure the same learner (trainer/learner.ts).
+
+import type { BufferPolicy } from './buffer/buffer.ts';
+import type { Replay, Warmup } from './trainer/learner.ts';
+
+/** A preset of tools/artifacts/presets.ts and `--set` overrides on it. */
+export interface ArtifactSpec {
+  preset: string;
+  sets: string[];
+}
+
+export interface Method {
+  name: string;
+  /** One line for --help. */
+  describe: string;
+  /** The edge encoder (CPU), and ResNet-18-CIFAR at the paper's settings (bench gpu-/paper- protocols). */
+  edge: ArtifactSpec;
+  paper: ArtifactSpec;
+  buffer: BufferPolicy;
+  replay: Replay;
+  warmup: Warmup;
+  /** Views per image its loss is defined for (SimSiam, NT-Xent: 2); unset: the preset's multi-crop N. */
+  crops?: number;
+  /** Updates per arrival K when the method fixes it; unset: the artifacts' K (bench: the equal-budget K). */
+  updates?: number;
+}
+
+// The paper's eq. 1 in place of the code's MCC, with each scale's own weights (edge: 1 and 0.02, as the
+// edge preset's mcc; paper: 50 and 1, as paper-cifar's).
+const MCC_PAPER_EDGE = 'losses=[{"name":"mcc-paper","weight":1},{"name":"tcr","weight":0.02}]';
+const MCC_PAPER_PAPER = 'losses=[{"name":"mcc-paper","weight":50},{"name":"tcr","weight":1}]';
+
+const OURS: Pick<Method, 'edge' | 'paper' | 'buffer' | 'replay' | 'warmup'> = { edge: { preset: 'edge', sets: [] }, paper: { preset: 'paper-cifar', sets: [] }, buffer: 'diverse', replay: 'mixed', warmup: 'none' };
+
+const list: Method[] = [
+  { name: 'ours', describe: 'Imai et al.: MCC + TCR on N crops, diverse buffer, new + replayed images each step', ...OURS },
+  {
+    name: 'ours-paper-eq', describe: "ours with the paper's eq. 1 in place of the code's MCC",
+    ...OURS, edge: { preset: 'edge', sets: [MCC_PAPER_EDGE] }, paper: { preset: 'paper-cifar', sets: [MCC_PAPER_PAPER] },
+  },
+  { name: 'ours-buffer-replay', describe: 'ours with every minibatch drawn from the whole buffer (the paper\'s text)', ...OURS, replay: 'buffer' },
+  // Ablation of the buffer alone: the paper's uncorrelated-gradient claim is about the buffer's contents.
+  { name: 'ours-reservoir', describe: 'ours with a reservoir buffer instead of the diverse removal rule', ...OURS, buffer: 'reservoir' },
+  { name: 'empssl', describe: 'EMP-SSL: invariance + TCR on the same crops, buffer and replay as ours', ...OURS, edge: { preset: 'edge-empssl', sets: [] }, paper: { preset: 'empssl', sets: [] } },
+  {
+    name: 'minred', describe: 'MinRed: SimSiam on 2 views, buffer-only minibatches, redundancy removal before the steps, no training until the buffer fills',
+    edge: { preset: 'edge-minred', sets: [] }, paper: { preset: 'minred', sets: [] }, buffer: 'minred', replay: 'buffer', warmup: 'fill', crops: 2,
+  },
+  {
+    name: 'simclr-reservoir', describe: 'SimCLR (NT-Xent, 2 views) on a reservoir buffer: the floor any method must clear',
+    edge: { preset: 'edge-simclr', sets: [] }, paper: { preset: 'simclr', sets: [] }, buffer: 'reservoir', replay: 'buffer', warmup: 'none', crops: 2,
+  },
+];
+
+export const METHODS: Readonly<Record<string, Method>> = Object.fromEntries(list.map((m) => [m.name, m]));
+export const METHOD_NAMES = list.map((m) => m.name);
+/** What `ssocl run` learns by without --method. */
+export const DEFAULT_METHOD = 'ours';
+
+export function getMethod(name: string, flag = '--method'): Method {
+  const m = METHODS[name];
+  if (!m) throw new Error(`${flag} ${name}: unknown method (accepted: ${METHOD_NAMES.join(', ')})`);
+  return m;
+}
+
+/**
+ * The artifact name `ssocl artifacts` gives the method's preset at a scale (the preset's own name;
+ * with overrides, the method's, built with --name), so `ssocl run --method` knows where to look.
+ */
+export function artifactName(m: Method, scale: 'edge' | 'paper'): string {
+  const spec = m[scale];
+  return spec.sets.length ? (scale === 'edge' ? m.name : `${m.name}-paper`) : spec.preset;
+}
+
+/** The command that builds the method's artifacts at a scale. */
+export function buildCommand(m: Method, scale: 'edge' | 'paper'): string {
+  const spec = m[scale];
+  return `ssocl artifacts --preset ${spec.preset}${spec.sets.map((s) => ` --set '${s}'`).join('')}${spec.sets.length ? ` --name ${artifactName(m, scale)}` : ''}`;
+}
+
+/**
+ * Why artifacts (their manifest's preset name and crops per image) cannot train the method, or '' if
+ * they can: the method's loss, heads and crops are compiled into them.
+ */
+export function artifactsMismatch(m: Method, artifacts: { name: string; views: number }): string {
+  const names = [artifactName(m, 'edge'), artifactName(m, 'paper')];
+  if (!names.includes(artifacts.name)) return `built from preset '${artifacts.name}'; --method ${m.name} trains '${names[0]}' (or '${names[1]}') artifacts: ${buildCommand(m, 'edge')}`;
+  if (m.crops !== undefined && artifacts.views !== m.crops) return `${artifacts.views} crops per image; --method ${m.name} takes ${m.crops}`;
+  return '';
+}
+
+/** The learner settings a method decides. */
+export interface MethodRules {
+  policy: BufferPolicy;
+  replay: Replay;
+  warmup: Warmup;
+  /** Unset: the artifacts' K. */
+  updates?: number;
+}
+
+/** The method's rules, each replaced by an explicit choice where one is given (a flag of `ssocl run`, the bench's budget). */
+export function methodRules(m: Method, chosen: Partial<MethodRules> = {}): MethodRules {
+  return {
+    policy: chosen.policy ?? m.buffer,
+    replay: chosen.replay ?? m.replay,
+    warmup: chosen.warmup ?? m.warmup,
+    ...((chosen.updates ?? m.updates) !== undefined ? { updates: chosen.updates ?? m.updates } : {}),
+  };
+}
