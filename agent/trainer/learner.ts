@@ -76,6 +76,8 @@ export class Learner {
     const t0 = performance.now();
     const fresh = this.buffer.add(items);
     this.arrivals++;
+    // Distilling artifacts (SCALE): the past model is the model as this stream batch found it.
+    if (this.trainer.manifest.trainStep.distill) this.trainer.snapshotPast();
     const ms = { augment: 0, overlapped: 0, train: 0, buffer: performance.now() - t0 };
     if (this.trainer.manifest.trainStep.fused) return this.arriveFused(fresh, ms);
     const steps: StepResult[] = [];
