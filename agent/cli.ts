@@ -177,7 +177,7 @@ await yargs(hideBin(process.argv))
         .options(nums({ updates: { int: true, min: 1, describe: 'updates per arrival, K (default from the artifacts)' } }))
         .option('replay', { choices: ['mixed', 'buffer'] as const, describe: 'batch composition (default from the artifacts)' })
         .options(nums({ 'buffer-size': { int: true, min: 1, describe: 'buffer capacity M (default from the artifacts)' } }))
-        .option('buffer', { choices: ['diverse', 'minred', 'reservoir', 'fifo'] as const, describe: 'buffer policy (default diverse; minred for SimSiam artifacts)' })
+        .option('buffer', { choices: ['diverse', 'minred', 'reservoir', 'fifo', 'psa'] as const, describe: 'buffer policy (default diverse; minred for SimSiam artifacts; psa for SCALE)' })
         .options(nums({ lr: { above: 0, describe: 'learning rate (default from the artifacts)' } }))
         .option('lr-schedule', { choices: ['constant', 'cosine'] as const, default: 'constant' as const, describe: 'learning rate over the run: constant, or a cosine decay from --lr to 0 over --lr-steps steps (0 after)' })
         .options(

@@ -12,6 +12,7 @@ import { applyOverrides, getPreset } from '../tools/artifacts/presets.ts';
 import { Trainer } from '../agent/trainer/trainer.ts';
 import { Learner, defaultLearnerConfig } from '../agent/trainer/learner.ts';
 import { Rng } from '../core/rng.ts';
+import { psaSelect } from '../agent/buffer/psa.ts';
 
 const STREAM = 4;
 const SIZE = 8;
@@ -149,16 +150,26 @@ test('IRD reads view 0: permuting the images of view 1 leaves it unchanged, the 
   });
 });
 
-test('Learner on edge-scale: arrivals train with finite losses and refresh the snapshot each arrival', async () => {
+test('Learner on edge-scale with the psa buffer: arrivals train with finite losses, refresh the snapshot each arrival, and PSA keeps the memory', async () => {
   await withArtifacts(async (dir) => {
     const tr = await Trainer.open(dir, { threads: 1 });
-    const l = new Learner(tr, defaultLearnerConfig(tr, { updates: 3, buffer: { capacity: 12, policy: 'diverse', alpha: 0.5 }, lr: 0.03, schedule: 'constant', scheduleSteps: 1, seed: 2 }));
+    const l = new Learner(tr, defaultLearnerConfig(tr, { updates: 3, buffer: { capacity: 12, policy: 'psa', alpha: 0.5 }, lr: 0.03, schedule: 'constant', scheduleSteps: 1, seed: 2 }));
     const rng = new Rng(9);
     const snaps = new Set<unknown>();
     let trained = 0;
     for (let a = 0; a < 6; a++) {
       const r = await l.arrive(Array.from({ length: STREAM }, (_, i) => ({ key: `${a}.${i}`, image: Uint8Array.from({ length: 3 * SIZE * SIZE }, () => rng.int(256)) })));
       snaps.add(tr.past);
+      if (a >= 2) {
+        // What PSA kept: the selection over the backbone features (current weights) of all 16 entries.
+        const all = [...l.buffer.entries, ...r.removed].sort((x, y) => x.id - y.id);
+        const x = new Float32Array(all.length * 3 * SIZE * SIZE);
+        all.forEach((e, j) => e.image.forEach((v, k) => (x[j * 3 * SIZE * SIZE + k] = v / 255)));
+        const { features } = await tr.embed(x, all.length);
+        const keep = psaSelect(features, features.length / all.length, 12).map((i) => all[i].id);
+        assert.deepEqual(l.buffer.entries.map((e) => e.id).sort((p, q) => p - q), keep, `arrival ${a}`);
+      }
+      assert.ok(l.buffer.size <= 12);
       for (const s of r.steps) assert.ok(s.applied && Number.isFinite(s.loss), `arrival ${a}: ${s.loss}`);
       if (r.trained) trained++;
     }

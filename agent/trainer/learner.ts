@@ -72,6 +72,22 @@ export class Learner {
     return [...fresh, ...this.buffer.sample(this.rng, replay, new Set(fresh.map((e) => e.id)))];
   }
 
+  /** Shrinks the buffer to capacity by its policy (psa reads the entries' backbone features). */
+  shrink(): Promise<Entry[]> {
+    return this.buffer.shrink(this.rng, (es) => this.backboneFeatures(es));
+  }
+
+  /** Backbone features of buffer entries under the current weights (embed.onnx, batch-norm statistics as stored). */
+  private async backboneFeatures(es: Entry[]): Promise<Float32Array> {
+    const size = this.trainer.manifest.preset.image.size;
+    const per = 3 * size * size;
+    const x = new Float32Array(es.length * per);
+    es.forEach((e, j) => {
+      for (let k = 0; k < per; k++) x[j * per + k] = e.image[k] / 255;
+    });
+    return (await this.trainer.embed(x, es.length)).features;
+  }
+
   async arrive(items: { key: string; image: Uint8Array }[]): Promise<ArrivalReport> {
     const t0 = performance.now();
     const fresh = this.buffer.add(items);
@@ -114,7 +130,7 @@ export class Learner {
       steps.push(r);
     }
     const te = performance.now();
-    const removed = await this.buffer.shrink(this.rng);
+    const removed = await this.shrink();
     ms.buffer += performance.now() - te;
     return { steps, trained, removed, ms };
   }
@@ -190,7 +206,7 @@ export class Learner {
       steps.push(...rs);
     }
     const te = performance.now();
-    const removed = await this.buffer.shrink(this.rng);
+    const removed = await this.shrink();
     ms.buffer += performance.now() - te;
     return { steps, trained, removed, ms };
   }
