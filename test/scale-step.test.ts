@@ -22,7 +22,6 @@ function tinyScale() {
     'encoder.blocks=[1,1]',
     `image.size=${SIZE}`,
     `batch=${2 * STREAM}`,
-    `scale.stream=${STREAM}`,
     `agent.newPerArrival=${STREAM}`,
     'projector=[{"out":8,"act":true},{"out":8}]',
     'gradCos=false',

@@ -75,8 +75,10 @@ function lossOn(g: Graph, p: Preset, crops: Value, model: Model): LossGraph {
           return L.simsiam(g, pred, proj);
         case 'scale-contrast': {
           const sc = scaleOptions(p);
-          const mask = g.scope('mask', () => L.scaleMask(g, feats, v, b, sc.stream, sc.tempTsne, sc.thresRatio));
-          return L.scaleContrast(g, proj, mask, sc.stream, sc.tempCont, sc.baseTemp);
+          const stream = p.agent.newPerArrival;
+          if (!(stream > 0 && stream <= b)) throw new Error(`preset ${p.name}: scale-contrast needs 0 < agent.newPerArrival <= batch, got ${stream} of ${b}`);
+          const mask = g.scope('mask', () => L.scaleMask(g, feats, v, b, stream, sc.tempTsne, sc.thresRatio));
+          return L.scaleContrast(g, proj, mask, stream, sc.tempCont, sc.baseTemp);
         }
         case 'ird': {
           // SCALE distils on the first view of the batch (feed_images_0: stream and memory images).

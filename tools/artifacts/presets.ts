@@ -44,9 +44,8 @@ export interface Preset {
   agent: { newPerArrival: number; updatesPerArrival: number; bufferSize: number; replay: 'mixed' | 'buffer' };
 }
 
+/** The stream images (the mask's and the loss's rows) are the batch's first agent.newPerArrival, this arrival's under mixed replay. */
 export interface ScaleOptions {
-  /** Images of the batch that are this arrival's (the rest replayed): the mask's and the loss's rows. */
-  stream: number;
   tempCont: number;
   /** SupConLoss's base_temperature (the code's default 0.07): the loss is scaled by tempCont / baseTemp. */
   baseTemp: number;
@@ -155,7 +154,7 @@ const scaleOver = (width: number, stream: number, updates: number): Partial<Pres
     { name: 'scale-contrast', weight: 1 },
     { name: 'ird', weight: 1 },
   ],
-  scale: { stream, tempCont: 0.1, baseTemp: 0.07, tempTsne: 0.1, thresRatio: 0.1, currentTemp: 0.1, pastTemp: 0.01, distillPower: 0.15 },
+  scale: { tempCont: 0.1, baseTemp: 0.07, tempTsne: 0.1, thresRatio: 0.1, currentTemp: 0.1, pastTemp: 0.01, distillPower: 0.15 },
   optimizer: { type: 'sgd', momentum: 0.9, weightDecay: 1e-4, lars: false },
   lr: 0.03,
   agent: { newPerArrival: stream, updatesPerArrival: updates, bufferSize: 256, replay: 'mixed' },
