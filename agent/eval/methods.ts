@@ -32,5 +32,8 @@ export const METHODS: Record<string, Method> = {
   empssl: { name: 'empssl', preset: 'edge-empssl', sets: [], paperPreset: 'empssl', paperSets: [], buffer: 'diverse', replay: 'mixed' },
   // Two views instead of four (or 20) crops: bench/compare gives it more updates for the same crops.
   minred: { name: 'minred', preset: 'edge-minred', sets: [], paperPreset: 'minred', paperSets: [], buffer: 'minred', replay: 'buffer' },
+  // SCALE: pseudo-supervised contrast + IRD toward the model as each arrival found it, PSA memory on
+  // backbone features; each step this arrival's images and as many from memory (its 128 + 128).
+  scale: { name: 'scale', preset: 'edge-scale', sets: [], paperPreset: 'scale', paperSets: [], buffer: 'psa', replay: 'mixed' },
   'simclr-reservoir': { name: 'simclr-reservoir', preset: 'edge-simclr', sets: [], paperPreset: 'simclr', paperSets: [], buffer: 'reservoir', replay: 'buffer' },
 };
