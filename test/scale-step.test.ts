@@ -10,7 +10,8 @@ import path from 'node:path';
 import { compileArtifacts, writeArtifacts } from '../tools/artifacts/write.ts';
 import { applyOverrides, getPreset } from '../tools/artifacts/presets.ts';
 import { Trainer } from '../agent/trainer/trainer.ts';
-import { Learner, defaultLearnerConfig } from '../agent/trainer/learner.ts';
+import { Learner, defaultLearnerConfig, restoreLearner, snapshotLearner } from '../agent/trainer/learner.ts';
+import { fromCheckpoint, toCheckpoint } from '../agent/trainer/checkpoint.ts';
 import { Rng } from '../core/rng.ts';
 import { psaSelect } from '../agent/buffer/psa.ts';
 
@@ -176,5 +177,29 @@ test('Learner on edge-scale with the psa buffer: arrivals train with finite loss
     assert.equal(snaps.size, 6);
     assert.ok(tr.distillWeight > 0);
     await tr.close();
+  });
+});
+
+test('a checkpoint of an edge-scale learner resumes exactly: the distillation weight travels, the past model is retaken', async () => {
+  await withArtifacts(async (dir) => {
+    const cfg = (t: Trainer) => defaultLearnerConfig(t, { updates: 2, buffer: { capacity: 12, policy: 'psa', alpha: 0.5 }, lr: 0.03, schedule: 'constant', scheduleSteps: 1, seed: 3 });
+    const a = await Trainer.open(dir, { threads: 1 });
+    const la = new Learner(a, cfg(a));
+    const rng = new Rng(12);
+    const arrivals = Array.from({ length: 6 }, (_, k) => Array.from({ length: STREAM }, (_, i) => ({ key: `${k}.${i}`, image: Uint8Array.from({ length: 3 * SIZE * SIZE }, () => rng.int(256)) })));
+    for (const items of arrivals.slice(0, 4)) await la.arrive(items);
+    assert.ok(a.distillWeight > 0);
+    const ck = fromCheckpoint(toCheckpoint(snapshotLearner(la), { artifact: 'x', framesIngested: 0, counters: {}, pending: [] }));
+    assert.equal(ck.learner.distillWeight, a.distillWeight);
+    const b = await Trainer.open(dir, { threads: 1 });
+    const lb = new Learner(b, cfg(b));
+    await restoreLearner(lb, ck.learner);
+    for (const items of arrivals.slice(4)) {
+      const [ra, rb] = [await la.arrive(items), await lb.arrive(items)];
+      assert.deepEqual(rb.steps.map((s) => s.loss), ra.steps.map((s) => s.loss));
+      assert.deepEqual(rb.removed.map((e) => e.id), ra.removed.map((e) => e.id));
+    }
+    await a.close();
+    await b.close();
   });
 });

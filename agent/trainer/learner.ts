@@ -224,6 +224,8 @@ export interface LearnerState {
   cropRng: number[];
   tensors: Map<string, Float32Array>;
   buffer: BufferSnapshot;
+  /** Distilling artifacts: the weight set at the first step (0: not yet, or not distilling). */
+  distillWeight: number;
 }
 
 export class StateError extends Error {}
@@ -236,6 +238,7 @@ export function snapshotLearner(l: Learner): LearnerState {
     cropRng: [...l.cropRng.state],
     tensors: new Map(l.trainer.state),
     buffer: l.buffer.snapshot(),
+    distillWeight: l.trainer.distillWeight,
   };
 }
 
@@ -251,6 +254,8 @@ export async function restoreLearner(l: Learner, s: LearnerState): Promise<void>
   l.arrivals = s.arrivals;
   l.rng.state = [...s.rng];
   l.cropRng.state = [...s.cropRng];
+  // The past model needs no saving: it is the model as the next arrival finds it.
+  t.distillWeight = s.distillWeight;
   await l.buffer.restore(s.buffer);
 }
 
