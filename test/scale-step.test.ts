@@ -129,7 +129,7 @@ test('the past model changes only the IRD term: same current weights, old snapsh
   });
 });
 
-test('IRD reads view 0: permuting the images of view 1 leaves it unchanged, the contrastive term not', async () => {
+test('IRD reads view 0 and the contrast anchors only the stream images: permutations that leave one unchanged change the other', async () => {
   await withArtifacts(async (dir) => {
     const tr = await Trainer.open(dir, { threads: 1 });
     const n = tr.cropsShape.reduce((x, y) => x * y, 1);
@@ -146,6 +146,17 @@ test('IRD reads view 0: permuting the images of view 1 leaves it unchanged, the 
     // Equal up to the order of BN's batch sums.
     assert.ok(Math.abs(r0.terms.ird - r1.terms.ird) < 1e-5 * r0.terms.ird, `${r0.terms.ird} vs ${r1.terms.ird}`);
     assert.ok(Math.abs(r0.terms['scale-contrast'] - r1.terms['scale-contrast']) > 1e-3);
+    // Swapping a stream image with a memory image (both views) leaves IRD as it was (all of view 0
+    // counts) but not the contrastive term: only the first newPerArrival images are anchors.
+    const swapped = crops.slice();
+    for (const v of [0, 1]) {
+      const [s0, m0] = [(v * b) * per, (v * b + b - 1) * per];
+      swapped.set(crops.subarray(m0, m0 + per), s0);
+      swapped.set(crops.subarray(s0, s0 + per), m0);
+    }
+    const r2 = await tr.step(swapped, 0);
+    assert.ok(Math.abs(r0.terms.ird - r2.terms.ird) < 1e-5 * r0.terms.ird, `${r0.terms.ird} vs ${r2.terms.ird}`);
+    assert.ok(Math.abs(r0.terms['scale-contrast'] - r2.terms['scale-contrast']) > 1e-3, `${r0.terms['scale-contrast']} vs ${r2.terms['scale-contrast']}`);
     await tr.close();
   });
 });
