@@ -184,7 +184,7 @@ await yargs(hideBin(process.argv))
         .option('replay', { choices: ['mixed', 'buffer'] as const, describe: "batch composition, overriding the method's: mixed (this arrival's images + replayed ones) or buffer (each minibatch drawn from the whole buffer)" })
         .option('warmup', { choices: ['fill', 'none'] as const, describe: "overrides the method's: fill (no training step until the buffer first holds --buffer-size images, as MinRed) or none" })
         .options(nums({ 'buffer-size': { int: true, min: 1, describe: 'buffer capacity M (default from the artifacts)' } }))
-        .option('buffer', { choices: ['diverse', 'minred', 'reservoir', 'fifo'] as const, describe: "buffer policy, overriding the method's: diverse (drop the most redundant seen images after the arrival's steps), minred (the same rule applied before the steps, as MinRed's code), reservoir, fifo" })
+        .option('buffer', { choices: ['diverse', 'minred', 'reservoir', 'fifo', 'psa'] as const, describe: "buffer policy, overriding the method's: diverse (drop the most redundant seen images after the arrival's steps), minred (the same rule applied before the steps, as MinRed's code), reservoir, fifo, psa (SCALE's PSA selection on backbone features)" })
         .options(nums({ lr: { above: 0, describe: 'learning rate (default from the artifacts)' } }))
         .option('lr-schedule', { choices: ['constant', 'cosine'] as const, default: 'constant' as const, describe: 'learning rate over the run: constant, or a cosine decay from --lr to 0 over --lr-steps steps (0 after)' })
         .options(

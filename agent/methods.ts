@@ -53,6 +53,11 @@ const list: Method[] = [
     name: 'simclr-reservoir', describe: 'SimCLR (NT-Xent, 2 views) on a reservoir buffer: the floor any method must clear',
     edge: { preset: 'edge-simclr', sets: [] }, paper: { preset: 'simclr', sets: [] }, buffer: 'reservoir', replay: 'buffer', warmup: 'none', crops: 2,
   },
+  {
+    // Each step: this arrival's images and as many from memory (the code's 128 + 128).
+    name: 'scale', describe: 'SCALE: pseudo-supervised contrast + IRD distillation toward the model as each arrival found it, PSA memory on backbone features',
+    edge: { preset: 'edge-scale', sets: [] }, paper: { preset: 'scale', sets: [] }, buffer: 'psa', replay: 'mixed', warmup: 'none', crops: 2,
+  },
 ];
 
 export const METHODS: Readonly<Record<string, Method>> = Object.fromEntries(list.map((m) => [m.name, m]));

@@ -387,7 +387,7 @@ async function finish(r: Run, leftover: Frame[]): Promise<AgentSummary> {
   if (leftover.length) {
     await r.embeddings.emit(leftover);
     learner.buffer.add(leftover);
-    await learner.buffer.shrink(learner.rng);
+    await learner.shrink();
   }
   r.embeddings.close();
   // Skipped steps never touch the state, so what is saved here is the last good state.

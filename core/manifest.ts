@@ -66,6 +66,22 @@ export interface FusedStep {
   cropParams: (TensorInfo & { layout: string }) | null;
 }
 
+/**
+ * A step that distils toward a frozen past model (SCALE's IRD): each step takes the past model's
+ * backbone features of the batch's first view, computed by embed.onnx with the snapshot's weights, and
+ * the distillation weight (0 until the first applied step reports the one it set).
+ */
+export interface DistillStep {
+  /** float32 [b, F]: embed.onnx `features` of crops rows 0..b-1 (view 0) under the past model's weights. */
+  pastFeatures: TensorInfo & { layout: string };
+  /** float32 scalar input: the weight kept from the first step; 0 asks the step to set it. */
+  weight: string;
+  /** float32 scalar output: the weight this step used (keep it once the step is applied). */
+  weightUsed: string;
+  /** When the host refreshes the snapshot; SCALE copies the model before each stream batch's updates. */
+  refresh: 'arrival';
+}
+
 /** P: the writer's full preset type (tools/ passes its Preset, so the compiler checks it fits). */
 export interface Manifest<P extends ManifestPreset = ManifestPreset> {
   format: typeof MANIFEST_FORMAT;
@@ -87,6 +103,8 @@ export interface Manifest<P extends ManifestPreset = ManifestPreset> {
     outputs: TensorInfo[];
     /** Present when one run makes K updates (artifact option `fuse`); absent in single-step artifacts. */
     fused?: FusedStep;
+    /** Present when the step distils toward a past-model snapshot (SCALE). */
+    distill?: DistillStep;
   };
   embed: {
     file: string;

@@ -37,7 +37,9 @@ test('every preset compiles, and its manifest lists exactly the graph inputs and
     assert.deepEqual([...sess.outputNames].sort(), manifest.trainStep.outputs.map((i) => i.name).sort(), name);
     const stateIn = new Set(manifest.state.map((s) => s.name));
     const stateOut = new Set(manifest.state.map((s) => s.next));
-    for (const i of sess.inputNames) assert.ok(stateIn.has(i) || ['crops', 'lr', 'step'].includes(i), `${name}: input ${i} not described`);
+    const d = manifest.trainStep.distill;
+    const described = ['crops', 'lr', 'step', ...(d ? [d.pastFeatures.name, d.weight] : [])];
+    for (const i of sess.inputNames) assert.ok(stateIn.has(i) || described.includes(i), `${name}: input ${i} not described`);
     for (const s of manifest.state) assert.ok(sess.outputNames.includes(s.next), `${name}: no output ${s.next}`);
     assert.ok(stateOut.size === manifest.state.length);
     const emb = await ort.InferenceSession.create(files.get('embed.onnx')!);

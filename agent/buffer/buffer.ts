@@ -1,17 +1,22 @@
 // The replay buffer: entries hold the image (uint8 at training resolution), a representative
 // feature z* (EMA of the normalised mean crop embedding), a seen flag and a lifespan. Policies decide
 // what to drop when it is over capacity: `diverse` / `minred` (the redundancy rule over seen entries,
-// oldest first while too few are seen), `reservoir`, `fifo`. `minred` differs from `diverse` only in
-// when the learner applies it: MinRed's official code (senthilps8/continuous_ssl_problem,
+// oldest first while too few are seen), `reservoir`, `fifo`, `psa` (SCALE: PSA over the backbone
+// features of every entry, old and new alike, under the current model). `minred` differs from `diverse`
+// only in when the learner applies it: MinRed's official code (senthilps8/continuous_ssl_problem,
 // datasets/mysampler.py) cuts the buffer back to capacity as soon as an arrival is added, so the K
 // steps draw from the M survivors; ours trains on all M + b, then cuts (see `shrinksOnAdd`).
 
 import { Rng } from '../../core/rng.ts';
 import { NearestNeighbours } from './removal.ts';
 import type { SimilarityEngine } from './similarity.ts';
+import { psaSelect } from './psa.ts';
 
-export type BufferPolicy = 'diverse' | 'minred' | 'reservoir' | 'fifo';
-export const BUFFER_POLICIES: BufferPolicy[] = ['diverse', 'minred', 'reservoir', 'fifo'];
+export type BufferPolicy = 'diverse' | 'minred' | 'reservoir' | 'fifo' | 'psa';
+export const BUFFER_POLICIES: BufferPolicy[] = ['diverse', 'minred', 'reservoir', 'fifo', 'psa'];
+
+/** Backbone features [entries, F] of the given entries under the current model (the psa policy's points). */
+export type FeatureFn = (entries: Entry[]) => Promise<Float32Array>;
 
 export interface Entry {
   id: number;
@@ -158,9 +163,10 @@ export class ReplayBuffer {
     return gone;
   }
 
-  /** Shrinks to capacity by the policy; returns what was removed. */
-  async shrink(rng: Rng): Promise<Entry[]> {
+  /** Shrinks to capacity by the policy; returns what was removed. `features` is read by psa only. */
+  async shrink(rng: Rng, features?: FeatureFn): Promise<Entry[]> {
     const n = this.size - this.cfg.capacity;
+    if (this.cfg.policy === 'psa') return n > 0 ? this.shrinkPsa(features) : [];
     let seen = this.nn.size;
     for (const id of this.dirty.keys()) if (!this.nn.has(id)) seen++;
     if (this.usesFeatures && n > 0 && seen >= 2 * n) {
@@ -205,6 +211,14 @@ export class ReplayBuffer {
       return this.remove(drop);
     }
     throw new Error('unreachable: the redundancy rule is taken above');
+  }
+
+  /** SCALE's memory update: PSA keeps `capacity` of all entries by their backbone features. */
+  private async shrinkPsa(features: FeatureFn | undefined): Promise<Entry[]> {
+    if (!features) throw new Error('buffer psa: shrinking needs the entries\' backbone features');
+    const f = await features(this.entries);
+    const keep = new Set(psaSelect(f, f.length / this.size, this.cfg.capacity).map((i) => this.entries[i].id));
+    return this.remove(new Set(this.entries.filter((e) => !keep.has(e.id)).map((e) => e.id)));
   }
 
   /** Over the index as of the last shrink or flush. */

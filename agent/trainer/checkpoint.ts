@@ -35,6 +35,8 @@ export interface CheckpointMeta {
    * still on disk, redo what it held.
    */
   pending?: PendingFrame[];
+  /** Distilling artifacts (SCALE): the distillation weight once set; absent otherwise. */
+  distillWeight?: number;
   time: string;
 }
 
@@ -79,6 +81,7 @@ export function toCheckpoint(s: LearnerState, run: RunRecord, time = new Date())
       },
       counters: { ...run.counters },
       pending: run.pending,
+      ...(s.distillWeight ? { distillWeight: s.distillWeight } : {}),
       time: time.toISOString(),
     },
     state: s.tensors,
@@ -98,6 +101,7 @@ export function fromCheckpoint(c: CheckpointData): { learner: LearnerState; run:
       cropRng: m.cropRng,
       tensors: c.state,
       buffer: { nextId: m.buffer.nextId, streamCount: m.buffer.streamCount, entries: m.buffer.entries.map((e, i) => ({ ...e, image: c.images[i], feature: c.features[i] })) },
+      distillWeight: m.distillWeight ?? 0,
     },
     run: { artifact: m.artifact, framesIngested: m.framesIngested, counters: m.counters, pending: m.pending ?? [] },
   };

@@ -86,6 +86,22 @@ export class Learner {
     return [...fresh, ...this.buffer.sample(this.rng, replay, new Set(fresh.map((e) => e.id)))];
   }
 
+  /** Shrinks the buffer to capacity by its policy (psa reads the entries' backbone features). */
+  shrink(): Promise<Entry[]> {
+    return this.buffer.shrink(this.rng, (es) => this.backboneFeatures(es));
+  }
+
+  /** Backbone features of buffer entries under the current weights (embed.onnx, batch-norm statistics as stored). */
+  private async backboneFeatures(es: Entry[]): Promise<Float32Array> {
+    const size = this.trainer.manifest.preset.image.size;
+    const per = 3 * size * size;
+    const x = new Float32Array(es.length * per);
+    es.forEach((e, j) => {
+      for (let k = 0; k < per; k++) x[j * per + k] = e.image[k] / 255;
+    });
+    return (await this.trainer.embed(x, es.length)).features;
+  }
+
   async arrive(items: { key: string; image: Uint8Array }[]): Promise<ArrivalReport> {
     const t0 = performance.now();
     const fresh = this.buffer.add(items);
@@ -93,6 +109,8 @@ export class Learner {
     // MinRed cuts the buffer back before the steps: by the redundancy rule over seen entries, or oldest
     // first, so this arrival's unseen images stay for its steps.
     const early = this.buffer.shrinksOnAdd ? await this.buffer.shrink(this.rng) : [];
+    // Distilling artifacts (SCALE): the past model is the model as this stream batch found it.
+    if (this.trainer.manifest.trainStep.distill) this.trainer.snapshotPast();
     const ms = { augment: 0, overlapped: 0, train: 0, buffer: performance.now() - t0 };
     if (this.cfg.warmup === 'fill' && this.buffer.size < this.buffer.cfg.capacity) return { steps: [], trained: false, removed: early, ms };
     const r = this.trainer.manifest.trainStep.fused ? await this.arriveFused(fresh, ms) : await this.arriveSteps(fresh, ms);
@@ -135,7 +153,7 @@ export class Learner {
       steps.push(r);
     }
     const te = performance.now();
-    const removed = await this.buffer.shrink(this.rng);
+    const removed = await this.shrink();
     ms.buffer += performance.now() - te;
     return { steps, trained, removed, ms };
   }
@@ -216,7 +234,7 @@ export class Learner {
       steps.push(...rs);
     }
     const te = performance.now();
-    const removed = await this.buffer.shrink(this.rng);
+    const removed = await this.shrink();
     ms.buffer += performance.now() - te;
     return { steps, trained, removed, ms };
   }
@@ -250,6 +268,8 @@ export interface LearnerState {
   cropRng: number[];
   tensors: Map<string, Float32Array>;
   buffer: BufferSnapshot;
+  /** Distilling artifacts: the weight set at the first step (0: not yet, or not distilling). */
+  distillWeight: number;
 }
 
 export class StateError extends Error {}
@@ -262,6 +282,7 @@ export function snapshotLearner(l: Learner): LearnerState {
     cropRng: l.drawn ? [...l.drawn.before] : [...l.cropRng.state],
     tensors: new Map(l.trainer.state),
     buffer: l.buffer.snapshot(),
+    distillWeight: l.trainer.distillWeight,
   };
 }
 
@@ -278,6 +299,8 @@ export async function restoreLearner(l: Learner, s: LearnerState): Promise<void>
   l.rng.state = [...s.rng];
   l.cropRng.state = [...s.cropRng];
   l.drawn = null;
+  // The past model needs no saving: it is the model as the next arrival finds it.
+  t.distillWeight = s.distillWeight;
   await l.buffer.restore(s.buffer);
 }
 

@@ -80,6 +80,9 @@ export class Trainer {
   state = new Map<string, Float32Array>();
   /** Completed (applied) updates. */
   steps = 0;
+  /** Distilling artifacts (manifest trainStep.distill): the past model's weights, and the distillation weight once set. */
+  past: Map<string, Float32Array> | null = null;
+  distillWeight = 0;
   private runs = 0;
   /** What crossed into and out of the training session, and the wall and process CPU time spent in its run() (benchmarks). */
   readonly io = { runs: 0, bytesIn: 0, bytesOut: 0, runMs: 0, runCpuMs: 0 };
@@ -183,6 +186,7 @@ export class Trainer {
     const stepNo = this.steps + 1;
     const { out, ms } = await this.runTrain({
       ...this.stateFeeds(() => true),
+      ...(ts.distill ? await this.distillFeeds(crops) : {}),
       [ts.crops.name]: { type: 'float32', data: crops, dims: shape },
       [ts.lr]: { type: 'float32', data: Float32Array.of(lr), dims: [] },
       [ts.step]: { type: 'float32', data: Float32Array.of(stepNo), dims: [] },
@@ -199,6 +203,7 @@ export class Trainer {
     if (applied) {
       for (const s of this.manifest.state) this.state.set(s.name, out[s.next].data as Float32Array);
       this.steps++;
+      if (ts.distill && this.distillWeight <= 0) this.distillWeight = scalar(ts.distill.weightUsed);
     }
     return {
       step: stepNo,
@@ -296,14 +301,37 @@ export class Trainer {
     return Math.sqrt(d2) <= MAX_UPDATE_RATIO * Math.max(Math.sqrt(w2), 1e-3);
   }
 
-  /** Features and embeddings of images (NCHW in [0, 1]) with the current weights. */
-  async embed(images: Float32Array, count: number): Promise<{ features: Float32Array; embedding: Float32Array }> {
+  /**
+   * Takes the current weights as the past model (SCALE: a copy before each stream batch's updates).
+   * A shallow copy: steps replace the state's arrays and never write into them.
+   */
+  snapshotPast(): void {
+    if (!this.manifest.trainStep.distill) return;
+    this.past = new Map([...this.state].filter(([k]) => this.manifest.state.find((s) => s.name === k)?.embed));
+  }
+
+  /** The distilling step's extra inputs: the past model's features of view 0 (the first b crops) and the weight. */
+  private async distillFeeds(crops: Float32Array): Promise<Record<string, FeedTensor>> {
+    const d = this.manifest.trainStep.distill!;
+    const [b] = d.pastFeatures.shape as number[];
+    const [, c, h, w] = this.cropsShape;
+    if (!this.past) this.snapshotPast();
+    const { features } = await this.embed(crops.subarray(0, b * c * h * w), b, this.past!);
+    return {
+      [d.pastFeatures.name]: { type: 'float32', data: features, dims: d.pastFeatures.shape as number[] },
+      [d.weight]: { type: 'float32', data: Float32Array.of(this.distillWeight), dims: [] },
+    };
+  }
+
+  /** Features and embeddings of images (NCHW in [0, 1]) with the current weights (or `weights`, e.g. the past model's). */
+  async embed(images: Float32Array, count: number, weights?: Map<string, Float32Array>): Promise<{ features: Float32Array; embedding: Float32Array }> {
     if (!this.embedSession) throw new Error('embed: this Trainer was opened without embed.onnx');
     const e = this.manifest.embed;
     const [, c, h, w] = e.images.shape as number[];
     if (images.length !== count * c * h * w) throw new Error(`embed: ${images.length} values for ${count} images of [${c}, ${h}, ${w}]`);
+    const state = weights ? Object.fromEntries([...weights].map(([k, v]) => [k, { type: 'float32' as const, data: v, dims: this.manifest.state.find((s) => s.name === k)!.shape }])) : this.stateFeeds((s) => s.embed);
     const out = await this.embedSession.run({
-      ...this.stateFeeds((s) => s.embed),
+      ...state,
       [e.images.name]: { type: 'float32', data: images, dims: [count, c, h, w] },
     });
     return { features: out[e.features].data as Float32Array, embedding: out[e.embedding].data as Float32Array };

@@ -14,7 +14,7 @@ import { Rng } from '../../core/rng.ts';
 import type { Preset } from './presets.ts';
 
 export function views(p: Preset): number {
-  return p.predictor || p.losses.some((l) => l.name === 'nt-xent' || l.name === 'simsiam') ? 2 : p.crops;
+  return p.predictor || p.losses.some((l) => ['nt-xent', 'simsiam', 'scale-contrast', 'ird'].includes(l.name)) ? 2 : p.crops;
 }
 
 function normalizeInput(g: Graph, x: Value, p: Preset): Value {
@@ -33,6 +33,8 @@ export interface LossGraph {
   terms: Map<string, Value>;
   zbar: Value;
   params: { spec: StateSpec; value: Value }[];
+  /** Further outputs of the step by name (SCALE: the distillation weight it used). */
+  extras: Map<string, Value>;
 }
 
 /** Forward graph of the training loss (shared by the step and the whole-network gradient tests). */
@@ -50,7 +52,7 @@ function lossOn(g: Graph, p: Preset, crops: Value, model: Model): LossGraph {
   const v = views(p);
   const b = p.batch;
   const feats = resnet(model, normalizeInput(g, crops, p), p.encoder);
-  const proj = g.scope('projector', () => mlp(model, 'projector', feats, p.projector));
+  const { proj, past } = project(g, p, model, feats);
   const pred = p.predictor ? g.scope('predictor', () => mlp(model, 'predictor', proj, p.predictor!)) : null;
   const mc = g.scope('zbar', () => L.multiCrop(g, proj, v, b));
   const terms = new Map<string, Value>();
@@ -71,6 +73,18 @@ function lossOn(g: Graph, p: Preset, crops: Value, model: Model): LossGraph {
         case 'simsiam':
           if (!pred) throw new Error('simsiam needs a predictor');
           return L.simsiam(g, pred, proj);
+        case 'scale-contrast': {
+          const sc = scaleOptions(p);
+          const stream = p.agent.newPerArrival;
+          if (!(stream > 0 && stream <= b)) throw new Error(`preset ${p.name}: scale-contrast needs 0 < agent.newPerArrival <= batch, got ${stream} of ${b}`);
+          const mask = g.scope('mask', () => L.scaleMask(g, feats, v, b, stream, sc.tempTsne, sc.thresRatio));
+          return L.scaleContrast(g, proj, mask, stream, sc.tempCont, sc.baseTemp);
+        }
+        case 'ird': {
+          // SCALE distils on the first view of the batch (feed_images_0: stream and memory images).
+          const sc = scaleOptions(p);
+          return L.ird(g, g.slice(proj, [0], [b], [0]), past!, sc.currentTemp, sc.pastTemp);
+        }
         default:
           throw new Error(`unknown loss '${name}' (accepted: ${L.LOSS_NAMES.join(', ')})`);
       }
@@ -79,12 +93,42 @@ function lossOn(g: Graph, p: Preset, crops: Value, model: Model): LossGraph {
   }
   let total: Value | null = null;
   for (const { name, weight } of p.losses) {
+    if (name === 'ird') continue;
     const wt = g.mul(terms.get(name)!, g.scalar(weight));
     total = total ? g.add(total, wt) : wt;
   }
-  if (!total) throw new Error(`preset ${p.name}: no loss terms`);
+  if (!total) throw new Error(`preset ${p.name}: no loss terms besides ird`);
+  const extras = new Map<string, Value>();
+  const irdTerm = p.losses.find((l) => l.name === 'ird');
+  if (irdTerm) {
+    // SCALE's weight: distill_power x L_contrast / L_distill at the first step, then kept by the host.
+    const given = g.input('distill_weight', []);
+    const w = g.scope('distill_weight', () => L.distillWeight(g, given, total!, terms.get('ird')!, scaleOptions(p).distillPower));
+    extras.set('distill_weight.used', w);
+    total = g.add(total, g.mul(terms.get('ird')!, g.mul(w, g.scalar(irdTerm.weight))));
+  }
   const params = model.specs.filter((sp) => sp.role === 'param').map((spec) => ({ spec, value: model.values.get(spec.name)! }));
-  return { g, model, crops, total, terms, zbar: mc.zbar, params };
+  return { g, model, crops, total, terms, zbar: mc.zbar, params, extras };
+}
+
+function scaleOptions(p: Preset): NonNullable<Preset['scale']> {
+  if (!p.scale) throw new Error(`preset ${p.name}: the scale-contrast and ird losses need the preset's scale options`);
+  return p.scale;
+}
+
+/**
+ * The projector on the crops' features, and with an ird loss also on the past model's features of the
+ * first view (graph input past_features, computed by embed.onnx with the snapshot's weights): SCALE
+ * projects both with the current projector. One pass over both is exact only without batch norm.
+ */
+function project(g: Graph, p: Preset, model: Model, feats: Value): { proj: Value; past: Value | null } {
+  if (!p.losses.some((l) => l.name === 'ird')) return { proj: g.scope('projector', () => mlp(model, 'projector', feats, p.projector)), past: null };
+  if (p.fuse) throw new Error(`preset ${p.name}: the ird loss takes the past features per step; it cannot be fused`);
+  if (p.projector.some((l) => l.bn)) throw new Error(`preset ${p.name}: the ird loss needs a projector without batch norm`);
+  const rows = feats.shape[0] as number;
+  const past = g.input('past_features', [p.batch, feats.shape[1] as number]);
+  const both = g.scope('projector', () => mlp(model, 'projector', g.concat([feats, past], 0), p.projector));
+  return { proj: g.slice(both, [0], [rows], [0]), past: g.slice(both, [rows], [rows + p.batch], [0]) };
 }
 
 export interface StateEntry {
@@ -136,6 +180,7 @@ function emitStep(p: Preset, lg: LossGraph, lr: Value, step: Value, ports: StepP
   ports.output(lg.total, 'loss');
   for (const [name, t] of lg.terms) ports.output(t, `loss.${name}`);
   ports.output(lg.zbar, 'zbar');
+  for (const [name, x] of lg.extras) ports.output(x, name);
 
   g.scope('diagnostics', () => {
     // Over the whole gradient as one flat vector: three sums of ~177k values instead of three small

@@ -38,8 +38,22 @@ export interface Preset {
   fuse?: number;
   /** With fuse: the graph makes the crops from uint8 images and the host's crop draws. */
   cropsInGraph?: boolean;
+  /** SCALE's loss settings (scale-contrast and ird losses; DESIGN.md section 4, Orienfish/SCALE's run-scale.sh). */
+  scale?: ScaleOptions;
   /** Defaults for the agent's loop (DESIGN.md section 3). */
   agent: { newPerArrival: number; updatesPerArrival: number; bufferSize: number; replay: 'mixed' | 'buffer' };
+}
+
+/** The stream images (the mask's and the loss's rows) are the batch's first agent.newPerArrival, this arrival's under mixed replay. */
+export interface ScaleOptions {
+  tempCont: number;
+  /** SupConLoss's base_temperature (the code's default 0.07): the loss is scaled by tempCont / baseTemp. */
+  baseTemp: number;
+  tempTsne: number;
+  thresRatio: number;
+  currentTemp: number;
+  pastTemp: number;
+  distillPower: number;
 }
 
 const CIFAR_IMAGE = { size: 32, mean: [0.5, 0.5, 0.5], std: [0.5, 0.5, 0.5] };
@@ -128,15 +142,35 @@ const edgeEmpsslOver: Partial<Preset> = {
   ],
 };
 
+// SCALE (run-scale.sh, non-iid streams): temp_cont 0.1, temp_tSNE 0.1, thres_ratio 0.1, current/past
+// temperatures 0.1/0.01, distill_power 0.15, SGD lr 0.03 (momentum 0.9, wd 1e-4, no LARS); projector
+// Linear(w, w) + ReLU + Linear(w, 128) with w the backbone width; two views; each step the stream batch
+// plus as many memory samples (128 + 128 at paper scale), 20 steps per stream batch.
+const scaleOver = (width: number, stream: number, updates: number): Partial<Preset> => ({
+  projector: [{ out: width, act: true }, { out: 128 }],
+  crops: 2,
+  batch: 2 * stream,
+  losses: [
+    { name: 'scale-contrast', weight: 1 },
+    { name: 'ird', weight: 1 },
+  ],
+  scale: { tempCont: 0.1, baseTemp: 0.07, tempTsne: 0.1, thresRatio: 0.1, currentTemp: 0.1, pastTemp: 0.01, distillPower: 0.15 },
+  optimizer: { type: 'sgd', momentum: 0.9, weightDecay: 1e-4, lars: false },
+  lr: 0.03,
+  agent: { newPerArrival: stream, updatesPerArrival: updates, bufferSize: 256, replay: 'mixed' },
+});
+
 export const PRESETS: Record<string, Preset> = {
   edge,
   'edge-empssl': baseline(edge, 'edge-empssl', edgeEmpsslOver),
   'edge-minred': baseline(edge, 'edge-minred', { ...minredOver(512, 128, 64), agent: { ...edge.agent, replay: 'buffer' } }),
   'edge-simclr': baseline(edge, 'edge-simclr', simclrOver(512, 128)),
+  'edge-scale': baseline(edge, 'edge-scale', scaleOver(ENCODERS['resnet-edge'].widths.at(-1)!, 16, 3)),
   'paper-cifar': paperCifar,
   empssl: baseline(paperCifar, 'empssl', empsslOver),
   minred: baseline(paperCifar, 'minred', { ...minredOver(2048, 2048, 512), agent: { ...paperCifar.agent, replay: 'buffer' } }),
   simclr: baseline(paperCifar, 'simclr', simclrOver(512, 128)),
+  scale: baseline(paperCifar, 'scale', scaleOver(512, 128, 20)),
 };
 
 function parseValue(raw: string): unknown {
@@ -166,7 +200,7 @@ export function applyOverrides(p: Preset, sets: string[]): Preset {
       obj = obj[k] as Record<string, unknown>;
     }
     const last = path[path.length - 1];
-    if (!(last in obj) && !['predictor', 'name', 'fuse', 'cropsInGraph'].includes(last)) throw new Error(`--set ${s}: unknown field '${last}'`);
+    if (!(last in obj) && !['predictor', 'name', 'fuse', 'cropsInGraph', 'scale'].includes(last)) throw new Error(`--set ${s}: unknown field '${last}'`);
     obj[last] = value;
   }
   return out as unknown as Preset;

@@ -85,6 +85,16 @@ export function compileArtifacts(p: Preset): BuiltArtifacts {
             },
           }
         : {}),
+      ...(one('past_features')
+        ? {
+            distill: {
+              pastFeatures: { ...one('past_features')!, layout: "row j: embed.onnx features of crops row j (view 0 of image j) under the past model's weights" },
+              weight: 'distill_weight',
+              weightUsed: 'distill_weight.used',
+              refresh: 'arrival' as const,
+            },
+          }
+        : {}),
     },
     embed: {
       file: 'embed.onnx',

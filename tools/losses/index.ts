@@ -4,8 +4,10 @@
 import { Graph, Value } from '../graph/graph.ts';
 import { l2normalize } from '../nn/layers.ts';
 
-export type LossName = 'mcc' | 'mcc-paper' | 'tcr' | 'empssl-inv' | 'nt-xent' | 'simsiam';
-export const LOSS_NAMES: LossName[] = ['mcc', 'mcc-paper', 'tcr', 'empssl-inv', 'nt-xent', 'simsiam'];
+export type LossName = 'mcc' | 'mcc-paper' | 'tcr' | 'empssl-inv' | 'nt-xent' | 'simsiam' | 'scale-contrast' | 'ird';
+export const LOSS_NAMES: LossName[] = ['mcc', 'mcc-paper', 'tcr', 'empssl-inv', 'nt-xent', 'simsiam', 'scale-contrast', 'ird'];
+
+export { scaleMask, scaleContrast, ird, distillWeight } from './scale.ts';
 
 export interface MultiCrop {
   /** Normalised crop embeddings [N*b, d]. */
