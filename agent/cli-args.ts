@@ -243,7 +243,7 @@ export function artifactsDir(label: string, p: string): string {
  */
 export function datasetArg(value: string, names: readonly string[]): string {
   if (names.includes(value)) return value;
-  if (!value.startsWith('folder:')) fail('--dataset', value, `expected one of ${names.join(', ')}, or folder:ROOT (a labelled image folder)`);
+  if (!value.startsWith('folder:')) fail('--dataset', value, `expected ${names.length ? `one of ${names.join(', ')}, or ` : ''}folder:ROOT (a labelled image folder)`);
   const root = value.slice('folder:'.length);
   if (!root) fail('--dataset', value, 'expected folder:ROOT, a directory after the colon');
   const st = statOf(root);

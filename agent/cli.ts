@@ -304,10 +304,10 @@ await yargs(hideBin(process.argv))
     (y) =>
       y
         .option('protocol', {
-          choices: ['edge-cifar10', 'edge-cifar100', 'gpu-cifar10', 'paper-cifar10', 'paper-cifar100'] as const,
-          default: 'edge-cifar10' as const,
-          describe: 'edge-*: edge encoder, reduced stream (450/class), b 32, K 2, kNN memory 10000; gpu-cifar10: ResNet-18-CIFAR, 10,000-image stream, b 100, K 1; paper-*: the full stream, b 100, K 10, memory = train split. cifar100 streams the 20 superclasses and reports fine and superclass kNN',
+          choices: ['edge-cifar10', 'edge-cifar100', 'gpu-cifar10', 'paper-cifar10', 'paper-cifar100', 'edge-folder', 'paper-folder'] as const,
+          describe: 'edge-*: edge encoder, reduced stream (450/class), b 32, K 2, kNN memory 10000; gpu-cifar10: ResNet-18-CIFAR, 10,000-image stream, b 100, K 1; paper-*: the full stream, b 100, K 10, memory = train split. cifar100 streams the 20 superclasses and reports fine and superclass kNN; *-folder stream --dataset folder:ROOT (paper-folder: ResNet-18-ImageNet at 64 px). Default: edge-cifar10, or edge-folder with --dataset folder:ROOT',
         })
+        .option('dataset', { type: 'string', describe: `instead of CIFAR: ${FOLDER_LAYOUT}, streamed by the same rules (protocols edge-folder, paper-folder)` })
         .option('methods', { type: 'string', default: 'ours,empssl,minred,simclr-reservoir', describe: 'also: ours-paper-eq, ours-buffer-replay, ours-reservoir (ablations of ours)' })
         .option('orders', { type: 'string', default: 'seq', describe: 'seq, seq-bl, seq-im (comma-separated)' })
         .options(
@@ -327,10 +327,15 @@ await yargs(hideBin(process.argv))
         .option('json', { type: 'string', default: path.join(REPO_ROOT, 'bench/out/compare.jsonl'), describe: 'results, one JSON line per run; a run already there is skipped (resume)' }),
     async (a) => {
       const { spawnSync } = await import('node:child_process');
-      const c100 = a.protocol.endsWith('cifar100');
-      if (!a.report) cifarDir(a['data-dir'], c100 ? 'cifar100' : 'cifar10');
+      const folder = a.dataset !== undefined && datasetArg(a.dataset, []).startsWith('folder:');
+      const protocol = a.protocol ?? (folder ? 'edge-folder' : 'edge-cifar10');
+      if (folder ? !protocol.endsWith('-folder') : protocol.endsWith('-folder') && !a.report) throw new UsageError(folder ? `--protocol ${protocol}: streams CIFAR; --dataset ${a.dataset} needs edge-folder or paper-folder` : `--protocol ${protocol}: needs --dataset folder:ROOT`);
+      const c100 = protocol.endsWith('cifar100');
+      if (!a.report && !folder) cifarDir(a['data-dir'], c100 ? 'cifar100' : 'cifar10');
       if (!a.report && !a.plan) writableFile('--json', a.json);
-      const args = ['--import', 'tsx', path.join(REPO_ROOT, 'bench/compare.ts'), '--protocol', a.protocol, '--methods', a.methods, '--orders', a.orders, '--trials', a.trials.join(','), '--ep', a.ep, '--data', path.join(a['data-dir'], c100 ? 'cifar-100-binary' : 'cifar-10-batches-bin'), '--json', a.json];
+      const data = folder ? ['--dataset', a.dataset!] : ['--data', path.join(a['data-dir'], c100 ? 'cifar-100-binary' : 'cifar-10-batches-bin')];
+      // tsx resolved from here, not from the caller's directory (which need not hold node_modules).
+      const args = ['--import', import.meta.resolve('tsx'), path.join(REPO_ROOT, 'bench/compare.ts'), '--protocol', protocol, '--methods', a.methods, '--orders', a.orders, '--trials', a.trials.join(','), '--ep', a.ep, ...data, '--json', a.json];
       if (a['per-class'] !== undefined) args.push('--per-class', String(a['per-class']));
       if (a.updates !== undefined) args.push('--updates', String(a.updates));
       if (a.memory !== undefined) args.push('--memory', String(a.memory));

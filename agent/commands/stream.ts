@@ -43,17 +43,24 @@ export interface FolderStream {
 }
 
 /**
- * A labelled folder's stream, its images decoded at `size` (the training size). Unreadable images and
- * links are left out as `ssocl eval --folder` leaves them out: each named in the log (the first 10),
- * then one line with the count, so a run says how much of the folder it did not see.
+ * A labelled folder decoded at `size` (the training size), as a stream reads it: strict (every class
+ * has images, no links followed). Unreadable images and links are left out as `ssocl eval --folder`
+ * leaves them out: each named in the log (the first 10), then one line with the count, so a run says
+ * how much of the folder it did not see.
  */
-export async function folderStream(root: string, o: { order: StreamOrder; trial: number; size: number; fit?: Fit; maxPixels?: number; log: (line: string) => void }): Promise<FolderStream> {
+export async function loadFolder(root: string, o: { size: number; fit?: Fit; maxPixels?: number; log: (line: string) => void }): Promise<{ folder: FolderData; skipped: number }> {
   let skipped = 0;
   const onBad = (file: string, why: string) => {
     if (++skipped <= 10) o.log(`left out ${file}: ${why}`);
   };
   const folder = await readImageFolder(root, { size: o.size, fit: o.fit ?? 'cover', maxPixels: o.maxPixels ?? 40_000_000, onBad, strict: true, name: (d) => `--dataset folder:${d}` });
   if (skipped) o.log(`folder ${root}: ${skipped} file${skipped === 1 ? '' : 's'} left out (unreadable or links${skipped > 10 ? '; the first 10 named above' : ''})`);
+  return { folder, skipped };
+}
+
+/** A labelled folder's stream (loadFolder, then the order by the CIFAR rules: tools/data/streams.ts folderStreamSpec). */
+export async function folderStream(root: string, o: { order: StreamOrder; trial: number; size: number; fit?: Fit; maxPixels?: number; log: (line: string) => void }): Promise<FolderStream> {
+  const { folder, skipped } = await loadFolder(root, o);
   const t = folder.train;
   return { folder, order: makeStream(folderStreamSpec(o.order, t.labels, t.classes.length, o.trial)), skipped };
 }
