@@ -123,6 +123,11 @@ test('folder streams: one-line errors for a missing ROOT, an empty class and a c
     writeFileSync(path.join(unreadable, 'b', `${j}.png`), 'broken');
   }
   bad(unreadable, /^ssocl: --dataset folder:\S+unreadable: no readable images left in class b/m);
+  const linkedVal = path.join(root, 'linked-val');
+  mkdirSync(path.join(linkedVal, 'train', 'a'), { recursive: true });
+  writeFileSync(path.join(linkedVal, 'train', 'a', '0.png'), await png(1));
+  symlinkSync(path.join(unreadable), path.join(linkedVal, 'val'));
+  bad(linkedVal, /^ssocl: --dataset folder:\S+linked-val: val\/ is a link, not followed/m);
   // More decoded pixels than one array holds (ImageNet-100 at 224 px): said before anything is decoded.
   await assert.rejects(folderStream(flat, { order: 'seq', trial: 0, size: 20000, log: () => {} }), /^Error: --dataset folder:\S+flat: \d+ images at 20000px need \d+\.\d GiB decoded, over the 4 GiB one array holds/);
 });

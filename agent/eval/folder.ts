@@ -123,6 +123,9 @@ function isDir(p: string, strict: boolean | undefined): boolean {
 export async function readImageFolder(root: string, o: FolderOptions): Promise<FolderData> {
   const label = nameOf(o)(root);
   if (!existsSync(root) || !statSync(root).isDirectory()) throw new Error(`${label}: no such directory`);
+  // A split directory that is a link is refused, not read as a class (the layout would silently change).
+  const linked = o.strict && ['train', 'test', 'val'].find((d) => existsSync(path.join(root, d)) && lstatSync(path.join(root, d)).isSymbolicLink());
+  if (linked) throw new Error(`${label}: ${linked}/ is a link, not followed (it could lead outside ROOT)`);
   const testDir = ['test', 'val'].map((d) => path.join(root, d)).find((d) => isDir(d, o.strict));
   if (isDir(path.join(root, 'train'), o.strict) && testDir) {
     const tr = o.strict ? streamClasses(path.join(root, 'train'), o, label) : labelled(path.join(root, 'train'), o);
