@@ -236,3 +236,20 @@ export function artifactsDir(label: string, p: string): string {
   if (!statOf(path.join(p, 'manifest.json'))?.isFile()) fail(label, p, "no manifest.json in it (build artifacts with 'ssocl artifacts --preset NAME')");
   return p;
 }
+
+/**
+ * --dataset: one of `names`, or folder:ROOT (a labelled image folder, agent/eval/folder.ts) whose ROOT
+ * is a directory this process can list. Errors name the value as typed.
+ */
+export function datasetArg(value: string, names: readonly string[]): string {
+  if (names.includes(value)) return value;
+  if (!value.startsWith('folder:')) fail('--dataset', value, `expected ${names.length ? `one of ${names.join(', ')}, or ` : ''}folder:ROOT (a labelled image folder)`);
+  const root = value.slice('folder:'.length);
+  if (!root) fail('--dataset', value, 'expected folder:ROOT, a directory after the colon');
+  const st = statOf(root);
+  if (!st) fail('--dataset', value, 'no such directory');
+  if (!st.isDirectory()) fail('--dataset', value, 'not a directory');
+  const why = canAccess(root, constants.R_OK | constants.X_OK);
+  if (why) fail('--dataset', value, `cannot list it (${why}); needs read and search permission`);
+  return value;
+}

@@ -9,7 +9,7 @@ import { EPS, type EP } from './trainer/backend.ts';
 import { DEFAULT_METHOD, METHODS, METHOD_NAMES, artifactName, buildCommand } from './methods.ts';
 
 import { REPO_ROOT } from './paths.ts';
-import { UsageError, nums, readableDir, writableDir, writableFile, readableInput, encoderFile, cifarDir, artifactsDir } from './cli-args.ts';
+import { UsageError, nums, readableDir, writableDir, writableFile, readableInput, encoderFile, cifarDir, artifactsDir, datasetArg } from './cli-args.ts';
 
 // The shared data sets beside the repository, or SSOCL_DATA.
 const DEFAULT_DATA = process.env.SSOCL_DATA ?? path.resolve(REPO_ROOT, '../shared/data');
@@ -56,6 +56,9 @@ function yargsMessage(msg: string): string {
   }
   return msg.replace(/\s*\n\s*/g, ' ').trim();
 }
+
+// What folder:ROOT means, for every --dataset that takes one.
+const FOLDER_LAYOUT = 'folder:ROOT (your labelled images: ROOT/<class>/*.png|jpg with every 5th image per class held out as a kNN query, or ROOT/train/<class>/ + ROOT/val|test/<class>/; classes in name order)';
 
 const epOption = {
   ep: { choices: EPS, default: 'cpu' as EP, describe: 'execution provider' },
@@ -137,19 +140,20 @@ await yargs(hideBin(process.argv))
         .option('size', { type: 'string', describe: 'with --camera on a device: capture resolution WxH asked of the camera (frames are then scaled to the training size)' })
         .option('ffmpeg', { type: 'string', default: process.env.SSOCL_FFMPEG ?? 'ffmpeg', describe: 'with --camera: the ffmpeg binary (SSOCL_FFMPEG)' })
         .options(nums({ 'stall-s': { above: 0, default: 10, describe: 'with --camera on a live source: seconds without a frame before ffmpeg is restarted' } }))
-        .option('dataset', { choices: ['demo', 'cifar10', 'cifar100'] as const, describe: 'instead of --watch: replay a data set stream in-process (benchmarks, demos)' })
-        .option('stream-order', { choices: ['seq', 'seq-bl', 'seq-im'] as const, default: 'seq' as const, describe: 'with --dataset cifar10|cifar100: the class-incremental order' })
+        .option('dataset', { type: 'string', describe: `instead of --watch: replay a data set stream in-process (benchmarks, demos): demo, cifar10, cifar100 or ${FOLDER_LAYOUT}, decoded at the training size` })
+        .option('stream-order', { choices: ['seq', 'seq-bl', 'seq-im'] as const, default: 'seq' as const, describe: 'with --dataset cifar10|cifar100|folder:ROOT: the class-incremental order' })
         .options(nums({ trial: { int: true, min: 0, default: 0, describe: 'with --dataset: seed of the stream order' } }))
         .option('data-dir', { type: 'string', default: DEFAULT_DATA, describe: 'with --dataset: folder holding the data sets' })
         .options(
           nums({
-            'per-class': { int: true, min: 1, describe: 'with --dataset cifar10|cifar100: a reduced stream, each class cut to this many images (seq-im keeps its imbalance)' },
-            'eval-every': { above: 0, max: 100, describe: 'with --dataset cifar10|cifar100: kNN accuracy every this % of the stream (log + metrics), e.g. 25' },
-            'eval-memory': { int: true, min: 1, default: 10000, describe: 'with --eval-every: train images used as the kNN memory (queries: the whole test split)' },
+            'per-class': { int: true, min: 1, describe: 'with --dataset cifar10|cifar100|folder:ROOT: a reduced stream, each class cut to this many images (seq-im keeps its imbalance)' },
+            'eval-every': { above: 0, max: 100, describe: 'with --dataset cifar10|cifar100|folder:ROOT: kNN accuracy every this % of the stream (log + metrics), e.g. 25' },
+            'eval-memory': { int: true, min: 1, default: 10000, describe: 'with --eval-every: train images used as the kNN memory (queries: the whole test, val or held-out split)' },
           }),
         )
         .check((a) => {
-          if ([a.watch, a.dataset, a.camera].filter(Boolean).length !== 1) throw new UsageError('give one source: --watch DIR, --camera DEVICE|URL|FILE or --dataset demo|cifar10|cifar100');
+          if ([a.watch, a.dataset, a.camera].filter(Boolean).length !== 1) throw new UsageError('give one source: --watch DIR, --camera DEVICE|URL|FILE or --dataset demo|cifar10|cifar100|folder:ROOT');
+          if (a.dataset !== undefined) datasetArg(String(a.dataset), ['demo', 'cifar10', 'cifar100']);
           if (a.size !== undefined && !/^[1-9]\d*x[1-9]\d*$/.test(String(a.size))) throw new UsageError(`--size ${a.size}: expected WxH, e.g. 640x480`);
           return true;
         })
@@ -290,17 +294,17 @@ await yargs(hideBin(process.argv))
     'write a class-incremental stream of a data set as image files (a camera for `run --watch`), or print its order',
     (y) =>
       y
-        .option('dataset', { choices: ['cifar10', 'cifar100'] as const, default: 'cifar10' as const, describe: 'the data set whose train split is streamed (CIFAR-100 by its 20 superclasses)' })
+        .option('dataset', { type: 'string', default: 'cifar10', describe: `the data set whose train split is streamed: cifar10, cifar100 (by its 20 superclasses) or ${FOLDER_LAYOUT}` })
         .option('data-dir', { type: 'string', default: DEFAULT_DATA, describe: 'folder holding cifar-10-batches-bin/ or cifar-100-binary/' })
         .option('order', { choices: ['seq', 'seq-bl', 'seq-im'] as const, default: 'seq' as const, describe: 'class-incremental order: seq (class by class), seq-bl (blurred boundaries), seq-im (imbalanced classes)' })
         .options(nums({ trial: { int: true, min: 0, default: 0, describe: 'seed of the within-class shuffles and the boundary blur' } }))
         .option('to', { type: 'string', describe: 'output directory' })
         .options(nums({ fps: { min: 0, default: 0, describe: 'frames per second (0: as fast as possible)' } }))
-        .option('format', { choices: ['png', 'jpg'] as const, default: 'png' as const, describe: 'image file format of the frames written' })
+        .option('format', { choices: ['png', 'jpg'] as const, default: 'png' as const, describe: 'image file format of the frames written (folder:ROOT: its files are copied as they are)' })
         .options(nums({ limit: { int: true, min: 1, describe: 'write only the first N frames' } }))
         .option('print-order', { type: 'boolean', default: false, describe: 'print the index order as JSON and exit' }),
     async (a) => {
-      cifarDir(a['data-dir'], a.dataset);
+      if (!datasetArg(a.dataset, ['cifar10', 'cifar100']).startsWith('folder:')) cifarDir(a['data-dir'], a.dataset as 'cifar10' | 'cifar100');
       if (a.to && !a['print-order']) writableDir('--to', a.to);
       const { streamCommand } = await import('./commands/stream.ts');
       await streamCommand({ dataset: a.dataset, dataDir: a['data-dir'], order: a.order, trial: a.trial, to: a.to, fps: a.fps, format: a.format, printOrder: a['print-order'], limit: a.limit });
@@ -312,10 +316,10 @@ await yargs(hideBin(process.argv))
     (y) =>
       y
         .option('protocol', {
-          choices: ['edge-cifar10', 'edge-cifar100', 'gpu-cifar10', 'paper-cifar10', 'paper-cifar100'] as const,
-          default: 'edge-cifar10' as const,
-          describe: 'edge-*: edge encoder, reduced stream (450/class), b 32, K 2, kNN memory 10000; gpu-cifar10: ResNet-18-CIFAR, 10,000-image stream, b 100, K 1; paper-*: the full stream, b 100, K 10, memory = train split. cifar100 streams the 20 superclasses and reports fine and superclass kNN',
+          choices: ['edge-cifar10', 'edge-cifar100', 'gpu-cifar10', 'paper-cifar10', 'paper-cifar100', 'edge-folder', 'paper-folder'] as const,
+          describe: 'edge-*: edge encoder, reduced stream (450/class), b 32, K 2, kNN memory 10000; gpu-cifar10: ResNet-18-CIFAR, 10,000-image stream, b 100, K 1; paper-*: the full stream, b 100, K 10, memory = train split. cifar100 streams the 20 superclasses and reports fine and superclass kNN; *-folder stream --dataset folder:ROOT (paper-folder: ResNet-18-ImageNet at 64 px). Default: edge-cifar10, or edge-folder with --dataset folder:ROOT',
         })
+        .option('dataset', { type: 'string', describe: `instead of CIFAR: ${FOLDER_LAYOUT}, streamed by the same rules (protocols edge-folder, paper-folder)` })
         .option('methods', { type: 'string', default: 'ours,empssl,minred,simclr-reservoir', describe: `comma-separated, as defined in agent/methods.ts (the definitions ssocl run --method uses): ${METHOD_NAMES.join(', ')}` })
         .option('orders', { type: 'string', default: 'seq', describe: 'seq, seq-bl, seq-im (comma-separated)' })
         .options(
@@ -336,10 +340,15 @@ await yargs(hideBin(process.argv))
         .option('json', { type: 'string', default: path.join(REPO_ROOT, 'bench/out/compare.jsonl'), describe: 'results, one JSON line per run; a run already there is skipped (resume)' }),
     async (a) => {
       const { spawnSync } = await import('node:child_process');
-      const c100 = a.protocol.endsWith('cifar100');
-      if (!a.report) cifarDir(a['data-dir'], c100 ? 'cifar100' : 'cifar10');
+      const folder = a.dataset !== undefined && datasetArg(a.dataset, []).startsWith('folder:');
+      const protocol = a.protocol ?? (folder ? 'edge-folder' : 'edge-cifar10');
+      if (folder ? !protocol.endsWith('-folder') : protocol.endsWith('-folder') && !a.report) throw new UsageError(folder ? `--protocol ${protocol}: streams CIFAR; --dataset ${a.dataset} needs edge-folder or paper-folder` : `--protocol ${protocol}: needs --dataset folder:ROOT`);
+      const c100 = protocol.endsWith('cifar100');
+      if (!a.report && !folder) cifarDir(a['data-dir'], c100 ? 'cifar100' : 'cifar10');
       if (!a.report && !a.plan) writableFile('--json', a.json);
-      const args = ['--import', 'tsx', path.join(REPO_ROOT, 'bench/compare.ts'), '--protocol', a.protocol, '--methods', a.methods, '--orders', a.orders, '--trials', a.trials.join(','), '--clips', a.clips.join(','), '--ep', a.ep, '--data', path.join(a['data-dir'], c100 ? 'cifar-100-binary' : 'cifar-10-batches-bin'), '--json', a.json];
+      const data = folder ? ['--dataset', a.dataset!] : ['--data', path.join(a['data-dir'], c100 ? 'cifar-100-binary' : 'cifar-10-batches-bin')];
+      // tsx resolved from here, not from the caller's directory (which need not hold node_modules).
+      const args = ['--import', import.meta.resolve('tsx'), path.join(REPO_ROOT, 'bench/compare.ts'), '--protocol', protocol, '--methods', a.methods, '--orders', a.orders, '--trials', a.trials.join(','), '--clips', a.clips.join(','), '--ep', a.ep, ...data, '--json', a.json];
       if (a['per-class'] !== undefined) args.push('--per-class', String(a['per-class']));
       if (a.updates !== undefined) args.push('--updates', String(a.updates));
       if (a.memory !== undefined) args.push('--memory', String(a.memory));

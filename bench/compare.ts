@@ -1,7 +1,10 @@
 // bench/compare: the paper's comparison. Protocols: edge-cifar10 / edge-cifar100 (the edge encoder on a
 // reduced stream, minutes on 2 CPU cores; CIFAR-100 streams its 20 superclasses and reports kNN on fine
 // labels and on superclasses), gpu-cifar10 (ResNet-18-CIFAR, a 10,000-image stream) and paper-cifar10 /
-// paper-cifar100 (the paper's full scale); the last three are meant for --ep cuda. For each trial
+// paper-cifar100 (the paper's full scale); the last three are meant for --ep cuda. edge-folder and
+// paper-folder stream a labelled folder (--dataset folder:ROOT: ROOT/<class>/ or train/ + val|test/,
+// agent/eval/folder.ts) by the same rules; paper-folder trains each method's paper preset with
+// resnet18-imagenet at 64 px (tools/artifacts/presets.ts IMAGENET_SETS). For each trial
 // (paired across methods: same encoder init, same stream order, same seeds of replay and crops) and
 // each stream order, every method learns the same reduced class-incremental stream with the same
 // budget (updates x crops), and weighted kNN (k 20, 50) is measured at 25/50/75/100% of the stream,
@@ -10,6 +13,7 @@
 //   node --import tsx bench/compare.ts [--protocol edge-cifar10] [--methods ours,empssl,minred,simclr-reservoir]
 //        [--orders seq] [--trials 0,1,2,3,4] [--per-class N|all] [--updates K] [--memory N|all]
 //        [--queries N|all] [--ep cpu] [--threads N] [--plan | --report] [--json bench/out/compare.jsonl]
+//        [--dataset folder:ROOT]
 // --per-class, --updates, --new-per-arrival and --memory default to the protocol's; --plan prints what
 // each method would run (presets, stream sizes, updates x crops) and exits; --report prints the tables
 // and draws the charts of the rows already in --json without running anything.
@@ -18,11 +22,12 @@ import { appendFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSyn
 import { cpus, tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { getPreset } from '../tools/artifacts/presets.ts';
+import { getPreset, IMAGENET_SETS } from '../tools/artifacts/presets.ts';
 import { ENCODERS } from '../tools/nn/encoders.ts';
 import { compileArtifacts, writeArtifacts } from '../tools/artifacts/write.ts';
-import { readCifar10, readCifar100 } from '../core/codecs/cifar.ts';
-import { makeStream, streamSpec, type StreamOrder } from '../tools/data/streams.ts';
+import { readCifar10, readCifar100, type LabelledImages } from '../core/codecs/cifar.ts';
+import { folderStreamSpec, makeStream, streamSpec, type StreamOrder } from '../tools/data/streams.ts';
+import { loadFolder } from '../agent/commands/stream.ts';
 import { clipFrame, DEFAULT_CLIP } from '../tools/data/clips.ts';
 import { Rng } from '../core/rng.ts';
 import { Trainer } from '../agent/trainer/trainer.ts';
@@ -38,7 +43,7 @@ import { benchArgs } from './args.ts';
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 const values = benchArgs(import.meta.url, {
-  protocol: { type: 'string', describe: 'edge-cifar10 | edge-cifar100 | gpu-cifar10 | paper-cifar10 | paper-cifar100 (default edge-cifar10)' },
+  protocol: { type: 'string', describe: 'edge-cifar10 | edge-cifar100 | gpu-cifar10 | paper-cifar10 | paper-cifar100 | edge-folder | paper-folder (default edge-cifar10, or edge-folder with --dataset folder:ROOT)' },
   methods: { type: 'string', default: 'ours,empssl,minred,simclr-reservoir', describe: 'methods, comma-separated' },
   orders: { type: 'string', default: 'seq', describe: 'stream orders: seq, seq-bl, seq-im' },
   trials: { type: 'string', default: '0', describe: 'paired trial indices' },
@@ -56,14 +61,14 @@ const values = benchArgs(import.meta.url, {
   // Two runs at --threads 1 side by side (separate --orders and --json) gave 1.5x the crops/s of one
   // run at 2 threads on 2 cores (bench/train-step).
   threads: { type: 'string', default: String(cpus().length), describe: 'ORT threads per training session' },
-  // Older spelling: --dataset cifar100 = --protocol edge-cifar100.
-  dataset: { type: 'string', hidden: true },
+  // folder:ROOT for the folder protocols; older spelling: --dataset cifar100 = --protocol edge-cifar100.
+  dataset: { type: 'string', describe: 'folder:ROOT: a labelled image folder for edge-folder / paper-folder' },
   data: { type: 'string', describe: 'the unpacked data set folder (default: ../shared/data/cifar-10-batches-bin or cifar-100-binary)' },
   json: { type: 'string', default: path.join(HERE, 'out/compare.jsonl'), describe: 'results, one JSON line per run; a run already there is skipped (resume)' },
 });
 
 interface Protocol {
-  dataset: 'cifar10' | 'cifar100';
+  dataset: 'cifar10' | 'cifar100' | 'folder';
   /** Which presets the methods use: the edge encoder or ResNet-18-CIFAR at the paper's settings. */
   scale: 'edge' | 'paper';
   perClass: number;
@@ -81,13 +86,28 @@ const PROTOCOLS: Record<string, Protocol> = {
   // The paper: every image of the stream, b = 100, K = 10, memory = the full train split.
   'paper-cifar10': { dataset: 'cifar10', scale: 'paper', perClass: Infinity, newPer: 100, updates: 10, memory: Infinity },
   'paper-cifar100': { dataset: 'cifar100', scale: 'paper', perClass: Infinity, newPer: 100, updates: 10, memory: Infinity },
+  // A folder at the edge protocol's settings (images at the edge presets' 32 px) ...
+  'edge-folder': { dataset: 'folder', scale: 'edge', perClass: 450, newPer: 32, updates: 2, memory: 10000 },
+  // ... and at the paper's (ImageNet-100: every train image, memory = train split, queries = val).
+  'paper-folder': { dataset: 'folder', scale: 'paper', perClass: Infinity, newPer: 100, updates: 10, memory: Infinity },
 };
-if (values.dataset !== undefined && values.dataset !== 'cifar10' && values.dataset !== 'cifar100') throw new Error(`--dataset ${values.dataset}: cifar10 or cifar100`);
-const protocol = values.protocol ?? `edge-${values.dataset ?? 'cifar10'}`;
+const folderRoot = values.dataset?.startsWith('folder:') ? path.resolve(values.dataset.slice('folder:'.length)) : undefined;
+if (values.dataset !== undefined && values.dataset !== 'cifar10' && values.dataset !== 'cifar100' && !folderRoot) throw new Error(`--dataset ${values.dataset}: cifar10, cifar100 or folder:ROOT`);
+const protocol = values.protocol ?? `edge-${folderRoot ? 'folder' : values.dataset ?? 'cifar10'}`;
 const P = PROTOCOLS[protocol];
 if (!P) throw new Error(`--protocol ${protocol}: unknown (accepted: ${Object.keys(PROTOCOLS).join(', ')})`);
-if (values.dataset !== undefined && values.dataset !== P.dataset) throw new Error(`--dataset ${values.dataset} contradicts --protocol ${protocol}`);
+if (values.dataset !== undefined && (folderRoot ? 'folder' : values.dataset) !== P.dataset) throw new Error(`--dataset ${values.dataset} contradicts --protocol ${protocol}`);
+if (P.dataset === 'folder' && !folderRoot && !values.report) throw new Error(`--protocol ${protocol} needs --dataset folder:ROOT`);
 const ds = P.dataset;
+/** Each method's preset at this protocol's scale (paper-folder: the paper presets at ImageNet size). */
+const methodPreset = (m: (typeof METHODS)[string]): [string, string[]] => {
+  if (P.scale === 'edge') return [m.edge.preset, m.edge.sets];
+  if (ds !== 'folder') return [m.paper.preset, m.paper.sets];
+  // paper-imagenet is paper-cifar with IMAGENET_SETS: named so where it is the whole difference.
+  return m.paper.preset === 'paper-cifar' ? ['paper-imagenet', m.paper.sets] : [m.paper.preset, [...m.paper.sets, ...IMAGENET_SETS]];
+};
+// Every method of a protocol trains at one image size; the data are decoded (or are) at it.
+const size = getPreset(...methodPreset(METHODS.ours)).image.size;
 const count = (flag: string, v: string | undefined, dflt: number, all = true) => {
   if (v === undefined) return dflt;
   if (v === 'all' && all) return Infinity;
@@ -107,16 +127,26 @@ const memoryN = count('memory', values.memory, P.memory);
 const EPS = ['cpu', 'cuda', 'webgpu', 'wasm'];
 if (!EPS.includes(values.ep)) throw new Error(`--ep ${values.ep}: accepted ${EPS.join(', ')}`);
 const dataDir = values.data ?? path.resolve(HERE, '../../shared/data', ds === 'cifar10' ? 'cifar-10-batches-bin' : 'cifar-100-binary');
-const [train, test] = (() => {
+const [train, test]: LabelledImages[] = await (async () => {
   try {
+    // A folder is decoded once at the protocol's size (its train split streams); --report on a folder
+    // protocol without one has only the JSON's rows to show.
+    if (!folderRoot && ds === 'folder') return [0, 0].map(() => ({ images: new Uint8Array(), labels: new Uint8Array(), count: 0, classes: [] }));
+    if (folderRoot) {
+      const { folder } = await loadFolder(folderRoot, { size, log: (l) => process.stderr.write(`${l}\n`) });
+      return [folder.train, folder.test];
+    }
     return ds === 'cifar10' ? [readCifar10(dataDir, 'train'), readCifar10(dataDir, 'test')] : [readCifar100(dataDir, 'train'), readCifar100(dataDir, 'test')];
   } catch (e) {
     console.error(`compare: ${(e as Error).message}`);
     process.exit(2);
   }
 })();
-// Streams run over classes (CIFAR-10) or superclasses (CIFAR-100, as SCALE); kNN on the primary labels.
-const streamLabels = ds === 'cifar10' ? train.labels : train.coarse!;
+// Streams run over classes (CIFAR-10, a folder) or superclasses (CIFAR-100, as SCALE); kNN on the primary labels.
+const streamLabels = ds === 'cifar100' ? train.coarse! : train.labels;
+const streamOf = (order: StreamOrder, trial: number) =>
+  makeStream(ds === 'folder' ? folderStreamSpec(order, streamLabels, train.classes.length, trial) : streamSpec(ds, order, streamLabels, trial));
+const per = 3 * size * size;
 const engine = await ortSimilarity((m) => openChosen(m, { ep: values.ep as EP, threads: Number(values.threads) }));
 /** n of 0..total-1 drawn without replacement with a fixed seed (all of them, in order, when n >= total). */
 function sample(total: number, n: number, seed: number): number[] {
@@ -134,10 +164,10 @@ const qIdx = sample(test.count, count('queries', values.queries, Infinity), 5432
 
 async function knn(tr: Trainer): Promise<[number, number, number?]> {
   const m = { dim: tr.manifest.preset.encoder.widths.at(-1)!, run: async (x: Float32Array, c: number) => (await tr.embed(x, c)).features, close: async () => {} };
-  const fm = await computeFeatures(m, train.images, memIdx, 32);
-  const fq = await computeFeatures(m, test.images, qIdx, 32);
+  const fm = await computeFeatures(m, train.images, memIdx, size);
+  const fq = await computeFeatures(m, test.images, qIdx, size);
   const r = await knnWeightedBlocks(engine, { memory: fm, memoryLabels: memIdx.map((i) => train.labels[i]), queries: fq, queryLabels: qIdx.map((i) => test.labels[i]), d: m.dim, classes: train.classes.length }, [20, 50]);
-  if (ds === 'cifar10') return [r[0].accuracy, r[1].accuracy];
+  if (ds !== 'cifar100') return [r[0].accuracy, r[1].accuracy];
   const sup = await knnWeightedBlocks(engine, { memory: fm, memoryLabels: memIdx.map((i) => train.coarse![i]), queries: fq, queryLabels: qIdx.map((i) => test.coarse![i]), d: m.dim, classes: 20 }, [20]);
   return [r[0].accuracy, r[1].accuracy, sup[0].accuracy];
 }
@@ -192,14 +222,16 @@ function staleRow(r: Row): boolean {
 }
 
 mkdirSync(path.dirname(values.json), { recursive: true });
-// Rows of this protocol only (one JSON file may hold several; older rows name only their data set).
+// Rows of this protocol only (one JSON file may hold several; older rows name only their data set), and
+// of this folder (folder rows name it as folder:ROOT, ROOT absolute).
 const rowProtocol = (r: Row) => r.protocol ?? `edge-${r.dataset ?? 'cifar10'}`;
-const allRows: Row[] = (existsSync(values.json) ? readFileSync(values.json, 'utf8').trim().split('\n').filter(Boolean).map((l) => JSON.parse(l) as Row) : []).filter((r) => rowProtocol(r) === protocol);
+const folderName = folderRoot && `folder:${folderRoot}`;
+const allRows: Row[] = (existsSync(values.json) ? readFileSync(values.json, 'utf8').trim().split('\n').filter(Boolean).map((l) => JSON.parse(l) as Row) : []).filter((r) => rowProtocol(r) === protocol && (!folderName || r.dataset === folderName));
 const stale = allRows.filter(staleRow);
 if (stale.length) console.error(`compare: ${stale.length} row(s) of ${[...new Set(stale.map((r) => r.method))].join(', ')} in ${values.json} were made under rules the method no longer has; left out of the tables and run again`);
 const rows = allRows.filter((r) => !staleRow(r));
 // Identical budget: updates x crops per arrival equal to ours' at the same scale.
-const refCrops = getPreset(METHODS.ours[P.scale].preset, METHODS.ours[P.scale].sets).crops;
+const refCrops = getPreset(...methodPreset(METHODS.ours)).crops;
 const planned: string[][] = [];
 const work = mkdtempSync(path.join(tmpdir(), 'ssocl-compare-'));
 try {
@@ -207,7 +239,7 @@ try {
   for (const trial of values.report ? [] : values.trials.split(',').map(Number)) {
     for (const [order, clip] of (values.orders.split(',') as StreamOrder[]).flatMap((o) => clipsList.map((c) => [o, c] as const))) {
       const label = clip ? `${order}+clip${clip}` : order;
-      const full = makeStream(streamSpec(ds, order, streamLabels, trial));
+      const full = streamOf(order, trial);
       // Reduced stream: the same procedure's order, each class cut to its first share: per-class for
       // the largest class, proportionally less for the others (seq-im keeps its imbalance).
       const nC = new Map<number, number>();
@@ -225,7 +257,7 @@ try {
       const clipCfg = { ...DEFAULT_CLIP, frames: clip || 1 };
       for (const mname of values.methods.split(',')) {
         const method = getMethod(mname, '--methods');
-        const { preset: pname, sets: psets } = method[P.scale];
+        const [pname, psets] = methodPreset(method);
         const preset = getPreset(pname, [...psets, `seed=${trial}`, `batch=${2 * newPer}`, `agent.newPerArrival=${newPer}`]);
         // The same rules `ssocl run --method` applies; K, unless the method fixes it, gives every method ours' crop budget.
         const rules = methodRules(method, { updates: method.updates ?? Math.round((updatesK * refCrops) / preset.crops) });
@@ -247,7 +279,8 @@ try {
           defaultLearnerConfig(tr, { updates, replay: rules.replay, warmup: rules.warmup, buffer: { capacity: 256, policy: rules.policy, alpha: 0.5 }, seed: trial }),
           engine,
         );
-        const marks = [0.25, 0.5, 0.75, 1].map((f) => Math.round(f * arrivals));
+        // A stream of fewer than 4 arrivals (a small folder) shares marks: one measurement fills each.
+        const marks = [0.25, 0.5, 0.75, 1].map((f) => Math.max(1, Math.round(f * arrivals)));
         const k20: number[] = [];
         const s20: number[] = [];
         const k50: number[] = [];
@@ -257,23 +290,25 @@ try {
         const t0 = performance.now();
         for (let a = 1; a <= arrivals; a++) {
           const items = frames.slice((a - 1) * newPer, a * newPer).map(({ i, t }) => {
-            const image = train.images.subarray(i * 3072, (i + 1) * 3072);
-            return t < 0 ? { key: String(i), image } : { key: `${i}.${t}`, image: clipFrame(image, 32, clipCfg, trial, i, t) };
+            const image = train.images.subarray(i * per, (i + 1) * per);
+            return t < 0 ? { key: String(i), image } : { key: `${i}.${t}`, image: clipFrame(image, size, clipCfg, trial, i, t) };
           });
           const rep = await learner.arrive(items);
           for (const st of rep.steps) gcos.push(st.gradCos === null ? null : Number(st.gradCos.toFixed(4)));
           if (marks.includes(a)) {
             const [x, y, z] = await knn(tr);
-            k20.push(x);
-            k50.push(y);
-            if (z !== undefined) s20.push(z);
+            for (const _ of marks.filter((m) => m === a)) {
+              k20.push(x);
+              k50.push(y);
+              if (z !== undefined) s20.push(z);
+            }
             const red = redundancy(learner.buffer.entries);
             sameClip.push(Number(red.sameSource.toFixed(4)));
             nnSim.push(Number(red.nnSim.toFixed(4)));
             process.stderr.write(`${mname} ${label} trial ${trial}: ${Math.round((100 * a) / arrivals)}% of ${frames.length} ${clip ? 'frames' : 'images'}, ${tr.steps} steps, kNN@20 ${x.toFixed(2)} (floor ${floor.toFixed(2)})\n`);
           }
         }
-        const row: Row = { ...(ds === 'cifar10' ? {} : { dataset: ds, super20: s20 }), ...(protocol.startsWith('edge-') ? {} : { protocol, ep: values.ep }), method: mname, order: label, trial, images: frames.length, steps: tr.steps, seconds: (performance.now() - t0) / 1000, floor20: floor, knn20: k20, knn50: k50, final20: k20[3], mean20: k20.reduce((p, q) => p + q, 0) / 4, memory: memIdx.length, queries: qIdx.length, threads: Number(values.threads), gradCos: gcos, ...(clip ? { clip } : {}), sameClip, nnSim, rules: { policy: rules.policy, replay: rules.replay, warmup: rules.warmup } };
+        const row: Row = { ...(ds === 'cifar100' ? { dataset: ds, super20: s20 } : ds === 'folder' ? { dataset: folderName! } : {}), ...(protocol === 'edge-cifar10' || protocol === 'edge-cifar100' ? {} : { protocol, ep: values.ep }), method: mname, order: label, trial, images: frames.length, steps: tr.steps, seconds: (performance.now() - t0) / 1000, floor20: floor, knn20: k20, knn50: k50, final20: k20[3], mean20: k20.reduce((p, q) => p + q, 0) / 4, memory: memIdx.length, queries: qIdx.length, threads: Number(values.threads), gradCos: gcos, ...(clip ? { clip } : {}), sameClip, nnSim, rules: { policy: rules.policy, replay: rules.replay, warmup: rules.warmup } };
         rows.push(row);
         appendFileSync(values.json, JSON.stringify(row) + '\n');
         await tr.close();

@@ -98,6 +98,38 @@ test('the ImageNet stem (7x7/2 conv + max-pool) trains: a step runs and moves th
   }
 });
 
+test('paper-imagenet: resnet18-imagenet at 64 px (224 with --set), compiled at a tiny width: manifest shapes, a step and an embed at its size', async () => {
+  const full = getPreset('paper-imagenet');
+  assert.deepEqual([full.encoder.stem, full.encoder.widths, full.image.size], ['imagenet', [64, 128, 256, 512], 64]);
+  const dir = mkdtempSync(path.join(tmpdir(), 'ssocl-art-'));
+  try {
+    // The full-width graph and its ResNet-18 parameter shapes, without writing its weights.
+    const big = compileArtifacts(getPreset('paper-imagenet', ['crops=2', 'batch=2'])).manifest;
+    assert.deepEqual(big.trainStep.crops.shape, [4, 3, 64, 64]);
+    assert.deepEqual(big.state.find((s) => s.name === 'params.encoder.conv1.weight')!.shape, [64, 3, 7, 7]);
+    assert.deepEqual(big.state.find((s) => s.name === 'params.encoder.layer4.1.conv2.weight')!.shape, [512, 512, 3, 3]);
+    const at224 = compileArtifacts(getPreset('paper-imagenet', ['crops=2', 'batch=2', 'image.size=224', 'encoder.widths=[4,4,4,4]', 'projector=[{"out":8}]'])).manifest;
+    assert.deepEqual(at224.trainStep.crops.shape, [4, 3, 224, 224]);
+    assert.deepEqual(at224.embed.images.shape.slice(1), [3, 224, 224]);
+    // Tiny widths: trains and embeds at 64 px, normalised with the ImageNet statistics it names.
+    const p = getPreset('paper-imagenet', ['crops=2', 'batch=2', 'encoder.widths=[4,4,4,4]', 'projector=[{"out":16,"bn":true,"act":true},{"out":8}]']);
+    writeArtifacts(compileArtifacts(p), path.join(dir, 'in64'));
+    const tr = await Trainer.open(path.join(dir, 'in64'), { threads: 1 });
+    assert.equal(tr.manifest.preset.image.size, 64);
+    assert.deepEqual(tr.manifest.preset.image.mean, [0.485, 0.456, 0.406]);
+    assert.deepEqual(tr.cropsShape, [4, 3, 64, 64]);
+    assert.deepEqual(tr.manifest.embed.images.shape.slice(1), [3, 64, 64]);
+    const n = tr.cropsShape.reduce((a, b) => a * b, 1);
+    const r = await tr.step(Float32Array.from({ length: n }, (_, i) => (Math.sin(i * 0.37) + 1) / 2), 0.05);
+    assert.ok(r.applied && Number.isFinite(r.loss));
+    const e = await tr.embed(new Float32Array(3 * 64 * 64).fill(0.4), 1);
+    assert.equal(e.features.length, 4);
+    await tr.close();
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
 test('an exported encoder is self-contained and gives the features and embeddings of embed.onnx with the same weights', async () => {
   const dir = mkdtempSync(path.join(tmpdir(), 'ssocl-art-'));
   try {

@@ -1,11 +1,12 @@
 // `ssocl run`: validate the flags, run the agent, print a summary.
 
 import path from 'node:path';
-import { runAgent, parseEvery, AgentError, type AgentOptions } from '../run.ts';
+import { runAgent, parseEvery, AgentError, type AgentOptions, type DatasetStream } from '../run.ts';
 import { openChosen, type EP } from '../trainer/backend.ts';
 import { demoStream } from './demo.ts';
-import { streamOrder } from './stream.ts';
-import { CIFAR_SIZE, readCifar10, readCifar100 } from '../../core/codecs/cifar.ts';
+import { folderRoot, folderStream, streamOrder } from './stream.ts';
+import { CIFAR_SIZE, readCifar10, readCifar100, type LabelledImages } from '../../core/codecs/cifar.ts';
+import { readJsonObject } from '../../core/json.ts';
 import { Rng } from '../../core/rng.ts';
 import { ortSimilarity, type SimilarityEngine } from '../buffer/similarity.ts';
 import { computeFeatures } from '../eval/features.ts';
@@ -13,15 +14,25 @@ import { knnWeightedBlocks } from '../eval/knn.ts';
 import type { Trainer } from '../trainer/trainer.ts';
 import { DEFAULT_METHOD, getMethod, methodRules } from '../methods.ts';
 
+/** The labelled sets of --eval-every: train (memory) and test (queries) images of `size` px; CIFAR-100 adds superclasses. */
+interface KnnSets {
+  train: LabelledImages;
+  test: LabelledImages;
+  size: number;
+}
+
+function cifarSets(dataset: 'cifar10' | 'cifar100', dataDir: string): KnnSets {
+  const read = (split: 'train' | 'test') => (dataset === 'cifar10' ? readCifar10(path.join(dataDir, 'cifar-10-batches-bin'), split) : readCifar100(path.join(dataDir, 'cifar-100-binary'), split));
+  return { train: read('train'), test: read('test'), size: CIFAR_SIZE };
+}
+
 /**
  * kNN of the trainer's current encoder for --eval-every: weighted cosine kNN (k 20 and 50, T 0.07),
  * memory = `memory` random train images (seeded, the same every time), queries = the whole test split;
  * CIFAR-100 reports fine and superclass labels.
  */
-async function streamEvaluator(dataset: 'cifar10' | 'cifar100', dataDir: string, memory: number): Promise<(t: Trainer) => Promise<Record<string, number>>> {
-  const read = (split: 'train' | 'test') => (dataset === 'cifar10' ? readCifar10(path.join(dataDir, 'cifar-10-batches-bin'), split) : readCifar100(path.join(dataDir, 'cifar-100-binary'), split));
-  const train = read('train');
-  const test = read('test');
+function streamEvaluator(sets: KnnSets, memory: number): (t: Trainer) => Promise<Record<string, number>> {
+  const { train, test, size } = sets;
   const rng = new Rng(12345);
   const mem = [...Array(train.count).keys()];
   for (let i = 0; i < Math.min(memory, mem.length); i++) {
@@ -34,14 +45,14 @@ async function streamEvaluator(dataset: 'cifar10' | 'cifar100', dataDir: string,
   return async (t) => {
     // Opened at the first evaluation, on the EP the trainer runs on (after any fallback).
     const similarity = (engine ??= await ortSimilarity((m) => openChosen(m, { ep: t.ep })));
-    if (t.manifest.preset.image.size !== 32) throw new AgentError(`--eval-every: the artifacts train at ${t.manifest.preset.image.size}px; evaluation on CIFAR needs 32px artifacts`, 2);
+    if (t.manifest.preset.image.size !== size) throw new AgentError(`--eval-every: the artifacts train at ${t.manifest.preset.image.size}px; this evaluation set is ${size}px (CIFAR needs 32px artifacts)`, 2);
     const model = { dim: t.manifest.preset.encoder.widths.at(-1)!, run: async (x: Float32Array, c: number) => (await t.embed(x, c)).features, close: async () => {} };
-    const fm = await computeFeatures(model, train.images, mem, 32, 250);
-    const fq = await computeFeatures(model, test.images, qs, 32, 250);
+    const fm = await computeFeatures(model, train.images, mem, size, 250);
+    const fq = await computeFeatures(model, test.images, qs, size, 250);
     const out: Record<string, number> = {};
-    const sets: [string, Uint8Array, Uint8Array, number][] = [['', train.labels, test.labels, train.classes.length]];
-    if (dataset === 'cifar100') sets.push(['super', train.coarse!, test.coarse!, 20]);
-    for (const [name, trL, teL, classes] of sets) {
+    const labelSets: [string, Uint8Array, Uint8Array, number][] = [['', train.labels, test.labels, train.classes.length]];
+    if (train.coarse && test.coarse) labelSets.push(['super', train.coarse, test.coarse, 20]);
+    for (const [name, trL, teL, classes] of labelSets) {
       const r = await knnWeightedBlocks(similarity, { memory: fm, memoryLabels: mem.map((i) => trL[i]), queries: fq, queryLabels: qs.map((i) => teL[i]), d: model.dim, classes }, [20, 50]);
       for (const x of r) out[`${name}knn${x.k}`] = x.accuracy;
     }
@@ -69,41 +80,61 @@ export function runLearner(a: Record<string, any>): Pick<AgentOptions, 'method' 
   };
 }
 
+/** A reduced stream: the same order, each class cut to its share of `per` for the largest class (imbalance kept for seq-im). */
+export function perClassCut(order: number[], labels: ArrayLike<number>, per: number): number[] {
+  const n = new Map<number, number>();
+  for (const i of order) n.set(labels[i], (n.get(labels[i]) ?? 0) + 1);
+  const most = Math.max(...n.values());
+  const seen = new Map<number, number>();
+  return order.filter((i) => {
+    const c = labels[i];
+    const k = (seen.get(c) ?? 0) + 1;
+    seen.set(c, k);
+    return k <= Math.round((n.get(c)! * per) / most);
+  });
+}
+
+/**
+ * The --dataset stream, and the labelled sets its --eval-every measures on. A folder is decoded once,
+ * at the artifacts' training size, so its frames need no resizing and its kNN runs at that size too.
+ */
+async function datasetInput(a: Record<string, any>, log: (line: string) => void): Promise<{ dataset?: DatasetStream; sets?: () => KnnSets }> {
+  if (!a.dataset) return {};
+  if (a.dataset === 'demo') {
+    const d = demoStream();
+    return { dataset: { label: 'demo', images: d.images, order: d.order, size: CIFAR_SIZE } };
+  }
+  const root = folderRoot(a.dataset);
+  let d: { images: Uint8Array; labels: ArrayLike<number>; order: number[]; size: number; sets: () => KnnSets };
+  if (root !== undefined) {
+    const size = Number((readJsonObject(path.join(a.artifacts, 'manifest.json'))?.preset as { image?: { size?: number } } | undefined)?.image?.size);
+    if (!Number.isSafeInteger(size) || size < 1) throw new AgentError(`--artifacts ${a.artifacts}: manifest.json names no image size`, 2);
+    const f = await folderStream(root, { order: a['stream-order'], trial: a.trial, size, fit: a.fit, maxPixels: a['max-pixels'], log });
+    log(`folder ${root}: ${f.folder.train.classes.length} classes, ${f.folder.train.count} stream images, ${f.folder.test.count} kNN queries (${f.folder.split}), at ${size}px`);
+    d = { images: f.folder.train.images, labels: f.folder.train.labels, order: f.order, size, sets: () => ({ train: f.folder.train, test: f.folder.test, size }) };
+  } else {
+    const c = streamOrder({ dataset: a.dataset, dataDir: a['data-dir'], order: a['stream-order'], trial: a.trial });
+    d = { images: c.data.images, labels: c.labels, order: c.order, size: CIFAR_SIZE, sets: () => cifarSets(a.dataset, a['data-dir']) };
+  }
+  const order = a['per-class'] !== undefined ? perClassCut(d.order, d.labels, a['per-class']) : d.order;
+  const label = `${a.dataset} ${a['stream-order']} trial ${a.trial}${a['per-class'] ? `, ${order.length} images` : ''}`;
+  return { dataset: { label, images: d.images, order, size: d.size }, sets: d.sets };
+}
+
 export async function runCommand(a: Record<string, any>): Promise<void> {
   const state = path.resolve(a.state);
   // Numbers and paths were checked by the command line (cli-args.ts) before this runs.
   const tty = process.stderr.isTTY;
-  let dataset: AgentOptions['dataset'];
-  if (a.dataset === 'demo') {
-    const d = demoStream();
-    dataset = { label: 'demo', images: d.images, order: d.order, size: CIFAR_SIZE };
-  } else if (a.dataset) {
-    const d = streamOrder({ dataset: a.dataset, dataDir: a['data-dir'], order: a['stream-order'], trial: a.trial });
-    let order = d.order;
-    if (a['per-class'] !== undefined) {
-      // A reduced stream: the same order, each class cut to its share (imbalance kept for seq-im).
-      const per = a['per-class'];
-      const n = new Map<number, number>();
-      for (const i of order) n.set(d.labels[i], (n.get(d.labels[i]) ?? 0) + 1);
-      const most = Math.max(...n.values());
-      const seen = new Map<number, number>();
-      order = order.filter((i) => {
-        const c = d.labels[i];
-        const k = (seen.get(c) ?? 0) + 1;
-        seen.set(c, k);
-        return k <= Math.round((n.get(c)! * per) / most);
-      });
-    }
-    dataset = { label: `${a.dataset} ${a['stream-order']} trial ${a.trial}${a['per-class'] ? `, ${order.length} images` : ''}`, images: d.data.images, order, size: CIFAR_SIZE };
-  }
+  const log = (line: string) => process.stderr.write(`${tty ? '\r\x1b[K' : ''}${line}\n`);
+  const { dataset, sets } = await datasetInput(a, log);
   let evaluate: AgentOptions['evaluate'];
   if (a['eval-every'] !== undefined) {
     const pct = Number(a['eval-every']);
-    if (!a.dataset || a.dataset === 'demo') throw new AgentError('--eval-every needs --dataset cifar10|cifar100 (a stream of known length with a labelled test split)');
+    if (!sets) throw new AgentError('--eval-every needs --dataset cifar10|cifar100|folder:ROOT (a stream of known length with a labelled test split)');
     const at: number[] = [];
     for (let p = pct; p < 100 + 1e-9; p += pct) at.push(p / 100);
     if (at.at(-1)! < 1) at.push(1);
-    evaluate = { at, run: await streamEvaluator(a.dataset, a['data-dir'], a['eval-memory']) };
+    evaluate = { at, run: streamEvaluator(sets(), a['eval-memory']) };
   }
   const opts: AgentOptions = {
     watch: a.watch,
@@ -139,7 +170,7 @@ export async function runCommand(a: Record<string, any>): Promise<void> {
     diskRetryMs: a['disk-retry-s'] * 1000,
     evaluate,
     ...runLearner(a),
-    log: (line) => process.stderr.write(`${tty ? '\r\x1b[K' : ''}${line}\n`),
+    log,
     progress: tty ? (line) => process.stderr.write(`\r\x1b[K${line}`) : undefined,
     // Without a terminal there is no progress line: a status line every 30 s unless told otherwise.
     statusEveryMs: (a['status-every'] ?? (tty ? 0 : 30)) * 1000,

@@ -15,8 +15,8 @@ export interface FrameRef {
   size?: number;
 }
 
-/** The image files of INPUT (a file, or a directory searched recursively; links are not followed). */
-export function listFrames(input: string): FrameRef[] {
+/** The image files of INPUT (a file, or a directory searched recursively; links are not followed, each reported to onLink). */
+export function listFrames(input: string, onLink?: (file: string) => void): FrameRef[] {
   let st;
   try {
     st = statSync(input);
@@ -32,6 +32,7 @@ export function listFrames(input: string): FrameRef[] {
       const l = lstatSync(abs);
       if (l.isDirectory()) walk(abs);
       else if (l.isFile() && FRAME_EXTENSIONS.includes(path.extname(name).toLowerCase())) out.push({ key: path.relative(input, abs), path: abs, mtimeMs: l.mtimeMs, size: l.size });
+      else if (l.isSymbolicLink()) onLink?.(abs);
     }
   };
   walk(input);

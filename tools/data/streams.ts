@@ -66,6 +66,31 @@ export function makeStream(s: StreamSpec): number[] {
   return blocks.flat();
 }
 
+/**
+ * Seq-im on a labelled folder (any number of classes): CIFAR-10's pattern, half full half full half
+ * half full half half full (2048 = half of 4096), repeated over the classes in sorted order. Class c
+ * keeps all of its images where the pattern at c mod 10 is full, and half of them (floored, at least
+ * one) where it is half. Ten classes get exactly CIFAR-10's shape; ImageNet-100 gets 60 halved and 40
+ * full classes, CIFAR-10's 6:4 ratio. (CIFAR-100's own 20-class pattern stays its own: it is a
+ * different shape, 5 halved of 20.)
+ */
+export const SEQ_IM_PATTERN: readonly boolean[] = SEQ_IM_COUNTS.cifar10.map((n) => n === SEQ_COUNT.cifar10);
+
+export function seqImCounts(held: number[]): number[] {
+  return held.map((n, c) => (SEQ_IM_PATTERN[c % SEQ_IM_PATTERN.length] ? n : Math.max(1, Math.floor(n / 2))));
+}
+
+/**
+ * A folder's stream: Seq takes every image a class holds (there is no CIFAR-style request to cap),
+ * Seq-im the counts of `seqImCounts`, Seq-bl blurs Seq's blocks. `labels` index the sorted class names.
+ */
+export function folderStreamSpec(order: StreamOrder, labels: ArrayLike<number>, classes: number, trial: number): StreamSpec {
+  if (!STREAM_ORDERS.includes(order)) throw new Error(`--order ${order}: unknown stream order (accepted: ${STREAM_ORDERS.join(', ')})`);
+  const held = new Array(classes).fill(0);
+  for (let i = 0; i < labels.length; i++) held[labels[i]]++;
+  return { order, labels, classes, perClass: order === 'seq-im' ? seqImCounts(held) : held, trial };
+}
+
 export function streamSpec(dataset: 'cifar10' | 'cifar100', order: StreamOrder, labels: ArrayLike<number>, trial: number, fraction?: number): StreamSpec {
   if (!STREAM_ORDERS.includes(order)) throw new Error(`--order ${order}: unknown stream order (accepted: ${STREAM_ORDERS.join(', ')})`);
   const classes = dataset === 'cifar10' ? 10 : 20;
