@@ -83,7 +83,10 @@ const edge: Preset = {
   activation: 'relu',
   bnMomentum: 0.1,
   gradCos: true,
-  convWeightGrad: 'im2col-offsets',
+  // Measured on 2 cores (bench/peer, 2026-12-02): the per-image batched weight-gradient GEMMs let the
+  // second thread work (212 -> 145 ms a step at 2 threads; 231 -> 227 at 1), where im2col-offsets' one
+  // GEMM per offset has a 16 x 16 output MLAS cannot split.
+  convWeightGrad: 'batched-offsets',
   convInputGrad: 'conv',
   agent: { newPerArrival: 16, updatesPerArrival: 3, bufferSize: 256, replay: 'mixed' },
 };
