@@ -26,6 +26,9 @@ export interface Method {
   crops?: number;
   /** Updates per arrival K when the method fixes it; unset: the artifacts' K (bench: the equal-budget K). */
   updates?: number;
+  /** 'arrival': each step's batch is the arrival's new images alone (no replay; artifacts built with
+   * batch = new images per arrival; bench gives it twice the updates for the same crop passes). */
+  batch?: 'arrival';
 }
 
 // The paper's eq. 1 in place of the code's MCC, with each scale's own weights (edge: 1 and 0.02, as the
@@ -44,6 +47,14 @@ const list: Method[] = [
   { name: 'ours-buffer-replay', describe: 'ours with every minibatch drawn from the whole buffer (the paper\'s text)', ...OURS, replay: 'buffer' },
   // Ablation of the buffer alone: the paper's uncorrelated-gradient claim is about the buffer's contents.
   { name: 'ours-reservoir', describe: 'ours with a reservoir buffer instead of the diverse removal rule', ...OURS, buffer: 'reservoir' },
+  // Issue #15's buffer settings at equal compute: the rule against a FIFO, MinRed's timing of the same
+  // rule, and no buffer at all.
+  { name: 'ours-fifo', describe: 'ours with a FIFO buffer (the newest M images)', ...OURS, buffer: 'fifo' },
+  { name: 'ours-minred-buffer', describe: "ours with MinRed's buffer timing: the redundancy rule applied before the steps", ...OURS, buffer: 'minred' },
+  {
+    name: 'ours-nobuffer', describe: "ours trained on each arrival's images alone (no replay)",
+    ...OURS, edge: { preset: 'edge', sets: ['batch=16'] }, paper: { preset: 'paper-cifar', sets: ['batch=100'] }, buffer: 'fifo', batch: 'arrival',
+  },
   { name: 'empssl', describe: 'EMP-SSL: invariance + TCR on the same crops, buffer and replay as ours', ...OURS, edge: { preset: 'edge-empssl', sets: [] }, paper: { preset: 'empssl', sets: [] } },
   {
     name: 'minred', describe: 'MinRed: SimSiam on 2 views, buffer-only minibatches, redundancy removal before the steps, no training until the buffer fills',

@@ -258,9 +258,12 @@ try {
       for (const mname of values.methods.split(',')) {
         const method = getMethod(mname, '--methods');
         const [pname, psets] = methodPreset(method);
-        const preset = getPreset(pname, [...psets, `seed=${trial}`, `batch=${2 * newPer}`, `agent.newPerArrival=${newPer}`]);
+        // New + as many replayed images per step, or the new ones alone (no replay): the same crop passes
+        // per arrival either way (updates x crops x batch as ours').
+        const batchOf = method.batch === 'arrival' ? newPer : 2 * newPer;
+        const preset = getPreset(pname, [...psets, `seed=${trial}`, `batch=${batchOf}`, `agent.newPerArrival=${newPer}`]);
         // The same rules `ssocl run --method` applies; K, unless the method fixes it, gives every method ours' crop budget.
-        const rules = methodRules(method, { updates: method.updates ?? Math.round((updatesK * refCrops) / preset.crops) });
+        const rules = methodRules(method, { updates: method.updates ?? Math.round((updatesK * refCrops * 2 * newPer) / (preset.crops * batchOf)) });
         const updates = rules.updates!;
         const arrivals = Math.floor(frames.length / newPer);
         // Done only with the same stream length and kNN sets (older rows: the edge protocol's 10000 and 10000).
