@@ -45,6 +45,8 @@ const values = benchArgs(import.meta.url, {
     default: 'encoder.widths=[4] encoder.blocks=[1] projector=[{"out":1024}]',
     describe: '--set overrides (space-separated) that shrink the paper-cifar preset for the timed arrivals',
   },
+  'stub-arrivals': { type: 'string', default: '0', describe: "paper-cifar-shape arrivals through the fused in-graph-crops Learner with the graph run replaced by an idle wait (--stub-wait-ms) and random zbar: the host code outside run() alone, in steady state, as on a machine whose accelerator does the run (the first 5 arrivals warm V8 up and are left out); 0 skips" },
+  'stub-wait-ms': { type: 'string', default: '500', describe: 'the idle wait standing in for the run, per stub arrival' },
   'fused-variants': { type: 'string', default: 'single,graph', describe: 'timed variants: single (K steps, JS crops), fused (one run, JS crops), graph (one run, in-graph crops)' },
 });
 
@@ -136,8 +138,10 @@ for (const s of scale) console.log(`| ${s.M} | ${s.msPerArrival.toFixed(1)} | ${
 // The paper-cifar arrival: K single steps with JS crops (state and crops cross K times) against one
 // fused run with in-graph crops (state once; uint8 images, the batch index and the crop draws).
 const fusedArrivals = Number(values['fused-arrivals']);
+const stubN = Number(values['stub-arrivals']);
 const arrivalShape: Record<string, unknown>[] = [];
-if (fusedArrivals > 0) {
+let stub: Record<string, unknown> & { arrivals: number; waitMs: number; hostMs: number; crops: number; buffer: number; p50: number; max: number; firstFive: number[] } | null = null;
+if (fusedArrivals > 0 || stubN > 0) {
   const shrink = values['fused-encoder'].split(' ').filter(Boolean);
   const K = getPreset('paper-cifar').agent.updatesPerArrival;
   const known = {
@@ -145,7 +149,7 @@ if (fusedArrivals > 0) {
     fused: { name: 'fused, JS crops', sets: [...shrink, `fuse=${K}`] },
     graph: { name: 'fused, in-graph crops', sets: [...shrink, `fuse=${K}`, 'cropsInGraph=true'] },
   };
-  const variants = values['fused-variants'].split(',').map((v) => {
+  const variants = (fusedArrivals > 0 ? values['fused-variants'].split(',').filter(Boolean) : []).map((v) => {
     if (!(v in known)) throw new Error(`--fused-variants ${v}: unknown (accepted: ${Object.keys(known).join(', ')})`);
     return known[v as keyof typeof known];
   });
@@ -203,6 +207,43 @@ if (fusedArrivals > 0) {
     });
     await t.close();
   }
+  // The host code alone: the same Learner and buffer, the run replaced by an idle wait and a random
+  // zbar of the run's shape (made inside the stub, so outside the timed host work).
+  if (stubN > 0) {
+    const dir = path.join(work, 'stub');
+    writeArtifacts(compileArtifacts(getPreset('paper-cifar', [...shrink, `fuse=${K}`, 'cropsInGraph=true'])), dir);
+    const t = await Trainer.open(dir, { noEmbed: true });
+    const l = new Learner(t, defaultLearnerConfig(t), engine);
+    const p = t.manifest.preset;
+    const per = 3 * p.image.size * p.image.size;
+    const zr = new Rng(9);
+    const d = t.manifest.trainStep.outputs.find((o) => o.name === 'zbar')?.shape.at(-1) as number;
+    t.arrive = async (a) => {
+      await new Promise((r) => setTimeout(r, Number(values['stub-wait-ms'])));
+      return Array.from(a.lrs, (lr, i) => {
+        const zbar = new Float32Array(p.batch * d);
+        for (let j = 0; j < zbar.length; j++) zbar[j] = zr.uniform() - 0.5;
+        return { step: t.steps + i + 1, lr, loss: 1, terms: {}, zbar, gradNorm: 1, gradCos: null, applied: true, ms: 0 };
+      });
+    };
+    const host: { ms: number; crops: number; buffer: number }[] = [];
+    for (let a = 0, k = 0; host.length < stubN + 5; a++) {
+      const items = Array.from({ length: p.agent.newPerArrival }, () => {
+        const i = order[k++ % order.length];
+        return { key: String(k), image: images.slice(i * per, (i + 1) * per) };
+      });
+      const r = await l.arrive(items);
+      if (!r.trained) continue;
+      // Everything but the stub's wait and its zbar making: crops or draws, buffer, the rest of the trainer's side.
+      host.push({ ms: r.ms.augment + r.ms.buffer, crops: r.ms.augment, buffer: r.ms.buffer });
+    }
+    await t.close();
+    const warmHost = host.slice(5);
+    const m = (f: (h: (typeof host)[number]) => number) => warmHost.reduce((x, h) => x + f(h), 0) / warmHost.length;
+    const sorted = warmHost.map((h) => h.ms).sort((a, b) => a - b);
+    stub = { arrivals: warmHost.length, waitMs: Number(values['stub-wait-ms']), hostMs: m((h) => h.ms), crops: m((h) => h.crops), buffer: m((h) => h.buffer), p50: sorted[Math.floor(sorted.length / 2)], max: sorted.at(-1)!, firstFive: host.slice(0, 5).map((h) => +h.ms.toFixed(1)) };
+    console.log(`\nhost code alone (run replaced by a ${stub.waitMs} ms idle wait; ${stub.arrivals} arrivals after 5 warm-up ones): ${stub.hostMs.toFixed(1)} ms per arrival (draws ${stub.crops.toFixed(1)}, buffer ${stub.buffer.toFixed(1)}; median ${stub.p50.toFixed(1)}, max ${stub.max.toFixed(1)}); the 5 warm-up arrivals: ${stub.firstFive.join(', ')}`);
+  }
   // ResNet-18 (the paper-cifar preset itself) moves far more state: its bytes per arrival from its
   // graphs' inputs and outputs, with the distinct images a fused run above sent (else the most mixed
   // replay can send at M = 256: 100 new + 256 others).
@@ -227,7 +268,7 @@ if (fusedArrivals > 0) {
   console.log(`\npaper-cifar arrival (${getPreset('paper-cifar').batch} images x ${getPreset('paper-cifar').crops} crops, K = ${K}), timed with the encoder shrunk (${values['fused-encoder']}); load average ${loadavg()[0].toFixed(1)}`);
   console.log(`host work is the mean over the trained arrivals after the first (${fusedArrivals > 1 ? 'warm' : 'only one: cold'}); the first, cold, in its own column`);
   console.log('| variant | ORT runs | host ms outside run() (wall / CPU) | first arrival (cold) | of which crops or draws / buffer / trainer (wall) | JS crops hidden under run() ms | run() ms | MB into ORT | MB out of ORT | in + out vs the first |\n|---|---|---|---|---|---|---|---|---|---|');
-  const before = (arrivalShape[0].bytesIn as number) + (arrivalShape[0].bytesOut as number);
+  const before = arrivalShape.length ? (arrivalShape[0].bytesIn as number) + (arrivalShape[0].bytesOut as number) : 0;
   for (const r of arrivalShape) {
     const n = (k: string) => r[k] as number;
     const parts = r.hostMsParts as Record<string, number>;
@@ -239,7 +280,7 @@ if (fusedArrivals > 0) {
 }
 
 mkdirSync(path.dirname(values.json), { recursive: true });
-writeFileSync(values.json, JSON.stringify({ machine: { cores: cpus().length, cpu: cpus()[0]?.model, node: process.version, date: new Date().toISOString() }, preset: tr.manifest.name, ep: tr.ep, trainedArrivals, rows, checkpointMs: ckMs, exportMs: exMs, removal: scale, arrivalShape }, null, 1) + '\n');
+writeFileSync(values.json, JSON.stringify({ machine: { cores: cpus().length, cpu: cpus()[0]?.model, node: process.version, date: new Date().toISOString() }, preset: tr.manifest.name, ep: tr.ep, trainedArrivals, rows, checkpointMs: ckMs, exportMs: exMs, removal: scale, arrivalShape, hostCodeAlone: stub }, null, 1) + '\n');
 console.log(`wrote ${values.json}`);
 await tr.close();
 rmSync(work, { recursive: true, force: true });
