@@ -13,7 +13,8 @@
 //        [--threads 1,2] [--steps 10] [--ep cpu|cuda|webgpu[,...]] [--json bench/out/peer.json]
 
 import { spawn, spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { cpus, tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -94,11 +95,25 @@ function resolveArtifacts(): string {
   const tag = values.set.length ? `-${Buffer.from(values.set.join(';')).toString('base64url').slice(0, 40)}` : '';
   const dir = path.join(HERE, 'out/peer-artifacts', `${values.preset}${tag}`);
   const mf = path.join(dir, 'manifest.json');
-  if (existsSync(mf) && JSON.stringify(JSON.parse(readFileSync(mf, 'utf8')).preset) === JSON.stringify(p)) return dir;
+  // Reused only when the compiler's sources are unchanged too: a cache keyed on the preset alone kept
+  // serving a step built before a fix to tools/ (the paper-cifar grad_norm check kept failing after it).
+  const stamp = path.join(dir, 'sources.sha256');
+  const sources = sourcesDigest();
+  if (existsSync(mf) && existsSync(stamp) && readFileSync(stamp, 'utf8') === sources && JSON.stringify(JSON.parse(readFileSync(mf, 'utf8')).preset) === JSON.stringify(p)) return dir;
   const t0 = performance.now();
   writeArtifacts(compileArtifacts(p), dir);
+  writeFileSync(stamp, sources);
   process.stderr.write(`compiled ${values.preset}${values.set.length ? ` (${values.set.join(' ')})` : ''} into ${path.relative(REPO, dir)} in ${((performance.now() - t0) / 1000).toFixed(1)} s\n`);
   return dir;
+}
+
+/** SHA-256 over the sources the artifacts are compiled from (tools/ and core/ .ts files, sorted by path). */
+function sourcesDigest(): string {
+  const h = createHash('sha256');
+  const walk = (dir: string): string[] =>
+    readdirSync(dir, { withFileTypes: true }).flatMap((e) => (e.isDirectory() ? walk(path.join(dir, e.name)) : e.name.endsWith('.ts') ? [path.join(dir, e.name)] : []));
+  for (const f of [...walk(path.join(REPO, 'tools')), ...walk(path.join(REPO, 'core'))].sort()) h.update(path.relative(REPO, f)).update('\0').update(readFileSync(f)).update('\0');
+  return h.digest('hex');
 }
 
 /** K batches of augmented crops of the demo images (32x32), or uniform noise for other sizes. */

@@ -184,9 +184,10 @@ function emitStep(p: Preset, lg: LossGraph, lr: Value, step: Value, ports: StepP
 
   g.scope('diagnostics', () => {
     // Over the whole gradient as one flat vector: three sums of ~177k values instead of three small
-    // Mul + ReduceSum + Add chains per parameter tensor (~300 nodes for the edge encoder).
+    // Mul + ReduceSum + Add chains per parameter tensor (~300 nodes for the edge encoder). Graph.sumAll
+    // sums in two stages: one float32 ReduceSum over paper-cifar's 34M squares came out 1.5% low.
     const flat = (vs: Value[]) => (vs.length === 1 ? g.reshape(vs[0], [-1]) : g.concat(vs.map((v) => g.reshape(v, [-1])), 0));
-    const sumAll = (v: Value) => g.reduceSum(v, [0], false);
+    const sumAll = (v: Value) => g.sumAll(v);
     const gf = flat(grads);
     const gnorm = g.sqrt(sumAll(g.mul(gf, gf)));
     ports.output(gnorm, 'grad_norm');
