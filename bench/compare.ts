@@ -37,7 +37,7 @@ import { ortSimilarity } from '../agent/buffer/similarity.ts';
 import { computeFeatures } from '../agent/eval/features.ts';
 import { knnWeightedBlocks } from '../agent/eval/knn.ts';
 import { getMethod, methodRules, METHODS, type MethodRules } from '../agent/methods.ts';
-import { redundancy } from '../agent/eval/redundancy.ts';
+import { redundancy, sourceOf } from '../agent/eval/redundancy.ts';
 import { lineChart, svgToPng } from '../agent/report/plot.ts';
 import { benchArgs } from './args.ts';
 
@@ -144,6 +144,8 @@ const [train, test]: LabelledImages[] = await (async () => {
 })();
 // Streams run over classes (CIFAR-10, a folder) or superclasses (CIFAR-100, as SCALE); kNN on the primary labels.
 const streamLabels = ds === 'cifar100' ? train.coarse! : train.labels;
+let streamClasses = 0;
+for (let i = 0; i < streamLabels.length; i++) streamClasses = Math.max(streamClasses, streamLabels[i] + 1);
 const streamOf = (order: StreamOrder, trial: number) =>
   makeStream(ds === 'folder' ? folderStreamSpec(order, streamLabels, train.classes.length, trial) : streamSpec(ds, order, streamLabels, trial));
 const per = 3 * size * size;
@@ -204,6 +206,8 @@ interface Row {
    * feature) comes from the same source image, and the mean nearest-neighbour cosine. */
   sameClip?: number[];
   nnSim?: number[];
+  /** The buffer's entries per stream class at 25/50/75/100% (does it keep the classes seen so far?). */
+  bufferClasses?: number[][];
   /** The method's learner rules the run was made under (agent/methods.ts); absent in older rows. */
   rules?: MethodRules;
 }
@@ -290,6 +294,7 @@ try {
         const gcos: (number | null)[] = [];
         const sameClip: number[] = [];
         const nnSim: number[] = [];
+        const bufferClasses: number[][] = [];
         const t0 = performance.now();
         for (let a = 1; a <= arrivals; a++) {
           const items = frames.slice((a - 1) * newPer, a * newPer).map(({ i, t }) => {
@@ -308,10 +313,13 @@ try {
             const red = redundancy(learner.buffer.entries);
             sameClip.push(Number(red.sameSource.toFixed(4)));
             nnSim.push(Number(red.nnSim.toFixed(4)));
+            const hist = new Array(streamClasses).fill(0);
+            for (const e of learner.buffer.entries) hist[streamLabels[Number(sourceOf(e.key))]]++;
+            bufferClasses.push(hist);
             process.stderr.write(`${mname} ${label} trial ${trial}: ${Math.round((100 * a) / arrivals)}% of ${frames.length} ${clip ? 'frames' : 'images'}, ${tr.steps} steps, kNN@20 ${x.toFixed(2)} (floor ${floor.toFixed(2)})\n`);
           }
         }
-        const row: Row = { ...(ds === 'cifar100' ? { dataset: ds, super20: s20 } : ds === 'folder' ? { dataset: folderName! } : {}), ...(protocol === 'edge-cifar10' || protocol === 'edge-cifar100' ? {} : { protocol, ep: values.ep }), method: mname, order: label, trial, images: frames.length, steps: tr.steps, seconds: (performance.now() - t0) / 1000, floor20: floor, knn20: k20, knn50: k50, final20: k20[3], mean20: k20.reduce((p, q) => p + q, 0) / 4, memory: memIdx.length, queries: qIdx.length, threads: Number(values.threads), gradCos: gcos, ...(clip ? { clip } : {}), sameClip, nnSim, rules: { policy: rules.policy, replay: rules.replay, warmup: rules.warmup } };
+        const row: Row = { ...(ds === 'cifar100' ? { dataset: ds, super20: s20 } : ds === 'folder' ? { dataset: folderName! } : {}), ...(protocol === 'edge-cifar10' || protocol === 'edge-cifar100' ? {} : { protocol, ep: values.ep }), method: mname, order: label, trial, images: frames.length, steps: tr.steps, seconds: (performance.now() - t0) / 1000, floor20: floor, knn20: k20, knn50: k50, final20: k20[3], mean20: k20.reduce((p, q) => p + q, 0) / 4, memory: memIdx.length, queries: qIdx.length, threads: Number(values.threads), gradCos: gcos, ...(clip ? { clip } : {}), sameClip, nnSim, bufferClasses, rules: { policy: rules.policy, replay: rules.replay, warmup: rules.warmup } };
         rows.push(row);
         appendFileSync(values.json, JSON.stringify(row) + '\n');
         await tr.close();
