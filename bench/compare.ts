@@ -27,7 +27,7 @@ import { ENCODERS } from '../tools/nn/encoders.ts';
 import { compileArtifacts, writeArtifacts } from '../tools/artifacts/write.ts';
 import { readCifar10, readCifar100, type LabelledImages } from '../core/codecs/cifar.ts';
 import { folderStreamSpec, makeStream, streamSpec, type StreamOrder } from '../tools/data/streams.ts';
-import { loadFolder } from '../agent/commands/stream.ts';
+import { loadFolder, perClassCut } from '../agent/commands/stream.ts';
 import { clipFrame, DEFAULT_CLIP } from '../tools/data/clips.ts';
 import { Rng } from '../core/rng.ts';
 import { Trainer } from '../agent/trainer/trainer.ts';
@@ -246,16 +246,7 @@ try {
       const full = streamOf(order, trial);
       // Reduced stream: the same procedure's order, each class cut to its first share: per-class for
       // the largest class, proportionally less for the others (seq-im keeps its imbalance).
-      const nC = new Map<number, number>();
-      for (const i of full) nC.set(streamLabels[i], (nC.get(streamLabels[i]) ?? 0) + 1);
-      const most = Math.max(...nC.values());
-      const counts = new Map<number, number>();
-      const stream = full.filter((i) => {
-        const c = streamLabels[i];
-        const k = (counts.get(c) ?? 0) + 1;
-        counts.set(c, k);
-        return k <= Math.round((nC.get(c)! * perClass) / most);
-      });
+      const stream = perClassCut(full, streamLabels, perClass);
       // Clips: every clip-th image of the same order, each expanded to `clip` frames (keys 'image.frame').
       const frames = clip ? stream.filter((_, n) => n % clip === 0).flatMap((i) => Array.from({ length: clip }, (_, t) => ({ i, t }))) : stream.map((i) => ({ i, t: -1 }));
       const clipCfg = { ...DEFAULT_CLIP, frames: clip || 1 };

@@ -4,7 +4,7 @@ import path from 'node:path';
 import { runAgent, parseEvery, AgentError, type AgentOptions, type DatasetStream } from '../run.ts';
 import { openChosen, type EP } from '../trainer/backend.ts';
 import { demoStream } from './demo.ts';
-import { folderRoot, folderStream, streamOrder } from './stream.ts';
+import { folderRoot, folderStream, perClassCut, streamOrder } from './stream.ts';
 import { CIFAR_SIZE, readCifar10, readCifar100, type LabelledImages } from '../../core/codecs/cifar.ts';
 import { readJsonObject } from '../../core/json.ts';
 import { Rng } from '../../core/rng.ts';
@@ -78,20 +78,6 @@ export function runLearner(a: Record<string, any>): Pick<AgentOptions, 'method' 
       seed: a.seed,
     },
   };
-}
-
-/** A reduced stream: the same order, each class cut to its share of `per` for the largest class (imbalance kept for seq-im). */
-export function perClassCut(order: number[], labels: ArrayLike<number>, per: number): number[] {
-  const n = new Map<number, number>();
-  for (const i of order) n.set(labels[i], (n.get(labels[i]) ?? 0) + 1);
-  const most = Math.max(...n.values());
-  const seen = new Map<number, number>();
-  return order.filter((i) => {
-    const c = labels[i];
-    const k = (seen.get(c) ?? 0) + 1;
-    seen.set(c, k);
-    return k <= Math.round((n.get(c)! * per) / most);
-  });
 }
 
 /**

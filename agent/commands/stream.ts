@@ -121,3 +121,17 @@ export async function streamCommand(a: StreamArgs): Promise<void> {
   }
   process.stderr.write(`\nwrote ${items.length} frames (${a.dataset} ${a.order}, trial ${a.trial}) to ${a.to}\n`);
 }
+
+/** A reduced stream: the same order, each class cut to its share of `per` for the largest class (imbalance kept for seq-im). */
+export function perClassCut(order: number[], labels: ArrayLike<number>, per: number): number[] {
+  const n = new Map<number, number>();
+  for (const i of order) n.set(labels[i], (n.get(labels[i]) ?? 0) + 1);
+  const most = Math.max(...n.values());
+  const seen = new Map<number, number>();
+  return order.filter((i) => {
+    const c = labels[i];
+    const k = (seen.get(c) ?? 0) + 1;
+    seen.set(c, k);
+    return k <= Math.round((n.get(c)! * per) / most);
+  });
+}

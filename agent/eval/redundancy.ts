@@ -3,6 +3,8 @@
 // nearest neighbour comes from the same source (a frame of the same clip: keys 'source.frame'), and
 // the mean nearest-neighbour cosine.
 
+import { dot } from '../buffer/removal.ts';
+
 export interface Redundancy {
   /** Share of entries whose nearest neighbour has the same source; NaN with fewer than two entries. */
   sameSource: number;
@@ -23,8 +25,7 @@ export function redundancy(entries: readonly { key: string; feature: Float32Arra
     let nb = a;
     for (const b of es) {
       if (b === a) continue;
-      let d = 0;
-      for (let k = 0; k < a.feature!.length; k++) d += a.feature![k] * b.feature![k];
+      const d = dot(a.feature!, b.feature!);
       // Ties go to the earlier entry, so the figure does not depend on float noise in the order.
       if (d > best) {
         best = d;
