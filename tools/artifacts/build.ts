@@ -187,9 +187,8 @@ function emitStep(p: Preset, lg: LossGraph, lr: Value, step: Value, ports: StepP
     // Mul + ReduceSum + Add chains per parameter tensor (~300 nodes for the edge encoder). Graph.sumAll
     // sums in two stages: one float32 ReduceSum over paper-cifar's 34M squares came out 1.5% low.
     const flat = (vs: Value[]) => (vs.length === 1 ? g.reshape(vs[0], [-1]) : g.concat(vs.map((v) => g.reshape(v, [-1])), 0));
-    const sumAll = (v: Value) => g.sumAll(v);
     const gf = flat(grads);
-    const gnorm = g.sqrt(sumAll(g.mul(gf, gf)));
+    const gnorm = g.sqrt(g.sumAll(g.mul(gf, gf)));
     ports.output(gnorm, 'grad_norm');
     if (p.gradCos) {
       // Cosine between this step's gradient and the previous step's (the paper's Fig. 1); 0 on the first step.
@@ -200,8 +199,8 @@ function emitStep(p: Preset, lg: LossGraph, lr: Value, step: Value, ports: StepP
         return ports.state(name, spec.shape);
       });
       const pf = flat(prev);
-      const dot = sumAll(g.mul(pf, gf));
-      const prevSq = sumAll(g.mul(pf, pf));
+      const dot = g.sumAll(g.mul(pf, gf));
+      const prevSq = g.sumAll(g.mul(pf, pf));
       ports.output(g.div(dot, g.add(g.mul(gnorm, g.sqrt(prevSq)), g.scalar(1e-12))), 'grad_cos');
     }
   });
