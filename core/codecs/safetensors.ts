@@ -3,17 +3,19 @@
 
 import { readFileSync } from 'node:fs';
 
-export type StDtype = 'F32' | 'F64' | 'I64' | 'U8';
+export type StDtype = 'F32' | 'F16' | 'F64' | 'I64' | 'U8';
 export interface StTensor {
   dtype: StDtype;
   shape: number[];
-  data: Float32Array | Float64Array | BigInt64Array | Uint8Array;
+  /** F16 data is a Uint16Array of IEEE half bits (JS has no half-float array in Node 20). */
+  data: Float32Array | Uint16Array | Float64Array | BigInt64Array | Uint8Array;
 }
 
-const BYTES: Record<StDtype, number> = { F32: 4, F64: 8, I64: 8, U8: 1 };
+const BYTES: Record<StDtype, number> = { F32: 4, F16: 2, F64: 8, I64: 8, U8: 1 };
 
 export function dtypeOf(data: StTensor['data']): StDtype {
   if (data instanceof Float32Array) return 'F32';
+  if (data instanceof Uint16Array) return 'F16';
   if (data instanceof Float64Array) return 'F64';
   if (data instanceof BigInt64Array) return 'I64';
   return 'U8';
@@ -59,7 +61,11 @@ export function decodeSafetensors(buf: Uint8Array): { tensors: Map<string, StTen
     // Copy so the result is aligned and independent of the file buffer.
     const bytes = Uint8Array.prototype.slice.call(buf, base + a, base + b); // a copy, also for Buffer (whose slice is a view)
     const data =
-      dtype === 'F32' ? new Float32Array(bytes.buffer) : dtype === 'F64' ? new Float64Array(bytes.buffer) : dtype === 'I64' ? new BigInt64Array(bytes.buffer) : bytes;
+      dtype === 'F32'
+        ? new Float32Array(bytes.buffer)
+        : dtype === 'F16'
+          ? new Uint16Array(bytes.buffer)
+          : dtype === 'F64' ? new Float64Array(bytes.buffer) : dtype === 'I64' ? new BigInt64Array(bytes.buffer) : bytes;
     tensors.set(name, { dtype, shape: info.shape, data });
   }
   return { tensors, metadata: header.__metadata__ ?? {} };
