@@ -88,6 +88,9 @@ test('screen: the newest of a device is checked alone (a bad newest is not repla
 test('screen: with 2 candidates the median rule is not applied, the absolute one is; options change both limits', () => {
   const two = screen([cand('a', 1, flat(0.01)), cand('b', 1, flat(1))], global, spec);
   assert.deepEqual(keptIds(two), ['a#1', 'b#1'], 'b is 100 x a, but there is no median of two');
+  // Under a ratio below 2 a median of two could reject the larger (1 > 1.5 x 0.505): it must not be applied.
+  assert.deepEqual(keptIds(screen([cand('a', 1, flat(0.01)), cand('b', 1, flat(1))], global, spec, { maxNormRatio: 1.5 })), ['a#1', 'b#1']);
+  assert.deepEqual(keptIds(screen([cand('a', 1, flat(0.01)), cand('b', 1, flat(1)), cand('c', 1, flat(0.01))], global, spec, { maxNormRatio: 1.5 })), ['a#1', 'c#1']);
   const three = screen([cand('a', 1, flat(0.01)), cand('b', 1, flat(1)), cand('c', 1, flat(0.01))], global, spec);
   assert.deepEqual(keptIds(three), ['a#1', 'c#1']);
   assert.match(whyOf(three, 'b'), /median norm/);
@@ -182,6 +185,10 @@ test('aggregate: the result does not depend on the order of the candidates', () 
     }
   }
   assert.deepEqual(cs, randomCands(11, 9), 'inputs untouched');
+  // Where the float64 sum's order decides the answer: 2^60 + 1 - 2^60 is 0 one way and 1 another.
+  const tri = [cand('a', 1, flat(2 ** 60), 1), cand('b', 1, flat(1), 1), cand('c', 1, flat(-(2 ** 60)), 1)];
+  const want = aggregate(tri, spec, 'mean').get('w')![0];
+  for (const p of [[0, 2, 1], [1, 0, 2], [1, 2, 0], [2, 0, 1], [2, 1, 0]]) assert.equal(aggregate(p.map((i) => tri[i]), spec, 'mean').get('w')![0], want, `order ${p}`);
 });
 
 test('aggregate and parseRobust refuse bad input in one line', () => {

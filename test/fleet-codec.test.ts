@@ -85,6 +85,9 @@ test('f16: known bit patterns', () => {
   assert.ok(Object.is(f16ToF32(new Uint16Array([0x8000]))[0], -0));
   assert.ok(Number.isNaN(f16ToF32(new Uint16Array([0x7e00]))[0]));
   assert.ok(Number.isNaN(f16ToF32(f32ToF16(new Float32Array([NaN])))[0]));
+  // A single NaN whose payload lies only in the 13 bits a half drops must not turn into Inf.
+  const lowNaN = new Float32Array(new Uint32Array([0x7f800001, 0xff800100]).buffer);
+  assert.ok(Array.from(f16ToF32(f32ToF16(lowNaN))).every(Number.isNaN), 'low-payload NaNs stay NaN');
 });
 
 test('f16: every one of the 65536 half patterns decodes to the formula value and encodes back to itself (NaNs stay NaN)', () => {
