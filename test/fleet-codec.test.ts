@@ -287,6 +287,20 @@ test('message: missing, unparsable or mistyped metadata and header fields are re
   refused(encodeSafetensors(new Map([['x', new Float32Array([1])]]), { ssocl_fleet: ok, digest: 'abc' }), /no sha256 digest/);
   refused(withMeta({ ssocl_fleet: ok }, new Map([['x', new Float64Array([1, 2])]])), /tensor x has dtype F64 \(expected F16 or F32\)/);
   refused(withMeta({ ssocl_fleet: ok }, new Map([['x', new Uint8Array([1, 2])]])), /dtype U8/);
+  // Tensors must tile the data section: no gap, overlap or negative offset, even with a matching digest.
+  const raw = (tensors: Record<string, unknown>, data: Uint8Array) => {
+    const head = Buffer.from(JSON.stringify({ __metadata__: { ssocl_fleet: ok, digest: createHash('sha256').update(data).digest('hex') }, ...tensors }));
+    const len = Buffer.alloc(8);
+    len.writeBigUInt64LE(BigInt(head.length));
+    return Buffer.concat([len, head, data]);
+  };
+  const x = { dtype: 'F32', shape: [2], data_offsets: [0, 8] };
+  assert.deepEqual(Array.from(decodeMessage(raw({ x, y: { dtype: 'F32', shape: [1], data_offsets: [8, 12] } }, new Uint8Array(12))).tensors.get('y')!), [0]);
+  refused(raw({ x, y: { dtype: 'F32', shape: [1], data_offsets: [12, 16] } }, new Uint8Array(16)), /tensor y does not start where the previous one ends/);
+  refused(raw({ x, y: { dtype: 'F32', shape: [1], data_offsets: [4, 8] } }, new Uint8Array(8)), /tensor y does not start where the previous one ends/);
+  refused(raw({ x: { dtype: 'F32', shape: [1], data_offsets: [-4, 0] } }, new Uint8Array(0)), /tensor x has malformed data_offsets/);
+  refused(raw({ x: { dtype: 'F32', shape: 'two', data_offsets: [0, 8] } }, new Uint8Array(8)), /tensor x has a malformed shape/);
+  refused(raw({ x: { dtype: 'F32', shape: [3], data_offsets: [0, 8] } }, new Uint8Array(8)), /not safetensors/);
   // encodeMessage refuses to write what decodeMessage would refuse.
   assert.throws(() => encodeMessage({ ...update, seq: -1 }, new Map(), 'f32'), FleetFormatError);
 });
