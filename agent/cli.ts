@@ -9,6 +9,7 @@ import { EPS, type EP } from './trainer/backend.ts';
 import { DEFAULT_METHOD, METHODS, METHOD_NAMES, artifactName, buildCommand } from './methods.ts';
 
 import { REPO_ROOT } from './paths.ts';
+import { checkBrokerUrl, checkId } from './fleet/ids.ts';
 import { UsageError, nums, readableDir, writableDir, writableFile, readableInput, encoderFile, cifarDir, artifactsDir, datasetArg } from './cli-args.ts';
 
 // The shared data sets beside the repository, or SSOCL_DATA.
@@ -103,6 +104,46 @@ function inferArgs(a: Record<string, any>) {
   return {
     input: a.input, watch: a.watch, recursive: a.recursive, model: a.model, ep: a.ep as EP, epFallback: a['ep-fallback'] as EP | undefined, threads: a.threads,
     batch: a.batch, fit: a.fit, maxPixels: a['max-pixels'], stableMs: a['stable-ms'], reloadMs: a['reload-ms'], exitWhenIdle: a['exit-when-idle'],
+  };
+}
+
+/** Broker options, shared by run (--fleet ...) and fleet aggregate (--broker ...). */
+function fleetBrokerOptions(flag: 'fleet' | 'broker') {
+  const p = flag === 'fleet' ? 'fleet-' : '';
+  const w = flag === 'fleet' ? 'with --fleet: ' : '';
+  return {
+    [flag]: {
+      type: 'string' as const,
+      describe:
+        flag === 'fleet'
+          ? 'learn together with other devices through this MQTT broker (mqtt://HOST:PORT, mqtts:// for TLS): share encoder updates each round and merge the global model; frames never leave the device'
+          : 'the MQTT broker the fleet uses (mqtt://HOST:PORT, mqtts:// for TLS)',
+      coerce: (v: string) => {
+        try {
+          return checkBrokerUrl(`--${flag}`, v);
+        } catch (e) {
+          throw new UsageError((e as Error).message);
+        }
+      },
+    },
+    [flag === 'fleet' ? 'fleet-name' : 'fleet']: {
+      type: 'string' as const,
+      default: 'default',
+      describe: `${w}the fleet's name (its topics are ssocl/fleet/<name>/...)`,
+      coerce: (v: string) => {
+        try {
+          return checkId(flag === 'fleet' ? '--fleet-name' : '--fleet', v);
+        } catch (e) {
+          throw new UsageError((e as Error).message);
+        }
+      },
+    },
+    [`${p}username`]: { type: 'string' as const, describe: `${w}broker user name` },
+    [`${p}password`]: { type: 'string' as const, describe: `${w}broker password (or SSOCL_FLEET_PASSWORD, which ps does not show)` },
+    [`${p}ca`]: { type: 'string' as const, describe: `${w}PEM file of the CA that signed the broker's certificate (mqtts://)` },
+    [`${p}cert`]: { type: 'string' as const, describe: `${w}PEM client certificate (mutual TLS)` },
+    [`${p}key`]: { type: 'string' as const, describe: `${w}PEM key of --${p}cert` },
+    [`${p}insecure`]: { type: 'boolean' as const, default: false, describe: `${w}do not check the broker's TLS certificate (testing only)` },
   };
 }
 
@@ -219,7 +260,11 @@ await yargs(hideBin(process.argv))
             'probe-max-drop': { min: 0, max: 1, default: 0.1, describe: 'with --probe: refuse an export whose kNN accuracy (0-1) is below the published model\'s - this' },
           }),
         )
-        .option('probe', { type: 'string', describe: 'a labelled folder ROOT/<class>/*.png|jpg: its kNN accuracy is measured at each export too (every 5th image per class a query)' }),
+        .option('probe', { type: 'string', describe: 'a labelled folder ROOT/<class>/*.png|jpg: its kNN accuracy is measured at each export too (every 5th image per class a query)' })
+        .options(fleetBrokerOptions('fleet') as {})
+        .option('fleet-device', { type: 'string', describe: 'with --fleet: this device\'s id in the fleet (default: one made up once and kept in <state>/fleet-device)' })
+        .options(nums({ 'fleet-every': { kind: 'every', default: '100', describe: 'with --fleet: publish an update every this many steps (e.g. 100) or this long (2m)' } }))
+        .option('fleet-encoding', { choices: ['f16', 'f32'] as const, default: 'f16' as const, describe: 'with --fleet: updates as float16 changes (half the bytes) or float32' }),
     async (a) => {
       // What each path must be, before anything is created or read (--watch and --camera are checked by
       // the run itself, which names what it could not list or open).
@@ -438,6 +483,34 @@ await yargs(hideBin(process.argv))
     async (a) => {
       const { serveCommand } = await import('./commands/serve.ts');
       await serveCommand({ state: a.state, models: a.models, metrics: a.metrics, quarantine: a.quarantine, artifacts: a.artifacts, host: a.host, port: a.port, pollMs: a['poll-ms'] });
+    },
+  )
+  .command(
+    'fleet aggregate',
+    'a fleet\'s aggregator: average the devices\' updates each round (weighted by frames learnt, or robustly), reject malformed or hostile ones, publish the global model (retained) and export it',
+    (y) =>
+      y
+        .options(fleetBrokerOptions('broker') as {})
+        .demandOption('broker')
+        .option('artifacts', { type: 'string', default: path.join(REPO_ROOT, 'training-artifacts/edge'), describe: 'the artifacts the fleet trains (updates made with others are rejected)' })
+        .option('models', { type: 'string', describe: 'export each global model here (latest.onnx, encoder-<version>.onnx); default: no export' })
+        .options(
+          nums({
+            expect: { int: true, min: 0, default: 0, describe: 'close a round as soon as this many devices sent an update (0: by --round-timeout only)' },
+            'round-timeout': { above: 0, default: 60, describe: 'seconds after a round\'s first update at which it closes (with at least --min-updates)' },
+            'min-updates': { int: true, min: 1, default: 1, describe: 'updates a round needs before --round-timeout closes it' },
+            'max-norm-ratio': { above: 0, default: 10, describe: 'reject an update whose norm is over this x the round\'s median norm (rounds of 3 or more)' },
+            'max-abs-ratio': { above: 0, default: 10, describe: 'reject an update whose norm is over this x the global model\'s norm (any round size)' },
+            'max-rounds': { int: true, min: 0, default: 0, describe: 'stop after this many rounds (0: never)' },
+          }),
+        )
+        .option('robust', { type: 'string', default: 'mean', describe: 'how updates combine: mean (weighted by frames learnt), median (coordinate-wise) or trimmed:F (coordinate-wise mean without the F lowest and F highest fraction, e.g. trimmed:0.2)' })
+        .option('encoding', { choices: ['f16', 'f32'] as const, default: 'f16' as const, describe: 'the published change from the previous global model: float16 or float32 (the retained full model is always float32)' }),
+    async (a) => {
+      artifactsDir('--artifacts', a.artifacts);
+      if (a.models) writableDir('--models', a.models);
+      const { fleetAggregateCommand } = await import('./commands/fleet.ts');
+      await fleetAggregateCommand(a);
     },
   )
   .command(

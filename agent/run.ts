@@ -35,6 +35,7 @@ import { openChosen, type EP } from './trainer/backend.ts';
 import { Learner, defaultLearnerConfig, type LearnerConfig, type Replay, type Warmup } from './trainer/learner.ts';
 import { Trainer } from './trainer/trainer.ts';
 import { artifactsMismatch, type Method } from './methods.ts';
+import { FleetDevice, type FleetDeviceOptions } from './fleet/device.ts';
 
 export { AgentError, EXIT_NO_TRUSTED_STATE } from './pipeline/errors.ts';
 export { parseEvery, type Every } from './pipeline/every.ts';
@@ -98,6 +99,8 @@ export interface AgentOptions {
   statusEveryMs?: number;
   /** The health gate before each export (agent/health/gate.ts); unset fields take its defaults. */
   health?: Partial<HealthOptions>;
+  /** Learn with a fleet through an MQTT broker (agent/fleet/device.ts). */
+  fleet?: FleetDeviceOptions;
 }
 
 export interface AgentSummary {
@@ -261,6 +264,7 @@ interface Run {
   checkpointDue: Due;
   exportDue: Due;
   resumedFrom: string | null;
+  fleet: FleetDevice | null;
 }
 
 async function runAgentWith(o: AgentOptions, signals: Signals): Promise<AgentSummary> {
@@ -291,7 +295,13 @@ async function runAgentWith(o: AgentOptions, signals: Signals): Promise<AgentSum
     checkpointDue: new Due(o.checkpointEvery, trainer.steps),
     exportDue: new Due(o.exportEvery, trainer.steps),
     resumedFrom: resumed.file || null,
+    fleet: o.fleet ? new FleetDevice(o.fleet, trainer, o.log, resumed.fleet) : null,
   };
+  if (r.fleet) {
+    const f = r.fleet;
+    checkpoints.fleet = () => f.record();
+    if (!r.stop.reason) f.start();
+  }
   if (!r.stop.reason) await source.start();
   const c = learner.cfg;
   const method = o.method ? `method ${o.method.def.name}, ` : '';
@@ -310,6 +320,7 @@ async function runAgentWith(o: AgentOptions, signals: Signals): Promise<AgentSum
       o.log(`could not checkpoint either: ${(e2 as Error).message}`);
     }
     await trainer.close().catch(() => {});
+    await r.fleet?.close(false).catch(() => {});
     r.embeddings.close();
     throw e;
   } finally {
@@ -354,6 +365,10 @@ async function arrival(r: Run, frames: Frame[]): Promise<void> {
   await r.embeddings.emit(frames);
   r.source.arrivalDone(frames, learnt(rep));
   tally.observe(rep);
+  if (r.fleet) {
+    if (rep.trained) r.fleet.learnt(frames.length);
+    await r.fleet.between();
+  }
   if (tally.consecutiveSkips >= o.maxSkips) {
     r.stop.diverged = true;
     r.stop.stop('diverged');
@@ -390,6 +405,8 @@ async function finish(r: Run, leftover: Frame[]): Promise<AgentSummary> {
     await learner.shrink();
   }
   r.embeddings.close();
+  // The fleet's last merge and update change or record the state: before the final checkpoint.
+  if (r.fleet) await r.fleet.close(!r.stop.diverged);
   // Skipped steps never touch the state, so what is saved here is the last good state.
   let ck: string;
   try {

@@ -1,6 +1,7 @@
 // `ssocl run`: validate the flags, run the agent, print a summary.
 
 import path from 'node:path';
+import { fleetDeviceOptions } from './fleet.ts';
 import { runAgent, parseEvery, AgentError, type AgentOptions, type DatasetStream } from '../run.ts';
 import { openChosen, type EP } from '../trainer/backend.ts';
 import { demoStream } from './demo.ts';
@@ -160,6 +161,7 @@ export async function runCommand(a: Record<string, any>): Promise<void> {
     progress: tty ? (line) => process.stderr.write(`\r\x1b[K${line}`) : undefined,
     // Without a terminal there is no progress line: a status line every 30 s unless told otherwise.
     statusEveryMs: (a['status-every'] ?? (tty ? 0 : 30)) * 1000,
+    fleet: fleetDeviceOptions(a, state),
     health: {
       gate: a['health-gate'], frames: a['health-frames'], minRank: a['health-min-rank'], maxCos: a['health-max-cos'],
       maxRankDrop: a['health-max-rank-drop'], maxCosRise: a['health-max-cos-rise'], probe: a.probe, maxProbeDrop: a['probe-max-drop'],

@@ -20,7 +20,7 @@ export interface ScreenOptions {
   absMaxRatio: number;
 }
 
-const SCREEN_DEFAULTS: ScreenOptions = { maxNormRatio: 10, absMaxRatio: 1 };
+const SCREEN_DEFAULTS: ScreenOptions = { maxNormRatio: 10, absMaxRatio: 10 };
 
 // Code-unit order, not localeCompare: the same on every machine.
 function byDeviceSeq(a: { device: string; seq: number }, b: { device: string; seq: number }): number {

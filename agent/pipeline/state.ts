@@ -7,6 +7,7 @@ import path from 'node:path';
 import { fromCheckpoint, latestCheckpoint, listCheckpoints, saveCheckpoint, toCheckpoint, type PendingFrame } from '../trainer/checkpoint.ts';
 import { restoreLearner, snapshotLearner, StateError, type Learner } from '../trainer/learner.ts';
 import type { Counters, Source } from '../sources/source.ts';
+import type { FleetRecord } from '../trainer/checkpoint.ts';
 import { AgentError, EXIT_NO_TRUSTED_STATE, isDiskFull } from './errors.ts';
 
 export interface Resumed {
@@ -16,6 +17,8 @@ export interface Resumed {
   pending: PendingFrame[];
   /** Newer checkpoints did not verify. */
   rejectedNewer: boolean;
+  /** A fleet device's state, if the checkpoint has one. */
+  fleet?: FleetRecord | null;
 }
 
 /**
@@ -54,7 +57,7 @@ export async function resume(o: { fresh: boolean; stateDir: string; log: (line: 
   }
   Object.assign(counters, c.run.counters);
   o.log(`resumed from ${last.file}: step ${learner.trainer.steps}, ${learner.arrivals} arrivals, buffer ${learner.buffer.size}`);
-  return { file: last.file, pending: c.run.pending, rejectedNewer: rejected.length > 0 };
+  return { file: last.file, pending: c.run.pending, rejectedNewer: rejected.length > 0, fleet: c.run.fleet ?? null };
 }
 
 /** Writes checkpoints of the learner, the counters and the source's pending frames. */
@@ -62,6 +65,8 @@ export class Checkpointer {
   /** The last checkpoint this run wrote, and when (for the status line). */
   lastFile = '';
   lastAt = 0;
+  /** A fleet device's state, saved with the learner's (run --fleet). */
+  fleet: (() => FleetRecord) | null = null;
 
   constructor(
     readonly dir: string,
@@ -76,7 +81,7 @@ export class Checkpointer {
   /** Writes (and verifies) one; the source then commits what it holds. Returns its path. */
   write(): string {
     this.source.save(this.counters);
-    const run = { artifact: this.artifact, framesIngested: this.counters.framesIngested, counters: this.counters, pending: this.source.pendingFrames() };
+    const run = { artifact: this.artifact, framesIngested: this.counters.framesIngested, counters: this.counters, pending: this.source.pendingFrames(), fleet: this.fleet?.() ?? null };
     const file = saveCheckpoint(this.dir, toCheckpoint(snapshotLearner(this.learner), run));
     this.source.committed(file);
     this.lastFile = file;

@@ -12,6 +12,19 @@ import { decodeSafetensors, encodeSafetensors, type StTensor } from '../../core/
 import type { Entry } from '../buffer/buffer.ts';
 import type { LearnerState } from './learner.ts';
 
+/** What a checkpoint keeps of a device's fleet state (so a restarted device merges the next global right). */
+export interface FleetRecord {
+  fleet: string;
+  device: string;
+  version: number;
+  seq: number;
+  framesSinceBase: number;
+  published: { seq: number; base: number; frames: number } | null;
+  /** The global model of `version`, and the state the pending update was made from. */
+  base: Map<string, Float32Array>;
+  snapshot: Map<string, Float32Array> | null;
+}
+
 /** 2: with digests. Version 1 files (no digests) are still read, with a warning. */
 export const CHECKPOINT_VERSION = 2;
 
@@ -37,6 +50,8 @@ export interface CheckpointMeta {
   pending?: PendingFrame[];
   /** Distilling artifacts (SCALE): the distillation weight once set; absent otherwise. */
   distillWeight?: number;
+  /** A fleet device (run --fleet): its place in the fleet; the tensors are extra/fleet.base/... and extra/fleet.snapshot/... */
+  fleet?: Omit<FleetRecord, 'base' | 'snapshot'>;
   time: string;
 }
 
@@ -51,6 +66,8 @@ export interface CheckpointData {
   state: Map<string, Float32Array>;
   images: Uint8Array[];
   features: (Float32Array | null)[];
+  /** Other float tensors the run keeps (a fleet device's global model), by name. */
+  extra?: Map<string, Float32Array>;
 }
 
 /** What a run adds to the learner's state in a checkpoint. */
@@ -59,6 +76,7 @@ export interface RunRecord {
   framesIngested: number;
   counters: Record<string, number>;
   pending: PendingFrame[];
+  fleet?: FleetRecord | null;
 }
 
 /** A learner's state plus the run's record as checkpoint data; `fromCheckpoint` is its exact inverse. */
@@ -82,12 +100,33 @@ export function toCheckpoint(s: LearnerState, run: RunRecord, time = new Date())
       counters: { ...run.counters },
       pending: run.pending,
       ...(s.distillWeight ? { distillWeight: s.distillWeight } : {}),
+      ...(run.fleet ? { fleet: fleetMeta(run.fleet) } : {}),
       time: time.toISOString(),
     },
     state: s.tensors,
     images: entries.map((e) => e.image),
     features: entries.map((e) => e.feature),
+    ...(run.fleet ? { extra: fleetTensors(run.fleet) } : {}),
   };
+}
+
+function fleetMeta(f: FleetRecord): Omit<FleetRecord, 'base' | 'snapshot'> {
+  const { base: _b, snapshot: _s, ...rest } = f;
+  return rest;
+}
+
+function fleetTensors(f: FleetRecord): Map<string, Float32Array> {
+  const m = new Map<string, Float32Array>();
+  for (const [k, v] of f.base) m.set(`fleet.base/${k}`, v);
+  for (const [k, v] of f.snapshot ?? []) m.set(`fleet.snapshot/${k}`, v);
+  return m;
+}
+
+function fleetFrom(meta: CheckpointMeta['fleet'], extra: Map<string, Float32Array> | undefined): FleetRecord | null {
+  if (!meta) return null;
+  const pick = (prefix: string) => new Map([...(extra ?? [])].filter(([k]) => k.startsWith(prefix)).map(([k, v]) => [k.slice(prefix.length), v]));
+  const snapshot = pick('fleet.snapshot/');
+  return { ...meta, base: pick('fleet.base/'), snapshot: meta.published ? snapshot : null };
 }
 
 /** The learner's state and the run's record back out of checkpoint data (what `toCheckpoint` put in). */
@@ -103,7 +142,7 @@ export function fromCheckpoint(c: CheckpointData): { learner: LearnerState; run:
       buffer: { nextId: m.buffer.nextId, streamCount: m.buffer.streamCount, entries: m.buffer.entries.map((e, i) => ({ ...e, image: c.images[i], feature: c.features[i] })) },
       distillWeight: m.distillWeight ?? 0,
     },
-    run: { artifact: m.artifact, framesIngested: m.framesIngested, counters: m.counters, pending: m.pending ?? [] },
+    run: { artifact: m.artifact, framesIngested: m.framesIngested, counters: m.counters, pending: m.pending ?? [], fleet: fleetFrom(m.fleet, c.extra) },
   };
 }
 
@@ -115,12 +154,13 @@ function tensorBytes(t: StTensor['data']): Uint8Array {
  * The float tensors holding a NaN or an infinity (learning from them would spread it), named in a
  * short list ('state/w, buffer/features[3], +2 more'), or null when all are finite.
  */
-export function nonFinite(c: Pick<CheckpointData, 'state' | 'features'>): string | null {
+export function nonFinite(c: Pick<CheckpointData, 'state' | 'features' | 'extra'>): string | null {
   const bad: string[] = [];
   const check = (name: string, v: Float32Array) => {
     for (let i = 0; i < v.length; i++) if (!Number.isFinite(v[i])) return void bad.push(name);
   };
   for (const [k, v] of c.state) check(`state/${k}`, v);
+  for (const [k, v] of c.extra ?? []) check(`extra/${k}`, v);
   c.features.forEach((f, i) => f && check(`buffer/features[${i}]`, f));
   return bad.length ? `${bad.slice(0, 3).join(', ')}${bad.length > 3 ? `, +${bad.length - 3} more` : ''}` : null;
 }
@@ -130,6 +170,7 @@ export function saveCheckpoint(dir: string, c: CheckpointData, keep = 3): string
   if (bad) throw new CheckpointError(`refusing to checkpoint non-finite state (${bad})`);
   const tensors = new Map<string, StTensor['data'] | StTensor>();
   for (const [k, v] of c.state) tensors.set(`state/${k}`, v);
+  for (const [k, v] of c.extra ?? []) tensors.set(`extra/${k}`, v);
   const n = c.images.length;
   const per = n ? c.images[0].length : 0;
   const imgs = new Uint8Array(n * per);
@@ -191,7 +232,11 @@ export function readCheckpoint(file: string, warn: (msg: string) => void = () =>
   }
   if (!tensors.has('buffer/images') || !tensors.has('buffer/features')) throw new CheckpointError('no buffer tensors');
   const state = new Map<string, Float32Array>();
-  for (const [k, t] of tensors) if (k.startsWith('state/')) state.set(k.slice(6), t.data as Float32Array);
+  const extra = new Map<string, Float32Array>();
+  for (const [k, t] of tensors) {
+    if (k.startsWith('state/')) state.set(k.slice(6), t.data as Float32Array);
+    else if (k.startsWith('extra/')) extra.set(k.slice(6), t.data as Float32Array);
+  }
   const imgs = tensors.get('buffer/images')!;
   const feats = tensors.get('buffer/features')!;
   const [n, per] = imgs.shape;
@@ -203,7 +248,7 @@ export function readCheckpoint(file: string, warn: (msg: string) => void = () =>
     features.push(meta.buffer.hasFeature[i] ? (feats.data as Float32Array).slice(i * d, (i + 1) * d) : null);
   }
   if (meta.buffer.entries.length !== n) throw new CheckpointError(`buffer of ${n} images but ${meta.buffer.entries.length} entries`);
-  const data = { meta, state, images, features };
+  const data = { meta, state, images, features, ...(extra.size ? { extra } : {}) };
   const bad = nonFinite(data);
   if (bad) throw new CheckpointError(`non-finite values in ${bad}`);
   return data;

@@ -147,6 +147,13 @@ export class Trainer {
     return t;
   }
 
+  /** The initial state (a fleet's version 0), read again from init.safetensors (checked against the manifest). */
+  initial(): Map<string, Float32Array> {
+    const m = this.manifest;
+    const init = decodeSafetensors(readChecked(this.dir, m, m.init)).tensors;
+    return new Map(m.state.map((s) => [s.name, s.init === 'zeros' ? new Float32Array(s.shape.reduce((a, b) => a * b, 1)) : (init.get(s.name)!.data as Float32Array)]));
+  }
+
   get cropsShape(): number[] {
     return this.manifest.trainStep.crops.shape as number[];
   }

@@ -1,0 +1,75 @@
+// ssocl fleet aggregate: the aggregator as a command (agent/fleet/aggregator.ts does the work).
+
+import path from 'node:path';
+import { randomBytes } from 'node:crypto';
+import { existsSync, mkdirSync, readFileSync } from 'node:fs';
+import { writeFileAtomic } from '../../core/atomic.ts';
+import { Aggregator } from '../fleet/aggregator.ts';
+import { parseRobust } from '../fleet/aggregate.ts';
+import { ID_RE } from '../fleet/ids.ts';
+import type { BrokerOptions } from '../fleet/transport.ts';
+import { parseEvery } from '../pipeline/every.ts';
+import type { FleetDeviceOptions } from '../fleet/device.ts';
+import { UsageError } from '../cli-args.ts';
+
+export function brokerOf(a: Record<string, any>, flag: 'fleet' | 'broker'): BrokerOptions {
+  const p = flag === 'fleet' ? 'fleet-' : '';
+  return { url: a[flag], username: a[`${p}username`], password: a[`${p}password`], ca: a[`${p}ca`], cert: a[`${p}cert`], key: a[`${p}key`], insecure: a[`${p}insecure`] };
+}
+
+/**
+ * The device id: --fleet-device, else one made up on the first run and kept in <state>/fleet-device, so
+ * a restarted device is the same device (its broker session and its place in the rounds).
+ */
+export function deviceId(a: Record<string, any>, stateDir: string): string {
+  if (a['fleet-device'] !== undefined) {
+    if (!ID_RE.test(a['fleet-device'])) throw new UsageError(`--fleet-device ${JSON.stringify(a['fleet-device'])}: use 1-64 letters, digits, '.', '_' or '-'`);
+    return a['fleet-device'];
+  }
+  const file = path.join(stateDir, 'fleet-device');
+  if (existsSync(file)) {
+    const id = readFileSync(file, 'utf8').trim();
+    if (ID_RE.test(id)) return id;
+  }
+  const id = `dev-${randomBytes(4).toString('hex')}`;
+  mkdirSync(stateDir, { recursive: true });
+  writeFileAtomic(file, `${id}\n`);
+  return id;
+}
+
+export function fleetDeviceOptions(a: Record<string, any>, stateDir: string): FleetDeviceOptions | undefined {
+  if (!a.fleet) return undefined;
+  return { broker: brokerOf(a, 'fleet'), fleet: a['fleet-name'], device: deviceId(a, stateDir), every: parseEvery('--fleet-every', a['fleet-every']), enc: a['fleet-encoding'] };
+}
+
+export async function fleetAggregateCommand(a: Record<string, any>): Promise<void> {
+  let robust;
+  try {
+    robust = parseRobust(a.robust);
+  } catch (e) {
+    throw new UsageError((e as Error).message);
+  }
+  const log = (line: string) => process.stderr.write(`${line}\n`);
+  const agg = await Aggregator.open({
+    broker: brokerOf(a, 'broker'),
+    fleet: a.fleet,
+    artifacts: path.resolve(a.artifacts),
+    models: a.models ? path.resolve(a.models) : undefined,
+    expect: a.expect,
+    roundTimeoutMs: a['round-timeout'] * 1000,
+    minUpdates: a['min-updates'],
+    robust,
+    screen: { maxNormRatio: a['max-norm-ratio'], absMaxRatio: a['max-abs-ratio'] },
+    enc: a.encoding,
+    maxRounds: a['max-rounds'],
+    log,
+  });
+  const stop = (sig: string) => () => {
+    log(`${sig}: stopping (the global model and the devices' updates stay on the broker)`);
+    agg.stop();
+  };
+  process.once('SIGINT', stop('SIGINT'));
+  process.once('SIGTERM', stop('SIGTERM'));
+  const rounds = await agg.run();
+  process.stdout.write(`${rounds.length} round(s); global v${agg.version}, ${agg.frames} frames learnt in all\n`);
+}
