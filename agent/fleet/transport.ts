@@ -69,7 +69,8 @@ export function connect(o: BrokerOptions, clientId: string, log: (line: string) 
     log(`fleet: connected to ${redact(o.url)} as ${clientId}`);
   });
   c.on('close', () => {
-    if (up) log(`fleet: lost ${redact(o.url)}; reconnecting in the background, training goes on`);
+    // Not when this process ends the connection itself.
+    if (up && !c.disconnecting) log(`fleet: lost ${redact(o.url)}; reconnecting in the background, training goes on`);
     up = false;
   });
   c.on('error', (e) => {
