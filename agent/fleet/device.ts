@@ -84,7 +84,17 @@ export class FleetDevice {
 
   private requestFull(): void {
     this.wantFull = true;
-    this.client?.subscribe(this.t.global, { qos: 1 });
+    const c = this.client;
+    c?.subscribe(this.t.global, { qos: 1 });
+    // A retained model comes right after the subscription; none means the fleet has no global model
+    // yet: stop listening there (each round's full model would double what a device downloads), the
+    // changes then start from version 0.
+    setTimeout(() => {
+      if (this.wantFull && this.version === 0 && !this.inbox.some((m) => m.header.full) && this.client === c && c?.connected) {
+        this.wantFull = false;
+        c.unsubscribe(this.t.global);
+      }
+    }, 3000).unref();
   }
 
   private receive(topic: string, payload: Buffer): void {
