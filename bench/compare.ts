@@ -335,7 +335,10 @@ const stat = (xs: number[], digits = 2) => {
   const sd = xs.length > 1 ? Math.sqrt(xs.reduce((a, b) => a + (b - m) ** 2, 0) / (xs.length - 1)) : 0;
   return `${m.toFixed(digits)} +- ${sd.toFixed(digits)}`;
 };
-console.log(`\n${protocol}, ${cpus().length} cores, kNN@20 on ${qIdx.length} test images with ${memIdx.length} train images as memory`);
+// The kNN set sizes the rows were measured with (older rows: the protocol's 10000 and 10000), not this
+// invocation's defaults: --report prints rows another command wrote.
+const sizes = (k: 'queries' | 'memory') => [...new Set(rows.map((r) => r[k] ?? 10000))].join(' or ') || String(k === 'queries' ? qIdx.length : memIdx.length);
+console.log(`\n${protocol}, ${cpus().length} cores, kNN@20 on ${sizes('queries')} test images with ${sizes('memory')} train images as memory`);
 const sup = ds === 'cifar100';
 console.log(`| method | order | trials | final kNN@20${sup ? ' (fine) | superclass final kNN@20' : ''} | mean of 25/50/75/100% | random-init floor | paired gain (final) | steps | s/run |`);
 console.log(`|---|---|---|---|${sup ? '---|' : ''}---|---|---|---|---|`);
