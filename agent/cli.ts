@@ -502,6 +502,7 @@ await yargs(hideBin(process.argv))
             'max-norm-ratio': { above: 0, default: 10, describe: 'reject an update whose norm is over this x the round\'s median norm (rounds of 3 or more)' },
             'max-abs-ratio': { above: 0, default: 10, describe: 'reject an update whose norm is over this x the global model\'s norm (any round size)' },
             'max-rounds': { int: true, min: 0, default: 0, describe: 'stop after this many rounds (0: never)' },
+            'server-lr': { above: 0, default: 1, describe: 'move the global parameters by this x the combined change (1: FedAvg; FedOpt\'s server step above 1); BN statistics always by the change itself' },
           }),
         )
         .option('robust', { type: 'string', default: 'mean', describe: 'how updates combine: mean (weighted by frames learnt), median (coordinate-wise) or trimmed:F (coordinate-wise mean without the F lowest and F highest fraction, e.g. trimmed:0.2)' })

@@ -8,7 +8,7 @@
 //
 //   node --import tsx bench/fleet.ts --devices 5 --classes 2 --per-class 450 --trials 0
 
-import { appendFileSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs';
+import { appendFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import mqtt from 'mqtt';
@@ -34,6 +34,8 @@ const values = benchArgs(import.meta.url, {
   every: { type: 'string', default: '16', describe: 'steps between a device\'s updates' },
   trials: { type: 'string', default: '0', describe: 'seeds (class shares, stream order, init draws), comma-separated' },
   robust: { type: 'string', default: 'mean', describe: 'the aggregator\'s rule: mean, median, trimmed:F' },
+  'server-lr': { type: 'string', default: '1', describe: 'the aggregator\'s server learning rate (1: FedAvg)' },
+  'skip-alone': { type: 'boolean', default: false, describe: 'run the fleet only (the alone rows of the same trial and settings are read from --json)' },
   encoding: { type: 'string', default: 'f16', describe: 'f16 or f32 updates and changes' },
   memory: { type: 'string', default: '5000', describe: 'train images as kNN memory' },
   queries: { type: 'string', default: '2000', describe: 'test images as kNN queries' },
@@ -131,6 +133,17 @@ async function finalState(dir: string): Promise<Map<string, Float32Array>> {
   return c.data.state;
 }
 
+/** The alone figures of an earlier row with the same trial and streams (--skip-alone). */
+function previousAlone(t: number): { alone: number[]; aloneS: number; steps: number[] } | null {
+  if (!existsSync(values.json)) return null;
+  for (const line of readFileSync(values.json, 'utf8').split('\n').reverse()) {
+    if (!line.trim()) continue;
+    const r = JSON.parse(line) as Row;
+    if (r.trial === t && r.devices === D && r.perClass === perClass && r.classes.every((c) => c.length === C) && (r.threads ?? 1) === threads) return { alone: r.alone, aloneS: r.seconds.alone, steps: r.aloneSteps ?? r.steps };
+  }
+  return null;
+}
+
 interface Row {
   trial: number;
   devices: number;
@@ -138,6 +151,9 @@ interface Row {
   perClass: number;
   every: number;
   steps: number[];
+  aloneSteps?: number[];
+  threads?: number;
+  serverLr?: number;
   floor: number;
   alone: number[];
   fleet: number[];
@@ -157,13 +173,23 @@ try {
   for (const t of trials) {
     const s = streams(t);
     process.stderr.write(`trial ${t}: shares ${s.map((x) => x.classes.join('+')).join(', ')}; ${perClass} images per class, update every ${every} steps\n`);
-    // Alone: the same streams, side by side in this process as in the fleet run.
+    // Alone: the same streams, side by side in this process as in the fleet run (or, with --skip-alone,
+    // an earlier row's figures for the same trial and streams: the alone runs do not depend on the fleet).
     let t0 = performance.now();
-    const alone = await Promise.all(s.map((x, d) => runAgent(agentOptions(path.join(root, `t${t}-alone-${d}`), x.order, 100 * t + d, path.join(root, `t${t}-alone-${d}.log`)))));
-    const aloneS = (performance.now() - t0) / 1000;
-    const aloneKnn: number[] = [];
-    for (let d = 0; d < D; d++) aloneKnn.push(await knnOf(await finalState(path.join(root, `t${t}-alone-${d}`))));
-    process.stderr.write(`  alone: ${aloneKnn.map((k) => k.toFixed(2)).join(' ')} (${aloneS.toFixed(0)} s)\n`);
+    let aloneKnn: number[];
+    let aloneS: number;
+    let aloneSteps: number[];
+    const prior = values['skip-alone'] ? previousAlone(t) : null;
+    if (prior) {
+      ({ alone: aloneKnn, aloneS, steps: aloneSteps } = prior);
+    } else {
+      const alone = await Promise.all(s.map((x, d) => runAgent(agentOptions(path.join(root, `t${t}-alone-${d}`), x.order, 100 * t + d, path.join(root, `t${t}-alone-${d}.log`)))));
+      aloneS = (performance.now() - t0) / 1000;
+      aloneSteps = alone.map((a) => a.steps);
+      aloneKnn = [];
+      for (let d = 0; d < D; d++) aloneKnn.push(await knnOf(await finalState(path.join(root, `t${t}-alone-${d}`))));
+    }
+    process.stderr.write(`  alone: ${aloneKnn.map((k) => k.toFixed(2)).join(' ')} (${aloneS.toFixed(0)} s${prior ? ', from an earlier row' : ''})\n`);
     // The fleet: broker, aggregator (a round closes when every device sent its update, or 30 s after the first).
     const broker = await Broker.start(path.join(root, `t${t}-broker`));
     const fleetName = `bench${t}`;
@@ -179,7 +205,7 @@ try {
     const aggLog = path.join(root, `t${t}-aggregator.log`);
     const agg = await Aggregator.open({
       broker: { url: broker.url }, fleet: fleetName, artifacts: values.artifacts, expect: D, roundTimeoutMs: 30_000, minUpdates: 1,
-      robust: (await import('../agent/fleet/aggregate.ts')).parseRobust(values.robust), enc: values.encoding as 'f16' | 'f32', log: (l) => appendFileSync(aggLog, `${l}\n`),
+      robust: (await import('../agent/fleet/aggregate.ts')).parseRobust(values.robust), serverLr: Number(values['server-lr']), enc: values.encoding as 'f16' | 'f32', log: (l) => appendFileSync(aggLog, `${l}\n`),
     });
     const running = agg.run();
     await agg.ready;
@@ -202,14 +228,14 @@ try {
     for (let d = 0; d < D; d++) fleetKnn.push(await knnOf(await finalState(path.join(root, `t${t}-fleet-${d}`))));
     const globalKnn = await knnOf(agg.global);
     const row: Row = {
-      trial: t, devices: D, classes: s.map((x) => x.classes), perClass, every, steps: fleet.map((f) => f.steps), floor, alone: aloneKnn, fleet: fleetKnn, global: globalKnn,
+      trial: t, devices: D, classes: s.map((x) => x.classes), perClass, every, steps: fleet.map((f) => f.steps), aloneSteps, threads, serverLr: Number(values['server-lr']), floor, alone: aloneKnn, fleet: fleetKnn, global: globalKnn,
       rounds: agg.rounds.length, upPerRound: seen.updates ? seen.up / seen.updates : 0, downPerRound: seen.deltas ? seen.delta / seen.deltas : 0, fullOnJoin: seen.full,
       seconds: { alone: aloneS, fleet: fleetS },
     };
     appendFileSync(values.json, `${JSON.stringify(row)}\n`);
     process.stdout.write(`\ntrial ${t}: kNN@20 on all 10 classes (floor ${floor.toFixed(2)}), ${row.rounds} rounds, global model ${globalKnn.toFixed(2)}\n`);
     process.stdout.write(`| device | classes | steps | alone | fleet | fleet - alone |\n|---|---|---|---|---|---|\n`);
-    for (let d = 0; d < D; d++) process.stdout.write(`| cam${d} | ${s[d].classes.join('+')} | ${fleet[d].steps} (${alone[d].steps}) | ${aloneKnn[d].toFixed(2)} | ${fleetKnn[d].toFixed(2)} | ${(fleetKnn[d] - aloneKnn[d]).toFixed(2)} |\n`);
+    for (let d = 0; d < D; d++) process.stdout.write(`| cam${d} | ${s[d].classes.join('+')} | ${fleet[d].steps} (${aloneSteps[d]}) | ${aloneKnn[d].toFixed(2)} | ${fleetKnn[d].toFixed(2)} | ${(fleetKnn[d] - aloneKnn[d]).toFixed(2)} |\n`);
     process.stdout.write(`bytes per device per round: ${(row.upPerRound / 1024).toFixed(0)} KiB up + ${(row.downPerRound / 1024).toFixed(0)} KiB down = ${((row.upPerRound + row.downPerRound) / 1e6).toFixed(3)} MB; full model on joining ${(row.fullOnJoin / 1024).toFixed(0)} KiB; wall ${aloneS.toFixed(0)} s alone, ${fleetS.toFixed(0)} s fleet\n`);
   }
 } finally {

@@ -212,6 +212,25 @@ test('a round with a single update closes at its timeout, and device clocks far 
   assert.deepEqual(agg.rounds.map((r) => r.included.map((i) => `${i.device}:${i.seq}`)), [['lonely:1'], ['lonely:2']]);
 });
 
+test('a server learning rate scales the parameters\' change, never the BN statistics\'', { skip }, async () => {
+  const agg = await openAggregator(aggregatorOptions('serverlr', { expect: 1, maxRounds: 1, serverLr: 3 }, []));
+  const running = agg.run();
+  const c = await client('fake-serverlr');
+  const delta = randomDelta(spec, 50);
+  await sendUpdate(c, 'serverlr', { device: 'x' }, delta, artifact);
+  await running;
+  const t = trainers[0];
+  const roles = new Map(t.manifest.state.map((s) => [s.name, s.role]));
+  assert.ok([...roles.values()].includes('buffer'), 'the artifacts have BN statistics');
+  const half = (v: number) => f16ToF32(f32ToF16(Float32Array.of(v)))[0];
+  for (const s of spec) {
+    const g = agg.global.get(s.name)!;
+    const b = initShared.get(s.name)!;
+    const lr = roles.get(s.name) === 'param' ? 3 : 1;
+    for (let k = 0; k < g.length; k++) assert.equal(g[k], Math.fround(b[k] + half(Math.fround(lr * half(delta.get(s.name)![k])))), `${s.name}[${k}]`);
+  }
+});
+
 test('the aggregator restarted mid-round and the broker restarted lose no round; a new aggregator continues from the retained global', { skip }, async () => {
   const log: string[] = [];
   const c = await client('fake-restart');

@@ -62,6 +62,7 @@ export async function fleetAggregateCommand(a: Record<string, any>): Promise<voi
     screen: { maxNormRatio: a['max-norm-ratio'], absMaxRatio: a['max-abs-ratio'] },
     enc: a.encoding,
     maxRounds: a['max-rounds'],
+    serverLr: a['server-lr'],
     log,
   });
   const stop = (sig: string) => () => {

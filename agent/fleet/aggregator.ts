@@ -29,6 +29,12 @@ export interface AggregatorOptions {
   screen?: Partial<ScreenOptions>;
   /** The change from the previous global: f16 (half the bytes) or f32. */
   enc: Enc;
+  /**
+   * The server learning rate (FedOpt's SGD server step): the parameters move by this x the combined
+   * change (1: FedAvg). BN statistics always take the combined change as it is (they are averages, not
+   * steps).
+   */
+  serverLr?: number;
   /** Stop after this many rounds (0: run until stopped). */
   maxRounds?: number;
   ep?: EP;
@@ -57,6 +63,7 @@ export class Aggregator {
   private firstAt = 0;
   private staleLogged = new Set<string>();
   private readonly spec: Spec;
+  private readonly params: Set<string>;
   private readonly artifact: string;
   private readonly t: ReturnType<typeof topics>;
   private wake: (() => void) | null = null;
@@ -73,6 +80,7 @@ export class Aggregator {
   ) {
     const m = trainer.manifest;
     this.spec = sharedSpec(m.state);
+    this.params = new Set(m.state.filter((s) => s.role === 'param').map((s) => s.name));
     this.artifact = m.files[m.trainStep.file];
     this.t = topics(o.fleet);
     const init = trainer.initial();
@@ -104,7 +112,7 @@ export class Aggregator {
       this.early = null;
       await c.subscribeAsync(this.t.updates, { qos: 1 });
       this.setReady();
-      o.log(`fleet ${o.fleet}: aggregating on global v${this.version} (${o.expect ? `rounds close at ${o.expect} updates or ` : 'rounds close '}${o.roundTimeoutMs / 1000}s after their first update, with at least ${o.minUpdates}; ${describeRobust(o.robust)})`);
+      o.log(`fleet ${o.fleet}: aggregating on global v${this.version} (${o.expect ? `rounds close at ${o.expect} updates or ` : 'rounds close '}${o.roundTimeoutMs / 1000}s after their first update, with at least ${o.minUpdates}; ${describeRobust(o.robust)}${(o.serverLr ?? 1) !== 1 ? `, server learning rate ${o.serverLr}` : ''})`);
       while (!this.stopped && !(o.maxRounds && this.rounds.length >= o.maxRounds)) {
         await new Promise<void>((r) => {
           this.wake = r;
@@ -208,6 +216,8 @@ export class Aggregator {
       return;
     }
     const agg = aggregate(kept, this.spec, this.o.robust);
+    const lr = this.o.serverLr ?? 1;
+    if (lr !== 1) for (const name of this.params) agg.get(name)!.forEach((v, i, a) => (a[i] = v * lr));
     const version = this.version + 1;
     const included = kept.map((k) => ({ device: k.device, seq: k.seq, frames: k.frames })).sort((a, b) => (a.device < b.device ? -1 : a.device > b.device ? 1 : 0));
     const frames = this.frames + included.reduce((s, k) => s + k.frames, 0);
