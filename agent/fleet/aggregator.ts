@@ -6,6 +6,7 @@
 // the broker's retained message, and each device's latest update is retained too, so a restarted
 // aggregator finds the round it was collecting.
 
+import { randomBytes } from 'node:crypto';
 import type { MqttClient } from 'mqtt';
 import { exportEncoder } from '../export/export.ts';
 import { Trainer } from '../trainer/trainer.ts';
@@ -131,25 +132,36 @@ export class Aggregator {
   /** The retained global model, if the fleet has one: this aggregator continues from it. */
   private async readGlobal(c: MqttClient): Promise<void> {
     let got: { header: GlobalHeader; tensors: Map<string, Float32Array> } | null = null;
+    let bad = '';
+    // A message of our own on a topic of our own, sent after subscribing: the broker delivers the
+    // retained global model (if any) before it, so its return means "nothing more is coming", however
+    // slow the link (a fixed wait could start a fleet at v7 over again from v0).
+    const sync = `${this.t.root}/aggregator-sync/${randomBytes(6).toString('hex')}`;
+    let synced: () => void = () => {};
+    const back = new Promise<void>((r) => (synced = r));
     const on = (topic: string, payload: Buffer) => {
+      if (topic === sync) return synced();
       if (topic !== this.t.global || !payload.length) return;
       try {
         const m = decodeMessage(payload);
         if (m.header.kind !== 'global' || !m.header.full) throw new Error('not a full global model');
+        if (m.header.fleet !== this.o.fleet) throw new Error(`it is fleet ${m.header.fleet}'s`);
         if (m.header.artifact !== this.artifact) throw new Error(`made for other artifacts (${m.header.artifact.slice(0, 12)}...)`);
-        const bad = checkTensors(this.spec, m.tensors);
-        if (bad) throw new Error(bad);
+        const why = checkTensors(this.spec, m.tensors);
+        if (why) throw new Error(why);
         if (!got || m.header.version > got.header.version) got = { header: m.header, tensors: m.tensors };
       } catch (e) {
-        this.o.log(`fleet: the retained global model is unusable (${(e as Error).message}); starting from the artifacts' initial state`);
+        bad = (e as Error).message;
       }
     };
     c.on('message', on);
-    await c.subscribeAsync(this.t.global, { qos: 1 });
-    // Retained messages follow the subscription's acknowledgement at once; a quiet second means none.
-    for (let i = 0; i < 20 && !got; i++) await new Promise((r) => setTimeout(r, 100));
-    await c.unsubscribeAsync(this.t.global);
+    await c.subscribeAsync([this.t.global, sync], { qos: 1 });
+    await c.publishAsync(sync, 'sync', { qos: 1 });
+    await back;
+    await c.unsubscribeAsync([this.t.global, sync]);
     c.off('message', on);
+    // Starting over from the artifacts would publish a version 1 over the fleet's model: refuse.
+    if (bad && !got) throw new Error(`the fleet's retained global model on ${this.t.global} cannot be used (${bad}); give the artifacts the fleet trains, or another --fleet name`);
     const g = got as { header: GlobalHeader; tensors: Map<string, Float32Array> } | null;
     if (g) {
       this.version = g.header.version;
