@@ -162,6 +162,45 @@ test("an aggregator on other artifacts refuses to take over a fleet's model (it 
   await assert.rejects(agg.run(), /retained global model on ssocl\/fleet\/avg\/global cannot be used \(made for other artifacts/);
 });
 
+test('over TLS with a user name and password: a device and the aggregator connect with --fleet-ca; a wrong password is refused and said', { skip }, async () => {
+  const secure = await Broker.start(path.join(root, 'broker-tls'), { tls: true, users: { cam: 'right' } });
+  try {
+    const ca = path.join(secure.dir, 'ca.pem');
+    const log: string[] = [];
+    const agg = await openAggregator({ ...aggregatorOptions('tls', { expect: 1, maxRounds: 1 }, log), broker: { url: secure.url, ca, username: 'cam', password: 'right' } });
+    const running = agg.run();
+    await agg.ready;
+    const t = await openTrainer();
+    const dev = new FleetDevice({ broker: { url: secure.url, ca, username: 'cam', password: 'right' }, fleet: 'tls', device: 'sec', every: { steps: 1 }, enc: 'f16' }, t, () => {});
+    devices.push(dev);
+    dev.start();
+    nudge(t, 1e-3);
+    dev.learnt(4);
+    t.steps++;
+    await until('the device published', () => {
+      void dev.between();
+      return dev.io.updates === 1;
+    });
+    await running;
+    assert.equal(agg.version, 1);
+    assert.deepEqual(agg.rounds[0].included.map((i) => i.device), ['sec']);
+    const wrong: string[] = [];
+    const bad = new FleetDevice({ broker: { url: secure.url, ca, username: 'cam', password: 'wrong' }, fleet: 'tls', device: 'bad', every: { steps: 1 }, enc: 'f16' }, t, (l) => wrong.push(l));
+    devices.push(bad);
+    bad.start();
+    await until('the refusal logged', () => wrong.some((l) => /Not authorized|Bad username or password/i.test(l)));
+    const noCa: string[] = [];
+    const untrusting = new FleetDevice({ broker: { url: secure.url, username: 'cam', password: 'right' }, fleet: 'tls', device: 'noca', every: { steps: 1 }, enc: 'f16' }, t, (l) => noCa.push(l));
+    devices.push(untrusting);
+    untrusting.start();
+    await until('the unknown CA logged', () => noCa.some((l) => /certificate/i.test(l)));
+    await bad.close(false);
+    await untrusting.close(false);
+  } finally {
+    await secure.down();
+  }
+});
+
 test('hostile updates (NaN, a 1e6 norm, wrong shapes, other artifacts, garbage, a spoofed sender) are rejected and logged while the round completes', { skip }, async () => {
   const log: string[] = [];
   const agg = await openAggregator(aggregatorOptions('hostile', { roundTimeoutMs: 1500, maxRounds: 1 }, log));

@@ -13,6 +13,19 @@ export function haveMosquitto(): boolean {
   return spawnSync(MOSQUITTO, ['-h'], { stdio: 'ignore' }).error === undefined;
 }
 
+function run(cmd: string, args: string[], cwd?: string): void {
+  const r = spawnSync(cmd, args, { cwd, encoding: 'utf8' });
+  if (r.status !== 0) throw new Error(`${cmd} ${args.join(' ')}: ${r.error?.message ?? r.stderr}`);
+}
+
+/** A throwaway CA and a server certificate for 127.0.0.1 signed by it. */
+function makeCerts(dir: string): void {
+  run('openssl', ['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', 'ca.key', '-out', 'ca.pem', '-days', '2', '-subj', '/CN=ssocl test CA'], dir);
+  run('openssl', ['req', '-newkey', 'rsa:2048', '-nodes', '-keyout', 'server.key', '-out', 'server.csr', '-subj', '/CN=127.0.0.1'], dir);
+  writeFileSync(path.join(dir, 'san.ext'), 'subjectAltName=IP:127.0.0.1\n');
+  run('openssl', ['x509', '-req', '-in', 'server.csr', '-CA', 'ca.pem', '-CAkey', 'ca.key', '-CAcreateserial', '-out', 'server.pem', '-days', '2', '-extfile', 'san.ext'], dir);
+}
+
 async function freePort(): Promise<number> {
   return new Promise((resolve, reject) => {
     const s = net.createServer();
@@ -48,16 +61,24 @@ export class Broker {
   private constructor(
     readonly port: number,
     readonly dir: string,
+    private secure: { tls: boolean; users: Record<string, string> },
   ) {}
 
   get url(): string {
-    return `mqtt://127.0.0.1:${this.port}`;
+    return `${this.secure.tls ? 'mqtts' : 'mqtt'}://127.0.0.1:${this.port}`;
   }
 
-  static async start(dir: string): Promise<Broker> {
+  /** `tls`: a CA and a server certificate for 127.0.0.1 are made in dir (ca.pem for clients); `users`: only these may connect. */
+  static async start(dir: string, o: { tls?: boolean; users?: Record<string, string> } = {}): Promise<Broker> {
     if (!haveMosquitto()) throw new Error(`${MOSQUITTO} not found: install Debian's mosquitto (.ci/run does) or set SSOCL_MOSQUITTO`);
     mkdirSync(dir, { recursive: true });
-    const b = new Broker(await freePort(), dir);
+    const b = new Broker(await freePort(), dir, { tls: !!o.tls, users: o.users ?? {} });
+    if (o.tls) makeCerts(dir);
+    if (o.users) {
+      const file = path.join(dir, 'passwd');
+      writeFileSync(file, '');
+      for (const [u, p] of Object.entries(o.users)) run('mosquitto_passwd', ['-b', file, u, p]);
+    }
     await b.up();
     return b;
   }
@@ -67,7 +88,12 @@ export class Broker {
     writeFileSync(
       conf,
       // user: run as root, mosquitto would drop to user 'mosquitto' and could not write its persistence file here.
-      [`listener ${this.port} 127.0.0.1`, `user ${userInfo().username}`, 'allow_anonymous true', 'persistence true', `persistence_location ${this.dir}/`, 'message_size_limit 0', 'max_queued_messages 1000', ''].join('\n'),
+      [
+        `listener ${this.port} 127.0.0.1`, `user ${userInfo().username}`, 'persistence true', `persistence_location ${this.dir}/`, 'message_size_limit 0', 'max_queued_messages 1000',
+        ...(Object.keys(this.secure.users).length ? ['allow_anonymous false', `password_file ${this.dir}/passwd`] : ['allow_anonymous true']),
+        ...(this.secure.tls ? [`cafile ${this.dir}/ca.pem`, `certfile ${this.dir}/server.pem`, `keyfile ${this.dir}/server.key`] : []),
+        '',
+      ].join('\n'),
     );
     const c = spawn(MOSQUITTO, ['-c', conf], { stdio: ['ignore', 'pipe', 'pipe'] });
     c.stdout!.on('data', (d) => (this.log += d));
