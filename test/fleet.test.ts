@@ -35,6 +35,7 @@ const trainers: Trainer[] = [];
 const clients: MqttClient[] = [];
 const aggregators: Aggregator[] = [];
 const devices: FleetDevice[] = [];
+const brokers: Broker[] = [];
 
 test.before(async () => {
   if (skip) return;
@@ -48,6 +49,7 @@ test.after(async () => {
   for (const a of aggregators) a.stop();
   for (const d of devices) await d.close(false).catch(() => {});
   for (const c of clients) await c.endAsync(true).catch(() => {});
+  for (const b of brokers) await b.down();
   await observer?.endAsync(true).catch(() => {});
   for (const t of trainers) await t.close().catch(() => {});
   await broker?.down();
@@ -118,7 +120,7 @@ let initShared: Map<string, Float32Array>;
 let spec: Spec;
 let artifact: string;
 
-test('a round averages the updates weighted by frames; the retained float32 model is the previous one plus the published change, exactly', { skip }, async () => {
+test('a round averages the updates weighted by frames; the retained float32 model is the previous one plus the published change, exactly', { skip, timeout: 60_000 }, async () => {
   const t = await openTrainer();
   spec = sharedSpec(t.manifest.state);
   artifact = t.manifest.files[t.manifest.trainStep.file];
@@ -154,7 +156,7 @@ test('a round averages the updates weighted by frames; the retained float32 mode
   assert.equal(agg.version, 1);
 });
 
-test("an aggregator on other artifacts refuses to take over a fleet's model (it would publish v1 over it)", { skip }, async () => {
+test("an aggregator on other artifacts refuses to take over a fleet's model (it would publish v1 over it)", { skip, timeout: 60_000 }, async () => {
   const art2 = path.join(root, 'art2');
   writeArtifacts(compileArtifacts(tinyPreset(['crops=4', 'agent={"newPerArrival":4,"updatesPerArrival":2,"bufferSize":12,"replay":"mixed"}'])), art2);
   const log: string[] = [];
@@ -162,8 +164,9 @@ test("an aggregator on other artifacts refuses to take over a fleet's model (it 
   await assert.rejects(agg.run(), /retained global model on ssocl\/fleet\/avg\/global cannot be used \(made for other artifacts/);
 });
 
-test('over TLS with a user name and password: a device and the aggregator connect with --fleet-ca; a wrong password is refused and said', { skip }, async () => {
+test('over TLS with a user name and password: a device and the aggregator connect with --fleet-ca; a wrong password is refused and said', { skip, timeout: 60_000 }, async () => {
   const secure = await Broker.start(path.join(root, 'broker-tls'), { tls: true, users: { cam: 'right' } });
+  brokers.push(secure);
   try {
     const ca = path.join(secure.dir, 'ca.pem');
     const log: string[] = [];
@@ -201,7 +204,7 @@ test('over TLS with a user name and password: a device and the aggregator connec
   }
 });
 
-test('hostile updates (NaN, a 1e6 norm, wrong shapes, other artifacts, garbage, a spoofed sender) are rejected and logged while the round completes', { skip }, async () => {
+test('hostile updates (NaN, a 1e6 norm, wrong shapes, other artifacts, garbage, a spoofed sender) are rejected and logged while the round completes', { skip, timeout: 60_000 }, async () => {
   const log: string[] = [];
   const agg = await openAggregator(aggregatorOptions('hostile', { roundTimeoutMs: 1500, maxRounds: 1 }, log));
   const running = agg.run();
@@ -245,7 +248,7 @@ test('hostile updates (NaN, a 1e6 norm, wrong shapes, other artifacts, garbage, 
   }
 });
 
-test('a round with a single update closes at its timeout, and device clocks far off do not matter', { skip }, async () => {
+test('a round with a single update closes at its timeout, and device clocks far off do not matter', { skip, timeout: 60_000 }, async () => {
   const log: string[] = [];
   const agg = await openAggregator(aggregatorOptions('one', { expect: 3, roundTimeoutMs: 400, maxRounds: 2 }, log));
   const running = agg.run();
@@ -259,7 +262,7 @@ test('a round with a single update closes at its timeout, and device clocks far 
   assert.deepEqual(agg.rounds.map((r) => r.included.map((i) => `${i.device}:${i.seq}`)), [['lonely:1'], ['lonely:2']]);
 });
 
-test('a server learning rate scales the parameters\' change, never the BN statistics\'', { skip }, async () => {
+test('a server learning rate scales the parameters\' change, never the BN statistics\'', { skip, timeout: 60_000 }, async () => {
   const agg = await openAggregator(aggregatorOptions('serverlr', { expect: 1, maxRounds: 1, serverLr: 3 }, []));
   const running = agg.run();
   const c = await client('fake-serverlr');
@@ -278,7 +281,7 @@ test('a server learning rate scales the parameters\' change, never the BN statis
   }
 });
 
-test('the aggregator restarted mid-round and the broker restarted lose no round; a new aggregator continues from the retained global', { skip }, async () => {
+test('the aggregator restarted mid-round and the broker restarted lose no round; a new aggregator continues from the retained global', { skip, timeout: 60_000 }, async () => {
   const log: string[] = [];
   const c = await client('fake-restart');
   let agg = await openAggregator(aggregatorOptions('restart', { expect: 3 }, log));
@@ -311,7 +314,7 @@ const nudge = (t: Trainer, by: number) => {
   for (const s of spec) t.state.set(s.name, t.state.get(s.name)!.map((v, i) => v + by * (((i % 7) - 3) / 3)));
 };
 
-test('a device that missed rounds catches up from the retained model, keeping what it learnt meanwhile; its next update is merged as FedAvg keeps local progress', { skip }, async () => {
+test('a device that missed rounds catches up from the retained model, keeping what it learnt meanwhile; its next update is merged as FedAvg keeps local progress', { skip, timeout: 60_000 }, async () => {
   const log: string[] = [];
   const agg = await openAggregator(aggregatorOptions('catchup', { expect: 2 }, log));
   const running = agg.run();
@@ -367,7 +370,7 @@ test('a device that missed rounds catches up from the retained model, keeping wh
   await c.endAsync();
 });
 
-test("a checkpoint keeps a device's fleet state (global model, pending update) and gives it back", { skip }, async () => {
+test("a checkpoint keeps a device's fleet state (global model, pending update) and gives it back", { skip, timeout: 60_000 }, async () => {
   const t = await openTrainer();
   const base = randomDelta(spec, 40, 1);
   const snapshot = randomDelta(spec, 41, 1);
@@ -383,7 +386,7 @@ test("a checkpoint keeps a device's fleet state (global model, pending update) a
   assert.deepEqual(dev.record().published, rec.published);
 });
 
-test('three agents on disjoint CIFAR-10 classes learn in rounds; each holds the fleet\'s global model of its version bit for bit; the aggregator exports it', { skip }, async () => {
+test('three agents on disjoint CIFAR-10 classes learn in rounds; each holds the fleet\'s global model of its version bit for bit; the aggregator exports it', { skip, timeout: 60_000 }, async () => {
   const cifar = readCifar10(CIFAR10_DIR, 'test');
   const classes = [[0, 1, 2], [3, 4, 5], [6, 7, 8, 9]];
   const log: string[] = [];

@@ -124,7 +124,7 @@ export class Aggregator {
       }
       return this.rounds;
     } finally {
-      await c.endAsync(false).catch(() => {});
+      await c.endAsync(!c.connected).catch(() => {});
       await this.trainer.close().catch(() => {});
     }
   }

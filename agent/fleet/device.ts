@@ -233,7 +233,8 @@ export class FleetDevice {
     this.mergeInbox();
     if (final && c.connected && this.framesSinceBase && (!this.published || this.published.frames < this.framesSinceBase)) this.publish();
     await Promise.race([this.inflight, new Promise((r) => setTimeout(r, 5000))]);
-    await c.endAsync(false).catch(() => {});
+    // Forced when not connected: a client still trying to reconnect would otherwise wait on it.
+    await c.endAsync(!c.connected).catch(() => {});
     this.client = null;
   }
 
