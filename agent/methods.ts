@@ -51,6 +51,9 @@ const list: Method[] = [
   // rule, and no buffer at all.
   { name: 'ours-fifo', describe: 'ours with a FIFO buffer (the newest M images)', ...OURS, buffer: 'fifo' },
   { name: 'ours-minred-buffer', describe: "ours with MinRed's buffer timing: the redundancy rule applied before the steps", ...OURS, buffer: 'minred' },
+  // Issue #15's variants of the rule (ours keeps the paper's).
+  { name: 'ours-fresh', describe: "ours with redundancy ranked on every entry's backbone features under the current model, recomputed at each shrink", ...OURS, buffer: 'diverse-fresh' },
+  { name: 'ours-strata', describe: 'ours with the redundancy rule taken within the most crowded of 8 equal spans of the stream so far (reservoir-like coverage of the past)', ...OURS, buffer: 'diverse-strata' },
   {
     name: 'ours-nobuffer', describe: "ours trained on each arrival's images alone (no replay)",
     ...OURS, edge: { preset: 'edge', sets: ['batch=16'] }, paper: { preset: 'paper-cifar', sets: ['batch=100'] }, buffer: 'fifo', batch: 'arrival',

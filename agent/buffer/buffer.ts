@@ -12,8 +12,16 @@ import { NearestNeighbours } from './removal.ts';
 import type { SimilarityEngine } from './similarity.ts';
 import { psaSelect } from './psa.ts';
 
-export type BufferPolicy = 'diverse' | 'minred' | 'reservoir' | 'fifo' | 'psa';
-export const BUFFER_POLICIES: BufferPolicy[] = ['diverse', 'minred', 'reservoir', 'fifo', 'psa'];
+// Issue #15's variants of the redundancy rule (the paper's `diverse` is unchanged):
+// `diverse-fresh` ranks redundancy on the backbone features of every entry under the current model
+// (as psa reads them), recomputed at each shrink, instead of the stored z*; `diverse-strata` keeps the
+// buffer spread over the stream's past like a reservoir: the stream seen so far is cut into `strata`
+// equal spans of arrival positions, each removal is taken from the span holding the most entries, and
+// within it the redundancy rule picks (the entry whose nearest neighbour in the buffer is most similar).
+export type BufferPolicy = 'diverse' | 'minred' | 'reservoir' | 'fifo' | 'psa' | 'diverse-fresh' | 'diverse-strata';
+export const BUFFER_POLICIES: BufferPolicy[] = ['diverse', 'minred', 'reservoir', 'fifo', 'psa', 'diverse-fresh', 'diverse-strata'];
+/** Spans of the stream `diverse-strata` balances when the config names none. */
+export const DEFAULT_STRATA = 8;
 
 /** Backbone features [entries, F] of the given entries under the current model (the psa policy's points). */
 export type FeatureFn = (entries: Entry[]) => Promise<Float32Array>;
@@ -42,6 +50,8 @@ export interface BufferConfig {
   policy: BufferPolicy;
   /** EMA weight of the old representative feature. */
   alpha: number;
+  /** diverse-strata: spans of the stream (default DEFAULT_STRATA). */
+  strata?: number;
 }
 
 /** 1 / |v| of v[off, off + d) (float64 sum of squares, as the EMA has always rounded it). */
@@ -76,7 +86,7 @@ export class ReplayBuffer {
   }
 
   get usesFeatures(): boolean {
-    return this.cfg.policy === 'diverse' || this.cfg.policy === 'minred';
+    return this.cfg.policy === 'diverse' || this.cfg.policy === 'minred' || this.cfg.policy === 'diverse-strata';
   }
 
   /** Shrink right after an arrival is added, before its training steps (MinRed), not after them. */
@@ -167,8 +177,10 @@ export class ReplayBuffer {
   async shrink(rng: Rng, features?: FeatureFn): Promise<Entry[]> {
     const n = this.size - this.cfg.capacity;
     if (this.cfg.policy === 'psa') return n > 0 ? this.shrinkPsa(features) : [];
+    if (this.cfg.policy === 'diverse-fresh' && n > 0 && this.entries.filter((e) => e.seen).length >= 2 * n) return this.shrinkFresh(n, features);
     let seen = this.nn.size;
     for (const id of this.dirty.keys()) if (!this.nn.has(id)) seen++;
+    if (this.cfg.policy === 'diverse-strata' && n > 0 && seen >= 2 * n) return this.shrinkStrata(n);
     if (this.usesFeatures && n > 0 && seen >= 2 * n) {
       // The index refresh and the removals together: the index picks the cheaper way (removal.ts).
       const changed = [...this.dirty.values()].map((e) => ({ id: e.id, feature: e.feature!, rank: e.streamIndex }));
@@ -183,7 +195,7 @@ export class ReplayBuffer {
     await this.flush();
     if (n <= 0) return [];
     const drop = new Set<number>();
-    if (this.cfg.policy === 'fifo' || (this.usesFeatures && this.nn.size < 2 * n)) {
+    if (this.cfg.policy === 'fifo' || this.cfg.policy === 'diverse-fresh' || (this.usesFeatures && this.nn.size < 2 * n)) {
       // Oldest first (largest lifespan; earlier arrival on ties).
       const order = [...this.entries].sort((a, b) => b.lifespan - a.lifespan || a.streamIndex - b.streamIndex);
       for (const e of order.slice(0, n)) drop.add(e.id);
@@ -211,6 +223,64 @@ export class ReplayBuffer {
       return this.remove(drop);
     }
     throw new Error('unreachable: the redundancy rule is taken above');
+  }
+
+  /**
+   * diverse-fresh: the redundancy rule over the normalised backbone features of every entry under the
+   * current model, computed now (the stored z* are kept for the EMA and diagnostics, not ranked).
+   */
+  private async shrinkFresh(n: number, features: FeatureFn | undefined): Promise<Entry[]> {
+    if (!features) throw new Error('buffer diverse-fresh: shrinking needs the entries\' backbone features');
+    const f = await features(this.entries);
+    const d = f.length / this.size;
+    const nn = new NearestNeighbours(this.engine);
+    const items = this.entries.map((e, j) => {
+      const v = f.slice(j * d, (j + 1) * d);
+      const inv = invNorm(v, 0, d);
+      for (let k = 0; k < d; k++) v[k] *= inv;
+      return { id: e.id, feature: v, rank: e.streamIndex };
+    });
+    const ids = await nn.removeRedundant(n, items);
+    // In removal order, as the diverse rule reports them.
+    const gone = await this.remove(new Set(ids));
+    return ids.map((id) => gone.find((e) => e.id === id)!);
+  }
+
+  /**
+   * diverse-strata: n times, the span of stream positions (the stream so far in `strata` equal parts)
+   * holding the most entries (the newer span on ties) gives up its entry with the most similar nearest
+   * neighbour in the whole buffer (the lower stream position on ties).
+   */
+  private async shrinkStrata(n: number): Promise<Entry[]> {
+    await this.flush();
+    const S = this.cfg.strata ?? DEFAULT_STRATA;
+    const T = this.streamCount;
+    const span = (e: Entry) => Math.min(S - 1, Math.floor(((e.streamIndex - 1) * S) / T));
+    const left = [...this.entries];
+    const out: Entry[] = [];
+    for (let r = 0; r < n; r++) {
+      const count = new Array(S).fill(0);
+      for (const e of left) count[span(e)]++;
+      let s = S - 1;
+      for (let i = S - 2; i >= 0; i--) if (count[i] > count[s]) s = i;
+      let pick = -1;
+      let best = -Infinity;
+      left.forEach((e, i) => {
+        if (span(e) !== s) return;
+        const v = this.nn.similarity(e.id);
+        if (pick < 0 || v > best || (v === best && e.streamIndex < left[pick].streamIndex)) {
+          best = v;
+          pick = i;
+        }
+      });
+      const [e] = left.splice(pick, 1);
+      out.push(e);
+      await this.nn.delete(e.id);
+    }
+    const gone = new Set(out.map((e) => e.id));
+    this.entries = this.entries.filter((e) => !gone.has(e.id));
+    for (const id of gone) this.live.delete(id);
+    return out;
   }
 
   /** SCALE's memory update: PSA keeps `capacity` of all entries by their backbone features. */

@@ -1,0 +1,82 @@
+// Issue #15's variants of the redundancy rule, on hand-made feature sets with known answers:
+// diverse-strata (the rule within the most crowded span of the stream) and diverse-fresh (the rule on
+// the current model's backbone features instead of the stored z*).
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { ReplayBuffer, type BufferPolicy, type Entry } from '../agent/buffer/buffer.ts';
+import { Rng } from '../core/rng.ts';
+
+const img = (v: number) => new Uint8Array(12).fill(v);
+const flat = (vs: number[][]) => Float32Array.from(vs.flat());
+
+// Three old entries crowded around one direction (pairwise cos >= 0.96), three new ones apart (cos <= 0.5).
+const OLD = [[1, 0.1, 0, 0, 0], [1, 0, 0.1, 0, 0], [1, 0, 0, 0.25, 0]];
+const NEW = [[0, 1, 0, 0, 0], [0, 0.5, 0.866, 0, 0], [0, 0, 0, 0.3, 1]];
+
+/** Capacity 4, the six entries a0-a2, b3-b5 added and seen with the stored features OLD, NEW. */
+async function six(policy: BufferPolicy, strata?: number): Promise<ReplayBuffer> {
+  const b = new ReplayBuffer({ capacity: 4, policy, alpha: 0.5, ...(strata ? { strata } : {}) });
+  b.add([0, 1, 2].map((i) => ({ key: `a${i}`, image: img(i) })));
+  b.add([3, 4, 5].map((i) => ({ key: `b${i}`, image: img(i) })));
+  await b.updateFeatures([...b.entries], flat([...OLD, ...NEW]));
+  return b;
+}
+const keys = (es: Entry[]) => es.map((e) => e.key);
+
+test("diverse (the paper's rule) takes both removals from the crowded old entries", async () => {
+  // a0-a1 is the closest pair (a0 goes, the earlier); then a1-a2 (cos 0.96) beats everything left.
+  const b = await six('diverse');
+  assert.deepEqual(keys(await b.shrink(new Rng(1))), ['a0', 'a1']);
+});
+
+test('diverse-strata: each removal from the most crowded span of the stream, its most redundant entry', async () => {
+  // Two spans of the six positions: a0-a2 and b3-b5, three entries each. The tie goes to the newer
+  // span, whose most redundant entry is b3 or b4 (cos 0.5 to each other; b3 the earlier); then the old
+  // span holds more and gives up a0 (its pair with a1 is the closest in the buffer).
+  const b = await six('diverse-strata', 2);
+  assert.deepEqual(keys(await b.shrink(new Rng(1))), ['b3', 'a0']);
+  assert.deepEqual(keys(b.entries), ['a1', 'a2', 'b4', 'b5']);
+  // Two left in each span: the newer gives up b4 (nearest now a1 at 0.086, above b5's 0.07).
+  b.cfg.capacity = 3;
+  assert.deepEqual(keys(await b.shrink(new Rng(1))), ['b4']);
+  // One span: the paper's rule exactly.
+  const one = await six('diverse-strata', 1);
+  assert.deepEqual(keys(await one.shrink(new Rng(1))), ['a0', 'a1']);
+  // Eight spans by default: with six positions each entry is a span of its own (counts tie at 1), so
+  // the newest goes first whatever the features.
+  const dflt = await six('diverse-strata');
+  assert.deepEqual(keys(await dflt.shrink(new Rng(1))), ['b5', 'b4']);
+});
+
+test('diverse-strata: oldest first while fewer than 2n entries are seen', async () => {
+  const b = new ReplayBuffer({ capacity: 4, policy: 'diverse-strata', alpha: 0.5, strata: 2 });
+  b.add([0, 1, 2, 3, 4, 5].map((i) => ({ key: `a${i}`, image: img(i) })));
+  assert.deepEqual(keys(await b.shrink(new Rng(1))), ['a0', 'a1']);
+});
+
+test("diverse-fresh: ranks the features the model gives now, never the stored ones", async () => {
+  // The current model says a0-a2 are apart and b4, b5 near copies: b4 goes (the earlier of the pair),
+  // then b3 (its neighbour b5 at 0.78 is now the closest pair), where the stored features would drop a0, a1.
+  const now: Record<string, number[]> = { a0: [1, 0, 0, 0], a1: [0, 1, 0, 0], a2: [0, 0, 1, 0], b3: [0.6, 0, 0, 0.8], b4: [0, 0, -0.2, 1], b5: [0, 0, -0.21, 1] };
+  let calls = 0;
+  const features = async (es: Entry[]) => {
+    calls++;
+    return flat(es.map((e) => now[e.key].map((x) => 3 * x)));
+  };
+  const b = await six('diverse-fresh');
+  const stored = b.entries.map((e) => e.feature);
+  assert.deepEqual(keys(await b.shrink(new Rng(1), features)), ['b4', 'b3']);
+  assert.equal(calls, 1);
+  assert.deepEqual(b.entries.map((e) => e.feature), [stored[0], stored[1], stored[2], stored[5]], 'stored features untouched');
+  b.add([{ key: 'b4', image: img(4) }]);
+  await b.updateFeatures(b.entries.slice(-1), flat([NEW[1]]));
+  await assert.rejects(b.shrink(new Rng(1)), /diverse-fresh: shrinking needs the entries' backbone features/);
+});
+
+test('diverse-fresh: oldest first, no features asked, while fewer than 2n entries are seen', async () => {
+  const b = new ReplayBuffer({ capacity: 4, policy: 'diverse-fresh', alpha: 0.5 });
+  b.add([0, 1, 2, 3, 4, 5].map((i) => ({ key: `a${i}`, image: img(i) })));
+  let calls = 0;
+  assert.deepEqual(keys(await b.shrink(new Rng(1), async () => (calls++, new Float32Array(0)))), ['a0', 'a1']);
+  assert.equal(calls, 0);
+});
