@@ -55,6 +55,10 @@ const list: Method[] = [
   { name: 'ours-fresh', describe: "ours with redundancy ranked on every entry's backbone features under the current model, recomputed at each shrink", ...OURS, buffer: 'diverse-fresh' },
   { name: 'ours-strata', describe: 'ours with the redundancy rule taken within the most crowded of 8 equal spans of the stream so far (reservoir-like coverage of the past)', ...OURS, buffer: 'diverse-strata' },
   {
+    name: 'ours-resdiv', describe: 'ours with reservoir admission (each new image kept with probability M / t) and the evictions it needs by the redundancy rule',
+    ...OURS, buffer: 'diverse-reservoir',
+  },
+  {
     name: 'ours-nobuffer', describe: "ours trained on each arrival's images alone (no replay)",
     ...OURS, edge: { preset: 'edge', sets: ['batch=16'] }, paper: { preset: 'paper-cifar', sets: ['batch=100'] }, buffer: 'fifo', batch: 'arrival',
   },

@@ -80,3 +80,26 @@ test('diverse-fresh: oldest first, no features asked, while fewer than 2n entrie
   assert.deepEqual(keys(await b.shrink(new Rng(1), async () => (calls++, new Float32Array(0)))), ['a0', 'a1']);
   assert.equal(calls, 0);
 });
+
+test('diverse-reservoir: new entries admitted with probability M / t, the evictions by the redundancy rule', async () => {
+  // Draws fixed by hand: b4 (t 5) draws 0 < 4, admitted; b5 (t 6) draws 5 >= 4, dropped. One eviction
+  // is still needed: a1 and b4 are near copies, a1 (the earlier) goes.
+  const draws: [number, number][] = [];
+  const rng = { int: (k: number) => (draws.push([k, k === 5 ? 0 : 5]), k === 5 ? 0 : 5) } as unknown as Rng;
+  const b = new ReplayBuffer({ capacity: 4, policy: 'diverse-reservoir', alpha: 0.5 });
+  b.add([0, 1, 2, 3].map((i) => ({ key: `a${i}`, image: img(i) })));
+  b.add([4, 5].map((i) => ({ key: `b${i}`, image: img(i) })));
+  await b.updateFeatures([...b.entries], flat([[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1], [0, 1, 0.05, 0], [0.7, 0.7, 0, 0.1]]));
+  assert.deepEqual(keys(await b.shrink(rng)), ['b5', 'a1']);
+  assert.deepEqual(draws, [[5, 0], [6, 5]]);
+  assert.deepEqual(keys(b.entries), ['a0', 'a2', 'a3', 'b4']);
+  // Both admitted: both evictions by the rule (b6 and b7 near copies of a2, all three tied: a2 goes, the earliest, then b6).
+  b.add([6, 7].map((i) => ({ key: `b${i}`, image: img(i) })));
+  await b.updateFeatures(b.entries.slice(-2), flat([[0, 0, 1, 0.01], [0, 0.01, 1, 0]]));
+  const admit = { int: () => 0 } as unknown as Rng;
+  assert.deepEqual(keys(await b.shrink(admit)), ['a2', 'b6']);
+  // All dropped: the old entries stay whatever the features.
+  b.add([8, 9].map((i) => ({ key: `b${i}`, image: img(i) })));
+  await b.updateFeatures(b.entries.slice(-2), flat([[1, 0, 0, 0], [1, 0, 0, 0.001]]));
+  assert.deepEqual(keys(await b.shrink({ int: (k: number) => k - 1 } as unknown as Rng)), ['b8', 'b9']);
+});

@@ -17,9 +17,12 @@ import { psaSelect } from './psa.ts';
 // (as psa reads them), recomputed at each shrink, instead of the stored z*; `diverse-strata` keeps the
 // buffer spread over the stream's past like a reservoir: the stream seen so far is cut into `strata`
 // equal spans of arrival positions, each removal is taken from the span holding the most entries, and
-// within it the redundancy rule picks (the entry whose nearest neighbour in the buffer is most similar).
-export type BufferPolicy = 'diverse' | 'minred' | 'reservoir' | 'fifo' | 'psa' | 'diverse-fresh' | 'diverse-strata';
-export const BUFFER_POLICIES: BufferPolicy[] = ['diverse', 'minred', 'reservoir', 'fifo', 'psa', 'diverse-fresh', 'diverse-strata'];
+// within it the redundancy rule picks (the entry whose nearest neighbour in the buffer is most similar);
+// `diverse-reservoir` admits each new entry as the reservoir does (kept with probability M / t, t its
+// stream position) and takes the evictions the admitted ones need by the redundancy rule instead of
+// uniformly: the reservoir's spread over the stream, without its near-duplicates.
+export type BufferPolicy = 'diverse' | 'minred' | 'reservoir' | 'fifo' | 'psa' | 'diverse-fresh' | 'diverse-strata' | 'diverse-reservoir';
+export const BUFFER_POLICIES: BufferPolicy[] = ['diverse', 'minred', 'reservoir', 'fifo', 'psa', 'diverse-fresh', 'diverse-strata', 'diverse-reservoir'];
 /** Spans of the stream `diverse-strata` balances when the config names none. */
 export const DEFAULT_STRATA = 8;
 
@@ -86,7 +89,7 @@ export class ReplayBuffer {
   }
 
   get usesFeatures(): boolean {
-    return this.cfg.policy === 'diverse' || this.cfg.policy === 'minred' || this.cfg.policy === 'diverse-strata';
+    return this.cfg.policy === 'diverse' || this.cfg.policy === 'minred' || this.cfg.policy === 'diverse-strata' || this.cfg.policy === 'diverse-reservoir';
   }
 
   /** Shrink right after an arrival is added, before its training steps (MinRed), not after them. */
@@ -181,6 +184,7 @@ export class ReplayBuffer {
     let seen = this.nn.size;
     for (const id of this.dirty.keys()) if (!this.nn.has(id)) seen++;
     if (this.cfg.policy === 'diverse-strata' && n > 0 && seen >= 2 * n) return this.shrinkStrata(n);
+    if (this.cfg.policy === 'diverse-reservoir' && n > 0 && seen >= 2 * n) return this.shrinkReservoirAdmit(n, rng);
     if (this.usesFeatures && n > 0 && seen >= 2 * n) {
       // The index refresh and the removals together: the index picks the cheaper way (removal.ts).
       const changed = [...this.dirty.values()].map((e) => ({ id: e.id, feature: e.feature!, rank: e.streamIndex }));
@@ -281,6 +285,28 @@ export class ReplayBuffer {
     this.entries = this.entries.filter((e) => !gone.has(e.id));
     for (const id of gone) this.live.delete(id);
     return out;
+  }
+
+  /**
+   * diverse-reservoir: the new entries (in stream order) each kept with probability M / t, the others
+   * dropped; then as many as are still over capacity go by the redundancy rule over all entries left.
+   */
+  private async shrinkReservoirAdmit(n: number, rng: Rng): Promise<Entry[]> {
+    await this.flush();
+    const fresh = this.entries.filter((e) => e.lifespan === 0).sort((a, b) => a.streamIndex - b.streamIndex);
+    const rejected = new Set<number>();
+    for (const e of fresh) {
+      if (rejected.size === n) break;
+      if (rng.int(e.streamIndex) >= this.cfg.capacity) rejected.add(e.id);
+    }
+    const out = fresh.filter((e) => rejected.has(e.id));
+    await this.remove(rejected);
+    const byId = new Map(this.entries.map((e) => [e.id, e]));
+    const ids = await this.nn.removeRedundant(n - out.length);
+    const gone = new Set(ids);
+    this.entries = this.entries.filter((e) => !gone.has(e.id));
+    for (const id of ids) this.live.delete(id);
+    return [...out, ...ids.map((id) => byId.get(id)!)];
   }
 
   /** SCALE's memory update: PSA keeps `capacity` of all entries by their backbone features. */
