@@ -54,6 +54,7 @@ const list: Method[] = [
   // Issue #15's variants of the rule (ours keeps the paper's).
   { name: 'ours-fresh', describe: "ours with redundancy ranked on every entry's backbone features under the current model, recomputed at each shrink", ...OURS, buffer: 'diverse-fresh' },
   { name: 'ours-strata', describe: 'ours with the redundancy rule taken within the most crowded of 8 equal spans of the stream so far (reservoir-like coverage of the past)', ...OURS, buffer: 'diverse-strata' },
+  { name: 'ours-strata-fresh', describe: "ours-strata ranking redundancy on every entry's backbone features under the current model, recomputed at each shrink", ...OURS, buffer: 'diverse-strata-fresh' },
   {
     name: 'ours-resdiv', describe: 'ours with reservoir admission (each new image kept with probability M / t) and the evictions it needs by the redundancy rule',
     ...OURS, buffer: 'diverse-reservoir',

@@ -103,3 +103,22 @@ test('diverse-reservoir: new entries admitted with probability M / t, the evicti
   await b.updateFeatures(b.entries.slice(-2), flat([[1, 0, 0, 0], [1, 0, 0, 0.001]]));
   assert.deepEqual(keys(await b.shrink({ int: (k: number) => k - 1 } as unknown as Rng)), ['b8', 'b9']);
 });
+
+test('diverse-strata-fresh: the spans of diverse-strata, the nearest neighbours of the current backbone features', async () => {
+  // Spans a0-a2 and b3-b5 tie; in the newer one the current features make b4, b5 near copies: b4 goes
+  // (diverse-strata on the stored features takes b3). Then the older span gives up a0 (cos 0.6 to b3).
+  const now: Record<string, number[]> = { a0: [1, 0, 0, 0], a1: [0, 1, 0, 0], a2: [0, 0, 1, 0], b3: [0.6, 0, 0, 0.8], b4: [0, 0, -0.2, 1], b5: [0, 0, -0.21, 1] };
+  const features = async (es: Entry[]) => flat(es.map((e) => now[e.key]));
+  const b = await six('diverse-strata-fresh', 2);
+  assert.deepEqual(keys(await b.shrink(new Rng(1), features)), ['b4', 'a0']);
+  // One more: two per span, the newer gives up b3 (its neighbour b5 at 0.78).
+  b.cfg.capacity = 3;
+  assert.deepEqual(keys(await b.shrink(new Rng(1), features)), ['b3']);
+  // The buffer's own index (stored features) lost the removed entries too: its mean nearest-neighbour
+  // similarity is that of a1, a2, b5 alone.
+  const dot = (u: Float32Array, v: Float32Array) => u.reduce((acc, x, k) => acc + x * v[k], 0);
+  const left = b.entries.map((e) => e.feature!);
+  const mean = left.map((u, i) => Math.max(...left.filter((_, j) => j !== i).map((v) => dot(u, v)))).reduce((p, q) => p + q, 0) / left.length;
+  assert.ok(Math.abs(b.meanNearestSimilarity() - mean) < 1e-6, `${b.meanNearestSimilarity()} vs ${mean}`);
+  await assert.rejects(b.add([{ key: 'x', image: img(9) }]) && b.shrink(new Rng(1)), /diverse-strata-fresh: shrinking needs the entries' backbone features/);
+});

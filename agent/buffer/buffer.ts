@@ -20,9 +20,10 @@ import { psaSelect } from './psa.ts';
 // within it the redundancy rule picks (the entry whose nearest neighbour in the buffer is most similar);
 // `diverse-reservoir` admits each new entry as the reservoir does (kept with probability M / t, t its
 // stream position) and takes the evictions the admitted ones need by the redundancy rule instead of
-// uniformly: the reservoir's spread over the stream, without its near-duplicates.
-export type BufferPolicy = 'diverse' | 'minred' | 'reservoir' | 'fifo' | 'psa' | 'diverse-fresh' | 'diverse-strata' | 'diverse-reservoir';
-export const BUFFER_POLICIES: BufferPolicy[] = ['diverse', 'minred', 'reservoir', 'fifo', 'psa', 'diverse-fresh', 'diverse-strata', 'diverse-reservoir'];
+// uniformly: the reservoir's spread over the stream, without its near-duplicates; `diverse-strata-fresh`
+// is diverse-strata with the nearest neighbours of diverse-fresh (backbone features recomputed at each shrink).
+export type BufferPolicy = 'diverse' | 'minred' | 'reservoir' | 'fifo' | 'psa' | 'diverse-fresh' | 'diverse-strata' | 'diverse-reservoir' | 'diverse-strata-fresh';
+export const BUFFER_POLICIES: BufferPolicy[] = ['diverse', 'minred', 'reservoir', 'fifo', 'psa', 'diverse-fresh', 'diverse-strata', 'diverse-reservoir', 'diverse-strata-fresh'];
 /** Spans of the stream `diverse-strata` balances when the config names none. */
 export const DEFAULT_STRATA = 8;
 
@@ -89,7 +90,7 @@ export class ReplayBuffer {
   }
 
   get usesFeatures(): boolean {
-    return this.cfg.policy === 'diverse' || this.cfg.policy === 'minred' || this.cfg.policy === 'diverse-strata' || this.cfg.policy === 'diverse-reservoir';
+    return ['diverse', 'minred', 'diverse-strata', 'diverse-reservoir', 'diverse-strata-fresh'].includes(this.cfg.policy);
   }
 
   /** Shrink right after an arrival is added, before its training steps (MinRed), not after them. */
@@ -184,6 +185,7 @@ export class ReplayBuffer {
     let seen = this.nn.size;
     for (const id of this.dirty.keys()) if (!this.nn.has(id)) seen++;
     if (this.cfg.policy === 'diverse-strata' && n > 0 && seen >= 2 * n) return this.shrinkStrata(n);
+    if (this.cfg.policy === 'diverse-strata-fresh' && n > 0 && seen >= 2 * n) return this.shrinkStrata(n, await this.freshIndex(features));
     if (this.cfg.policy === 'diverse-reservoir' && n > 0 && seen >= 2 * n) return this.shrinkReservoirAdmit(n, rng);
     if (this.usesFeatures && n > 0 && seen >= 2 * n) {
       // The index refresh and the removals together: the index picks the cheaper way (removal.ts).
@@ -234,20 +236,27 @@ export class ReplayBuffer {
    * current model, computed now (the stored z* are kept for the EMA and diagnostics, not ranked).
    */
   private async shrinkFresh(n: number, features: FeatureFn | undefined): Promise<Entry[]> {
-    if (!features) throw new Error('buffer diverse-fresh: shrinking needs the entries\' backbone features');
-    const f = await features(this.entries);
-    const d = f.length / this.size;
-    const nn = new NearestNeighbours(this.engine);
-    const items = this.entries.map((e, j) => {
-      const v = f.slice(j * d, (j + 1) * d);
-      const inv = invNorm(v, 0, d);
-      for (let k = 0; k < d; k++) v[k] *= inv;
-      return { id: e.id, feature: v, rank: e.streamIndex };
-    });
-    const ids = await nn.removeRedundant(n, items);
+    const ids = await (await this.freshIndex(features)).removeRedundant(n);
     // In removal order, as the diverse rule reports them.
     const gone = await this.remove(new Set(ids));
     return ids.map((id) => gone.find((e) => e.id === id)!);
+  }
+
+  /** A nearest-neighbour index over the normalised backbone features of every entry under the current model. */
+  private async freshIndex(features: FeatureFn | undefined): Promise<NearestNeighbours> {
+    if (!features) throw new Error(`buffer ${this.cfg.policy}: shrinking needs the entries' backbone features`);
+    const f = await features(this.entries);
+    const d = f.length / this.size;
+    const nn = new NearestNeighbours(this.engine);
+    await nn.setMany(
+      this.entries.map((e, j) => {
+        const v = f.slice(j * d, (j + 1) * d);
+        const inv = invNorm(v, 0, d);
+        for (let k = 0; k < d; k++) v[k] *= inv;
+        return { id: e.id, feature: v, rank: e.streamIndex };
+      }),
+    );
+    return nn;
   }
 
   /**
@@ -255,8 +264,9 @@ export class ReplayBuffer {
    * holding the most entries (the newer span on ties) gives up its entry with the most similar nearest
    * neighbour in the whole buffer (the lower stream position on ties).
    */
-  private async shrinkStrata(n: number): Promise<Entry[]> {
+  private async shrinkStrata(n: number, index?: NearestNeighbours): Promise<Entry[]> {
     await this.flush();
+    const nn = index ?? this.nn;
     const S = this.cfg.strata ?? DEFAULT_STRATA;
     const T = this.streamCount;
     const span = (e: Entry) => Math.min(S - 1, Math.floor(((e.streamIndex - 1) * S) / T));
@@ -271,7 +281,7 @@ export class ReplayBuffer {
       let best = -Infinity;
       left.forEach((e, i) => {
         if (span(e) !== s) return;
-        const v = this.nn.similarity(e.id);
+        const v = nn.similarity(e.id);
         if (pick < 0 || v > best || (v === best && e.streamIndex < left[pick].streamIndex)) {
           best = v;
           pick = i;
@@ -279,7 +289,8 @@ export class ReplayBuffer {
       });
       const [e] = left.splice(pick, 1);
       out.push(e);
-      await this.nn.delete(e.id);
+      await nn.delete(e.id);
+      if (index) await this.nn.delete(e.id);
     }
     const gone = new Set(out.map((e) => e.id));
     this.entries = this.entries.filter((e) => !gone.has(e.id));
