@@ -55,6 +55,7 @@ const list: Method[] = [
   { name: 'ours-fresh', describe: "ours with redundancy ranked on every entry's backbone features under the current model, recomputed at each shrink", ...OURS, buffer: 'diverse-fresh' },
   { name: 'ours-strata', describe: 'ours with the redundancy rule taken within the most crowded of 8 equal spans of the stream so far (reservoir-like coverage of the past)', ...OURS, buffer: 'diverse-strata' },
   { name: 'ours-strata-fresh', describe: "ours-strata ranking redundancy on every entry's backbone features under the current model, recomputed at each shrink", ...OURS, buffer: 'diverse-strata-fresh' },
+  { name: 'ours-strata-random', describe: 'control for ours-strata: the same 8 spans of the stream, a uniform draw within the most crowded (no redundancy rule)', ...OURS, buffer: 'strata-random' },
   {
     name: 'ours-resdiv', describe: 'ours with reservoir admission (each new image kept with probability M / t) and the evictions it needs by the redundancy rule',
     ...OURS, buffer: 'diverse-reservoir',

@@ -122,3 +122,15 @@ test('diverse-strata-fresh: the spans of diverse-strata, the nearest neighbours 
   assert.ok(Math.abs(b.meanNearestSimilarity() - mean) < 1e-6, `${b.meanNearestSimilarity()} vs ${mean}`);
   await assert.rejects(b.add([{ key: 'x', image: img(9) }]) && b.shrink(new Rng(1)), /diverse-strata-fresh: shrinking needs the entries' backbone features/);
 });
+
+test('strata-random: the spans of diverse-strata, a uniform draw within, no features read', async () => {
+  // Draws fixed by hand (index into the span's entries in buffer order): the spans tie, the newer gives
+  // up its third (b5); then the older, holding more, its second (a1). No entry has been seen.
+  const draws: number[] = [];
+  const rng = { int: (k: number) => (draws.push(k), draws.length === 1 ? 2 : 1) } as unknown as Rng;
+  const b = new ReplayBuffer({ capacity: 4, policy: 'strata-random', alpha: 0.5, strata: 2 });
+  b.add([0, 1, 2].map((i) => ({ key: `a${i}`, image: img(i) })));
+  b.add([3, 4, 5].map((i) => ({ key: `b${i}`, image: img(i) })));
+  assert.deepEqual(keys(await b.shrink(rng)), ['b5', 'a1']);
+  assert.deepEqual(draws, [3, 3]);
+});

@@ -21,9 +21,10 @@ import { psaSelect } from './psa.ts';
 // `diverse-reservoir` admits each new entry as the reservoir does (kept with probability M / t, t its
 // stream position) and takes the evictions the admitted ones need by the redundancy rule instead of
 // uniformly: the reservoir's spread over the stream, without its near-duplicates; `diverse-strata-fresh`
-// is diverse-strata with the nearest neighbours of diverse-fresh (backbone features recomputed at each shrink).
-export type BufferPolicy = 'diverse' | 'minred' | 'reservoir' | 'fifo' | 'psa' | 'diverse-fresh' | 'diverse-strata' | 'diverse-reservoir' | 'diverse-strata-fresh';
-export const BUFFER_POLICIES: BufferPolicy[] = ['diverse', 'minred', 'reservoir', 'fifo', 'psa', 'diverse-fresh', 'diverse-strata', 'diverse-reservoir', 'diverse-strata-fresh'];
+// is diverse-strata with the nearest neighbours of diverse-fresh (backbone features recomputed at each shrink);
+// `strata-random` is the control with no redundancy at all: the spans of diverse-strata, a uniform draw within.
+export type BufferPolicy = 'diverse' | 'minred' | 'reservoir' | 'fifo' | 'psa' | 'diverse-fresh' | 'diverse-strata' | 'diverse-reservoir' | 'diverse-strata-fresh' | 'strata-random';
+export const BUFFER_POLICIES: BufferPolicy[] = ['diverse', 'minred', 'reservoir', 'fifo', 'psa', 'diverse-fresh', 'diverse-strata', 'diverse-reservoir', 'diverse-strata-fresh', 'strata-random'];
 /** Spans of the stream `diverse-strata` balances when the config names none. */
 export const DEFAULT_STRATA = 8;
 
@@ -186,6 +187,7 @@ export class ReplayBuffer {
     for (const id of this.dirty.keys()) if (!this.nn.has(id)) seen++;
     if (this.cfg.policy === 'diverse-strata' && n > 0 && seen >= 2 * n) return this.shrinkStrata(n);
     if (this.cfg.policy === 'diverse-strata-fresh' && n > 0 && seen >= 2 * n) return this.shrinkStrata(n, await this.freshIndex(features));
+    if (this.cfg.policy === 'strata-random' && n > 0) return this.shrinkStrata(n, undefined, rng);
     if (this.cfg.policy === 'diverse-reservoir' && n > 0 && seen >= 2 * n) return this.shrinkReservoirAdmit(n, rng);
     if (this.usesFeatures && n > 0 && seen >= 2 * n) {
       // The index refresh and the removals together: the index picks the cheaper way (removal.ts).
@@ -264,7 +266,7 @@ export class ReplayBuffer {
    * holding the most entries (the newer span on ties) gives up its entry with the most similar nearest
    * neighbour in the whole buffer (the lower stream position on ties).
    */
-  private async shrinkStrata(n: number, index?: NearestNeighbours): Promise<Entry[]> {
+  private async shrinkStrata(n: number, index?: NearestNeighbours, random?: Rng): Promise<Entry[]> {
     await this.flush();
     const nn = index ?? this.nn;
     const S = this.cfg.strata ?? DEFAULT_STRATA;
@@ -279,7 +281,11 @@ export class ReplayBuffer {
       for (let i = S - 2; i >= 0; i--) if (count[i] > count[s]) s = i;
       let pick = -1;
       let best = -Infinity;
-      left.forEach((e, i) => {
+      if (random) {
+        // strata-random: a uniform draw within the span (in buffer order).
+        const inSpan = left.flatMap((e, i) => (span(e) === s ? [i] : []));
+        pick = inSpan[random.int(inSpan.length)];
+      } else left.forEach((e, i) => {
         if (span(e) !== s) return;
         const v = nn.similarity(e.id);
         if (pick < 0 || v > best || (v === best && e.streamIndex < left[pick].streamIndex)) {
