@@ -264,7 +264,8 @@ export class ReplayBuffer {
   /**
    * diverse-strata: n times, the span of stream positions (the stream so far in `strata` equal parts)
    * holding the most entries (the newer span on ties) gives up its entry with the most similar nearest
-   * neighbour in the whole buffer (the lower stream position on ties).
+   * neighbour in the whole buffer (the lower stream position on ties): by the buffer's own index (stored
+   * z*), or by `index` (diverse-strata-fresh), or a uniform draw from `random` instead (strata-random).
    */
   private async shrinkStrata(n: number, index?: NearestNeighbours, random?: Rng): Promise<Entry[]> {
     await this.flush();
