@@ -61,6 +61,10 @@ const list: Method[] = [
     ...OURS, buffer: 'diverse-reservoir',
   },
   {
+    name: 'ours-resdiv-fresh', describe: "ours-resdiv with the evictions ranked on every entry's backbone features under the current model, recomputed at each shrink",
+    ...OURS, buffer: 'diverse-reservoir-fresh',
+  },
+  {
     name: 'ours-nobuffer', describe: "ours trained on each arrival's images alone (no replay)",
     ...OURS, edge: { preset: 'edge', sets: ['batch=16'] }, paper: { preset: 'paper-cifar', sets: ['batch=100'] }, buffer: 'fifo', batch: 'arrival',
   },

@@ -134,3 +134,29 @@ test('strata-random: the spans of diverse-strata, a uniform draw within, no feat
   assert.deepEqual(keys(await b.shrink(rng)), ['b5', 'a1']);
   assert.deepEqual(draws, [3, 3]);
 });
+
+test('diverse-reservoir-fresh: reservoir admission, the evictions by the current backbone features', async () => {
+  // As the diverse-reservoir test: b4 admitted, b5 dropped, one eviction. The stored features make a1
+  // and b4 near copies; the current features make a0 and a3 near copies instead: a0 goes (the earlier).
+  const rng = { int: (k: number) => (k === 5 ? 0 : 5) } as unknown as Rng;
+  const now: Record<string, number[]> = { a0: [1, 0, 0, 0], a1: [0, 1, 0, 0], a2: [0, 0, 1, 0], a3: [1, 0, 0, 0.05], b4: [0, 0.5, 0.5, 0.7] };
+  const asked: string[][] = [];
+  const features = async (es: Entry[]) => (asked.push(keys(es)), flat(es.map((e) => now[e.key])));
+  const b = new ReplayBuffer({ capacity: 4, policy: 'diverse-reservoir-fresh', alpha: 0.5 });
+  b.add([0, 1, 2, 3].map((i) => ({ key: `a${i}`, image: img(i) })));
+  b.add([4, 5].map((i) => ({ key: `b${i}`, image: img(i) })));
+  await b.updateFeatures([...b.entries], flat([[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1], [0, 1, 0.05, 0], [0.7, 0.7, 0, 0.1]]));
+  assert.deepEqual(keys(await b.shrink(rng, features)), ['b5', 'a0']);
+  assert.deepEqual(asked, [['a0', 'a1', 'a2', 'a3', 'b4']], 'features of the entries left after admission, once');
+  assert.deepEqual(keys(b.entries), ['a1', 'a2', 'a3', 'b4']);
+  // The buffer's own index lost a0 too: its mean nearest-neighbour similarity is over the four left.
+  const dot = (u: Float32Array, v: Float32Array) => u.reduce((acc, x, k) => acc + x * v[k], 0);
+  const left = b.entries.map((e) => e.feature!);
+  const mean = left.map((u, i) => Math.max(...left.filter((_, j) => j !== i).map((v) => dot(u, v)))).reduce((p, q) => p + q, 0) / left.length;
+  assert.ok(Math.abs(b.meanNearestSimilarity() - mean) < 1e-6, `${b.meanNearestSimilarity()} vs ${mean}`);
+  // All new ones dropped: no features asked.
+  b.add([{ key: 'b6', image: img(6) }]);
+  await b.updateFeatures(b.entries.slice(-1), flat([[1, 0, 0, 0]]));
+  assert.deepEqual(keys(await b.shrink({ int: (k: number) => k - 1 } as unknown as Rng, features)), ['b6']);
+  assert.equal(asked.length, 1);
+});

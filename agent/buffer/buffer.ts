@@ -22,9 +22,10 @@ import { psaSelect } from './psa.ts';
 // stream position) and takes the evictions the admitted ones need by the redundancy rule instead of
 // uniformly: the reservoir's spread over the stream, without its near-duplicates; `diverse-strata-fresh`
 // is diverse-strata with the nearest neighbours of diverse-fresh (backbone features recomputed at each shrink);
-// `strata-random` is the control with no redundancy at all: the spans of diverse-strata, a uniform draw within.
-export type BufferPolicy = 'diverse' | 'minred' | 'reservoir' | 'fifo' | 'psa' | 'diverse-fresh' | 'diverse-strata' | 'diverse-reservoir' | 'diverse-strata-fresh' | 'strata-random';
-export const BUFFER_POLICIES: BufferPolicy[] = ['diverse', 'minred', 'reservoir', 'fifo', 'psa', 'diverse-fresh', 'diverse-strata', 'diverse-reservoir', 'diverse-strata-fresh', 'strata-random'];
+// `strata-random` is the control with no redundancy at all: the spans of diverse-strata, a uniform draw within;
+// `diverse-reservoir-fresh` is diverse-reservoir with the nearest neighbours of diverse-fresh.
+export type BufferPolicy = 'diverse' | 'minred' | 'reservoir' | 'fifo' | 'psa' | 'diverse-fresh' | 'diverse-strata' | 'diverse-reservoir' | 'diverse-strata-fresh' | 'strata-random' | 'diverse-reservoir-fresh';
+export const BUFFER_POLICIES: BufferPolicy[] = ['diverse', 'minred', 'reservoir', 'fifo', 'psa', 'diverse-fresh', 'diverse-strata', 'diverse-reservoir', 'diverse-strata-fresh', 'strata-random', 'diverse-reservoir-fresh'];
 /** Spans of the stream `diverse-strata` balances when the config names none. */
 export const DEFAULT_STRATA = 8;
 
@@ -91,7 +92,7 @@ export class ReplayBuffer {
   }
 
   get usesFeatures(): boolean {
-    return ['diverse', 'minred', 'diverse-strata', 'diverse-reservoir', 'diverse-strata-fresh'].includes(this.cfg.policy);
+    return ['diverse', 'minred', 'diverse-strata', 'diverse-reservoir', 'diverse-strata-fresh', 'diverse-reservoir-fresh'].includes(this.cfg.policy);
   }
 
   /** Shrink right after an arrival is added, before its training steps (MinRed), not after them. */
@@ -189,6 +190,7 @@ export class ReplayBuffer {
     if (this.cfg.policy === 'diverse-strata-fresh' && n > 0 && seen >= 2 * n) return this.shrinkStrata(n, await this.freshIndex(features));
     if (this.cfg.policy === 'strata-random' && n > 0) return this.shrinkStrata(n, undefined, rng);
     if (this.cfg.policy === 'diverse-reservoir' && n > 0 && seen >= 2 * n) return this.shrinkReservoirAdmit(n, rng);
+    if (this.cfg.policy === 'diverse-reservoir-fresh' && n > 0 && seen >= 2 * n) return this.shrinkReservoirAdmit(n, rng, features ?? null);
     if (this.usesFeatures && n > 0 && seen >= 2 * n) {
       // The index refresh and the removals together: the index picks the cheaper way (removal.ts).
       const changed = [...this.dirty.values()].map((e) => ({ id: e.id, feature: e.feature!, rank: e.streamIndex }));
@@ -307,9 +309,10 @@ export class ReplayBuffer {
 
   /**
    * diverse-reservoir: the new entries (in stream order) each kept with probability M / t, the others
-   * dropped; then as many as are still over capacity go by the redundancy rule over all entries left.
+   * dropped; then as many as are still over capacity go by the redundancy rule over all entries left
+   * (on their stored z*, or with `features` on the current backbone features: diverse-reservoir-fresh).
    */
-  private async shrinkReservoirAdmit(n: number, rng: Rng): Promise<Entry[]> {
+  private async shrinkReservoirAdmit(n: number, rng: Rng, features?: FeatureFn | null): Promise<Entry[]> {
     await this.flush();
     const fresh = this.entries.filter((e) => e.lifespan === 0).sort((a, b) => a.streamIndex - b.streamIndex);
     const rejected = new Set<number>();
@@ -320,7 +323,12 @@ export class ReplayBuffer {
     const out = fresh.filter((e) => rejected.has(e.id));
     await this.remove(rejected);
     const byId = new Map(this.entries.map((e) => [e.id, e]));
-    const ids = await this.nn.removeRedundant(n - out.length);
+    let ids: number[];
+    if (features === undefined) ids = await this.nn.removeRedundant(n - out.length);
+    else {
+      ids = n > out.length ? await (await this.freshIndex(features ?? undefined)).removeRedundant(n - out.length) : [];
+      for (const id of ids) await this.nn.delete(id);
+    }
     const gone = new Set(ids);
     this.entries = this.entries.filter((e) => !gone.has(e.id));
     for (const id of ids) this.live.delete(id);
