@@ -51,6 +51,19 @@ const list: Method[] = [
   // rule, and no buffer at all.
   { name: 'ours-fifo', describe: 'ours with a FIFO buffer (the newest M images)', ...OURS, buffer: 'fifo' },
   { name: 'ours-minred-buffer', describe: "ours with MinRed's buffer timing: the redundancy rule applied before the steps", ...OURS, buffer: 'minred' },
+  // Issue #15's variants of the rule (ours keeps the paper's).
+  { name: 'ours-fresh', describe: "ours with redundancy ranked on every entry's backbone features under the current model, recomputed at each shrink", ...OURS, buffer: 'diverse-fresh' },
+  { name: 'ours-strata', describe: 'ours with the redundancy rule taken within the most crowded of 8 equal spans of the stream so far (reservoir-like coverage of the past)', ...OURS, buffer: 'diverse-strata' },
+  { name: 'ours-strata-fresh', describe: "ours-strata ranking redundancy on every entry's backbone features under the current model, recomputed at each shrink", ...OURS, buffer: 'diverse-strata-fresh' },
+  { name: 'ours-strata-random', describe: 'control for ours-strata: the same 8 spans of the stream, a uniform draw within the most crowded (no redundancy rule)', ...OURS, buffer: 'strata-random' },
+  {
+    name: 'ours-resdiv', describe: 'ours with reservoir admission (each new image kept with probability M / t) and the evictions it needs by the redundancy rule',
+    ...OURS, buffer: 'diverse-reservoir',
+  },
+  {
+    name: 'ours-resdiv-fresh', describe: "ours-resdiv with the evictions ranked on every entry's backbone features under the current model, recomputed at each shrink",
+    ...OURS, buffer: 'diverse-reservoir-fresh',
+  },
   {
     name: 'ours-nobuffer', describe: "ours trained on each arrival's images alone (no replay)",
     ...OURS, edge: { preset: 'edge', sets: ['batch=16'] }, paper: { preset: 'paper-cifar', sets: ['batch=100'] }, buffer: 'fifo', batch: 'arrival',

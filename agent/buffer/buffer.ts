@@ -12,8 +12,22 @@ import { NearestNeighbours } from './removal.ts';
 import type { SimilarityEngine } from './similarity.ts';
 import { psaSelect } from './psa.ts';
 
-export type BufferPolicy = 'diverse' | 'minred' | 'reservoir' | 'fifo' | 'psa';
-export const BUFFER_POLICIES: BufferPolicy[] = ['diverse', 'minred', 'reservoir', 'fifo', 'psa'];
+// Issue #15's variants of the redundancy rule (the paper's `diverse` is unchanged):
+// `diverse-fresh` ranks redundancy on the backbone features of every entry under the current model
+// (as psa reads them), recomputed at each shrink, instead of the stored z*; `diverse-strata` keeps the
+// buffer spread over the stream's past like a reservoir: the stream seen so far is cut into `strata`
+// equal spans of arrival positions, each removal is taken from the span holding the most entries, and
+// within it the redundancy rule picks (the entry whose nearest neighbour in the buffer is most similar);
+// `diverse-reservoir` admits each new entry as the reservoir does (kept with probability M / t, t its
+// stream position) and takes the evictions the admitted ones need by the redundancy rule instead of
+// uniformly: the reservoir's spread over the stream, without its near-duplicates; `diverse-strata-fresh`
+// is diverse-strata with the nearest neighbours of diverse-fresh (backbone features recomputed at each shrink);
+// `strata-random` is the control with no redundancy at all: the spans of diverse-strata, a uniform draw within;
+// `diverse-reservoir-fresh` is diverse-reservoir with the nearest neighbours of diverse-fresh.
+export type BufferPolicy = 'diverse' | 'minred' | 'reservoir' | 'fifo' | 'psa' | 'diverse-fresh' | 'diverse-strata' | 'diverse-reservoir' | 'diverse-strata-fresh' | 'strata-random' | 'diverse-reservoir-fresh';
+export const BUFFER_POLICIES: BufferPolicy[] = ['diverse', 'minred', 'reservoir', 'fifo', 'psa', 'diverse-fresh', 'diverse-strata', 'diverse-reservoir', 'diverse-strata-fresh', 'strata-random', 'diverse-reservoir-fresh'];
+/** Spans of the stream `diverse-strata` balances when the config names none. */
+export const DEFAULT_STRATA = 8;
 
 /** Backbone features [entries, F] of the given entries under the current model (the psa policy's points). */
 export type FeatureFn = (entries: Entry[]) => Promise<Float32Array>;
@@ -42,6 +56,8 @@ export interface BufferConfig {
   policy: BufferPolicy;
   /** EMA weight of the old representative feature. */
   alpha: number;
+  /** diverse-strata: spans of the stream (default DEFAULT_STRATA). */
+  strata?: number;
 }
 
 /** 1 / |v| of v[off, off + d) (float64 sum of squares, as the EMA has always rounded it). */
@@ -76,7 +92,7 @@ export class ReplayBuffer {
   }
 
   get usesFeatures(): boolean {
-    return this.cfg.policy === 'diverse' || this.cfg.policy === 'minred';
+    return ['diverse', 'minred', 'diverse-strata', 'diverse-reservoir', 'diverse-strata-fresh', 'diverse-reservoir-fresh'].includes(this.cfg.policy);
   }
 
   /** Shrink right after an arrival is added, before its training steps (MinRed), not after them. */
@@ -167,8 +183,14 @@ export class ReplayBuffer {
   async shrink(rng: Rng, features?: FeatureFn): Promise<Entry[]> {
     const n = this.size - this.cfg.capacity;
     if (this.cfg.policy === 'psa') return n > 0 ? this.shrinkPsa(features) : [];
+    if (this.cfg.policy === 'diverse-fresh' && n > 0 && this.entries.filter((e) => e.seen).length >= 2 * n) return this.shrinkFresh(n, features);
     let seen = this.nn.size;
     for (const id of this.dirty.keys()) if (!this.nn.has(id)) seen++;
+    if (this.cfg.policy === 'diverse-strata' && n > 0 && seen >= 2 * n) return this.shrinkStrata(n);
+    if (this.cfg.policy === 'diverse-strata-fresh' && n > 0 && seen >= 2 * n) return this.shrinkStrata(n, await this.freshIndex(features));
+    if (this.cfg.policy === 'strata-random' && n > 0) return this.shrinkStrata(n, undefined, rng);
+    if (this.cfg.policy === 'diverse-reservoir' && n > 0 && seen >= 2 * n) return this.shrinkReservoirAdmit(n, rng);
+    if (this.cfg.policy === 'diverse-reservoir-fresh' && n > 0 && seen >= 2 * n) return this.shrinkReservoirAdmit(n, rng, features ?? null);
     if (this.usesFeatures && n > 0 && seen >= 2 * n) {
       // The index refresh and the removals together: the index picks the cheaper way (removal.ts).
       const changed = [...this.dirty.values()].map((e) => ({ id: e.id, feature: e.feature!, rank: e.streamIndex }));
@@ -183,7 +205,7 @@ export class ReplayBuffer {
     await this.flush();
     if (n <= 0) return [];
     const drop = new Set<number>();
-    if (this.cfg.policy === 'fifo' || (this.usesFeatures && this.nn.size < 2 * n)) {
+    if (this.cfg.policy === 'fifo' || this.cfg.policy === 'diverse-fresh' || (this.usesFeatures && this.nn.size < 2 * n)) {
       // Oldest first (largest lifespan; earlier arrival on ties).
       const order = [...this.entries].sort((a, b) => b.lifespan - a.lifespan || a.streamIndex - b.streamIndex);
       for (const e of order.slice(0, n)) drop.add(e.id);
@@ -211,6 +233,106 @@ export class ReplayBuffer {
       return this.remove(drop);
     }
     throw new Error('unreachable: the redundancy rule is taken above');
+  }
+
+  /**
+   * diverse-fresh: the redundancy rule over the normalised backbone features of every entry under the
+   * current model, computed now (the stored z* are kept for the EMA and diagnostics, not ranked).
+   */
+  private async shrinkFresh(n: number, features: FeatureFn | undefined): Promise<Entry[]> {
+    const ids = await (await this.freshIndex(features)).removeRedundant(n);
+    // In removal order, as the diverse rule reports them.
+    const gone = await this.remove(new Set(ids));
+    return ids.map((id) => gone.find((e) => e.id === id)!);
+  }
+
+  /** A nearest-neighbour index over the normalised backbone features of every entry under the current model. */
+  private async freshIndex(features: FeatureFn | undefined): Promise<NearestNeighbours> {
+    if (!features) throw new Error(`buffer ${this.cfg.policy}: shrinking needs the entries' backbone features`);
+    const f = await features(this.entries);
+    const d = f.length / this.size;
+    const nn = new NearestNeighbours(this.engine);
+    await nn.setMany(
+      this.entries.map((e, j) => {
+        const v = f.slice(j * d, (j + 1) * d);
+        const inv = invNorm(v, 0, d);
+        for (let k = 0; k < d; k++) v[k] *= inv;
+        return { id: e.id, feature: v, rank: e.streamIndex };
+      }),
+    );
+    return nn;
+  }
+
+  /**
+   * diverse-strata: n times, the span of stream positions (the stream so far in `strata` equal parts)
+   * holding the most entries (the newer span on ties) gives up its entry with the most similar nearest
+   * neighbour in the whole buffer (the lower stream position on ties): by the buffer's own index (stored
+   * z*), or by `index` (diverse-strata-fresh), or a uniform draw from `random` instead (strata-random).
+   */
+  private async shrinkStrata(n: number, index?: NearestNeighbours, random?: Rng): Promise<Entry[]> {
+    await this.flush();
+    const nn = index ?? this.nn;
+    const S = this.cfg.strata ?? DEFAULT_STRATA;
+    const T = this.streamCount;
+    const span = (e: Entry) => Math.min(S - 1, Math.floor(((e.streamIndex - 1) * S) / T));
+    const left = [...this.entries];
+    const out: Entry[] = [];
+    for (let r = 0; r < n; r++) {
+      const count = new Array(S).fill(0);
+      for (const e of left) count[span(e)]++;
+      let s = S - 1;
+      for (let i = S - 2; i >= 0; i--) if (count[i] > count[s]) s = i;
+      let pick = -1;
+      let best = -Infinity;
+      if (random) {
+        // strata-random: a uniform draw within the span (in buffer order).
+        const inSpan = left.flatMap((e, i) => (span(e) === s ? [i] : []));
+        pick = inSpan[random.int(inSpan.length)];
+      } else left.forEach((e, i) => {
+        if (span(e) !== s) return;
+        const v = nn.similarity(e.id);
+        if (pick < 0 || v > best || (v === best && e.streamIndex < left[pick].streamIndex)) {
+          best = v;
+          pick = i;
+        }
+      });
+      const [e] = left.splice(pick, 1);
+      out.push(e);
+      await nn.delete(e.id);
+      if (index) await this.nn.delete(e.id);
+    }
+    const gone = new Set(out.map((e) => e.id));
+    this.entries = this.entries.filter((e) => !gone.has(e.id));
+    for (const id of gone) this.live.delete(id);
+    return out;
+  }
+
+  /**
+   * diverse-reservoir: the new entries (in stream order) each kept with probability M / t, the others
+   * dropped; then as many as are still over capacity go by the redundancy rule over all entries left
+   * (on their stored z*, or with `features` on the current backbone features: diverse-reservoir-fresh).
+   */
+  private async shrinkReservoirAdmit(n: number, rng: Rng, features?: FeatureFn | null): Promise<Entry[]> {
+    await this.flush();
+    const fresh = this.entries.filter((e) => e.lifespan === 0).sort((a, b) => a.streamIndex - b.streamIndex);
+    const rejected = new Set<number>();
+    for (const e of fresh) {
+      if (rejected.size === n) break;
+      if (rng.int(e.streamIndex) >= this.cfg.capacity) rejected.add(e.id);
+    }
+    const out = fresh.filter((e) => rejected.has(e.id));
+    await this.remove(rejected);
+    const byId = new Map(this.entries.map((e) => [e.id, e]));
+    let ids: number[];
+    if (features === undefined) ids = await this.nn.removeRedundant(n - out.length);
+    else {
+      ids = n > out.length ? await (await this.freshIndex(features ?? undefined)).removeRedundant(n - out.length) : [];
+      for (const id of ids) await this.nn.delete(id);
+    }
+    const gone = new Set(ids);
+    this.entries = this.entries.filter((e) => !gone.has(e.id));
+    for (const id of ids) this.live.delete(id);
+    return [...out, ...ids.map((id) => byId.get(id)!)];
   }
 
   /** SCALE's memory update: PSA keeps `capacity` of all entries by their backbone features. */

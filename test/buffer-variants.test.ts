@@ -1,0 +1,162 @@
+// Issue #15's variants of the redundancy rule, on hand-made feature sets with known answers:
+// diverse-strata (the rule within the most crowded span of the stream) and diverse-fresh (the rule on
+// the current model's backbone features instead of the stored z*).
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { ReplayBuffer, type BufferPolicy, type Entry } from '../agent/buffer/buffer.ts';
+import { Rng } from '../core/rng.ts';
+
+const img = (v: number) => new Uint8Array(12).fill(v);
+const flat = (vs: number[][]) => Float32Array.from(vs.flat());
+
+// Three old entries crowded around one direction (pairwise cos >= 0.96), three new ones apart (cos <= 0.5).
+const OLD = [[1, 0.1, 0, 0, 0], [1, 0, 0.1, 0, 0], [1, 0, 0, 0.25, 0]];
+const NEW = [[0, 1, 0, 0, 0], [0, 0.5, 0.866, 0, 0], [0, 0, 0, 0.3, 1]];
+
+/** Capacity 4, the six entries a0-a2, b3-b5 added and seen with the stored features OLD, NEW. */
+async function six(policy: BufferPolicy, strata?: number): Promise<ReplayBuffer> {
+  const b = new ReplayBuffer({ capacity: 4, policy, alpha: 0.5, ...(strata ? { strata } : {}) });
+  b.add([0, 1, 2].map((i) => ({ key: `a${i}`, image: img(i) })));
+  b.add([3, 4, 5].map((i) => ({ key: `b${i}`, image: img(i) })));
+  await b.updateFeatures([...b.entries], flat([...OLD, ...NEW]));
+  return b;
+}
+const keys = (es: Entry[]) => es.map((e) => e.key);
+
+test("diverse (the paper's rule) takes both removals from the crowded old entries", async () => {
+  // a0-a1 is the closest pair (a0 goes, the earlier); then a1-a2 (cos 0.96) beats everything left.
+  const b = await six('diverse');
+  assert.deepEqual(keys(await b.shrink(new Rng(1))), ['a0', 'a1']);
+});
+
+test('diverse-strata: each removal from the most crowded span of the stream, its most redundant entry', async () => {
+  // Two spans of the six positions: a0-a2 and b3-b5, three entries each. The tie goes to the newer
+  // span, whose most redundant entry is b3 or b4 (cos 0.5 to each other; b3 the earlier); then the old
+  // span holds more and gives up a0 (its pair with a1 is the closest in the buffer).
+  const b = await six('diverse-strata', 2);
+  assert.deepEqual(keys(await b.shrink(new Rng(1))), ['b3', 'a0']);
+  assert.deepEqual(keys(b.entries), ['a1', 'a2', 'b4', 'b5']);
+  // Two left in each span: the newer gives up b4 (nearest now a1 at 0.086, above b5's 0.07).
+  b.cfg.capacity = 3;
+  assert.deepEqual(keys(await b.shrink(new Rng(1))), ['b4']);
+  // One span: the paper's rule exactly.
+  const one = await six('diverse-strata', 1);
+  assert.deepEqual(keys(await one.shrink(new Rng(1))), ['a0', 'a1']);
+  // Eight spans by default: with six positions each entry is a span of its own (counts tie at 1), so
+  // the newest goes first whatever the features.
+  const dflt = await six('diverse-strata');
+  assert.deepEqual(keys(await dflt.shrink(new Rng(1))), ['b5', 'b4']);
+});
+
+test('diverse-strata: oldest first while fewer than 2n entries are seen', async () => {
+  const b = new ReplayBuffer({ capacity: 4, policy: 'diverse-strata', alpha: 0.5, strata: 2 });
+  b.add([0, 1, 2, 3, 4, 5].map((i) => ({ key: `a${i}`, image: img(i) })));
+  assert.deepEqual(keys(await b.shrink(new Rng(1))), ['a0', 'a1']);
+});
+
+test("diverse-fresh: ranks the features the model gives now, never the stored ones", async () => {
+  // The current model says a0-a2 are apart and b4, b5 near copies: b4 goes (the earlier of the pair),
+  // then b3 (its neighbour b5 at 0.78 is now the closest pair), where the stored features would drop a0, a1.
+  const now: Record<string, number[]> = { a0: [1, 0, 0, 0], a1: [0, 1, 0, 0], a2: [0, 0, 1, 0], b3: [0.6, 0, 0, 0.8], b4: [0, 0, -0.2, 1], b5: [0, 0, -0.21, 1] };
+  let calls = 0;
+  const features = async (es: Entry[]) => {
+    calls++;
+    return flat(es.map((e) => now[e.key].map((x) => 3 * x)));
+  };
+  const b = await six('diverse-fresh');
+  const stored = b.entries.map((e) => e.feature);
+  assert.deepEqual(keys(await b.shrink(new Rng(1), features)), ['b4', 'b3']);
+  assert.equal(calls, 1);
+  assert.deepEqual(b.entries.map((e) => e.feature), [stored[0], stored[1], stored[2], stored[5]], 'stored features untouched');
+  b.add([{ key: 'b4', image: img(4) }]);
+  await b.updateFeatures(b.entries.slice(-1), flat([NEW[1]]));
+  await assert.rejects(b.shrink(new Rng(1)), /diverse-fresh: shrinking needs the entries' backbone features/);
+});
+
+test('diverse-fresh: oldest first, no features asked, while fewer than 2n entries are seen', async () => {
+  const b = new ReplayBuffer({ capacity: 4, policy: 'diverse-fresh', alpha: 0.5 });
+  b.add([0, 1, 2, 3, 4, 5].map((i) => ({ key: `a${i}`, image: img(i) })));
+  let calls = 0;
+  assert.deepEqual(keys(await b.shrink(new Rng(1), async () => (calls++, new Float32Array(0)))), ['a0', 'a1']);
+  assert.equal(calls, 0);
+});
+
+test('diverse-reservoir: new entries admitted with probability M / t, the evictions by the redundancy rule', async () => {
+  // Draws fixed by hand: b4 (t 5) draws 0 < 4, admitted; b5 (t 6) draws 5 >= 4, dropped. One eviction
+  // is still needed: a1 and b4 are near copies, a1 (the earlier) goes.
+  const draws: [number, number][] = [];
+  const rng = { int: (k: number) => (draws.push([k, k === 5 ? 0 : 5]), k === 5 ? 0 : 5) } as unknown as Rng;
+  const b = new ReplayBuffer({ capacity: 4, policy: 'diverse-reservoir', alpha: 0.5 });
+  b.add([0, 1, 2, 3].map((i) => ({ key: `a${i}`, image: img(i) })));
+  b.add([4, 5].map((i) => ({ key: `b${i}`, image: img(i) })));
+  await b.updateFeatures([...b.entries], flat([[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1], [0, 1, 0.05, 0], [0.7, 0.7, 0, 0.1]]));
+  assert.deepEqual(keys(await b.shrink(rng)), ['b5', 'a1']);
+  assert.deepEqual(draws, [[5, 0], [6, 5]]);
+  assert.deepEqual(keys(b.entries), ['a0', 'a2', 'a3', 'b4']);
+  // Both admitted: both evictions by the rule (b6 and b7 near copies of a2, all three tied: a2 goes, the earliest, then b6).
+  b.add([6, 7].map((i) => ({ key: `b${i}`, image: img(i) })));
+  await b.updateFeatures(b.entries.slice(-2), flat([[0, 0, 1, 0.01], [0, 0.01, 1, 0]]));
+  const admit = { int: () => 0 } as unknown as Rng;
+  assert.deepEqual(keys(await b.shrink(admit)), ['a2', 'b6']);
+  // All dropped: the old entries stay whatever the features.
+  b.add([8, 9].map((i) => ({ key: `b${i}`, image: img(i) })));
+  await b.updateFeatures(b.entries.slice(-2), flat([[1, 0, 0, 0], [1, 0, 0, 0.001]]));
+  assert.deepEqual(keys(await b.shrink({ int: (k: number) => k - 1 } as unknown as Rng)), ['b8', 'b9']);
+});
+
+test('diverse-strata-fresh: the spans of diverse-strata, the nearest neighbours of the current backbone features', async () => {
+  // Spans a0-a2 and b3-b5 tie; in the newer one the current features make b4, b5 near copies: b4 goes
+  // (diverse-strata on the stored features takes b3). Then the older span gives up a0 (cos 0.6 to b3).
+  const now: Record<string, number[]> = { a0: [1, 0, 0, 0], a1: [0, 1, 0, 0], a2: [0, 0, 1, 0], b3: [0.6, 0, 0, 0.8], b4: [0, 0, -0.2, 1], b5: [0, 0, -0.21, 1] };
+  const features = async (es: Entry[]) => flat(es.map((e) => now[e.key]));
+  const b = await six('diverse-strata-fresh', 2);
+  assert.deepEqual(keys(await b.shrink(new Rng(1), features)), ['b4', 'a0']);
+  // One more: two per span, the newer gives up b3 (its neighbour b5 at 0.78).
+  b.cfg.capacity = 3;
+  assert.deepEqual(keys(await b.shrink(new Rng(1), features)), ['b3']);
+  // The buffer's own index (stored features) lost the removed entries too: its mean nearest-neighbour
+  // similarity is that of a1, a2, b5 alone.
+  const dot = (u: Float32Array, v: Float32Array) => u.reduce((acc, x, k) => acc + x * v[k], 0);
+  const left = b.entries.map((e) => e.feature!);
+  const mean = left.map((u, i) => Math.max(...left.filter((_, j) => j !== i).map((v) => dot(u, v)))).reduce((p, q) => p + q, 0) / left.length;
+  assert.ok(Math.abs(b.meanNearestSimilarity() - mean) < 1e-6, `${b.meanNearestSimilarity()} vs ${mean}`);
+  await assert.rejects(b.add([{ key: 'x', image: img(9) }]) && b.shrink(new Rng(1)), /diverse-strata-fresh: shrinking needs the entries' backbone features/);
+});
+
+test('strata-random: the spans of diverse-strata, a uniform draw within, no features read', async () => {
+  // Draws fixed by hand (index into the span's entries in buffer order): the spans tie, the newer gives
+  // up its third (b5); then the older, holding more, its second (a1). No entry has been seen.
+  const draws: number[] = [];
+  const rng = { int: (k: number) => (draws.push(k), draws.length === 1 ? 2 : 1) } as unknown as Rng;
+  const b = new ReplayBuffer({ capacity: 4, policy: 'strata-random', alpha: 0.5, strata: 2 });
+  b.add([0, 1, 2].map((i) => ({ key: `a${i}`, image: img(i) })));
+  b.add([3, 4, 5].map((i) => ({ key: `b${i}`, image: img(i) })));
+  assert.deepEqual(keys(await b.shrink(rng)), ['b5', 'a1']);
+  assert.deepEqual(draws, [3, 3]);
+});
+
+test('diverse-reservoir-fresh: reservoir admission, the evictions by the current backbone features', async () => {
+  // As the diverse-reservoir test: b4 admitted, b5 dropped, one eviction. The stored features make a1
+  // and b4 near copies; the current features make a0 and a3 near copies instead: a0 goes (the earlier).
+  const rng = { int: (k: number) => (k === 5 ? 0 : 5) } as unknown as Rng;
+  const now: Record<string, number[]> = { a0: [1, 0, 0, 0], a1: [0, 1, 0, 0], a2: [0, 0, 1, 0], a3: [1, 0, 0, 0.05], b4: [0, 0.5, 0.5, 0.7] };
+  const asked: string[][] = [];
+  const features = async (es: Entry[]) => (asked.push(keys(es)), flat(es.map((e) => now[e.key])));
+  const b = new ReplayBuffer({ capacity: 4, policy: 'diverse-reservoir-fresh', alpha: 0.5 });
+  b.add([0, 1, 2, 3].map((i) => ({ key: `a${i}`, image: img(i) })));
+  b.add([4, 5].map((i) => ({ key: `b${i}`, image: img(i) })));
+  await b.updateFeatures([...b.entries], flat([[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1], [0, 1, 0.05, 0], [0.7, 0.7, 0, 0.1]]));
+  assert.deepEqual(keys(await b.shrink(rng, features)), ['b5', 'a0']);
+  assert.deepEqual(asked, [['a0', 'a1', 'a2', 'a3', 'b4']], 'features of the entries left after admission, once');
+  assert.deepEqual(keys(b.entries), ['a1', 'a2', 'a3', 'b4']);
+  // The buffer's own index lost a0 too: its mean nearest-neighbour similarity is over the four left.
+  const dot = (u: Float32Array, v: Float32Array) => u.reduce((acc, x, k) => acc + x * v[k], 0);
+  const left = b.entries.map((e) => e.feature!);
+  const mean = left.map((u, i) => Math.max(...left.filter((_, j) => j !== i).map((v) => dot(u, v)))).reduce((p, q) => p + q, 0) / left.length;
+  assert.ok(Math.abs(b.meanNearestSimilarity() - mean) < 1e-6, `${b.meanNearestSimilarity()} vs ${mean}`);
+  // All new ones dropped: no features asked.
+  b.add([{ key: 'b6', image: img(6) }]);
+  await b.updateFeatures(b.entries.slice(-1), flat([[1, 0, 0, 0]]));
+  assert.deepEqual(keys(await b.shrink({ int: (k: number) => k - 1 } as unknown as Rng, features)), ['b6']);
+  assert.equal(asked.length, 1);
+});
