@@ -347,12 +347,13 @@ await yargs(hideBin(process.argv))
         .options(nums({ fps: { min: 0, default: 0, describe: 'frames per second (0: as fast as possible)' } }))
         .option('format', { choices: ['png', 'jpg'] as const, default: 'png' as const, describe: 'image file format of the frames written (folder:ROOT: its files are copied as they are)' })
         .options(nums({ limit: { int: true, min: 1, describe: 'write only the first N frames' } }))
+        .options(nums({ clips: { int: true, min: 0, default: 0, describe: 'camera-like: each image becomes a clip of this many frames (a slow pan and zoom over it, brightness drift, sensor noise; seeded by --trial), the redundancy of a 10-30 fps camera (cifar10, cifar100; 0: the images as they are)' } }))
         .option('print-order', { type: 'boolean', default: false, describe: 'print the index order as JSON and exit' }),
     async (a) => {
       if (!datasetArg(a.dataset, ['cifar10', 'cifar100']).startsWith('folder:')) cifarDir(a['data-dir'], a.dataset as 'cifar10' | 'cifar100');
       if (a.to && !a['print-order']) writableDir('--to', a.to);
       const { streamCommand } = await import('./commands/stream.ts');
-      await streamCommand({ dataset: a.dataset, dataDir: a['data-dir'], order: a.order, trial: a.trial, to: a.to, fps: a.fps, format: a.format, printOrder: a['print-order'], limit: a.limit });
+      await streamCommand({ dataset: a.dataset, dataDir: a['data-dir'], order: a.order, trial: a.trial, to: a.to, fps: a.fps, format: a.format, printOrder: a['print-order'], limit: a.limit, clips: a.clips });
     },
   )
   .command(

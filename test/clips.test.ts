@@ -57,3 +57,35 @@ test('clips: the stream repeats each source D times in order; bad frame numbers 
   assert.throws(() => clipFrame(image(0), 32, { ...DEFAULT_CLIP, frames: 2 }, 0, 0, 2), /clip frame 2: expected 0..1/);
   assert.throws(() => clipFrame(image(0), 32, { ...DEFAULT_CLIP, frames: 0 }, 0, 0, 0), /clip frames 0/);
 });
+
+test('ssocl stream --clips D writes each image of the order as D camera frames, each the clip frame of (trial, image, t)', async () => {
+  const { spawnSync } = await import('node:child_process');
+  const { mkdtempSync, readdirSync, rmSync } = await import('node:fs');
+  const { tmpdir } = await import('node:os');
+  const sharp = (await import('sharp')).default;
+  const { readCifar10 } = await import('../core/codecs/cifar.ts');
+  const { CIFAR10_DIR, REPO } = await import('./helpers/paths.ts');
+  const cli = (...a: string[]) => spawnSync(process.execPath, [path.join(REPO, 'bin/ssocl.mjs'), 'stream', '--dataset', 'cifar10', '--data-dir', path.dirname(CIFAR10_DIR), ...a], { encoding: 'utf8' });
+  const o = JSON.parse(cli('--order', 'seq-bl', '--trial', '2', '--clips', '4', '--limit', '8', '--print-order').stdout);
+  assert.deepEqual(o.frameOfClip, [0, 1, 2, 3, 0, 1, 2, 3]);
+  assert.equal(new Set(o.indices.slice(0, 4)).size, 1);
+  assert.notEqual(o.indices[3], o.indices[4]);
+  const to = mkdtempSync(path.join(tmpdir(), 'ssocl-clipstream-'));
+  try {
+    const w = cli('--order', 'seq-bl', '--trial', '2', '--clips', '4', '--limit', '8', '--to', to);
+    assert.equal(w.status, 0, w.stderr);
+    const files = readdirSync(to).sort();
+    assert.equal(files.length, 8);
+    const train = readCifar10(CIFAR10_DIR, 'train');
+    for (const [k, f] of files.entries()) {
+      const i = o.indices[k];
+      const want = clipFrame(train.images.subarray(i * 3072, (i + 1) * 3072), 32, { ...DEFAULT_CLIP, frames: 4 }, 2, i, o.frameOfClip[k]);
+      const hwc = await sharp(path.join(to, f)).raw().toBuffer();
+      const got = new Uint8Array(3072);
+      for (let p = 0; p < 1024; p++) for (let c = 0; c < 3; c++) got[c * 1024 + p] = hwc[p * 3 + c];
+      assert.deepEqual(got, want, `${f}: the clip frame (PNG is lossless)`);
+    }
+  } finally {
+    rmSync(to, { recursive: true, force: true });
+  }
+});

@@ -12,8 +12,8 @@ import { REPO } from './helpers/paths.ts';
 const AGENT_TOOLS_FRONT_ENDS: Record<string, string[]> = {
   // `ssocl artifacts`: compiles a preset.
   'agent/commands/artifacts.ts': ['tools/artifacts/presets.ts', 'tools/artifacts/write.ts'],
-  // `ssocl stream`: makes class-incremental stream orders.
-  'agent/commands/stream.ts': ['tools/data/streams.ts'],
+  // `ssocl stream`: makes class-incremental stream orders and camera-like clips.
+  'agent/commands/stream.ts': ['tools/data/streams.ts', 'tools/data/clips.ts'],
   // `ssocl data fetch` and the preset list of `ssocl artifacts`, both loaded lazily (see below).
   'agent/cli.ts': ['tools/artifacts/presets.ts', 'tools/data/fetch.ts'],
 };

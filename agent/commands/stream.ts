@@ -7,6 +7,7 @@ import path from 'node:path';
 import sharp from 'sharp';
 import { readCifar10, readCifar100, type LabelledImages } from '../../core/codecs/cifar.ts';
 import { folderStreamSpec, makeStream, streamSpec, type StreamOrder } from '../../tools/data/streams.ts';
+import { clipFrame, DEFAULT_CLIP } from '../../tools/data/clips.ts';
 import { readImageFolder, type FolderData } from '../eval/folder.ts';
 import type { Fit } from '../frames/decode.ts';
 
@@ -21,6 +22,8 @@ export interface StreamArgs {
   format: 'png' | 'jpg';
   printOrder: boolean;
   limit?: number;
+  /** Camera-like: each image becomes a clip of this many frames (tools/data/clips.ts); 0 or 1: the images as they are. */
+  clips?: number;
 }
 
 /** ROOT of a `folder:ROOT` data set, or undefined for a named one. */
@@ -68,14 +71,16 @@ export async function folderStream(root: string, o: { order: StreamOrder; trial:
 /** Where a stream's frames come from: CIFAR's packed 32x32 images, or a folder's own files (copied as they are). */
 type Frames = { kind: 'packed'; data: LabelledImages; labels: ArrayLike<number> } | { kind: 'files'; files: string[]; labels: ArrayLike<number> };
 
-async function writeFrame(to: string, k: number, i: number, src: Frames, format: 'png' | 'jpg'): Promise<void> {
+async function writeFrame(to: string, k: number, i: number, src: Frames, format: 'png' | 'jpg', clip?: { frames: number; trial: number; t: number }): Promise<void> {
   // A folder's frame is its original file, full size: the agent scales it to whatever it trains at.
   const ext = src.kind === 'packed' ? format : path.extname(src.files[i]).slice(1).toLowerCase();
   const name = `${String(k).padStart(6, '0')}-c${src.labels[i]}.${ext}`;
   const tmp = path.join(to, `.${name}.part`);
   if (src.kind === 'files') copyFileSync(src.files[i], tmp);
   else {
-    const chw = src.data.images.subarray(i * 3072, (i + 1) * 3072);
+    const image = src.data.images.subarray(i * 3072, (i + 1) * 3072);
+    // A clip's frame: the camera's view of the image at time t of its clip (seeded by trial and image).
+    const chw = clip ? clipFrame(image, 32, { ...DEFAULT_CLIP, frames: clip.frames }, clip.trial, i, clip.t) : image;
     const hwc = Buffer.alloc(3072);
     for (let p = 0; p < 1024; p++) for (let c = 0; c < 3; c++) hwc[p * 3 + c] = chw[c * 1024 + p];
     const img = sharp(hwc, { raw: { width: 32, height: 32, channels: 3 } });
@@ -100,11 +105,16 @@ export async function streamCommand(a: StreamArgs): Promise<void> {
     src = { kind: 'packed', data: d.data, labels: d.labels };
     order = d.order;
   }
-  const items = a.limit ? order.slice(0, a.limit) : order;
+  const D = a.clips && a.clips > 1 ? a.clips : 0;
+  if (D && src.kind === 'files') throw new Error('--clips: camera-like clips are made from cifar10 and cifar100 images; a folder\'s files are streamed as they are');
+  // With clips, each image of the order gives D consecutive frames; --limit counts frames.
+  const frames = D ? order.flatMap((i) => Array.from({ length: D }, (_, t) => ({ i, t }))) : order.map((i) => ({ i, t: -1 }));
+  const items = (a.limit ? frames.slice(0, a.limit) : frames).map((f) => f.i);
+  const times = (a.limit ? frames.slice(0, a.limit) : frames).map((f) => f.t);
   if (a.printOrder) {
     // A folder's indices are positions in its readable train images; its files and classes say which.
     const extra = src.kind === 'files' ? { classes, labels: items.map((i) => src.labels[i]), files: items.map((i) => path.relative(root!, src.files[i])) } : {};
-    process.stdout.write(JSON.stringify({ dataset: a.dataset, order: a.order, trial: a.trial, count: items.length, indices: items, ...extra }) + '\n');
+    process.stdout.write(JSON.stringify({ dataset: a.dataset, order: a.order, trial: a.trial, count: items.length, indices: items, ...(D ? { clips: D, frameOfClip: times } : {}), ...extra }) + '\n');
     return;
   }
   if (!a.to) throw new Error('--to DIR is needed unless --print-order is given');
@@ -112,14 +122,14 @@ export async function streamCommand(a: StreamArgs): Promise<void> {
   const delay = a.fps > 0 ? 1000 / a.fps : 0;
   const t0 = Date.now();
   for (const [k, i] of items.entries()) {
-    await writeFrame(a.to, k, i, src, a.format);
+    await writeFrame(a.to, k, i, src, a.format, D ? { frames: D, trial: a.trial, t: times[k] } : undefined);
     if (process.stderr.isTTY && k % 100 === 0) process.stderr.write(`\r${k + 1}/${items.length} frames`);
     if (delay) {
       const wait = t0 + (k + 1) * delay - Date.now();
       if (wait > 0) await new Promise((r) => setTimeout(r, wait));
     }
   }
-  process.stderr.write(`\nwrote ${items.length} frames (${a.dataset} ${a.order}, trial ${a.trial}) to ${a.to}\n`);
+  process.stderr.write(`\nwrote ${items.length} frames (${a.dataset} ${a.order}${D ? `, clips of ${D} frames` : ''}, trial ${a.trial}) to ${a.to}\n`);
 }
 
 /** A reduced stream: the same order, each class cut to its share of `per` for the largest class (imbalance kept for seq-im). */
