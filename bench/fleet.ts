@@ -1,4 +1,4 @@
-// The fleet benchmark (issue #22): D devices, each streaming its own C classes of CIFAR-10's train split
+// bench/fleet: the fleet benchmark (issue #22): D devices, each streaming its own C classes of CIFAR-10's train split
 // (class-incremental within its share), learn with a fleet (a real Mosquitto broker and ssocl's
 // aggregator, in rounds every --every steps) and, paired, alone: the same frames, order, seeds and steps.
 // Each device's final encoder is measured by weighted kNN@20 on all ten classes (a fixed memory of train
