@@ -96,7 +96,14 @@ test('dashboard in chromium: live charts from a running agent, the page embeds a
     const ended = await agent.exit;
     assert.equal(ended.code, 0, agent.stderr());
     const latest = JSON.parse(readFileSync(path.join(models, 'latest.json'), 'utf8'));
-    await page.waitForFunction((sha: string) => (window as any).ssocl.model.sha === sha && (window as any).ssocl.state.buffer?.step >= 0, { timeout: 30_000 }, latest.sha256);
+    // The final buffer too (the final checkpoint's, at the export's step): a buffer read from an earlier
+    // checkpoint could be replaced under the query below, taking the queried image out of it.
+    await page.waitForFunction(
+      (sha: string, step: number) => (window as any).ssocl.model.sha === sha && (window as any).ssocl.state.buffer?.step === step && !!(window as any).ssocl.state.buffer?.images,
+      { timeout: 30_000 },
+      latest.sha256,
+      latest.step,
+    );
     lap('agent stopped, final model in the page');
 
     // The same float tensor through the page's onnxruntime-web and through Node's Encoder.
