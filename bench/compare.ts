@@ -29,7 +29,7 @@ import { readCifar10, readCifar100, type LabelledImages } from '../core/codecs/c
 import { folderStreamSpec, makeStream, streamSpec, type StreamOrder } from '../tools/data/streams.ts';
 import { loadFolder, perClassCut } from '../agent/commands/stream.ts';
 import { clipFrame, DEFAULT_CLIP } from '../tools/data/clips.ts';
-import { Rng } from '../core/rng.ts';
+import { sampleIndices } from '../core/rng.ts';
 import { Trainer } from '../agent/trainer/trainer.ts';
 import { openChosen, type EP } from '../agent/trainer/backend.ts';
 import { Learner, defaultLearnerConfig } from '../agent/trainer/learner.ts';
@@ -150,19 +150,8 @@ const streamOf = (order: StreamOrder, trial: number) =>
   makeStream(ds === 'folder' ? folderStreamSpec(order, streamLabels, train.classes.length, trial) : streamSpec(ds, order, streamLabels, trial));
 const per = 3 * size * size;
 const engine = await ortSimilarity((m) => openChosen(m, { ep: values.ep as EP, threads: Number(values.threads) }));
-/** n of 0..total-1 drawn without replacement with a fixed seed (all of them, in order, when n >= total). */
-function sample(total: number, n: number, seed: number): number[] {
-  const idx = [...Array(total).keys()];
-  if (n >= total) return idx;
-  const rng = new Rng(seed);
-  for (let i = 0; i < n; i++) {
-    const j = i + rng.int(total - i);
-    [idx[i], idx[j]] = [idx[j], idx[i]];
-  }
-  return idx.slice(0, n);
-}
-const memIdx = sample(train.count, memoryN, 12345);
-const qIdx = sample(test.count, count('queries', values.queries, Infinity), 54321);
+const memIdx = sampleIndices(train.count, memoryN, 12345);
+const qIdx = sampleIndices(test.count, count('queries', values.queries, Infinity), 54321);
 
 async function knn(tr: Trainer): Promise<[number, number, number?]> {
   const m = { dim: tr.manifest.preset.encoder.widths.at(-1)!, run: async (x: Float32Array, c: number) => (await tr.embed(x, c)).features, close: async () => {} };

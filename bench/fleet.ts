@@ -13,7 +13,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import mqtt from 'mqtt';
 import { readCifar10 } from '../core/codecs/cifar.ts';
-import { Rng } from '../core/rng.ts';
+import { Rng, sampleIndices } from '../core/rng.ts';
 import { Aggregator } from '../agent/fleet/aggregator.ts';
 import { topics } from '../agent/fleet/transport.ts';
 import { runAgent, type AgentOptions } from '../agent/run.ts';
@@ -68,17 +68,8 @@ const train = readCifar10(cifarDir, 'train');
 const test = readCifar10(cifarDir, 'test');
 const engine = await ortSimilarity((m) => openChosen(m, { ep: 'cpu', threads }));
 
-function sample(total: number, n: number, seed: number): number[] {
-  const idx = [...Array(total).keys()];
-  const rng = new Rng(seed);
-  for (let i = 0; i < Math.min(n, total); i++) {
-    const j = i + rng.int(total - i);
-    [idx[i], idx[j]] = [idx[j], idx[i]];
-  }
-  return idx.slice(0, Math.min(n, total));
-}
-const memIdx = sample(train.count, int('memory'), 12345);
-const qIdx = sample(test.count, int('queries'), 54321);
+const memIdx = sampleIndices(train.count, int('memory'), 12345);
+const qIdx = sampleIndices(test.count, int('queries'), 54321);
 
 async function knn(tr: Trainer): Promise<number> {
   const m = { dim: tr.manifest.preset.encoder.widths.at(-1)!, run: async (x: Float32Array, c: number) => (await tr.embed(x, c)).features, close: async () => {} };
@@ -111,7 +102,7 @@ function streams(t: number): { classes: number[]; order: number[] }[] {
   for (let i = 0; i < train.count; i++) byClass[train.labels[i]].push(i);
   return Array.from({ length: D }, (_, d) => {
     const classes = perm.slice(d * C, (d + 1) * C);
-    const order = classes.flatMap((c) => sample(byClass[c].length, perClass, 7 * t + c).map((k) => byClass[c][k]));
+    const order = classes.flatMap((c) => sampleIndices(byClass[c].length, perClass, 7 * t + c).map((k) => byClass[c][k]));
     return { classes, order };
   });
 }

@@ -80,3 +80,15 @@ export class Rng {
     return r * Math.cos(2 * Math.PI * v);
   }
 }
+
+/** n of 0..total-1 drawn without replacement with a fixed seed (all of them, in order, when n >= total). */
+export function sampleIndices(total: number, n: number, seed: number): number[] {
+  const idx = [...Array(total).keys()];
+  if (n >= total) return idx;
+  const rng = new Rng(seed);
+  for (let i = 0; i < n; i++) {
+    const j = i + rng.int(total - i);
+    [idx[i], idx[j]] = [idx[j], idx[i]];
+  }
+  return idx.slice(0, n);
+}

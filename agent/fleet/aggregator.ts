@@ -12,7 +12,7 @@ import { exportEncoder } from '../export/export.ts';
 import { Trainer } from '../trainer/trainer.ts';
 import type { EP } from '../trainer/backend.ts';
 import { aggregate, screen, type Candidate, type Robust, type ScreenOptions } from './aggregate.ts';
-import { checkTensors, decodeMessage, encodeMessage, sharedSpec, type Enc, type GlobalHeader, type UpdateHeader } from './codec.ts';
+import { addInto, checkTensors, decodeMessage, encodeMessage, sharedSpec, type Enc, type GlobalHeader, type Spec, type UpdateHeader } from './codec.ts';
 import { connect, connected, redact, topics, type BrokerOptions } from './transport.ts';
 
 export interface AggregatorOptions {
@@ -50,8 +50,6 @@ export interface RoundSummary {
   bytesDelta: number;
   exported: string;
 }
-
-type Spec = { name: string; shape: number[] }[];
 
 export class Aggregator {
   version = 0;
@@ -241,14 +239,8 @@ export class Aggregator {
     // device that adds it to the previous global holds exactly the retained float32 model.
     const deltaBytes = encodeMessage(header, agg, this.o.enc);
     const dq = decodeMessage(deltaBytes).tensors;
-    const g = new Map<string, Float32Array>();
-    for (const s of this.spec) {
-      const b = this.global.get(s.name)!;
-      const d = dq.get(s.name)!;
-      const v = new Float32Array(b.length);
-      for (let i = 0; i < v.length; i++) v[i] = b[i] + d[i];
-      g.set(s.name, v);
-    }
+    const g = new Map([...this.global].map(([k, v]) => [k, v.slice()]));
+    addInto(g, dq, this.spec);
     const fullBytes = encodeMessage({ ...header, full: true }, g, 'f32');
     // The retained full model first: a device that sees the change with a gap asks for it.
     await c.publishAsync(this.t.global, fullBytes, { qos: 1, retain: true });

@@ -12,7 +12,7 @@ import type { Trainer } from '../trainer/trainer.ts';
 import type { FleetRecord } from '../trainer/checkpoint.ts';
 
 export type { FleetRecord } from '../trainer/checkpoint.ts';
-import { FleetFormatError, checkTensors, decodeMessage, encodeMessage, sharedSpec, type Enc, type GlobalHeader, type UpdateHeader } from './codec.ts';
+import { FleetFormatError, addInto, checkTensors, decodeMessage, delta, encodeMessage, sharedSpec, type Enc, type GlobalHeader, type Spec, type UpdateHeader } from './codec.ts';
 import { connect, topics, type BrokerOptions } from './transport.ts';
 
 export interface FleetDeviceOptions {
@@ -22,8 +22,6 @@ export interface FleetDeviceOptions {
   every: Every;
   enc: Enc;
 }
-
-type Spec = { name: string; shape: number[] }[];
 
 export class FleetDevice {
   version = 0;
@@ -62,7 +60,7 @@ export class FleetDevice {
       this.published = record.published && record.snapshot ? { ...record.published, snapshot: record.snapshot } : null;
     } else {
       // Version 0 is the artifacts' initial state, which every device of the fleet starts from.
-      this.base = this.sharedOf(initialState(trainer));
+      this.base = this.sharedOf(trainer.initial());
       if (record) log(`fleet: the checkpoint's fleet state is for ${record.fleet}/${record.device}; joining ${o.fleet}/${o.device} from version 0`);
     }
   }
@@ -141,14 +139,8 @@ export class FleetDevice {
           this.client?.unsubscribe(this.t.global);
         }
       } else if (header.prev === this.version) {
-        const g = new Map<string, Float32Array>();
-        for (const s of this.spec) {
-          const b = this.base.get(s.name)!;
-          const d = tensors.get(s.name)!;
-          const v = new Float32Array(b.length);
-          for (let i = 0; i < v.length; i++) v[i] = b[i] + d[i];
-          g.set(s.name, v);
-        }
+        const g = this.sharedOf(this.base, true);
+        addInto(g, tensors, this.spec);
         this.adopt(header, g);
       } else if (!this.wantFull) {
         this.log(`fleet: global v${header.version} follows v${header.prev}, this device is at v${this.version}: fetching the full model`);
@@ -191,19 +183,11 @@ export class FleetDevice {
       return false;
     }
     const snapshot = this.sharedOf(this.trainer.state, true);
-    const delta = new Map<string, Float32Array>();
-    for (const s of this.spec) {
-      const a = snapshot.get(s.name)!;
-      const b = this.base.get(s.name)!;
-      const d = new Float32Array(a.length);
-      for (let i = 0; i < d.length; i++) d[i] = a[i] - b[i];
-      delta.set(s.name, d);
-    }
     const header: UpdateHeader = {
       kind: 'update', fleet: this.o.fleet, device: this.o.device, seq: this.seq + 1, base: this.version,
       frames: this.framesSinceBase, step: this.trainer.steps, artifact: this.artifact, sentAt: new Date().toISOString(),
     };
-    const bytes = encodeMessage(header, delta, this.o.enc);
+    const bytes = encodeMessage(header, delta(snapshot, this.base, this.spec), this.o.enc);
     this.seq++;
     this.published = { seq: this.seq, base: this.version, frames: this.framesSinceBase, snapshot };
     this.io.bytesUp += bytes.length;
@@ -241,9 +225,4 @@ export class FleetDevice {
   private sharedOf(state: Map<string, Float32Array>, copy = false): Map<string, Float32Array> {
     return new Map(this.spec.map((s) => [s.name, copy ? state.get(s.name)!.slice() : state.get(s.name)!]));
   }
-}
-
-/** The trainer's state as the artifacts initialise it (version 0 of every fleet on them). */
-function initialState(trainer: Trainer): Map<string, Float32Array> {
-  return trainer.initial();
 }
