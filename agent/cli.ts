@@ -10,7 +10,7 @@ import { DEFAULT_METHOD, METHODS, METHOD_NAMES, artifactName, buildCommand } fro
 
 import { REPO_ROOT } from './paths.ts';
 import { checkBrokerUrl, checkId } from './fleet/ids.ts';
-import { UsageError, nums, readableDir, writableDir, writableFile, readableInput, encoderFile, cifarDir, artifactsDir, datasetArg } from './cli-args.ts';
+import { UsageError, nums, readableDir, writableDir, writableFile, readableInput, readableFile, encoderFile, cifarDir, artifactsDir, datasetArg } from './cli-args.ts';
 
 // The shared data sets beside the repository, or SSOCL_DATA.
 const DEFAULT_DATA = process.env.SSOCL_DATA ?? path.resolve(REPO_ROOT, '../shared/data');
@@ -372,12 +372,16 @@ await yargs(hideBin(process.argv))
           nums({
             trials: { kind: 'list', int: true, min: 0, default: '0,1,2,3,4', describe: 'paired seeds: same init, stream order, replay and crop draws across methods' },
             clips: { kind: 'list', int: true, min: 0, default: '0', describe: 'camera-like streams: frames per source image, comma-separated (0: plain images); each run sees as many frames, from every D-th image, as clips of D frames that pan, zoom, drift and carry sensor noise' },
+            fps: { kind: 'list', above: 0, default: '1', describe: 'with --video: frames per second taken from it, comma-separated (the redundancy knob); every rate trains on as many frames as the sparsest gives' },
+            'video-window': { above: 0, default: 1, describe: "with --video: frames within the same this-many seconds count as one scene in the buffer's same-clip share" },
             'per-class': { kind: 'or-all', int: true, min: 1, describe: "images per class of the stream, or 'all' (default: the protocol's)" },
             updates: { int: true, min: 1, describe: "updates per arrival for ours; 2-crop methods get more so updates x crops match (default: the protocol's)" },
             memory: { kind: 'or-all', int: true, min: 1, describe: "train images as kNN memory, or 'all' (default: the protocol's)" },
             queries: { kind: 'or-all', int: true, min: 1, describe: "test images as kNN queries, a fixed random subset, or 'all' (default: all; fewer only for quick checks)" },
           }),
         )
+        .option('video', { type: 'string', describe: "a video file of your own (a camera's recording) streamed in place of the data set's train images, through ffmpeg at each --fps; kNN is still measured on the data set; rows are labelled video+fpsN" })
+        .option('ffmpeg', { type: 'string', default: process.env.SSOCL_FFMPEG ?? 'ffmpeg', describe: 'with --video: the ffmpeg binary (SSOCL_FFMPEG)' })
         .option('ep', { choices: ['cpu', 'cuda', 'webgpu', 'wasm'] as const, default: 'cpu' as const, describe: 'execution provider of the training steps and features' })
         .options(nums({ threads: { int: true, min: 1, describe: 'ORT threads (CPU); default all cores' } }))
         .option('plan', { type: 'boolean', default: false, describe: 'print what each method would run (presets, stream sizes, updates x crops, done or not) and exit' })
@@ -395,6 +399,11 @@ await yargs(hideBin(process.argv))
       const data = folder ? ['--dataset', a.dataset!] : ['--data', path.join(a['data-dir'], c100 ? 'cifar-100-binary' : 'cifar-10-batches-bin')];
       // tsx resolved from here, not from the caller's directory (which need not hold node_modules).
       const args = ['--import', import.meta.resolve('tsx'), path.join(REPO_ROOT, 'bench/compare.ts'), '--protocol', protocol, '--methods', a.methods, '--orders', a.orders, '--trials', a.trials.join(','), '--clips', a.clips.join(','), '--ep', a.ep, ...data, '--json', a.json];
+      if (a.video !== undefined) {
+        if (a.clips.some((c) => c > 0)) throw new UsageError('--video and --clips: one kind of stream at a time');
+        readableFile('--video', a.video);
+        args.push('--video', path.resolve(a.video), '--fps', a.fps.join(','), '--video-window', String(a['video-window']), '--ffmpeg', a.ffmpeg);
+      }
       if (a['per-class'] !== undefined) args.push('--per-class', String(a['per-class']));
       if (a.updates !== undefined) args.push('--updates', String(a.updates));
       if (a.memory !== undefined) args.push('--memory', String(a.memory));

@@ -13,7 +13,9 @@
 //   node --import tsx bench/compare.ts [--protocol edge-cifar10] [--methods ours,empssl,minred,simclr-reservoir]
 //        [--orders seq] [--trials 0,1,2,3,4] [--per-class N|all] [--updates K] [--memory N|all]
 //        [--queries N|all] [--ep cpu] [--threads N] [--plan | --report] [--json bench/out/compare.jsonl]
-//        [--dataset folder:ROOT]
+//        [--dataset folder:ROOT] [--clips 1,10,30 | --video FILE --fps 1,5,30 --video-window 1]
+// --clips turns each image into a camera-like clip; --video streams a recording of one's own in place of
+// the data set's train images (kNN still on the data set), at each rate on as many frames.
 // --per-class, --updates, --new-per-arrival and --memory default to the protocol's; --plan prints what
 // each method would run (presets, stream sizes, updates x crops) and exits; --report prints the tables
 // and draws the charts of the rows already in --json without running anything.
@@ -29,6 +31,7 @@ import { readCifar10, readCifar100, type LabelledImages } from '../core/codecs/c
 import { folderStreamSpec, makeStream, streamSpec, type StreamOrder } from '../tools/data/streams.ts';
 import { loadFolder, perClassCut } from '../agent/commands/stream.ts';
 import { clipFrame, DEFAULT_CLIP } from '../tools/data/clips.ts';
+import { decodeVideo } from '../agent/sources/video-file.ts';
 import { sampleIndices } from '../core/rng.ts';
 import { Trainer } from '../agent/trainer/trainer.ts';
 import { openChosen, type EP } from '../agent/trainer/backend.ts';
@@ -49,6 +52,11 @@ const values = benchArgs(import.meta.url, {
   trials: { type: 'string', default: '0', describe: 'paired trial indices' },
   // Issue #15: the same number of frames, from 1/D as many images, each a camera-like clip of D frames.
   clips: { type: 'string', default: '0', describe: 'frames per source image, comma-separated: 0 plain images; D >= 1 camera-like clips (tools/data/clips.ts) from every D-th image of the stream, so each run sees as many frames; rows are labelled ORDER+clipD' },
+  // Issue #15: a user's own recording as the stream; kNN stays on the data set (the probe of what was learnt).
+  video: { type: 'string', describe: "a video file streamed in place of the data set's images (decoded through ffmpeg at each --fps); kNN is still measured on the data set; rows are labelled video+fpsN" },
+  fps: { type: 'string', default: '1', describe: 'with --video: frames per second taken, comma-separated (the redundancy knob); every rate trains on as many frames as the sparsest gives, from the start of the video' },
+  'video-window': { type: 'string', default: '1', describe: "with --video: frames within the same this-many seconds count as one scene in the buffer's same-clip share" },
+  ffmpeg: { type: 'string', default: 'ffmpeg', describe: 'with --video: the ffmpeg binary' },
   'per-class': { type: 'string', describe: "stream images per class, or 'all' (default: the protocol's)" },
   updates: { type: 'string', describe: "minibatch updates per arrival (default: the protocol's)" },
   'new-per-arrival': { type: 'string', describe: "stream images per arrival (default: the protocol's)" },
@@ -121,6 +129,14 @@ const clipsList = values.clips.split(',').map((v) => {
   if (!Number.isInteger(n) || n < 0) throw new Error(`--clips ${v}: whole numbers >= 0 (0: plain images)`);
   return n;
 });
+const fpsList = values.fps.split(',').map((v) => {
+  const n = Number(v);
+  if (!(n > 0) || !Number.isFinite(n)) throw new Error(`--fps ${v}: rates above 0, comma-separated`);
+  return n;
+});
+const videoWindow = Number(values['video-window']);
+if (!(videoWindow > 0)) throw new Error(`--video-window ${values['video-window']}: seconds above 0`);
+if (values.video && clipsList.some((c) => c > 0)) throw new Error('--video and --clips: one kind of stream at a time');
 const newPer = count('new-per-arrival', values['new-per-arrival'], P.newPer, false);
 const updatesK = count('updates', values.updates, P.updates, false);
 const memoryN = count('memory', values.memory, P.memory);
@@ -171,6 +187,8 @@ interface Row {
   images: number;
   steps: number;
   seconds: number;
+  /** seconds less the kNN and buffer measurements along the stream: the learner's own time; absent in older rows. */
+  trainSeconds?: number;
   floor20: number;
   knn20: number[]; // at 25/50/75/100%
   knn50: number[];
@@ -191,6 +209,8 @@ interface Row {
   gradCos?: (number | null)[];
   /** Clip streams: frames per source image. */
   clip?: number;
+  /** Video streams: the file's name, its rate and the scene window (same-clip share: frames of one window). */
+  video?: { file: string; fps: number; window: number };
   /** The buffer at 25/50/75/100% of the stream: share of entries whose nearest neighbour (by stored
    * feature) comes from the same source image, and the mean nearest-neighbour cosine. */
   sameClip?: number[];
@@ -226,19 +246,71 @@ const rows = allRows.filter((r) => !staleRow(r));
 // Identical budget: updates x crops per arrival equal to ours' at the same scale.
 const refCrops = getPreset(...methodPreset(METHODS.ours)).crops;
 const planned: string[][] = [];
+
+interface Stream {
+  label: string;
+  clip: number;
+  frames: { i: number; t: number }[];
+  item: (f: { i: number; t: number }) => { key: string; image: Uint8Array };
+  video?: Row['video'];
+}
+// A video is decoded once per rate (the same frames every trial).
+const videos = new Map<number, Uint8Array>();
+function videoFrames(fps: number): Uint8Array {
+  if (!videos.has(fps)) {
+    let v: ReturnType<typeof decodeVideo>;
+    try {
+      v = decodeVideo(values.video!, fps, size, values.ffmpeg);
+    } catch (e) {
+      console.error(`compare: ${(e as Error).message}`);
+      process.exit(2);
+    }
+    process.stderr.write(`--video ${path.basename(values.video!)}: ${v.count} frames at ${fps} fps\n`);
+    videos.set(fps, v.frames);
+  }
+  return videos.get(fps)!;
+}
+
+/** The streams of one trial: each order x clip length, or the video at each rate. */
+function streams(trial: number): Stream[] {
+  if (values.video) {
+    // Equal compute: every rate trains on as many frames as the sparsest rate has (the video's start).
+    const n = Math.min(...fpsList.map((f) => videoFrames(f).length / per));
+    return fpsList.map((fps) => {
+      const data = videoFrames(fps);
+      // Keys 'scene.frame': frames within one window of videoWindow seconds are one scene (sourceOf).
+      const scene = Math.max(1, Math.round(fps * videoWindow));
+      return {
+        label: `video+fps${fps}`,
+        clip: 0,
+        frames: Array.from({ length: n }, (_, f) => ({ i: f, t: -2 })),
+        item: ({ i }) => ({ key: `${Math.floor(i / scene)}.${i}`, image: data.subarray(i * per, (i + 1) * per) }),
+        video: { file: path.basename(values.video!), fps, window: videoWindow },
+      };
+    });
+  }
+  return (values.orders.split(',') as StreamOrder[]).flatMap((order) =>
+    clipsList.map((clip) => {
+      // Reduced stream: the same procedure's order, each class cut to its first share: per-class for
+      // the largest class, proportionally less for the others (seq-im keeps its imbalance).
+      const stream = perClassCut(streamOf(order, trial), streamLabels, perClass);
+      // Clips: every clip-th image of the same order, each expanded to `clip` frames (keys 'image.frame').
+      const frames = clip ? stream.filter((_, n) => n % clip === 0).flatMap((i) => Array.from({ length: clip }, (_, t) => ({ i, t }))) : stream.map((i) => ({ i, t: -1 }));
+      const clipCfg = { ...DEFAULT_CLIP, frames: clip || 1 };
+      const item = ({ i, t }: { i: number; t: number }) => {
+        const image = train.images.subarray(i * per, (i + 1) * per);
+        return t < 0 ? { key: String(i), image } : { key: `${i}.${t}`, image: clipFrame(image, size, clipCfg, trial, i, t) };
+      };
+      return { label: clip ? `${order}+clip${clip}` : order, clip, frames, item };
+    }),
+  );
+}
 const work = mkdtempSync(path.join(tmpdir(), 'ssocl-compare-'));
 try {
   // --report: the tables and charts of the rows already in --json; nothing is run.
   for (const trial of values.report ? [] : values.trials.split(',').map(Number)) {
-    for (const [order, clip] of (values.orders.split(',') as StreamOrder[]).flatMap((o) => clipsList.map((c) => [o, c] as const))) {
-      const label = clip ? `${order}+clip${clip}` : order;
-      const full = streamOf(order, trial);
-      // Reduced stream: the same procedure's order, each class cut to its first share: per-class for
-      // the largest class, proportionally less for the others (seq-im keeps its imbalance).
-      const stream = perClassCut(full, streamLabels, perClass);
-      // Clips: every clip-th image of the same order, each expanded to `clip` frames (keys 'image.frame').
-      const frames = clip ? stream.filter((_, n) => n % clip === 0).flatMap((i) => Array.from({ length: clip }, (_, t) => ({ i, t }))) : stream.map((i) => ({ i, t: -1 }));
-      const clipCfg = { ...DEFAULT_CLIP, frames: clip || 1 };
+    for (const s of streams(trial)) {
+      const { label, clip, frames } = s;
       for (const mname of values.methods.split(',')) {
         const method = getMethod(mname, '--methods');
         const [pname, psets] = methodPreset(method);
@@ -251,7 +323,7 @@ try {
         const updates = rules.updates!;
         const arrivals = Math.floor(frames.length / newPer);
         // Done only with the same stream length and kNN sets (older rows: the edge protocol's 10000 and 10000).
-        const done = rows.some((r) => r.method === mname && r.order === label && r.trial === trial && r.images === frames.length && (r.memory ?? 10000) === memIdx.length && (r.queries ?? 10000) === qIdx.length);
+        const done = rows.some((r) => r.method === mname && r.order === label && r.trial === trial && r.images === frames.length && r.video?.file === s.video?.file && (r.memory ?? 10000) === memIdx.length && (r.queries ?? 10000) === qIdx.length);
         if (values.plan) {
           planned.push([mname, label, String(trial), pname, rules.policy, rules.replay, rules.warmup, Object.keys(ENCODERS).find((k) => JSON.stringify(ENCODERS[k]) === JSON.stringify(preset.encoder)) ?? 'custom', String(preset.crops), String(preset.batch), String(updates), String(updates * preset.crops * preset.batch), String(frames.length), String(arrivals), String(arrivals * updates), done ? 'done' : 'to run']);
           continue;
@@ -276,14 +348,13 @@ try {
         const nnSim: number[] = [];
         const bufferClasses: number[][] = [];
         const t0 = performance.now();
+        let evalMs = 0;
         for (let a = 1; a <= arrivals; a++) {
-          const items = frames.slice((a - 1) * newPer, a * newPer).map(({ i, t }) => {
-            const image = train.images.subarray(i * per, (i + 1) * per);
-            return t < 0 ? { key: String(i), image } : { key: `${i}.${t}`, image: clipFrame(image, size, clipCfg, trial, i, t) };
-          });
+          const items = frames.slice((a - 1) * newPer, a * newPer).map(s.item);
           const rep = await learner.arrive(items);
           for (const st of rep.steps) gcos.push(st.gradCos === null ? null : Number(st.gradCos.toFixed(4)));
           if (marks.includes(a)) {
+            const te = performance.now();
             const [x, y, z] = await knn(tr);
             for (const _ of marks.filter((m) => m === a)) {
               k20.push(x);
@@ -293,13 +364,16 @@ try {
             const red = redundancy(learner.buffer.entries);
             sameClip.push(Number(red.sameSource.toFixed(4)));
             nnSim.push(Number(red.nnSim.toFixed(4)));
-            const hist = new Array(streamClasses).fill(0);
-            for (const e of learner.buffer.entries) hist[streamLabels[Number(sourceOf(e.key))]]++;
-            bufferClasses.push(hist);
-            process.stderr.write(`${mname} ${label} trial ${trial}: ${Math.round((100 * a) / arrivals)}% of ${frames.length} ${clip ? 'frames' : 'images'}, ${tr.steps} steps, kNN@20 ${x.toFixed(2)} (floor ${floor.toFixed(2)})\n`);
+            if (!s.video) {
+              const hist = new Array(streamClasses).fill(0);
+              for (const e of learner.buffer.entries) hist[streamLabels[Number(sourceOf(e.key))]]++;
+              bufferClasses.push(hist);
+            }
+            evalMs += performance.now() - te;
+            process.stderr.write(`${mname} ${label} trial ${trial}: ${Math.round((100 * a) / arrivals)}% of ${frames.length} ${clip || s.video ? 'frames' : 'images'}, ${tr.steps} steps, kNN@20 ${x.toFixed(2)} (floor ${floor.toFixed(2)})\n`);
           }
         }
-        const row: Row = { ...(ds === 'cifar100' ? { dataset: ds, super20: s20 } : ds === 'folder' ? { dataset: folderName! } : {}), ...(protocol === 'edge-cifar10' || protocol === 'edge-cifar100' ? {} : { protocol, ep: values.ep }), method: mname, order: label, trial, images: frames.length, steps: tr.steps, seconds: (performance.now() - t0) / 1000, floor20: floor, knn20: k20, knn50: k50, final20: k20[3], mean20: k20.reduce((p, q) => p + q, 0) / 4, memory: memIdx.length, queries: qIdx.length, threads: Number(values.threads), gradCos: gcos, ...(clip ? { clip } : {}), sameClip, nnSim, bufferClasses, rules: { policy: rules.policy, replay: rules.replay, warmup: rules.warmup } };
+        const row: Row = { ...(ds === 'cifar100' ? { dataset: ds, super20: s20 } : ds === 'folder' ? { dataset: folderName! } : {}), ...(protocol === 'edge-cifar10' || protocol === 'edge-cifar100' ? {} : { protocol, ep: values.ep }), method: mname, order: label, trial, images: frames.length, steps: tr.steps, seconds: (performance.now() - t0) / 1000, trainSeconds: (performance.now() - t0 - evalMs) / 1000, floor20: floor, knn20: k20, knn50: k50, final20: k20[3], mean20: k20.reduce((p, q) => p + q, 0) / 4, memory: memIdx.length, queries: qIdx.length, threads: Number(values.threads), gradCos: gcos, ...(clip ? { clip } : {}), ...(s.video ? { video: s.video } : {}), sameClip, nnSim, bufferClasses, rules: { policy: rules.policy, replay: rules.replay, warmup: rules.warmup } };
         rows.push(row);
         appendFileSync(values.json, JSON.stringify(row) + '\n');
         await tr.close();

@@ -129,3 +129,68 @@ test('bench --clips: the same number of frames from every D-th image, rows label
   assert.match(r.stdout, /Buffer redundancy at the end of the stream/);
   assert.match(r.stdout, /\| ours \| seq\+clip4 \| 1 \|/);
 });
+
+const FFMPEG = process.env.SSOCL_FFMPEG ?? 'ffmpeg';
+const noFfmpeg = spawnSync(FFMPEG, ['-version']).status !== 0 && `ffmpeg not found ('${FFMPEG}'); .ci/run installs it`;
+
+/** A lossless video (PNG frames in Matroska) of solid colours, 1 s each at `rate` fps, `size` WxH. */
+function colourVideo(file: string, colours: string[], rate: number, size = '64x48'): void {
+  const inputs = colours.flatMap((c) => ['-f', 'lavfi', '-i', `color=c=${c}:s=${size}:r=${rate}:d=1`]);
+  const r = spawnSync(FFMPEG, ['-hide_banner', '-loglevel', 'error', '-y', ...inputs, '-filter_complex', `${colours.map((_, i) => `[${i}]`).join('')}concat=n=${colours.length}:v=1:a=0,format=rgb24`, '-c:v', 'png', file]);
+  assert.equal(r.status, 0, r.stderr?.toString());
+}
+
+test('decodeVideo: a video through ffmpeg at a rate, cut to the training size, as CHW planes in time order', { skip: noFfmpeg }, async () => {
+  const { decodeVideo } = await import('../agent/sources/video-file.ts');
+  const file = path.join(root, 'rgb.mkv');
+  colourVideo(file, ['red', 'lime', 'blue'], 10);
+  const v = decodeVideo(file, 2, 8, FFMPEG);
+  assert.equal(v.count, 6);
+  assert.equal(v.frames.length, 6 * 3 * 64);
+  // Frame f's colour: which of its three planes is lit, checked at every pixel (CHW: plane c is 64 bytes).
+  const lit = (f: number) => [0, 1, 2].filter((c) => v.frames.subarray(f * 192 + c * 64, f * 192 + (c + 1) * 64).every((x) => x >= 250));
+  const dark = (f: number) => [0, 1, 2].filter((c) => v.frames.subarray(f * 192 + c * 64, f * 192 + (c + 1) * 64).every((x) => x <= 5));
+  assert.deepEqual([0, 1, 2, 3, 4, 5].map(lit), [[0], [0], [1], [1], [2], [2]]);
+  for (let f = 0; f < 6; f++) assert.equal(dark(f).length, 2, `frame ${f}`);
+  assert.equal(decodeVideo(file, 10, 8, FFMPEG).count, 30);
+  assert.throws(() => decodeVideo(path.join(root, 'none.mp4'), 2, 8, FFMPEG), /--video .*none\.mp4: no such video file \(ENOENT\)/);
+  const junk = path.join(root, 'junk.mp4');
+  writeFileSync(junk, 'not a video');
+  assert.throws(() => decodeVideo(junk, 2, 8, FFMPEG), /--video .*junk\.mp4: ffmpeg exit \d+: .+/);
+  assert.throws(() => decodeVideo(file, 0, 8, FFMPEG), /--fps 0: a rate above 0/);
+});
+
+test('bench --video: a recording streamed at each --fps on as many frames, scenes by --video-window, kNN on CIFAR', { skip: skip || noFfmpeg }, () => {
+  const json = path.join(root, 'video.jsonl');
+  // 40 one-second scenes of alternating colours at 30 fps: 4 fps gives 160 frames, 20 fps 800 (cut to 160).
+  const file = path.join(root, 'scenes.mkv');
+  colourVideo(file, Array.from({ length: 40 }, (_, i) => ['red', 'lime', 'blue', 'white', 'yellow'][i % 5]), 30, '32x32');
+  const args = ['--methods', 'ours', '--trials', '0', '--video', file, '--fps', '4,20', '--video-window', '2', '--memory', '100', '--queries', '100', '--threads', '1', '--json', json];
+  const r = bench(args);
+  assert.equal(r.status, 0, r.stderr);
+  const rows = readFileSync(json, 'utf8').trim().split('\n').map((l) => JSON.parse(l));
+  assert.deepEqual(rows.map((x) => [x.order, x.images, x.video]), [
+    ['video+fps4', 160, { file: 'scenes.mkv', fps: 4, window: 2 }],
+    ['video+fps20', 160, { file: 'scenes.mkv', fps: 20, window: 2 }],
+  ]);
+  // Paired: one init, one floor on CIFAR; 5 arrivals of 32 frames, 2 updates each from the second on
+  // (a step is 32 new + 32 replayed).
+  assert.equal(rows[0].floor20, rows[1].floor20);
+  for (const x of rows) {
+    assert.equal(x.steps, 8);
+    assert.equal(x.sameClip.length, 4);
+    assert.deepEqual(x.bufferClasses, []);
+  }
+  // At 20 fps the 160 frames are 8 s of video: 4 scenes of 40 frames, each a single colour, so (the
+  // buffer holds every frame) nearly every entry's nearest neighbour is a frame of its own scene.
+  assert.ok(rows[1].sameClip.at(-1) > 0.9, String(rows[1].sameClip));
+  assert.match(r.stdout, /\| ours \| video\+fps20 \| 1 \|/);
+  assert.equal(bench(args).status, 0);
+  assert.equal(readFileSync(json, 'utf8').trim().split('\n').length, 2, 'nothing run twice');
+  const bad = bench(['--video', path.join(root, 'none.mkv'), '--json', json]);
+  assert.equal(bad.status, 2);
+  assert.match(bad.stderr, /^ssocl: --video .*none\.mkv: .+\n$/);
+  const both = bench(['--video', file, '--clips', '10', '--json', json]);
+  assert.equal(both.status, 2);
+  assert.match(both.stderr, /^ssocl: --video and --clips: one kind of stream at a time\n$/);
+});
