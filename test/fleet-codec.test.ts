@@ -281,6 +281,12 @@ test('message: missing, unparsable or mistyped metadata and header fields are re
   bad({ included: [{ device: 'a', seq: 1, frames: -3 }] }, /included\[0\]\.frames is not a non-negative integer/, globalH);
   bad({ rejected: [{ device: 'a', seq: 1 }] }, /rejected\[0\]\.why is not a string/, globalH);
   bad({ version: '3' }, /version is not a non-negative integer/, globalH);
+  bad({ latest: [1] }, /latest is not an object/, globalH);
+  bad({ latest: { 'cam-1': -1 } }, /latest\.cam-1 is not a non-negative integer/, globalH);
+  bad({ latest: { 'cam\n1': 1 } }, /latest key .* has a control character/, globalH);
+  // Each device's newest update in the model; a device named __proto__ is a key like any other.
+  const latest = decodeMessage(withMeta({ ssocl_fleet: JSON.stringify(globalH).replace(/}$/, ',"latest":{"cam-1":4,"__proto__":2}}') })).header as GlobalHeader;
+  assert.deepEqual(Object.entries(latest.latest!), [['cam-1', 4], ['__proto__', 2]]);
   assert.equal(decodeMessage(withMeta({ ssocl_fleet: JSON.stringify({ ...update, extra: 1 }) })).header.kind, 'update');
   assert.ok(!('extra' in decodeMessage(withMeta({ ssocl_fleet: JSON.stringify({ ...update, extra: 1 }) })).header), 'unknown fields are dropped');
   // A wrong digest field and dtypes other than F16/F32.

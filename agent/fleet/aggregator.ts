@@ -56,6 +56,8 @@ export class Aggregator {
   global: Map<string, Float32Array>;
   /** Frames learnt into the global model, over all rounds. */
   frames = 0;
+  /** Per device, the newest update seq the global model holds (published in its header). */
+  latest: Record<string, number> = Object.create(null);
   readonly rounds: RoundSummary[] = [];
   private cands = new Map<string, Candidate & { bytes: number }>();
   private rejected: GlobalHeader['rejected'] = [];
@@ -164,6 +166,7 @@ export class Aggregator {
     if (g) {
       this.version = g.header.version;
       this.frames = g.header.frames;
+      this.latest = Object.assign(Object.create(null), g.header.latest ?? {});
       this.global = g.tensors;
       this.o.log(`fleet: continuing from the retained global v${this.version} (${this.frames} frames learnt)`);
     }
@@ -231,8 +234,10 @@ export class Aggregator {
     const version = this.version + 1;
     const included = kept.map((k) => ({ device: k.device, seq: k.seq, frames: k.frames })).sort((a, b) => (a.device < b.device ? -1 : a.device > b.device ? 1 : 0));
     const frames = this.frames + included.reduce((s, k) => s + k.frames, 0);
+    const latest: Record<string, number> = Object.assign(Object.create(null), this.latest); // ids may be __proto__
+    for (const k of included) latest[k.device] = Math.max(latest[k.device] ?? 0, k.seq);
     const header: GlobalHeader = {
-      kind: 'global', fleet: this.o.fleet, version, prev: this.version, artifact: this.artifact, included,
+      kind: 'global', fleet: this.o.fleet, version, prev: this.version, artifact: this.artifact, included, latest,
       rejected: allRejected, frames, madeAt: new Date().toISOString(), full: false,
     };
     // The change as devices will decode it: the new global is defined by the rounded change, so a
@@ -248,6 +253,7 @@ export class Aggregator {
     this.global = g;
     this.version = version;
     this.frames = frames;
+    this.latest = latest;
     let exported = '';
     if (this.o.models) {
       try {

@@ -29,6 +29,11 @@ export interface GlobalHeader {
   prev: number;
   artifact: string;
   included: { device: string; seq: number; frames: number }[];
+  /**
+   * Per device, the newest update the model holds over all rounds (absent from older aggregators): a
+   * device that missed the round which took its update still knows it is in.
+   */
+  latest?: Record<string, number>;
   rejected: { device: string; seq: number; why: string }[];
   frames: number;
   madeAt: string;
@@ -232,7 +237,17 @@ function parseHeader(h: unknown): Header {
     const frames = int(o, 'frames');
     const madeAt = str(o, 'madeAt');
     if (typeof o.full !== 'boolean') throw bad('full is not a boolean');
-    return { kind: 'global', fleet, version, prev, artifact, included, rejected, frames, madeAt, full: o.full };
+    let latest: Record<string, number> | undefined;
+    if (o.latest !== undefined) {
+      if (typeof o.latest !== 'object' || o.latest === null || Array.isArray(o.latest)) throw bad('latest is not an object');
+      const l = o.latest as Record<string, unknown>;
+      latest = Object.create(null) as Record<string, number>; // a device may be named __proto__
+      for (const k of Object.keys(l)) {
+        str({ k }, 'k', `latest key ${show(k.slice(0, 40))}`);
+        latest[k] = int(l, k, `latest.${k}`);
+      }
+    }
+    return { kind: 'global', fleet, version, prev, artifact, included, ...(latest ? { latest } : {}), rejected, frames, madeAt, full: o.full };
   }
   throw bad(`kind is ${typeof o.kind === 'string' ? show(o.kind) : 'missing'} (expected update or global)`);
 }

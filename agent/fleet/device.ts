@@ -152,7 +152,9 @@ export class FleetDevice {
   /** The new global model plus what this device learnt that it does not hold. */
   private adopt(h: GlobalHeader, g: Map<string, Float32Array>): void {
     const p = this.published;
-    const ours = !!p && p.base === h.prev && h.included.some((i) => i.device === this.o.device && i.seq === p.seq);
+    // Its pending update is in this model if this round took it, or (a round this device missed) the
+    // model's newest update of this device is that one or later.
+    const ours = !!p && ((p.base === h.prev && h.included.some((i) => i.device === this.o.device && i.seq === p.seq)) || (h.latest?.[this.o.device] ?? 0) >= p.seq);
     const from = ours ? p!.snapshot : this.base;
     for (const s of this.spec) {
       const local = this.trainer.state.get(s.name)!;
