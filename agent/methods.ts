@@ -64,6 +64,8 @@ const list: Method[] = [
     name: 'ours-resdiv-fresh', describe: "ours-resdiv with the evictions ranked on every entry's backbone features under the current model, recomputed at each shrink",
     ...OURS, buffer: 'diverse-reservoir-fresh',
   },
+  // Not a rule for real streams: the ceiling a perfect redundancy detector would reach on clip streams.
+  { name: 'ours-oracle', describe: "benchmark yardstick: ours with a buffer that knows each frame's clip from its key (bench --clips, --video) and drops from the clip with the most frames", ...OURS, buffer: 'oracle-clip' },
   {
     name: 'ours-nobuffer', describe: "ours trained on each arrival's images alone (no replay)",
     ...OURS, edge: { preset: 'edge', sets: ['batch=16'] }, paper: { preset: 'paper-cifar', sets: ['batch=100'] }, buffer: 'fifo', batch: 'arrival',

@@ -160,3 +160,22 @@ test('diverse-reservoir-fresh: reservoir admission, the evictions by the current
   assert.deepEqual(keys(await b.shrink({ int: (k: number) => k - 1 } as unknown as Rng, features)), ['b6']);
   assert.equal(asked.length, 1);
 });
+
+test('oracle-clip (a benchmark yardstick): drops from the clip with the most frames, by the clip id in the key, until every clip keeps one', async () => {
+  const b = new ReplayBuffer({ capacity: 4, policy: 'oracle-clip', alpha: 0.5 });
+  b.add(['7.0', '7.1', '7.2', '9.0', '12.0'].map((key, i) => ({ key, image: img(i) })));
+  // Clip 7 holds three frames: the one drop is one of them, whatever the draws.
+  const gone = await b.shrink(new Rng(3));
+  assert.equal(gone.length, 1);
+  assert.match(gone[0].key, /^7\./);
+  // Clip 20 arrives with four frames (7: 2, 9: 1, 12: 1, 20: 4): the four drops take 20 down to 2,
+  // then 7 and 20 to 1 each, so the buffer holds every clip once.
+  b.add(['20.0', '20.1', '20.2', '20.3'].map((key, i) => ({ key, image: img(10 + i) })));
+  await b.shrink(new Rng(4));
+  assert.deepEqual(b.entries.map((e) => e.key.split('.')[0]).sort(), ['12', '20', '7', '9']);
+  // Among equally crowded clips the draw decides (here 4 single-frame clips, one goes).
+  b.add([{ key: '30.0', image: img(30) }]);
+  const one = await b.shrink(new Rng(5));
+  assert.equal(one.length, 1);
+  assert.equal(b.size, 4);
+});

@@ -24,8 +24,12 @@ import { psaSelect } from './psa.ts';
 // is diverse-strata with the nearest neighbours of diverse-fresh (backbone features recomputed at each shrink);
 // `strata-random` is the control with no redundancy at all: the spans of diverse-strata, a uniform draw within;
 // `diverse-reservoir-fresh` is diverse-reservoir with the nearest neighbours of diverse-fresh.
-export type BufferPolicy = 'diverse' | 'minred' | 'reservoir' | 'fifo' | 'psa' | 'diverse-fresh' | 'diverse-strata' | 'diverse-reservoir' | 'diverse-strata-fresh' | 'strata-random' | 'diverse-reservoir-fresh';
-export const BUFFER_POLICIES: BufferPolicy[] = ['diverse', 'minred', 'reservoir', 'fifo', 'psa', 'diverse-fresh', 'diverse-strata', 'diverse-reservoir', 'diverse-strata-fresh', 'strata-random', 'diverse-reservoir-fresh'];
+// `oracle-clip` is a benchmark's yardstick, not a rule for real streams: it knows which frames are one
+// clip from their keys ('source.frame', as bench --clips and --video name them) and drops from the clip
+// with the most frames in the buffer, so the buffer holds as many distinct scenes as it can: what a
+// perfect redundancy detector would keep, the ceiling for any rule on features.
+export type BufferPolicy = 'diverse' | 'minred' | 'reservoir' | 'fifo' | 'psa' | 'diverse-fresh' | 'diverse-strata' | 'diverse-reservoir' | 'diverse-strata-fresh' | 'strata-random' | 'diverse-reservoir-fresh' | 'oracle-clip';
+export const BUFFER_POLICIES: BufferPolicy[] = ['diverse', 'minred', 'reservoir', 'fifo', 'psa', 'diverse-fresh', 'diverse-strata', 'diverse-reservoir', 'diverse-strata-fresh', 'strata-random', 'diverse-reservoir-fresh', 'oracle-clip'];
 /** Spans of the stream `diverse-strata` balances when the config names none. */
 export const DEFAULT_STRATA = 8;
 
@@ -209,6 +213,25 @@ export class ReplayBuffer {
       // Oldest first (largest lifespan; earlier arrival on ties).
       const order = [...this.entries].sort((a, b) => b.lifespan - a.lifespan || a.streamIndex - b.streamIndex);
       for (const e of order.slice(0, n)) drop.add(e.id);
+      return this.remove(drop);
+    }
+    if (this.cfg.policy === 'oracle-clip') {
+      // One at a time from the clip with the most frames here (a uniform draw among the most crowded
+      // clips, then among its frames): every clip keeps a frame while any other holds two.
+      const clips = new Map<string, Entry[]>();
+      for (const e of this.entries) {
+        const c = e.key.split('.')[0];
+        const l = clips.get(c);
+        if (l) l.push(e);
+        else clips.set(c, [e]);
+      }
+      for (let k = 0; k < n; k++) {
+        let most = 0;
+        for (const l of clips.values()) most = Math.max(most, l.length);
+        const crowded = [...clips.values()].filter((l) => l.length === most);
+        const l = crowded[rng.int(crowded.length)];
+        drop.add(l.splice(rng.int(l.length), 1)[0].id);
+      }
       return this.remove(drop);
     }
     if (this.cfg.policy === 'reservoir') {
