@@ -30,6 +30,8 @@ import { psaSelect } from './psa.ts';
 // perfect redundancy detector would keep, the ceiling for any rule on features.
 export type BufferPolicy = 'diverse' | 'minred' | 'reservoir' | 'fifo' | 'psa' | 'diverse-fresh' | 'diverse-strata' | 'diverse-reservoir' | 'diverse-strata-fresh' | 'strata-random' | 'diverse-reservoir-fresh' | 'oracle-clip';
 export const BUFFER_POLICIES: BufferPolicy[] = ['diverse', 'minred', 'reservoir', 'fifo', 'psa', 'diverse-fresh', 'diverse-strata', 'diverse-reservoir', 'diverse-strata-fresh', 'strata-random', 'diverse-reservoir-fresh', 'oracle-clip'];
+/** The source of a key: what comes before the first '.' ('123.4' -> '123'; '123' -> '123'): a clip's frames are 'source.frame'. */
+export const sourceOf = (key: string) => key.split('.')[0];
 /** Spans of the stream `diverse-strata` balances when the config names none. */
 export const DEFAULT_STRATA = 8;
 
@@ -172,6 +174,13 @@ export class ReplayBuffer {
     return pool.slice(0, count);
   }
 
+  /** Takes entries out of the buffer whose ids a removal already took out of its index. */
+  private forget(ids: readonly number[]): void {
+    const gone = new Set(ids);
+    this.entries = this.entries.filter((e) => !gone.has(e.id));
+    for (const id of ids) this.live.delete(id);
+  }
+
   private async remove(ids: Set<number>): Promise<Entry[]> {
     const gone = this.entries.filter((e) => ids.has(e.id));
     this.entries = this.entries.filter((e) => !ids.has(e.id));
@@ -190,20 +199,20 @@ export class ReplayBuffer {
     if (this.cfg.policy === 'diverse-fresh' && n > 0 && this.entries.filter((e) => e.seen).length >= 2 * n) return this.shrinkFresh(n, features);
     let seen = this.nn.size;
     for (const id of this.dirty.keys()) if (!this.nn.has(id)) seen++;
-    if (this.cfg.policy === 'diverse-strata' && n > 0 && seen >= 2 * n) return this.shrinkStrata(n);
-    if (this.cfg.policy === 'diverse-strata-fresh' && n > 0 && seen >= 2 * n) return this.shrinkStrata(n, await this.freshIndex(features));
+    // The rule needs twice as many seen entries as it removes; until then its policies drop oldest first (below).
+    const ruleReady = n > 0 && seen >= 2 * n;
+    if (this.cfg.policy === 'diverse-strata' && ruleReady) return this.shrinkStrata(n);
+    if (this.cfg.policy === 'diverse-strata-fresh' && ruleReady) return this.shrinkStrata(n, await this.freshIndex(features));
     if (this.cfg.policy === 'strata-random' && n > 0) return this.shrinkStrata(n, undefined, rng);
-    if (this.cfg.policy === 'diverse-reservoir' && n > 0 && seen >= 2 * n) return this.shrinkReservoirAdmit(n, rng);
-    if (this.cfg.policy === 'diverse-reservoir-fresh' && n > 0 && seen >= 2 * n) return this.shrinkReservoirAdmit(n, rng, features ?? null);
-    if (this.usesFeatures && n > 0 && seen >= 2 * n) {
+    if (this.cfg.policy === 'diverse-reservoir' && ruleReady) return this.shrinkReservoirAdmit(n, rng);
+    if (this.cfg.policy === 'diverse-reservoir-fresh' && ruleReady) return this.shrinkReservoirAdmit(n, rng, features ?? null);
+    if (this.usesFeatures && ruleReady) {
       // The index refresh and the removals together: the index picks the cheaper way (removal.ts).
       const changed = [...this.dirty.values()].map((e) => ({ id: e.id, feature: e.feature!, rank: e.streamIndex }));
       this.dirty.clear();
       const ids = await this.nn.removeRedundant(n, changed);
       const byId = new Map(this.entries.map((e) => [e.id, e]));
-      const gone = new Set(ids);
-      this.entries = this.entries.filter((e) => !gone.has(e.id));
-      for (const id of ids) this.live.delete(id);
+      this.forget(ids);
       return ids.map((id) => byId.get(id)!);
     }
     await this.flush();
@@ -220,7 +229,7 @@ export class ReplayBuffer {
       // clips, then among its frames): every clip keeps a frame while any other holds two.
       const clips = new Map<string, Entry[]>();
       for (const e of this.entries) {
-        const c = e.key.split('.')[0];
+        const c = sourceOf(e.key);
         const l = clips.get(c);
         if (l) l.push(e);
         else clips.set(c, [e]);
@@ -324,9 +333,7 @@ export class ReplayBuffer {
       await nn.delete(e.id);
       if (index) await this.nn.delete(e.id);
     }
-    const gone = new Set(out.map((e) => e.id));
-    this.entries = this.entries.filter((e) => !gone.has(e.id));
-    for (const id of gone) this.live.delete(id);
+    this.forget(out.map((e) => e.id));
     return out;
   }
 
@@ -352,9 +359,7 @@ export class ReplayBuffer {
       ids = n > out.length ? await (await this.freshIndex(features ?? undefined)).removeRedundant(n - out.length) : [];
       for (const id of ids) await this.nn.delete(id);
     }
-    const gone = new Set(ids);
-    this.entries = this.entries.filter((e) => !gone.has(e.id));
-    for (const id of ids) this.live.delete(id);
+    this.forget(ids);
     return [...out, ...ids.map((id) => byId.get(id)!)];
   }
 

@@ -109,8 +109,9 @@ export async function streamCommand(a: StreamArgs): Promise<void> {
   if (D && src.kind === 'files') throw new Error('--clips: camera-like clips are made from cifar10 and cifar100 images; a folder\'s files are streamed as they are');
   // With clips, each image of the order gives D consecutive frames; --limit counts frames.
   const frames = D ? order.flatMap((i) => Array.from({ length: D }, (_, t) => ({ i, t }))) : order.map((i) => ({ i, t: -1 }));
-  const items = (a.limit ? frames.slice(0, a.limit) : frames).map((f) => f.i);
-  const times = (a.limit ? frames.slice(0, a.limit) : frames).map((f) => f.t);
+  const taken = a.limit ? frames.slice(0, a.limit) : frames;
+  const items = taken.map((f) => f.i);
+  const times = taken.map((f) => f.t);
   if (a.printOrder) {
     // A folder's indices are positions in its readable train images; its files and classes say which.
     const extra = src.kind === 'files' ? { classes, labels: items.map((i) => src.labels[i]), files: items.map((i) => path.relative(root!, src.files[i])) } : {};

@@ -4,6 +4,10 @@
 // the mean nearest-neighbour cosine.
 
 import { dot } from '../buffer/removal.ts';
+import { sourceOf } from '../buffer/buffer.ts';
+
+// The clip-key convention is the buffer's (oracle-clip groups by it).
+export { sourceOf };
 
 export interface Redundancy {
   /** Share of entries whose nearest neighbour has the same source; NaN with fewer than two entries. */
@@ -11,9 +15,6 @@ export interface Redundancy {
   /** Mean cosine to the nearest neighbour; NaN with fewer than two entries. */
   nnSim: number;
 }
-
-/** The source of a key: what comes before the first '.' ('123.4' -> '123'; '123' -> '123'). */
-export const sourceOf = (key: string) => key.split('.')[0];
 
 export function redundancy(entries: readonly { key: string; feature: Float32Array | null }[]): Redundancy {
   const es = entries.filter((e) => e.feature);

@@ -70,6 +70,15 @@ export function ffmpegArgs(o: Pick<CameraOptions, 'input' | 'fps' | 'size' | 'fi
   return ['-hide_banner', '-loglevel', 'error', '-nostdin', ...pre, '-i', o.input, '-an', '-vf', filters.join(','), '-pix_fmt', 'rgb24', '-f', 'rawvideo', 'pipe:1'];
 }
 
+/** One frame of ffmpeg's rgb24 output (HWC rows) as CHW planes, written into `out` from `at`. */
+export function rgb24ToChw(hwc: Uint8Array, plane: number, out: Uint8Array, at = 0): void {
+  for (let p = 0; p < plane; p++) {
+    out[at + p] = hwc[3 * p];
+    out[at + plane + p] = hwc[3 * p + 1];
+    out[at + 2 * plane + p] = hwc[3 * p + 2];
+  }
+}
+
 export class CameraSource {
   private queue: CameraFrame[] = [];
   private waiters: ((f: CameraFrame | null) => void)[] = [];
@@ -154,11 +163,7 @@ export class CameraSource {
       this.armStall();
       if (this.position <= this.o.skip) continue;
       const chw = new Uint8Array(this.frameBytes);
-      for (let p = 0; p < plane; p++) {
-        chw[p] = hwc[3 * p];
-        chw[plane + p] = hwc[3 * p + 1];
-        chw[2 * plane + p] = hwc[3 * p + 2];
-      }
+      rgb24ToChw(hwc, plane, chw);
       this.push({ key: `${this.live ? 'live' : 'frame'}-${this.connects}-${this.position}`, image: chw });
     }
     this.partial = buf.length ? [Buffer.from(buf)] : [];

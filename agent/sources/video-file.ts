@@ -5,7 +5,7 @@
 
 import { spawnSync } from 'node:child_process';
 import { statSync } from 'node:fs';
-import { checkFfmpeg, ffmpegArgs } from './camera.ts';
+import { checkFfmpeg, ffmpegArgs, rgb24ToChw } from './camera.ts';
 
 export interface DecodedVideo {
   /** count frames, uint8 CHW RGB, size x size each, in time order. */
@@ -31,16 +31,7 @@ export function decodeVideo(file: string, fps: number, size: number, ffmpeg = 'f
   const count = Math.floor(r.stdout.length / bytes);
   if (count === 0) throw new Error(`--video ${file}: no frames decoded at ${fps} fps${err ? ` (${err})` : ''}`);
   // ffmpeg writes HWC rows; the learner takes CHW planes.
-  const plane = size * size;
   const frames = new Uint8Array(count * bytes);
-  for (let f = 0; f < count; f++) {
-    const hwc = r.stdout.subarray(f * bytes, (f + 1) * bytes);
-    const o = f * bytes;
-    for (let p = 0; p < plane; p++) {
-      frames[o + p] = hwc[3 * p];
-      frames[o + plane + p] = hwc[3 * p + 1];
-      frames[o + 2 * plane + p] = hwc[3 * p + 2];
-    }
-  }
+  for (let f = 0; f < count; f++) rgb24ToChw(r.stdout.subarray(f * bytes, (f + 1) * bytes), size * size, frames, f * bytes);
   return { frames, count };
 }
