@@ -116,6 +116,21 @@ function globals(fleet: string, full: boolean): Map<number, { header: GlobalHead
   return out;
 }
 
+/** Steps the device between arrivals until it has merged global version v. */
+const merged = (dev: FleetDevice, v: number) =>
+  until(`the device merged v${v}`, () => {
+    void dev.between();
+    return dev.version === v;
+  });
+
+/** The trainer's shared tensors are `global` plus what it learnt from `from` to `to`, to the float32 bit. */
+function assertHolds(t: Trainer, global: Map<string, Float32Array>, to: Map<string, Float32Array>, from: Map<string, Float32Array>): void {
+  for (const s of spec) {
+    const now = t.state.get(s.name)!;
+    for (let i = 0; i < now.length; i++) assert.equal(now[i], Math.fround(global.get(s.name)![i] + (to.get(s.name)![i] - from.get(s.name)![i])), `${s.name}[${i}]`);
+  }
+}
+
 let initShared: Map<string, Float32Array>;
 let spec: Spec;
 let artifact: string;
@@ -333,15 +348,9 @@ test('a device that missed rounds catches up from the retained model, keeping wh
   const local = sharedCopy(t);
   dev.start();
   const g2 = () => globals('catchup', true).get(2)!.tensors;
-  await until('the device merged v2', () => {
-    void dev.between();
-    return dev.version === 2;
-  });
-  for (const s of spec) {
-    const now = t.state.get(s.name)!;
-    for (let i = 0; i < now.length; i++) assert.equal(now[i], Math.fround(g2().get(s.name)![i] + (local.get(s.name)![i] - initShared.get(s.name)![i])), `${s.name}[${i}]`);
-    assert.deepEqual(dev.base.get(s.name), g2().get(s.name), 'its base is the fleet\'s v2, bit for bit');
-  }
+  await merged(dev, 2);
+  assertHolds(t, g2(), local, initShared);
+  for (const s of spec) assert.deepEqual(dev.base.get(s.name), g2().get(s.name), 'its base is the fleet\'s v2, bit for bit');
   // Its update (on v2) goes into v3 with another device's; meanwhile it learns more.
   t.steps++;
   await dev.between();
@@ -351,17 +360,11 @@ test('a device that missed rounds catches up from the retained model, keeping wh
   const after = sharedCopy(t);
   await sendUpdate(c, 'catchup', { device: 'a', seq: 3, base: 2 }, randomDelta(spec, 30), artifact);
   await until('v3', () => agg.version === 3);
-  await until('the device merged v3', () => {
-    void dev.between();
-    return dev.version === 3;
-  });
+  await merged(dev, 3);
   const g3 = globals('catchup', true).get(3)!;
   assert.deepEqual(g3.header.included.map((i) => i.device), ['a', 'late']);
-  for (const s of spec) {
-    const now = t.state.get(s.name)!;
-    // Its own update is in v3: only what it learnt after publishing is carried over.
-    for (let i = 0; i < now.length; i++) assert.equal(now[i], Math.fround(g3.tensors.get(s.name)![i] + (after.get(s.name)![i] - published.get(s.name)![i])));
-  }
+  // Its own update is in v3: only what it learnt after publishing is carried over.
+  assertHolds(t, g3.tensors, after, published);
   assert.equal(dev.framesSinceBase, 4, 'frames since its update');
   assert.ok(dlog.some((l) => /merged global v3 .*included/.test(l)), dlog.join('\n'));
   agg.stop();
@@ -411,15 +414,9 @@ test('a device whose update went into a round it then missed (its queued changes
   devices.push(back);
   back.learnt(4);
   back.start();
-  await until('the device merged v2', () => {
-    void back.between();
-    return back.version === 2;
-  });
-  for (const s of spec) {
-    const now = t.state.get(s.name)!;
-    // v2 holds its update (through v1): only what it learnt after publishing is carried over.
-    for (let i = 0; i < now.length; i++) assert.equal(now[i], Math.fround(g2.tensors.get(s.name)![i] + (local.get(s.name)![i] - published.get(s.name)![i])), `${s.name}[${i}]`);
-  }
+  await merged(back, 2);
+  // v2 holds its update (through v1): only what it learnt after publishing is carried over.
+  assertHolds(t, g2.tensors, local, published);
   assert.equal(back.framesSinceBase, 4, 'frames since its update');
   assert.ok(dlog.some((l) => /merged global v2 .*included/.test(l)), dlog.join('\n'));
   agg.stop();
