@@ -1,8 +1,8 @@
 // `ssocl serve`'s HTTP server (node:http only): the dashboard page, its vendored libraries straight from
-// node_modules (uPlot, onnxruntime-web), a server-sent-event stream of what AgentWatch sees, the buffer's
-// images as one binary response, and the published model for download and for the page's own
-// inference. Every file it serves is named in a fixed list or a directory listing, never a path taken
-// from the URL; it only ever reads the agent's directories.
+// node_modules (uPlot, onnxruntime-web), a server-sent-event stream of what AgentWatch sees (the agent's
+// status record among it), the buffer's images as one binary response, and the published model for
+// download and for the page's own inference. Every file it serves is named in a fixed list or a
+// directory listing, never a path taken from the URL; it only ever reads the agent's directories.
 
 import { readdirSync, readFileSync } from 'node:fs';
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
@@ -133,6 +133,7 @@ function snapshotEvents(w: AgentWatch): string {
   const t = w.tail;
   let out = sse('hello', { dirs: w.dirs, pid: process.pid });
   if (w.presence) out += sse('presence', w.presence);
+  out += sse('status', w.status);
   out += sse('metrics', { reset: true, steps: thin(t.steps, HISTORY_POINTS), evals: t.evals, health: t.health, total: t.steps.length });
   if (w.model) out += sse('model', w.model);
   if (w.quarantine) out += sse('quarantine', w.quarantine);
@@ -199,7 +200,7 @@ function handle(req: IncomingMessage, res: ServerResponse, watch: AgentWatch, hu
   if (art) return sendFile(res, artifactFile(artifacts, decodeURIComponent(art[1])), 'no-store');
   if (p === '/api/state') {
     const b = watch.buffer;
-    return sendJson(res, { presence: watch.presence, model: watch.model, quarantine: watch.quarantine, buffer: b ? bufferSummary(b) : null, steps: watch.tail.steps.length, evals: watch.tail.evals, health: watch.tail.health });
+    return sendJson(res, { status: watch.status, presence: watch.presence, model: watch.model, quarantine: watch.quarantine, buffer: b ? bufferSummary(b) : null, steps: watch.tail.steps.length, evals: watch.tail.evals, health: watch.tail.health });
   }
   if (p === '/api/buffer/images') {
     const b = watch.buffer;

@@ -1,14 +1,16 @@
 // Follows a running (or finished) agent from the outside by polling what it writes: the metrics file,
-// the newest checkpoint's buffer, latest.json, the quarantine folder. Polling rather than fs.watch: the
+// its status record, the buffer (live snapshot or newest checkpoint), latest.json, the quarantine folder. Polling rather than fs.watch: the
 // agent replaces files by rename and its directories may not exist yet when the server starts, and a
 // stat a few times a second costs nothing. Nothing here writes, creates or locks anything.
 
 import { existsSync, statSync } from 'node:fs';
 import path from 'node:path';
-import { readBufferView, newestCheckpointName, type BufferView } from './buffer-view.ts';
+import { readBufferView, readLiveBufferView, newestCheckpointName, type BufferView } from './buffer-view.ts';
+import { LIVE_BUFFER_FILE } from '../buffer/snapshot.ts';
 import { MetricsTail, type MetricsBatch } from './metrics.ts';
 import { readModelView, type ModelView } from './model-view.ts';
 import { QuarantineReader, type QuarantineView } from './quarantine-view.ts';
+import { describeStatus, readStatus, type AgentStatusView, type StatusRecord } from './status-view.ts';
 
 export interface AgentDirs {
   state: string;
@@ -30,7 +32,8 @@ export type WatchEvent =
   | { type: 'buffer'; data: Omit<BufferView, 'images'> }
   | { type: 'model'; data: ModelView }
   | { type: 'quarantine'; data: QuarantineView }
-  | { type: 'presence'; data: Presence };
+  | { type: 'presence'; data: Presence }
+  | { type: 'status'; data: AgentStatusView };
 
 export interface WatchTiming {
   /** How often the metrics file and the directories are looked at. */
@@ -56,10 +59,16 @@ export class AgentWatch {
   model: ModelView | null = null;
   quarantine: QuarantineView | null = null;
   presence: Presence | null = null;
+  status: AgentStatusView = describeStatus(null);
   private listeners = new Set<(e: WatchEvent) => void>();
   private timer: NodeJS.Timeout | null = null;
   private busy = false;
   private modelStamp = '';
+  private statusStamp = '';
+  private statusRecord: StatusRecord | null = null;
+  private checkpointView: BufferView | null = null;
+  private liveView: BufferView | null = null;
+  private liveStamp = '';
   private lastBufferRead = 0;
   private lastQuarantineRead = 0;
   private quarantineJson = '';
@@ -99,6 +108,7 @@ export class AgentWatch {
     this.busy = true;
     try {
       this.pollPresence();
+      this.pollStatus();
       const batch = this.tail.poll();
       if (batch) this.emit({ type: 'metrics', data: batch });
       this.pollModel();
@@ -121,6 +131,21 @@ export class AgentWatch {
     this.emit({ type: 'presence', data: p });
   }
 
+  /** The status record when it changes, and its view when that changes (a heartbeat that stops shows without a write). */
+  private pollStatus(): void {
+    const file = path.join(this.dirs.state, 'status.json');
+    const s = stamp(file);
+    if (s !== this.statusStamp) {
+      this.statusStamp = s;
+      this.statusRecord = readStatus(file);
+    }
+    const v = describeStatus(this.statusRecord);
+    const key = (x: AgentStatusView) => JSON.stringify([x.phase, x.label, x.notPublishing, x.record?.time]);
+    if (key(v) === key(this.status)) return;
+    this.status = v;
+    this.emit({ type: 'status', data: v });
+  }
+
   private pollModel(): void {
     const s = `${stamp(path.join(this.dirs.models, 'latest.json'))}|${stamp(path.join(this.dirs.models, 'latest.onnx'))}`;
     if (s === this.modelStamp) return;
@@ -141,13 +166,23 @@ export class AgentWatch {
     this.emit({ type: 'quarantine', data: q });
   }
 
+  /** The live snapshot or the newest checkpoint, whichever is newer; each read again only when it changed. */
   private async pollBuffer(): Promise<void> {
     const now = Date.now();
     if (now - this.lastBufferRead < this.timing.bufferMs) return;
-    const newest = newestCheckpointName(path.join(this.dirs.state, 'checkpoints'));
-    if (!newest || newest === this.buffer?.version) return;
+    const ckpts = path.join(this.dirs.state, 'checkpoints');
+    const newest = newestCheckpointName(ckpts);
+    const live = stamp(path.join(this.dirs.state, LIVE_BUFFER_FILE));
+    const ckChanged = !!newest && newest !== this.checkpointView?.version;
+    if (!ckChanged && live === this.liveStamp) return;
     this.lastBufferRead = now;
-    const view = await readBufferView(path.join(this.dirs.state, 'checkpoints'));
+    if (ckChanged) this.checkpointView = (await readBufferView(ckpts)) ?? this.checkpointView;
+    if (live !== this.liveStamp) {
+      this.liveStamp = live;
+      this.liveView = live ? await readLiveBufferView(this.dirs.state) : null;
+    }
+    const [c, l] = [this.checkpointView, this.liveView];
+    const view = c && l ? (Date.parse(l.time) > Date.parse(c.time) ? l : c) : (l ?? c);
     if (!view || view.version === this.buffer?.version) return;
     this.buffer = view;
     this.emit({ type: 'buffer', data: bufferSummary(view) });

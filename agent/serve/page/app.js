@@ -5,11 +5,12 @@
 import { fmt, lineChart } from './charts.js';
 import { PageModel } from './model.js';
 import { coverResize, toInput } from './preprocess.js';
+import { rates } from './rates.js';
 
 const $ = (id) => document.getElementById(id);
 const esc = (s) => String(s).replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
 
-const state = { steps: [], evals: [], health: [], model: null, quarantine: null, buffer: null, presence: null, events: 0, dirs: null };
+const state = { steps: [], evals: [], health: [], model: null, quarantine: null, buffer: null, presence: null, status: null, events: 0, dirs: null };
 /** The page keeps at most this many step points; beyond it the older half is thinned. */
 const MAX_POINTS = 20000;
 
@@ -23,24 +24,6 @@ const charts = {
   health: lineChart($('chart-health'), { y: 'rank', y2: 'cosine' }),
   eval: lineChart($('chart-eval'), { y: '%' }),
 };
-
-/**
- * steps/s and frames/s at each point, over the points of the last `windowMs` (the counters are
- * cumulative, so thinned history gives the same rates).
- */
-function rates(steps, windowMs = 5000) {
-  const sps = [];
-  const fps = [];
-  let j = 0;
-  for (let i = 0; i < steps.length; i++) {
-    while (j < i - 1 && steps[i].t - steps[j + 1].t >= windowMs) j++;
-    const dt = (steps[i].t - steps[j].t) / 1000;
-    const ok = i > j && dt > 0;
-    sps.push(ok ? (steps[i].step - steps[j].step) / dt : null);
-    fps.push(ok && steps[i].frames !== null && steps[j].frames !== null ? (steps[i].frames - steps[j].frames) / dt : null);
-  }
-  return { sps, fps };
-}
 
 function drawCharts() {
   const s = state.steps;
@@ -92,6 +75,7 @@ function scheduleDraw() {
 }
 
 function onMetrics(m) {
+  const had = state.steps.length > 0;
   if (m.reset) {
     state.steps = [];
     state.evals = [];
@@ -104,19 +88,59 @@ function onMetrics(m) {
     const half = state.steps.length >> 1;
     state.steps = [...state.steps.slice(0, half).filter((_, i) => i % 2 === 0), ...state.steps.slice(half)];
   }
+  if (had !== state.steps.length > 0) renderWaiting();
   scheduleDraw();
 }
 
+/** An agent that trains, idles or is starting: the page is not waiting for it, whatever it has not written yet. */
+const agentActive = () => state.steps.length > 0 || ['starting', 'training', 'idle', 'stopping'].includes(state.status?.phase);
+
 function onPresence(p) {
   state.presence = p;
+  renderWaiting();
+}
+
+function renderWaiting() {
+  const p = state.presence;
+  if (!p) return;
   const d = state.dirs ?? {};
   const missing = [];
   if (p.metrics === null) missing.push('no --metrics file given to ssocl serve: no charts (give it the file ssocl run writes with --metrics)');
   else if (!p.metrics) missing.push(`no metrics yet at ${d.metrics}`);
-  if (!p.checkpoints) missing.push(`no checkpoints yet in ${d.state}/checkpoints`);
-  if (!p.models) missing.push(`no export yet in ${d.models}`);
+  // A running agent checkpoints and exports every few minutes: its first ones are not what the page waits for.
+  const active = agentActive();
+  if (!p.checkpoints && !active) missing.push(`no checkpoints yet in ${d.state}/checkpoints`);
+  if (!p.models && !active) missing.push(`no export yet in ${d.models}`);
   $('waiting').hidden = missing.length === 0;
-  $('waiting').innerHTML = missing.length ? `<h2>Waiting for the agent</h2><ul>${missing.map((m) => `<li>${esc(m)}</li>`).join('')}</ul>` : '';
+  $('waiting').innerHTML = missing.length ? `<h2>${active ? 'Note' : 'Waiting for the agent'}</h2><ul>${missing.map((m) => `<li>${esc(m)}</li>`).join('')}</ul>` : '';
+}
+
+/** "12 s", "3 min", "2 h" */
+function ago(ms) {
+  const s = Math.max(0, Math.floor(ms / 1000));
+  return s < 60 ? `${s} s` : s < 3600 ? `${Math.floor(s / 60)} min` : s < 172800 ? `${Math.floor(s / 3600)} h` : `${Math.floor(s / 86400)} days`;
+}
+
+/** The agent's status record (the server's view of <state>/status.json), with its age counted on here. */
+function onStatus(v) {
+  state.status = { ...v, receivedAt: performance.now() };
+  renderStatus();
+  renderWaiting();
+  if (state.model) renderModel();
+}
+
+function renderStatus() {
+  const v = state.status;
+  if (!v) return;
+  const el = $('agent');
+  el.className = `badge agent-${v.phase}`;
+  el.textContent = v.label;
+  const r = v.record;
+  el.title = r ? `pid ${r.pid}, step ${r.step}, arrival ${r.arrival}, ${r.frames} frames${r.line ? `, line ${r.line}` : ''}` : 'ssocl run writes <state>/status.json while it runs; none there yet';
+  $('agent-pub').hidden = !v.notPublishing;
+  $('agent-pub').textContent = v.notPublishing ? `not publishing: ${v.notPublishing}` : '';
+  const age = v.ageMs === null ? '' : ago(v.ageMs + performance.now() - v.receivedAt);
+  $('agent-age').textContent = age ? (v.phase === 'stopped' ? `${age} ago` : `status ${age} old`) : '';
 }
 
 function healthRows(h) {
@@ -134,12 +158,20 @@ function healthRows(h) {
 
 function onModel(m) {
   state.model = m;
+  renderModel();
+  if (m.latest) void tryModel.refresh().then(() => renderQuery());
+}
+
+function renderModel() {
+  const m = state.model;
   const l = m.latest;
   if (!l) {
     $('model-body').innerHTML = 'no export yet';
     return;
   }
   const versions = m.versions.slice(-6).reverse();
+  const now = state.status?.record;
+  const ahead = now && state.status.phase !== 'stale' && now.step > l.step ? now.step : null;
   $('model-body').className = '';
   $('model-body').innerHTML = `
     <table>
@@ -152,8 +184,8 @@ function onModel(m) {
       <tr><th>sha256</th><td class="dim">${esc(String(l.sha256).slice(0, 16))}</td></tr>
     </table>
     <p><a id="download" href="/models/latest.onnx" download="encoder-${esc(l.step)}.onnx">Download latest.onnx</a> (step ${esc(l.step)})</p>
-    <table>${versions.map((v) => `<tr><td>${esc(v.file)}</td><td class="${v.status === 'rejected' ? 'bad' : 'ok'}">${esc(v.status)}</td><td class="reason dim">${esc(v.reason ?? '')}</td></tr>`).join('')}</table>`;
-  void tryModel.refresh().then(() => renderQuery());
+    <table>${versions.map((v) => `<tr><td>${esc(v.file)}</td><td class="${v.status === 'rejected' ? 'bad' : 'ok'}">${esc(v.status)}</td><td class="reason dim">${esc(v.reason ?? '')}</td></tr>`).join('')}</table>
+    ${ahead ? `<p class="dim">The agent is at step ${esc(ahead)} now; this is its last export (it exports every --export-every).</p>` : ''}`;
 }
 
 function onQuarantine(q) {
@@ -210,7 +242,8 @@ function renderBuffer() {
     cell.append(c, label);
     grid.append(cell);
   }
-  $('b-info').textContent = `${b.entries.length} entries at step ${b.step} (${b.version}, ${new Date(b.time).toLocaleTimeString()}); mean nearest-neighbour cosine ${fmt(b.meanNnSim)} over the stored features`;
+  const from = b.source === 'live' ? 'live snapshot' : b.version;
+  $('b-info').textContent = `${b.entries.length} entries at step ${b.step} (${from}, ${new Date(b.time).toLocaleTimeString()}); mean nearest-neighbour cosine ${fmt(b.meanNnSim)} over the stored features`;
 }
 
 async function onBuffer(b) {
@@ -324,8 +357,9 @@ function connect() {
       state.events++;
       fn(JSON.parse(e.data));
     });
+  // The page's connection to ssocl serve, not the agent (its own badge, from the status record).
   es.onopen = () => {
-    $('conn').textContent = 'live';
+    $('conn').textContent = 'connected';
     $('conn').className = 'badge on';
   };
   es.onerror = () => {
@@ -337,6 +371,7 @@ function connect() {
     $('where').textContent = `${h.dirs.state} · ${h.dirs.models}${h.dirs.metrics ? ` · ${h.dirs.metrics}` : ''}`;
   });
   on('presence', onPresence);
+  on('status', onStatus);
   on('metrics', onMetrics);
   on('model', onModel);
   on('quarantine', onQuarantine);
@@ -359,3 +394,4 @@ tryStatus('waiting for a published model');
 // latest.json is polled as well as announced: a missed event or a model that was mid-publish is picked up.
 // (Only once an export exists: before that the request would only log a 404 every 2 s.)
 setInterval(() => state.presence?.models && void tryModel.refresh(), 2000);
+setInterval(renderStatus, 1000);
