@@ -22,6 +22,7 @@ import type { EvaluateOptions } from './pipeline/evaluate.ts';
 import { InlineEval } from './pipeline/evaluate.ts';
 import { Due, type Every } from './pipeline/every.ts';
 import { learnArrival, learnt } from './pipeline/learn.ts';
+import { LiveBuffer } from './pipeline/live-buffer.ts';
 import { EmbeddingLog, MetricsLog, StatusLine, StepTally } from './pipeline/observe.ts';
 import { Publisher } from './pipeline/publish.ts';
 import { HealthGate, type HealthOptions } from './health/gate.ts';
@@ -261,6 +262,7 @@ interface Run {
   tally: StepTally;
   evaluation: InlineEval;
   status: StatusLine;
+  liveBuffer: LiveBuffer;
   checkpointDue: Due;
   exportDue: Due;
   resumedFrom: string | null;
@@ -292,6 +294,7 @@ async function runAgentWith(o: AgentOptions, signals: Signals): Promise<AgentSum
     embeddings: new EmbeddingLog(o.emitEmbeddings, learner, source, o.log),
     evaluation: new InlineEval(o.evaluate, trainer, source, counters, metrics, o.log),
     status: new StatusLine(o.statusEveryMs ?? 0, learner, counters, source, tally, last, o.log),
+    liveBuffer: new LiveBuffer(o.stateDir, learner, counters, o.fresh, o.log),
     checkpointDue: new Due(o.checkpointEvery, trainer.steps),
     exportDue: new Due(o.exportEvery, trainer.steps),
     resumedFrom: resumed.file || null,
@@ -365,6 +368,7 @@ async function arrival(r: Run, frames: Frame[]): Promise<void> {
   await r.embeddings.emit(frames);
   r.source.arrivalDone(frames, learnt(rep));
   tally.observe(rep);
+  r.liveBuffer.maybe();
   if (r.fleet) {
     if (rep.trained) r.fleet.learnt(frames.length);
     await r.fleet.between();

@@ -13,6 +13,7 @@ import { encodePng } from '../agent/frames/decode.ts';
 import { demoStream } from '../agent/commands/demo.ts';
 import { Trainer } from '../agent/trainer/trainer.ts';
 import { listCheckpoints, readCheckpoint } from '../agent/trainer/checkpoint.ts';
+import { readLiveBuffer } from '../agent/buffer/snapshot.ts';
 import { REPO, CIFAR10_DIR } from './helpers/paths.ts';
 import { tinyPreset } from './helpers/tiny.ts';
 
@@ -85,6 +86,9 @@ test('the agent learns from a watched directory, quarantines bad files, checkpoi
   const latest = JSON.parse(readFileSync(path.join(models, 'latest.json'), 'utf8'));
   assert.equal(latest.framesSeen, 13);
   assert.ok(latest.step >= 2);
+  // The buffer snapshot for dashboards (written at the first arrival, then every few seconds).
+  const live = readLiveBuffer(state);
+  assert.ok(live && live.meta.entries.length > 0 && live.images.length === live.meta.entries.length, 'a live buffer snapshot in the state folder');
 });
 
 test('killed hard mid-run, the agent resumes from its last checkpoint and ingests nothing twice', async () => {

@@ -18,6 +18,11 @@ import { Rng } from '../core/rng.ts';
 import { decodeFrame } from '../agent/frames/decode.ts';
 import { saveCheckpoint, type CheckpointData } from '../agent/trainer/checkpoint.ts';
 import { serve, type Served } from '../agent/serve/server.ts';
+import { LIVE_BUFFER_FILE, writeLiveBuffer } from '../agent/buffer/snapshot.ts';
+import { LiveBuffer } from '../agent/pipeline/live-buffer.ts';
+import type { Entry } from '../agent/buffer/buffer.ts';
+import type { Learner } from '../agent/trainer/learner.ts';
+import { newCounters } from '../agent/sources/source.ts';
 import { hostWarning } from '../agent/commands/serve.ts';
 import { reasonKind } from '../agent/serve/quarantine-view.ts';
 import { REPO } from './helpers/paths.ts';
@@ -231,6 +236,68 @@ test("buffer: the newest checkpoint's images and each entry's nearest-neighbour 
     ev.close();
     await s.close();
   }
+});
+
+/** Buffer entries as the learner holds them (entry 0 without a feature yet). */
+function entries(n: number, seed: number): Entry[] {
+  const rng = new Rng(seed);
+  return Array.from({ length: n }, (_, i) => ({ id: 100 + i, key: `live-${i}.png`, image: Uint8Array.from({ length: 3 * SIZE * SIZE }, () => rng.int(256)), feature: i === 0 ? null : unit(rng, 6), seen: i > 1, lifespan: i, streamIndex: 50 + i }));
+}
+
+test("buffer: the agent's live snapshot (every few seconds) is shown when newer than the newest checkpoint, a newer checkpoint replaces it, an older snapshot is not shown", async () => {
+  const d = agentDirs('live');
+  const s = await serveDirs(d);
+  const ev = events(s.url);
+  try {
+    assert.equal((await ev.next('buffer')).source, 'checkpoint');
+    const es = entries(7, 9);
+    writeLiveBuffer(d.state, es, { step: 25, arrivals: 12, framesIngested: 48 });
+    const live = await ev.next('buffer', (b) => b.source === 'live');
+    assert.deepEqual([live.step, live.arrivals, live.framesIngested, live.entries.length, live.size], [25, 12, 48, 7, SIZE]);
+    assert.deepEqual(live.entries.map((e: { key: string; seen: boolean }) => [e.key, e.seen]), es.map((e) => [e.key, e.seen]));
+    assert.equal(live.entries[0].nnSim, null, 'no feature, no similarity');
+    const f = es.map((e) => e.feature);
+    const want = Math.max(...f.slice(2).map((fj) => f[1]!.reduce((a, v, k) => a + v * fj![k], 0)));
+    assert.ok(Math.abs(live.entries[1].nnSim - want) < 1e-6);
+    const img = await fetchRaw(`${s.url}api/buffer/images`);
+    assert.equal(img.headers['x-buffer-version'], live.version);
+    assert.deepEqual(new Uint8Array(img.body), Uint8Array.from(es.flatMap((e) => [...e.image])));
+    // The agent checkpoints (newer than the snapshot), then a snapshot from before it shows up late.
+    checkpoint(path.join(d.state, 'checkpoints'), 30, 4, 3);
+    assert.equal((await ev.next('buffer', (b) => b.source === 'checkpoint')).step, 30);
+    writeLiveBuffer(d.state, entries(3, 1), { step: 28, arrivals: 14, framesIngested: 56 }, new Date(Date.now() - 60_000));
+    await new Promise((r) => setTimeout(r, 300));
+    assert.equal(s.watch.buffer?.step, 30, 'an older snapshot does not replace the checkpoint');
+  } finally {
+    ev.close();
+    await s.close();
+  }
+});
+
+test('the live buffer writer: a snapshot after an arrival at most every few seconds, none left from a previous run by --fresh, a failed write is one line and training goes on', () => {
+  const dir = path.join(root, 'live-writer');
+  mkdirSync(dir, { recursive: true });
+  const es = entries(5, 2);
+  const learner = { buffer: { entries: es }, trainer: { steps: 6 }, arrivals: 3 } as unknown as Learner;
+  const counters = { ...newCounters(), framesIngested: 12 };
+  const lines: string[] = [];
+  const w = new LiveBuffer(dir, learner, counters, false, (l) => lines.push(l), 60_000);
+  w.maybe();
+  const file = path.join(dir, LIVE_BUFFER_FILE);
+  const first = readFileSync(file);
+  (learner as { arrivals: number }).arrivals = 4;
+  w.maybe();
+  assert.ok(readFileSync(file).equals(first), 'not again within the interval');
+  new LiveBuffer(dir, learner, counters, true, (l) => lines.push(l));
+  assert.equal(existsSync(file), false, '--fresh: the previous run\'s snapshot is gone');
+  // A state folder that cannot be written (here a file where the folder should be).
+  const blocked = path.join(root, 'live-blocked');
+  writeFileSync(blocked, 'x');
+  const bad = new LiveBuffer(blocked, learner, counters, false, (l) => lines.push(l), 0);
+  bad.maybe();
+  bad.maybe();
+  assert.equal(lines.length, 1, lines.join('\n'));
+  assert.match(lines[0], /live buffer snapshot for dashboards is no longer written \(\w+\); training goes on/);
 });
 
 test('quarantine (count, reasons by kind, newest first) and the published model (record, versions, download with its sha256)', async () => {

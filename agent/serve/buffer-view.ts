@@ -1,9 +1,12 @@
-// The replay buffer as the dashboard shows it: the newest checkpoint that verifies (read through the
-// trainer's own reader, so a damaged one is skipped as a resume would skip it), its images, and each
-// entry's nearest-neighbour cosine similarity over the representative features z* stored with it.
+// The replay buffer as the dashboard shows it: the agent's live snapshot (written every few seconds
+// while it trains, agent/buffer/snapshot.ts) or the newest checkpoint that verifies (read through the
+// trainer's own reader, so a damaged one is skipped as a resume would skip it), whichever is newer; its
+// images, and each entry's nearest-neighbour cosine similarity over the representative features z*
+// stored with it.
 
 import path from 'node:path';
 import { latestCheckpoint, listCheckpoints } from '../trainer/checkpoint.ts';
+import { readLiveBuffer } from '../buffer/snapshot.ts';
 
 export interface BufferEntryView {
   id: number;
@@ -16,8 +19,9 @@ export interface BufferEntryView {
 }
 
 export interface BufferView {
-  /** The checkpoint's file name: changes whenever a newer checkpoint is read. */
+  /** The checkpoint's file name, or buffer-live@<time> for a live snapshot: changes whenever a newer one is read. */
   version: string;
+  source: 'checkpoint' | 'live';
   step: number;
   arrivals: number;
   framesIngested: number;
@@ -68,6 +72,19 @@ export async function readBufferView(dir: string): Promise<BufferView | null> {
   const found = latestCheckpoint(dir);
   if (!found) return null;
   const { meta, images, features } = found.data;
+  return view(path.basename(found.file), 'checkpoint', { step: meta.steps, arrivals: meta.arrivals, framesIngested: meta.framesIngested, time: meta.time, entries: meta.buffer.entries }, images, features);
+}
+
+/** The agent's live snapshot in `stateDir`, or null when there is none (or it does not read). */
+export async function readLiveBufferView(stateDir: string): Promise<BufferView | null> {
+  const live = readLiveBuffer(stateDir);
+  if (!live) return null;
+  return view(`buffer-live@${live.meta.time}`, 'live', live.meta, live.images, live.features);
+}
+
+type Where = { step: number; arrivals: number; framesIngested: number; time: string; entries: Omit<BufferEntryView, 'nnSim'>[] };
+
+async function view(version: string, source: BufferView['source'], at: Where, images: Uint8Array[], features: (Float32Array | null)[]): Promise<BufferView> {
   const per = images[0]?.length ?? 0;
   const size = Math.round(Math.sqrt(per / 3));
   const all = new Uint8Array(images.length * per);
@@ -75,13 +92,14 @@ export async function readBufferView(dir: string): Promise<BufferView | null> {
   const nn = await nearestSimilarities(features);
   const known = nn.filter((v): v is number => v !== null);
   return {
-    version: path.basename(found.file),
-    step: meta.steps,
-    arrivals: meta.arrivals,
-    framesIngested: meta.framesIngested,
-    time: meta.time,
+    version,
+    source,
+    step: at.step,
+    arrivals: at.arrivals,
+    framesIngested: at.framesIngested,
+    time: at.time,
     size,
-    entries: meta.buffer.entries.map((e, i) => ({ id: e.id, key: e.key, seen: e.seen, lifespan: e.lifespan, streamIndex: e.streamIndex, nnSim: nn[i] })),
+    entries: at.entries.map((e, i) => ({ id: e.id, key: e.key, seen: e.seen, lifespan: e.lifespan, streamIndex: e.streamIndex, nnSim: nn[i] })),
     meanNnSim: known.length ? known.reduce((a, b) => a + b, 0) / known.length : null,
     images: all,
   };
