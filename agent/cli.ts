@@ -475,10 +475,10 @@ await yargs(hideBin(process.argv))
   )
   .command(
     'serve',
-    "a live dashboard of a running or finished agent in the browser (loss, throughput, gradient cosine, memory, health, buffer, quarantine, latest model), read from its directories and never written there",
+    "a live dashboard of a running or finished agent in the browser (what it is doing, loss, throughput, gradient cosine, memory, health, buffer, quarantine, latest model), read from its directories and never written there",
     (y) =>
       y
-        .option('state', { type: 'string', default: 'ssocl-state', describe: 'the agent\'s --state directory (checkpoints: the buffer)' })
+        .option('state', { type: 'string', default: 'ssocl-state', describe: 'the agent\'s --state directory (status.json: what it is doing; the buffer: its live snapshot, else the checkpoints)' })
         .option('models', { type: 'string', default: 'models', describe: 'the agent\'s --models directory (latest.json, latest.onnx)' })
         .option('metrics', { type: 'string', describe: 'the agent\'s --metrics file (the charts)' })
         .option('quarantine', { type: 'string', describe: 'the agent\'s --quarantine directory (default <state>/quarantine)' })

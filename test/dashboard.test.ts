@@ -95,6 +95,9 @@ test("the header shows the agent's status record: training, idle (why), stopped 
     h = await headerWith(page, 'idle');
     assert.equal(h.agent, 'idle: all 300 frames learnt, waiting for new ones');
     assert.equal(h.pub, 'not publishing: models/latest.onnx belongs to another line (demo)');
+    // The same view for scripts: /api/state.
+    const api = await (await fetch(`${served!.url}api/state`)).json();
+    assert.deepEqual([api.status.phase, api.status.label, api.status.notPublishing, api.status.record.step], ['idle', h.agent, 'models/latest.onnx belongs to another line (demo)', 42]);
 
     writeStatus(state, { phase: 'stopped', reason: '--max-seconds 85', exitCode: 0 }, 120);
     h = await headerWith(page, 'stopped');
