@@ -127,7 +127,7 @@ test("the header shows the agent's status record: training, idle (why), stopped 
   }
 });
 
-test('in-tab training: the loss chart has each step at its own number, and "training step n" shows while a step runs', async (t) => {
+test('in-tab training: the loss chart has each step at its own number, "training step n" shows while a step runs, WebGPU asked for where there is none says it trains on WASM', async (t) => {
   const o = await open(t);
   if (!o) return;
   const { page } = o;
@@ -155,6 +155,15 @@ test('in-tab training: the loss chart has each step at its own number, and "trai
     const said: string[] = await page.evaluate(() => (window as any).said);
     for (const n of steps) assert.ok(said.includes(`training step ${n}…`), `'training step ${n}…' shown (said: ${said.join(' | ')})`);
     assert.equal(await page.evaluate(() => (document.getElementById('train-running') as HTMLElement).hidden), true, 'hidden once the arrival is done');
+
+    // WebGPU asked for in a browser without it: WASM, and a line says so.
+    const fell = await page.evaluate(async () => {
+      Object.defineProperty(Navigator.prototype, 'gpu', { value: undefined, configurable: true });
+      const r = await (window as any).ssoclTrain.open('webgpu');
+      const el = document.getElementById('train-note') as HTMLElement;
+      return { ep: r.ep, note: el.hidden ? null : el.textContent };
+    });
+    assert.deepEqual(fell, { ep: 'wasm', note: 'WebGPU is not available in this browser (no navigator.gpu): training on WASM instead' });
     assert.deepEqual(browser!.errors, [], 'no errors in the page');
   } finally {
     await page.close();
