@@ -103,6 +103,11 @@ test("the header shows the agent's status record: training, idle (why), stopped 
     h = await headerWith(page, 'stopped');
     assert.equal(h.agent, 'stopped: --max-seconds 85 (exit 0)', 'a stopped record is never stale');
     assert.equal(h.age, '2 min ago');
+    // Its age is counted to the moment it is asked for, not to when the server read it.
+    const ageNow = async () => (await (await fetch(`${served!.url}api/state`)).json()).status.ageMs as number;
+    const a0 = await ageNow();
+    await new Promise((r) => setTimeout(r, 600));
+    assert.ok((await ageNow()) - a0 >= 500, 'the age grows between two requests');
     assert.match(h.waiting ?? '', /Waiting for the agent/, 'a stopped agent with nothing written: the banner is back');
 
     // Killed without a word: the record says training, but its heartbeat (10 s) stopped 2 minutes ago.

@@ -59,7 +59,8 @@ export class AgentWatch {
   model: ModelView | null = null;
   quarantine: QuarantineView | null = null;
   presence: Presence | null = null;
-  status: AgentStatusView = describeStatus(null);
+  /** The status view as last announced (what a change is measured against). */
+  private statusView: AgentStatusView = describeStatus(null);
   private listeners = new Set<(e: WatchEvent) => void>();
   private timer: NodeJS.Timeout | null = null;
   private busy = false;
@@ -141,9 +142,14 @@ export class AgentWatch {
     }
     const v = describeStatus(this.statusRecord);
     const key = (x: AgentStatusView) => JSON.stringify([x.phase, x.label, x.notPublishing, x.record?.time]);
-    if (key(v) === key(this.status)) return;
-    this.status = v;
+    if (key(v) === key(this.statusView)) return;
+    this.statusView = v;
     this.emit({ type: 'status', data: v });
+  }
+
+  /** The status as of now (its age counted to this moment, for a page that connects later). */
+  get status(): AgentStatusView {
+    return describeStatus(this.statusRecord);
   }
 
   private pollModel(): void {
