@@ -3,7 +3,8 @@
 // (training -> idle -> stopped, each with its reason; a record whose heartbeat stopped reads "no
 // heartbeat"), the connection badge no longer says the agent is live, the "waiting" banner stays away
 // from a training agent; the throughput over a time window (the page's own rates.js, no browser
-// needed); in-tab training plots each step at its own number and says which step runs.
+// needed); in-tab training plots each step at its own number, says which step runs, and says so when
+// WebGPU was asked for and WASM trains instead.
 
 import { test } from 'node:test';
 import assert from 'node:assert/strict';

@@ -38,7 +38,7 @@ function renderRunning() {
   el.hidden = !running.what;
   if (!running.what) return;
   const ms = performance.now() - running.since;
-  const why = learner?.trainer.ep === 'webgpu' ? 'WebGPU compiles its shaders on first use; on a CPU adapter that can take minutes' : 'a large model on WASM, one thread';
+  const why = (learner?.trainer.ep ?? $('train-ep').value) === 'webgpu' ? 'WebGPU compiles its shaders on first use; on a CPU adapter that can take minutes' : 'a large model on WASM, one thread';
   el.textContent = ms < SLOW_MS ? `${running.what}…` : `${running.what}… still working after ${Math.floor(ms / 1000)} s (${why})`;
 }
 setInterval(renderRunning, 1000);
@@ -75,12 +75,15 @@ async function open(ep = 'wasm', seed = 0) {
   bundle ??= await import('/page/train.bundle.js');
   let use = await chooseEp(ep);
   let trainer;
+  showRunning(`opening the training step on ${use.ep}`);
   try {
     trainer = await bundle.openTrainer('/artifacts/', use.ep);
   } catch (e) {
     if (use.ep !== 'webgpu') throw e;
     use = { ep: 'wasm', why: `WebGPU did not start (${e.message}): training on WASM instead` };
     trainer = await bundle.openTrainer('/artifacts/', 'wasm');
+  } finally {
+    showRunning('');
   }
   note(use.why);
   watchSteps(trainer);
