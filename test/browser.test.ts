@@ -7,7 +7,7 @@
 
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import sharp from 'sharp';
@@ -21,7 +21,6 @@ import { serve, type Served } from '../agent/serve/server.ts';
 import { chromiumOrSkip, launchChromium, type Launched } from './helpers/browser.ts';
 import type { Page } from 'puppeteer-core';
 import { demoImage, startAgent, tinyArtifacts } from './faults/helpers.ts';
-import { REPO } from './helpers/paths.ts';
 
 const root = mkdtempSync(path.join(tmpdir(), 'ssocl-browser-'));
 
@@ -153,11 +152,8 @@ test('dashboard in chromium: live charts from a running agent, the page embeds a
     // Back to the top: the clicks above scrolled, and the sticky header would be drawn where the view was.
     await page.evaluate(() => window.scrollTo(0, 0));
     const shot = await page.screenshot({ fullPage: true });
+    // Not README's picture (16 px fixture images): bench/dashboard-shot.ts takes that one from a real run.
     writeFileSync(path.join(root, 'dashboard.png'), shot);
-    if (process.env.SSOCL_UPDATE_SCREENSHOT) {
-      mkdirSync(path.join(REPO, 'docs'), { recursive: true });
-      copyFileSync(path.join(root, 'dashboard.png'), path.join(REPO, 'docs/dashboard.png'));
-    }
     const v = await variance(shot);
     lap(`screenshot ${path.join(root, 'dashboard.png')} (pixel variance ${v.toFixed(0)})`);
     assert.ok(v > 100, `screenshot looks blank (pixel variance ${v})`);
