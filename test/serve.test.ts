@@ -274,7 +274,7 @@ test("buffer: the agent's live snapshot (every few seconds) is shown when newer 
   }
 });
 
-test('the live buffer writer: a snapshot after an arrival at most every few seconds, none left from a previous run by --fresh, a failed write is one line and training goes on', () => {
+test('the live buffer writer: a snapshot after an arrival at most every few seconds, none left from a previous run by --fresh nor a killed write\'s temp file, a failed write is one line and training goes on', () => {
   const dir = path.join(root, 'live-writer');
   mkdirSync(dir, { recursive: true });
   const es = entries(5, 2);
@@ -288,8 +288,12 @@ test('the live buffer writer: a snapshot after an arrival at most every few seco
   (learner as { arrivals: number }).arrivals = 4;
   w.maybe();
   assert.ok(readFileSync(file).equals(first), 'not again within the interval');
+  // A write killed before its rename left its temp file; the next run removes it.
+  const temp = path.join(dir, `.${LIVE_BUFFER_FILE}.tmp-99999`);
+  writeFileSync(temp, 'half');
   new LiveBuffer(dir, learner, counters, true, (l) => lines.push(l));
   assert.equal(existsSync(file), false, '--fresh: the previous run\'s snapshot is gone');
+  assert.equal(existsSync(temp), false, 'a killed write\'s temp file is gone');
   // A state folder that cannot be written (here a file where the folder should be).
   const blocked = path.join(root, 'live-blocked');
   writeFileSync(blocked, 'x');

@@ -3,7 +3,7 @@
 // atomically every few seconds while the agent trains. Checkpoints come every few minutes; this lets a
 // dashboard follow the buffer as it is now. Never read back by the agent: a resume uses checkpoints.
 
-import { readFileSync, rmSync } from 'node:fs';
+import { readdirSync, readFileSync, rmSync } from 'node:fs';
 import path from 'node:path';
 import { writeFileAtomic } from '../../core/atomic.ts';
 import { decodeSafetensors, encodeSafetensors } from '../../core/codecs/safetensors.ts';
@@ -54,6 +54,17 @@ export function writeLiveBuffer(stateDir: string, entries: readonly Entry[], at:
 /** A fresh run's state folder must not show the previous run's buffer. */
 export function removeLiveBuffer(stateDir: string): void {
   rmSync(path.join(stateDir, LIVE_BUFFER_FILE), { force: true });
+}
+
+/** The temp files of snapshot writes a kill interrupted (writeFileAtomic's; one agent per state folder). */
+export function removeStaleLiveBufferTemps(stateDir: string): void {
+  let names: string[];
+  try {
+    names = readdirSync(stateDir);
+  } catch {
+    return;
+  }
+  for (const f of names) if (f.startsWith(`.${LIVE_BUFFER_FILE}.tmp-`)) rmSync(path.join(stateDir, f), { force: true });
 }
 
 /** The snapshot in `stateDir`, or null when there is none or it does not read as one. */

@@ -4,7 +4,7 @@
 
 import type { Counters } from '../sources/source.ts';
 import type { Learner } from '../trainer/learner.ts';
-import { removeLiveBuffer, writeLiveBuffer } from '../buffer/snapshot.ts';
+import { removeLiveBuffer, removeStaleLiveBufferTemps, writeLiveBuffer } from '../buffer/snapshot.ts';
 
 export class LiveBuffer {
   private last = 0;
@@ -18,6 +18,7 @@ export class LiveBuffer {
     private log: (line: string) => void,
     private everyMs = 5000,
   ) {
+    removeStaleLiveBufferTemps(stateDir);
     if (fresh) removeLiveBuffer(stateDir);
   }
 
