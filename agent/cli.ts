@@ -9,7 +9,9 @@ import { EPS, type EP } from './trainer/backend.ts';
 import { DEFAULT_METHOD, METHODS, METHOD_NAMES, artifactName, buildCommand } from './methods.ts';
 
 import { REPO_ROOT } from './paths.ts';
+import { STATUS_EVERY_S, shownPath } from './commands/terminal.ts';
 import { checkBrokerUrl, checkId } from './fleet/ids.ts';
+import { unknownArgumentMessage } from './cli-suggest.ts';
 import { UsageError, nums, readableDir, writableDir, writableFile, readableInput, readableFile, encoderFile, cifarDir, artifactsDir, datasetArg } from './cli-args.ts';
 
 // The shared data sets beside the repository, or SSOCL_DATA.
@@ -47,8 +49,33 @@ function exitWithError(e: unknown): never {
   process.exit(code);
 }
 
+// The yargs instance of the command being parsed (set by a middleware that runs before validation).
+let parsing: { y: import('yargs').Argv } | undefined;
+
+/** An unknown flag or command: what was typed and the nearest that exists (cli-suggest.ts). */
+function unknownMessage(): string | undefined {
+  const y = (parsing?.y ?? cli) as any;
+  const opts = y.getOptions();
+  // yargs' internals, untyped: the handlers' command strings and the context of the one being parsed.
+  const handlers = (cli as any).getInternalMethods().getCommandInstance().getCommandHandlers() as Record<string, { original: string }>;
+  const bare = (c: string) => c.replace(/\s*[<[].*$/, '');
+  const args = hideBin(process.argv);
+  const end = args.indexOf('--');
+  return unknownArgumentMessage({
+    args: end < 0 ? args : args.slice(0, end),
+    command: parsing ? (y.getInternalMethods().getContext().fullCommands as string[]).slice(-1).flatMap((c) => bare(c).split(' ')) : [],
+    options: Object.keys(opts.key),
+    booleans: opts.boolean,
+    commands: Object.values(handlers).map((h) => bare(h.original)),
+  });
+}
+
 /** yargs' own complaints, rephrased to the one-line shape of the others. */
 function yargsMessage(msg: string): string {
+  if (/^Unknown arguments?: /.test(msg)) {
+    const m = unknownMessage();
+    if (m) return m;
+  }
   const needs = /^Not enough arguments following: (\S+)$/.exec(msg);
   if (needs) return `--${needs[1]}: needs a value`;
   if (msg.startsWith('Invalid values:')) {
@@ -57,6 +84,8 @@ function yargsMessage(msg: string): string {
   }
   return msg.replace(/\s*\n\s*/g, ' ').trim();
 }
+
+const STATUS_EVERY = `log a one-line status (frames, steps/s, loss, buffer, last checkpoint and export) every this many seconds (0: never; default ${STATUS_EVERY_S} when stderr is not a terminal, never on a terminal, which has the progress line)`;
 
 // What folder:ROOT means, for every --dataset that takes one.
 const FOLDER_LAYOUT = 'folder:ROOT (your labelled images: ROOT/<class>/*.png|jpg with every 5th image per class held out as a kNN query, or ROOT/train/<class>/ + ROOT/val|test/<class>/; classes in name order)';
@@ -147,7 +176,7 @@ function fleetBrokerOptions(flag: 'fleet' | 'broker') {
   };
 }
 
-await yargs(hideBin(process.argv))
+const cli = yargs(hideBin(process.argv))
   .scriptName('ssocl')
   .usage('$0 <command> [options]\n\nSelf-supervised online continual learning on edge devices.')
   .command(
@@ -184,7 +213,7 @@ await yargs(hideBin(process.argv))
         .option('dataset', { type: 'string', describe: `instead of --watch: replay a data set stream in-process (benchmarks, demos): demo, cifar10, cifar100 or ${FOLDER_LAYOUT}, decoded at the training size` })
         .option('stream-order', { choices: ['seq', 'seq-bl', 'seq-im'] as const, default: 'seq' as const, describe: 'with --dataset cifar10|cifar100|folder:ROOT: the class-incremental order' })
         .options(nums({ trial: { int: true, min: 0, default: 0, describe: 'with --dataset: seed of the stream order' } }))
-        .option('data-dir', { type: 'string', default: DEFAULT_DATA, describe: 'with --dataset: folder holding the data sets' })
+        .option('data-dir', { type: 'string', default: DEFAULT_DATA, defaultDescription: shownPath(DEFAULT_DATA), describe: 'with --dataset: folder holding the data sets' })
         .options(
           nums({
             'per-class': { int: true, min: 1, describe: 'with --dataset cifar10|cifar100|folder:ROOT: a reduced stream, each class cut to this many images (seq-im keeps its imbalance)' },
@@ -241,7 +270,7 @@ await yargs(hideBin(process.argv))
             'exit-when-idle': { min: 0, default: 0, describe: 'stop after this many seconds without a new frame (0: never)' },
           }),
         )
-        .options(nums({ 'status-every': { min: 0, describe: 'log a one-line status (frames, steps/s, loss, buffer, last checkpoint and export) every this many seconds (0: never; default 30 when stderr is not a terminal, never on a terminal, which has the progress line)' } }))
+        .options(nums({ 'status-every': { min: 0, describe: STATUS_EVERY } }))
         .options(
           nums({
             'disk-retry-s': { above: 0, default: 30, describe: 'disk full: seconds between tries to write the checkpoint (the agent pauses meanwhile)' },
@@ -297,7 +326,7 @@ await yargs(hideBin(process.argv))
         .positional('model', { type: 'string', demandOption: true, describe: 'an exported encoder (.onnx)' })
         .option('dataset', { choices: ['cifar10', 'cifar100'] as const, default: 'cifar10' as const, describe: 'the data set: train split as the kNN memory, test split as the queries (read from --data-dir)' })
         .option('folder', { type: 'string', describe: 'instead of --dataset: your own labelled images, ROOT/<class>/*.png|jpg (every 5th per class is a query) or ROOT/train/<class>/ + ROOT/test|val/<class>/' })
-        .option('data-dir', { type: 'string', default: DEFAULT_DATA, describe: 'folder holding cifar-10-batches-bin/ or cifar-100-binary/' })
+        .option('data-dir', { type: 'string', default: DEFAULT_DATA, defaultDescription: shownPath(DEFAULT_DATA), describe: 'folder holding cifar-10-batches-bin/ or cifar-100-binary/' })
         .option('protocol', { choices: ['weighted', 'scale'] as const, default: 'weighted' as const, describe: 'weighted cosine kNN (T 0.07), or SCALE\'s (k 50, uniform, Euclidean)' })
         .options(
           nums({
@@ -323,7 +352,7 @@ await yargs(hideBin(process.argv))
     (y) =>
       y
         .positional('dataset', { choices: ['cifar10', 'cifar100'] as const, demandOption: true, describe: 'which data set' })
-        .option('dir', { type: 'string', default: DEFAULT_DATA, describe: 'where to put the archive and the unpacked folder' })
+        .option('dir', { type: 'string', default: DEFAULT_DATA, defaultDescription: shownPath(DEFAULT_DATA), describe: 'where to put the archive and the unpacked folder' })
         .option('url', { type: 'string', describe: 'a mirror of the official archive (same file, same checksum)' }),
     async (a) => {
       writableDir('--dir', a.dir);
@@ -340,7 +369,7 @@ await yargs(hideBin(process.argv))
     (y) =>
       y
         .option('dataset', { type: 'string', default: 'cifar10', describe: `the data set whose train split is streamed: cifar10, cifar100 (by its 20 superclasses) or ${FOLDER_LAYOUT}` })
-        .option('data-dir', { type: 'string', default: DEFAULT_DATA, describe: 'folder holding cifar-10-batches-bin/ or cifar-100-binary/' })
+        .option('data-dir', { type: 'string', default: DEFAULT_DATA, defaultDescription: shownPath(DEFAULT_DATA), describe: 'folder holding cifar-10-batches-bin/ or cifar-100-binary/' })
         .option('order', { choices: ['seq', 'seq-bl', 'seq-im'] as const, default: 'seq' as const, describe: 'class-incremental order: seq (class by class), seq-bl (blurred boundaries), seq-im (imbalanced classes)' })
         .options(nums({ trial: { int: true, min: 0, default: 0, describe: 'seed of the within-class shuffles and the boundary blur' } }))
         .option('to', { type: 'string', describe: 'output directory' })
@@ -386,8 +415,8 @@ await yargs(hideBin(process.argv))
         .options(nums({ threads: { int: true, min: 1, describe: 'ORT threads (CPU); default all cores' } }))
         .option('plan', { type: 'boolean', default: false, describe: 'print what each method would run (presets, stream sizes, updates x crops, done or not) and exit' })
         .option('report', { type: 'boolean', default: false, describe: 'print the tables and draw the charts of the rows already in --json; run nothing' })
-        .option('data-dir', { type: 'string', default: DEFAULT_DATA, describe: 'folder holding cifar-10-batches-bin/ or cifar-100-binary/' })
-        .option('json', { type: 'string', default: path.join(REPO_ROOT, 'bench/out/compare.jsonl'), describe: 'results, one JSON line per run; a run already there is skipped (resume)' }),
+        .option('data-dir', { type: 'string', default: DEFAULT_DATA, defaultDescription: shownPath(DEFAULT_DATA), describe: 'folder holding cifar-10-batches-bin/ or cifar-100-binary/' })
+        .option('json', { type: 'string', default: path.join(REPO_ROOT, 'bench/out/compare.jsonl'), defaultDescription: shownPath(path.join(REPO_ROOT, 'bench/out/compare.jsonl')), describe: 'results, one JSON line per run; a run already there is skipped (resume)' }),
     async (a) => {
       const { spawnSync } = await import('node:child_process');
       const folder = a.dataset !== undefined && datasetArg(a.dataset, []).startsWith('folder:');
@@ -482,7 +511,7 @@ await yargs(hideBin(process.argv))
         .option('models', { type: 'string', default: 'models', describe: 'the agent\'s --models directory (latest.json, latest.onnx)' })
         .option('metrics', { type: 'string', describe: 'the agent\'s --metrics file (the charts)' })
         .option('quarantine', { type: 'string', describe: 'the agent\'s --quarantine directory (default <state>/quarantine)' })
-        .option('artifacts', { type: 'string', default: path.join(REPO_ROOT, 'training-artifacts/edge'), describe: 'training artifacts the page can train with in the tab (the agent\'s --artifacts)' })
+        .option('artifacts', { type: 'string', default: path.join(REPO_ROOT, 'training-artifacts/edge'), defaultDescription: shownPath(path.join(REPO_ROOT, 'training-artifacts/edge')), describe: 'training artifacts the page can train with in the tab (the agent\'s --artifacts)' })
         .option('host', { type: 'string', default: '127.0.0.1', describe: 'address to listen on; anything but loopback lets others see the frames and take the model (a warning is printed)' })
         .options(
           nums({
@@ -502,7 +531,7 @@ await yargs(hideBin(process.argv))
       y
         .options(fleetBrokerOptions('broker') as {})
         .demandOption('broker')
-        .option('artifacts', { type: 'string', default: path.join(REPO_ROOT, 'training-artifacts/edge'), describe: 'the artifacts the fleet trains (updates made with others are rejected)' })
+        .option('artifacts', { type: 'string', default: path.join(REPO_ROOT, 'training-artifacts/edge'), defaultDescription: shownPath(path.join(REPO_ROOT, 'training-artifacts/edge')), describe: 'the artifacts the fleet trains (updates made with others are rejected)' })
         .option('models', { type: 'string', describe: 'export each global model here (latest.onnx, encoder-<version>.onnx); default: no export' })
         .options(
           nums({
@@ -536,23 +565,28 @@ await yargs(hideBin(process.argv))
             fps: { above: 0, default: 20, describe: 'frames written per second by the demo "camera"' },
           }),
         )
-        .option('models', { type: 'string', default: path.join(REPO_ROOT, 'models'), describe: 'where the encoder is exported' })
-        .option('artifacts', { type: 'string', default: path.join(REPO_ROOT, 'training-artifacts/edge'), describe: 'artifact directory' }),
+        .option('models', { type: 'string', default: path.join(REPO_ROOT, 'models'), defaultDescription: shownPath(path.join(REPO_ROOT, 'models')), describe: 'where the encoder is exported (latest.onnx) and the per-step metrics written (demo-metrics.jsonl, started over)' })
+        .option('state', { type: 'string', default: path.join(REPO_ROOT, 'demo-state'), defaultDescription: shownPath(path.join(REPO_ROOT, 'demo-state')), describe: "the agent's state (checkpoints, quarantine), started over by each demo and kept after it for ssocl serve" })
+        .option('artifacts', { type: 'string', default: path.join(REPO_ROOT, 'training-artifacts/edge'), defaultDescription: shownPath(path.join(REPO_ROOT, 'training-artifacts/edge')), describe: 'artifact directory' })
+        .options(nums({ 'status-every': { min: 0, describe: STATUS_EVERY } })),
     async (a) => {
       artifactsDir('--artifacts', a.artifacts);
       writableDir('--models', a.models);
+      writableDir('--state', a.state);
       const { demoCommand } = await import('./commands/demo.ts');
-      await demoCommand({ ep: a.ep, epFallback: a['ep-fallback'], threads: a.threads, seconds: a.seconds, fps: a.fps, models: a.models, artifacts: a.artifacts });
+      await demoCommand({ ep: a.ep, epFallback: a['ep-fallback'], threads: a.threads, seconds: a.seconds, fps: a.fps, models: a.models, artifacts: a.artifacts, state: a.state, statusEvery: a['status-every'] });
     },
   )
   .option('verbose', { type: 'boolean', default: false, describe: "on an error, also print the rest of its message, its detail (e.g. what ONNX Runtime said) and the stack" })
   .demandCommand(1, 'name a command (see --help)')
   .strict()
+  // What the command being parsed knows, for "did you mean" (before validation, which is what fails).
+  .middleware(((_argv: unknown, y: import('yargs').Argv) => void (parsing = { y })) as never, true)
   // yargs' own complaints come as a message (err absent, or its YError); anything thrown by a check, a
   // coerce or a handler comes as the error itself.
   .fail((msg, err) => exitWithError(err && err.name !== 'YError' ? err : new UsageError(yargsMessage(msg ?? err?.message ?? 'invalid arguments'))))
-  .help()
-  .parseAsync();
+  .help();
+await cli.parseAsync();
 // The command is done: exit now rather than when every handle is gone. A watched directory that keeps
 // receiving files can keep chokidar's write-settling timers alive after it was closed (seen in the 1-hour
 // soak: a `run --max-seconds` that had checkpointed, exported and printed its summary never exited).
