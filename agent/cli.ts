@@ -125,6 +125,8 @@ function inferOptions<T>(y: import('yargs').Argv<T>) {
 function inferPaths(a: { input?: string; watch?: string; model: string; out?: string }): void {
   if (a.input) readableInput('INPUT', a.input);
   if (a.watch) readableDir('--watch', a.watch);
+  // No model yet is what a newcomer meets first (embed before any training): say how to make one.
+  if (!existsSync(a.model)) throw new UsageError(`--model ${a.model}: no such file; run ssocl run --watch DIR (or npm start) first to train one, or give --model FILE.onnx`);
   encoderFile('--model', a.model);
   if (a.out && a.out !== '-') writableFile('--out', a.out);
 }

@@ -6,6 +6,7 @@
 import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import path from 'node:path';
+import { probeWebgpu, webgpuHint } from './webgpu.ts';
 
 export type EP = 'cpu' | 'cuda' | 'webgpu' | 'wasm';
 export const EPS: EP[] = ['cpu', 'cuda', 'webgpu', 'wasm'];
@@ -158,6 +159,10 @@ export async function openSession(model: Uint8Array, ep: EP, o: EpOptions = {}):
   } else if (!ort.listSupportedBackends().some((b) => b.name === ep)) {
     const have = ort.listSupportedBackends().map((b) => b.name).join(', ');
     throw new EpError(ep, `execution provider '${ep}' is not available in this onnxruntime-node build`, `onnxruntime-node ${ort.env.versions.node ?? ''} offers: ${have}`);
+  } else if (ep === 'webgpu') {
+    // Tried first in a child process: where it cannot start, Vulkan's noise stays there (webgpu.ts).
+    const p = probeWebgpu();
+    if (!p.ok) throw new EpError(ep, `could not start execution provider 'webgpu': ${p.reason} (${webgpuHint()})`, p.detail);
   }
   let sess: import('onnxruntime-node').InferenceSession;
   try {
