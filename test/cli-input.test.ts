@@ -84,7 +84,8 @@ function helpEntries(help: string): HelpEntry[] {
   const out: HelpEntry[] = [];
   let inList = false;
   for (const line of help.split('\n')) {
-    if (/^(Options|Positionals):$/.test(line)) {
+    // Options:, Positionals: and the groups a command puts its options in (Source (one of):, ...).
+    if (/^\S.*:$/.test(line) && !/^(Commands|Examples):$/.test(line)) {
       inList = true;
       continue;
     }

@@ -26,15 +26,15 @@ export function agentOutput(statusEvery: number | undefined, stderr: { isTTY?: b
 }
 
 /**
- * A path as the user would type it from here: relative to the working directory (climbing at most two
- * levels), else absolute. For defaults shown in --help and commands printed to copy.
+ * A path as the user would type it from here: relative to the working directory (climbing at most one
+ * level, as ../shared/data from the clone), else absolute. For defaults shown in --help and commands printed to copy.
  */
 export function shownPath(p: string, cwd = process.cwd()): string {
   const abs = path.resolve(p);
   const rel = path.relative(cwd, abs);
   if (rel === '') return '.';
   const up = rel.split(path.sep).filter((x) => x === '..').length;
-  return path.isAbsolute(rel) || up > 2 ? abs : rel;
+  return path.isAbsolute(rel) || up > 1 ? abs : rel;
 }
 
 /** A word of a shell command line, quoted when it holds anything a shell would read. */
