@@ -36,13 +36,11 @@ export function quietDisplayProbe(env: NodeJS.ProcessEnv = process.env): void {
 }
 
 /** The one-line advice for a webgpu EP that cannot start here. */
-export function webgpuHint(env: NodeJS.ProcessEnv = process.env): string {
+export function webgpuHint(): string {
   const icd = SWIFTSHADER_ICDS.find((f) => existsSync(f));
-  const cpu = '--ep-fallback cpu continues on the CPU';
-  if (env.VK_ICD_FILENAMES) return `${cpu}; VK_ICD_FILENAMES=${env.VK_ICD_FILENAMES} is the Vulkan driver it was given`;
   const swift = "no GPU? WebGPU runs, slowly, on SwiftShader, the CPU Vulkan driver of Debian's chromium package";
-  if (icd) return `${cpu}; ${swift}, installed here: set VK_ICD_FILENAMES=${icd} (see README)`;
-  return `${cpu}; ${swift}: apt-get install chromium, then set VK_ICD_FILENAMES=${SWIFTSHADER_ICDS[0]} (see README)`;
+  const how = icd ? `installed here: set VK_ICD_FILENAMES=${icd}` : `apt-get install chromium, then set VK_ICD_FILENAMES=${SWIFTSHADER_ICDS[0]}`;
+  return `--ep-fallback cpu continues on the CPU; ${swift}, ${how} (see README)`;
 }
 
 /** ORT's first line, less the source location and assertion it starts with ("/onnxruntime_src/...cc:100 ... was false. Failed to get a WebGPU adapter: ..."). */
