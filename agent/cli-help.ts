@@ -40,7 +40,7 @@ export const EXAMPLES: Record<string, readonly (readonly [string, string])[]> = 
   ],
   run: [
     ['$0 run --watch ./frames', 'learn from ./frames (state in ./ssocl-state, encoders in ./models), keep watching for new frames'],
-    ['$0 run --watch ./frames --state ./state-frames --models ./models-frames --metrics metrics-frames.jsonl --passes 3 --exit-when-idle 10', 'a folder of frames of your own: 3 passes over it, then stop'],
+    ['$0 run --watch ./frames --state ./state-frames --models ./models-frames --passes 3 --exit-when-idle 10', 'a folder of your own frames, its own state and models: 3 passes over it, then stop'],
     ['$0 run --camera /dev/video0 --fps 5', 'learn from a camera through ffmpeg'],
     ['$0 run --dataset demo --metrics metrics.jsonl', 'replay the demo stream in-process, one metrics row per step'],
     ['$0 run --watch ./frames --fleet mqtt://broker:1883', 'learn together with other devices (ssocl fleet aggregate)'],

@@ -71,7 +71,13 @@ function sections(help: string): Map<string, string[]> {
 /** The example command lines of a --help (the lines under Examples: that start with `ssocl`). */
 function examples(help: string): string[] {
   const at = help.indexOf('\nExamples:\n');
-  return at < 0 ? [] : help.slice(at).split('\n').filter((l) => /^ {2}ssocl /.test(l)).map((l) => l.trim());
+  const out: string[] = [];
+  // A command is at 2 spaces (a narrow terminal wraps it there too), what it does at 6.
+  for (const l of at < 0 ? [] : help.slice(at).split('\n')) {
+    if (/^ {2}ssocl /.test(l)) out.push(l.trim());
+    else if (/^ {2}\S/.test(l) && out.length) out[out.length - 1] += ` ${l.trim()}`;
+  }
+  return out;
 }
 
 test('run --help: every option in a named group, --state and --models before the research methods, none of their variants listed; --help-methods has them', async () => {
