@@ -203,7 +203,7 @@ const cli = yargs(hideBin(process.argv))
   )
   .command(
     'run',
-    'learn from frames written to a directory: diverse buffer, compiled training steps, checkpoints, exported encoder',
+    'the agent: learn from frames (a watched folder, a camera or a data set stream) with a diverse replay buffer and compiled training steps; checkpoints, exported encoder',
     (y) =>
       helpLayout(y
         .options(epOption)
