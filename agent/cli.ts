@@ -79,6 +79,8 @@ function yargsMessage(msg: string): string {
   }
   const needs = /^Not enough arguments following: (\S+)$/.exec(msg);
   if (needs) return `--${needs[1]}: needs a value`;
+  const required = /^Missing required arguments?: (.+)$/.exec(msg);
+  if (required) return `${required[1].split(', ').map((k) => `--${k}`).join(', ')}: required`;
   if (msg.startsWith('Invalid values:')) {
     const bad = [...msg.matchAll(/Argument: (\S+), Given: (.*?), Choices: (.*)/g)].map((m) => `--${m[1]} ${m[2].replace(/^"(.*)"$/, '$1')}: expected one of ${m[3].replace(/"/g, '')}`);
     if (bad.length) return bad.join('; ');

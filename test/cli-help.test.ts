@@ -124,7 +124,7 @@ test('every example in --help uses only flags its command has, and the main comm
   assert.ok(shown.length <= declared && shown.length >= cmds.length, `${shown.length} examples shown of ${declared}`);
 });
 
-test('did you mean: a typo in a flag or a command is one line with the nearest that exists, exit 2', async () => {
+test('did you mean: a typo in a flag or a command is one line with the nearest that exists, exit 2 (and a missing required flag one line too)', async () => {
   const cases: [string[], string][] = [
     [['run', '--dataset', 'demo', '--max-second', '3'], 'unknown option --max-second for ssocl run; did you mean --max-seconds?'],
     [['train', '--watch', 'frames'], "unknown command 'train'; did you mean ssocl run?"],
@@ -133,6 +133,7 @@ test('did you mean: a typo in a flag or a command is one line with the nearest t
     [['run', '--watch', 'frames', '--no-health-gat'], 'unknown option --no-health-gat for ssocl run; did you mean --no-health-gate?'],
     [['data', 'fetch', 'cifar10', '--dri', 'x'], 'unknown option --dri for ssocl data fetch; did you mean --dir?'],
     [['serve', '--zzzzzz', '1'], 'unknown option --zzzzzz for ssocl serve; ssocl serve --help lists them'],
+    [['classify', 'x.png'], '--support: required'],
   ];
   const rs = await many(cases.map(([a]) => a));
   cases.forEach(([args, line], i) => {
