@@ -6,10 +6,13 @@ import { hideBin } from 'yargs/helpers';
 import path from 'node:path';
 import { existsSync } from 'node:fs';
 import { EPS, type EP } from './trainer/backend.ts';
-import { DEFAULT_METHOD, METHODS, METHOD_NAMES, artifactName, buildCommand } from './methods.ts';
+import { BUFFER_POLICY_TEXT, DEFAULT_METHOD, METHODS, METHOD_NAMES, artifactName, buildCommand } from './methods.ts';
+import { EXAMPLES, INFER_GROUPS, RUN_GROUPS, examplesText, helpLayout, methodsHelp } from './cli-help.ts';
 
 import { REPO_ROOT } from './paths.ts';
+import { STATUS_EVERY_S, shownPath } from './commands/terminal.ts';
 import { checkBrokerUrl, checkId } from './fleet/ids.ts';
+import { unknownArgumentMessage } from './cli-suggest.ts';
 import { UsageError, nums, readableDir, writableDir, writableFile, readableInput, readableFile, encoderFile, cifarDir, artifactsDir, datasetArg } from './cli-args.ts';
 
 // The shared data sets beside the repository, or SSOCL_DATA.
@@ -47,16 +50,45 @@ function exitWithError(e: unknown): never {
   process.exit(code);
 }
 
+// The yargs instance of the command being parsed (set by a middleware that runs before validation).
+let parsing: { y: import('yargs').Argv } | undefined;
+
+/** An unknown flag or command: what was typed and the nearest that exists (cli-suggest.ts). */
+function unknownMessage(): string | undefined {
+  const y = (parsing?.y ?? cli) as any;
+  const opts = y.getOptions();
+  // yargs' internals, untyped: the handlers' command strings and the context of the one being parsed.
+  const handlers = (cli as any).getInternalMethods().getCommandInstance().getCommandHandlers() as Record<string, { original: string }>;
+  const bare = (c: string) => c.replace(/\s*[<[].*$/, '');
+  const args = hideBin(process.argv);
+  const end = args.indexOf('--');
+  return unknownArgumentMessage({
+    args: end < 0 ? args : args.slice(0, end),
+    command: parsing ? (y.getInternalMethods().getContext().fullCommands as string[]).slice(-1).flatMap((c) => bare(c).split(' ')) : [],
+    options: Object.keys(opts.key),
+    booleans: opts.boolean,
+    commands: Object.values(handlers).map((h) => bare(h.original)),
+  });
+}
+
 /** yargs' own complaints, rephrased to the one-line shape of the others. */
 function yargsMessage(msg: string): string {
+  if (/^Unknown arguments?: /.test(msg)) {
+    const m = unknownMessage();
+    if (m) return m;
+  }
   const needs = /^Not enough arguments following: (\S+)$/.exec(msg);
   if (needs) return `--${needs[1]}: needs a value`;
+  const required = /^Missing required arguments?: (.+)$/.exec(msg);
+  if (required) return `${required[1].split(', ').map((k) => `--${k}`).join(', ')}: required`;
   if (msg.startsWith('Invalid values:')) {
     const bad = [...msg.matchAll(/Argument: (\S+), Given: (.*?), Choices: (.*)/g)].map((m) => `--${m[1]} ${m[2].replace(/^"(.*)"$/, '$1')}: expected one of ${m[3].replace(/"/g, '')}`);
     if (bad.length) return bad.join('; ');
   }
   return msg.replace(/\s*\n\s*/g, ' ').trim();
 }
+
+const STATUS_EVERY = `log a one-line status (frames, steps/s, loss, buffer, last checkpoint and export) every this many seconds (0: never; default ${STATUS_EVERY_S} when stderr is not a terminal, never on a terminal, which has the progress line)`;
 
 // What folder:ROOT means, for every --dataset that takes one.
 const FOLDER_LAYOUT = 'folder:ROOT (your labelled images: ROOT/<class>/*.png|jpg with every 5th image per class held out as a kNN query, or ROOT/train/<class>/ + ROOT/val|test/<class>/; classes in name order)';
@@ -96,6 +128,8 @@ function inferOptions<T>(y: import('yargs').Argv<T>) {
 function inferPaths(a: { input?: string; watch?: string; model: string; out?: string }): void {
   if (a.input) readableInput('INPUT', a.input);
   if (a.watch) readableDir('--watch', a.watch);
+  // No model yet is what a newcomer meets first (embed before any training): say how to make one.
+  if (!existsSync(a.model)) throw new UsageError(`--model ${a.model}: no such file; run ssocl run --watch DIR (or npm start) first to train one, or give --model FILE.onnx`);
   encoderFile('--model', a.model);
   if (a.out && a.out !== '-') writableFile('--out', a.out);
 }
@@ -147,7 +181,7 @@ function fleetBrokerOptions(flag: 'fleet' | 'broker') {
   };
 }
 
-await yargs(hideBin(process.argv))
+const cli = yargs(hideBin(process.argv))
   .scriptName('ssocl')
   .usage('$0 <command> [options]\n\nSelf-supervised online continual learning on edge devices.')
   .command(
@@ -171,9 +205,9 @@ await yargs(hideBin(process.argv))
   )
   .command(
     'run',
-    'learn from frames written to a directory: diverse buffer, compiled training steps, checkpoints, exported encoder',
+    'the agent: learn from frames (a watched folder, a camera or a data set stream) with a diverse replay buffer and compiled training steps; checkpoints, exported encoder',
     (y) =>
-      y
+      helpLayout(y
         .options(epOption)
         .option('watch', { type: 'string', describe: 'directory to take frames from (jpg, jpeg, png, webp, bmp, ppm, pgm)' })
         .option('camera', { type: 'string', describe: 'instead of --watch: a camera (/dev/video0), a stream URL (rtsp://...) or a video file, read through ffmpeg' })
@@ -184,7 +218,7 @@ await yargs(hideBin(process.argv))
         .option('dataset', { type: 'string', describe: `instead of --watch: replay a data set stream in-process (benchmarks, demos): demo, cifar10, cifar100 or ${FOLDER_LAYOUT}, decoded at the training size` })
         .option('stream-order', { choices: ['seq', 'seq-bl', 'seq-im'] as const, default: 'seq' as const, describe: 'with --dataset cifar10|cifar100|folder:ROOT: the class-incremental order' })
         .options(nums({ trial: { int: true, min: 0, default: 0, describe: 'with --dataset: seed of the stream order' } }))
-        .option('data-dir', { type: 'string', default: DEFAULT_DATA, describe: 'with --dataset: folder holding the data sets' })
+        .option('data-dir', { type: 'string', default: DEFAULT_DATA, defaultDescription: shownPath(DEFAULT_DATA), describe: 'with --dataset: folder holding the data sets' })
         .options(
           nums({
             'per-class': { int: true, min: 1, describe: 'with --dataset cifar10|cifar100|folder:ROOT: a reduced stream, each class cut to this many images (seq-im keeps its imbalance)' },
@@ -193,6 +227,10 @@ await yargs(hideBin(process.argv))
           }),
         )
         .check((a) => {
+          if (a['help-methods']) return true;
+          // Checked here rather than as yargs choices: the lists would fill --help (--help-methods has them).
+          if (a.method !== undefined && !METHOD_NAMES.includes(String(a.method))) throw new UsageError(`--method ${a.method}: expected one of ${METHOD_NAMES.join(', ')}`);
+          if (a.buffer !== undefined && !Object.hasOwn(BUFFER_POLICY_TEXT, String(a.buffer))) throw new UsageError(`--buffer ${a.buffer}: expected one of ${Object.keys(BUFFER_POLICY_TEXT).join(', ')}`);
           if ([a.watch, a.dataset, a.camera].filter(Boolean).length !== 1) throw new UsageError('give one source: --watch DIR, --camera DEVICE|URL|FILE or --dataset demo|cifar10|cifar100|folder:ROOT');
           if (a.dataset !== undefined) datasetArg(String(a.dataset), ['demo', 'cifar10', 'cifar100']);
           if (a.size !== undefined && !/^[1-9]\d*x[1-9]\d*$/.test(String(a.size))) throw new UsageError(`--size ${a.size}: expected WxH, e.g. 640x480`);
@@ -205,10 +243,8 @@ await yargs(hideBin(process.argv))
         .option('after-ingest', { choices: ['keep', 'move', 'delete'] as const, default: 'keep' as const, describe: 'what to do with a file once two verified checkpoints hold what was learnt from it (move, delete: it leaves the watched directory when read and waits in <state>/held/ until then)' })
         .option('processed', { type: 'string', describe: 'where --after-ingest move puts files (default <state>/processed)' })
         .option('quarantine', { type: 'string', describe: 'where unreadable files go, each with a .reason file (default <state>/quarantine)' })
-        .option('method', {
-          choices: METHOD_NAMES,
-          describe: `what to train, defined once in agent/methods.ts (as ssocl bench runs it): its artifacts, buffer policy, replay rule, warm-up and updates; --artifacts, --buffer, --replay, --warmup and --updates override each. Default ${DEFAULT_METHOD}, on any --artifacts. ${METHOD_NAMES.map((n) => `${n}: ${METHODS[n].describe}`).join('. ')}`,
-        })
+        .option('method', { type: 'string', describe: `what to train: ${DEFAULT_METHOD} (the default), or another method of the comparison as ssocl bench runs it (--help-methods says what each changes)` })
+        .option('help-methods', { type: 'boolean', default: false, describe: 'print the methods of --method and the buffer policies of --buffer, each with what it changes, and exit' })
         .option('artifacts', { type: 'string', describe: "training artifacts directory (default: training-artifacts/<the method's edge preset>, e.g. training-artifacts/edge for ours); with --method they must be built for it" })
         .option('state', { type: 'string', default: 'ssocl-state', describe: 'checkpoints and the ingestion ledger' })
         .option('models', { type: 'string', default: 'models', describe: 'where encoders are exported (latest.onnx, latest.json, encoder-<step>.onnx)' })
@@ -229,7 +265,7 @@ await yargs(hideBin(process.argv))
         .option('replay', { choices: ['mixed', 'buffer'] as const, describe: "batch composition, overriding the method's: mixed (this arrival's images + replayed ones) or buffer (each minibatch drawn from the whole buffer)" })
         .option('warmup', { choices: ['fill', 'none'] as const, describe: "overrides the method's: fill (no training step until the buffer first holds --buffer-size images, as MinRed) or none" })
         .options(nums({ 'buffer-size': { int: true, min: 1, describe: 'buffer capacity M (default from the artifacts)' } }))
-        .option('buffer', { choices: ['diverse', 'minred', 'reservoir', 'fifo', 'psa', 'diverse-fresh', 'diverse-strata', 'diverse-reservoir', 'diverse-strata-fresh', 'strata-random', 'diverse-reservoir-fresh'] as const, describe: "buffer policy, overriding the method's: diverse (drop the most redundant seen images after the arrival's steps), minred (the same rule applied before the steps, as MinRed's code), reservoir, fifo, psa (SCALE's PSA selection on backbone features), diverse-fresh (the rule on backbone features recomputed at each shrink), diverse-strata (the rule within the most crowded of 8 spans of the stream), diverse-reservoir (reservoir admission, evictions by the rule), diverse-strata-fresh (diverse-strata on backbone features recomputed at each shrink), strata-random (diverse-strata's spans, a uniform draw within), diverse-reservoir-fresh (diverse-reservoir on backbone features recomputed at each shrink)" })
+        .option('buffer', { type: 'string', describe: "buffer policy, overriding the method's (--help-methods says what each does)" })
         .options(nums({ lr: { above: 0, describe: 'learning rate (default from the artifacts)' } }))
         .option('lr-schedule', { choices: ['constant', 'cosine'] as const, default: 'constant' as const, describe: 'learning rate over the run: constant, or a cosine decay from --lr to 0 over --lr-steps steps (0 after)' })
         .options(
@@ -241,7 +277,7 @@ await yargs(hideBin(process.argv))
             'exit-when-idle': { min: 0, default: 0, describe: 'stop after this many seconds without a new frame (0: never)' },
           }),
         )
-        .options(nums({ 'status-every': { min: 0, describe: 'log a one-line status (frames, steps/s, loss, buffer, last checkpoint and export) every this many seconds (0: never; default 30 when stderr is not a terminal, never on a terminal, which has the progress line)' } }))
+        .options(nums({ 'status-every': { min: 0, describe: STATUS_EVERY } }))
         .options(
           nums({
             'disk-retry-s': { above: 0, default: 30, describe: 'disk full: seconds between tries to write the checkpoint (the agent pauses meanwhile)' },
@@ -265,7 +301,9 @@ await yargs(hideBin(process.argv))
         .option('fleet-device', { type: 'string', describe: 'with --fleet: this device\'s id in the fleet (default: one made up once and kept in <state>/fleet-device)' })
         .options(nums({ 'fleet-every': { kind: 'every', default: '100', describe: 'with --fleet: publish an update every this many steps (e.g. 100) or this long (2m)' } }))
         .option('fleet-encoding', { choices: ['f16', 'f32'] as const, default: 'f16' as const, describe: 'with --fleet: updates as float16 changes (half the bytes) or float32' }),
+      RUN_GROUPS, 'run'),
     async (a) => {
+      if (a['help-methods']) return void process.stdout.write(methodsHelp());
       // What each path must be, before anything is created or read (--watch and --camera are checked by
       // the run itself, which names what it could not list or open).
       if (a.dataset === 'cifar10' || a.dataset === 'cifar100') cifarDir(a['data-dir'], a.dataset);
@@ -297,7 +335,7 @@ await yargs(hideBin(process.argv))
         .positional('model', { type: 'string', demandOption: true, describe: 'an exported encoder (.onnx)' })
         .option('dataset', { choices: ['cifar10', 'cifar100'] as const, default: 'cifar10' as const, describe: 'the data set: train split as the kNN memory, test split as the queries (read from --data-dir)' })
         .option('folder', { type: 'string', describe: 'instead of --dataset: your own labelled images, ROOT/<class>/*.png|jpg (every 5th per class is a query) or ROOT/train/<class>/ + ROOT/test|val/<class>/' })
-        .option('data-dir', { type: 'string', default: DEFAULT_DATA, describe: 'folder holding cifar-10-batches-bin/ or cifar-100-binary/' })
+        .option('data-dir', { type: 'string', default: DEFAULT_DATA, defaultDescription: shownPath(DEFAULT_DATA), describe: 'folder holding cifar-10-batches-bin/ or cifar-100-binary/' })
         .option('protocol', { choices: ['weighted', 'scale'] as const, default: 'weighted' as const, describe: 'weighted cosine kNN (T 0.07), or SCALE\'s (k 50, uniform, Euclidean)' })
         .options(
           nums({
@@ -323,7 +361,7 @@ await yargs(hideBin(process.argv))
     (y) =>
       y
         .positional('dataset', { choices: ['cifar10', 'cifar100'] as const, demandOption: true, describe: 'which data set' })
-        .option('dir', { type: 'string', default: DEFAULT_DATA, describe: 'where to put the archive and the unpacked folder' })
+        .option('dir', { type: 'string', default: DEFAULT_DATA, defaultDescription: shownPath(DEFAULT_DATA), describe: 'where to put the archive and the unpacked folder' })
         .option('url', { type: 'string', describe: 'a mirror of the official archive (same file, same checksum)' }),
     async (a) => {
       writableDir('--dir', a.dir);
@@ -340,7 +378,7 @@ await yargs(hideBin(process.argv))
     (y) =>
       y
         .option('dataset', { type: 'string', default: 'cifar10', describe: `the data set whose train split is streamed: cifar10, cifar100 (by its 20 superclasses) or ${FOLDER_LAYOUT}` })
-        .option('data-dir', { type: 'string', default: DEFAULT_DATA, describe: 'folder holding cifar-10-batches-bin/ or cifar-100-binary/' })
+        .option('data-dir', { type: 'string', default: DEFAULT_DATA, defaultDescription: shownPath(DEFAULT_DATA), describe: 'folder holding cifar-10-batches-bin/ or cifar-100-binary/' })
         .option('order', { choices: ['seq', 'seq-bl', 'seq-im'] as const, default: 'seq' as const, describe: 'class-incremental order: seq (class by class), seq-bl (blurred boundaries), seq-im (imbalanced classes)' })
         .options(nums({ trial: { int: true, min: 0, default: 0, describe: 'seed of the within-class shuffles and the boundary blur' } }))
         .option('to', { type: 'string', describe: 'output directory' })
@@ -386,8 +424,8 @@ await yargs(hideBin(process.argv))
         .options(nums({ threads: { int: true, min: 1, describe: 'ORT threads (CPU); default all cores' } }))
         .option('plan', { type: 'boolean', default: false, describe: 'print what each method would run (presets, stream sizes, updates x crops, done or not) and exit' })
         .option('report', { type: 'boolean', default: false, describe: 'print the tables and draw the charts of the rows already in --json; run nothing' })
-        .option('data-dir', { type: 'string', default: DEFAULT_DATA, describe: 'folder holding cifar-10-batches-bin/ or cifar-100-binary/' })
-        .option('json', { type: 'string', default: path.join(REPO_ROOT, 'bench/out/compare.jsonl'), describe: 'results, one JSON line per run; a run already there is skipped (resume)' }),
+        .option('data-dir', { type: 'string', default: DEFAULT_DATA, defaultDescription: shownPath(DEFAULT_DATA), describe: 'folder holding cifar-10-batches-bin/ or cifar-100-binary/' })
+        .option('json', { type: 'string', default: path.join(REPO_ROOT, 'bench/out/compare.jsonl'), defaultDescription: shownPath(path.join(REPO_ROOT, 'bench/out/compare.jsonl')), describe: 'results, one JSON line per run; a run already there is skipped (resume)' }),
     async (a) => {
       const { spawnSync } = await import('node:child_process');
       const folder = a.dataset !== undefined && datasetArg(a.dataset, []).startsWith('folder:');
@@ -419,10 +457,10 @@ await yargs(hideBin(process.argv))
     'embed [input]',
     'embeddings of frames (an image, a directory, or --watch DIR) from an exported encoder, hot-reloaded when it is replaced',
     (y) =>
-      inferOptions(y)
+      helpLayout(inferOptions(y)
         .option('out', { type: 'string', describe: 'output file (default: JSON lines on stdout): .jsonl (or .ndjson) JSON lines, .npy or .safetensors one matrix' })
         .option('format', { choices: ['jsonl', 'npy', 'safetensors'] as const, describe: 'output format (default: from the --out extension, else jsonl); must agree with the --out extension' })
-        .option('output', { choices: ['features', 'embedding'] as const, default: 'features' as const, describe: "backbone features (what kNN uses) or the L2-normalised projection; the records' vector field is named after it" }),
+        .option('output', { choices: ['features', 'embedding'] as const, default: 'features' as const, describe: "backbone features (what kNN uses) or the L2-normalised projection; the records' vector field is named after it" }), INFER_GROUPS, 'embed'),
     async (a) => {
       inferPaths(a);
       const { embedCommand } = await import('./commands/infer.ts');
@@ -433,7 +471,7 @@ await yargs(hideBin(process.argv))
     'classify [input]',
     'few-shot recognition of frames against a labelled support set DIR/<label>/*.png|jpg (weighted cosine kNN), with an optional novelty score',
     (y) =>
-      inferOptions(y)
+      helpLayout(inferOptions(y)
         .option('support', { type: 'string', demandOption: true, describe: 'labelled examples: DIR/<label>/*.png|jpg (a few per label)' })
         .option('out', { type: 'string', describe: 'output file, .jsonl (or .ndjson) (default: JSON lines on stdout)' })
         .options(
@@ -444,7 +482,7 @@ await yargs(hideBin(process.argv))
           }),
         )
         .option('novelty', { type: 'boolean', default: false, describe: 'add novelty = 1 - cosine similarity to the nearest support (and buffer) embedding' })
-        .option('novelty-buffer', { type: 'string', describe: 'also compare with the images in the agent\'s buffer (its newest checkpoint in this state directory)' }),
+        .option('novelty-buffer', { type: 'string', describe: 'also compare with the images in the agent\'s buffer (its newest checkpoint in this state directory)' }), INFER_GROUPS, 'classify'),
     async (a) => {
       inferPaths(a);
       readableDir('--support', a.support);
@@ -457,12 +495,12 @@ await yargs(hideBin(process.argv))
     'models <action> [step]',
     'the exported versions (list: published or refused by the health gate, the current one marked) and rollback [STEP] (an earlier version becomes latest.onnx)',
     (y) =>
-      y
+      helpLayout(y
         .positional('action', { choices: ['list', 'rollback'] as const, demandOption: true, describe: 'list, or rollback' })
         .positional('step', { type: 'string', describe: 'rollback: the step of the version to publish (default: the published one before the current)' })
         .option('models', { type: 'string', default: 'models', describe: 'the models directory of the agent (--models of ssocl run)' })
         .option('force', { type: 'boolean', default: false, describe: 'rollback: publish a version the health gate refused' })
-        .option('json', { type: 'boolean', default: false, describe: 'list: one JSON line per version' }),
+        .option('json', { type: 'boolean', default: false, describe: 'list: one JSON line per version' }), [], 'models'),
     async (a) => {
       readableDir('--models', a.models);
       const step = a.step === undefined ? undefined : Number(a.step);
@@ -477,19 +515,19 @@ await yargs(hideBin(process.argv))
     'serve',
     "a live dashboard of a running or finished agent in the browser (what it is doing, loss, throughput, gradient cosine, memory, health, buffer, quarantine, latest model), read from its directories and never written there",
     (y) =>
-      y
+      helpLayout(y
         .option('state', { type: 'string', default: 'ssocl-state', describe: 'the agent\'s --state directory (status.json: what it is doing; the buffer: its live snapshot, else the checkpoints)' })
         .option('models', { type: 'string', default: 'models', describe: 'the agent\'s --models directory (latest.json, latest.onnx)' })
         .option('metrics', { type: 'string', describe: 'the agent\'s --metrics file (the charts)' })
         .option('quarantine', { type: 'string', describe: 'the agent\'s --quarantine directory (default <state>/quarantine)' })
-        .option('artifacts', { type: 'string', default: path.join(REPO_ROOT, 'training-artifacts/edge'), describe: 'training artifacts the page can train with in the tab (the agent\'s --artifacts)' })
+        .option('artifacts', { type: 'string', default: path.join(REPO_ROOT, 'training-artifacts/edge'), defaultDescription: shownPath(path.join(REPO_ROOT, 'training-artifacts/edge')), describe: 'training artifacts the page can train with in the tab (the agent\'s --artifacts)' })
         .option('host', { type: 'string', default: '127.0.0.1', describe: 'address to listen on; anything but loopback lets others see the frames and take the model (a warning is printed)' })
         .options(
           nums({
             port: { int: true, min: 0, max: 65535, default: 8777, describe: 'port to listen on (0: any free port; the address is printed)' },
             'poll-ms': { min: 50, default: 500, describe: 'how often the agent\'s files are looked at (ms)' },
           }),
-        ),
+        ), [], 'serve'),
     async (a) => {
       const { serveCommand } = await import('./commands/serve.ts');
       await serveCommand({ state: a.state, models: a.models, metrics: a.metrics, quarantine: a.quarantine, artifacts: a.artifacts, host: a.host, port: a.port, pollMs: a['poll-ms'] });
@@ -499,10 +537,10 @@ await yargs(hideBin(process.argv))
     'fleet aggregate',
     'a fleet\'s aggregator: average the devices\' updates each round (weighted by frames learnt, or robustly), reject malformed or hostile ones, publish the global model (retained) and export it',
     (y) =>
-      y
+      helpLayout(y
         .options(fleetBrokerOptions('broker') as {})
         .demandOption('broker')
-        .option('artifacts', { type: 'string', default: path.join(REPO_ROOT, 'training-artifacts/edge'), describe: 'the artifacts the fleet trains (updates made with others are rejected)' })
+        .option('artifacts', { type: 'string', default: path.join(REPO_ROOT, 'training-artifacts/edge'), defaultDescription: shownPath(path.join(REPO_ROOT, 'training-artifacts/edge')), describe: 'the artifacts the fleet trains (updates made with others are rejected)' })
         .option('models', { type: 'string', describe: 'export each global model here (latest.onnx, encoder-<version>.onnx); default: no export' })
         .options(
           nums({
@@ -516,7 +554,7 @@ await yargs(hideBin(process.argv))
           }),
         )
         .option('robust', { type: 'string', default: 'mean', describe: 'how updates combine: mean (weighted by frames learnt), median (coordinate-wise) or trimmed:F (coordinate-wise mean without the F lowest and F highest fraction, e.g. trimmed:0.2)' })
-        .option('encoding', { choices: ['f16', 'f32'] as const, default: 'f16' as const, describe: 'the published change from the previous global model: float16 or float32 (the retained full model is always float32)' }),
+        .option('encoding', { choices: ['f16', 'f32'] as const, default: 'f16' as const, describe: 'the published change from the previous global model: float16 or float32 (the retained full model is always float32)' }), [], 'fleet aggregate'),
     async (a) => {
       artifactsDir('--artifacts', a.artifacts);
       if (a.models) writableDir('--models', a.models);
@@ -528,7 +566,7 @@ await yargs(hideBin(process.argv))
     'demo',
     'the built-in default (npm start): replay the demo stream as image files into a temporary directory and run the agent on it, then export',
     (y) =>
-      y
+      helpLayout(y
         .options(epOption)
         .options(
           nums({
@@ -536,23 +574,31 @@ await yargs(hideBin(process.argv))
             fps: { above: 0, default: 20, describe: 'frames written per second by the demo "camera"' },
           }),
         )
-        .option('models', { type: 'string', default: path.join(REPO_ROOT, 'models'), describe: 'where the encoder is exported' })
-        .option('artifacts', { type: 'string', default: path.join(REPO_ROOT, 'training-artifacts/edge'), describe: 'artifact directory' }),
+        .option('models', { type: 'string', default: path.join(REPO_ROOT, 'models'), defaultDescription: shownPath(path.join(REPO_ROOT, 'models')), describe: 'where the encoder is exported (latest.onnx) and the per-step metrics written (demo-metrics.jsonl, started over)' })
+        .option('state', { type: 'string', default: path.join(REPO_ROOT, 'demo-state'), defaultDescription: shownPath(path.join(REPO_ROOT, 'demo-state')), describe: "the agent's state (checkpoints, quarantine), started over by each demo and kept after it for ssocl serve" })
+        .option('artifacts', { type: 'string', default: path.join(REPO_ROOT, 'training-artifacts/edge'), defaultDescription: shownPath(path.join(REPO_ROOT, 'training-artifacts/edge')), describe: 'artifact directory' })
+        .options(nums({ 'status-every': { min: 0, describe: STATUS_EVERY } })), [], 'demo'),
     async (a) => {
       artifactsDir('--artifacts', a.artifacts);
       writableDir('--models', a.models);
+      writableDir('--state', a.state);
       const { demoCommand } = await import('./commands/demo.ts');
-      await demoCommand({ ep: a.ep, epFallback: a['ep-fallback'], threads: a.threads, seconds: a.seconds, fps: a.fps, models: a.models, artifacts: a.artifacts });
+      await demoCommand({ ep: a.ep, epFallback: a['ep-fallback'], threads: a.threads, seconds: a.seconds, fps: a.fps, models: a.models, artifacts: a.artifacts, state: a.state, statusEvery: a['status-every'] });
     },
   )
+  .epilog(examplesText(EXAMPLES['']))
+  // Wider than yargs' 80 columns where the terminal allows: fewer wrapped descriptions.
+  .wrap(Math.min(100, process.stdout.columns || 100))
   .option('verbose', { type: 'boolean', default: false, describe: "on an error, also print the rest of its message, its detail (e.g. what ONNX Runtime said) and the stack" })
   .demandCommand(1, 'name a command (see --help)')
   .strict()
+  // What the command being parsed knows, for "did you mean" (before validation, which is what fails).
+  .middleware(((_argv: unknown, y: import('yargs').Argv) => void (parsing = { y })) as never, true)
   // yargs' own complaints come as a message (err absent, or its YError); anything thrown by a check, a
   // coerce or a handler comes as the error itself.
   .fail((msg, err) => exitWithError(err && err.name !== 'YError' ? err : new UsageError(yargsMessage(msg ?? err?.message ?? 'invalid arguments'))))
-  .help()
-  .parseAsync();
+  .help();
+await cli.parseAsync();
 // The command is done: exit now rather than when every handle is gone. A watched directory that keeps
 // receiving files can keep chokidar's write-settling timers alive after it was closed (seen in the 1-hour
 // soak: a `run --max-seconds` that had checkpointed, exported and printed its summary never exited).

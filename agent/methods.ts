@@ -86,6 +86,24 @@ const list: Method[] = [
   },
 ];
 
+/**
+ * The buffer policies `ssocl run --buffer` takes, with what each does (oracle-clip, which needs each
+ * frame's clip, is the bench's alone).
+ */
+export const BUFFER_POLICY_TEXT: Readonly<Record<Exclude<BufferPolicy, 'oracle-clip'>, string>> = {
+  diverse: 'drop the most redundant seen images after the arrival\'s steps',
+  minred: "the same rule applied before the steps, as MinRed's code",
+  reservoir: 'a uniform reservoir of the stream',
+  fifo: 'the newest images',
+  psa: "SCALE's PSA selection on backbone features",
+  'diverse-fresh': 'the rule on backbone features recomputed at each shrink',
+  'diverse-strata': 'the rule within the most crowded of 8 spans of the stream',
+  'diverse-reservoir': 'reservoir admission, evictions by the rule',
+  'diverse-strata-fresh': 'diverse-strata on backbone features recomputed at each shrink',
+  'strata-random': "diverse-strata's spans, a uniform draw within",
+  'diverse-reservoir-fresh': 'diverse-reservoir on backbone features recomputed at each shrink',
+};
+
 export const METHODS: Readonly<Record<string, Method>> = Object.fromEntries(list.map((m) => [m.name, m]));
 export const METHOD_NAMES = list.map((m) => m.name);
 /** What `ssocl run` learns by without --method. */

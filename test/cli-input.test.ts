@@ -84,7 +84,8 @@ function helpEntries(help: string): HelpEntry[] {
   const out: HelpEntry[] = [];
   let inList = false;
   for (const line of help.split('\n')) {
-    if (/^(Options|Positionals):$/.test(line)) {
+    // Options:, Positionals: and the groups a command puts its options in (Source (one of):, ...).
+    if (/^\S.*:$/.test(line) && !/^(Commands|Examples):$/.test(line)) {
       inList = true;
       continue;
     }
@@ -213,7 +214,7 @@ test('paths: each checked for what it must be before any work, one line naming t
     [run('--artifacts', ART, '--metrics', empty), `--metrics ${empty}: a directory, not a file`],
     [['run', '--dataset', 'cifar10', '--data-dir', nope, '--state', state, '--models', models], `--data-dir ${nope}: no such directory`],
     [['embed', path.join(nope, 'x.png'), '--model', MODEL], `INPUT ${path.join(nope, 'x.png')}: no such file or directory`],
-    [['embed', empty, '--model', path.join(nope, 'm.onnx')], `--model ${path.join(nope, 'm.onnx')}: no such file`],
+    [['embed', empty, '--model', path.join(nope, 'm.onnx')], `--model ${path.join(nope, 'm.onnx')}: no such file; run ssocl run --watch DIR (or npm start) first to train one, or give --model FILE.onnx`],
     [['embed', empty, '--model', text], new RegExp(`^ssocl: --model ${esc(text)}: not a readable ONNX model \\([^\\n]+\\)\\n$`)],
     [['embed', '--watch', nope, '--model', MODEL, '--out', path.join(d, 'w.jsonl')], `--watch ${nope}: no such directory`],
     [['embed', empty, '--model', MODEL, '--out', path.join(text, 'e.jsonl')], `--out ${path.join(text, 'e.jsonl')}: cannot be created: ${text} is not a directory`],

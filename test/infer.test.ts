@@ -121,7 +121,7 @@ test('ssocl embed: the same features as the trainer\'s embed.onnx with the same 
     assert.match(r.stderr, /skipped .*zz-corrupt\.png/);
     r = cli('embed', path.join(root, 'in'), '--model', path.join(root, 'nope.onnx'));
     assert.equal(r.status, 2);
-    assert.equal(r.stderr, `ssocl: --model ${path.join(root, 'nope.onnx')}: no such file\n`);
+    assert.equal(r.stderr, `ssocl: --model ${path.join(root, 'nope.onnx')}: no such file; run ssocl run --watch DIR (or npm start) first to train one, or give --model FILE.onnx\n`);
     r = cli('embed', path.join(root, 'in'), '--model', path.join(root, 'e.npy'));
     assert.equal(r.status, 2);
     assert.match(r.stderr, /not a readable ONNX model|not an ssocl encoder/);

@@ -15,6 +15,7 @@ import { Trainer } from '../trainer/trainer.ts';
 import { openEncoder, computeFeatures, type FeatureModel } from '../eval/features.ts';
 import { knnWeighted } from '../eval/knn.ts';
 import { Rng } from '../../core/rng.ts';
+import { agentOutput, shellWord, shownPath } from './terminal.ts';
 
 export interface DemoArgs {
   ep: EP;
@@ -24,6 +25,10 @@ export interface DemoArgs {
   fps: number;
   models: string;
   artifacts: string;
+  /** The agent's state (checkpoints, quarantine), kept after the demo so `ssocl serve` can show it; started over each time. */
+  state: string;
+  /** Seconds between status lines; default 30 without a terminal (as `ssocl run`), never on one. */
+  statusEvery?: number;
 }
 
 export const DEMO_STREAM = path.join(REPO_ROOT, 'agent/demo/cifar10-demo.bin');
@@ -62,11 +67,21 @@ async function demoKnn(artifacts: string, exported: string, images: Uint8Array, 
   return { trained, initial };
 }
 
+/** The command that shows what a demo did on the dashboard, with the paths it used. */
+export function serveCommandLine(o: { state: string; models: string; metrics: string }): string {
+  return ['npx ssocl serve', '--state', shownPath(o.state), '--models', shownPath(o.models), '--metrics', shownPath(o.metrics)].map((w, i) => (i ? shellWord(w) : w)).join(' ');
+}
+
 export async function demoCommand(a: DemoArgs): Promise<void> {
   const root = mkdtempSync(path.join(tmpdir(), 'ssocl-demo-'));
   const frames = path.join(root, 'frames');
+  const metrics = path.join(a.models, 'demo-metrics.jsonl');
   const { images, labels, order } = demoStream();
-  const log = (s: string) => process.stderr.write(`${s}\n`);
+  const { log, progress, statusEveryMs } = agentOutput(a.statusEvery);
+  // A demo starts over (the run is --fresh): the last demo's quarantined frame and metric rows would
+  // show on the dashboard beside this one's.
+  rmSync(path.join(a.state, 'quarantine'), { recursive: true, force: true });
+  rmSync(metrics, { force: true });
   // The writer shares the event loop with training, so it reaches --fps only when training leaves room:
   // the summary counts what was written.
   process.stdout.write(`demo: writing CIFAR-10 frames (shuffled, ${order.length} available) at up to ${a.fps} fps into ${frames} while training for ${a.seconds} s\n`);
@@ -91,11 +106,13 @@ export async function demoCommand(a: DemoArgs): Promise<void> {
       watch: frames,
       recursive: false,
       order: 'name',
-      afterIngest: 'delete',
+      // The frames live in a temporary directory removed at the end: kept there (not held in the state,
+      // which outlives the demo) and gone with it.
+      afterIngest: 'keep',
       processed: path.join(root, 'processed'),
-      quarantine: path.join(root, 'quarantine'),
+      quarantine: path.join(a.state, 'quarantine'),
       artifacts: a.artifacts,
-      stateDir: path.join(root, 'state'),
+      stateDir: a.state,
       models: a.models,
       ep: a.ep,
       epFallback: a.epFallback,
@@ -108,7 +125,7 @@ export async function demoCommand(a: DemoArgs): Promise<void> {
       checkpointEvery: { ms: 60_000 },
       exportEvery: { ms: 10 * 60_000 },
       fresh: true,
-      metrics: path.join(a.models, 'demo-metrics.jsonl'),
+      metrics,
       maxArrivals: 0,
       maxSeconds: a.seconds,
       exitWhenIdle: 15,
@@ -116,7 +133,8 @@ export async function demoCommand(a: DemoArgs): Promise<void> {
       diskRetryMs: 30000,
       learner: {},
       log,
-      progress: process.stderr.isTTY ? (l) => process.stderr.write(`\r\x1b[K${l}`) : undefined,
+      progress,
+      statusEveryMs,
     });
     stopWriting = true;
     await writer;
@@ -125,7 +143,8 @@ export async function demoCommand(a: DemoArgs): Promise<void> {
       `\ndemo done (${s.stoppedBy}): ${written} frames written, ${s.framesIngested} ingested, ${s.quarantined} quarantined; ` +
         `${s.steps} training steps, loss ${s.lossFirst?.toFixed(3)} -> ${s.lossLast?.toFixed(3)}\n` +
         `kNN accuracy on the demo images (even images as memory, odd as queries, k 20): exported ${knn.trained.toFixed(1)}%, initial weights ${knn.initial.toFixed(1)}%, chance 10%\n` +
-        `exported encoder: ${path.join(a.models, 'latest.onnx')} (+ latest.json); per-step metrics: ${path.join(a.models, 'demo-metrics.jsonl')}\n`,
+        `exported encoder: ${path.join(a.models, 'latest.onnx')} (+ latest.json); per-step metrics: ${metrics}; state: ${a.state}\n` +
+        `see it on the dashboard: ${serveCommandLine({ state: a.state, models: a.models, metrics })}\n`,
     );
   } finally {
     stopWriting = true;

@@ -14,6 +14,7 @@ import { computeFeatures } from '../eval/features.ts';
 import { knnWeightedBlocks } from '../eval/knn.ts';
 import type { Trainer } from '../trainer/trainer.ts';
 import { DEFAULT_METHOD, getMethod, methodRules } from '../methods.ts';
+import { agentOutput } from './terminal.ts';
 
 /** The labelled sets of --eval-every: train (memory) and test (queries) images of `size` px; CIFAR-100 adds superclasses. */
 interface KnnSets {
@@ -111,8 +112,8 @@ async function datasetInput(a: Record<string, any>, log: (line: string) => void)
 export async function runCommand(a: Record<string, any>): Promise<void> {
   const state = path.resolve(a.state);
   // Numbers and paths were checked by the command line (cli-args.ts) before this runs.
-  const tty = process.stderr.isTTY;
-  const log = (line: string) => process.stderr.write(`${tty ? '\r\x1b[K' : ''}${line}\n`);
+  // Without a terminal there is no progress line: a status line every 30 s unless told otherwise.
+  const { tty, log, progress, statusEveryMs } = agentOutput(a['status-every']);
   const { dataset, sets } = await datasetInput(a, log);
   let evaluate: AgentOptions['evaluate'];
   if (a['eval-every'] !== undefined) {
@@ -158,9 +159,8 @@ export async function runCommand(a: Record<string, any>): Promise<void> {
     evaluate,
     ...runLearner(a),
     log,
-    progress: tty ? (line) => process.stderr.write(`\r\x1b[K${line}`) : undefined,
-    // Without a terminal there is no progress line: a status line every 30 s unless told otherwise.
-    statusEveryMs: (a['status-every'] ?? (tty ? 0 : 30)) * 1000,
+    progress,
+    statusEveryMs,
     fleet: fleetDeviceOptions(a, state),
     health: {
       gate: a['health-gate'], frames: a['health-frames'], minRank: a['health-min-rank'], maxCos: a['health-max-cos'],

@@ -6,6 +6,7 @@
 import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import path from 'node:path';
+import { probeWebgpu, webgpuHint } from './webgpu.ts';
 
 export type EP = 'cpu' | 'cuda' | 'webgpu' | 'wasm';
 export const EPS: EP[] = ['cpu', 'cuda', 'webgpu', 'wasm'];
@@ -51,16 +52,21 @@ export const CUDA_INSTALL_HINT =
 
 /**
  * An EP that cannot start. `message` is one line naming the EP (and for CUDA the install hint);
- * `detail` is what ORT said in full and what was checked, for --verbose ('' when there is no more).
+ * `detail` is what ORT said in full and what was checked, for --verbose ('' when there is no more);
+ * `hint`, what to do instead, closes the message in parentheses, and is left out of the notice when
+ * --ep-fallback is already doing it (`brief`).
  */
 export class EpError extends Error {
   override name = 'EpError';
+  readonly brief: string;
   constructor(
     readonly ep: EP,
     message: string,
     readonly detail = '',
+    hint = '',
   ) {
-    super(message);
+    super(hint ? `${message} (${hint})` : message);
+    this.brief = message;
   }
 }
 
@@ -158,6 +164,10 @@ export async function openSession(model: Uint8Array, ep: EP, o: EpOptions = {}):
   } else if (!ort.listSupportedBackends().some((b) => b.name === ep)) {
     const have = ort.listSupportedBackends().map((b) => b.name).join(', ');
     throw new EpError(ep, `execution provider '${ep}' is not available in this onnxruntime-node build`, `onnxruntime-node ${ort.env.versions.node ?? ''} offers: ${have}`);
+  } else if (ep === 'webgpu') {
+    // Tried first in a child process: where it cannot start, Vulkan's noise stays there (webgpu.ts).
+    const p = probeWebgpu();
+    if (!p.ok) throw new EpError(ep, `could not start execution provider 'webgpu': ${p.reason}`, p.detail, webgpuHint());
   }
   let sess: import('onnxruntime-node').InferenceSession;
   try {
@@ -205,7 +215,7 @@ export async function openSessionOrFallback(model: Uint8Array, ep: EP, fallback:
     return await openSession(model, ep, o);
   } catch (e) {
     if (!(e instanceof EpError) || !fallback || fallback === ep) throw e;
-    log(`${e.message}; falling back to --ep ${fallback} as --ep-fallback asks`);
+    log(`${e.brief}; falling back to --ep ${fallback} as --ep-fallback asks`);
     return openSession(model, fallback, o);
   }
 }

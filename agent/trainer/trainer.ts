@@ -125,7 +125,7 @@ export class Trainer {
       if (embedBytes) embed = await openSession(embedBytes, ep, o);
     } catch (e) {
       if (!(e instanceof EpError) || !o.epFallback || o.epFallback === ep) throw e;
-      (o.log ?? ((l: string) => process.stderr.write(`${l}\n`)))(`${e.message}; falling back to --ep ${o.epFallback} as --ep-fallback asks`);
+      (o.log ?? ((l: string) => process.stderr.write(`${l}\n`)))(`${e.brief}; falling back to --ep ${o.epFallback} as --ep-fallback asks`);
       // The training session may have started before the embed session failed.
       if (train) await train.release().catch(() => {});
       train = await openSession(trainBytes, o.epFallback, o);

@@ -1,54 +1,35 @@
 // WebGPU for tests on machines without a GPU: onnxruntime-node's WebGPU EP (Dawn) runs on SwiftShader,
 // the Vulkan driver Debian's chromium packages ship (../shared/notes/webgpu-on-cpu.md). Finds its ICD
 // file, builds the environment the Vulkan loader needs (read when the EP first starts, so it must be in
-// place before a process opens its first webgpu session), and probes in a child process whether a
+// place before a process opens its first webgpu session; XDG_RUNTIME_DIR the agent sets itself,
+// agent/trainer/webgpu.ts), and probes in a child process whether a
 // session actually starts. Where it does not, tests fail under CI (which installs chromium) and skip
 // elsewhere, saying why.
 
 import { spawnSync } from 'node:child_process';
-import { accessSync, constants, existsSync, mkdtempSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import path from 'node:path';
+import { existsSync } from 'node:fs';
 import type { TestContext } from 'node:test';
 import { REPO } from './paths.ts';
-
-/** Where Debian (chromium-common) and Fedora-style layouts put SwiftShader's Vulkan ICD manifest. */
-const KNOWN_ICDS = ['/usr/lib/chromium/vk_swiftshader_icd.json', '/usr/lib64/chromium-browser/vk_swiftshader_icd.json', '/usr/lib/chromium-browser/vk_swiftshader_icd.json'];
+import { SWIFTSHADER_ICDS } from '../../agent/trainer/webgpu.ts';
 
 /** SwiftShader's ICD manifest: from dpkg's file lists (the file is in chromium-common, chromium depends on it), else a known path. */
 export function findSwiftShaderIcd(): string | null {
   const r = spawnSync('dpkg', ['-L', 'chromium', 'chromium-common'], { encoding: 'utf8' });
   const listed = (r.stdout ?? '').split('\n').find((l) => l.endsWith('/vk_swiftshader_icd.json'));
   if (listed && existsSync(listed)) return listed;
-  return KNOWN_ICDS.find((f) => existsSync(f)) ?? null;
+  return SWIFTSHADER_ICDS.find((f) => existsSync(f)) ?? null;
 }
-
-function writableDir(d: string | undefined): boolean {
-  if (!d) return false;
-  try {
-    accessSync(d, constants.W_OK | constants.X_OK);
-    return true;
-  } catch {
-    return false;
-  }
-}
-
-let runtimeDir: string | undefined;
 
 /**
  * The variables to add for a process that opens webgpu sessions: VK_ICD_FILENAMES (unless already set,
- * e.g. to a real GPU's driver) and a valid XDG_RUNTIME_DIR (else the loader prints "XDG_RUNTIME_DIR is
- * invalid").
+ * e.g. to a real GPU's driver). Nothing is created for it (an ssocl-xdg-* directory per run used to be
+ * left in the temp directory).
  */
 export function webgpuEnv(): Record<string, string> {
   const env: Record<string, string> = {};
   if (!process.env.VK_ICD_FILENAMES) {
     const icd = findSwiftShaderIcd();
     if (icd) env.VK_ICD_FILENAMES = icd;
-  }
-  if (!writableDir(process.env.XDG_RUNTIME_DIR)) {
-    runtimeDir ??= mkdtempSync(path.join(tmpdir(), 'ssocl-xdg-'));
-    env.XDG_RUNTIME_DIR = runtimeDir;
   }
   return env;
 }
