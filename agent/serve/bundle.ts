@@ -1,5 +1,6 @@
 // The page's training bundle, built on first request with esbuild from the agent's own modules
-// (browser/train.ts): node:fs, node:path, node:crypto and node:module resolve to browser/shims/,
+// (browser/train.ts): node:fs, node:path, node:crypto, node:module (and the WebGPU probe's
+// node:child_process, node:os, node:url) resolve to browser/shims/,
 // onnxruntime-node and onnxruntime-web to the page's onnxruntime-web, and `process` is injected.
 // Built in memory; nothing is written.
 
@@ -9,12 +10,12 @@ import type { Plugin } from 'esbuild';
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 const SHIMS = path.join(HERE, 'browser/shims');
-const SHIM: Record<string, string> = { fs: 'fs.ts', path: 'path.ts', crypto: 'crypto.ts', module: 'module.ts', 'onnxruntime-node': 'ort.ts', 'onnxruntime-web': 'ort.ts' };
+const SHIM: Record<string, string> = { fs: 'fs.ts', path: 'path.ts', crypto: 'crypto.ts', module: 'module.ts', 'onnxruntime-node': 'ort.ts', 'onnxruntime-web': 'ort.ts', child_process: 'webgpu-probe.ts', os: 'webgpu-probe.ts', url: 'webgpu-probe.ts' };
 
 const shims: Plugin = {
   name: 'ssocl-browser-shims',
   setup(b) {
-    b.onResolve({ filter: /^(node:)?(fs|path|crypto|module)$|^onnxruntime-(node|web)$/ }, (a) => ({ path: path.join(SHIMS, SHIM[a.path.replace(/^node:/, '')]) }));
+    b.onResolve({ filter: /^(node:)?(fs|path|crypto|module|child_process|os|url)$|^onnxruntime-(node|web)$/ }, (a) => ({ path: path.join(SHIMS, SHIM[a.path.replace(/^node:/, '')]) }));
     // Any other Node built-in reached from the entry is a mistake to see at build time, not in the page.
     b.onResolve({ filter: /^node:/ }, (a) => ({ errors: [{ text: `${a.path} (imported by ${a.importer}) has no browser shim` }] }));
   },
