@@ -238,9 +238,11 @@ await yargs(hideBin(process.argv))
             seed: { int: true, min: 0, default: 0, describe: 'seed of replay draws and crops' },
             'max-arrivals': { int: true, min: 0, default: 0, describe: 'stop after this many arrivals (0: never)' },
             'max-seconds': { min: 0, default: 0, describe: 'stop after this many seconds (0: never)' },
-            'exit-when-idle': { min: 0, default: 0, describe: 'stop after this many seconds without a new frame (0: never)' },
+            'exit-when-idle': { min: 0, default: 0, describe: 'stop after this many seconds without a new frame, once every --passes pass is learnt (0: never; a finished folder then idles, saying so, waiting for new frames)' },
+            passes: { int: true, min: 1, default: 1, describe: 'with --watch: learn the frames in the folder (and those that come) this many times (alias --epochs); the last incomplete arrival is learnt when the folder idles; more than 1 needs --after-ingest keep' },
           }),
         )
+        .alias('passes', 'epochs')
         .options(nums({ 'status-every': { min: 0, describe: 'log a one-line status (frames, steps/s, loss, buffer, last checkpoint and export) every this many seconds (0: never; default 30 when stderr is not a terminal, never on a terminal, which has the progress line)' } }))
         .options(
           nums({
