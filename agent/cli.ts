@@ -464,14 +464,15 @@ await yargs(hideBin(process.argv))
         .positional('step', { type: 'string', describe: 'rollback: the step of the version to publish (default: the published one before the current)' })
         .option('models', { type: 'string', default: 'models', describe: 'the models directory of the agent (--models of ssocl run)' })
         .option('force', { type: 'boolean', default: false, describe: 'rollback: publish a version the health gate refused' })
-        .option('json', { type: 'boolean', default: false, describe: 'list: one JSON line per version' }),
+        .option('json', { type: 'boolean', default: false, describe: 'list: one JSON line per version' })
+        .option('state', { type: 'string', describe: "list: the agent's --state directory, whose status is shown (default: the one latest.json names)" }),
     async (a) => {
       readableDir('--models', a.models);
       const step = a.step === undefined ? undefined : Number(a.step);
       if (step !== undefined && !(Number.isSafeInteger(step) && step >= 0)) throw new UsageError(`STEP ${a.step}: expected a training step (a whole number)`);
       if (a.action === 'list' && step !== undefined) throw new UsageError('models list takes no STEP');
       const { modelsList, modelsRollback } = await import('./commands/models.ts');
-      if (a.action === 'list') await modelsList({ models: a.models, json: a.json });
+      if (a.action === 'list') await modelsList({ models: a.models, json: a.json, state: a.state });
       else await modelsRollback({ models: a.models, step, force: a.force });
     },
   )

@@ -1,0 +1,117 @@
+// The README's "your own frames" path, in its order, through the CLI: a demo-stream run publishes a
+// model, then `run --watch` on a folder with a new --state publishes the folder's model line over it
+// (loudly), `embed` answers with the folder's model, and a demo run resumed on the folder's state is
+// refused before any work. Also `--fresh` below the published step of its own line replaces it, and
+// `--passes` learns a finite folder N times, its incomplete last arrival included.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { compileArtifacts, writeArtifacts } from '../tools/artifacts/write.ts';
+import { encodePng } from '../agent/frames/decode.ts';
+import { demoStream } from '../agent/commands/demo.ts';
+import { REPO } from './helpers/paths.ts';
+import { tinyPreset } from './helpers/tiny.ts';
+
+const root = mkdtempSync(path.join(tmpdir(), 'ssocl-own-'));
+test.after(() => rmSync(root, { recursive: true, force: true }));
+const art = path.join(root, 'art');
+writeArtifacts(compileArtifacts(tinyPreset(['image.size=16', 'batch=8', 'agent={"newPerArrival":4,"updatesPerArrival":2,"bufferSize":12,"replay":"mixed"}'])), art);
+const CLI = path.join(REPO, 'bin/ssocl.mjs');
+const ssocl = (...args: string[]) => spawnSync(process.execPath, [CLI, ...args], { encoding: 'utf8', cwd: root });
+const common = ['--artifacts', art, '--threads', '1'];
+
+/** `n` PNG frames (32 px demo images) in a new folder. */
+async function folder(name: string, n: number): Promise<string> {
+  const dir = path.join(root, name);
+  mkdirSync(dir);
+  const { images, order } = demoStream();
+  for (let k = 0; k < n; k++) {
+    const i = order[k];
+    writeFileSync(path.join(dir, `frame-${String(k).padStart(4, '0')}.png`), await encodePng(images.subarray(i * 3072, (i + 1) * 3072), 32));
+  }
+  return dir;
+}
+
+const json = (f: string) => JSON.parse(readFileSync(f, 'utf8'));
+const metricSteps = (f: string) => readFileSync(f, 'utf8').trim().split('\n').map((l) => JSON.parse(l)).filter((x) => x.arrival !== undefined);
+
+test("the README's sequence: the folder run publishes its own line, embed uses it, the demo on the folder's state is refused", async () => {
+  const frames = await folder('frames', 40);
+  const models = path.join(root, 'models');
+  // 1. The demo stream, more trained than the folder run will be (the case the issue met).
+  let r = ssocl('run', '--dataset', 'demo', '--state', path.join(root, 'demo-state'), '--models', models, '--max-arrivals', '30', ...common);
+  assert.equal(r.status, 0, r.stderr);
+  const demo = json(path.join(models, 'latest.json'));
+  assert.ok(demo.step >= 40, `demo step ${demo.step}`);
+  // 2. Your own frames, with their own state.
+  r = ssocl('run', '--watch', frames, '--state', path.join(root, 'frames-state'), '--models', models, '--exit-when-idle', '1', ...common);
+  assert.equal(r.status, 0, r.stderr);
+  const own = json(path.join(models, 'latest.json'));
+  assert.ok(own.step < demo.step, `the folder run (step ${own.step}) is less trained than the demo (step ${demo.step})`);
+  assert.notEqual(own.line, demo.line);
+  assert.equal(own.lineSource, `watch:${frames}`);
+  assert.match(r.stderr, new RegExp(`publishing line ${own.line} over line ${demo.line} \\(step ${demo.step}\\) in .*latest\\.onnx: ssocl models list --models .* keeps both; ssocl models rollback ${demo.step} --models .* puts it back`));
+  assert.match(r.stdout, /40 frames ingested/);
+  // 3. Embeddings come from the folder's model.
+  r = ssocl('embed', frames, '--model', path.join(models, 'latest.onnx'));
+  assert.equal(r.status, 0, r.stderr);
+  const recs = r.stdout.trim().split('\n').map((l) => JSON.parse(l));
+  assert.equal(recs.length, 40);
+  for (const x of recs) assert.deepEqual(x.model, { sha256: own.sha256.slice(0, 16), step: own.step, line: own.line });
+  // 4. The demo pointed at the folder's state: refused before any work, one line, exit 2.
+  const before = readdirSync(path.join(root, 'frames-state', 'checkpoints'));
+  r = ssocl('run', '--dataset', 'demo', '--state', path.join(root, 'frames-state'), '--models', models, '--max-arrivals', '2', ...common);
+  assert.equal(r.status, 2, r.stderr);
+  const lines = r.stderr.trim().split('\n');
+  assert.equal(lines.length, 1, r.stderr);
+  assert.match(lines[0], new RegExp(`--state .*frames-state: its checkpoints are line ${own.line}, trained on source watch:${frames} \\(this run's is dataset:demo\\); .*another --state.* or --fresh`));
+  assert.deepEqual(readdirSync(path.join(root, 'frames-state', 'checkpoints')), before, 'nothing trained or checkpointed');
+  assert.equal(json(path.join(models, 'latest.json')).sha256, own.sha256, 'latest unchanged');
+  // models list keeps both lines apart.
+  r = ssocl('models', 'list', '--models', models);
+  assert.equal(r.status, 0, r.stderr);
+  assert.match(r.stdout, new RegExp(`line ${demo.line} \\(dataset:demo\\)`));
+  assert.match(r.stdout, new RegExp(`line ${own.line} \\(watch:${frames}\\)`));
+});
+
+test('--fresh below the published step of its own line replaces the more trained model', async () => {
+  const frames = await folder('fresh-frames', 24);
+  const state = path.join(root, 'fresh-state');
+  const models = path.join(root, 'fresh-models');
+  let r = ssocl('run', '--watch', frames, '--state', state, '--models', models, '--exit-when-idle', '1', ...common);
+  assert.equal(r.status, 0, r.stderr);
+  const first = json(path.join(models, 'latest.json'));
+  // Started over on the same folder (its line kept), stopped well below that step.
+  r = ssocl('run', '--watch', frames, '--state', state, '--models', models, '--fresh', '--max-arrivals', '2', ...common);
+  assert.equal(r.status, 0, r.stderr);
+  const again = json(path.join(models, 'latest.json'));
+  assert.equal(again.line, first.line);
+  assert.ok(again.step < first.step, `step ${again.step} vs ${first.step}`);
+  assert.notEqual(again.sha256, first.sha256);
+  assert.match(r.stderr, new RegExp(`--fresh: replacing .*latest\\.onnx \\(step ${first.step}\\) with this run's encoder \\(step ${again.step}\\)`));
+});
+
+test('--passes 3 learns a 42-frame folder three times, the incomplete arrival of each pass included', async () => {
+  const frames = await folder('pass-frames', 42);
+  const metrics = path.join(root, 'pass.jsonl');
+  const r = ssocl('run', '--watch', frames, '--state', path.join(root, 'pass-state'), '--models', path.join(root, 'pass-models'), '--passes', '3', '--exit-when-idle', '1', '--metrics', metrics, ...common);
+  assert.equal(r.status, 0, r.stderr);
+  // 42 frames = 10 arrivals of 4 + one of 2, per pass; 2 updates each but for the first arrival
+  // (its batch of 8 cannot be filled from a buffer holding 4).
+  assert.match(r.stdout, /126 frames ingested.*33 arrivals, 64 steps/s);
+  assert.match(r.stderr, /pass 1\/3 done: 42 frames learnt\npass 2\/3: learning the 42 frames again/);
+  assert.match(r.stderr, /idle: all 42 frames learnt \(3 passes\), waiting for new ones/);
+  const steps = metricSteps(metrics);
+  assert.equal(steps.length, 64);
+  assert.equal(steps.at(-1).frames, 126);
+  const status = json(path.join(root, 'pass-state', 'status.json'));
+  assert.deepEqual(status.pass, { index: 3, of: 3, frames: 42, total: 42 });
+  // Delete or move would take the frames away after the first pass: refused, one line.
+  const bad = ssocl('run', '--watch', frames, '--state', path.join(root, 'pass-del'), '--models', path.join(root, 'pass-models'), '--passes', '2', '--after-ingest', 'delete', ...common);
+  assert.equal(bad.status, 2, bad.stderr);
+  assert.equal(bad.stderr.trim().split('\n').length, 1, bad.stderr);
+  assert.match(bad.stderr, /--passes 2 with --after-ingest delete: .*--after-ingest keep/);
+});
