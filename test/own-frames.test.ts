@@ -20,7 +20,7 @@ test.after(() => rmSync(root, { recursive: true, force: true }));
 const art = path.join(root, 'art');
 writeArtifacts(compileArtifacts(tinyPreset(['image.size=16', 'batch=8', 'agent={"newPerArrival":4,"updatesPerArrival":2,"bufferSize":12,"replay":"mixed"}'])), art);
 const CLI = path.join(REPO, 'bin/ssocl.mjs');
-const ssocl = (...args: string[]) => spawnSync(process.execPath, [CLI, ...args], { encoding: 'utf8', cwd: root });
+const ssocl = (...args: string[]) => spawnSync(process.execPath, [CLI, ...args], { encoding: 'utf8', cwd: root, timeout: 60_000 });
 const common = ['--artifacts', art, '--threads', '1'];
 
 /** `n` PNG frames (32 px demo images) in a new folder. */

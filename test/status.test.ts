@@ -20,6 +20,9 @@ const art = path.join(root, 'art');
 writeArtifacts(compileArtifacts(tinyPreset(['image.size=16', 'batch=8', 'agent={"newPerArrival":4,"updatesPerArrival":2,"bufferSize":12,"replay":"mixed"}'])), art);
 const frames = path.join(root, 'frames');
 const state = path.join(root, 'state');
+mkdirSync(frames);
+const { images, order } = demoStream();
+for (let k = 0; k < 40; k++) writeFileSync(path.join(frames, `f${k}.png`), await encodePng(images.subarray(order[k] * 3072, (order[k] + 1) * 3072), 32));
 
 /**
  * Runs the agent, polling status.json every 10 ms; each change of phase or reason is kept. `onPhase`
@@ -48,9 +51,6 @@ async function watch(args: string[], onPhase?: (phase: string, kill: (sig: NodeJ
 }
 
 test('a folder learnt, then idle, then stopped by --exit-when-idle: training -> idle (why) -> stopping -> stopped (why, exit 0)', async () => {
-  mkdirSync(frames);
-  const { images, order } = demoStream();
-  for (let k = 0; k < 40; k++) writeFileSync(path.join(frames, `f${k}.png`), await encodePng(images.subarray(order[k] * 3072, (order[k] + 1) * 3072), 32));
   const r = await watch(['--watch', frames, '--exit-when-idle', '2']);
   assert.equal(r.code, 0, r.err);
   assert.deepEqual(r.phases.filter((p, i) => p !== r.phases[i - 1]), ['starting', 'training', 'idle', 'stopping', 'stopped'], JSON.stringify(r.seen));
@@ -66,7 +66,7 @@ test('a folder learnt, then idle, then stopped by --exit-when-idle: training -> 
 });
 
 test('SIGINT while idle: stopped (SIGINT, exit 0); a refused resume: stopped with its one line and exit 2', async () => {
-  // Everything in the folder is learnt already: the agent idles at once.
+  // Everything in the folder is learnt already (by the test before, or now): the agent idles.
   let r = await watch(['--watch', frames], (phase, kill) => phase === 'idle' && kill('SIGINT'));
   assert.equal(r.code, 0, r.err);
   assert.deepEqual(r.phases.slice(-3), ['idle', 'stopping', 'stopped']);
