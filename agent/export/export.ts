@@ -25,7 +25,6 @@ import { decodeSafetensors } from '../../core/codecs/safetensors.ts';
 import { sha256, writeFileAtomic } from '../../core/atomic.ts';
 import type { HealthFigures } from '../health/measure.ts';
 import { readJsonObject } from '../../core/json.ts';
-import { lineOf } from '../pipeline/line.ts';
 
 export interface ExportInfo {
   file: string;
@@ -57,6 +56,14 @@ export function initialEncoder(dir: string): Uint8Array {
   const state = new Map<string, Float32Array>();
   for (const s of m.state) if (s.embed) state.set(s.name, s.init === 'zeros' ? new Float32Array(s.shape.reduce((a, b) => a * b, 1)) : (init.get(s.name)!.data as Float32Array));
   return bindEncoder(dir, m, state, { 'ssocl.step': '0', 'ssocl.preset': m.name, 'ssocl.frames_seen': '0' });
+}
+
+/** The model line of exports whose sidecar or latest.json names none (written before lines existed). */
+export const LEGACY_LINE = 'legacy';
+
+/** The model line (agent/pipeline/line.ts) an export's record, sidecar or latest.json, belongs to. */
+export function lineOf(record: Record<string, unknown> | null | undefined): string {
+  return typeof record?.line === 'string' && record.line ? record.line : LEGACY_LINE;
 }
 
 const VERSIONED = /^encoder-\d+(-[0-9a-f]+)?\.onnx$/;

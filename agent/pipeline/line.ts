@@ -21,8 +21,7 @@ export interface Line {
   created: string;
 }
 
-/** The line of exports whose sidecar or latest.json names none (written before lines existed). */
-export const LEGACY_LINE = 'legacy';
+export { LEGACY_LINE, lineOf } from '../export/export.ts';
 
 export const lineFile = (stateDir: string) => path.join(stateDir, 'line.json');
 
@@ -30,11 +29,6 @@ export function readLine(stateDir: string): Line | null {
   const j = readJsonObject(lineFile(stateDir));
   if (!j || typeof j.id !== 'string' || typeof j.artifact !== 'string' || typeof j.source !== 'string') return null;
   return { id: j.id, artifact: j.artifact, source: j.source, created: typeof j.created === 'string' ? j.created : '' };
-}
-
-/** The line an export's record (sidecar or latest.json) belongs to. */
-export function lineOf(record: Record<string, unknown> | null | undefined): string {
-  return typeof record?.line === 'string' && record.line ? record.line : LEGACY_LINE;
 }
 
 /**
