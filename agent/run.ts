@@ -503,6 +503,8 @@ async function finish(r: Run, leftover: Frame[]): Promise<AgentSummary> {
     if (!r.stop.diverged) throw e;
     o.log(`no export: ${(e as Error).message}`);
   }
+  const stays = r.publisher.otherLineStays();
+  if (stays) o.log(stays);
   r.record.update(figures(r));
   await trainer.close();
   if (r.stop.diverged) {

@@ -115,3 +115,31 @@ test('--passes 3 learns a 42-frame folder three times, the incomplete arrival of
   assert.equal(bad.stderr.trim().split('\n').length, 1, bad.stderr);
   assert.match(bad.stderr, /--passes 2 with --after-ingest delete: .*--after-ingest keep/);
 });
+
+test("a run that trained but leaves another line's model published (its export refused) ends saying so", async () => {
+  const frames = await folder('stays-frames', 16);
+  const models = path.join(root, 'stays-models');
+  let r = ssocl('run', '--dataset', 'demo', '--state', path.join(root, 'stays-demo'), '--models', models, '--max-arrivals', '4', ...common);
+  assert.equal(r.status, 0, r.stderr);
+  const demo = json(path.join(models, 'latest.json'));
+  // A health floor no encoder meets: the folder's export is refused, the demo's model stays.
+  r = ssocl('run', '--watch', frames, '--state', path.join(root, 'stays-state'), '--models', models, '--exit-when-idle', '1', '--health-min-rank', '1000', ...common);
+  assert.equal(r.status, 0, r.stderr);
+  assert.equal(json(path.join(models, 'latest.json')).sha256, demo.sha256);
+  const own = JSON.parse(readFileSync(path.join(root, 'stays-state', 'line.json'), 'utf8')).id;
+  assert.match(r.stderr, new RegExp(`latest\\.onnx is still line ${demo.line}'s model \\(step ${demo.step}\\), not this run's \\(line ${own}, step \\d+\\): the health gate refused step \\d+: .*; ssocl models list --models .* shows both lines\\n`));
+});
+
+test('--passes: stopped in the second pass, a restarted agent finishes that pass and the third', async () => {
+  const frames = await folder('resume-frames', 42);
+  const a = (...extra: string[]) => ssocl('run', '--watch', frames, '--state', path.join(root, 'resume-state'), '--models', path.join(root, 'resume-models'), '--passes', '3', ...common, ...extra);
+  // Pass 1 is 11 arrivals (10 of 4 frames, one of 2); stopping after 15 leaves pass 2 at frame 16 of 42.
+  let r = a('--max-arrivals', '15');
+  assert.equal(r.status, 0, r.stderr);
+  assert.match(r.stdout, /58 frames ingested.*15 arrivals/s);
+  r = a('--exit-when-idle', '1');
+  assert.equal(r.status, 0, r.stderr);
+  // The rest of pass 2 (26 frames: 6 arrivals of 4 and one of 2), then pass 3 whole: 126 frames in all.
+  assert.match(r.stdout, /126 frames ingested.*33 arrivals/s);
+  assert.match(r.stderr, /pass 2\/3 done: 42 frames learnt\npass 3\/3: learning the 42 frames again/);
+});

@@ -57,7 +57,7 @@ export async function modelsList(a: { models: string; json: boolean; state?: str
   const print = (r: string[]) => process.stdout.write(r.map((x, c) => (c === 1 ? x.padStart(widths[c]) : x.padEnd(widths[c]))).join('  ').trimEnd() + '\n');
   // One block per line, oldest line first; step numbers compare within a block only.
   const lines = [...new Set(versions.map((v) => v.line))];
-  const several = lines.length > 1 || lines[0] !== LEGACY_LINE;
+  const several = lines.length > 1;
   print(head);
   for (const line of lines) {
     const vs = versions.filter((v) => v.line === line);

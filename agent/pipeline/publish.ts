@@ -140,6 +140,21 @@ export class Publisher {
     return true;
   }
 
+  /**
+   * At the end of a run that trained: the line to print when latest.onnx is still another line's model
+   * (its export refused, or none due), so such a run never ends quietly; null otherwise.
+   */
+  otherLineStays(): string | null {
+    const steps = this.learner.trainer.steps;
+    const p = readPublished(this.models);
+    const line = this.line?.id ?? LEGACY_LINE;
+    if (steps === this.startSteps || !p || p.line === line) return null;
+    return (
+      `${path.join(this.models, 'latest.onnx')} is still line ${p.line}'s model (step ${p.step}), not this run's (line ${line}, step ${steps})` +
+      `${this.notPublishing ? `: ${this.notPublishing}` : ''}; ssocl models list --models ${this.models} shows both lines`
+    );
+  }
+
   /** The figures in the log and as a `health` record in the metrics. */
   private report(v: Verdict, info: ExportInfo): void {
     const ref = v.reference;
