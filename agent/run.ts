@@ -86,6 +86,8 @@ export interface AgentOptions {
   maxArrivals: number;
   maxSeconds: number;
   exitWhenIdle: number;
+  /** What the model line says the state learns from, instead of the source's own description (the demo's temporary folder). */
+  lineSource?: string;
   /** --watch: passes over the folder's frames (1: each once); more needs afterIngest 'keep'. */
   passes?: number;
   maxSkips: number;
@@ -202,6 +204,7 @@ function checkOptions(o: AgentOptions): void {
 
 /** What the state learns from, for its model line: watch:/abs/dir, camera:INPUT or dataset:LABEL. */
 function sourceId(o: AgentOptions): string {
+  if (o.lineSource) return o.lineSource;
   if (o.watch) return `watch:${path.resolve(o.watch)}`;
   if (o.camera) return `camera:${o.camera.input}`;
   return `dataset:${o.dataset?.label ?? ''}`;

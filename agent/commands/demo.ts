@@ -96,6 +96,8 @@ export async function demoCommand(a: DemoArgs): Promise<void> {
       quarantine: path.join(root, 'quarantine'),
       artifacts: a.artifacts,
       stateDir: path.join(root, 'state'),
+      // Its folder is temporary: the model line names the demo instead.
+      lineSource: 'demo',
       models: a.models,
       ep: a.ep,
       epFallback: a.epFallback,
