@@ -143,3 +143,23 @@ test('--passes: stopped in the second pass, a restarted agent finishes that pass
   assert.match(r.stdout, /126 frames ingested.*33 arrivals/s);
   assert.match(r.stderr, /pass 2\/3 done: 42 frames learnt\npass 3\/3: learning the 42 frames again/);
 });
+
+test('two lines at the same step keep both versions; models list shows both; a rollback crosses back to the other line', async () => {
+  const frames = await folder('same-step-frames', 20);
+  const models = path.join(root, 'same-step-models');
+  // 5 arrivals each, the first without a step: both lines reach step 8.
+  let r = ssocl('run', '--dataset', 'demo', '--state', path.join(root, 'same-step-demo'), '--models', models, '--max-arrivals', '5', ...common);
+  assert.equal(r.status, 0, r.stderr);
+  const demo = json(path.join(models, 'latest.json'));
+  r = ssocl('run', '--watch', frames, '--state', path.join(root, 'same-step-state'), '--models', models, '--exit-when-idle', '1', ...common);
+  assert.equal(r.status, 0, r.stderr);
+  const own = json(path.join(models, 'latest.json'));
+  assert.equal(own.step, demo.step);
+  assert.deepEqual(readdirSync(models).filter((f) => f.endsWith('.onnx')).sort(), [demo.file, `encoder-${String(own.step).padStart(9, '0')}-${own.line}.onnx`, 'latest.onnx'].sort());
+  assert.equal(json(path.join(models, demo.file.replace('.onnx', '.json'))).line, demo.line, "the demo's version is intact");
+  r = ssocl('models', 'list', '--models', models);
+  assert.match(r.stdout, new RegExp(`line ${demo.line} \\(dataset:demo\\)\\n.*${demo.file}\\nline ${own.line} \\(watch:${frames}\\), published\\n\\*.*${own.file}\\n`));
+  r = ssocl('models', 'rollback', '--models', models);
+  assert.equal(r.status, 0, r.stderr);
+  assert.equal(json(path.join(models, 'latest.json')).sha256, demo.sha256);
+});
