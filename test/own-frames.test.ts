@@ -128,6 +128,8 @@ test("a run that trained but leaves another line's model published (its export r
   assert.equal(json(path.join(models, 'latest.json')).sha256, demo.sha256);
   const own = JSON.parse(readFileSync(path.join(root, 'stays-state', 'line.json'), 'utf8')).id;
   assert.match(r.stderr, new RegExp(`latest\\.onnx is still line ${demo.line}'s model \\(step ${demo.step}\\), not this run's \\(line ${own}, step \\d+\\): the health gate refused step \\d+: .*; ssocl models list --models .* shows both lines\\n`));
+  // The status record says why this run is not publishing.
+  assert.match(json(path.join(root, 'stays-state', 'status.json')).notPublishing, /^the health gate refused step \d+: /);
 });
 
 test('--passes: stopped in the second pass, a restarted agent finishes that pass and the third', async () => {

@@ -10,7 +10,7 @@ import path from 'node:path';
 import { compileArtifacts, writeArtifacts } from '../tools/artifacts/write.ts';
 import { encodePng } from '../agent/frames/decode.ts';
 import { demoStream } from '../agent/commands/demo.ts';
-import { describeStatus, readStatus, type AgentStatus } from '../agent/pipeline/status.ts';
+import { describeStatus, readStatus, StatusRecorder, type AgentStatus } from '../agent/pipeline/status.ts';
 import { REPO } from './helpers/paths.ts';
 import { tinyPreset } from './helpers/tiny.ts';
 
@@ -93,4 +93,20 @@ test('describeStatus: the phase, its reason and age; a record older than 3 heart
   const idle = { ...s, phase: 'idle' as const, reason: 'all 300 frames learnt, waiting for new ones', pass: { index: 3, of: 3, frames: 300, total: 300 }, notPublishing: 'the health gate refused step 90: rank 1.1 < 1.5' };
   assert.equal(describeStatus(idle, t + 4000), 'idle (all 300 frames learnt, waiting for new ones) · step 51 · pass 3/3, 300/300 frames · not publishing: the health gate refused step 90: rank 1.1 < 1.5 · 4 s ago');
   assert.equal(describeStatus({ ...s, phase: 'stopped', reason: '--max-seconds 85', exitCode: 0 }, t + 10 * 3600_000), 'stopped (--max-seconds 85, exit 0) · step 51 · 10 h ago');
+});
+
+test('the heartbeat rewrites the record while the agent lives, and stops with the stopped record', async () => {
+  const dir = mkdtempSync(path.join(root, 'beat-'));
+  const rec = new StatusRecorder(dir, 'l1', () => {}, 0.05);
+  rec.update({ phase: 'idle', reason: 'all 3 frames learnt, waiting for new ones' });
+  const t0 = readStatus(dir)!.time;
+  await new Promise((r) => setTimeout(r, 200));
+  const t1 = readStatus(dir)!.time;
+  assert.ok(Date.parse(t1) > Date.parse(t0), `time ${t0} -> ${t1}`);
+  assert.equal(readStatus(dir)!.phase, 'idle');
+  rec.stopped('SIGTERM', 0);
+  const t2 = readStatus(dir)!.time;
+  await new Promise((r) => setTimeout(r, 200));
+  assert.equal(readStatus(dir)!.time, t2, 'no heartbeat after stopped');
+  assert.deepEqual([readStatus(dir)!.phase, readStatus(dir)!.reason, readStatus(dir)!.exitCode], ['stopped', 'SIGTERM', 0]);
 });
