@@ -161,7 +161,12 @@ test('two lines at the same step keep both versions; models list shows both; a r
   assert.equal(json(path.join(models, demo.file.replace('.onnx', '.json'))).line, demo.line, "the demo's version is intact");
   r = ssocl('models', 'list', '--models', models);
   assert.match(r.stdout, new RegExp(`line ${demo.line} \\(dataset:demo\\)\\n.*${demo.file}\\nline ${own.line} \\(watch:${frames}\\), published\\n\\*.*${own.file}\\n`));
-  r = ssocl('models', 'rollback', '--models', models);
+  // The command the publishing line named: STEP is both lines' step, and the other line's is put back.
+  r = ssocl('models', 'rollback', String(demo.step), '--models', models);
   assert.equal(r.status, 0, r.stderr);
   assert.equal(json(path.join(models, 'latest.json')).sha256, demo.sha256);
+  // And STEP again: the folder's line, now the one not published.
+  r = ssocl('models', 'rollback', String(own.step), '--models', models);
+  assert.equal(r.status, 0, r.stderr);
+  assert.equal(json(path.join(models, 'latest.json')).sha256, own.sha256);
 });
