@@ -76,7 +76,9 @@ export async function modelsList(a: { models: string; json: boolean; state?: str
 function target(versions: Version[], step: number | undefined, models: string): Version {
   const cur = versions.find((v) => v.current);
   if (step !== undefined) {
-    const v = versions.filter((x) => x.step === step).at(-1);
+    // Two model lines may both have a version at STEP: the one not published now is the one to put back.
+    const at = versions.filter((x) => x.step === step);
+    const v = at.filter((x) => !x.current).at(-1) ?? at.at(-1);
     if (!v) throw usage(`STEP ${step}: no version at that step in ${models} (there: ${versions.map((x) => x.step).join(', ') || 'none'})`);
     return v;
   }
