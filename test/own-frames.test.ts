@@ -143,6 +143,7 @@ test('--passes: stopped in the second pass, a restarted agent finishes that pass
   assert.equal(r.status, 0, r.stderr);
   // The rest of pass 2 (26 frames: 6 arrivals of 4 and one of 2), then pass 3 whole: 126 frames in all.
   assert.match(r.stdout, /126 frames ingested.*33 arrivals/s);
+  assert.match(r.stderr, /resuming pass 2\/3 at frame 16 of 42\n/);
   assert.match(r.stderr, /pass 2\/3 done: 42 frames learnt\npass 3\/3: learning the 42 frames again/);
 });
 

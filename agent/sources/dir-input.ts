@@ -194,7 +194,11 @@ export class DirInput implements Source {
       this.prevPending.push(f);
     }
     // Resumed in a later pass: the rest of it.
-    if (this.counters.pass > 1) this.replay = this.passList().slice(this.counters.passPosition);
+    if (this.counters.pass > 1) {
+      const all = this.passList();
+      this.replay = all.slice(this.counters.passPosition);
+      if (this.counters.pass <= this.passes) this.o.log(`resuming pass ${this.counters.pass}/${this.passes} at frame ${Math.min(this.counters.passPosition, all.length)} of ${all.length}`);
+    }
     await this.dir.start();
   }
 
