@@ -303,7 +303,6 @@ async function runAgentWith(o: AgentOptions, signals: Signals, status: { recorde
   // Temp files of writes a kill interrupted (the files they were replacing are intact).
   const stale = removeStaleTemps(ckptDir) + removeStaleTemps(o.models) + removeStaleTemps(o.stateDir);
   if (stale) o.log(`removed ${stale} temporary file(s) left by an interrupted write`);
-  const record = (status.recorder = new StatusRecorder(o.stateDir, '', o.log));
   const learner = await openLearner(o);
   const trainer = learner.trainer;
   const m = trainer.manifest;
@@ -315,7 +314,8 @@ async function runAgentWith(o: AgentOptions, signals: Signals, status: { recorde
     await trainer.close();
     throw e;
   }
-  record.update({ line: line.id });
+  // From here on this process owns the state (a run refused above leaves the record of the last one as it is).
+  const record = (status.recorder = new StatusRecorder(o.stateDir, line.id, o.log));
   const counters = newCounters();
   const resumed = await resume(o, ckptDir, learner, artifact, counters);
   const source = makeSource(o, m.preset.image.size, counters, resumed);

@@ -39,42 +39,45 @@ const json = (f: string) => JSON.parse(readFileSync(f, 'utf8'));
 const metricSteps = (f: string) => readFileSync(f, 'utf8').trim().split('\n').map((l) => JSON.parse(l)).filter((x) => x.arrival !== undefined);
 
 test("the README's sequence: the folder run publishes its own line, embed uses it, the demo on the folder's state is refused", async () => {
+  // As the README types them, from the directory holding ./frames (default --models models); only
+  // --artifacts and --threads are the test's.
   const frames = await folder('frames', 40);
   const models = path.join(root, 'models');
-  // 1. The demo stream, more trained than the folder run will be (the case the issue met).
-  let r = ssocl('run', '--dataset', 'demo', '--state', path.join(root, 'demo-state'), '--models', models, '--max-arrivals', '30', ...common);
+  // 1. The demo stream (npm start's), more trained than the folder run will be (the case the issue met).
+  let r = ssocl('run', '--dataset', 'demo', '--state', 'demo-state', '--max-arrivals', '30', ...common);
   assert.equal(r.status, 0, r.stderr);
   const demo = json(path.join(models, 'latest.json'));
   assert.ok(demo.step >= 40, `demo step ${demo.step}`);
   // 2. Your own frames, with their own state.
-  r = ssocl('run', '--watch', frames, '--state', path.join(root, 'frames-state'), '--models', models, '--exit-when-idle', '1', ...common);
+  r = ssocl('run', '--watch', './frames', '--state', './frames-state', '--exit-when-idle', '1', ...common);
   assert.equal(r.status, 0, r.stderr);
   const own = json(path.join(models, 'latest.json'));
   assert.ok(own.step < demo.step, `the folder run (step ${own.step}) is less trained than the demo (step ${demo.step})`);
   assert.notEqual(own.line, demo.line);
   assert.equal(own.lineSource, `watch:${frames}`);
-  assert.match(r.stderr, new RegExp(`publishing line ${own.line} over line ${demo.line} \\(step ${demo.step}\\) in .*latest\\.onnx: ssocl models list --models .* keeps both; ssocl models rollback ${demo.step} --models .* puts it back`));
+  assert.match(r.stderr, new RegExp(`publishing line ${own.line} over line ${demo.line} \\(step ${demo.step}\\) in ${models}/latest\\.onnx: ssocl models list --models ${models} keeps both; ssocl models rollback ${demo.step} --models ${models} puts it back\\n`));
   assert.match(r.stdout, /40 frames ingested/);
   // 3. Embeddings come from the folder's model.
-  r = ssocl('embed', frames, '--model', path.join(models, 'latest.onnx'));
+  r = ssocl('embed', './frames', '--out', 'emb.jsonl');
   assert.equal(r.status, 0, r.stderr);
-  const recs = r.stdout.trim().split('\n').map((l) => JSON.parse(l));
+  const recs = readFileSync(path.join(root, 'emb.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l));
   assert.equal(recs.length, 40);
   for (const x of recs) assert.deepEqual(x.model, { sha256: own.sha256.slice(0, 16), step: own.step, line: own.line });
   // 4. The demo pointed at the folder's state: refused before any work, one line, exit 2.
   const before = readdirSync(path.join(root, 'frames-state', 'checkpoints'));
-  r = ssocl('run', '--dataset', 'demo', '--state', path.join(root, 'frames-state'), '--models', models, '--max-arrivals', '2', ...common);
+  r = ssocl('run', '--dataset', 'demo', '--state', './frames-state', '--max-arrivals', '2', ...common);
   assert.equal(r.status, 2, r.stderr);
   const lines = r.stderr.trim().split('\n');
   assert.equal(lines.length, 1, r.stderr);
-  assert.match(lines[0], new RegExp(`--state .*frames-state: its checkpoints are line ${own.line}, trained on source watch:${frames} \\(this run's is dataset:demo\\); .*another --state.* or --fresh`));
+  assert.match(lines[0], new RegExp(`^ssocl: --state ${root}/frames-state: its checkpoints are line ${own.line}, trained on source watch:${frames} \\(this run's is dataset:demo\\); .*another --state.* or --fresh`));
   assert.deepEqual(readdirSync(path.join(root, 'frames-state', 'checkpoints')), before, 'nothing trained or checkpointed');
   assert.equal(json(path.join(models, 'latest.json')).sha256, own.sha256, 'latest unchanged');
-  // models list keeps both lines apart.
-  r = ssocl('models', 'list', '--models', models);
+  // 5. models list keeps both lines apart, and says what the folder's agent did last.
+  r = ssocl('models', 'list');
   assert.equal(r.status, 0, r.stderr);
   assert.match(r.stdout, new RegExp(`line ${demo.line} \\(dataset:demo\\)`));
-  assert.match(r.stdout, new RegExp(`line ${own.line} \\(watch:${frames}\\)`));
+  assert.match(r.stdout, new RegExp(`line ${own.line} \\(watch:${frames}\\), published`));
+  assert.match(r.stdout, /\nagent \(.*frames-state\): stopped \(idle for 1s \(--exit-when-idle\), exit 0\) · step \d+ · \d+ s ago\n$/);
 });
 
 test('--fresh below the published step of its own line replaces the more trained model', async () => {

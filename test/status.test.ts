@@ -1,10 +1,11 @@
 // The agent's status record, <state>/status.json, as a viewer polling it sees it: starting, training,
 // idle (why), stopping, stopped (why, exit code), for a folder that is learnt and then idles, a
-// SIGINT, and a refused run; and describeStatus's lines, a stale record included.
+// SIGINT, and a run refused before it owns the state (which leaves the record alone); an error after
+// that; and describeStatus's lines, a stale record included.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readdirSync, rmSync, truncateSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { compileArtifacts, writeArtifacts } from '../tools/artifacts/write.ts';
@@ -65,20 +66,28 @@ test('a folder learnt, then idle, then stopped by --exit-when-idle: training -> 
   assert.match(describeStatus(end, Date.parse(end.time) + 3 * 60_000), /^stopped \(idle for 2s \(--exit-when-idle\), exit 0\) · step \d+ · 3 min ago$/);
 });
 
-test('SIGINT while idle: stopped (SIGINT, exit 0); a refused resume: stopped with its one line and exit 2', async () => {
+test('SIGINT while idle: stopped (SIGINT, exit 0); a refused resume leaves that record alone', async () => {
   // Everything in the folder is learnt already (by the test before, or now): the agent idles.
   let r = await watch(['--watch', frames], (phase, kill) => phase === 'idle' && kill('SIGINT'));
   assert.equal(r.code, 0, r.err);
   assert.deepEqual(r.phases.slice(-3), ['idle', 'stopping', 'stopped']);
   assert.deepEqual([r.seen.at(-1)!.reason, r.seen.at(-1)!.exitCode], ['SIGINT', 0]);
-  // The demo stream on the folder's state: refused (another model line), and the record says so.
+  // The demo stream on the folder's state: refused (another model line) before it owns the state, so
+  // the record still says what the state's last agent did.
+  const last = readStatus(state);
   r = await watch(['--dataset', 'demo']);
   assert.equal(r.code, 2, r.err);
+  assert.match(r.err, /its checkpoints are line/);
+  assert.deepEqual(readStatus(state), last);
+  // Once it owns the state, an error is recorded with its exit code: every checkpoint cut short.
+  const ck = path.join(state, 'checkpoints');
+  for (const f of readdirSync(ck).filter((x) => x.endsWith('.safetensors'))) truncateSync(path.join(ck, f), 100);
+  r = await watch(['--watch', frames]);
+  assert.equal(r.code, 6, r.err);
   const end = r.seen.at(-1)!;
-  assert.equal(end.phase, 'stopped');
-  assert.equal(end.exitCode, 2);
-  assert.equal(end.reason, r.err.trim().replace(/^ssocl: /, ''));
-  assert.match(end.reason!, /its checkpoints are line/);
+  assert.deepEqual([end.phase, end.exitCode], ['stopped', 6]);
+  assert.match(end.reason!, /none of its \d+ checkpoint\(s\) verifies/);
+  assert.equal(end.reason, r.err.trim().split('\n').at(-1)!.replace(/^ssocl: /, ''));
 });
 
 test('describeStatus: the phase, its reason and age; a record older than 3 heartbeats of a live phase reads as no heartbeat', () => {
