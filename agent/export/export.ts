@@ -144,7 +144,8 @@ export async function exportEncoder(
     'ssocl.frames_seen': String(info.framesSeen),
     'ssocl.artifact': artifact,
     ...(info.loss !== null ? { 'ssocl.loss': String(info.loss) } : {}),
-    ...(info.line ? { 'ssocl.line': info.line.id, 'ssocl.line_source': info.line.source, 'ssocl.state': info.line.state } : {}),
+    // The line's id only: its source and state are paths of this machine, kept out of a file that travels.
+    ...(info.line ? { 'ssocl.line': info.line.id } : {}),
   });
   // Check the model as a user would load it, before it replaces anything: a fresh session on the EP
   // the trainer runs on (after any fallback), so the comparison is like for like.
@@ -241,7 +242,7 @@ export function reconcileLatest(modelsDir: string): string | null {
     sha256: sha,
     status: 'published',
     ...(health ? { health } : {}),
-    ...(md['ssocl.line'] ? { line: md['ssocl.line'], lineSource: md['ssocl.line_source'] ?? null, state: md['ssocl.state'] ?? null } : {}),
+    ...(md['ssocl.line'] ? { line: md['ssocl.line'] } : {}),
     rebuiltFrom: 'latest.onnx',
   };
   writeFileAtomic(jsonFile, jsonBytes(rebuilt));
@@ -298,7 +299,7 @@ export function listVersions(modelsDir: string): Version[] {
       file: f, step: num(record.step), time: String(record.time ?? ''), status, ...(typeof side?.reason === 'string' ? { reason: side.reason } : {}),
       ...(record.health ? { health: record.health as HealthFigures } : {}), framesSeen: num(record.framesSeen), sha256: sha,
       intact: (side?.sha256 ?? sha) === sha && Object.keys(md).length > 0, current: latest?.sha256 === sha, record: { ...record, file: f, sha256: sha },
-      line: lineOf(side ?? (md['ssocl.line'] ? { line: md['ssocl.line'] } : null)), lineSource: typeof record.lineSource === 'string' ? record.lineSource : (md['ssocl.line_source'] ?? null),
+      line: lineOf(side ?? (md['ssocl.line'] ? { line: md['ssocl.line'] } : null)), lineSource: typeof record.lineSource === 'string' ? record.lineSource : null,
     });
   }
   return out.sort((a, b) => a.time.localeCompare(b.time) || a.file.localeCompare(b.file));
