@@ -274,9 +274,11 @@ const cli = yargs(hideBin(process.argv))
             seed: { int: true, min: 0, default: 0, describe: 'seed of replay draws and crops' },
             'max-arrivals': { int: true, min: 0, default: 0, describe: 'stop after this many arrivals (0: never)' },
             'max-seconds': { min: 0, default: 0, describe: 'stop after this many seconds (0: never)' },
-            'exit-when-idle': { min: 0, default: 0, describe: 'stop after this many seconds without a new frame (0: never)' },
+            'exit-when-idle': { min: 0, default: 0, describe: 'stop after this many seconds without a new frame, once every --passes pass is learnt (0: never; a finished folder then idles, saying so, waiting for new frames)' },
+            passes: { int: true, min: 1, default: 1, describe: 'with --watch: learn the frames in the folder (and those that come) this many times (alias --epochs); the last incomplete arrival is learnt when the folder idles; more than 1 needs --after-ingest keep' },
           }),
         )
+        .alias('passes', 'epochs')
         .options(nums({ 'status-every': { min: 0, describe: STATUS_EVERY } }))
         .options(
           nums({
@@ -500,14 +502,15 @@ const cli = yargs(hideBin(process.argv))
         .positional('step', { type: 'string', describe: 'rollback: the step of the version to publish (default: the published one before the current)' })
         .option('models', { type: 'string', default: 'models', describe: 'the models directory of the agent (--models of ssocl run)' })
         .option('force', { type: 'boolean', default: false, describe: 'rollback: publish a version the health gate refused' })
-        .option('json', { type: 'boolean', default: false, describe: 'list: one JSON line per version' }), [], 'models'),
+        .option('json', { type: 'boolean', default: false, describe: 'list: one JSON line per version' })
+        .option('state', { type: 'string', describe: "list: the agent's --state directory, whose status is shown (default: the one latest.json names)" }), [], 'models'),
     async (a) => {
       readableDir('--models', a.models);
       const step = a.step === undefined ? undefined : Number(a.step);
       if (step !== undefined && !(Number.isSafeInteger(step) && step >= 0)) throw new UsageError(`STEP ${a.step}: expected a training step (a whole number)`);
       if (a.action === 'list' && step !== undefined) throw new UsageError('models list takes no STEP');
       const { modelsList, modelsRollback } = await import('./commands/models.ts');
-      if (a.action === 'list') await modelsList({ models: a.models, json: a.json });
+      if (a.action === 'list') await modelsList({ models: a.models, json: a.json, state: a.state });
       else await modelsRollback({ models: a.models, step, force: a.force });
     },
   )

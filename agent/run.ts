@@ -9,6 +9,8 @@
 //   pipeline/learn.ts    the arrival with the EP fallback around it
 //   pipeline/observe.ts  metrics, embeddings, loss and skip tallies
 //   pipeline/evaluate.ts inline evaluation of a finite stream
+//   pipeline/line.ts     the model line of the state (steps compare within a line only)
+//   pipeline/status.ts   <state>/status.json: what the agent is doing, for any viewer
 
 import { accessSync, constants, readdirSync, statSync } from 'node:fs';
 import path from 'node:path';
@@ -27,6 +29,9 @@ import { EmbeddingLog, MetricsLog, StatusLine, StepTally } from './pipeline/obse
 import { Publisher } from './pipeline/publish.ts';
 import { HealthGate, type HealthOptions } from './health/gate.ts';
 import { Checkpointer, resume, type Resumed } from './pipeline/state.ts';
+import { openLine } from './pipeline/line.ts';
+import { StatusRecorder } from './pipeline/status.ts';
+import { listCheckpoints } from './trainer/checkpoint.ts';
 import { CameraInput, checkCamera } from './sources/camera-input.ts';
 import { DatasetSource, type DatasetStream } from './sources/dataset.ts';
 import { DirInput } from './sources/dir-input.ts';
@@ -82,6 +87,10 @@ export interface AgentOptions {
   maxArrivals: number;
   maxSeconds: number;
   exitWhenIdle: number;
+  /** What the model line says the state learns from, instead of the source's own description (the demo's temporary folder). */
+  lineSource?: string;
+  /** --watch: passes over the folder's frames (1: each once); more needs afterIngest 'keep'. */
+  passes?: number;
   maxSkips: number;
   /**
    * The method trained (agent/methods.ts), named in the log; with `checkArtifacts` the artifacts must
@@ -144,9 +153,16 @@ export async function runAgent(o: AgentOptions, { keepSignalHandlers = false } =
   const sigterm = on('SIGTERM');
   process.on('SIGINT', sigint);
   process.on('SIGTERM', sigterm);
+  const status: { recorder: StatusRecorder | null } = { recorder: null };
   try {
-    return await runAgentWith(o, signals);
+    const s = await runAgentWith(o, signals, status);
+    status.recorder?.stopped(s.stoppedBy || 'stopped', 0);
+    return s;
+  } catch (e) {
+    status.recorder?.stopped((e as Error).message, e instanceof AgentError ? e.exitCode : 1);
+    throw e;
   } finally {
+    status.recorder?.close();
     if (!keepSignalHandlers) {
       process.off('SIGINT', sigint);
       process.off('SIGTERM', sigterm);
@@ -181,6 +197,18 @@ function checkOptions(o: AgentOptions): void {
   if (o.watch) checkWatch(o.watch);
   for (const [flag, dir] of [['--state', o.stateDir], ['--models', o.models], ['--quarantine', o.quarantine]] as const) ensureWritable(flag, dir);
   if (o.afterIngest === 'move') ensureWritable('--processed', o.processed);
+  if ((o.passes ?? 1) > 1 && !o.watch) throw new AgentError(`--passes ${o.passes}: passes are over a watched folder's frames (--watch DIR)`);
+  if ((o.passes ?? 1) > 1 && o.afterIngest !== 'keep') {
+    throw new AgentError(`--passes ${o.passes} with --after-ingest ${o.afterIngest}: each pass reads the frames again, so they must stay in the folder (--after-ingest keep)`);
+  }
+}
+
+/** What the state learns from, for its model line: watch:/abs/dir, camera:INPUT or dataset:LABEL. */
+function sourceId(o: AgentOptions): string {
+  if (o.lineSource) return o.lineSource;
+  if (o.watch) return `watch:${path.resolve(o.watch)}`;
+  if (o.camera) return `camera:${o.camera.input}`;
+  return `dataset:${o.dataset?.label ?? ''}`;
 }
 
 /** The trainer on its EP and the learner with the preset's configuration overridden by the flags. */
@@ -217,6 +245,7 @@ function makeSource(o: AgentOptions, size: number, counters: Counters, resumed: 
     {
       ...common, watch: o.watch!, recursive: o.recursive, order: o.order, allowHardLinks: !!o.allowHardLinks, rootReplaced: o.rootReplaced ?? 'follow',
       afterIngest: o.afterIngest, processed: o.processed, quarantine: o.quarantine, stateDir: o.stateDir, models: o.models, maxPixels: o.maxPixels, stableMs: o.stableMs,
+      passes: o.passes,
     },
     counters,
     resumed,
@@ -267,18 +296,28 @@ interface Run {
   exportDue: Due;
   resumedFrom: string | null;
   fleet: FleetDevice | null;
+  record: StatusRecorder;
 }
 
-async function runAgentWith(o: AgentOptions, signals: Signals): Promise<AgentSummary> {
+async function runAgentWith(o: AgentOptions, signals: Signals, status: { recorder: StatusRecorder | null }): Promise<AgentSummary> {
   checkOptions(o);
+  const ckptDir = path.join(o.stateDir, 'checkpoints');
+  // Temp files of writes a kill interrupted (the files they were replacing are intact).
+  const stale = removeStaleTemps(ckptDir) + removeStaleTemps(o.models) + removeStaleTemps(o.stateDir);
+  if (stale) o.log(`removed ${stale} temporary file(s) left by an interrupted write`);
   const learner = await openLearner(o);
   const trainer = learner.trainer;
   const m = trainer.manifest;
-  const ckptDir = path.join(o.stateDir, 'checkpoints');
   const artifact = m.files[m.trainStep.file];
-  // Temp files of writes a kill interrupted (the files they were replacing are intact).
-  const stale = removeStaleTemps(ckptDir) + removeStaleTemps(o.models);
-  if (stale) o.log(`removed ${stale} temporary file(s) left by an interrupted write`);
+  let line;
+  try {
+    line = openLine(o, sourceId(o), artifact, listCheckpoints(ckptDir).length > 0);
+  } catch (e) {
+    await trainer.close();
+    throw e;
+  }
+  // From here on this process owns the state (a run refused above leaves the record of the last one as it is).
+  const record = (status.recorder = new StatusRecorder(o.stateDir, line.id, o.log));
   const counters = newCounters();
   const resumed = await resume(o, ckptDir, learner, artifact, counters);
   const source = makeSource(o, m.preset.image.size, counters, resumed);
@@ -286,19 +325,20 @@ async function runAgentWith(o: AgentOptions, signals: Signals): Promise<AgentSum
   const tally = new StepTally(learner, counters, metrics, o.log);
   const checkpoints = new Checkpointer(ckptDir, learner, artifact, counters, source, o.log, o.diskRetryMs);
   const health = await HealthGate.open({ stateDir: o.stateDir, fresh: o.fresh, fit: o.fit, maxPixels: o.maxPixels, options: o.health }, learner, source, o.log);
-  const publisher = new Publisher(o.models, o.fresh, artifact, learner, o.log, health, metrics);
+  const publisher = new Publisher(o.models, o.fresh, artifact, learner, o.log, health, metrics, { id: line.id, source: line.source, state: path.resolve(o.stateDir) });
   const last = () => ({ checkpoint: checkpoints.lastFile || resumed.file, checkpointAt: checkpoints.lastAt, export: publisher.last ? `step ${publisher.last.step}` : '' });
   const r: Run = {
     o, learner, trainer, source, counters, metrics, tally, checkpoints, publisher,
     stop: new Stop(source, signals, o.log),
     embeddings: new EmbeddingLog(o.emitEmbeddings, learner, source, o.log),
     evaluation: new InlineEval(o.evaluate, trainer, source, counters, metrics, o.log),
-    status: new StatusLine(o.statusEveryMs ?? 0, learner, counters, source, tally, last, o.log),
+    status: new StatusLine(o.statusEveryMs ?? 0, learner, counters, source, tally, last, o.log, () => record.current),
     liveBuffer: new LiveBuffer(o.stateDir, learner, counters, o.fresh, o.log),
     checkpointDue: new Due(o.checkpointEvery, trainer.steps),
     exportDue: new Due(o.exportEvery, trainer.steps),
     resumedFrom: resumed.file || null,
     fleet: o.fleet ? new FleetDevice(o.fleet, trainer, o.log, resumed.fleet) : null,
+    record,
   };
   if (r.fleet) {
     const f = r.fleet;
@@ -332,12 +372,17 @@ async function runAgentWith(o: AgentOptions, signals: Signals): Promise<AgentSum
   return finish(r, leftover);
 }
 
+/** After this long without a frame the stream is idle: the last, incomplete arrival is learnt then. */
+const IDLE_MS = 5000;
+
 /** Frames -> arrivals until something stops the run; returns the frames of an incomplete arrival. */
 async function loop(r: Run): Promise<Frame[]> {
   const { o, source, stop } = r;
   const newPer = r.trainer.manifest.preset.agent.newPerArrival;
   const started = Date.now();
   const waitMs = o.exitWhenIdle ? 250 : 1000;
+  // --exit-when-idle shorter than IDLE_MS still learns the incomplete arrival before it stops.
+  const idleMs = o.exitWhenIdle ? Math.min(IDLE_MS, o.exitWhenIdle * 1000) : IDLE_MS;
   let lastFrameAt = Date.now();
   const batch: Frame[] = [];
   while (!stop.reason) {
@@ -350,7 +395,8 @@ async function loop(r: Run): Promise<Frame[]> {
     if (!f) {
       const quietMs = Date.now() - Math.max(lastFrameAt, source.lastActivity ?? 0);
       if (source.ended) stop.stop(source.ended);
-      else if (o.exitWhenIdle && !source.busy && quietMs >= o.exitWhenIdle * 1000) stop.stop(`idle for ${o.exitWhenIdle}s (--exit-when-idle)`);
+      else if (!source.busy && !source.waiting) await drained(r, batch, quietMs >= idleMs, quietMs);
+      if (!stop.reason && o.exitWhenIdle && !source.busy && !batch.length && !source.waiting && quietMs >= o.exitWhenIdle * 1000) stop.stop(`idle for ${o.exitWhenIdle}s (--exit-when-idle)`);
       continue;
     }
     lastFrameAt = Date.now();
@@ -359,6 +405,40 @@ async function loop(r: Run): Promise<Frame[]> {
     if (batch.length >= newPer) await arrival(r, batch.splice(0));
   }
   return batch;
+}
+
+/**
+ * Nothing waiting: a folder pass that is read whole is finished (its incomplete arrival learnt, then
+ * checkpointed, so the ledger holds it) and the next begins; after the last pass, or for other sources,
+ * the stream is idle once `quiet`: the incomplete arrival is learnt and the agent says it waits.
+ */
+async function drained(r: Run, batch: Frame[], quiet: boolean, quietMs: number): Promise<void> {
+  const { o, source } = r;
+  const pass = source.pass;
+  const passEnds = !!pass && pass.index < pass.of;
+  if (!passEnds && !quiet) return;
+  if (batch.length) await arrival(r, batch.splice(0));
+  if (r.stop.reason) return;
+  if (passEnds) {
+    await r.checkpoints.writeWhenSpace(() => r.stop.reason);
+    r.checkpointDue.done(r.trainer.steps);
+    o.log(`pass ${pass.index}/${pass.of} done: ${pass.frames} frames learnt`);
+    source.nextPass?.();
+    return;
+  }
+  const now = source.pass;
+  const why = now ? `all ${now.total} frames learnt${now.of > 1 ? ` (${now.of} passes)` : ''}, waiting for new ones` : 'no new frame, waiting';
+  if (r.record.current.phase !== 'idle') o.log(`idle: ${why}`);
+  r.record.update({ phase: 'idle', reason: why, ...figures(r) });
+  o.progress?.(`idle: ${why} (${Math.round(quietMs / 1000)}s)`);
+}
+
+/** The counts the status record carries. */
+function figures(r: Run) {
+  return {
+    step: r.trainer.steps, arrival: r.learner.arrivals, frames: r.counters.framesIngested, pass: r.source.pass ?? null,
+    publishing: r.publisher.last !== null && !r.publisher.notPublishing, notPublishing: r.publisher.notPublishing || null,
+  };
 }
 
 /** One arrival: learn, report, then whatever is due (evaluation, checkpoint, export). */
@@ -378,8 +458,10 @@ async function arrival(r: Run, frames: Frame[]): Promise<void> {
     r.stop.stop('diverged');
     return;
   }
+  r.record.update({ phase: 'training', reason: null, ...figures(r) });
+  const pass = r.source.pass;
   o.progress?.(
-    `step ${trainer.steps}  arrival ${learner.arrivals}  frames ${counters.framesIngested}  loss ${tally.lossLast?.toFixed(4) ?? '-'}  buffer ${learner.buffer.size}  waiting ${r.source.waiting}  quarantined ${counters.quarantined}${rep.trained ? '' : '  (filling the buffer)'}`,
+    `training  step ${trainer.steps}  arrival ${learner.arrivals}  frames ${counters.framesIngested}${pass && pass.of > 1 ? `  pass ${pass.index}/${pass.of}, ${pass.frames}/${pass.total} frames` : ''}  loss ${tally.lossLast?.toFixed(4) ?? '-'}  buffer ${learner.buffer.size}  waiting ${r.source.waiting}  quarantined ${counters.quarantined}${rep.trained ? '' : '  (filling the buffer)'}`,
   );
   await r.evaluation.maybe();
   if (o.maxArrivals && learner.arrivals >= o.maxArrivals) r.stop.stop(`--max-arrivals ${o.maxArrivals}`);
@@ -395,12 +477,14 @@ async function arrival(r: Run, frames: Frame[]): Promise<void> {
       r.exportDue.done(trainer.steps);
       o.log(`export failed, training goes on: ${(e as Error).message}`);
     }
+    r.record.update(figures(r));
   }
 }
 
 /** The last checkpoint and export, and the summary (or the error the run ends with). */
 async function finish(r: Run, leftover: Frame[]): Promise<AgentSummary> {
   const { o, learner, trainer } = r;
+  r.record.update({ phase: 'stopping', reason: r.stop.reason || null, ...figures(r) });
   // Frames of an incomplete arrival are committed with the final checkpoint; they are learnt only if
   // the batch fills, so keep them in the buffer (they count as data seen) without a step.
   if (leftover.length) {
@@ -426,6 +510,9 @@ async function finish(r: Run, leftover: Frame[]): Promise<AgentSummary> {
     if (!r.stop.diverged) throw e;
     o.log(`no export: ${(e as Error).message}`);
   }
+  const stays = r.publisher.otherLineStays();
+  if (stays) o.log(stays);
+  r.record.update(figures(r));
   await trainer.close();
   if (r.stop.diverged) {
     throw new AgentError(`training diverged: ${o.maxSkips} consecutive steps had a non-finite loss or gradient; stopped with the last good state checkpointed in ${ck} (lower --lr?)`, 3);

@@ -303,7 +303,9 @@ test('a healthy run publishes every export (health in latest.json, each version 
 
     const list = cli('models', 'list', '--models', models);
     assert.equal(list.status, 0, list.stderr);
-    const rows = list.stdout.trim().split('\n').slice(1);
+    // The versions, then what the agent that published them is doing (its <state>/status.json).
+    const rows = list.stdout.trim().split('\n').slice(1, -1);
+    assert.match(list.stdout.trim().split('\n').at(-1)!, /^agent \(.*\): stopped \(.*, exit 0\) · step \d+ · \d+ s ago$/);
     assert.equal(rows.length, 5, list.stdout);
     assert.deepEqual(rows.map((r) => r.startsWith('*')), [false, false, false, false, true], list.stdout);
 

@@ -78,7 +78,7 @@ test('item 6: without a terminal, a status line every --status-every seconds', (
   assert.equal(r.status, 0, r.stderr);
   const status = lines(r.stderr).filter((l) => l.startsWith('status: '));
   assert.ok(status.length >= 2, `status lines: ${status.length}\n${r.stderr}`);
-  assert.match(status[1], /^status: frames \d+ \(\+\d+\), step \d+ \(\d+\.\d\d\/s\), loss (\d+\.\d{4}|-), buffer \d+, waiting \d+, quarantined 0, checkpoint (none yet|ckpt-\S+ \(\d+ s ago\)), export (none yet|step \d+)$/);
+  assert.match(status[1], /^status: (starting|training|idle \([^)]*\)); frames \d+ \(\+\d+\), step \d+ \(\d+\.\d\d\/s\), loss (\d+\.\d{4}|-), buffer \d+, waiting \d+, quarantined 0, checkpoint (none yet|ckpt-\S+ \(\d+ s ago\)), export (none yet|step \d+)$/);
   // And none when it is turned off.
   const off = run('--dataset', 'demo', '--state', path.join(root, 'st-quiet'), '--models', path.join(root, 'm-quiet'), '--max-seconds', '2', '--status-every', '0');
   assert.equal(off.status, 0, off.stderr);

@@ -113,6 +113,8 @@ export async function demoCommand(a: DemoArgs): Promise<void> {
       quarantine: path.join(a.state, 'quarantine'),
       artifacts: a.artifacts,
       stateDir: a.state,
+      // The model line names the demo, not the run's temporary folder.
+      lineSource: 'demo',
       models: a.models,
       ep: a.ep,
       epFallback: a.epFallback,

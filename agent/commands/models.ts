@@ -1,11 +1,16 @@
 // `ssocl models list|rollback`: the versions the agent exported into a models directory (published or
 // refused by the health gate, the current one marked), and putting an earlier one back as
 // latest.onnx + latest.json in the order exports use, so a running `embed --watch` reloads it whole.
+// Versions are listed by model line (agent/pipeline/line.ts; one per state and source), with what the
+// agent of the published line is doing (its <state>/status.json); a rollback may cross lines.
 
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { listVersions, publishLatest, reconcileLatest, type Version } from '../export/export.ts';
 import { Encoder } from '../infer/encoder.ts';
+import { readJsonObject } from '../../core/json.ts';
+import { LEGACY_LINE } from '../pipeline/line.ts';
+import { describeStatus, readStatus } from '../pipeline/status.ts';
 
 const usage = (msg: string) => Object.assign(new Error(msg), { exitCode: 2 });
 
@@ -26,7 +31,15 @@ function row(v: Version): string[] {
   ];
 }
 
-export async function modelsList(a: { models: string; json: boolean }): Promise<void> {
+/** "agent: training · step 51 · 2 s ago" for the state that published latest (or --state), if it has a record. */
+function agentLine(models: string, state: string | undefined): string | null {
+  const dir = state ?? readJsonObject(path.join(models, 'latest.json'))?.state;
+  if (typeof dir !== 'string') return null;
+  const s = readStatus(dir);
+  return s ? `agent (${dir}): ${describeStatus(s)}` : null;
+}
+
+export async function modelsList(a: { models: string; json: boolean; state?: string }): Promise<void> {
   const repaired = reconcileLatest(a.models);
   if (repaired) process.stderr.write(`${repaired}\n`);
   const versions = listVersions(a.models);
@@ -38,17 +51,34 @@ export async function modelsList(a: { models: string; json: boolean }): Promise<
     process.stdout.write(`no versions in ${a.models}\n`);
     return;
   }
-  const rows = [['', 'step', 'exported', 'status', 'rank', 'mean cos', 'align', 'probe', 'file'], ...versions.map(row)];
-  const widths = rows[0].map((_, c) => Math.max(...rows.map((r) => (c === rows[0].length - 1 ? 0 : r[c].length))));
-  for (const r of rows) process.stdout.write(r.map((x, c) => (c === 1 ? x.padStart(widths[c]) : x.padEnd(widths[c]))).join('  ').trimEnd() + '\n');
+  const head = ['', 'step', 'exported', 'status', 'rank', 'mean cos', 'align', 'probe', 'file'];
+  const rows = [head, ...versions.map(row)];
+  const widths = head.map((_, c) => Math.max(...rows.map((r) => (c === head.length - 1 ? 0 : r[c].length))));
+  const print = (r: string[]) => process.stdout.write(r.map((x, c) => (c === 1 ? x.padStart(widths[c]) : x.padEnd(widths[c]))).join('  ').trimEnd() + '\n');
+  // One block per line, oldest line first; step numbers compare within a block only.
+  const lines = [...new Set(versions.map((v) => v.line))];
+  const several = lines.length > 1;
+  print(head);
+  for (const line of lines) {
+    const vs = versions.filter((v) => v.line === line);
+    if (several) {
+      const src = vs.find((v) => v.lineSource)?.lineSource;
+      process.stdout.write(`line ${line} (${line === LEGACY_LINE ? 'exported before model lines' : (src ?? 'source not recorded')})${vs.some((v) => v.current) ? ', published' : ''}\n`);
+    }
+    for (const v of vs) print(row(v));
+  }
   if (!versions.some((v) => v.current)) process.stdout.write(`(${path.join(a.models, 'latest.onnx')} is none of these)\n`);
+  const agent = agentLine(a.models, a.state);
+  if (agent) process.stdout.write(`${agent}\n`);
 }
 
 /** The version a rollback publishes: STEP's, or the newest published one exported before the current. */
 function target(versions: Version[], step: number | undefined, models: string): Version {
   const cur = versions.find((v) => v.current);
   if (step !== undefined) {
-    const v = versions.filter((x) => x.step === step).at(-1);
+    // Two model lines may both have a version at STEP: the one not published now is the one to put back.
+    const at = versions.filter((x) => x.step === step);
+    const v = at.filter((x) => !x.current).at(-1) ?? at.at(-1);
     if (!v) throw usage(`STEP ${step}: no version at that step in ${models} (there: ${versions.map((x) => x.step).join(', ') || 'none'})`);
     return v;
   }

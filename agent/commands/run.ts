@@ -154,6 +154,7 @@ export async function runCommand(a: Record<string, any>): Promise<void> {
     maxArrivals: a['max-arrivals'],
     maxSeconds: a['max-seconds'],
     exitWhenIdle: a['exit-when-idle'],
+    passes: a.passes,
     maxSkips: a['max-skips'],
     diskRetryMs: a['disk-retry-s'] * 1000,
     evaluate,

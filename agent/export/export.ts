@@ -12,6 +12,8 @@
 // Each version has a sidecar encoder-<step>.json (written after the model it describes): step, time,
 // health figures, and status `published` or `rejected` (the health gate refused it: the model is kept
 // for inspection, latest.* untouched). A rollback publishes an older version in the same order.
+// Each also names its model line (agent/pipeline/line.ts): versions are kept per line, and a version
+// whose step-named file is another line's is named encoder-<step>-<line>.onnx instead.
 
 import { existsSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
 import path from 'node:path';
@@ -56,7 +58,15 @@ export function initialEncoder(dir: string): Uint8Array {
   return bindEncoder(dir, m, state, { 'ssocl.step': '0', 'ssocl.preset': m.name, 'ssocl.frames_seen': '0' });
 }
 
-const VERSIONED = /^encoder-\d+\.onnx$/;
+/** The model line of exports whose sidecar or latest.json names none (written before lines existed). */
+export const LEGACY_LINE = 'legacy';
+
+/** The model line (agent/pipeline/line.ts) an export's record, sidecar or latest.json, belongs to. */
+export function lineOf(record: Record<string, unknown> | null | undefined): string {
+  return typeof record?.line === 'string' && record.line ? record.line : LEGACY_LINE;
+}
+
+const VERSIONED = /^encoder-\d+(-[0-9a-f]+)?\.onnx$/;
 
 /** encoder-<step>.onnx's sidecar: encoder-<step>.json. */
 export const sidecarOf = (file: string) => file.replace(/\.onnx$/, '.json');
@@ -92,17 +102,21 @@ function pruneVersions(modelsDir: string, keep: number, justWritten: string): vo
   const files = readdirSync(modelsDir);
   const versions = files
     .filter((f) => VERSIONED.test(f))
-    .map((f) => ({ f, t: statSync(path.join(modelsDir, f)).mtimeMs, rejected: readJsonObject(path.join(modelsDir, sidecarOf(f)))?.status === 'rejected' }))
+    .map((f) => {
+      const side = readJsonObject(path.join(modelsDir, sidecarOf(f)));
+      return { f, t: statSync(path.join(modelsDir, f)).mtimeMs, rejected: side?.status === 'rejected', line: lineOf(side) };
+    })
     .sort((a, b) => a.t - b.t || a.f.localeCompare(b.f));
-  for (const rejected of [false, true]) {
-    for (const old of versions.filter((v) => v.rejected === rejected).slice(0, -keep)) {
+  // Per line: another line's exports never push a line's versions out.
+  for (const [line, rejected] of [...new Set(versions.map((v) => v.line))].flatMap((l) => [[l, false], [l, true]] as const)) {
+    for (const old of versions.filter((v) => v.line === line && v.rejected === rejected).slice(0, -keep)) {
       if (old.f === justWritten || old.f === current) continue;
       rmSync(path.join(modelsDir, old.f), { force: true });
       rmSync(path.join(modelsDir, sidecarOf(old.f)), { force: true });
     }
   }
   // Sidecars whose model is gone (a kill between the two removals above).
-  for (const f of files) if (/^encoder-\d+\.json$/.test(f) && !existsSync(path.join(modelsDir, f.replace(/\.json$/, '.onnx')))) rmSync(path.join(modelsDir, f), { force: true });
+  for (const f of files) if (/^encoder-\d+(-[0-9a-f]+)?\.json$/.test(f) && !existsSync(path.join(modelsDir, f.replace(/\.json$/, '.onnx')))) rmSync(path.join(modelsDir, f), { force: true });
 }
 
 /**
@@ -112,7 +126,11 @@ function pruneVersions(modelsDir: string, keep: number, justWritten: string): vo
 export async function exportEncoder(
   trainer: Trainer,
   modelsDir: string,
-  info: { framesSeen: number; loss: number | null; probe: Float32Array; probeCount: number; health?: HealthFigures; rejected?: string },
+  info: {
+    framesSeen: number; loss: number | null; probe: Float32Array; probeCount: number; health?: HealthFigures; rejected?: string;
+    /** The model line it belongs to, and the state that trains it (none: the legacy line). */
+    line?: { id: string; source: string; state: string };
+  },
   keep = 5,
 ): Promise<ExportInfo> {
   const m = trainer.manifest;
@@ -126,6 +144,8 @@ export async function exportEncoder(
     'ssocl.frames_seen': String(info.framesSeen),
     'ssocl.artifact': artifact,
     ...(info.loss !== null ? { 'ssocl.loss': String(info.loss) } : {}),
+    // The line's id only: its source and state are paths of this machine, kept out of a file that travels.
+    ...(info.line ? { 'ssocl.line': info.line.id } : {}),
   });
   // Check the model as a user would load it, before it replaces anything: a fresh session on the EP
   // the trainer runs on (after any fallback), so the comparison is like for like.
@@ -142,13 +162,15 @@ export async function exportEncoder(
   let maxAbsDiff = 0;
   for (let i = 0; i < got.length; i++) maxAbsDiff = Math.max(maxAbsDiff, Math.abs(got[i] - ref.features[i]));
   if (!(maxAbsDiff <= 1e-4)) throw new Error(`export check failed: features differ from the trainer's by ${maxAbsDiff}`);
-  const file = path.join(modelsDir, `encoder-${String(step).padStart(9, '0')}.onnx`);
+  let file = path.join(modelsDir, `encoder-${String(step).padStart(9, '0')}.onnx`);
+  // The step's name is another line's version (two lines reach the same step): this one is named by its line.
+  if (existsSync(file) && lineOf(readJsonObject(sidecarOf(file))) !== (info.line?.id ?? lineOf(null))) file = file.replace(/\.onnx$/, `-${info.line?.id ?? '0'}.onnx`);
   const name = path.basename(file);
   const meta: ExportInfo = {
     file: name, step, framesSeen: info.framesSeen, loss: info.loss, artifact, time: new Date().toISOString(), maxAbsDiff, sha256: sha256(bytes),
     status: info.rejected ? 'rejected' : 'published', ...(info.rejected ? { reason: info.rejected } : {}), ...(info.health ? { health: info.health } : {}),
   };
-  const record = { ...meta, preset: m.name };
+  const record = { ...meta, preset: m.name, ...(info.line ? { line: info.line.id, lineSource: info.line.source, state: info.line.state } : {}) };
   if (info.rejected && readJsonObject(path.join(modelsDir, 'latest.json'))?.file === name) {
     // A --fresh run's step numbers start again: never overwrite the published model's own version.
     return { ...meta, file: '' };
@@ -220,6 +242,7 @@ export function reconcileLatest(modelsDir: string): string | null {
     sha256: sha,
     status: 'published',
     ...(health ? { health } : {}),
+    ...(md['ssocl.line'] ? { line: md['ssocl.line'] } : {}),
     rebuiltFrom: 'latest.onnx',
   };
   writeFileAtomic(jsonFile, jsonBytes(rebuilt));
@@ -240,6 +263,9 @@ export interface Version {
   intact: boolean;
   /** latest.onnx holds this model. */
   current: boolean;
+  /** Its model line (LEGACY_LINE for versions exported before lines) and what that line learns from. */
+  line: string;
+  lineSource: string | null;
   /** What latest.json would say of it once published. */
   record: Record<string, unknown>;
 }
@@ -273,6 +299,7 @@ export function listVersions(modelsDir: string): Version[] {
       file: f, step: num(record.step), time: String(record.time ?? ''), status, ...(typeof side?.reason === 'string' ? { reason: side.reason } : {}),
       ...(record.health ? { health: record.health as HealthFigures } : {}), framesSeen: num(record.framesSeen), sha256: sha,
       intact: (side?.sha256 ?? sha) === sha && Object.keys(md).length > 0, current: latest?.sha256 === sha, record: { ...record, file: f, sha256: sha },
+      line: lineOf(side ?? (md['ssocl.line'] ? { line: md['ssocl.line'] } : null)), lineSource: typeof record.lineSource === 'string' ? record.lineSource : null,
     });
   }
   return out.sort((a, b) => a.time.localeCompare(b.time) || a.file.localeCompare(b.file));

@@ -17,6 +17,8 @@ export interface ModelVersion {
   sha256: string;
   /** Training step the weights come from (ssocl exports), else null. */
   step: number | null;
+  /** The model line it was exported from (agent/pipeline/line.ts), where it names one. */
+  line?: string;
 }
 
 export interface EncoderOptions extends EpOptions {
@@ -125,7 +127,8 @@ export class Encoder {
       }
     }
     const step = info.metadata['ssocl.step'];
-    const version = { sha256: sha256(bytes).slice(0, 16), step: step !== undefined ? Number(step) : null };
+    const line = info.metadata['ssocl.line'];
+    const version = { sha256: sha256(bytes).slice(0, 16), step: step !== undefined ? Number(step) : null, ...(line ? { line } : {}) };
     const session = await openSessionOrFallback(bytes, o.ep ?? 'cpu', o.epFallback, o, o.warn);
     const enc = new Encoder(file, version, h, dims, session);
     try {

@@ -7,6 +7,7 @@ import path from 'node:path';
 import { JsonlSink } from '../infer/io.ts';
 import type { Source, Frame, Counters } from '../sources/source.ts';
 import type { ArrivalReport, Learner } from '../trainer/learner.ts';
+import type { AgentStatus } from './status.ts';
 
 /** Memory in MB for the metrics: RSS beside the JS heap and buffers, so a long run shows which one grows. */
 export function memMB(): { rss: number; heap: number; heapTotal: number; external: number; arrayBuffers: number } {
@@ -146,6 +147,8 @@ export class StatusLine {
     private tally: StepTally,
     private last: () => { checkpoint: string; checkpointAt: number; export: string },
     private log: (line: string) => void,
+    /** The status record: its phase (and why) and the pass lead the line. */
+    private now: () => Readonly<AgentStatus>,
   ) {
     this.steps = learner.trainer.steps;
     this.frames = counters.framesIngested;
@@ -159,8 +162,11 @@ export class StatusLine {
     const c = this.counters;
     const l = this.last();
     const ago = (t: number) => `${Math.round((now - t) / 1000)} s ago`;
+    const st = this.now();
+    const p = st.pass;
     this.log(
-      `status: frames ${c.framesIngested} (+${c.framesIngested - this.frames}), step ${steps} (${rate.toFixed(2)}/s), loss ${this.tally.lossLast?.toFixed(4) ?? '-'}, ` +
+      `status: ${st.phase}${st.reason ? ` (${st.reason})` : ''}${p && p.of > 1 ? `, pass ${p.index}/${p.of}, ${p.frames}/${p.total} frames` : ''}` +
+        `${st.notPublishing ? `, not publishing: ${st.notPublishing}` : ''}; frames ${c.framesIngested} (+${c.framesIngested - this.frames}), step ${steps} (${rate.toFixed(2)}/s), loss ${this.tally.lossLast?.toFixed(4) ?? '-'}, ` +
         `buffer ${this.learner.buffer.size}, waiting ${this.source.waiting}, quarantined ${c.quarantined}, ` +
         `checkpoint ${l.checkpoint ? `${path.basename(l.checkpoint)} (${l.checkpointAt ? ago(l.checkpointAt) : 'resumed from'})` : 'none yet'}, export ${l.export || 'none yet'}`,
     );

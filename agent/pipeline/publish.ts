@@ -2,6 +2,8 @@
 // (e.g. after resuming from an older checkpoint because the newest did not verify) unless the user
 // started over (--fresh), nor by one the health gate refuses (collapsed, or clearly worse than the
 // published model on the health set): that one is kept as a rejected version and training goes on.
+// Steps compare within a model line only (pipeline/line.ts): a run whose line is not the published
+// model's publishes its own line over it, saying so loudly; `ssocl models list` keeps both apart.
 
 import path from 'node:path';
 import { exportEncoder, reconcileLatest, type ExportInfo } from '../export/export.ts';
@@ -10,18 +12,42 @@ import type { HealthFigures } from '../health/measure.ts';
 import type { Learner } from '../trainer/learner.ts';
 import { memMB, type MetricsLog } from './observe.ts';
 import { readJsonObject } from '../../core/json.ts';
+import { LEGACY_LINE, lineOf } from './line.ts';
 
-/** step, artifact, sha256 and health figures of models/latest.json, or null if there is none (or it cannot be read). */
-export function readPublished(models: string): { step: number; artifact: string; sha256: string; health?: HealthFigures } | null {
+export interface Published {
+  step: number;
+  artifact: string;
+  sha256: string;
+  /** Its model line (LEGACY_LINE when latest.json names none). */
+  line: string;
+  health?: HealthFigures;
+}
+
+/** step, artifact, sha256, line and health figures of models/latest.json, or null if there is none (or it cannot be read). */
+export function readPublished(models: string): Published | null {
   const j = readJsonObject(path.join(models, 'latest.json'));
   if (!j || !Number.isInteger(j.step) || typeof j.artifact !== 'string') return null;
-  return { step: j.step as number, artifact: j.artifact, sha256: typeof j.sha256 === 'string' ? j.sha256 : '', ...(j.health && typeof j.health === 'object' ? { health: j.health as HealthFigures } : {}) };
+  return {
+    step: j.step as number, artifact: j.artifact, sha256: typeof j.sha256 === 'string' ? j.sha256 : '', line: lineOf(j),
+    ...(j.health && typeof j.health === 'object' ? { health: j.health as HealthFigures } : {}),
+  };
+}
+
+/** What an export records of the line it belongs to (also in latest.json). */
+export interface LineRecord {
+  id: string;
+  source: string;
+  /** The state directory (absolute), where its status.json says what the agent is doing. */
+  state: string;
 }
 
 export class Publisher {
   last: ExportInfo | null = null;
-  private published: { step: number; artifact: string } | null;
+  private published: Published | null;
   private heldBackLogged = false;
+  private otherLineLogged = false;
+  /** Why exports are held back now ('' when they are not), for the status record. */
+  notPublishing = '';
   private untrainedLogged = false;
   private readonly startSteps: number;
 
@@ -34,6 +60,8 @@ export class Publisher {
     /** The health gate; null: exports are not measured (benchmarks, tests of other parts). */
     private health: HealthGate | null = null,
     private metrics: MetricsLog | null = null,
+    /** This run's model line; null: the legacy line (exports without one, as before lines existed). */
+    private line: LineRecord | null = null,
   ) {
     // A kill between the publishing renames leaves latest.json and latest.onnx apart: made to agree first.
     const repaired = reconcileLatest(models);
@@ -56,16 +84,29 @@ export class Publisher {
     if (untrained) {
       if (!this.untrainedLogged) this.log(`not exporting: ${untrained}${p ? `; ${latest} (step ${p.step}) stays` : ''}`);
       this.untrainedLogged = true;
+      this.notPublishing = untrained;
       return false;
     }
-    if (p && !this.fresh && p.artifact === this.artifact && trainer.steps < p.step) {
+    const line = this.line?.id ?? LEGACY_LINE;
+    // Another line's model: its step says nothing about this one. Published over it, loudly.
+    const otherLine = p !== null && p.line !== line;
+    if (p && !otherLine && !this.fresh && p.artifact === this.artifact && trainer.steps < p.step) {
       if (!this.heldBackLogged) this.log(`not exporting: ${latest} is at step ${p.step}, this run at step ${trainer.steps}; exports resume once training passes it`);
       this.heldBackLogged = true;
+      this.notPublishing = `${latest} is at step ${p.step} of this line; exports resume past it`;
       return false;
     }
-    if (p && this.fresh && !this.heldBackLogged && trainer.steps < p.step) {
+    this.notPublishing = '';
+    if (p && !otherLine && this.fresh && !this.heldBackLogged && trainer.steps < p.step) {
       this.log(`--fresh: replacing ${latest} (step ${p.step}) with this run's encoder (step ${trainer.steps})`);
       this.heldBackLogged = true;
+    }
+    if (p && otherLine && !this.otherLineLogged) {
+      this.log(
+        `publishing line ${line} over line ${p.line} (step ${p.step}) in ${latest}: ssocl models list --models ${this.models} keeps both; ` +
+          `ssocl models rollback ${p.step} --models ${this.models} puts it back`,
+      );
+      this.otherLineLogged = true;
     }
     // The export is checked against the trainer's own embedding of up to 8 buffer images.
     const size = trainer.manifest.preset.image.size;
@@ -76,21 +117,42 @@ export class Publisher {
     if (entries.length) entries.forEach((e, i) => e.image.forEach((v, k) => (probe[i * per + k] = v / 255)));
     else probe.fill(0.5);
     // Measured before anything is written; latest.json is re-read so a rollback since is the reference.
-    const verdict = this.health ? await this.health.check(readPublished(this.models)) : null;
+    // Another line's model is no reference for this one: only the health gate's floors apply to it.
+    const now = readPublished(this.models);
+    const verdict = this.health ? await this.health.check(now && now.line === line ? now : null) : null;
     const rejected = verdict?.reasons.join('; ') ?? '';
-    const info = await exportEncoder(trainer, this.models, { framesSeen, loss, probe, probeCount: count, health: verdict?.figures, rejected: rejected || undefined });
+    const info = await exportEncoder(trainer, this.models, {
+      framesSeen, loss, probe, probeCount: count, health: verdict?.figures, rejected: rejected || undefined, ...(this.line ? { line: this.line } : {}),
+    });
     if (verdict) this.report(verdict, info);
     if (rejected) {
       const kept = info.file ? `kept as ${path.join(this.models, info.file)} (rejected)` : 'not kept (its file name is the published model\'s)';
-      const now = readPublished(this.models);
-      this.log(`not published: the encoder at step ${info.step} failed the health gate: ${rejected}; ${kept}; ${now ? `${latest} (step ${now.step}) stays` : 'nothing is published yet'}; training goes on`);
+      const stays = readPublished(this.models);
+      this.log(`not published: the encoder at step ${info.step} failed the health gate: ${rejected}; ${kept}; ${stays ? `${latest} (step ${stays.step}) stays` : 'nothing is published yet'}; training goes on`);
+      this.notPublishing = `the health gate refused step ${info.step}: ${rejected}`;
       await this.health!.settle(verdict!, null);
       return true;
     }
     this.last = info;
+    this.published = readPublished(this.models);
     this.log(`exported ${path.join(this.models, info.file)} (step ${info.step}) and ${latest}`);
     if (verdict) await this.health!.settle(verdict, { step: info.step, sha256: info.sha256 });
     return true;
+  }
+
+  /**
+   * At the end of a run that trained: the line to print when latest.onnx is still another line's model
+   * (its export refused, or none due), so such a run never ends quietly; null otherwise.
+   */
+  otherLineStays(): string | null {
+    const steps = this.learner.trainer.steps;
+    const p = readPublished(this.models);
+    const line = this.line?.id ?? LEGACY_LINE;
+    if (steps === this.startSteps || !p || p.line === line) return null;
+    return (
+      `${path.join(this.models, 'latest.onnx')} is still line ${p.line}'s model (step ${p.step}), not this run's (line ${line}, step ${steps})` +
+      `${this.notPublishing ? `: ${this.notPublishing}` : ''}; ssocl models list --models ${this.models} shows both lines`
+    );
   }
 
   /** The figures in the log and as a `health` record in the metrics. */

@@ -47,7 +47,7 @@ export async function resume(o: { fresh: boolean; stateDir: string; log: (line: 
   }
   const c = fromCheckpoint(last.data);
   if (c.run.artifact !== artifact) {
-    throw new AgentError(`--state ${o.stateDir}: its checkpoint belongs to other artifacts (${c.run.artifact.slice(0, 12)}...); use --fresh to start over or point --artifacts at the ones it was made with`);
+    throw new AgentError(`--state ${o.stateDir}: its checkpoint belongs to other artifacts (${c.run.artifact.slice(0, 12)}...); use --fresh to start over, another --state for a new model line, or point --artifacts at the ones it was made with`);
   }
   try {
     await restoreLearner(learner, c.learner);

@@ -5,8 +5,12 @@
 // - it is deleted or moved (--after-ingest) when the checkpoint after that verifies too, so losing
 //   the newest checkpoint loses no frame (the one before it plus the frames still on disk redo it);
 // - frames of an arrival whose every update was skipped taught nothing: never committed by this run.
+// With --passes N (--after-ingest keep only) the frames the ledger holds are read again, in name order,
+// once the folder is drained, until N passes are learnt; the pass and the position in it are saved in
+// the checkpoint counters, so a restarted agent goes on where it stopped. New frames stay welcome
+// (read before the pass's own) and join the next pass.
 
-import { existsSync, lstatSync, mkdirSync, readdirSync, renameSync } from 'node:fs';
+import { existsSync, lstatSync, mkdirSync, readdirSync, renameSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { decodeFrame, FrameError, type Fit } from '../frames/decode.ts';
 import type { PendingFrame } from '../trainer/checkpoint.ts';
@@ -14,7 +18,7 @@ import { DirSource, type FileFrame, type Overflow } from './dir.ts';
 import { AfterIngest, moveFile, Quarantine, uniqueTarget } from './files.ts';
 import { Ledger } from './ledger.ts';
 import { confinedPath, readRegularFile, UnreadableFile } from './read.ts';
-import type { Counters, Frame, Source } from './source.ts';
+import type { Counters, Frame, PassState, Source } from './source.ts';
 
 export interface DirInputOptions {
   watch: string;
@@ -33,6 +37,8 @@ export interface DirInputOptions {
   overflow: Overflow;
   backlog: number;
   stableMs: number;
+  /** Passes over the frames (1: each frame once); more than 1 needs afterIngest 'keep'. */
+  passes?: number;
   log: (line: string) => void;
 }
 
@@ -64,6 +70,9 @@ export class DirInput implements Source {
   private lastCkptFile: string;
   private pendingIds: Set<string>;
   private droppedSince = 0;
+  /** This pass's frames still to read again (passes after the first). */
+  private replay: FileFrame[] = [];
+  private readonly passes: number;
 
   constructor(
     private o: DirInputOptions,
@@ -83,6 +92,11 @@ export class DirInput implements Source {
     // soon after its last change is looked at again before it is quarantined.
     this.graceMs = Math.max(5000, 10 * o.stableMs);
     this.lastCkptFile = resumed.file;
+    this.passes = o.passes ?? 1;
+    if (this.passes > 1 && o.afterIngest !== 'keep') throw new Error('--passes over 1 needs --after-ingest keep');
+    counters.pass ||= 1;
+    counters.passFrames ||= 0;
+    counters.passPosition ||= 0;
     this.pendingIds = new Set(resumed.pending.map((p) => Ledger.key(p.key, p.size, p.mtimeMs)));
     this.dir = new DirSource({
       dir: this.watch,
@@ -116,7 +130,46 @@ export class DirInput implements Source {
     return this.dir.deferred > 0;
   }
   get waiting(): number {
-    return this.dir.pending;
+    return this.dir.pending + this.replay.length;
+  }
+
+  get pass(): PassState {
+    const c = this.counters;
+    return { index: c.pass, of: Math.max(this.passes, c.pass), frames: c.passFrames, total: c.passFrames + this.waiting };
+  }
+
+  /** Starts the next pass once this one is learnt (and checkpointed, so the ledger holds it); false after the last. */
+  nextPass(): boolean {
+    const c = this.counters;
+    if (c.pass >= this.passes) return false;
+    c.pass++;
+    c.passFrames = 0;
+    c.passPosition = 0;
+    this.replay = this.passList();
+    this.o.log(`pass ${c.pass}/${this.passes}: learning the ${this.replay.length} frames again`);
+    return true;
+  }
+
+  /** The frames a later pass reads again: those the ledger holds as learnt, in name order. */
+  private passList(): FileFrame[] {
+    return this.ledger.entries('ingested').map((e) => ({ key: e.rel, path: path.join(this.watch, e.rel), size: e.size, mtimeMs: e.mtimeMs, arrival: Date.now() }));
+  }
+
+  /** A frame of this pass read again; null when it is gone or changed (a changed one comes as a new frame). */
+  private async again(): Promise<Frame | null> {
+    const f = this.replay.shift()!;
+    this.counters.passPosition++;
+    this.lastActivity = Date.now();
+    try {
+      const bytes = readRegularFile(f.path, undefined, undefined, { root: this.dir.root, allowHardLinks: this.o.allowHardLinks });
+      if (bytes.length !== f.size || Math.floor(statSync(f.path).mtimeMs) !== Math.floor(f.mtimeMs)) throw new Error('changed since it was learnt');
+      const image = await decodeFrame(bytes, path.extname(f.path), { size: this.o.size, fit: this.o.fit, maxPixels: this.o.maxPixels });
+      this.counters.passFrames++;
+      return { key: f.key, image };
+    } catch (e) {
+      this.o.log(`pass ${this.counters.pass}: skipped ${f.key} (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`);
+      return null;
+    }
   }
   get progress(): null {
     return null;
@@ -140,16 +193,24 @@ export class DirInput implements Source {
       this.dir.claim(f);
       this.prevPending.push(f);
     }
+    // Resumed in a later pass: the rest of it.
+    if (this.counters.pass > 1) {
+      const all = this.passList();
+      this.replay = all.slice(this.counters.passPosition);
+      if (this.counters.pass <= this.passes) this.o.log(`resuming pass ${this.counters.pass}/${this.passes} at frame ${Math.min(this.counters.passPosition, all.length)} of ${all.length}`);
+    }
     await this.dir.start();
   }
 
   /** The next decodable frame; null on timeout, or after a file that could not be used. */
   async next(waitMs: number): Promise<Frame | null> {
+    if (this.replay.length && !this.dir.pending) return this.again();
     const f = await this.dir.next(waitMs);
     if (!f) return null;
     this.lastActivity = Date.now();
     const image = await this.read(f);
     if (!image) return null;
+    this.counters.passFrames++;
     // Recorded in the ledger only once a checkpoint holds what was learnt from it (see the header).
     this.hold(f);
     this.uncommitted.push(f);

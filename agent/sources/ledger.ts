@@ -98,6 +98,18 @@ export class Ledger {
     this.seen.delete(Ledger.key(rel, size, mtimeMs));
   }
 
+  /** The files recorded with `status` (and not forgotten), in name order: a later pass reads them again. */
+  entries(status: LedgerStatus): { rel: string; size: number; mtimeMs: number }[] {
+    const out: { rel: string; size: number; mtimeMs: number }[] = [];
+    for (const [k, st] of this.seen) {
+      if (st !== status) continue;
+      const a = k.indexOf('\t');
+      const b = k.indexOf('\t', a + 1);
+      out.push({ size: Number(k.slice(0, a)), mtimeMs: Number(k.slice(a + 1, b)), rel: k.slice(b + 1) });
+    }
+    return out.sort((x, y) => (x.rel < y.rel ? -1 : x.rel > y.rel ? 1 : 0));
+  }
+
   get count(): number {
     return this.seen.size;
   }

@@ -30,6 +30,16 @@ export function newCounters(): Counters {
   return { framesIngested: 0, quarantined: 0, dropped: 0, refused: 0, skippedSteps: 0, datasetPosition: 0, cameraPosition: 0, cameraFile: 0, evaluatedPct: 0 };
 }
 
+/** Where a finite folder's passes stand (run --watch --passes N). */
+export interface PassState {
+  /** 1-based, of `of`. */
+  index: number;
+  of: number;
+  /** Frames learnt in this pass so far, of `total` known now. */
+  frames: number;
+  total: number;
+}
+
 export interface Source {
   /** What is read, for the start line ("watching DIR (N frames waiting)"). */
   describe(): string;
@@ -59,6 +69,10 @@ export interface Source {
   pendingFrames(): PendingFrame[];
   /** The checkpoint `file` holding everything learnt so far was written and verified. */
   committed(file: string): void;
+  /** A folder's passes (run --watch), or undefined for sources without them. */
+  readonly pass?: PassState;
+  /** Starts the next pass once the source is drained; false when there is none. */
+  nextPass?(): boolean;
   /** Stops reading; a pending `next` returns null. */
   close(): Promise<void>;
 }
