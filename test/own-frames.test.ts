@@ -174,3 +174,58 @@ test('two lines at the same step keep both versions; models list shows both; a r
   assert.equal(r.status, 0, r.stderr);
   assert.equal(json(path.join(models, 'latest.json')).sha256, own.sha256);
 });
+
+test("README's quickstart as typed: run, embed, classify and serve on a folder of frames (only --artifacts and --threads added, --exit-when-idle shortened)", async () => {
+  const readme = readFileSync(path.join(REPO, 'README.md'), 'utf8');
+  const section = readme.split(/^## /m).find((s) => s.startsWith('Your own frames'));
+  assert.ok(section, 'README has the quickstart section');
+  const block = /```sh\n([\s\S]*?)```/.exec(section)![1];
+  const cmds = block.split('\n').map((l) => l.replace(/\s+#.*$/, '').trim()).filter((l) => l.startsWith('npx ssocl '));
+  const words = cmds.map((c) => c.split(/\s+/).slice(2));
+  assert.deepEqual(words.map((w) => w[0]), ['run', 'embed', 'classify', 'serve']);
+  const cwd = mkdtempSync(path.join(root, 'quick-'));
+  const at = (...args: string[]) => spawnSync(process.execPath, [CLI, ...args], { encoding: 'utf8', cwd, timeout: 60_000 });
+  // ./frames, and ./labelled/<label>/ with a few images per label (the demo's classes 0 and 1).
+  const { images, labels, order } = demoStream();
+  mkdirSync(path.join(cwd, 'frames'));
+  for (let k = 0; k < 30; k++) writeFileSync(path.join(cwd, 'frames', `f${k}.png`), await encodePng(images.subarray(order[k] * 3072, (order[k] + 1) * 3072), 32));
+  for (const c of [0, 1]) {
+    mkdirSync(path.join(cwd, 'labelled', `class${c}`), { recursive: true });
+    const picks = order.filter((i) => labels[i] === c).slice(0, 3);
+    for (const i of picks) writeFileSync(path.join(cwd, 'labelled', `class${c}`, `${i}.png`), await encodePng(images.subarray(i * 3072, (i + 1) * 3072), 32));
+  }
+  const run = words[0].map((w, i, a) => (a[i - 1] === '--exit-when-idle' ? '1' : w));
+  let r = at(...run, ...common);
+  assert.equal(r.status, 0, r.stderr);
+  const latest = json(path.join(cwd, 'models-frames', 'latest.json'));
+  assert.equal(latest.lineSource, `watch:${path.join(cwd, 'frames')}`);
+  assert.match(r.stderr, /idle: all 30 frames learnt \(3 passes\)/);
+  r = at(...words[1]);
+  assert.equal(r.status, 0, r.stderr);
+  const out = /--out\s+(\S+)/.exec(cmds[1])![1];
+  const recs = readFileSync(path.join(cwd, out), 'utf8').trim().split('\n').map((l) => JSON.parse(l));
+  assert.equal(recs.length, 30);
+  for (const x of recs) assert.equal(x.model.line, latest.line);
+  r = at(...words[2]);
+  assert.equal(r.status, 0, r.stderr);
+  assert.match(r.stdout, /class[01]/);
+  // serve: the page's state names the run's status and its model; --port 0 only so parallel runs never collide.
+  const { spawn } = await import('node:child_process');
+  const srv = spawn(process.execPath, [CLI, ...words[3], '--port', '0'], { cwd });
+  try {
+    const url = await new Promise<string>((resolve, reject) => {
+      let seen = '';
+      srv.stdout.on('data', (d) => {
+        seen += d;
+        const m = /http:\/\/127\.0\.0\.1:\d+\//.exec(seen);
+        if (m) resolve(m[0]);
+      });
+      srv.once('exit', (c) => reject(new Error(`serve exited ${c}: ${seen}`)));
+    });
+    const state = await (await fetch(`${url}api/state`)).json();
+    assert.equal(state.status?.phase, 'stopped', JSON.stringify(state.status));
+    assert.equal(state.status?.record?.line, latest.line);
+  } finally {
+    srv.kill('SIGTERM');
+  }
+});
