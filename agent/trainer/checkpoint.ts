@@ -5,10 +5,11 @@
 // state is written, every write is read back and verified, and rotation keeps the newest 3 while never
 // dropping the newest one that verifies.
 
-import { existsSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, readdirSync, rmSync } from 'node:fs';
 import path from 'node:path';
 import { sha256, writeFileAtomic } from '../../core/atomic.ts';
 import { decodeSafetensors, encodeSafetensors, type StTensor } from '../../core/codecs/safetensors.ts';
+import { readFileInside } from '../../core/safe-read.ts';
 import type { Entry } from '../buffer/buffer.ts';
 import type { LearnerState } from './learner.ts';
 
@@ -27,6 +28,9 @@ export interface FleetRecord {
 
 /** 2: with digests. Version 1 files (no digests) are still read, with a warning. */
 export const CHECKPOINT_VERSION = 2;
+
+/** Largest checkpoint read (the edge preset's are a few MB; a buffer of 10,000 frames at 96 px is 280 MB). */
+export const MAX_CHECKPOINT_BYTES = 2 ** 31;
 
 /** A checkpoint that exists but cannot be trusted (unreadable, altered, non-finite). */
 export class CheckpointError extends Error {}
@@ -211,7 +215,11 @@ export function readCheckpoint(file: string, warn: (msg: string) => void = () =>
   let metadata: Record<string, string>;
   let meta: CheckpointMeta;
   try {
-    ({ tensors, metadata } = decodeSafetensors(readFileSync(file)));
+    // Only a regular file of its own in the checkpoint folder: a FIFO there must not hang a resume, a
+    // link must not make another file the state.
+    const bytes = readFileInside(file, { maxBytes: MAX_CHECKPOINT_BYTES });
+    if (!bytes) throw new Error('gone');
+    ({ tensors, metadata } = decodeSafetensors(bytes));
     meta = JSON.parse(metadata.ssocl) as CheckpointMeta;
   } catch (e) {
     throw new CheckpointError(`unreadable (${(e as Error).message})`);

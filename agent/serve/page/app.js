@@ -12,6 +12,8 @@ const esc = (s) => String(s).replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`)
 const state = { steps: [], evals: [], health: [], model: null, quarantine: null, buffer: null, presence: null, events: 0, dirs: null };
 /** The page keeps at most this many step points; beyond it the older half is thinned. */
 const MAX_POINTS = 20000;
+/** ... and of eval and health records (the server keeps as many). */
+const MAX_RECORDS = 5000;
 
 const charts = {
   loss: lineChart($('chart-loss'), { y: 'loss' }),
@@ -97,14 +99,32 @@ function onMetrics(m) {
     state.evals = [];
     state.health = [];
   }
-  state.steps.push(...m.steps);
-  state.evals.push(...m.evals);
-  state.health.push(...m.health);
-  if (state.steps.length > MAX_POINTS) {
-    const half = state.steps.length >> 1;
-    state.steps = [...state.steps.slice(0, half).filter((_, i) => i % 2 === 0), ...state.steps.slice(half)];
-  }
+  // Appended one by one: push(...xs) passes each element as an argument, and a batch of a long run's
+  // history (100,000+ points) overflows the call stack.
+  append(state.steps, m.steps);
+  append(state.evals, m.evals);
+  append(state.health, m.health);
+  state.steps = thinOlderHalf(state.steps, MAX_POINTS);
+  state.evals = thinOlderHalf(state.evals, MAX_RECORDS);
+  state.health = thinOlderHalf(state.health, MAX_RECORDS);
   scheduleDraw();
+}
+
+/** Appends `xs` to `to` in place, without spreading it into arguments. */
+function append(to, xs) {
+  for (const x of xs ?? []) to.push(x);
+}
+
+/** Over `max`, every other point of the older half is dropped (the newest stay whole), until within it. */
+function thinOlderHalf(xs, max) {
+  while (xs.length > max) {
+    const half = xs.length >> 1;
+    const out = [];
+    for (let i = 0; i < half; i += 2) out.push(xs[i]);
+    for (let i = half; i < xs.length; i++) out.push(xs[i]);
+    xs = out;
+  }
+  return xs;
 }
 
 function onPresence(p) {
