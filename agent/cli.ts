@@ -461,7 +461,8 @@ await yargs(hideBin(process.argv))
         .positional('action', { choices: ['list', 'rollback'] as const, demandOption: true, describe: 'list, or rollback' })
         .positional('step', { type: 'string', describe: 'rollback: the step of the version to publish (default: the published one before the current)' })
         .option('models', { type: 'string', default: 'models', describe: 'the models directory of the agent (--models of ssocl run)' })
-        .option('force', { type: 'boolean', default: false, describe: 'rollback: publish a version the health gate refused' })
+        .option('state', { type: 'string', default: 'ssocl-state', describe: 'rollback: the agent\'s --state directory; the version is measured on its health set and refused when it looks collapsed or gives non-finite features there (without a health set: checked on probe images only, said on stderr)' })
+        .option('force', { type: 'boolean', default: false, describe: 'rollback: publish a version the health gate refused (at export or now, on the health set)' })
         .option('json', { type: 'boolean', default: false, describe: 'list: one JSON line per version' }),
     async (a) => {
       readableDir('--models', a.models);
@@ -470,7 +471,7 @@ await yargs(hideBin(process.argv))
       if (a.action === 'list' && step !== undefined) throw new UsageError('models list takes no STEP');
       const { modelsList, modelsRollback } = await import('./commands/models.ts');
       if (a.action === 'list') await modelsList({ models: a.models, json: a.json });
-      else await modelsRollback({ models: a.models, step, force: a.force });
+      else await modelsRollback({ models: a.models, state: a.state, step, force: a.force });
     },
   )
   .command(
