@@ -5,10 +5,9 @@
 // refused, unless --force, when it looks collapsed or gives non-finite features there; the step it
 // publishes is the model's own (its metadata), never what a sidecar claims.
 
+import { existsSync } from 'node:fs';
 import path from 'node:path';
 import { listVersions, MAX_MODEL_BYTES, modelStep, publishLatest, reconcileLatest, type Version } from '../export/export.ts';
-import { checkOnHealthSet } from '../health/model-check.ts';
-import { describeHealth } from '../health/gate.ts';
 import { Encoder } from '../infer/encoder.ts';
 import { readInside, UnsafeFile } from '../../core/safe-read.ts';
 
@@ -102,7 +101,12 @@ export async function modelsRollback(a: { models: string; state: string; step?: 
 
 /** The health gate of a rollback: measured on --state's health set; refused unless --force. */
 async function gate(enc: Encoder, v: Version, a: { state: string; force: boolean }): Promise<void> {
-  const check = await checkOnHealthSet(enc, a.state, (why) => warn(`health: not measured: ${why}; ${v.file} was checked on probe images only`));
+  const notMeasured = (why: string) => void warn(`health: not measured: ${why}; ${v.file} was checked on probe images only`);
+  if (!existsSync(path.join(a.state, 'health-set.safetensors'))) return notMeasured(`no health set in ${a.state} (the agent keeps one there while it runs)`);
+  // Loaded only when there is a set to measure on (the measuring code pulls in the image decoders).
+  const { checkOnHealthSet } = await import('../health/model-check.ts');
+  const { describeHealth } = await import('../health/gate.ts');
+  const check = await checkOnHealthSet(enc, a.state, notMeasured);
   if (!check) return;
   warn(`health of ${v.file}: ${describeHealth(check.figures)}`);
   if (!check.reasons.length) return;

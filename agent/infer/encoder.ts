@@ -162,6 +162,20 @@ export class Encoder {
     }
   }
 
+  /**
+   * What is not finite in this model's outputs on real frames (uint8 CHW), or null when all is: the
+   * probe images are synthetic, and a model can be finite on them and NaN on a camera's frames.
+   */
+  async nonFiniteOn(images: Uint8Array, count: number): Promise<string | null> {
+    for (const n of (Object.keys(this.dims) as EncoderOutput[]).filter((o) => this.dims[o] !== null)) {
+      const v = await this.runU8(images, count, n);
+      let bad = 0;
+      for (let i = 0; i < v.length; i++) if (!Number.isFinite(v[i])) bad++;
+      if (bad) return `output '${n}' has ${bad} of ${v.length} values not finite (NaN or infinite) on ${count} real frames`;
+    }
+    return null;
+  }
+
   dim(output: EncoderOutput): number {
     const d = this.dims[output];
     if (d === null) throw new EncoderError(`${this.file} has no output '${output}'`);
