@@ -32,6 +32,18 @@ function kind(st: import('node:fs').Stats): string {
   return 'not a regular file';
 }
 
+/** `size` bytes from the start of `fd` (fewer if it was cut short meanwhile). */
+function readAll(fd: number, size: number): Buffer {
+  const buf = Buffer.allocUnsafe(size);
+  let off = 0;
+  while (off < size) {
+    const n = readSync(fd, buf, off, size - off, off);
+    if (n === 0) break;
+    off += n;
+  }
+  return off === size ? buf : buf.subarray(0, off);
+}
+
 /** The real path of what `fd` refers to (Linux: /proc; elsewhere the path's own, a little racier). */
 function realPathOf(fd: number, file: string): string {
   try {
@@ -73,14 +85,7 @@ export function readInside(dir: string, name: string, o: SafeReadOptions = {}): 
     const real = realPathOf(fd, file).replace(/ \(deleted\)$/, '');
     if (real !== path.join(root, name)) throw new UnsafeFile(file, `resolves to ${real}, not inside ${dir} by that name (a symbolic link on the way)`);
     if (st.size > maxBytes) throw new UnsafeFile(file, `${st.size} bytes, over the ${maxBytes}-byte limit`);
-    const buf = Buffer.allocUnsafe(st.size);
-    let off = 0;
-    while (off < st.size) {
-      const n = readSync(fd, buf, off, st.size - off, off);
-      if (n === 0) break;
-      off += n;
-    }
-    return off === st.size ? buf : buf.subarray(0, off);
+    return readAll(fd, st.size);
   } finally {
     closeSync(fd);
   }
@@ -109,3 +114,22 @@ export function tryReadInside(dir: string, name: string, warn?: (msg: string) =>
 
 /** A file's bytes by its full path: readInside(dirname, basename). */
 export const readFileInside = (file: string, o: SafeReadOptions = {}) => readInside(path.dirname(file), path.basename(file), o);
+
+/**
+ * A file the user named directly (e.g. `--model`): links are followed (the user chose the path), but
+ * it is opened without blocking and read only when it is a regular file within `maxBytes`: a FIFO or a
+ * device named there is refused with UnsafeFile instead of hanging or reading for ever. Missing: the
+ * open's own error (ENOENT) is thrown.
+ */
+export function readRegular(file: string, o: SafeReadOptions = {}): Buffer {
+  const maxBytes = o.maxBytes ?? 1 << 30;
+  const fd = openSync(file, constants.O_RDONLY | constants.O_NONBLOCK);
+  try {
+    const st = fstatSync(fd);
+    if (!st.isFile()) throw new UnsafeFile(file, `${kind(st)} (only regular files are read)`);
+    if (st.size > maxBytes) throw new UnsafeFile(file, `${st.size} bytes, over the ${maxBytes}-byte limit`);
+    return readAll(fd, st.size);
+  } finally {
+    closeSync(fd);
+  }
+}

@@ -230,3 +230,18 @@ test('B10: embed --watch refuses a hot reload to a model that is NaN on the late
     rmSync(root, { recursive: true, force: true });
   }
 });
+
+test('B4: a FIFO given as --model (or put in place of latest.onnx) is refused at once with one line, never waited on', async () => {
+  const root = mkdtempSync(path.join(tmpdir(), 'ssocl-attack-fifo-model-'));
+  try {
+    await writeFrames(path.join(root, 'in'), 1);
+    const model = path.join(root, 'latest.onnx');
+    spawnSync('mkfifo', [model]);
+    const s = spawnSync(process.execPath, [CLI, 'embed', path.join(root, 'in'), '--model', model, '--threads', '1'], { encoding: 'utf8', timeout: 20_000, killSignal: 'SIGKILL' });
+    assert.equal(s.signal, null, 'embed hung on the FIFO');
+    assert.equal(s.status, 2, s.stderr);
+    assert.match(s.stderr, /latest\.onnx.*a FIFO \(only regular files are read\)/);
+  } finally {
+    rmSync(root, { recursive: true, force: true });
+  }
+});
