@@ -196,7 +196,8 @@ export function reconcileLatest(modelsDir: string, warn?: (msg: string) => void)
   if (onnx && json && json.sha256 === sha256(onnx) && stepAgrees) return null;
   // An interrupted publish: latest.json was written after the versioned file it names; where that file
   // is whole (it has latest.json's sha256), finish by copying it to latest.onnx.
-  if (json && stepAgrees && typeof json.file === 'string' && VERSIONED.test(json.file)) {
+  // (The versioned file's own step must be what latest.json says, as for latest.onnx above.)
+  if (json && typeof json.file === 'string' && VERSIONED.test(json.file)) {
     try {
       const b = readModel(modelsDir, json.file, warn);
       if (b && sha256(b) === json.sha256 && modelStep(b) === json.step) {

@@ -189,20 +189,36 @@ test('B4: a FIFO named latest.json (or a checkpoint) never hangs `models list` o
     assert.equal(list.code, 0, list.err);
     assert.match(list.err, /latest\.json: not read: a FIFO/);
 
-    // run --watch with the FIFO in --models and in --state's checkpoints: starts, then stops on SIGTERM.
-    execFileSync('mkfifo', [path.join(state, 'checkpoints', 'ckpt-000000001-000000001.safetensors')]);
+    // (models list's reconcileLatest removed the FIFO, a latest.json describing no model: put back.)
+    if (!existsSync(path.join(models, 'latest.json'))) execFileSync('mkfifo', [path.join(models, 'latest.json')]);
     const frames = path.join(root, 'frames');
     await writeFrames(frames, 4);
-    const a = startAgent(['--watch', frames, '--artifacts', art, '--state', state, '--models', models, '--threads', '1', '--stable-ms', '50', '--status-every', '0']);
-    const t0 = Date.now();
-    while (!/FIFO/.test(a.stderr()) && Date.now() - t0 < 30_000 && a.child.exitCode === null) await new Promise((r) => setTimeout(r, 50));
-    await new Promise((r) => setTimeout(r, 500));
-    a.child.kill('SIGTERM');
-    const timer = setTimeout(() => a.child.kill('SIGKILL'), 20_000);
-    const r = await a.exit;
-    clearTimeout(timer);
-    assert.notEqual(r.signal, 'SIGKILL', `run did not answer SIGTERM: ${a.stderr()}`);
+    const args = ['--watch', frames, '--artifacts', art, '--state', state, '--models', models, '--threads', '1', '--stable-ms', '50', '--status-every', '0'];
+    const stopped = async (a: ReturnType<typeof startAgent>) => {
+      const timer = setTimeout(() => a.child.kill('SIGKILL'), 30_000);
+      const r = await a.exit;
+      clearTimeout(timer);
+      return r;
+    };
+    // A FIFO named as a checkpoint: said and refused (no checkpoint verifies: exit 6), not waited on.
+    const fifo = path.join(state, 'checkpoints', 'ckpt-000000001-000000001.safetensors');
+    execFileSync('mkfifo', [fifo]);
+    let a = startAgent(args);
+    let r = await stopped(a);
+    assert.equal(r.signal, null, `run hung on the FIFO checkpoint: ${a.stderr()}`);
+    assert.equal(r.code, 6, a.stderr());
     assert.match(a.stderr(), /ckpt-000000001-000000001\.safetensors.*a FIFO/);
+    // The FIFO latest.json alone: run --watch starts, trains, and stops on SIGTERM.
+    rmSync(fifo);
+    a = startAgent(args);
+    const t0 = Date.now();
+    while (!existsSync(path.join(state, 'ingested.log')) && Date.now() - t0 < 30_000 && a.child.exitCode === null) await new Promise((res) => setTimeout(res, 50));
+    assert.equal(a.child.exitCode, null, `run stopped by itself: ${a.stderr()}`);
+    a.child.kill('SIGTERM');
+    r = await stopped(a);
+    assert.equal(r.signal, null, `run did not answer SIGTERM: ${a.stderr()}`);
+    assert.equal(r.code, 0, a.stderr());
+    assert.match(a.stderr(), /latest\.json: not read: a FIFO/);
   } finally {
     rmSync(root, { recursive: true, force: true });
   }
