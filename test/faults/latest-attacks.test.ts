@@ -212,7 +212,8 @@ test('B4: a FIFO named latest.json (or a checkpoint) never hangs `models list` o
     rmSync(fifo);
     a = startAgent(args);
     const t0 = Date.now();
-    while (!existsSync(path.join(state, 'ingested.log')) && Date.now() - t0 < 30_000 && a.child.exitCode === null) await new Promise((res) => setTimeout(res, 50));
+    while (!/latest\.json: not read: a FIFO/.test(a.stderr()) && Date.now() - t0 < 30_000 && a.child.exitCode === null) await new Promise((res) => setTimeout(res, 50));
+    await new Promise((res) => setTimeout(res, 1000)); // on to training the 4 frames, then waiting for more
     assert.equal(a.child.exitCode, null, `run stopped by itself: ${a.stderr()}`);
     a.child.kill('SIGTERM');
     r = await stopped(a);
