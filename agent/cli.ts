@@ -325,12 +325,14 @@ await yargs(hideBin(process.argv))
         .positional('dataset', { choices: ['cifar10', 'cifar100'] as const, demandOption: true, describe: 'which data set' })
         .option('dir', { type: 'string', default: DEFAULT_DATA, describe: 'where to put the archive and the unpacked folder' })
         .option('url', { type: 'string', describe: 'a mirror of the official archive (same file, same checksum)' })
-        .option('deadline', { type: 'number', default: 3600, describe: 'seconds the whole download may take; then it stops (the .part file stays: run again to resume)' })
-        .option('min-rate', { type: 'number', default: 10240, describe: 'bytes per second the download must average over each minute, or it stops (run again to resume); 0: no minimum' }),
+        .options(
+          nums({
+            deadline: { above: 0, default: 3600, describe: 'seconds the whole download may take; then it stops (the .part file stays: run again to resume)' },
+            'min-rate': { min: 0, default: 10240, describe: 'bytes per second the download must average over each minute, or it stops (run again to resume); 0: no minimum' },
+          }),
+        ),
     async (a) => {
       writableDir('--dir', a.dir);
-      if (!(Number.isFinite(a.deadline) && a.deadline > 0)) throw new UsageError(`--deadline ${a.deadline}: expected seconds > 0`);
-      if (!(Number.isFinite(a['min-rate']) && a['min-rate'] >= 0)) throw new UsageError(`--min-rate ${a['min-rate']}: expected bytes per second >= 0`);
       if (a.url !== undefined && !/^https?:\/\/[^/\s]+/i.test(a.url)) throw new UsageError(`--url ${a.url}: expected an http:// or https:// URL`);
       const { DATASETS, fetchDataset } = await import('../tools/data/fetch.ts');
       const src = { ...DATASETS[a.dataset!], ...(a.url ? { url: a.url } : {}) };
