@@ -9,6 +9,7 @@ import { appendFileSync, copyFileSync, linkSync, mkdirSync, mkdtempSync, readFil
 import { get, request } from 'node:http';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
+import { pathToFileURL } from 'node:url';
 import { sha256 } from '../../core/atomic.ts';
 import { serve, type Served } from '../../agent/serve/server.ts';
 import { REPO } from '../helpers/paths.ts';
@@ -212,4 +213,18 @@ test('serve: a Host that only starts like a loopback address (127.evil.example) 
   } finally {
     await s.close();
   }
+});
+
+test("B2, the page: its history appends a 150,000-point batch without spreading it and thins the older half to its bound; app.js spreads no batch", async () => {
+  const { append, thinOlderHalf } = await import(pathToFileURL(path.join(REPO, 'agent/serve/page/history.js')).href);
+  const steps: { step: number }[] = [];
+  append(steps, Array.from({ length: 150_000 }, (_, i) => ({ step: i + 1 })));
+  assert.equal(steps.length, 150_000);
+  const kept: { step: number }[] = thinOlderHalf(steps, 20_000);
+  assert.ok(kept.length <= 20_000 && kept.length > 10_000, `${kept.length}`);
+  assert.equal(kept[0].step, 1);
+  assert.equal(kept.at(-1)!.step, 150_000, 'the newest point kept');
+  assert.ok(kept.every((p, i) => i === 0 || p.step > kept[i - 1].step), 'in order');
+  // The page's own code: no push(...x) of a batch anywhere (the spread that overflowed).
+  for (const f of ['app.js', 'history.js']) assert.doesNotMatch(readFileSync(path.join(REPO, 'agent/serve/page', f), 'utf8'), /\.push\(\s*\.\.\./, f);
 });

@@ -3,6 +3,7 @@
 // the browser tests (and for a curious console).
 
 import { fmt, lineChart } from './charts.js';
+import { append, thinOlderHalf } from './history.js';
 import { PageModel } from './model.js';
 import { coverResize, toInput } from './preprocess.js';
 
@@ -99,8 +100,7 @@ function onMetrics(m) {
     state.evals = [];
     state.health = [];
   }
-  // Appended one by one: push(...xs) passes each element as an argument, and a batch of a long run's
-  // history (100,000+ points) overflows the call stack.
+  // Appended one by one (history.js): a long run's history is 100,000+ points.
   append(state.steps, m.steps);
   append(state.evals, m.evals);
   append(state.health, m.health);
@@ -108,23 +108,6 @@ function onMetrics(m) {
   state.evals = thinOlderHalf(state.evals, MAX_RECORDS);
   state.health = thinOlderHalf(state.health, MAX_RECORDS);
   scheduleDraw();
-}
-
-/** Appends `xs` to `to` in place, without spreading it into arguments. */
-function append(to, xs) {
-  for (const x of xs ?? []) to.push(x);
-}
-
-/** Over `max`, every other point of the older half is dropped (the newest stay whole), until within it. */
-function thinOlderHalf(xs, max) {
-  while (xs.length > max) {
-    const half = xs.length >> 1;
-    const out = [];
-    for (let i = 0; i < half; i += 2) out.push(xs[i]);
-    for (let i = half; i < xs.length; i++) out.push(xs[i]);
-    xs = out;
-  }
-  return xs;
 }
 
 function onPresence(p) {
