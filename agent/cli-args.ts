@@ -2,7 +2,8 @@
 // a readable encoder, a readable directory, a directory that can be written). Each failure is one line
 // naming the flag (or positional) and the value, and exits with code 2, before any work starts.
 
-import { accessSync, constants, readFileSync, statSync } from 'node:fs';
+import { accessSync, constants, statSync } from 'node:fs';
+import { readRegular, UnsafeFile } from '../core/safe-read.ts';
 import path from 'node:path';
 import { modelInfo } from '../core/onnx/model.ts';
 
@@ -209,8 +210,9 @@ export function encoderFile(label: string, p: string): number {
   readableFile(label, p);
   let info;
   try {
-    info = modelInfo(readFileSync(p));
+    info = modelInfo(readRegular(p));
   } catch (e) {
+    if (e instanceof UnsafeFile) fail(label, p, e.reason);
     fail(label, p, `not a readable ONNX model (${(e as Error).message})`);
   }
   const dims = info.inputs.find((i) => i.name === 'images')?.dims ?? [];

@@ -364,13 +364,19 @@ const cli = yargs(hideBin(process.argv))
       y
         .positional('dataset', { choices: ['cifar10', 'cifar100'] as const, demandOption: true, describe: 'which data set' })
         .option('dir', { type: 'string', default: DEFAULT_DATA, defaultDescription: shownPath(DEFAULT_DATA), describe: 'where to put the archive and the unpacked folder' })
-        .option('url', { type: 'string', describe: 'a mirror of the official archive (same file, same checksum)' }),
+        .option('url', { type: 'string', describe: 'a mirror of the official archive (same file, same checksum)' })
+        .options(
+          nums({
+            deadline: { above: 0, default: 3600, describe: 'seconds the whole download may take; then it stops (the .part file stays: run again to resume)' },
+            'min-rate': { min: 0, default: 10240, describe: 'bytes per second the download must average over each minute, or it stops (run again to resume); 0: no minimum' },
+          }),
+        ),
     async (a) => {
       writableDir('--dir', a.dir);
       if (a.url !== undefined && !/^https?:\/\/[^/\s]+/i.test(a.url)) throw new UsageError(`--url ${a.url}: expected an http:// or https:// URL`);
       const { DATASETS, fetchDataset } = await import('../tools/data/fetch.ts');
       const src = { ...DATASETS[a.dataset!], ...(a.url ? { url: a.url } : {}) };
-      const out = await fetchDataset(src, a.dir, (s) => process.stderr.write(`${s}\n`));
+      const out = await fetchDataset(src, a.dir, (s) => process.stderr.write(`${s}\n`), { deadlineMs: a.deadline * 1000, minBytesPerS: a['min-rate'] });
       process.stdout.write(`${out}\n`);
     },
   )
@@ -501,9 +507,9 @@ const cli = yargs(hideBin(process.argv))
         .positional('action', { choices: ['list', 'rollback'] as const, demandOption: true, describe: 'list, or rollback' })
         .positional('step', { type: 'string', describe: 'rollback: the step of the version to publish (default: the published one before the current)' })
         .option('models', { type: 'string', default: 'models', describe: 'the models directory of the agent (--models of ssocl run)' })
-        .option('force', { type: 'boolean', default: false, describe: 'rollback: publish a version the health gate refused' })
-        .option('json', { type: 'boolean', default: false, describe: 'list: one JSON line per version' })
-        .option('state', { type: 'string', describe: "list: the agent's --state directory, whose status is shown (default: the one latest.json names)" }), [], 'models'),
+        .option('state', { type: 'string', describe: "the agent's --state directory. list: whose status is shown (default: the one latest.json names); rollback: the version is measured on its health set and refused when it looks collapsed or gives non-finite features there (default: the one latest.json names, else ssocl-state; without a health set: checked on probe images only, said on stderr)" })
+        .option('force', { type: 'boolean', default: false, describe: 'rollback: publish a version the health gate refused (at export or now, on the health set)' })
+        .option('json', { type: 'boolean', default: false, describe: 'list: one JSON line per version' }), [], 'models'),
     async (a) => {
       readableDir('--models', a.models);
       const step = a.step === undefined ? undefined : Number(a.step);
@@ -511,7 +517,7 @@ const cli = yargs(hideBin(process.argv))
       if (a.action === 'list' && step !== undefined) throw new UsageError('models list takes no STEP');
       const { modelsList, modelsRollback } = await import('./commands/models.ts');
       if (a.action === 'list') await modelsList({ models: a.models, json: a.json, state: a.state });
-      else await modelsRollback({ models: a.models, step, force: a.force });
+      else await modelsRollback({ models: a.models, state: a.state, step, force: a.force });
     },
   )
   .command(

@@ -128,6 +128,12 @@ test('judge: collapse floors always, drops against the published model only on t
   assert.deepEqual(judge(fig({ rank: 2, frames: 8 }), ref, o), [], 'too few frames for a relative check');
   assert.match(judge(fig({ probe: { knn: 0.3, k: 20, queries: 10, set: 'p' } }), ref, o).join(), /probe kNN accuracy fell from 50\.0% to 30\.0%/);
   assert.deepEqual(judge(fig({ set: 'b', probe: { knn: 0.3, k: 20, queries: 10, set: 'q' } }), ref, o), [], 'another probe');
+  // --health-max-rank-drop other than the default 0.5 (where a drop of d and a floor of d x the rank agree):
+  // 0.2 refuses a fall from 30 to 21 (below 24), 0.8 lets a fall from 30 to 9 pass (above 6).
+  assert.match(judge(fig({ rank: 21 }), ref, { ...o, maxRankDrop: 0.2 }).join(), /effective rank fell from 30\.00 to 21\.00, more than 20\.0%/);
+  assert.deepEqual(judge(fig({ rank: 25 }), ref, { ...o, maxRankDrop: 0.2 }), [], 'a 17% drop within a 20% margin');
+  assert.deepEqual(judge(fig({ rank: 9 }), ref, { ...o, maxRankDrop: 0.8 }), [], 'a 70% drop within an 80% margin');
+  assert.match(judge(fig({ rank: 5 }), ref, { ...o, maxRankDrop: 0.8 }).join(), /fell from 30\.00 to 5\.00, more than 80\.0%/);
 });
 
 test('health set: a reservoir of the stream (uniform over positions), saved atomically and loaded back with its reference; --fresh starts over', () => {

@@ -171,6 +171,7 @@ test('serves the page and its vendored libraries (uPlot, onnxruntime-web), nothi
     assert.equal((await fetchRaw(s.url, { method: 'DELETE' })).status, 405);
     // DNS rebinding: a page on evil.example resolving its name to 127.0.0.1 must not read the dashboard.
     assert.equal((await fetchRaw(s.url, { host: 'evil.example' })).status, 403);
+    assert.equal((await fetchRaw(s.url, { host: '127.evil.example' })).status, 403, 'a name that only starts like a loopback address');
     assert.equal((await fetchRaw(s.url + 'api/state', { host: `localhost:${new URL(s.url).port}` })).status, 200);
   } finally {
     await s.close();

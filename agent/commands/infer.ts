@@ -45,7 +45,7 @@ async function frameLoop(
   o: FrameLoopOptions,
   live: LiveEncoder,
   sink: RecordSink,
-  onBatch: (enc: Encoder, frames: DecodedFrame[]) => Promise<void>,
+  onBatch: BatchFn,
 ): Promise<{ frames: number; bad: number; seconds: number }> {
   try {
     const r = await frameBatches(o, live, sink, onBatch);
@@ -59,11 +59,14 @@ async function frameLoop(
   }
 }
 
+/** Runs a batch of decoded frames; returns the frames it could not give a result for (the model's outputs were not finite), each said. */
+type BatchFn = (enc: Encoder, frames: DecodedFrame[]) => Promise<number>;
+
 async function frameBatches(
   o: FrameLoopOptions,
   live: LiveEncoder,
   sink: RecordSink,
-  onBatch: (enc: Encoder, frames: DecodedFrame[]) => Promise<void>,
+  onBatch: BatchFn,
 ): Promise<{ frames: number; bad: number; seconds: number }> {
   let frames = 0;
   let bad = 0;
@@ -82,8 +85,12 @@ async function frameBatches(
     if (o.watch && o.reloadMs > 0) await live.check();
     await live.use(async (enc) => {
       const ok = await decodeFrames(refs, enc.size, o.fit, o.maxPixels, onBad);
-      if (ok.length) await onBatch(enc, ok);
-      frames += ok.length;
+      // The model checked on the first real frames (the probe images are synthetic): refused here if
+      // its outputs are not finite on them; a reloaded model is checked on the latest batch.
+      if (ok.length) await (live.checked ? live.remember(stackImages(ok), ok.length) : live.checkOn(stackImages(ok), ok.length));
+      const failed = ok.length ? await onBatch(enc, ok) : 0;
+      frames += ok.length - failed;
+      bad += failed;
       sink.sync();
     });
   };
@@ -167,7 +174,14 @@ export async function embedCommand(o: EmbedOptions): Promise<void> {
   const r = await frameLoop(o, live, sink, async (enc, frames) => {
     const d = enc.dim(o.output);
     const v = await enc.runU8(stackImages(frames), frames.length, o.output);
-    frames.forEach((f, i) => sink.add({ key: f.key, path: f.path, time: new Date(f.mtimeMs).toISOString(), model: enc.version }, v.subarray(i * d, (i + 1) * d)));
+    let failed = 0;
+    frames.forEach((f, i) => {
+      const row = v.subarray(i * d, (i + 1) * d);
+      // Never a record of nulls: the frame is reported as failed instead.
+      if (!allFinite(row)) return void (failed++, log(`failed ${f.path}: the model ${enc.version.sha256} gave non-finite ${o.output} for it; no record written`));
+      sink.add({ key: f.key, path: f.path, time: new Date(f.mtimeMs).toISOString(), model: enc.version }, row);
+    });
+    return failed;
   });
   log(`embedded ${r.frames} frames (${r.bad} skipped) in ${r.seconds.toFixed(1)} s, ${(r.frames / Math.max(r.seconds, 1e-3)).toFixed(0)} frames/s; ${live.swaps} model reloads${o.out && o.out !== '-' ? `; wrote ${o.out}` : ''}`);
 }
@@ -221,9 +235,16 @@ export async function classifyCommand(o: ClassifyOptions): Promise<void> {
   await live.use(prepare);
   log(`support: ${support.frames.length} images, ${support.labels.length} labels (${support.labels.slice(0, 8).join(', ')}${support.labels.length > 8 ? ', ...' : ''})${bufferImages ? `; novelty also against ${bufferImages.count} buffer images` : ''}`);
   const counts = new Map<string, number>();
-  const r = await frameLoop(o, live, sink, async (enc, frames) => {
+  const r = await frameLoop(o, live, sink, async (enc, input) => {
     const c = await prepare(enc);
-    const v = await enc.runU8(stackImages(frames), frames.length);
+    const raw = await enc.runU8(stackImages(input), input.length);
+    // Frames whose features are not finite get no label: reported as failed, never classified from NaN.
+    const d = c.fs.d;
+    const keep = input.map((_, i) => allFinite(raw.subarray(i * d, (i + 1) * d)));
+    input.forEach((f, i) => keep[i] || log(`failed ${f.path}: the model ${enc.version.sha256} gave non-finite features for it; no record written`));
+    const frames = input.filter((_, i) => keep[i]);
+    if (!frames.length) return input.length;
+    const v = frames.length === input.length ? raw : Float32Array.from(input.flatMap((_, i) => (keep[i] ? Array.from(raw.subarray(i * d, (i + 1) * d)) : [])));
     const preds = await c.fs.classify(v);
     const nov = o.novelty ? await noveltyScores(v, c.refs, c.fs.d, engine) : null;
     frames.forEach((f, i) => {
@@ -235,8 +256,14 @@ export async function classifyCommand(o: ClassifyOptions): Promise<void> {
         null,
       );
     });
+    return input.length - frames.length;
   });
   log(`classified ${r.frames} frames (${r.bad} skipped) in ${r.seconds.toFixed(1)} s: ${[...counts].sort((a, b) => b[1] - a[1]).map(([k, v]) => `${k} ${v}`).join(', ')}`);
 }
 
 const round = (x: number) => Math.round(x * 1e6) / 1e6;
+
+function allFinite(v: Float32Array): boolean {
+  for (let i = 0; i < v.length; i++) if (!Number.isFinite(v[i])) return false;
+  return true;
+}

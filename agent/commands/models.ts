@@ -3,14 +3,20 @@
 // latest.onnx + latest.json in the order exports use, so a running `embed --watch` reloads it whole.
 // Versions are listed by model line (agent/pipeline/line.ts; one per state and source), with what the
 // agent of the published line is doing (its <state>/status.json); a rollback may cross lines.
+// A rollback is gated like an export: the model is measured on the agent's health set (--state) and
+// refused, unless --force, when it looks collapsed or gives non-finite features there; the step it
+// publishes is the model's own (its metadata), never what a sidecar claims.
 
-import { readFileSync } from 'node:fs';
+import { existsSync } from 'node:fs';
 import path from 'node:path';
-import { listVersions, publishLatest, reconcileLatest, type Version } from '../export/export.ts';
+import { listVersions, MAX_MODEL_BYTES, modelStep, publishLatest, reconcileLatest, type Version } from '../export/export.ts';
 import { Encoder } from '../infer/encoder.ts';
 import { readJsonObject } from '../../core/json.ts';
 import { LEGACY_LINE } from '../pipeline/line.ts';
 import { describeStatus, readStatus } from '../pipeline/status.ts';
+import { readInside, UnsafeFile } from '../../core/safe-read.ts';
+
+const warn = (msg: string) => process.stderr.write(`${msg}\n`);
 
 const usage = (msg: string) => Object.assign(new Error(msg), { exitCode: 2 });
 
@@ -40,9 +46,9 @@ function agentLine(models: string, state: string | undefined): string | null {
 }
 
 export async function modelsList(a: { models: string; json: boolean; state?: string }): Promise<void> {
-  const repaired = reconcileLatest(a.models);
+  const repaired = reconcileLatest(a.models, warn);
   if (repaired) process.stderr.write(`${repaired}\n`);
-  const versions = listVersions(a.models);
+  const versions = listVersions(a.models, warn);
   if (a.json) {
     for (const v of versions) process.stdout.write(JSON.stringify({ ...v, record: undefined }) + '\n');
     return;
@@ -87,10 +93,13 @@ function target(versions: Version[], step: number | undefined, models: string): 
   return earlier.at(-1)!;
 }
 
-export async function modelsRollback(a: { models: string; step?: number; force: boolean }): Promise<void> {
-  const repaired = reconcileLatest(a.models);
+export async function modelsRollback(o: { models: string; state?: string; step?: number; force: boolean }): Promise<void> {
+  // The health set is the publishing agent's: --state, else the state latest.json names, else the default.
+  const named = readJsonObject(path.join(o.models, 'latest.json'))?.state;
+  const a = { ...o, state: o.state ?? (typeof named === 'string' ? named : 'ssocl-state') };
+  const repaired = reconcileLatest(a.models, warn);
   if (repaired) process.stderr.write(`${repaired}\n`);
-  const versions = listVersions(a.models);
+  const versions = listVersions(a.models, warn);
   const cur = versions.find((v) => v.current);
   const v = target(versions, a.step, a.models);
   if (v.current) {
@@ -100,15 +109,40 @@ export async function modelsRollback(a: { models: string; step?: number; force: 
   if (!v.intact) throw usage(`STEP ${v.step}: ${v.file} is not the model its sidecar describes (damaged or replaced); not published`);
   if (v.status === 'rejected' && !a.force) throw usage(`STEP ${v.step}: ${v.file} was refused by the health gate (${v.reason ?? 'no reason recorded'}); --force publishes it anyway`);
   // The bytes that are checked are the bytes that are published (the file could change in between).
-  const bytes = readFileSync(path.join(a.models, v.file));
+  let bytes: Buffer | null;
+  try {
+    bytes = readInside(a.models, v.file, { maxBytes: MAX_MODEL_BYTES });
+  } catch (e) {
+    throw usage(`STEP ${v.step}: ${e instanceof UnsafeFile ? e.message : (e as Error).message}`);
+  }
+  if (!bytes) throw usage(`STEP ${v.step}: ${v.file} is gone from ${a.models}`);
   const enc = await Encoder.fromBytes(v.file, bytes).catch((e: Error) => {
     throw usage(`STEP ${v.step}: ${e.message}`);
   });
-  await enc.release();
+  try {
+    await gate(enc, v, a);
+  } finally {
+    await enc.release();
+  }
   const from = cur ? { step: cur.step, sha256: cur.sha256 } : null;
-  publishLatest(a.models, bytes, { ...v.record, status: 'published', rollback: { from, at: new Date().toISOString() } });
+  publishLatest(a.models, bytes, { ...v.record, step: modelStep(bytes) ?? v.step, status: 'published', rollback: { from, at: new Date().toISOString(), ...(a.force ? { forced: true } : {}) } });
   process.stdout.write(
     `${path.join(a.models, 'latest.onnx')}: step ${v.step} (${v.file})${cur ? `, was step ${cur.step}` : ''}; ` +
       `an agent exporting into ${a.models} replaces it at its next export that passes the health gate\n`,
   );
+}
+
+/** The health gate of a rollback: measured on --state's health set; refused unless --force. */
+async function gate(enc: Encoder, v: Version, a: { state: string; force: boolean }): Promise<void> {
+  const notMeasured = (why: string) => void warn(`health: not measured: ${why}; ${v.file} was checked on probe images only`);
+  if (!existsSync(path.join(a.state, 'health-set.safetensors'))) return notMeasured(`no health set in ${a.state} (the agent keeps one there while it runs)`);
+  // Loaded only when there is a set to measure on (the measuring code pulls in the image decoders).
+  const { checkOnHealthSet } = await import('../health/model-check.ts');
+  const { describeHealth } = await import('../health/gate.ts');
+  const check = await checkOnHealthSet(enc, a.state, notMeasured);
+  if (!check) return;
+  warn(`health of ${v.file}: ${describeHealth(check.figures)}`);
+  if (!check.reasons.length) return;
+  if (!a.force) throw usage(`STEP ${v.step}: ${v.file} fails the health gate on the health set in ${a.state}: ${check.reasons.join('; ')}; --force publishes it anyway`);
+  warn(`health gate: ${v.file} would be refused (${check.reasons.join('; ')}); published anyway (--force)`);
 }

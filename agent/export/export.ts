@@ -25,6 +25,23 @@ import { decodeSafetensors } from '../../core/codecs/safetensors.ts';
 import { sha256, writeFileAtomic } from '../../core/atomic.ts';
 import type { HealthFigures } from '../health/measure.ts';
 import { readJsonObject } from '../../core/json.ts';
+import { tryReadInside } from '../../core/safe-read.ts';
+
+/** Largest model file read from a models folder (the agent's encoders are a few MB). */
+export const MAX_MODEL_BYTES = 256 << 20;
+
+/** A model file of `modelsDir`, read only when it is a regular file of its own there (a link or a FIFO is said through `warn` and reads as null). */
+const readModel = (modelsDir: string, name: string, warn?: (msg: string) => void) => tryReadInside(modelsDir, name, warn, { maxBytes: MAX_MODEL_BYTES });
+
+/** ssocl.step of a model's own metadata, or null (not a model, or not one of ours). */
+export function modelStep(bytes: Uint8Array): number | null {
+  try {
+    const v = modelInfo(bytes).metadata['ssocl.step'];
+    return v !== undefined && /^\d+$/.test(v) && Number.isSafeInteger(Number(v)) ? Number(v) : null;
+  } catch {
+    return null;
+  }
+}
 
 export interface ExportInfo {
   file: string;
@@ -188,20 +205,24 @@ export async function exportEncoder(
  * export. Call it before anything reads or exports there (the agent: at start). Returns a line for the
  * log saying what it repaired, or null when there was nothing to repair.
  */
-export function reconcileLatest(modelsDir: string): string | null {
+export function reconcileLatest(modelsDir: string, warn?: (msg: string) => void): string | null {
   const jsonFile = path.join(modelsDir, 'latest.json');
   const onnxFile = path.join(modelsDir, 'latest.onnx');
   type Latest = { file?: unknown; sha256?: unknown; step?: unknown };
-  // Missing or unreadable: rebuilt below where latest.onnx exists.
-  const json = readJsonObject(jsonFile) as Latest | null;
-  const onnx = existsSync(onnxFile) ? readFileSync(onnxFile) : null;
-  if (onnx && json && json.sha256 === sha256(onnx)) return null;
+  // Missing or unreadable (or a link, a FIFO: not read): rebuilt below where latest.onnx exists.
+  const json = readJsonObject(jsonFile, warn) as Latest | null;
+  const onnx = readModel(modelsDir, 'latest.onnx', warn);
+  // The step latest.json states must be the model's own (a hand-edited record would hold exports back for ever).
+  const ownStep = onnx ? modelStep(onnx) : null;
+  const stepAgrees = ownStep === null || json?.step === ownStep;
+  if (onnx && json && json.sha256 === sha256(onnx) && stepAgrees) return null;
   // An interrupted publish: latest.json was written after the versioned file it names; where that file
   // is whole (it has latest.json's sha256), finish by copying it to latest.onnx.
+  // (The versioned file's own step must be what latest.json says, as for latest.onnx above.)
   if (json && typeof json.file === 'string' && VERSIONED.test(json.file)) {
     try {
-      const b = readFileSync(path.join(modelsDir, json.file));
-      if (sha256(b) === json.sha256) {
+      const b = readModel(modelsDir, json.file, warn);
+      if (b && sha256(b) === json.sha256 && modelStep(b) === json.step) {
         writeFileAtomic(onnxFile, b);
         return `latest.onnx was behind latest.json (an export stopped between its writes): completed from ${json.file} (step ${json.step})`;
       }
@@ -210,7 +231,7 @@ export function reconcileLatest(modelsDir: string): string | null {
     }
   }
   if (!onnx) {
-    if (!existsSync(jsonFile)) return null;
+    if (!json && !existsSync(jsonFile)) return null;
     rmSync(jsonFile, { force: true });
     return 'latest.json named no model that exists (and there is no latest.onnx): removed';
   }
@@ -223,13 +244,15 @@ export function reconcileLatest(modelsDir: string): string | null {
     .filter((f) => VERSIONED.test(f))
     .find((f) => {
       try {
-        return statSync(path.join(modelsDir, f)).size === onnx.length && sha256(readFileSync(path.join(modelsDir, f))) === sha;
+        if (statSync(path.join(modelsDir, f)).size !== onnx.length) return false;
+        const b = readModel(modelsDir, f, warn);
+        return b !== null && sha256(b) === sha;
       } catch {
         return false;
       }
     });
   // The health figures live in the version's sidecar (the model's bytes depend on its weights alone).
-  const health = same ? (readJsonObject(path.join(modelsDir, sidecarOf(same)))?.health as HealthFigures | undefined) : undefined;
+  const health = same ? (readJsonObject(path.join(modelsDir, sidecarOf(same)), warn)?.health as HealthFigures | undefined) : undefined;
   const rebuilt = {
     file: same ?? 'latest.onnx',
     step: num('ssocl.step'),
@@ -246,6 +269,7 @@ export function reconcileLatest(modelsDir: string): string | null {
     rebuiltFrom: 'latest.onnx',
   };
   writeFileAtomic(jsonFile, jsonBytes(rebuilt));
+  if (json && json.sha256 === sha && !stepAgrees) return `latest.json said step ${JSON.stringify(json.step)} but latest.onnx is the model of step ${ownStep}: rewritten from latest.onnx's own metadata`;
   return `latest.json did not describe latest.onnx: rewritten from latest.onnx's own metadata (step ${rebuilt.step})`;
 }
 
@@ -271,18 +295,15 @@ export interface Version {
 }
 
 /** The versions in `modelsDir`, oldest first, from their sidecars (or, without one, the model's own metadata). */
-export function listVersions(modelsDir: string): Version[] {
-  const latest = readJsonObject(path.join(modelsDir, 'latest.json'));
+export function listVersions(modelsDir: string, warn?: (msg: string) => void): Version[] {
+  const latest = readJsonObject(path.join(modelsDir, 'latest.json'), warn);
   const out: Version[] = [];
   for (const f of readdirSync(modelsDir).filter((x) => VERSIONED.test(x))) {
-    let bytes: Buffer;
-    try {
-      bytes = readFileSync(path.join(modelsDir, f));
-    } catch {
-      continue; // removed while listing (an export pruning it)
-    }
+    // Gone (an export pruning it), or not a regular file of its own: not listed.
+    const bytes = readModel(modelsDir, f, warn);
+    if (!bytes) continue;
     const sha = sha256(bytes);
-    const side = readJsonObject(path.join(modelsDir, sidecarOf(f)));
+    const side = readJsonObject(path.join(modelsDir, sidecarOf(f)), warn);
     let md: Record<string, string> = {};
     try {
       md = modelInfo(bytes).metadata;
@@ -295,10 +316,13 @@ export function listVersions(modelsDir: string): Version[] {
       time: statSync(path.join(modelsDir, f)).mtime.toISOString(), preset: md['ssocl.preset'] ?? null, sha256: sha,
     };
     const status = side?.status === 'rejected' ? 'rejected' : side ? 'published' : 'unknown';
+    // The step is the model's own (its metadata), whatever the sidecar says: a rollback publishes this one.
+    const step = md['ssocl.step'] !== undefined ? modelStep(bytes) : num(record.step);
     out.push({
-      file: f, step: num(record.step), time: String(record.time ?? ''), status, ...(typeof side?.reason === 'string' ? { reason: side.reason } : {}),
+      file: f, step, time: String(record.time ?? ''), status, ...(typeof side?.reason === 'string' ? { reason: side.reason } : {}),
       ...(record.health ? { health: record.health as HealthFigures } : {}), framesSeen: num(record.framesSeen), sha256: sha,
-      intact: (side?.sha256 ?? sha) === sha && Object.keys(md).length > 0, current: latest?.sha256 === sha, record: { ...record, file: f, sha256: sha },
+      intact: (side?.sha256 ?? sha) === sha && Object.keys(md).length > 0 && (side === null || md['ssocl.step'] === undefined || num(side.step) === step),
+      current: latest?.sha256 === sha, record: { ...record, file: f, sha256: sha, step },
       line: lineOf(side ?? (md['ssocl.line'] ? { line: md['ssocl.line'] } : null)), lineSource: typeof record.lineSource === 'string' ? record.lineSource : null,
     });
   }

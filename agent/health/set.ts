@@ -5,11 +5,12 @@
 // are the published model's and its figures can be measured again on the new snapshot), so a candidate
 // and the published model are always compared on the same frames.
 
-import { existsSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, readdirSync, rmSync } from 'node:fs';
 import path from 'node:path';
 import { sha256, writeFileAtomic } from '../../core/atomic.ts';
 import { decodeSafetensors, encodeSafetensors } from '../../core/codecs/safetensors.ts';
 import { Rng } from '../../core/rng.ts';
+import { readFileInside } from '../../core/safe-read.ts';
 import type { HealthFigures } from './measure.ts';
 
 const FORMAT = 'ssocl-health-set/1';
@@ -45,30 +46,40 @@ export class HealthSet {
     // A temp file of a write a kill interrupted (the file it was replacing is whole).
     const dir = path.dirname(file);
     if (existsSync(dir)) for (const f of readdirSync(dir)) if (f.startsWith(`.${path.basename(file)}.tmp-`)) rmSync(path.join(dir, f), { force: true });
-    const s = new HealthSet(file, size, capacity);
-    if (fresh || !existsSync(file)) return s;
+    if (fresh || !existsSync(file)) return new HealthSet(file, size, capacity);
     try {
-      const { tensors, metadata } = decodeSafetensors(readFileSync(file));
-      if (metadata.format !== FORMAT) throw new Error(`format ${metadata.format}, expected ${FORMAT}`);
-      const per = 3 * size * size;
-      const rows = (name: string): Uint8Array[] => {
-        const t = tensors.get(name);
-        if (!t) return [];
-        if (t.dtype !== 'U8' || t.data.length % per) throw new Error(`${name}: not uint8 frames of 3x${size}x${size}`);
-        return Array.from({ length: t.data.length / per }, (_, i) => (t.data as Uint8Array).slice(i * per, (i + 1) * per));
-      };
-      s.reservoir = rows('reservoir').slice(0, capacity);
-      s.active = rows('active').slice(0, capacity);
-      s.seen = Math.max(Number(metadata.seen) || 0, s.reservoir.length);
-      s.seed = Number(metadata.seed) || 0;
-      s.activeDigest = s.hashOf(s.active);
-      const ref = metadata.reference ? (JSON.parse(metadata.reference) as Reference) : null;
-      s.reference = ref && ref.figures?.set === s.activeDigest ? ref : null;
+      return HealthSet.read(file, size, capacity) ?? new HealthSet(file, size, capacity);
     } catch (e) {
       log(`health set ${file} could not be used (${(e as Error).message}): starting a new one`);
       rmSync(file, { force: true });
       return new HealthSet(file, size, capacity);
     }
+  }
+
+  /**
+   * The set saved in `file` as it is, changing nothing (`ssocl models rollback` measures on it); null
+   * when there is none; throws when it cannot be used (a link, a FIFO, damaged, another frame size).
+   */
+  static read(file: string, size: number, capacity = Infinity): HealthSet | null {
+    const bytes = readFileInside(file, { maxBytes: 1 << 30 });
+    if (!bytes) return null;
+    const s = new HealthSet(file, size, Number.isFinite(capacity) ? capacity : 0);
+    const { tensors, metadata } = decodeSafetensors(bytes);
+    if (metadata.format !== FORMAT) throw new Error(`format ${metadata.format}, expected ${FORMAT}`);
+    const per = 3 * size * size;
+    const rows = (name: string): Uint8Array[] => {
+      const t = tensors.get(name);
+      if (!t) return [];
+      if (t.dtype !== 'U8' || t.data.length % per) throw new Error(`${name}: not uint8 frames of 3x${size}x${size}`);
+      return Array.from({ length: t.data.length / per }, (_, i) => (t.data as Uint8Array).slice(i * per, (i + 1) * per));
+    };
+    s.reservoir = rows('reservoir').slice(0, capacity);
+    s.active = rows('active').slice(0, capacity);
+    s.seen = Math.max(Number(metadata.seen) || 0, s.reservoir.length);
+    s.seed = Number(metadata.seed) || 0;
+    s.activeDigest = s.hashOf(s.active);
+    const ref = metadata.reference ? (JSON.parse(metadata.reference) as Reference) : null;
+    s.reference = ref && ref.figures?.set === s.activeDigest ? ref : null;
     return s;
   }
 

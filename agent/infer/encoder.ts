@@ -6,7 +6,7 @@
 // a clear error, not exhaust memory or turn every result into NaN.
 
 import { sha256 } from '../../core/atomic.ts';
-import { readFileSync } from 'node:fs';
+import { readRegular, UnsafeFile } from '../../core/safe-read.ts';
 import { modelInfo } from '../../core/onnx/model.ts';
 import { openSessionOrFallback, type EP, type EpOptions, type Session } from '../trainer/backend.ts';
 
@@ -44,6 +44,8 @@ export class EncoderError extends Error {
  * without a word. 1024 leaves ample room above the 32-96 px encoders ssocl exports.
  */
 export const MAX_INPUT_SIDE = 1024;
+/** Largest model file read (the agent's encoders are a few MB). */
+export const MAX_MODEL_BYTES = 1 << 30;
 /** Largest output width accepted (features, embedding), for the same reason on the output side. */
 export const MAX_OUTPUT_DIM = 65536;
 /** A model with a fixed batch size is probed with that many images; more than this is not an edge encoder. */
@@ -87,8 +89,10 @@ export class Encoder {
   static async open(file: string, o: EncoderOptions = {}): Promise<Encoder> {
     let bytes: Buffer;
     try {
-      bytes = readFileSync(file);
+      // Not blocking: a FIFO named as the model (or put in place of latest.onnx) is refused, not waited on.
+      bytes = readRegular(file, { maxBytes: MAX_MODEL_BYTES });
     } catch (e) {
+      if (e instanceof UnsafeFile) throw new EncoderError(`cannot read model ${file}: ${e.reason}`);
       throw new EncoderError(`cannot read model ${file}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
     }
     return Encoder.fromBytes(file, bytes, o);
@@ -163,6 +167,20 @@ export class Encoder {
       for (let i = 0; i < t.data.length; i++) if (!Number.isFinite(t.data[i] as number)) bad++;
       if (bad) throw new EncoderError(`${this.file}: refused: probe output '${n}' has ${bad} of ${want} values not finite (NaN or infinite) on mid-grey and patterned images`, true);
     }
+  }
+
+  /**
+   * What is not finite in this model's outputs on real frames (uint8 CHW), or null when all is: the
+   * probe images are synthetic, and a model can be finite on them and NaN on a camera's frames.
+   */
+  async nonFiniteOn(images: Uint8Array, count: number): Promise<string | null> {
+    for (const n of (Object.keys(this.dims) as EncoderOutput[]).filter((o) => this.dims[o] !== null)) {
+      const v = await this.runU8(images, count, n);
+      let bad = 0;
+      for (let i = 0; i < v.length; i++) if (!Number.isFinite(v[i])) bad++;
+      if (bad) return `output '${n}' has ${bad} of ${v.length} values not finite (NaN or infinite) on ${count} real frames`;
+    }
+    return null;
   }
 
   dim(output: EncoderOutput): number {

@@ -2,7 +2,9 @@
 // polling its identity (inode, size, mtime). A changed file is read once, opened and checked beside
 // the current encoder; only a complete, working model replaces it, between batches. Each batch runs
 // under `use()`, which pins the encoder it started with, so no frame ever sees a half-loaded model
-// and the version recorded with a result is the one that computed it.
+// and the version recorded with a result is the one that computed it. Models are checked on real
+// frames too (the first batch at start, the latest batch on reload): a model finite on the probe
+// images and NaN on the stream's frames is refused.
 
 import { statSync } from 'node:fs';
 import { Encoder, EncoderError, type EncoderOptions } from './encoder.ts';
@@ -20,6 +22,8 @@ export class LiveEncoder {
   private cur!: Encoder;
   private seen: string | null = null;
   private failed: string | null = null;
+  /** Real frames (uint8 CHW) a reloaded model must give finite outputs on: the latest batch run. */
+  private reference: { images: Uint8Array; count: number } | null = null;
   private pins = new Map<Encoder, number>();
   private retired = new Set<Encoder>();
   private timer: NodeJS.Timeout | null = null;
@@ -48,6 +52,25 @@ export class LiveEncoder {
     return this.cur;
   }
 
+  /**
+   * The current model's outputs on these real frames must be finite (EncoderError, refused, when not);
+   * they become the frames a reloaded model is checked on.
+   */
+  async checkOn(images: Uint8Array, count: number): Promise<void> {
+    const bad = await this.cur.nonFiniteOn(images, count);
+    if (bad) throw new EncoderError(`${this.file}: refused: ${bad}`, true);
+    this.remember(images, count);
+  }
+
+  /** The frames a reloaded model is checked on from now (the stream's latest: what it will be given next). */
+  remember(images: Uint8Array, count: number): void {
+    this.reference = { images: images.slice(), count };
+  }
+
+  get checked(): boolean {
+    return this.reference !== null;
+  }
+
   /** Looks at the file now; resolves once a changed model has been loaded (or refused). */
   check(): Promise<void> {
     this.checking ??= this.reload().finally(() => (this.checking = null));
@@ -60,6 +83,11 @@ export class LiveEncoder {
     let next: Encoder;
     try {
       next = await Encoder.open(this.file, this.o);
+      const bad = this.reference && next.size === this.cur.size ? await next.nonFiniteOn(this.reference.images, this.reference.count) : null;
+      if (bad) {
+        await next.release();
+        throw new EncoderError(`${this.file}: refused: ${bad}`, true);
+      }
     } catch (e) {
       // E.g. a writer that does not rename into place, or a complete model that fails validation (bad
       // shapes, non-finite probe outputs): keep serving the old model, look again at the next poll

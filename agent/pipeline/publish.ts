@@ -64,7 +64,7 @@ export class Publisher {
     private line: LineRecord | null = null,
   ) {
     // A kill between the publishing renames leaves latest.json and latest.onnx apart: made to agree first.
-    const repaired = reconcileLatest(models);
+    const repaired = reconcileLatest(models, log);
     if (repaired) log(repaired);
     this.published = readPublished(models);
     this.startSteps = learner.trainer.steps;

@@ -68,8 +68,8 @@ export function newestCheckpointName(dir: string): string | null {
 }
 
 /** The buffer of the newest checkpoint in `dir` that verifies, or null when there is none. */
-export async function readBufferView(dir: string): Promise<BufferView | null> {
-  const found = latestCheckpoint(dir);
+export async function readBufferView(dir: string, warn?: (msg: string) => void): Promise<BufferView | null> {
+  const found = latestCheckpoint(dir, warn);
   if (!found) return null;
   const { meta, images, features } = found.data;
   return view(path.basename(found.file), 'checkpoint', { step: meta.steps, arrivals: meta.arrivals, framesIngested: meta.framesIngested, time: meta.time, entries: meta.buffer.entries }, images, features);

@@ -2,11 +2,15 @@
 // before latest.onnx), the model's input size and feature width read from latest.onnx itself, and the
 // versions' sidecars (encoder-<step>.json: published or refused by the health gate, and why).
 
-import { readdirSync, readFileSync } from 'node:fs';
+import { readdirSync } from 'node:fs';
 import path from 'node:path';
 import { sha256 } from '../../core/atomic.ts';
 import { modelInfo } from '../../core/onnx/model.ts';
 import { readJsonObject } from '../../core/json.ts';
+import { tryReadInside } from '../../core/safe-read.ts';
+
+/** The largest model served or shown (the agent's encoders are a few MB; a larger file is not read). */
+export const MAX_MODEL_BYTES = 256 << 20;
 
 export interface ModelView {
   /** latest.json as written (step, time, health, sha256, ...), or null before the first export. */
@@ -19,18 +23,17 @@ export interface ModelView {
   versions: { file: string; step: number | null; time: string | null; status: string; reason?: string }[];
 }
 
-/** latest.onnx's bytes, or null. Read whole at once: export.ts replaces it by rename, never in place. */
-export function readLatestModel(dir: string): Buffer | null {
-  try {
-    return readFileSync(path.join(dir, 'latest.onnx'));
-  } catch {
-    return null;
-  }
+/**
+ * latest.onnx's bytes, or null (missing, or not a regular file of its own in `dir`: said through `warn`).
+ * Read whole at once: export.ts replaces it by rename, never in place.
+ */
+export function readLatestModel(dir: string, warn?: (msg: string) => void): Buffer | null {
+  return tryReadInside(dir, 'latest.onnx', warn, { maxBytes: MAX_MODEL_BYTES });
 }
 
-export function readModelView(dir: string): ModelView {
-  const latest = readJsonObject(path.join(dir, 'latest.json'));
-  const bytes = readLatestModel(dir);
+export function readModelView(dir: string, warn?: (msg: string) => void): ModelView {
+  const latest = readJsonObject(path.join(dir, 'latest.json'), warn);
+  const bytes = readLatestModel(dir, warn);
   let size: number | null = null;
   let featureDim: number | null = null;
   if (bytes) {
@@ -52,7 +55,7 @@ export function readModelView(dir: string): ModelView {
   }
   const versions = names
     .map((f) => {
-      const j = readJsonObject(path.join(dir, f)) ?? {};
+      const j = readJsonObject(path.join(dir, f), warn) ?? {};
       return {
         file: f.replace(/\.json$/, '.onnx'),
         step: typeof j.step === 'number' ? j.step : null,

@@ -2,8 +2,9 @@
 // of reason, and the newest few with their reasons (sources/files.ts writes `<frame>.reason` beside each,
 // in subfolders too when the watched directory had them). Read-only; reason texts are cached by mtime.
 
-import { readdirSync, readFileSync, statSync } from 'node:fs';
+import { readdirSync, statSync } from 'node:fs';
 import path from 'node:path';
+import { readInside, UnsafeFile } from '../../core/safe-read.ts';
 
 export interface QuarantineView {
   count: number;
@@ -29,6 +30,8 @@ export class QuarantineReader {
     readonly dir: string,
     private limit = 20_000,
     private recent = 50,
+    /** Says why a reason file was not read (a link, a FIFO, ...), once per file. */
+    private warn?: (msg: string) => void,
   ) {}
 
   read(): QuarantineView {
@@ -77,12 +80,14 @@ export class QuarantineReader {
   private text(rel: string, mtimeMs: number): string {
     const c = this.cache.get(rel);
     if (c && c.mtimeMs === mtimeMs) return c.text;
+    // A reason is a line or two: a larger file is not read, nor a link (hard or symbolic) to another file.
     let text = '';
     try {
-      // A reason is a line or two; a huge file in the folder is not read whole.
-      text = readFileSync(path.join(this.dir, rel), 'utf8').slice(0, 2000).trim();
-    } catch {
-      // removed since listed
+      text = (readInside(this.dir, rel, { maxBytes: 64 << 10 })?.toString('utf8') ?? '').slice(0, 2000).trim();
+    } catch (e) {
+      // Listed as set aside, its text not shown.
+      text = e instanceof UnsafeFile ? `(reason not shown: ${e.reason})` : '';
+      if (e instanceof UnsafeFile && !c) this.warn?.(e.message);
     }
     this.cache.set(rel, { mtimeMs, text });
     return text;

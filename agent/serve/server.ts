@@ -11,6 +11,7 @@ import type { AddressInfo } from 'node:net';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { sha256 } from '../../core/atomic.ts';
+import { tryReadInside } from '../../core/safe-read.ts';
 import { trainerBundle } from './bundle.ts';
 import { thin } from './metrics.ts';
 import { readLatestModel } from './model-view.ts';
@@ -57,6 +58,8 @@ export interface ServeOptions {
   host: string;
   port: number;
   timing?: WatchTiming;
+  /** Where what was found but not read (a link, a FIFO, a hard link in the agent's folders) is said; default stderr. */
+  warn?: (msg: string) => void;
 }
 
 export interface Served {
@@ -93,17 +96,23 @@ const pageFile = listed(PAGE_DIR, /^[\w-]+\.(html|js|css|png|svg)$/);
 const uplotFile = listed(UPLOT_DIR, /^uPlot\.(iife\.min\.js|min\.css)$/);
 const ortFile = listed(ORT_DIR, /^ort[\w.-]*\.(mjs|js|wasm)$/);
 
-/** An artifact file the page may fetch: manifest.json or a file its `files` names, present in the directory. */
-function artifactFile(dir: string | undefined, name: string): string | null {
+/** Largest artifact file served (the edge preset's train-step graph is tens of MB). */
+const MAX_ARTIFACT_BYTES = 512 << 20;
+
+/**
+ * An artifact file the page may fetch, read: manifest.json or a file its `files` names, a regular file
+ * of its own in the directory (core/safe-read: not a link to a file elsewhere, not a FIFO); else null.
+ */
+function artifactBytes(dir: string | undefined, name: string, warn: (msg: string) => void): Buffer | null {
   if (!dir) return null;
   let names: string[];
   try {
-    const m = JSON.parse(readFileSync(path.join(dir, 'manifest.json'), 'utf8')) as { files?: Record<string, string> };
+    const m = JSON.parse(tryReadInside(dir, 'manifest.json', warn, { maxBytes: 16 << 20 })?.toString('utf8') ?? 'null') as { files?: Record<string, string> };
     names = ['manifest.json', ...Object.keys(m.files ?? {})];
   } catch {
     return null;
   }
-  return names.includes(name) ? listed(dir, /^[\w.-]+$/)(name) : null;
+  return names.includes(name) && listed(dir, /^[\w.-]+$/)(name) ? tryReadInside(dir, name, warn, { maxBytes: MAX_ARTIFACT_BYTES }) : null;
 }
 
 function send(res: ServerResponse, status: number, body: string | Uint8Array, type: string, headers: Record<string, string> = {}): void {
@@ -157,8 +166,10 @@ class EventHub {
   }
 
   add(res: ServerResponse): void {
+    // Built before the headers go: should it throw, the request handler answers 500, the server stays up.
+    const snapshot = snapshotEvents(this.watch);
     res.writeHead(200, { 'Content-Type': 'text/event-stream; charset=utf-8', 'Cache-Control': 'no-store', 'X-Content-Type-Options': 'nosniff' });
-    res.write(`retry: 2000\n\n${snapshotEvents(this.watch)}`);
+    res.write(`retry: 2000\n\n${snapshot}`);
     this.clients.add(res);
     res.on('close', () => this.clients.delete(res));
   }
@@ -197,7 +208,11 @@ function handle(req: IncomingMessage, res: ServerResponse, watch: AgentWatch, hu
   if (m?.[1] === 'vendor/ort') return sendFile(res, ortFile(m[2]), 'max-age=3600');
   if (p === '/events') return hub.add(res);
   const art = /^\/artifacts\/([^/]+)$/.exec(p);
-  if (art) return sendFile(res, artifactFile(artifacts, decodeURIComponent(art[1])), 'no-store');
+  if (art) {
+    const name = decodeURIComponent(art[1]);
+    const body = artifactBytes(artifacts, name, watch.warn);
+    return body ? send(res, 200, body, TYPES[path.extname(name)] ?? 'application/octet-stream', { 'Cache-Control': 'no-store' }) : notFound(res);
+  }
   if (p === '/api/state') {
     const b = watch.buffer;
     return sendJson(res, { status: watch.status, presence: watch.presence, model: watch.model, quarantine: watch.quarantine, buffer: b ? bufferSummary(b) : null, steps: watch.tail.steps.length, evals: watch.tail.evals, health: watch.tail.health });
@@ -208,7 +223,7 @@ function handle(req: IncomingMessage, res: ServerResponse, watch: AgentWatch, hu
     return send(res, 200, b.images, 'application/octet-stream', { 'Cache-Control': 'no-store', 'X-Buffer-Version': b.version, 'X-Image-Size': String(b.size) });
   }
   if (p === '/models/latest.onnx') {
-    const bytes = readLatestModel(watch.dirs.models);
+    const bytes = readLatestModel(watch.dirs.models, watch.warn);
     if (!bytes) return notFound(res);
     const step = watch.model?.latest?.step;
     const name = typeof step === 'number' ? `encoder-${step}.onnx` : 'latest.onnx';
@@ -216,19 +231,14 @@ function handle(req: IncomingMessage, res: ServerResponse, watch: AgentWatch, hu
     return send(res, 200, bytes, 'application/octet-stream', { 'Cache-Control': 'no-store', 'X-Sha256': sha256(bytes), 'Content-Disposition': `attachment; filename="${name}"` });
   }
   if (p === '/models/latest.json') {
-    let body: Buffer;
-    try {
-      body = readFileSync(path.join(watch.dirs.models, 'latest.json'));
-    } catch {
-      return notFound(res);
-    }
-    return send(res, 200, body, 'application/json', { 'Cache-Control': 'no-store' });
+    const body = tryReadInside(watch.dirs.models, 'latest.json', watch.warn, { maxBytes: 16 << 20 });
+    return body ? send(res, 200, body, 'application/json', { 'Cache-Control': 'no-store' }) : notFound(res);
   }
   return notFound(res);
 }
 
 export async function serve(o: ServeOptions): Promise<Served> {
-  const watch = new AgentWatch(o.dirs, o.timing);
+  const watch = new AgentWatch(o.dirs, o.timing, o.warn);
   await watch.start();
   const hub = new EventHub(watch);
   const boundLoopback = isLoopback(o.host);

@@ -55,6 +55,7 @@ const stamp = (file: string): string => {
 
 export class AgentWatch {
   readonly tail: MetricsTail;
+  readonly warn: (msg: string) => void;
   buffer: BufferView | null = null;
   model: ModelView | null = null;
   quarantine: QuarantineView | null = null;
@@ -78,9 +79,19 @@ export class AgentWatch {
   constructor(
     readonly dirs: AgentDirs,
     private timing: WatchTiming = { pollMs: 500, bufferMs: 2000, quarantineMs: 2000 },
+    /** Says what was found but not read (a link, a FIFO, a hard link in the agent's folders), once each. */
+    warn: (msg: string) => void = (m) => process.stderr.write(`ssocl serve: ${m}\n`),
   ) {
+    // Polled again and again: each thing is said once.
+    const said = new Set<string>();
+    this.warn = (m) => {
+      if (said.has(m)) return;
+      if (said.size > 10_000) said.clear();
+      said.add(m);
+      warn(m);
+    };
     this.tail = new MetricsTail(dirs.metrics);
-    this.quarantineReader = new QuarantineReader(dirs.quarantine);
+    this.quarantineReader = new QuarantineReader(dirs.quarantine, undefined, undefined, warn);
   }
 
   on(fn: (e: WatchEvent) => void): () => void {
@@ -89,13 +100,20 @@ export class AgentWatch {
   }
 
   private emit(e: WatchEvent): void {
-    for (const fn of this.listeners) fn(e);
+    for (const fn of this.listeners) {
+      // A listener's failure (e.g. an event it cannot serialise) stays its own: the polling goes on.
+      try {
+        fn(e);
+      } catch (err) {
+        this.warn(`a ${e.type} event was not sent: ${(err as Error).message}`);
+      }
+    }
   }
 
   /** One look at everything now, then every pollMs. */
   async start(): Promise<void> {
     await this.tick();
-    this.timer = setInterval(() => void this.tick(), this.timing.pollMs);
+    this.timer = setInterval(() => void this.tick().catch((err) => this.warn(`poll failed: ${(err as Error).message}`)), this.timing.pollMs);
   }
 
   stop(): void {
@@ -156,7 +174,7 @@ export class AgentWatch {
     const s = `${stamp(path.join(this.dirs.models, 'latest.json'))}|${stamp(path.join(this.dirs.models, 'latest.onnx'))}`;
     if (s === this.modelStamp) return;
     this.modelStamp = s;
-    this.model = readModelView(this.dirs.models);
+    this.model = readModelView(this.dirs.models, this.warn);
     this.emit({ type: 'model', data: this.model });
   }
 
@@ -182,7 +200,7 @@ export class AgentWatch {
     const ckChanged = !!newest && newest !== this.checkpointView?.version;
     if (!ckChanged && live === this.liveStamp) return;
     this.lastBufferRead = now;
-    if (ckChanged) this.checkpointView = (await readBufferView(ckpts)) ?? this.checkpointView;
+    if (ckChanged) this.checkpointView = (await readBufferView(ckpts, this.warn)) ?? this.checkpointView;
     if (live !== this.liveStamp) {
       this.liveStamp = live;
       this.liveView = live ? await readLiveBufferView(this.dirs.state) : null;

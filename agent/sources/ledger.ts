@@ -8,7 +8,8 @@
 // Plain lines are byte for byte the old format (which had no version header), so ledgers written before
 // keep reading as they did and tools that take field 4 of a line still see plain names.
 
-import { appendFileSync, existsSync, mkdirSync, readFileSync } from 'node:fs';
+import { appendFileSync, existsSync, mkdirSync } from 'node:fs';
+import { readFileInside } from '../../core/safe-read.ts';
 import path from 'node:path';
 
 /** 'returned': an earlier line's frame was given back (the checkpoint that learnt it did not verify). */
@@ -55,7 +56,9 @@ export class Ledger {
   constructor(readonly file: string) {
     mkdirSync(path.dirname(file), { recursive: true });
     if (existsSync(file)) {
-      const text = readFileSync(file, 'utf8');
+      // Only the regular file the agent appends to: a FIFO or a link put in its place is refused (an
+      // open of a FIFO would block the agent for good), not followed.
+      const text = readFileInside(file, { maxBytes: 2 ** 31 })?.toString('utf8') ?? '';
       // A line cut short by a crash or a full disk: end it, so the next record starts on its own line.
       if (text.length && !text.endsWith('\n')) appendFileSync(file, '\n');
       for (const line of text.split('\n')) {

@@ -5,10 +5,11 @@
 // state is written, every write is read back and verified, and rotation keeps the newest 3 while never
 // dropping the newest one that verifies.
 
-import { existsSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, readdirSync, rmSync } from 'node:fs';
 import path from 'node:path';
 import { sha256, writeFileAtomic } from '../../core/atomic.ts';
 import { decodeSafetensors, encodeSafetensors, type StTensor } from '../../core/codecs/safetensors.ts';
+import { readFileInside, readInside } from '../../core/safe-read.ts';
 import type { Entry } from '../buffer/buffer.ts';
 import type { LearnerState } from './learner.ts';
 
@@ -25,8 +26,30 @@ export interface FleetRecord {
   snapshot: Map<string, Float32Array> | null;
 }
 
-/** 2: with digests. Version 1 files (no digests) are still read, with a warning. */
+/**
+ * 2: with digests. Version 1 files (no digests) are still read, with a warning, but only in a state
+ * that never held a version 2 one: the first version 2 checkpoint records the format in FORMAT_FILE,
+ * and from then on a version 1 file there is refused (else setting "version":1 would skip the digests).
+ */
 export const CHECKPOINT_VERSION = 2;
+
+/** In the checkpoint folder: the checkpoint format this state has held ("2"). */
+export const FORMAT_FILE = 'format';
+
+/** The checkpoint format recorded in `dir` (0: none recorded, a state from before digests or a new one). */
+export function recordedFormat(dir: string): number {
+  try {
+    const b = readInside(dir, FORMAT_FILE, { maxBytes: 64 });
+    if (!b) return 0;
+    const v = Number(b.toString('utf8').trim());
+    return Number.isSafeInteger(v) && v > 0 ? v : CHECKPOINT_VERSION;
+  } catch {
+    return CHECKPOINT_VERSION; // something there that is not a plain record: assume the strictest
+  }
+}
+
+/** Largest checkpoint read (the edge preset's are a few MB; a buffer of 10,000 frames at 96 px is 280 MB). */
+export const MAX_CHECKPOINT_BYTES = 2 ** 31;
 
 /** A checkpoint that exists but cannot be trusted (unreadable, altered, non-finite). */
 export class CheckpointError extends Error {}
@@ -185,6 +208,7 @@ export function saveCheckpoint(dir: string, c: CheckpointData, keep = 3): string
   for (const [k, t] of tensors) digests[k] = sha256(tensorBytes('shape' in t ? t.data : t));
   const bytes = encodeSafetensors(tensors, { ssocl: meta, 'ssocl.sha256': JSON.stringify(digests) });
   const file = path.join(dir, `ckpt-${String(c.meta.steps).padStart(9, '0')}-${String(c.meta.arrivals).padStart(9, '0')}.safetensors`);
+  if (recordedFormat(dir) < CHECKPOINT_VERSION) writeFileAtomic(path.join(dir, FORMAT_FILE), `${CHECKPOINT_VERSION}\n`);
   writeFileAtomic(file, bytes);
   // Read back what the disk holds: only a checkpoint that verifies may commit frames or displace older ones.
   try {
@@ -211,12 +235,20 @@ export function readCheckpoint(file: string, warn: (msg: string) => void = () =>
   let metadata: Record<string, string>;
   let meta: CheckpointMeta;
   try {
-    ({ tensors, metadata } = decodeSafetensors(readFileSync(file)));
+    // Only a regular file of its own in the checkpoint folder: a FIFO there must not hang a resume, a
+    // link must not make another file the state.
+    const bytes = readFileInside(file, { maxBytes: MAX_CHECKPOINT_BYTES });
+    if (!bytes) throw new Error('gone');
+    ({ tensors, metadata } = decodeSafetensors(bytes));
     meta = JSON.parse(metadata.ssocl) as CheckpointMeta;
   } catch (e) {
     throw new CheckpointError(`unreadable (${(e as Error).message})`);
   }
-  if (meta.version === 1) warn(`${file}: written before checkpoints carried digests; not verified`);
+  if (meta.version === 1) {
+    const held = recordedFormat(path.dirname(file));
+    if (held >= 2) throw new CheckpointError(`version 1 (no digests) in a state that has held version ${held} checkpoints (${path.join(path.dirname(file), FORMAT_FILE)}): refused, its digests were removed`);
+    warn(`${file}: written before checkpoints carried digests; not verified`);
+  }
   else if (meta.version !== CHECKPOINT_VERSION) throw new CheckpointError(`checkpoint version ${meta.version}, expected ${CHECKPOINT_VERSION}`);
   else {
     let digests: Record<string, string>;

@@ -184,3 +184,32 @@ test('a redirect loop stops at the limit naming the starting URL; a redirect to 
     rmSync(dir, { recursive: true, force: true });
   }
 });
+
+test('B11: a server dripping a byte now and then (each byte resets the idle timer) is cut off by the minimum rate, and a steady but endless one by the deadline', async () => {
+  const { base, close } = await listen((req, res) => {
+    // Bounded: hangs up by itself after 4 s.
+    const stop = setTimeout(() => res.destroy(), 4000);
+    res.writeHead(200, { 'content-length': 10_000_000 });
+    // '/drip': a byte every 40 ms (10 ms under the idle timeout below); '/steady': 64 KiB every 50 ms.
+    const drip = req.url === '/drip';
+    const tick = setInterval(() => res.write(Buffer.alloc(drip ? 1 : 65536, 1)), drip ? 40 : 50);
+    res.on('close', () => (clearTimeout(stop), clearInterval(tick)));
+  });
+  const dir = mkdtempSync(path.join(tmpdir(), 'ssocl-attack-drip-'));
+  try {
+    let url = `${base}/drip`;
+    let t0 = Date.now();
+    let err = await failure(download(url, path.join(dir, 'drip'), undefined, { idleTimeoutMs: 300, minBytesPerS: 1000, rateWindowMs: 400 }));
+    assert.match(err.message, new RegExp(`^GET ${esc(url)}: \\d+ bytes in the last 0\\.4 s, slower than the minimum 1000 bytes/s \\(run again to resume\\)$`));
+    assert.ok(Date.now() - t0 < 1500, `gave up after ${Date.now() - t0} ms`);
+    assert.ok(statSync(path.join(dir, 'drip.part')).size > 0, 'what came stays for the resume');
+    url = `${base}/steady`;
+    t0 = Date.now();
+    err = await failure(download(url, path.join(dir, 'steady'), undefined, { idleTimeoutMs: 300, minBytesPerS: 1000, rateWindowMs: 400, deadlineMs: 700 }));
+    assert.match(err.message, new RegExp(`^GET ${esc(url)}: not done after 0\\.7 s \\(the deadline; run again to resume\\)$`));
+    assert.ok(Date.now() - t0 < 1500, `gave up after ${Date.now() - t0} ms`);
+  } finally {
+    close();
+    rmSync(dir, { recursive: true, force: true });
+  }
+});

@@ -4,14 +4,15 @@
 // ssocl.step in the model's own metadata. reconcileLatest also rebuilds a lost or wrong latest.json.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { execFileSync, spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import * as ort from 'onnxruntime-node';
 import * as exportModule from '../../agent/export/export.ts';
-import { modelInfo } from '../../core/onnx/model.ts';
-import { startAgent, tinyArtifacts, writeFrames } from './helpers.ts';
+import { bindInputs, modelInfo } from '../../core/onnx/model.ts';
+import { CLI, startAgent, tinyArtifacts, writeFrames } from './helpers.ts';
 
 // Looked up rather than imported by name: on code without it the test fails on the mismatch itself.
 const reconcile = (dir: string): string | null => (exportModule as { reconcileLatest?: (d: string) => string | null }).reconcileLatest?.(dir) ?? null;
@@ -114,6 +115,111 @@ test('reconcileLatest: a latest.json that is missing, unreadable, or names anoth
     reconcile(models);
     assert.equal(existsSync(jsonFile), false, 'a latest.json describing no model left behind');
     assert.ok(statSync(models).isDirectory());
+  } finally {
+    rmSync(root, { recursive: true, force: true });
+  }
+});
+
+/** A copy of `bytes` (a model) whose own metadata says step `step`. */
+const atStep = (bytes: Uint8Array, step: number) => bindInputs(bytes, new Map(), { metadata: { ...modelInfo(bytes).metadata, 'ssocl.step': String(step) } });
+
+function cliRun(args: string[], ms = 60_000): Promise<{ code: number | null; signal: NodeJS.Signals | null; out: string; err: string }> {
+  return new Promise((resolve) => {
+    const c = spawn(process.execPath, [CLI, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    let err = '';
+    c.stdout.on('data', (d) => (out += d));
+    c.stderr.on('data', (d) => (err += d));
+    const t = setTimeout(() => c.kill('SIGKILL'), ms);
+    c.on('exit', (code, signal) => (clearTimeout(t), resolve({ code, signal, out, err })));
+  });
+}
+
+test('B8: a step edited into latest.json is repaired from the model\'s own metadata; a sidecar claiming another step than its model is not published by a rollback', async () => {
+  const root = mkdtempSync(path.join(tmpdir(), 'ssocl-latest-step-'));
+  try {
+    const art = tinyArtifacts(path.join(root, 'art'));
+    const models = path.join(root, 'models');
+    mkdirSync(models);
+    const base = exportModule.initialEncoder(art);
+    const v5 = atStep(base, 5);
+    const v9 = atStep(base, 9);
+    const record = (file: string, step: number, b: Uint8Array) => ({ file, step, framesSeen: 4 * step, loss: 1, artifact: 'a', time: new Date(Date.UTC(2026, 0, 1, 0, step)).toISOString(), sha256: sha256(b), status: 'published', preset: 'edge' });
+    writeFileSync(path.join(models, 'encoder-000000005.onnx'), v5);
+    writeFileSync(path.join(models, 'encoder-000000005.json'), JSON.stringify(record('encoder-000000005.onnx', 5, v5)));
+    writeFileSync(path.join(models, 'encoder-000000009.onnx'), v9);
+    writeFileSync(path.join(models, 'encoder-000000009.json'), JSON.stringify(record('encoder-000000009.onnx', 9, v9)));
+    writeFileSync(path.join(models, 'latest.onnx'), v9);
+    // latest.json names the right model (sha256) but a step it is not: exports would be held back for ever.
+    writeFileSync(path.join(models, 'latest.json'), JSON.stringify({ ...record('encoder-000000009.onnx', 9, v9), step: 999999999 }));
+    const said = reconcile(models);
+    assert.match(String(said), /step 999999999.*step 9/, 'the mismatch is repaired and said');
+    assert.equal((await assertAgree(models, 'after the repair')).step, 9);
+    assert.equal(reconcile(models), null);
+
+    // A rollback to a version whose sidecar was edited to claim step 999999999.
+    writeFileSync(path.join(models, 'encoder-000000005.json'), JSON.stringify({ ...record('encoder-000000005.onnx', 5, v5), step: 999999999 }));
+    const r = await cliRun(['models', 'rollback', '--models', models, '--state', path.join(root, 'no-state')]);
+    assert.equal(r.code, 2, r.err);
+    assert.equal(JSON.parse(readFileSync(path.join(models, 'latest.json'), 'utf8')).step, 9, 'nothing published');
+    const list = await cliRun(['models', 'list', '--models', models, '--json']);
+    const rows = list.out.trim().split('\n').map((l) => JSON.parse(l));
+    assert.deepEqual(rows.map((x) => [x.step, x.intact]), [[5, false], [9, true]], 'listed at the model\'s own step, marked damaged');
+    // The sidecar put right: published at the model's step, and latest.json agrees with latest.onnx.
+    writeFileSync(path.join(models, 'encoder-000000005.json'), JSON.stringify(record('encoder-000000005.onnx', 5, v5)));
+    const ok = await cliRun(['models', 'rollback', '--models', models, '--state', path.join(root, 'no-state')]);
+    assert.equal(ok.code, 0, ok.err);
+    assert.equal((await assertAgree(models, 'after the rollback')).step, 5);
+  } finally {
+    rmSync(root, { recursive: true, force: true });
+  }
+});
+
+test('B4: a FIFO named latest.json (or a checkpoint) never hangs `models list` or `run`, and run answers SIGTERM while it waits for frames', async () => {
+  const root = mkdtempSync(path.join(tmpdir(), 'ssocl-latest-fifo-'));
+  try {
+    const art = tinyArtifacts(path.join(root, 'art'));
+    const models = path.join(root, 'models');
+    const state = path.join(root, 'state');
+    mkdirSync(models);
+    mkdirSync(path.join(state, 'checkpoints'), { recursive: true });
+    execFileSync('mkfifo', [path.join(models, 'latest.json')]);
+    const list = await cliRun(['models', 'list', '--models', models], 20_000);
+    assert.equal(list.signal, null, `models list hung on the FIFO: ${list.err}`);
+    assert.equal(list.code, 0, list.err);
+    assert.match(list.err, /latest\.json: not read: a FIFO/);
+
+    // (models list's reconcileLatest removed the FIFO, a latest.json describing no model: put back.)
+    if (!existsSync(path.join(models, 'latest.json'))) execFileSync('mkfifo', [path.join(models, 'latest.json')]);
+    const frames = path.join(root, 'frames');
+    await writeFrames(frames, 4);
+    const args = ['--watch', frames, '--artifacts', art, '--state', state, '--models', models, '--threads', '1', '--stable-ms', '50', '--status-every', '0'];
+    const stopped = async (a: ReturnType<typeof startAgent>) => {
+      const timer = setTimeout(() => a.child.kill('SIGKILL'), 30_000);
+      const r = await a.exit;
+      clearTimeout(timer);
+      return r;
+    };
+    // A FIFO named as a checkpoint: said and refused (no checkpoint verifies: exit 6), not waited on.
+    const fifo = path.join(state, 'checkpoints', 'ckpt-000000001-000000001.safetensors');
+    execFileSync('mkfifo', [fifo]);
+    let a = startAgent(args);
+    let r = await stopped(a);
+    assert.equal(r.signal, null, `run hung on the FIFO checkpoint: ${a.stderr()}`);
+    assert.equal(r.code, 6, a.stderr());
+    assert.match(a.stderr(), /ckpt-000000001-000000001\.safetensors.*a FIFO/);
+    // The FIFO latest.json alone: run --watch starts, trains, and stops on SIGTERM.
+    rmSync(fifo);
+    a = startAgent(args);
+    const t0 = Date.now();
+    while (!/latest\.json: not read: a FIFO/.test(a.stderr()) && Date.now() - t0 < 30_000 && a.child.exitCode === null) await new Promise((res) => setTimeout(res, 50));
+    await new Promise((res) => setTimeout(res, 1000)); // on to training the 4 frames, then waiting for more
+    assert.equal(a.child.exitCode, null, `run stopped by itself: ${a.stderr()}`);
+    a.child.kill('SIGTERM');
+    r = await stopped(a);
+    assert.equal(r.signal, null, `run did not answer SIGTERM: ${a.stderr()}`);
+    assert.equal(r.code, 0, a.stderr());
+    assert.match(a.stderr(), /latest\.json: not read: a FIFO/);
   } finally {
     rmSync(root, { recursive: true, force: true });
   }

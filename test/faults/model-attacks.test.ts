@@ -6,12 +6,15 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { mkdirSync, mkdtempSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { Graph, type Shape } from '../../tools/graph/graph.ts';
 import { encodeModel } from '../../tools/onnx/encode.ts';
 import { initialEncoder } from '../../agent/export/export.ts';
+import { encodePng } from '../../agent/frames/decode.ts';
+import { HealthSet } from '../../agent/health/set.ts';
+import { bindInputs, modelInfo } from '../../core/onnx/model.ts';
 import { REPO } from '../helpers/paths.ts';
 import { CLI, waitFor, writeFrames } from './helpers.ts';
 
@@ -115,6 +118,129 @@ test('embed --watch: a hot reload to a same-shape model with NaN outputs is refu
       assert.equal(x.features.length, 64);
       assert.ok(x.features.every((v: unknown) => typeof v === 'number' && Number.isFinite(v)), `${x.key}: finite features`);
     }
+  } finally {
+    rmSync(root, { recursive: true, force: true });
+  }
+});
+
+/**
+ * Finite on the probe images (channel means ~0.5) and NaN on dark frames: features = Sqrt(channel
+ * mean - 0.3) x W, so any frame with a channel mean under 0.3 gives NaN everywhere (issue 30, B10).
+ */
+function darkNaNModel(step: number): Uint8Array {
+  const g = new Graph();
+  const x = g.input('images', ['batch', 3, 32, 32]);
+  const m = g.sqrt(g.binary('Sub', g.flatten(g.globalAvgPool(x)), g.scalar(0.3)));
+  const f = g.matmul(m, g.constant(new Float32Array(3 * 64).map((_, i) => Math.sin(i + 1)), [3, 64]));
+  g.output(f, 'features');
+  g.output(g.matmul(f, g.constant(new Float32Array(64 * 128).map((_, i) => Math.cos(i) / 8), [64, 128])), 'embedding');
+  return encodeModel(g, 'dark-nan', { metadata: { 'ssocl.step': String(step) } });
+}
+
+const dark = () => encodePng(new Uint8Array(3 * 32 * 32), 32);
+const bright = (k: number) => encodePng(new Uint8Array(3 * 32 * 32).map((_, i) => 150 + ((i * 7 + k) % 100)), 32);
+
+test('B10: a model finite on the probe images but NaN on real (dark) frames is refused at start; met later, such a frame is reported failed, never a record of nulls', async () => {
+  const root = mkdtempSync(path.join(tmpdir(), 'ssocl-attack-dark-'));
+  try {
+    const model = path.join(root, 'dark.onnx');
+    writeFileSync(model, darkNaNModel(1));
+    // The first batch holds a dark frame: refused at start.
+    const first = path.join(root, 'first');
+    mkdirSync(first);
+    writeFileSync(path.join(first, 'a.png'), await bright(1));
+    writeFileSync(path.join(first, 'b.png'), await dark());
+    let s = spawnSync(process.execPath, [CLI, 'embed', first, '--model', model, '--threads', '1'], { encoding: 'utf8', timeout: 60_000 });
+    assert.equal(s.status, 2, s.stderr);
+    assert.equal(s.stdout, '', 'no records');
+    assert.match(s.stderr, /dark\.onnx: refused: output 'features' has \d+ of \d+ values not finite .* on 2 real frames/);
+    // Bright frames first (batch 2), a dark one in a later batch: that frame fails, the others are written.
+    const later = path.join(root, 'later');
+    mkdirSync(later);
+    for (const n of ['a', 'b', 'c']) writeFileSync(path.join(later, `${n}.png`), await bright(n.charCodeAt(0)));
+    writeFileSync(path.join(later, 'd.png'), await dark());
+    for (const cmd of ['embed', 'classify']) {
+      const args = cmd === 'embed' ? [cmd, later] : [cmd, later, '--support', path.join(root, 'support')];
+      if (cmd === 'classify') for (const c of ['x', 'y']) (mkdirSync(path.join(root, 'support', c), { recursive: true }), writeFileSync(path.join(root, 'support', c, '1.png'), await bright(c.charCodeAt(0))));
+      s = spawnSync(process.execPath, [CLI, ...args, '--model', model, '--batch', '2', '--threads', '1'], { encoding: 'utf8', timeout: 60_000 });
+      assert.equal(s.status, 0, s.stderr);
+      const recs = s.stdout.trim().split('\n').map((l) => JSON.parse(l));
+      assert.deepEqual(recs.map((r) => path.basename(r.path)), ['a.png', 'b.png', 'c.png'], `${cmd}: ${s.stdout}`);
+      if (cmd === 'embed') for (const r of recs) assert.ok(r.features.every((v: unknown) => typeof v === 'number'), 'no nulls');
+      assert.match(s.stderr, /failed .*d\.png: the model [0-9a-f]{16} gave non-finite/);
+    }
+  } finally {
+    rmSync(root, { recursive: true, force: true });
+  }
+});
+
+test('B10: embed --watch refuses a hot reload to a model that is NaN on the latest real frames; models rollback refuses such a version on the health set unless --force', async () => {
+  const root = mkdtempSync(path.join(tmpdir(), 'ssocl-attack-dark-reload-'));
+  try {
+    const models = path.join(root, 'models');
+    const watch = path.join(root, 'watch');
+    mkdirSync(models);
+    mkdirSync(watch);
+    const latest = path.join(models, 'latest.onnx');
+    const good = initialEncoder(ART);
+    writeFileSync(latest, good);
+    const out = path.join(root, 'w.jsonl');
+    const child = spawn(process.execPath, [CLI, 'embed', '--watch', watch, '--model', latest, '--out', out, '--batch', '4', '--stable-ms', '40', '--reload-ms', '5', '--exit-when-idle', '3', '--threads', '1'], { stdio: ['ignore', 'ignore', 'pipe'] });
+    let stderr = '';
+    child.stderr!.on('data', (c) => (stderr += c));
+    const done = new Promise<number | null>((r) => child.on('exit', (code) => r(code)));
+    writeFileSync(path.join(watch, 'a.png'), await bright(1));
+    writeFileSync(path.join(watch, 'b.png'), await dark());
+    const count = () => (existsSync(out) ? readJsonl(out).length : 0);
+    assert.ok(await waitFor(() => count() >= 2, 20_000), `first frames embedded; stderr: ${stderr}`);
+    writeFileSync(path.join(models, '.tmp.onnx'), darkNaNModel(2));
+    renameSync(path.join(models, '.tmp.onnx'), latest);
+    assert.ok(await waitFor(() => /refused/.test(stderr), 10_000), `the reload is refused; stderr: ${stderr}`);
+    writeFileSync(path.join(watch, 'c.png'), await dark());
+    assert.equal(await done, 0, stderr);
+    assert.match(stderr, /changed but was refused, keeping [0-9a-f]{16}: .*not finite.* on 2 real frames/);
+    const recs = readJsonl(out);
+    assert.equal(recs.length, 3);
+    for (const x of recs) assert.equal(x.model.sha256, sha16(good));
+
+    // models rollback to a version that is NaN on the health set's (dark) frames.
+    const state = path.join(root, 'state');
+    mkdirSync(state);
+    const set = new HealthSet(path.join(state, 'health-set.safetensors'), 32, 8);
+    for (let k = 0; k < 4; k++) set.offer(k % 2 ? new Uint8Array(3 * 32 * 32) : new Uint8Array(3 * 32 * 32).fill(200));
+    set.renew();
+    set.save();
+    const bad = darkNaNModel(5);
+    const rec = (file: string, step: number, b: Uint8Array, t: number) => JSON.stringify({ file, step, time: new Date(Date.UTC(2026, 0, 1, t)).toISOString(), sha256: createHash('sha256').update(b).digest('hex'), status: 'published' });
+    const cur = bindInputs(good, new Map(), { metadata: { ...modelInfo(good).metadata, 'ssocl.step': '9' } });
+    writeFileSync(path.join(models, 'encoder-000000005.onnx'), bad);
+    writeFileSync(path.join(models, 'encoder-000000005.json'), rec('encoder-000000005.onnx', 5, bad, 1));
+    writeFileSync(path.join(models, 'encoder-000000009.onnx'), cur);
+    writeFileSync(path.join(models, 'encoder-000000009.json'), rec('encoder-000000009.onnx', 9, cur, 2));
+    writeFileSync(latest, cur);
+    writeFileSync(path.join(models, 'latest.json'), rec('encoder-000000009.onnx', 9, cur, 2));
+    const refused = spawnSync(process.execPath, [CLI, 'models', 'rollback', '--models', models, '--state', state], { encoding: 'utf8', timeout: 60_000 });
+    assert.equal(refused.status, 2, refused.stderr);
+    assert.match(refused.stderr, /encoder-000000005\.onnx fails the health gate .*non-finite.*--force/);
+    assert.ok(readFileSync(latest).equals(cur), 'nothing published');
+    const forced = spawnSync(process.execPath, [CLI, 'models', 'rollback', '--models', models, '--state', state, '--force'], { encoding: 'utf8', timeout: 60_000 });
+    assert.equal(forced.status, 0, forced.stderr);
+    assert.ok(readFileSync(latest).equals(Buffer.from(bad)));
+  } finally {
+    rmSync(root, { recursive: true, force: true });
+  }
+});
+
+test('B4: a FIFO given as --model (or put in place of latest.onnx) is refused at once with one line, never waited on', async () => {
+  const root = mkdtempSync(path.join(tmpdir(), 'ssocl-attack-fifo-model-'));
+  try {
+    await writeFrames(path.join(root, 'in'), 1);
+    const model = path.join(root, 'latest.onnx');
+    spawnSync('mkfifo', [model]);
+    const s = spawnSync(process.execPath, [CLI, 'embed', path.join(root, 'in'), '--model', model, '--threads', '1'], { encoding: 'utf8', timeout: 20_000, killSignal: 'SIGKILL' });
+    assert.equal(s.signal, null, 'embed hung on the FIFO');
+    assert.equal(s.status, 2, s.stderr);
+    assert.match(s.stderr, /latest\.onnx.*a FIFO \(only regular files are read\)/);
   } finally {
     rmSync(root, { recursive: true, force: true });
   }

@@ -4,7 +4,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
-import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, truncateSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, truncateSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { decodeSafetensors, encodeSafetensors, type StTensor } from '../../core/codecs/safetensors.ts';
@@ -153,4 +153,29 @@ test('item 4: the newest checkpoint cut short after a run: the older one resumes
   const step2 = JSON.parse(readFileSync(path.join(s.models, 'latest.json'), 'utf8')).step as number;
   assert.ok(step2 >= step1, `latest.json went back from step ${step1} to ${step2}`);
   console.log(`newest checkpoint truncated: ${pendingInNewest.length} frames it had learnt were returned and learnt again; latest.json step ${step1} -> ${step2}`);
+});
+
+test('B9: "version":1 written into a tampered checkpoint does not skip the digests in a state that has held version 2 checkpoints; a state from before digests still reads its version 1 files', () => {
+  const meta = (steps: number) => ({ version: 2, artifact: 'x', steps, arrivals: steps, framesIngested: 0, rng: [1], cropRng: [2], buffer: { nextId: 0, streamCount: 0, entries: [], hasFeature: [] }, counters: {}, time: '' });
+  const dir = path.join(root, 'v1');
+  saveCheckpoint(dir, { meta: meta(1), state: new Map([['w', Float32Array.of(1, 2, 3)]]), images: [], features: [] });
+  assert.equal(readFileSync(path.join(dir, 'format'), 'utf8'), '2\n', 'the state records the format it holds');
+  // The attacker's newer checkpoint: weights changed, "version": 1, the digests dropped.
+  const asV1 = (file: string, to: string, w: Float32Array) => {
+    const { tensors, metadata } = decodeSafetensors(readFileSync(file));
+    tensors.set('state/w', { dtype: 'F32', shape: [w.length], data: w });
+    const m = JSON.parse(metadata.ssocl);
+    writeFileSync(to, encodeSafetensors(tensors, { ssocl: JSON.stringify({ ...m, version: 1, steps: 2 }) }));
+  };
+  const forged = path.join(dir, 'ckpt-000000002-000000002.safetensors');
+  asV1(listCheckpoints(dir)[0], forged, Float32Array.of(3e4, 3e4, 3e4));
+  assert.throws(() => readCheckpoint(forged), (e: Error) => e instanceof CheckpointError && /version 1 \(no digests\) in a state that has held version 2/.test(e.message));
+  // A state from before digests (no format record): its version 1 files are read, with a warning.
+  const old = path.join(root, 'v1-old');
+  mkdirSync(old);
+  const legacy = path.join(old, 'ckpt-000000002-000000002.safetensors');
+  asV1(listCheckpoints(dir)[0], legacy, Float32Array.of(4, 5, 6));
+  const warnings: string[] = [];
+  assert.deepEqual([...readCheckpoint(legacy, (w) => warnings.push(w)).state.get('w')!], [4, 5, 6]);
+  assert.match(warnings.join('\n'), /written before checkpoints carried digests/);
 });

@@ -1,7 +1,8 @@
 // `ssocl data fetch`: download a data set archive over HTTP(S) with resume (Range requests on a
 // .part file), verify its checksum, and unpack the tar.gz. No dependency beyond node:http(s) and zlib.
-// A hostile or broken server is bounded: connect and idle timeouts, a size cap, a redirect limit, and
-// a completion marker so that an interrupted unpack is redone instead of taken as done.
+// A hostile or broken server is bounded: connect and idle timeouts, an overall deadline and a minimum
+// rate (a server dripping a byte now and then resets an idle timer for ever), a size cap, a redirect
+// limit, and a completion marker so that an interrupted unpack is redone instead of taken as done.
 
 import { createHash } from 'node:crypto';
 import { createReadStream, createWriteStream, existsSync, lstatSync, mkdirSync, readFileSync, renameSync, rmSync, statSync, unlinkSync, writeFileSync } from 'node:fs';
@@ -36,7 +37,16 @@ export interface FetchOptions {
   maxRedirects?: number;
   /** Refuse to let the file grow past this many bytes (default: none for download(), the data set's size + 1% for fetchDataset()). */
   maxBytes?: number;
+  /** Milliseconds the whole download may take, redirects included (default 1 h: CIFAR at 50 kB/s). */
+  deadlineMs?: number;
+  /** Bytes per second the body must average over each rate window, or the download stops (default 10,240). */
+  minBytesPerS?: number;
+  /** Milliseconds over which the rate is measured (default 60 s). */
+  rateWindowMs?: number;
 }
+
+export const DEFAULT_DEADLINE_MS = 3600_000;
+export const DEFAULT_MIN_RATE = 10_240;
 
 /** File name of the completion marker, written into the unpacked folder once it is complete and verified. */
 export const COMPLETE_MARKER = '.ssocl-fetch-complete';
@@ -62,8 +72,9 @@ export async function download(url: string, dest: string, progress?: (got: numbe
   const max = opts.maxRedirects ?? 5;
   if (!/^https?:\/\//i.test(url) || !URL.canParse(url)) throw new Error(`GET ${url}: not an http(s) URL`);
   let current = url;
+  const deadlineAt = Date.now() + (opts.deadlineMs ?? DEFAULT_DEADLINE_MS);
   for (let hops = 0; ; hops++) {
-    const location = await getOnce(current, dest, progress, opts);
+    const location = await getOnce(current, dest, progress, opts, deadlineAt);
     if (location === null) return;
     if (hops >= max) throw new Error(`too many redirects (${max}) starting at ${url}`);
     let next: URL;
@@ -79,7 +90,7 @@ export async function download(url: string, dest: string, progress?: (got: numbe
 }
 
 /** One GET of `url` into `dest` (via `dest.part`); resolves with the Location of a redirect, or null once `dest` is complete. */
-function getOnce(url: string, dest: string, progress: ((got: number, total: number | null) => void) | undefined, opts: FetchOptions): Promise<string | null> {
+function getOnce(url: string, dest: string, progress: ((got: number, total: number | null) => void) | undefined, opts: FetchOptions, deadlineAt: number): Promise<string | null> {
   const part = `${dest}.part`;
   const cap = opts.maxBytes ?? Infinity;
   const connectMs = opts.connectTimeoutMs ?? 30_000;
@@ -129,6 +140,15 @@ function getOnce(url: string, dest: string, progress: ((got: number, total: numb
       }
       let got = append ? have : 0;
       let tooBig = false;
+      // The minimum rate, measured over whole windows of the body.
+      const minRate = opts.minBytesPerS ?? DEFAULT_MIN_RATE;
+      const windowMs = opts.rateWindowMs ?? 60_000;
+      let windowStart = got;
+      rateTimer = setInterval(() => {
+        const n = got - windowStart;
+        windowStart = got;
+        if (n < (minRate * windowMs) / 1000) cut(new Error(`GET ${url}: ${n} bytes in the last ${secs(windowMs)}, slower than the minimum ${minRate} bytes/s (run again to resume)`));
+      }, windowMs);
       const out = createWriteStream(part, { flags: append ? 'a' : 'w' });
       // A dropped connection: finish writing what came (the next run resumes from the .part's size, so
       // rejecting before the flush would make it ask for bytes it already had) and close the file.
@@ -156,7 +176,10 @@ function getOnce(url: string, dest: string, progress: ((got: number, total: numb
           out.once('drain', () => res.resume());
         }
       });
-      res.on('end', close);
+      res.on('end', () => {
+        clearInterval(rateTimer);
+        close();
+      });
       midBody = fail;
       const dropped = () => fail(new Error(`GET ${url}: connection closed after ${got} bytes (run again to resume)`));
       res.on('aborted', dropped);
@@ -178,12 +201,19 @@ function getOnce(url: string, dest: string, progress: ((got: number, total: numb
     // The connect timeout runs until the TCP connection is up; from then on the idle timeout (the TLS
     // handshake, the wait for the headers, every gap in the body).
     let connectTimer: NodeJS.Timeout | undefined;
+    let rateTimer: NodeJS.Timeout | undefined;
+    const total = opts.deadlineMs ?? DEFAULT_DEADLINE_MS;
+    const deadline = setTimeout(() => cut(new Error(`GET ${url}: not done after ${secs(total)} (the deadline; run again to resume)`)), Math.max(0, deadlineAt - Date.now()));
     req.on('socket', (socket) => {
       if (!socket.connecting) return; // a kept-alive socket, connected already
       connectTimer = setTimeout(() => cut(new Error(`GET ${url}: no connection after ${secs(connectMs)} (connect timeout; run again to resume)`)), connectMs);
       socket.once('connect', () => clearTimeout(connectTimer));
     });
-    req.on('close', () => clearTimeout(connectTimer));
+    req.on('close', () => {
+      clearTimeout(connectTimer);
+      clearTimeout(deadline);
+      clearInterval(rateTimer);
+    });
     req.setTimeout(idleMs, () => cut(new Error(`GET ${url}: nothing received for ${secs(idleMs)} (idle timeout; run again to resume)`)));
     req.on('error', (e) => {
       const err = reason ?? new Error(`GET ${url}: ${e.message} (run again to resume)`);

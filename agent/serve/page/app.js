@@ -3,6 +3,7 @@
 // the browser tests (and for a curious console).
 
 import { fmt, lineChart } from './charts.js';
+import { append, thinOlderHalf } from './history.js';
 import { PageModel } from './model.js';
 import { coverResize, toInput } from './preprocess.js';
 import { rates } from './rates.js';
@@ -13,6 +14,8 @@ const esc = (s) => String(s).replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`)
 const state = { steps: [], evals: [], health: [], model: null, quarantine: null, buffer: null, presence: null, status: null, events: 0, dirs: null };
 /** The page keeps at most this many step points; beyond it the older half is thinned. */
 const MAX_POINTS = 20000;
+/** ... and of eval and health records (the server keeps as many). */
+const MAX_RECORDS = 5000;
 
 const charts = {
   loss: lineChart($('chart-loss'), { y: 'loss' }),
@@ -81,13 +84,13 @@ function onMetrics(m) {
     state.evals = [];
     state.health = [];
   }
-  state.steps.push(...m.steps);
-  state.evals.push(...m.evals);
-  state.health.push(...m.health);
-  if (state.steps.length > MAX_POINTS) {
-    const half = state.steps.length >> 1;
-    state.steps = [...state.steps.slice(0, half).filter((_, i) => i % 2 === 0), ...state.steps.slice(half)];
-  }
+  // Appended one by one (history.js): a long run's history is 100,000+ points.
+  append(state.steps, m.steps);
+  append(state.evals, m.evals);
+  append(state.health, m.health);
+  state.steps = thinOlderHalf(state.steps, MAX_POINTS);
+  state.evals = thinOlderHalf(state.evals, MAX_RECORDS);
+  state.health = thinOlderHalf(state.health, MAX_RECORDS);
   if (had !== state.steps.length > 0) renderWaiting();
   scheduleDraw();
 }
