@@ -196,7 +196,7 @@ try {
     const aggLog = path.join(root, `t${t}-aggregator.log`);
     const agg = await Aggregator.open({
       broker: { url: broker.url }, fleet: fleetName, artifacts: values.artifacts, expect: D, roundTimeoutMs: 30_000, minUpdates: 1,
-      robust: (await import('../agent/fleet/aggregate.ts')).parseRobust(values.robust), serverLr: Number(values['server-lr']), enc: values.encoding as 'f16' | 'f32', log: (l) => appendFileSync(aggLog, `${l}\n`),
+      robust: (await import('../agent/fleet/combine.ts')).parseRobust(values.robust), serverLr: Number(values['server-lr']), enc: values.encoding as 'f16' | 'f32', log: (l) => appendFileSync(aggLog, `${l}\n`),
     });
     const running = agg.run();
     await agg.ready;

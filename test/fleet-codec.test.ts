@@ -8,17 +8,16 @@ import { Rng } from '../core/rng.ts';
 import {
   FleetFormatError,
   addInto,
-  checkTensors,
   decodeMessage,
   delta,
   encodeMessage,
   f16ToF32,
   f32ToF16,
-  l2,
   sharedSpec,
   type GlobalHeader,
   type UpdateHeader,
 } from '../agent/fleet/codec.ts';
+import { checkTensors, l2 } from '../agent/fleet/screen.ts';
 
 // ---- references written differently from the code: plain arithmetic on values, no bit twiddling
 
