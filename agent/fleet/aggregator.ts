@@ -201,20 +201,20 @@ export class Aggregator {
         m = decodeMessage(bytes);
         if (m.header.kind !== 'global' || !m.header.full) throw new Error('not a full global model');
       } catch (e) {
-        return this.refuse('other', `fleet: ignored the global model in ${where}: ${oneLine((e as Error).message)}`);
+        return this.refuse('other', `fleet: ignored ${where}: ${oneLine((e as Error).message)}`);
       }
       const h = m.header as GlobalHeader;
-      if (this.ownKey && !verifyAuth(m.auth, this.ownKey)) return this.refuse('unsigned', `fleet: ignored global v${h.version} in ${where}: ${m.auth.signature ? `signed by ${m.auth.key ? fingerprint(m.auth.key) : 'no key'}, not` : 'not signed by'} this aggregator's key ${fingerprint(this.ownKey)} (a forgery, or this aggregator's key changed)`);
+      if (this.ownKey && !verifyAuth(m.auth, this.ownKey)) return this.refuse('unsigned', `fleet: ignored ${where} (v${h.version}): ${m.auth.signature ? `signed by ${m.auth.key ? fingerprint(m.auth.key) : 'no key'}, not` : 'not signed by'} this aggregator's key ${fingerprint(this.ownKey)} (a forgery, or this aggregator's key changed)`);
       // Ours, yet unusable: starting over from the artifacts would publish a version 1 over the fleet's model.
       const unusable = h.fleet !== this.o.fleet ? `it is fleet ${h.fleet}'s` : h.artifact !== this.artifact ? `made for other artifacts (${h.artifact.slice(0, 12)}...)` : checkTensors(this.spec, m.tensors);
-      if (unusable) throw new Error(`the fleet's global model in ${where} cannot be used (${unusable}); give the artifacts the fleet trains, or another --fleet name`);
+      if (unusable) throw new Error(`${where} cannot be used (${unusable}); give the artifacts the fleet trains, or another --fleet name`);
       if (!got || h.version > got.header.version) {
         got = { header: h, tensors: m.tensors, bytes };
-        fromRetained = where === this.t.global;
+        fromRetained = bytes === retained;
       }
     };
-    if (this.stateFile && existsSync(this.stateFile)) look(readFileSync(this.stateFile), this.stateFile);
-    if (retained) look(retained, this.t.global);
+    if (this.stateFile && existsSync(this.stateFile)) look(readFileSync(this.stateFile), `the global model kept in ${this.stateFile}`);
+    if (retained) look(retained, `the fleet's retained global model on ${this.t.global}`);
     const g = got as { header: GlobalHeader; tensors: Map<string, Float32Array>; bytes: Buffer } | null;
     if (!g) {
       if (retained) this.o.log(`fleet: NO usable global model; starting the fleet at v0${this.o.state ? '' : ' (give --state to keep the fleet\'s version on disk, out of reach of whoever can publish on the broker)'}`);
