@@ -137,9 +137,11 @@ test('B5, trust on first use: without --fleet-aggregator-key an unsigned forgery
   const opts = { broker: { url: 'mqtt://127.0.0.1:1' }, fleet: 'F', device: 'devA', every: { steps: 1 }, enc: 'f16' as const, keys: { key: devKeys.devA.privateKey, pin } };
   const dev = new FleetDevice(opts, t, (l) => log.push(l));
   dev.receive(T.global, forgedGlobal({ version: 777, full: true }, scaled(init, 1000), null));
+  dev.receive(T.global, Buffer.alloc(16 * 1024 * 1024)); // larger than a global model of these artifacts can be
   await dev.between();
   assert.equal(dev.version, 0);
   assert.ok(!existsSync(pin));
+  assert.ok(log.some((l) => /ignored a global model on .*: fleet message: 16777216 bytes is over the limit of \d+/.test(l)), log.join('\n'));
   const { agg, out, publish } = await openAggregator();
   await agg.start(null, publish);
   agg.receive(T.update('devB'), update({ device: 'devB' }, small(3), devKeys.devB.privateKey));

@@ -50,6 +50,7 @@ export class FleetDevice {
   private offlineLogged = false;
   private inflight: Promise<unknown> = Promise.resolve();
   private readonly signer: Signer | null;
+  private readonly maxMessage: number;
   /** The aggregator's key globals must be signed by (given, or pinned); null: none yet (or an insecure fleet). */
   private aggregatorKey: KeyObject | null = null;
   /** Bytes published and received (payloads), rounds taken part in, and global models refused, for the log and benchmarks. */
@@ -67,6 +68,8 @@ export class FleetDevice {
     this.artifact = m.files[m.trainStep.file];
     this.due = new Due(o.every, trainer.steps);
     this.signer = o.keys ? signerOf(o.keys.key) : null;
+    // A global model is the shared tensors in float32 plus a header that grows with the fleet's devices: anything larger is refused before decoding.
+    this.maxMessage = this.spec.reduce((n, s) => n + 4 * s.shape.reduce((a, b) => a * b, 1), 0) + 4 * 1024 * 1024;
     if (o.keys?.aggregator) this.aggregatorKey = o.keys.aggregator;
     else if (o.keys?.pin && existsSync(o.keys.pin)) {
       this.aggregatorKey = readPublicKey('the pinned aggregator key', o.keys.pin);
@@ -87,6 +90,7 @@ export class FleetDevice {
 
   /** Connects in the background; training does not wait for the broker. */
   start(): void {
+    if (!this.o.keys) this.log('fleet: INSECURE fleet (no --fleet-identity): updates go unsigned and any global model on the broker is merged');
     const c = connect(this.o.broker, `ssocl-${this.o.fleet}-${this.o.device}`, this.log);
     this.client = c;
     c.on('connect', (ack) => {
@@ -121,7 +125,7 @@ export class FleetDevice {
     if (!payload.length) return;
     this.io.bytesDown += payload.length;
     try {
-      const { header, tensors, auth } = decodeMessage(payload);
+      const { header, tensors, auth } = decodeMessage(payload, this.maxMessage);
       if (header.kind !== 'global') throw new FleetFormatError(`a ${header.kind} message on ${topic}`);
       if (header.fleet !== this.o.fleet) throw new FleetFormatError(`for fleet ${header.fleet}`);
       if (header.artifact !== this.artifact) throw new FleetFormatError(`made for other artifacts (${header.artifact.slice(0, 12)}...)`);
