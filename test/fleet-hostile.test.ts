@@ -130,6 +130,27 @@ test('B5: a forged global model (unsigned, or signed by another key; v1000000 x1
   assert.equal(back.version, 1);
 });
 
+test('a device back from an older checkpoint takes its seq from the signed global model (even one it holds), so its next update is no replay', async () => {
+  const t = await openTrainer();
+  const { agg, out, publish } = await openAggregator();
+  await agg.start(null, publish);
+  agg.receive(T.update('devA'), update({ device: 'devA', seq: 7 }, small(80), devKeys.devA.privateKey));
+  await agg.closeRound(publish);
+  const keys = { key: devKeys.devA.privateKey, aggregator: aggKeys.publicKey };
+  const opts = { broker: { url: 'mqtt://127.0.0.1:1' }, fleet: 'F', device: 'devA', every: { steps: 1 }, enc: 'f16' as const, keys };
+  const dev = new FleetDevice(opts, t, () => {});
+  const rec = { ...dev.record(), version: 1, seq: 2, base: agg.global }; // at v1 already, with seq 2 (an older checkpoint)
+  const back = new FleetDevice(opts, t, () => {}, rec);
+  assert.equal(back.seq, 2);
+  back.receive(T.global, fullOf(out));
+  await back.between();
+  assert.equal(back.version, 1);
+  assert.equal(back.seq, 7);
+  // A forged header cannot push it: an unsigned global with latest devA = 2^53 - 1 is refused before.
+  back.receive(T.global, forgedGlobal({ version: 1, full: true, latest: { devA: Number.MAX_SAFE_INTEGER } }, init, null));
+  assert.equal(back.seq, 7);
+});
+
 test('B5, trust on first use: without --fleet-aggregator-key an unsigned forgery is refused and pins nothing; the first signed global pins its key (said loudly), kept across a restart', async () => {
   const t = await openTrainer();
   const pin = path.join(root, 'tofu', 'fleet-aggregator-F.pub');

@@ -133,6 +133,7 @@ export class FleetDevice {
       if (bad) throw new FleetFormatError(bad);
       if (header.full !== (topic === this.t.global)) throw new FleetFormatError(`full=${header.full} on ${topic}`);
       if (this.o.keys) this.checkSigned(header, auth);
+      this.catchUpSeq(header);
       this.inbox.push({ header, tensors });
     } catch (e) {
       this.io.refused++;
@@ -152,6 +153,16 @@ export class FleetDevice {
       this.log(`fleet: TRUST ON FIRST USE: pinned the aggregator key ${fingerprint(key)} from global v${h.version} in ${this.o.keys.pin}; from now on only global models it signs are merged. If that is not your aggregator's key (ssocl fleet keygen printed its fingerprint), stop, remove that file and give --fleet-aggregator-key`);
     }
     if (!verifyAuth(auth, key)) throw new FleetFormatError(`v${h.version} is ${auth.signature ? 'not signed by' : 'unsigned; expected a signature by'} the aggregator key ${fingerprint(key)}`);
+  }
+
+  /**
+   * The aggregator refuses a seq not above the newest it holds of this device (replays): a device back
+   * from an older checkpoint takes that seq from any global model it accepts, also one it already holds
+   * (a fleet of one would otherwise wait for ever). Bounded, so no header makes the next seq unsafe.
+   */
+  private catchUpSeq(h: GlobalHeader): void {
+    const held = h.latest?.[this.o.device] ?? 0;
+    if (held > this.seq && held < 2 ** 52) this.seq = held;
   }
 
   /** Counts frames learnt from (weights the next update). */
@@ -207,8 +218,6 @@ export class FleetDevice {
       this.trainer.state.set(s.name, v);
     }
     if (ours) this.framesSinceBase = Math.max(0, this.framesSinceBase - p!.frames);
-    // The aggregator refuses a seq not above the newest it holds of this device (replays): a device back from an older checkpoint catches up.
-    this.seq = Math.max(this.seq, h.latest?.[this.o.device] ?? 0);
     // Any newer global supersedes a pending update: its base is no longer the aggregator's.
     this.published = null;
     this.base = g;
