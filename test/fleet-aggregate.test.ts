@@ -1,5 +1,5 @@
-// One fleet aggregation round (issue #22): which updates screening refuses and why, and the combined
-// delta of each robust rule against answers worked out by hand or in plain float64 here.
+// One fleet aggregation round (issues #22, #30): which updates screening refuses and why, with what weight,
+// and the combined delta of each robust rule (Krum too) against answers worked out by hand or in plain float64 here.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { Rng } from '../core/rng.ts';
@@ -160,6 +160,12 @@ test('Krum and Multi-Krum (Flower\'s aggregate_krum): a hand-computed case', () 
   // An outlier with the most frames is never chosen; keep beyond n keeps all.
   assert.equal(aggregate([...cs.slice(0, 3), cand('d', 1, flat(1e6), 1e9)], spec, { krum: 1, keep: 3 }).get('w')![0], Math.fround(40 / 50)); // (0 x 30 + 1 x 10 + 3 x 10) / 50
   assert.equal(krumSelect(cs, 0, 9).length, 4);
+  // Tensors listed in another order by one message are compared name by name: b equals a, listed bn.mean first.
+  const t = (w: number, bn: number[]) => new Map([['w', new Float32Array(4).fill(w)], ['bn.mean', Float32Array.from(bn)]]);
+  const b = t(0, [5, 5]);
+  const order = [cand('d', 1, t(50, [50, 50])), cand('c', 1, t(0, [5, 6])), cand('a', 1, t(0, [5, 5])), cand('b', 1, new Map([...b].reverse()))];
+  assert.deepEqual([...order[3].delta.keys()], ['bn.mean', 'w']);
+  assert.deepEqual(krumSelect(order, 0, 2, spec).map((c) => c.device), ['a', 'b']); // by position: tensors of other sizes compared, no answer
   assert.deepEqual(parseRobust('krum:1'), { krum: 1, keep: 1 });
   assert.deepEqual(parseRobust('multi-krum:1,3'), { krum: 1, keep: 3 });
   for (const s of ['krum', 'krum:', 'krum:1,2', 'multi-krum:1', 'multi-krum:1,0', 'krum:-1', 'krum:x']) assert.throws(() => parseRobust(s), /expected krum:F .* or multi-krum:F,M/, s);

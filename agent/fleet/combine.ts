@@ -35,7 +35,7 @@ export function aggregate(cands: Candidate[], spec: Spec, robust: Robust): Map<s
     if ((robust === 'mean' || typeof robust === 'object' && 'krum' in robust) && (!Number.isSafeInteger(w) || w <= 0)) throw new Error(`aggregate: update from ${c.device} seq ${c.seq}: ${c.weight === undefined ? 'frames' : 'weight'} ${w} is not a positive integer`);
   }
   if (robust === 'mean') return weightedMean(cs, spec);
-  if (typeof robust === 'object' && 'krum' in robust) return weightedMean(krumSelect(cs, robust.krum, robust.keep), spec);
+  if (typeof robust === 'object' && 'krum' in robust) return weightedMean(krumSelect(cs, robust.krum, robust.keep, spec), spec);
   const n = cs.length;
   const out = new Map<string, Float32Array>();
   const cut = robust === 'median' ? 0 : Math.floor((robust as { trimmed: number }).trimmed * n);
@@ -83,9 +83,11 @@ function weightedMean(cs: Candidate[], spec: Spec): Map<string, Float32Array> {
  * its squared L2 distances to its max(1, n - f - 2) nearest others; the `keep` lowest scores are chosen
  * (ties: the first in device order). Returns them in device order.
  */
-export function krumSelect(cs: Candidate[], f: number, keep: number): Candidate[] {
+export function krumSelect(cs: Candidate[], f: number, keep: number, spec?: Spec): Candidate[] {
   const n = cs.length;
-  const flat = cs.map((c) => [...c.delta.values()]);
+  // In the spec's order: a message may list its tensors in any order.
+  const names = spec ? spec.map((s) => s.name) : [...(cs[0]?.delta.keys() ?? [])];
+  const flat = cs.map((c) => names.map((name) => c.delta.get(name)!));
   const d = Array.from({ length: n }, () => new Float64Array(n));
   for (let i = 0; i < n; i++) {
     for (let j = i + 1; j < n; j++) {
