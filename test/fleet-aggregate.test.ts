@@ -160,6 +160,8 @@ test('Krum and Multi-Krum (Flower\'s aggregate_krum): a hand-computed case', () 
   // An outlier with the most frames is never chosen; keep beyond n keeps all.
   assert.equal(aggregate([...cs.slice(0, 3), cand('d', 1, flat(1e6), 1e9)], spec, { krum: 1, keep: 3 }).get('w')![0], Math.fround(40 / 50)); // (0 x 30 + 1 x 10 + 3 x 10) / 50
   assert.equal(krumSelect(cs, 0, 9).length, 4);
+  // Squared distances, as Flower's: on 0, 1, 2, 4, 5 (3 nearest) the scores are 21, 11, 9, 14, 26 (x 6): 2 wins; plain distances would pick 1.
+  assert.deepEqual(krumSelect([0, 1, 2, 4, 5].map((v) => cand(`k${v}`, 1, flat(v))), 0, 1).map((c) => c.device), ['k2']);
   // Tensors listed in another order by one message are compared name by name: b equals a, listed bn.mean first.
   const t = (w: number, bn: number[]) => new Map([['w', new Float32Array(4).fill(w)], ['bn.mean', Float32Array.from(bn)]]);
   const b = t(0, [5, 5]);
