@@ -254,8 +254,8 @@ test('B7: with 1e12 frames and a change 9.9x the global norm, one or two devices
   }
 });
 
-test('a captured update replayed unchanged, re-sent with edited fields, from another fleet, or from a device without an allowed key: refused, logged, counted', async () => {
-  const { agg, log, publish } = await openAggregator();
+test('a captured update replayed unchanged, re-sent with edited fields, from another fleet, or from a device without an allowed key: refused, logged, counted; replays also after a restart', async () => {
+  const { agg, log, out, publish } = await openAggregator();
   await agg.start(null, publish);
   const captured = update({ device: 'devA' }, small(50), devKeys.devA.privateKey);
   agg.receive(T.update('devA'), captured);
@@ -287,6 +287,12 @@ test('a captured update replayed unchanged, re-sent with edited fields, from ano
   await agg.closeRound(publish);
   assert.equal(agg.version, 2);
   assert.equal(agg.rounds.at(-1)!.rejected.length, 6);
+  // Restarted from its retained v2 (no memory but the signed model): devB's seq 2 replayed on v2 is still refused.
+  const again = await openAggregator();
+  await again.agg.start(fullOf(out), again.publish);
+  again.agg.receive(T.update('devB'), update({ device: 'devB', seq: 2, base: 2 }, small(57), devKeys.devB.privateKey));
+  assert.ok(again.log.some((l) => /seq 2 is not above devB's last \(2\): a replay/.test(l)), again.log.join('\n'));
+  assert.equal(again.agg.refused.replay, 1);
 });
 
 /** The message with another signature and key put in its metadata (the bytes a capture-and-edit attack sends). */
