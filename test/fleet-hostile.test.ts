@@ -229,9 +229,9 @@ test('B6: an update claiming 2^53 - 1 frames does not stop the aggregator, in it
   assert.equal(again.agg.version, 3, again.log.join('\n'));
 });
 
-test('B7: with 1e12 frames and a change 9.9x the global norm, one or two devices cannot steer the model (history bound); median and Multi-Krum hold too', async () => {
-  for (const robust of ['mean', 'median', { krum: 2, keep: 2 }] as const) {
-    const { agg, log, publish } = await openAggregator({ robust });
+test('B7: with 1e12 frames and a change 9.9x the global norm, one or two devices cannot steer the model (history bound, kept across a restart); median and Multi-Krum hold too', async () => {
+  for (const robust of ['mean', 'median', { krum: 2, keep: 2 }, 'restart'] as const) {
+    let { agg, log, out, publish } = await openAggregator({ robust: robust === 'restart' ? 'mean' : robust });
     await agg.start(null, publish);
     const g0 = l2(agg.global);
     // Three ordinary rounds: the history of accepted norms.
@@ -240,6 +240,12 @@ test('B7: with 1e12 frames and a change 9.9x the global norm, one or two devices
       await agg.closeRound(publish);
     }
     assert.equal(agg.version, 3);
+    if (robust === 'restart') {
+      // A new aggregator from the retained v3: the norm history comes with the signed model.
+      ({ agg, log, publish } = await openAggregator());
+      await agg.start(fullOf(out), publish);
+      assert.equal(agg.norms.length, 3);
+    }
     const before = new Map([...agg.global].map(([k, v]) => [k, v.slice()]));
     const steer = scaled(agg.global, 9.9); // a change 9.9x the global norm
     assert.ok(l2(steer) < 10 * l2(agg.global) && l2(steer) > 9 * g0);
