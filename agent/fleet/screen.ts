@@ -92,12 +92,18 @@ export function screen(cands: Candidate[], global: Map<string, Float32Array>, sp
     valid.push({ c, norm: l2(c.delta) });
   }
 
+  // The absolute bound: from the fleet's history of accepted norms; in its first round, from the global model.
   const hist = opt.history.filter((x) => Number.isFinite(x) && x > 0);
-  const bound = hist.length ? { limit: opt.historyRatio * median(sorted(hist)), why: (n: number) => `delta norm ${fmt(n)} exceeds ${opt.historyRatio} x the median accepted norm of the last ${hist.length} round(s) ${fmt(median(sorted(hist)))}` } : { limit: opt.absMaxRatio * l2(global), why: (n: number) => `delta norm ${fmt(n)} exceeds ${opt.absMaxRatio} x the global norm ${fmt(l2(global))} (the first round's bound: no history yet)` };
+  const ref = hist.length ? median(sorted(hist)) : l2(global);
+  const limit = (hist.length ? opt.historyRatio : opt.absMaxRatio) * ref;
+  const over = (n: number) =>
+    hist.length
+      ? `delta norm ${fmt(n)} exceeds ${opt.historyRatio} x the median accepted norm of the last ${hist.length} round(s) ${fmt(ref)}`
+      : `delta norm ${fmt(n)} exceeds ${opt.absMaxRatio} x the global norm ${fmt(ref)} (the first round's bound: no history yet)`;
   const med = valid.length >= 3 ? median(sorted(valid.map((v) => v.norm))) : NaN;
   const kept: { c: Candidate; norm: number }[] = [];
   for (const v of valid) {
-    if (!(v.norm <= bound.limit)) reject(v.c, bound.why(v.norm));
+    if (!(v.norm <= limit)) reject(v.c, over(v.norm));
     else if (v.norm > opt.maxNormRatio * med) reject(v.c, `delta norm ${fmt(v.norm)} exceeds ${opt.maxNormRatio} x the median norm ${fmt(med)}`);
     else kept.push(v);
   }
