@@ -18,7 +18,7 @@ export const RUN_GROUPS: Groups = [
   ['Camera (--camera):', ['fps', 'size', 'ffmpeg', 'stall-s']],
   ['Data set (--dataset):', ['stream-order', 'trial', 'data-dir', 'per-class', 'eval-every', 'eval-memory']],
   ['Health (each export, before it is published):', ['health-gate', 'health-frames', 'health-min-rank', 'health-max-cos', 'health-max-rank-drop', 'health-max-cos-rise', 'probe', 'probe-max-drop']],
-  ['Fleet (learning with other devices):', ['fleet', 'fleet-name', 'fleet-device', 'fleet-every', 'fleet-encoding', 'fleet-username', 'fleet-password', 'fleet-ca', 'fleet-cert', 'fleet-key', 'fleet-insecure']],
+  ['Fleet (learning with other devices):', ['fleet', 'fleet-name', 'fleet-device', 'fleet-every', 'fleet-encoding', 'fleet-username', 'fleet-password', 'fleet-ca', 'fleet-cert', 'fleet-key', 'fleet-insecure', 'fleet-identity', 'fleet-aggregator-key', 'insecure-fleet']],
   ['Research methods (the comparison of ssocl bench):', ['method', 'help-methods', 'updates', 'replay', 'warmup', 'buffer']],
 ];
 

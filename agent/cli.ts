@@ -302,7 +302,10 @@ const cli = yargs(hideBin(process.argv))
         .options(fleetBrokerOptions('fleet') as {})
         .option('fleet-device', { type: 'string', describe: 'with --fleet: this device\'s id in the fleet (default: one made up once and kept in <state>/fleet-device)' })
         .options(nums({ 'fleet-every': { kind: 'every', default: '100', describe: 'with --fleet: publish an update every this many steps (e.g. 100) or this long (2m)' } }))
-        .option('fleet-encoding', { choices: ['f16', 'f32'] as const, default: 'f16' as const, describe: 'with --fleet: updates as float16 changes (half the bytes) or float32' }),
+        .option('fleet-encoding', { choices: ['f16', 'f32'] as const, default: 'f16' as const, describe: 'with --fleet: updates as float16 changes (half the bytes) or float32' })
+        .option('fleet-identity', { type: 'string', describe: 'with --fleet: this device\'s private key (ssocl fleet keygen --name DEVICE); its updates are signed with it, and the aggregator takes them only if DEVICE.pub is in its --allow folder' })
+        .option('fleet-aggregator-key', { type: 'string', describe: 'with --fleet: the aggregator\'s public key; only global models it signed are merged (default: trust on first use, the first signed global model\'s key is pinned in <state>/fleet-aggregator-<name>.pub)' })
+        .option('insecure-fleet', { type: 'boolean', default: false, describe: 'with --fleet: run without --fleet-identity (nothing signed or checked: any client that can publish on the broker can steer this device)' }),
       RUN_GROUPS, 'run'),
     async (a) => {
       if (a['help-methods']) return void process.stdout.write(methodsHelp());
@@ -542,34 +545,62 @@ const cli = yargs(hideBin(process.argv))
       await serveCommand({ state: a.state, models: a.models, metrics: a.metrics, quarantine: a.quarantine, artifacts: a.artifacts, host: a.host, port: a.port, pollMs: a['poll-ms'] });
     },
   )
-  .command(
-    'fleet aggregate',
-    'a fleet\'s aggregator: average the devices\' updates each round (weighted by frames learnt, or robustly), reject malformed or hostile ones, publish the global model (retained) and export it',
-    (y) =>
-      helpLayout(y
-        .options(fleetBrokerOptions('broker') as {})
-        .demandOption('broker')
-        .option('artifacts', { type: 'string', default: path.join(REPO_ROOT, 'training-artifacts/edge'), defaultDescription: shownPath(path.join(REPO_ROOT, 'training-artifacts/edge')), describe: 'the artifacts the fleet trains (updates made with others are rejected)' })
-        .option('models', { type: 'string', describe: 'export each global model here (latest.onnx, encoder-<version>.onnx); default: no export' })
-        .options(
-          nums({
-            expect: { int: true, min: 0, default: 0, describe: 'close a round as soon as this many devices sent an update (0: by --round-timeout only)' },
-            'round-timeout': { above: 0, default: 60, describe: 'seconds after a round\'s first update at which it closes (with at least --min-updates)' },
-            'min-updates': { int: true, min: 1, default: 1, describe: 'updates a round needs before --round-timeout closes it' },
-            'max-norm-ratio': { above: 0, default: 10, describe: 'reject an update whose norm is over this x the round\'s median norm (rounds of 3 or more)' },
-            'max-abs-ratio': { above: 0, default: 10, describe: 'reject an update whose norm is over this x the global model\'s norm (any round size)' },
-            'max-rounds': { int: true, min: 0, default: 0, describe: 'stop after this many rounds (0: never)' },
-            'server-lr': { above: 0, default: 1, describe: 'move the global parameters by this x the combined change (1: FedAvg; FedOpt\'s server step above 1); BN statistics always by the change itself' },
-          }),
-        )
-        .option('robust', { type: 'string', default: 'mean', describe: 'how updates combine: mean (weighted by frames learnt), median (coordinate-wise) or trimmed:F (coordinate-wise mean without the F lowest and F highest fraction, e.g. trimmed:0.2)' })
-        .option('encoding', { choices: ['f16', 'f32'] as const, default: 'f16' as const, describe: 'the published change from the previous global model: float16 or float32 (the retained full model is always float32)' }), [], 'fleet aggregate'),
-    async (a) => {
-      artifactsDir('--artifacts', a.artifacts);
-      if (a.models) writableDir('--models', a.models);
-      const { fleetAggregateCommand } = await import('./commands/fleet.ts');
-      await fleetAggregateCommand(a);
-    },
+  .command('fleet', 'a fleet of devices learning together over MQTT: fleet keygen (keys), fleet aggregate (the aggregator)', (fy) =>
+    fy
+      .command(
+        'keygen',
+        'make a fleet key pair (Ed25519): NAME.key (private, mode 0600) and NAME.pub; the aggregator\'s signs global models, each device\'s (NAME = its device id) its updates',
+        (y) =>
+          helpLayout(y
+            .option('out', { type: 'string', demandOption: true, describe: 'the folder the two files are written to (made if missing; existing keys are never overwritten)' })
+            .option('name', { type: 'string', default: 'aggregator', describe: 'the key\'s name: aggregator, or a device id (the aggregator\'s --allow folder holds DEVICE.pub)' }), [], 'fleet keygen'),
+        async (a) => {
+          writableDir('--out', a.out);
+          const { fleetKeygenCommand } = await import('./commands/fleet.ts');
+          fleetKeygenCommand(a);
+        },
+      )
+      .command(
+        'aggregate',
+        'a fleet\'s aggregator: average the devices\' updates each round (weighted by frames learnt, or robustly), reject malformed or hostile ones, publish the global model (retained) and export it',
+        (y) =>
+          helpLayout(y
+            .options(fleetBrokerOptions('broker') as {})
+            .demandOption('broker')
+            .option('artifacts', { type: 'string', default: path.join(REPO_ROOT, 'training-artifacts/edge'), defaultDescription: shownPath(path.join(REPO_ROOT, 'training-artifacts/edge')), describe: 'the artifacts the fleet trains (updates made with others are rejected)' })
+            .option('models', { type: 'string', describe: 'export each global model here (latest.onnx, encoder-<version>.onnx); default: no export' })
+            .options(
+              nums({
+                expect: { int: true, min: 0, default: 0, describe: 'close a round as soon as this many devices sent an update (0: by --round-timeout only)' },
+                'round-timeout': { above: 0, default: 60, describe: 'seconds after a round\'s first update at which it closes (with at least --min-updates)' },
+                'min-updates': { int: true, min: 1, default: 1, describe: 'updates a round needs before --round-timeout closes it' },
+                'max-norm-ratio': { above: 0, default: 10, describe: 'reject an update whose norm is over this x the round\'s median norm (rounds of 3 or more)' },
+                'max-history-ratio': { above: 0, default: 10, describe: 'reject an update whose norm is over this x the median accepted update norm of the fleet\'s last 10 rounds' },
+                'max-abs-ratio': { above: 0, default: 10, describe: 'in the fleet\'s first round (no history yet): reject an update whose norm is over this x the global model\'s norm' },
+                'weight-cap': { above: 0, default: 4, describe: 'an update weighs at most this x the round\'s median reported frames (a device claiming 1e12 frames counts as this many typical ones)' },
+                'max-held': { int: true, min: 1, default: 1000, describe: 'updates a round holds at most (one per device); more are refused and logged' },
+                'max-held-mib': { above: 0, default: 1024, describe: 'MiB of updates a round holds at most; more are refused and logged' },
+                'max-rounds': { int: true, min: 0, default: 0, describe: 'stop after this many rounds (0: never)' },
+                'server-lr': { above: 0, default: 1, describe: 'move the global parameters by this x the combined change (1: FedAvg; FedOpt\'s server step above 1); BN statistics always by the change itself' },
+              }),
+            )
+            .option('robust', { type: 'string', default: 'mean', describe: 'how updates combine: mean (weighted by frames learnt, capped by --weight-cap), median (coordinate-wise), trimmed:F (coordinate-wise mean without the F lowest and F highest fraction, e.g. trimmed:0.2), krum:F (Krum, F hostile devices tolerated) or multi-krum:F,M (the mean of the M best Krum scores)' })
+            .option('identity', { type: 'string', describe: 'the aggregator\'s private key (ssocl fleet keygen): every global model is signed with it' })
+            .option('allow', { type: 'string', describe: 'a folder of device public keys, DEVICE.pub each: only updates signed by their device\'s key are taken (re-read when an unknown device speaks)' })
+            .option('state', { type: 'string', describe: 'keep the last global model here and start from it (a forged retained model on the broker cannot reset the fleet); default: the broker\'s retained model only' })
+            .option('insecure-fleet', { type: 'boolean', default: false, describe: 'run without --identity and --allow (nothing signed or checked: any client that can publish on the broker can steer the fleet)' })
+            .option('encoding', { choices: ['f16', 'f32'] as const, default: 'f16' as const, describe: 'the published change from the previous global model: float16 or float32 (the retained full model is always float32)' }), [], 'fleet aggregate'),
+        async (a) => {
+          artifactsDir('--artifacts', a.artifacts);
+          if (a.models) writableDir('--models', a.models);
+          if (a.state) writableDir('--state', a.state);
+          if (a.allow) readableDir('--allow', a.allow);
+          if (a.identity) readableFile('--identity', a.identity);
+          const { fleetAggregateCommand } = await import('./commands/fleet.ts');
+          await fleetAggregateCommand(a);
+        },
+      )
+      .demandCommand(1, 'name a fleet command: keygen or aggregate'),
   )
   .command(
     'demo',

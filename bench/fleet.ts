@@ -8,13 +8,15 @@
 //
 //   node --import tsx bench/fleet.ts --devices 5 --classes 2 --per-class 450 --trials 0
 
-import { appendFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { generateKeyPairSync } from 'node:crypto';
+import { appendFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import mqtt from 'mqtt';
 import { readCifar10 } from '../core/codecs/cifar.ts';
 import { Rng, sampleIndices } from '../core/rng.ts';
 import { Aggregator } from '../agent/fleet/aggregator.ts';
+import { AllowList } from '../agent/fleet/keys.ts';
 import { topics } from '../agent/fleet/transport.ts';
 import { runAgent, type AgentOptions } from '../agent/run.ts';
 import { Trainer } from '../agent/trainer/trainer.ts';
@@ -184,6 +186,15 @@ try {
     // The fleet: broker, aggregator (a round closes when every device sent its update, or 30 s after the first).
     const broker = await Broker.start(path.join(root, `t${t}-broker`));
     const fleetName = `bench${t}`;
+    // Keys as a real fleet has them (issue #30): the aggregator signs, each device signs, an allow-list.
+    const aggKey = generateKeyPairSync('ed25519');
+    const allow = path.join(root, `t${t}-allow`);
+    mkdirSync(allow);
+    const devKeys = Array.from({ length: D }, (_, d) => {
+      const k = generateKeyPairSync('ed25519');
+      writeFileSync(path.join(allow, `cam${d}.pub`), k.publicKey.export({ type: 'spki', format: 'pem' }));
+      return { key: k.privateKey, aggregator: aggKey.publicKey };
+    });
     const seen = { up: 0, delta: 0, full: 0, updates: 0, deltas: 0 };
     const obs = await mqtt.connectAsync(broker.url, { clientId: 'bench-observer' });
     const tp = topics(fleetName);
@@ -196,7 +207,8 @@ try {
     const aggLog = path.join(root, `t${t}-aggregator.log`);
     const agg = await Aggregator.open({
       broker: { url: broker.url }, fleet: fleetName, artifacts: values.artifacts, expect: D, roundTimeoutMs: 30_000, minUpdates: 1,
-      robust: (await import('../agent/fleet/aggregate.ts')).parseRobust(values.robust), serverLr: Number(values['server-lr']), enc: values.encoding as 'f16' | 'f32', log: (l) => appendFileSync(aggLog, `${l}\n`),
+      robust: (await import('../agent/fleet/combine.ts')).parseRobust(values.robust), serverLr: Number(values['server-lr']), enc: values.encoding as 'f16' | 'f32', log: (l) => appendFileSync(aggLog, `${l}\n`),
+      keys: { key: aggKey.privateKey, allow: new AllowList(allow, () => {}) },
     });
     const running = agg.run();
     await agg.ready;
@@ -204,7 +216,7 @@ try {
     const fleet = await Promise.all(
       s.map((x, d) =>
         runAgent(agentOptions(path.join(root, `t${t}-fleet-${d}`), x.order, 100 * t + d, path.join(root, `t${t}-fleet-${d}.log`), {
-          broker: { url: broker.url }, fleet: fleetName, device: `cam${d}`, every: { steps: every }, enc: values.encoding as 'f16' | 'f32',
+          broker: { url: broker.url }, fleet: fleetName, device: `cam${d}`, every: { steps: every }, enc: values.encoding as 'f16' | 'f32', keys: devKeys[d],
         })),
       ),
     );

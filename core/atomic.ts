@@ -3,18 +3,19 @@
 // writer leaves, and the sha256 the callers name files' contents by.
 
 import { createHash } from 'node:crypto';
-import { closeSync, existsSync, fsyncSync, mkdirSync, openSync, readdirSync, renameSync, rmSync, writeSync } from 'node:fs';
+import { closeSync, existsSync, fchmodSync, fsyncSync, mkdirSync, openSync, readdirSync, renameSync, rmSync, writeSync } from 'node:fs';
 import path from 'node:path';
 import { fault } from './faults.ts';
 
-/** Writes bytes to `file` atomically: temp file, fsync, rename, fsync of the directory. */
-export function writeFileAtomic(file: string, bytes: Uint8Array | string): void {
+/** Writes bytes to `file` atomically: temp file, fsync, rename, fsync of the directory. `mode`: the file's permissions (e.g. 0o600 for a private key), set before any byte is written. */
+export function writeFileAtomic(file: string, bytes: Uint8Array | string, mode?: number): void {
   const data = typeof bytes === 'string' ? Buffer.from(bytes) : bytes;
   const dir = path.dirname(file);
   mkdirSync(dir, { recursive: true });
   const tmp = path.join(dir, `.${path.basename(file)}.tmp-${process.pid}`);
-  const fd = openSync(tmp, 'w');
+  const fd = openSync(tmp, 'w', mode);
   try {
+    if (mode !== undefined) fchmodSync(fd, mode); // a temp file left by a killed writer keeps its old mode otherwise
     let off = 0;
     while (off < data.length) off += writeSync(fd, data, off, data.length - off);
     fsyncSync(fd);

@@ -6,7 +6,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { availableParallelism, tmpdir } from 'node:os';
 import path from 'node:path';
 import { REPO } from './helpers/paths.ts';
@@ -103,10 +103,19 @@ function helpEntries(help: string): HelpEntry[] {
   return out;
 }
 
+// Commands whose own --help lists subcommands (ssocl fleet keygen, ssocl fleet aggregate).
+const NESTED = ['fleet'];
+
 function commands(): string[] {
+  const listed = (help: string) => [...help.matchAll(/^ {2}ssocl ([a-z][a-z ]*?)(?= [<[]| {2,}|$)/gm)].map((m) => m[1]);
   const r = cli('--help');
   assert.equal(r.status, 0, r.stderr);
-  const names = [...r.stdout.matchAll(/^ {2}ssocl ([a-z][a-z ]*?)(?= [<[]| {2,}|$)/gm)].map((m) => m[1]);
+  const names = listed(r.stdout).flatMap((n) => {
+    if (!NESTED.includes(n)) return [n];
+    const sub = listed(cli(n, '--help').stdout);
+    assert.ok(sub.length >= 2, `${n}'s subcommands: ${sub.join(', ')}`);
+    return sub;
+  });
   assert.ok(names.length >= 9, `commands found in --help: ${names.join(', ')}`);
   return names;
 }
@@ -160,6 +169,36 @@ test('every numeric flag of every command: a value that is not a number is one l
   const rs = await cliMany(cases.map(({ cmd, flag }) => [...cmd.split(' '), ...(BASE[cmd] ?? []), `--${flag}`, 'abc']));
   cases.forEach(({ cmd, flag }, i) => usage(rs[i], new RegExp(`^ssocl: --${esc(flag)} abc: expected [^\\n]+\\n$`), `${cmd} --${flag} abc`));
   assert.deepEqual(readdirSync(cwd), [], 'nothing created (no ssocl-state/, no models/)');
+});
+
+test('fleet keys (issue #30): keygen writes NAME.key (0600) and NAME.pub and never overwrites; aggregate and run --fleet without keys refuse in one line naming keygen and --insecure-fleet, creating nothing', async () => {
+  const keys = path.join(root, 'fleet-keys');
+  const made = cli('fleet', 'keygen', '--out', keys, '--name', 'cam1');
+  assert.equal(made.status, 0, made.stderr);
+  assert.match(made.stdout, /cam1\.key \(private.*\n.*cam1\.pub \(public\)\nfingerprint [0-9a-f]{16}\n$/);
+  assert.equal(statSync(path.join(keys, 'cam1.key')).mode & 0o777, 0o600);
+  assert.match(readFileSync(path.join(keys, 'cam1.pub'), 'utf8'), /^-----BEGIN PUBLIC KEY-----/);
+  const before = readFileSync(path.join(keys, 'cam1.key'));
+  const rs = await cliMany([
+    ['fleet', 'keygen', '--out', keys, '--name', 'cam1'],
+    ['fleet', 'keygen', '--out', keys, '--name', '../up'],
+    ['fleet', 'aggregate', '--broker', 'mqtt://127.0.0.1:1'],
+    ['fleet', 'aggregate', '--broker', 'mqtt://127.0.0.1:1', '--identity', path.join(keys, 'cam1.key')],
+    ['fleet', 'aggregate', '--broker', 'mqtt://127.0.0.1:1', '--identity', path.join(keys, 'cam1.pub'), '--allow', keys],
+    ['run', '--dataset', 'demo', '--fleet', 'mqtt://127.0.0.1:1'],
+    ['run', '--dataset', 'demo', '--fleet', 'mqtt://127.0.0.1:1', '--fleet-identity', path.join(keys, 'nope.key')],
+    ['fleet', 'aggregate', '--broker', 'mqtt://127.0.0.1:1', '--robust', 'krum:x'],
+  ]);
+  usage(rs[0], `--out ${keys}: cam1.key exists; keys are never overwritten (remove it, or give another --name)`, 'keygen again');
+  assert.deepEqual(readFileSync(path.join(keys, 'cam1.key')), before, 'the key kept');
+  usage(rs[1], /^ssocl: --name "\.\.\/up": use 1-64 letters/, 'keygen --name ../up');
+  usage(rs[2], /^ssocl: fleet aggregate: no --identity and --allow; make keys with `ssocl fleet keygen --out DIR --name NAME` .* or give --insecure-fleet .*\n$/, 'aggregate without keys');
+  usage(rs[3], /^ssocl: fleet aggregate: --identity .* and --allow .* go together\n$/, 'aggregate without --allow');
+  usage(rs[4], /^ssocl: --identity .*cam1\.pub: not a readable private key .*ssocl fleet keygen\n$/, 'a public key as --identity');
+  usage(rs[5], /^ssocl: --fleet: this device has no --fleet-identity; make keys with `ssocl fleet keygen .* or give --insecure-fleet .*\n$/, 'run --fleet without keys');
+  usage(rs[6], /^ssocl: --fleet-identity .*nope\.key: not a readable private key \(ENOENT\)/, 'run --fleet-identity missing');
+  usage(rs[7], /^ssocl: robust "krum:x": expected krum:F .* or multi-krum:F,M/, '--robust krum:x');
+  assert.deepEqual(readdirSync(cwd), [], 'nothing created (no ssocl-state/, no fleet-device)');
 });
 
 test('numbers: range, whole numbers, missing and repeated values, each with the exact line', async () => {

@@ -1,9 +1,10 @@
-// One fleet aggregation round (issue #22): which updates screening refuses and why, and the combined
-// delta of each robust rule against answers worked out by hand or in plain float64 here.
+// One fleet aggregation round (issues #22, #30): which updates screening refuses and why, with what weight,
+// and the combined delta of each robust rule (Krum too) against answers worked out by hand or in plain float64 here.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { Rng } from '../core/rng.ts';
-import { aggregate, parseRobust, screen, type Candidate } from '../agent/fleet/aggregate.ts';
+import { aggregate, krumSelect, parseRobust } from '../agent/fleet/combine.ts';
+import { screen, type Candidate } from '../agent/fleet/screen.ts';
 
 const spec = [
   { name: 'w', shape: [2, 2] },
@@ -56,7 +57,7 @@ test('screen: each bad update is rejected with its reason; the good ones are kep
   );
   assert.deepEqual(keptIds(r), ['dup#5', 'good-1#1', 'good-2#4', 'good-3#2']);
   assert.match(whyOf(r, 'nan'), /^tensor w has a non-finite value \(NaN\) at 2$/);
-  assert.match(whyOf(r, 'huge'), /^delta norm 1000000 exceeds 10 x the global norm 244\.9$/);
+  assert.match(whyOf(r, 'huge'), /^delta norm 1000000 exceeds 10 x the global norm 244\.9 \(the first round's bound: no history yet\)$/);
   assert.match(whyOf(r, 'shape'), /^tensor w has 5 values, expected 4$/);
   assert.match(whyOf(r, 'extra'), /^unexpected tensor head\.w$/);
   assert.match(whyOf(r, 'missing'), /^tensor bn\.mean is missing$/);
@@ -103,8 +104,73 @@ test('screen: with 2 candidates the median rule is not applied, the absolute one
   assert.deepEqual(keptIds(screen([cand('a', 1, flat(0.01)), cand('b', 1, flat(1)), cand('c', 1, nan)], global, spec)), ['a#1', 'b#1']);
   assert.deepEqual(keptIds(screen([cand('a', 1, flat(0.01)), cand('b', 1, flat(2001))], global, spec, { absMaxRatio: 21 })), ['a#1', 'b#1']);
   assert.deepEqual(keptIds(screen([cand('a', 1, flat(0.01)), cand('b', 1, flat(1)), cand('c', 1, flat(0.01))], global, spec, { maxNormRatio: 200 })), ['a#1', 'b#1', 'c#1']);
-  assert.deepEqual(screen([], global, spec), { kept: [], rejected: [] });
+  assert.deepEqual(screen([], global, spec), { kept: [], rejected: [], keptNorm: NaN });
   assert.throws(() => screen([], global, spec, { maxNormRatio: 0 }), /^Error: screen: maxNormRatio must be a positive number, got 0$/);
+});
+
+test('screen (issue #30, B7): with a history the absolute bound is k x the median accepted norm of recent rounds, not the global norm; the first round keeps the global-norm bound', () => {
+  const g = flat(1); // global norm sqrt(6) = 2.449
+  const norm = (d: Map<string, Float32Array>) => Math.sqrt([...d.values()].reduce((s, v) => s + v.reduce((a, x) => a + x * x, 0), 0));
+  const steer = flat(0.99); // 9.9 x the global norm / sqrt(6) x sqrt(6): 9.9 x ... under the old 10 x global rule
+  assert.ok(norm(steer) < 10 * norm(g));
+  const history = [norm(flat(0.01)), norm(flat(0.012)), norm(flat(0.008))]; // median 0.0245
+  // Alone, and in a round of two: the history bound (10 x 0.0245 = 0.245) refuses it.
+  for (const cands of [[cand('evil', 1, steer, 1e12)], [cand('evil', 1, steer, 1e12), cand('good', 1, flat(0.01))]]) {
+    const r = screen(cands, g, spec, { history });
+    assert.match(whyOf(r, 'evil'), /^delta norm 2\.425 exceeds 10 x the median accepted norm of the last 3 round\(s\) 0\.02449$/);
+  }
+  // The same round without history (the first): only the global-norm bound, which it passes.
+  assert.deepEqual(keptIds(screen([cand('evil', 1, steer)], g, spec)), ['evil#1']);
+  // Under the bound: kept; options change k; a history of zeros or non-finite values counts as none.
+  assert.deepEqual(keptIds(screen([cand('a', 1, flat(0.09))], g, spec, { history })), ['a#1']);
+  assert.deepEqual(keptIds(screen([cand('a', 1, flat(0.09))], g, spec, { history, historyRatio: 3 })), []);
+  assert.deepEqual(keptIds(screen([cand('evil', 1, steer)], g, spec, { history: [0, NaN] })), ['evil#1']);
+  // keptNorm: the median of the kept norms, this round's history entry.
+  const r = screen([cand('a', 1, flat(0.01)), cand('b', 1, flat(0.02)), cand('c', 1, flat(0.03))], g, spec, { history });
+  assert.ok(Math.abs(r.keptNorm - norm(flat(0.02))) < 1e-9, String(r.keptNorm));
+});
+
+test('screen (issue #30, B6/B7): a device weighs at most c x the lower median of the reported frames; a safe-integer claim of 2^53 - 1 frames is capped, never thrown on', () => {
+  const weights = (r: ReturnType<typeof screen>) => Object.fromEntries(r.kept.map((c) => [c.device, c.weight]));
+  assert.deepEqual(weights(screen([cand('a', 1, flat(0.01), 10), cand('b', 1, flat(0.01), 30), cand('evil', 1, flat(0.01), 1e12)], global, spec)), { a: 10, b: 30, evil: 120 });
+  // Two devices: the lower median is the honest one's report (a mean of the two would be the liar's half).
+  assert.deepEqual(weights(screen([cand('a', 1, flat(0.01), 10), cand('evil', 1, flat(0.01), Number.MAX_SAFE_INTEGER)], global, spec)), { a: 10, evil: 40 });
+  assert.deepEqual(weights(screen([cand('a', 1, flat(0.01), 10), cand('evil', 1, flat(0.01), Number.MAX_SAFE_INTEGER)], global, spec, { weightCap: 1 })), { a: 10, evil: 10 });
+  // Alone, a device weighs what it reports; the mean then never overflows.
+  const alone = screen([cand('evil', 1, flat(0.01), Number.MAX_SAFE_INTEGER)], global, spec);
+  assert.deepEqual(weights(alone), { evil: Number.MAX_SAFE_INTEGER });
+  assert.equal(aggregate(alone.kept, spec, 'mean').get('w')![0], Math.fround(0.01));
+  // The capped weights are what the mean uses: 0 x 10 + 1 x 40 over 50.
+  const r = screen([cand('a', 1, flat(0), 10), cand('evil', 1, flat(1), 1e12)], flat(100), spec);
+  assert.equal(aggregate(r.kept, spec, 'mean').get('w')![0], Math.fround(40 / 50));
+});
+
+test('Krum and Multi-Krum (Flower\'s aggregate_krum): a hand-computed case', () => {
+  // One value per delta (both tensors hold it): 0, 1, 3, 10. With f = 0 each scores the squared distances
+  // to its n - f - 2 = 2 nearest others, x 6 values: 0 -> (1 + 9) x 6 = 60, 1 -> (1 + 4) x 6 = 30,
+  // 3 -> (4 + 9) x 6 = 78, 10 -> (49 + 81) x 6 = 780. Krum takes 1; Multi-Krum with 2 takes 1 and 0.
+  const cs = [cand('a', 1, flat(0), 30), cand('b', 1, flat(1), 10), cand('c', 1, flat(3), 10), cand('d', 1, flat(10), 10)];
+  assert.deepEqual(krumSelect(cs, 0, 1).map((c) => c.device), ['b']);
+  assert.deepEqual(krumSelect(cs, 0, 2).map((c) => c.device), ['a', 'b']);
+  assert.equal(aggregate(cs, spec, { krum: 0, keep: 1 }).get('w')![0], 1);
+  assert.equal(aggregate(cs, spec, { krum: 0, keep: 2 }).get('w')![0], 0.25); // (0 x 30 + 1 x 10) / 40
+  // f = 1: max(1, 4 - 1 - 2) = 1 nearest: 0 -> 6, 1 -> 6, 3 -> 24, 10 -> 294: a tie, the first in device order wins.
+  assert.deepEqual(krumSelect(cs, 1, 1).map((c) => c.device), ['a']);
+  assert.deepEqual(krumSelect(cs, 1, 3).map((c) => c.device), ['a', 'b', 'c']);
+  // An outlier with the most frames is never chosen; keep beyond n keeps all.
+  assert.equal(aggregate([...cs.slice(0, 3), cand('d', 1, flat(1e6), 1e9)], spec, { krum: 1, keep: 3 }).get('w')![0], Math.fround(40 / 50)); // (0 x 30 + 1 x 10 + 3 x 10) / 50
+  assert.equal(krumSelect(cs, 0, 9).length, 4);
+  // Squared distances, as Flower's: on 0, 1, 2, 4, 5 (3 nearest) the scores are 21, 11, 9, 14, 26 (x 6): 2 wins; plain distances would pick 1.
+  assert.deepEqual(krumSelect([0, 1, 2, 4, 5].map((v) => cand(`k${v}`, 1, flat(v))), 0, 1).map((c) => c.device), ['k2']);
+  // Tensors listed in another order by one message are compared name by name: b equals a, listed bn.mean first.
+  const t = (w: number, bn: number[]) => new Map([['w', new Float32Array(4).fill(w)], ['bn.mean', Float32Array.from(bn)]]);
+  const b = t(0, [5, 5]);
+  const order = [cand('d', 1, t(50, [50, 50])), cand('c', 1, t(0, [5, 6])), cand('a', 1, t(0, [5, 5])), cand('b', 1, new Map([...b].reverse()))];
+  assert.deepEqual([...order[3].delta.keys()], ['bn.mean', 'w']);
+  assert.deepEqual(krumSelect(order, 0, 2, spec).map((c) => c.device), ['a', 'b']); // by position: tensors of other sizes compared, no answer
+  assert.deepEqual(parseRobust('krum:1'), { krum: 1, keep: 1 });
+  assert.deepEqual(parseRobust('multi-krum:1,3'), { krum: 1, keep: 3 });
+  for (const s of ['krum', 'krum:', 'krum:1,2', 'multi-krum:1', 'multi-krum:1,0', 'krum:-1', 'krum:x']) assert.throws(() => parseRobust(s), /expected krum:F .* or multi-krum:F,M/, s);
 });
 
 // ---- aggregate
@@ -208,7 +274,7 @@ test('aggregate and parseRobust refuse bad input in one line', () => {
   for (const s of ['trimmed:0.5', 'trimmed:-0.1', 'trimmed:', 'trimmed', 'trimmed:abc', 'trimmed:0.2x', 'Mean', '', 'trimmed:1e-1']) {
     assert.throws(
       () => parseRobust(s),
-      (e: Error) => e.message === `robust ${JSON.stringify(s)}: expected mean, median or trimmed:F with 0 <= F < 0.5 (e.g. trimmed:0.2)`,
+      (e: Error) => e.message === `robust ${JSON.stringify(s)}: expected mean, median, trimmed:F with 0 <= F < 0.5 (e.g. trimmed:0.2), krum:F or multi-krum:F,M`,
       s,
     );
   }

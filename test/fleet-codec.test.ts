@@ -2,23 +2,23 @@
 // message round trip, and every way a message from the network can be refused.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { createHash } from 'node:crypto';
+import { createHash, generateKeyPairSync } from 'node:crypto';
 import { decodeSafetensors, encodeSafetensors, type StTensor } from '../core/codecs/safetensors.ts';
 import { Rng } from '../core/rng.ts';
 import {
   FleetFormatError,
   addInto,
-  checkTensors,
   decodeMessage,
   delta,
   encodeMessage,
   f16ToF32,
   f32ToF16,
-  l2,
   sharedSpec,
   type GlobalHeader,
   type UpdateHeader,
 } from '../agent/fleet/codec.ts';
+import { checkTensors, l2 } from '../agent/fleet/screen.ts';
+import { fingerprint, signerOf, verifyAuth } from '../agent/fleet/keys.ts';
 
 // ---- references written differently from the code: plain arithmetic on values, no bit twiddling
 
@@ -225,15 +225,39 @@ test('message: f32 round trip is exact and keeps every header field; f16 round t
   assert.deepEqual(encodeMessage(globalH, t, 'f16'), b16, 'same input, same bytes');
 });
 
-test('message: with f16, a tensor with a value beyond half range goes F32 (exact); the others stay F16', () => {
+test('message: with f16, a tensor with a value beyond half range, either sign, goes F32 (exact); the others stay F16', () => {
   const t = randomTensors(2);
   t.get('enc.bn1.running_mean')![3] = 70000;
+  t.get('enc.conv1.weight')![5] = -70000; // below -65504: the negative half of the range check (issue #30)
   t.get('enc.fc.bias')![0] = 65504; // the largest half still fits
+  t.get('enc.fc.bias')![1] = -65504; // and the most negative
   const b = encodeMessage(update, t, 'f16');
-  assert.deepEqual(dtypes(b), { 'enc.conv1.weight': 'F16', 'enc.bn1.running_mean': 'F32', 'enc.fc.bias': 'F16' });
+  assert.deepEqual(dtypes(b), { 'enc.conv1.weight': 'F32', 'enc.bn1.running_mean': 'F32', 'enc.fc.bias': 'F16' });
   const d = decodeMessage(b);
   assert.deepEqual(d.tensors.get('enc.bn1.running_mean'), t.get('enc.bn1.running_mean'));
-  assert.equal(d.tensors.get('enc.fc.bias')![0], 65504);
+  assert.deepEqual(d.tensors.get('enc.conv1.weight'), t.get('enc.conv1.weight'));
+  assert.equal(d.tensors.get('enc.conv1.weight')![5], -70000, 'not -Infinity');
+  assert.deepEqual([d.tensors.get('enc.fc.bias')![0], d.tensors.get('enc.fc.bias')![1]], [65504, -65504]);
+});
+
+test('message: a signed message carries its key and signature; decoding gives the text they cover (header, digest, layout), unsigned ones none', () => {
+  const t = randomTensors(4);
+  const k = generateKeyPairSync('ed25519');
+  const b = encodeMessage(update, t, 'f16', signerOf(k.privateKey));
+  const d = decodeMessage(b);
+  assert.ok(verifyAuth(d.auth, k.publicKey));
+  assert.equal(fingerprint(d.auth.key!), fingerprint(k.publicKey));
+  const text = d.auth.text.split('\n');
+  assert.deepEqual(text.slice(0, 2), ['ssocl-fleet-signature-v1', JSON.stringify(update)]);
+  assert.match(text[2], /^[0-9a-f]{64}$/);
+  assert.deepEqual(text.slice(3), ['"enc.conv1.weight" F16 27', '"enc.bn1.running_mean" F16 8', '"enc.fc.bias" F16 5']);
+  const plain = decodeMessage(encodeMessage(update, t, 'f16'));
+  assert.equal(plain.auth.signature, undefined);
+  assert.ok(!verifyAuth(plain.auth, k.publicKey));
+  // Bytes flipped anywhere in the tensors: the digest refuses them before any signature is looked at.
+  const flipped = Buffer.from(b);
+  flipped[flipped.length - 1] ^= 1;
+  assert.throws(() => decodeMessage(flipped), /digest mismatch/);
 });
 
 test('message: altered tensor bytes, truncation, garbage and oversize are refused in one line', () => {

@@ -1,10 +1,13 @@
-// A fleet against a real Mosquitto (issue #22): rounds averaged by frames, hostile updates rejected
+// A fleet against a real Mosquitto (issues #22, #30): rounds averaged by frames, hostile updates rejected
 // while the round completes, a round of one, clocks that disagree, the aggregator and the broker
 // restarted mid-round, a device that missed rounds catching up, the fleet state in checkpoints, three
-// agents learning on disjoint CIFAR-10 classes, and no image data in anything published.
+// agents learning on disjoint CIFAR-10 classes, and no image data in anything published; every device
+// and the aggregator with keys (signed updates and global models), a forged global model published by
+// an anonymous client, and the ACL file (agent/fleet/mosquitto.acl) enforced by the broker.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { generateKeyPairSync, type KeyPairKeyObjectResult } from 'node:crypto';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import mqtt, { type MqttClient } from 'mqtt';
@@ -14,6 +17,7 @@ import { Aggregator, type AggregatorOptions } from '../agent/fleet/aggregator.ts
 import { FleetDevice, type FleetRecord } from '../agent/fleet/device.ts';
 import { decodeMessage, encodeMessage, f16ToF32, f32ToF16, sharedSpec, type GlobalHeader, type UpdateHeader } from '../agent/fleet/codec.ts';
 import { topics } from '../agent/fleet/transport.ts';
+import { AllowList, signerOf } from '../agent/fleet/keys.ts';
 import { fromCheckpoint, listCheckpoints, readCheckpoint, saveCheckpoint, toCheckpoint } from '../agent/trainer/checkpoint.ts';
 import { runAgent, type AgentOptions } from '../agent/run.ts';
 import { readCifar10 } from '../core/codecs/cifar.ts';
@@ -36,6 +40,20 @@ const clients: MqttClient[] = [];
 const aggregators: Aggregator[] = [];
 const devices: FleetDevice[] = [];
 const brokers: Broker[] = [];
+
+// The fleet's keys: the aggregator's, and one per device id the tests use, each DEVICE.pub in the allow-list.
+const aggKey = generateKeyPairSync('ed25519');
+const allowDir = path.join(root, 'allow');
+mkdirSync(allowDir);
+const devKeys = new Map<string, KeyPairKeyObjectResult>();
+const IDS = ['d0', 'd1', 'd2', 'sec', 'bad', 'noca', 'evil-nan', 'evil-norm', 'evil-shape', 'evil-artifact', 'g0', 'g1', 'g2', 'g9', 'lonely', 'x', 'r0', 'r1', 'r2', 'a', 'b', 'late', 'cam0', 'cam1', 'cam2', 'devA', 'devB'];
+for (const id of IDS) {
+  const k = generateKeyPairSync('ed25519');
+  devKeys.set(id, k);
+  writeFileSync(path.join(allowDir, `${id}.pub`), k.publicKey.export({ type: 'spki', format: 'pem' }));
+}
+/** A device's keys as FleetDeviceOptions take them: its own, and the aggregator's public key. */
+const keysOf = (id: string) => ({ key: devKeys.get(id)!.privateKey, aggregator: aggKey.publicKey });
 
 test.before(async () => {
   if (skip) return;
@@ -97,11 +115,15 @@ function randomDelta(spec: Spec, seed: number, scale = 1e-3): Map<string, Float3
 
 async function sendUpdate(c: MqttClient, fleet: string, h: Partial<UpdateHeader> & { device: string }, delta: Map<string, Float32Array>, artifact: string): Promise<void> {
   const header: UpdateHeader = { kind: 'update', fleet, seq: 1, base: 0, frames: 10, step: 5, artifact, sentAt: new Date().toISOString(), ...h };
-  await c.publishAsync(topics(fleet).update(h.device), encodeMessage(header, delta, 'f16'), { qos: 1, retain: true });
+  const key = devKeys.get(h.device);
+  await c.publishAsync(topics(fleet).update(h.device), encodeMessage(header, delta, 'f16', key && signerOf(key.privateKey)), { qos: 1, retain: true });
 }
 
 function aggregatorOptions(fleet: string, o: Partial<AggregatorOptions>, log: string[]): AggregatorOptions {
-  return { broker: { url: broker.url }, fleet, artifacts: art, expect: 0, roundTimeoutMs: 1000, minUpdates: 1, robust: 'mean', enc: 'f16', log: (l) => log.push(l), ...o };
+  return {
+    broker: { url: broker.url }, fleet, artifacts: art, expect: 0, roundTimeoutMs: 1000, minUpdates: 1, robust: 'mean', enc: 'f16', log: (l) => log.push(l),
+    keys: { key: aggKey.privateKey, allow: new AllowList(allowDir, (l) => log.push(l)) }, ...o,
+  };
 }
 
 /** The globals published on a fleet, by version, as devices decode them. */
@@ -189,7 +211,7 @@ test('over TLS with a user name and password: a device and the aggregator connec
     const running = agg.run();
     await agg.ready;
     const t = await openTrainer();
-    const dev = new FleetDevice({ broker: { url: secure.url, ca, username: 'cam', password: 'right' }, fleet: 'tls', device: 'sec', every: { steps: 1 }, enc: 'f16' }, t, () => {});
+    const dev = new FleetDevice({ broker: { url: secure.url, ca, username: 'cam', password: 'right' }, fleet: 'tls', device: 'sec', every: { steps: 1 }, enc: 'f16', keys: keysOf('sec') }, t, () => {});
     devices.push(dev);
     dev.start();
     nudge(t, 1e-3);
@@ -203,12 +225,12 @@ test('over TLS with a user name and password: a device and the aggregator connec
     assert.equal(agg.version, 1);
     assert.deepEqual(agg.rounds[0].included.map((i) => i.device), ['sec']);
     const wrong: string[] = [];
-    const bad = new FleetDevice({ broker: { url: secure.url, ca, username: 'cam', password: 'wrong' }, fleet: 'tls', device: 'bad', every: { steps: 1 }, enc: 'f16' }, t, (l) => wrong.push(l));
+    const bad = new FleetDevice({ broker: { url: secure.url, ca, username: 'cam', password: 'wrong' }, fleet: 'tls', device: 'bad', every: { steps: 1 }, enc: 'f16', keys: keysOf('bad') }, t, (l) => wrong.push(l));
     devices.push(bad);
     bad.start();
     await until('the refusal logged', () => wrong.some((l) => /Not authorized|Bad username or password/i.test(l)));
     const noCa: string[] = [];
-    const untrusting = new FleetDevice({ broker: { url: secure.url, username: 'cam', password: 'right' }, fleet: 'tls', device: 'noca', every: { steps: 1 }, enc: 'f16' }, t, (l) => noCa.push(l));
+    const untrusting = new FleetDevice({ broker: { url: secure.url, username: 'cam', password: 'right' }, fleet: 'tls', device: 'noca', every: { steps: 1 }, enc: 'f16', keys: keysOf('noca') }, t, (l) => noCa.push(l));
     devices.push(untrusting);
     untrusting.start();
     await until('the unknown CA logged', () => noCa.some((l) => /certificate/i.test(l)));
@@ -260,6 +282,71 @@ test('hostile updates (NaN, a 1e6 norm, wrong shapes, other artifacts, garbage, 
   for (let k = 0; k < g.length; k++) {
     const m = (sent(k)[0] + sent(k)[1] + sent(k)[2]) / 3;
     assert.ok(Math.abs(g[k] - m) <= Math.abs(m) * 2 ** -10 + 1e-7);
+  }
+});
+
+test('B5: a forged global model from an anonymous client (v1000000 on global-delta, a retained v777) is not merged by a joining device, nor taken up by an aggregator started after it', { skip, timeout: 60_000 }, async () => {
+  const evil = await client('anonymous-forger');
+  const attacker = generateKeyPairSync('ed25519');
+  const x1000 = new Map([...initShared].map(([k, v]) => [k, v.map((x) => x * 1000)]));
+  const forged = (version: number, full: boolean) =>
+    encodeMessage({ kind: 'global', fleet: 'forged', version, prev: 0, artifact, included: [], rejected: [], frames: 0, madeAt: '', full }, x1000, 'f32', signerOf(attacker.privateKey));
+  await evil.publishAsync(topics('forged').global, forged(777, true), { qos: 1, retain: true });
+  const t = await openTrainer();
+  const dlog: string[] = [];
+  const dev = new FleetDevice({ broker: { url: broker.url }, fleet: 'forged', device: 'devA', every: { steps: 1 }, enc: 'f16', keys: keysOf('devA') }, t, (l) => dlog.push(l));
+  devices.push(dev);
+  dev.start();
+  await until('the retained forgery refused', () => dlog.some((l) => /ignored a global model on ssocl\/fleet\/forged\/global: v777 is not signed by the aggregator key/.test(l)));
+  await evil.publishAsync(topics('forged').delta, forged(1_000_000, false), { qos: 1 });
+  await until('the forged change refused', () => dlog.some((l) => /v1000000 is not signed/.test(l)));
+  // An aggregator started now ignores the retained forgery (logged, counted) and starts the fleet at v0; its v1 is merged.
+  const log: string[] = [];
+  const agg = await openAggregator(aggregatorOptions('forged', { expect: 1, maxRounds: 1 }, log));
+  const running = agg.run();
+  await agg.ready;
+  assert.equal(agg.version, 0);
+  assert.equal(agg.refused.unsigned, 1);
+  await sendUpdate(evil, 'forged', { device: 'devB' }, randomDelta(spec, 70), artifact);
+  await running;
+  await merged(dev, 1);
+  assert.ok(!dlog.some((l) => /merged global v(777|1000000)/.test(l)));
+  await dev.close(false);
+  await evil.endAsync();
+});
+
+test('the ACL file (agent/fleet/mosquitto.acl) on mosquitto: a device may publish only its own update topic; only the aggregator the global models', { skip, timeout: 60_000 }, async () => {
+  const acl = path.resolve(import.meta.dirname, '../agent/fleet/mosquitto.acl');
+  const b = await Broker.start(path.join(root, 'broker-acl'), { users: { aggregator: 'agg-pw', devA: 'a-pw', devB: 'b-pw' }, acl });
+  brokers.push(b);
+  try {
+    const as = async (user: string, password: string) => {
+      const c = await mqtt.connectAsync(b.url, { clientId: `acl-${user}`, username: user, password, reconnectPeriod: 0 });
+      clients.push(c);
+      return c;
+    };
+    const got: string[] = [];
+    const agg = await as('aggregator', 'agg-pw');
+    agg.on('message', (topic, p) => got.push(`agg ${topic} ${p}`));
+    await agg.subscribeAsync(['ssocl/fleet/F/update/+', 'ssocl/fleet/F/global', 'ssocl/fleet/F/global-delta'], { qos: 1 });
+    const devA = await as('devA', 'a-pw');
+    devA.on('message', (topic, p) => got.push(`devA ${topic} ${p}`));
+    await devA.subscribeAsync(['ssocl/fleet/F/global', 'ssocl/fleet/F/global-delta'], { qos: 1 });
+    // Denied: another device's update topic, the global models (retained or not), another fleet's... of another user name.
+    await devA.publishAsync('ssocl/fleet/F/update/devB', 'as-devB', { qos: 1, retain: true });
+    await devA.publishAsync('ssocl/fleet/F/global', 'forged-full', { qos: 1, retain: true });
+    await devA.publishAsync('ssocl/fleet/F/global-delta', 'forged-delta', { qos: 1 });
+    // Allowed (the controls, after the denied ones on the same connection): its own update; the aggregator's global model.
+    await devA.publishAsync('ssocl/fleet/F/update/devA', 'own', { qos: 1, retain: true });
+    await agg.publishAsync('ssocl/fleet/F/global', 'real-full', { qos: 1, retain: true });
+    await until('the allowed messages', () => got.includes('agg ssocl/fleet/F/update/devA own') && got.includes('devA ssocl/fleet/F/global real-full'));
+    await new Promise((r) => setTimeout(r, 300));
+    assert.deepEqual(got.filter((g) => /as-devB|forged/.test(g)), [], got.join('\n'));
+    // A client without a password is not let in.
+    await assert.rejects(mqtt.connectAsync(b.url, { clientId: 'anon', reconnectPeriod: 0 }), /Not authorized|Connection refused/i);
+    for (const c of [agg, devA]) await c.endAsync();
+  } finally {
+    await b.down();
   }
 });
 
@@ -341,7 +428,7 @@ test('a device that missed rounds catches up from the retained model, keeping wh
   }
   const t = await openTrainer();
   const dlog: string[] = [];
-  const dev = new FleetDevice({ broker: { url: broker.url }, fleet: 'catchup', device: 'late', every: { steps: 1 }, enc: 'f16' }, t, (l) => dlog.push(l));
+  const dev = new FleetDevice({ broker: { url: broker.url }, fleet: 'catchup', device: 'late', every: { steps: 1 }, enc: 'f16', keys: keysOf('late') }, t, (l) => dlog.push(l));
   devices.push(dev);
   nudge(t, 1e-3); // learnt while away
   dev.learnt(8);
@@ -380,7 +467,7 @@ test('a device whose update went into a round it then missed (its queued changes
   const c = await client('fake-missed');
   const t = await openTrainer();
   const dlog: string[] = [];
-  const opts = { broker: { url: broker.url }, fleet: 'missed', device: 'late', every: { steps: 1 }, enc: 'f16' as const };
+  const opts = { broker: { url: broker.url }, fleet: 'missed', device: 'late', every: { steps: 1 }, enc: 'f16' as const, keys: keysOf('late') };
   const dev = new FleetDevice(opts, t, (l) => dlog.push(l));
   devices.push(dev);
   dev.start();
@@ -461,7 +548,7 @@ test('three agents on disjoint CIFAR-10 classes learn in rounds; each holds the 
       stateDir: path.join(dir, 'state'), models: path.join(dir, 'models'), ep: 'cpu', threads: 1, fit: 'cover', maxPixels: 1e7, overflow: 'block',
       backlog: 100, stableMs: 100, checkpointEvery: { steps: 1000 }, exportEvery: { steps: 1000 }, fresh: true, maxArrivals: 0, maxSeconds: 0,
       exitWhenIdle: 0, maxSkips: 10, diskRetryMs: 1000, learner: {}, log: (l) => log.push(`cam${i}: ${l}`), health: { gate: false },
-      fleet: { broker: { url: broker.url }, fleet: 'three', device: `cam${i}`, every: { steps: 16 }, enc: 'f16' },
+      fleet: { broker: { url: broker.url }, fleet: 'three', device: `cam${i}`, every: { steps: 16 }, enc: 'f16', keys: keysOf(`cam${i}`) },
     };
     return runAgent(o).then((s) => ({ s, dir }));
   };

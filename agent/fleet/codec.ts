@@ -4,6 +4,7 @@
 
 import { createHash } from 'node:crypto';
 import { decodeSafetensors, encodeSafetensors } from '../../core/codecs/safetensors.ts';
+import { signText, type Auth, type Signer } from './keys.ts';
 
 export class FleetFormatError extends Error {}
 
@@ -36,6 +37,8 @@ export interface GlobalHeader {
   latest?: Record<string, number>;
   rejected: { device: string; seq: number; why: string }[];
   frames: number;
+  /** The median accepted update norm of each recent round, oldest first (the aggregator's norm bound; absent from older aggregators). */
+  norms?: number[];
   madeAt: string;
   full: boolean;
 }
@@ -112,15 +115,31 @@ export function f16ToF32(h: Uint16Array): Float32Array {
 
 // ---- Messages
 
-/** Safetensors bytes: the tensors (f16: each tensor as F16 unless a value is outside half range (|x| > 65504) — then that tensor goes F32 — f32: all F32) and __metadata__ { ssocl_fleet: JSON of header, digest: sha256 hex over the tensor section bytes in header order }. */
-export function encodeMessage(header: Header, tensors: Map<string, Float32Array>, enc: Enc): Buffer {
+/**
+ * Safetensors bytes: the tensors (f16: each tensor as F16 unless a value is outside half range (|x| > 65504) — then that tensor goes F32 — f32: all F32) and __metadata__ { ssocl_fleet: JSON of header, digest: sha256 hex over the tensor section bytes in header order }; with a signer also
+ * { key: its public key, signature: Ed25519 over signedText (the header JSON, the digest and the tensors' layout) }.
+ */
+export function encodeMessage(header: Header, tensors: Map<string, Float32Array>, enc: Enc, signer?: Signer): Buffer {
   if (enc !== 'f16' && enc !== 'f32') throw new FleetFormatError(`fleet message: unknown encoding ${String(enc)} (expected f16 or f32)`);
   const clean = parseHeader(header); // a header the receiver would refuse is a bug here, not on the wire
   const out = new Map<string, Float32Array | Uint16Array>();
   for (const [name, t] of tensors) out.set(name, enc === 'f16' && fitsHalf(t) ? f32ToF16(t) : t);
   const hash = createHash('sha256');
   for (const t of out.values()) hash.update(new Uint8Array(t.buffer, t.byteOffset, t.byteLength)); // the data section, in the order it is written
-  return encodeSafetensors(out, { [META_KEY]: JSON.stringify(clean), digest: hash.digest('hex') });
+  const json = JSON.stringify(clean);
+  const digest = hash.digest('hex');
+  const meta: Record<string, string> = { [META_KEY]: json, digest };
+  if (signer) {
+    const layout = [...out].map(([name, t]) => ({ name, dtype: t instanceof Uint16Array ? 'F16' : 'F32', count: t.length }));
+    meta.key = signer.pub;
+    meta.signature = signText(signer, signedText(json, digest, layout));
+  }
+  return encodeSafetensors(out, meta);
+}
+
+/** What a signature covers: the header exactly as sent, the tensor bytes' digest, and each tensor's name, dtype and size in data order (a renamed or swapped tensor breaks it). */
+function signedText(json: string, digest: string, layout: { name: string; dtype: string; count: number }[]): string {
+  return ['ssocl-fleet-signature-v1', json, digest, ...layout.map((l) => `${JSON.stringify(l.name)} ${l.dtype} ${l.count}`)].join('\n');
 }
 
 function fitsHalf(t: Float32Array): boolean {
@@ -129,7 +148,7 @@ function fitsHalf(t: Float32Array): boolean {
 }
 
 /** Inverse of encodeMessage. Every failure is a FleetFormatError with a one-line message. */
-export function decodeMessage(bytes: Uint8Array, maxBytes = DEFAULT_MAX_BYTES): { header: Header; tensors: Map<string, Float32Array>; bytes: number } {
+export function decodeMessage(bytes: Uint8Array, maxBytes = DEFAULT_MAX_BYTES): Decoded {
   if (bytes.length > maxBytes) throw new FleetFormatError(`fleet message: ${bytes.length} bytes is over the limit of ${maxBytes}`);
   const layout = readLayout(bytes);
   let decoded: ReturnType<typeof decodeSafetensors>;
@@ -151,11 +170,24 @@ export function decodeMessage(bytes: Uint8Array, maxBytes = DEFAULT_MAX_BYTES): 
   const digest = createHash('sha256').update(bytes.subarray(layout.dataStart)).digest('hex');
   if (digest !== meta.digest) throw new FleetFormatError(`fleet message from ${describe(header)}: digest mismatch (tensor bytes altered or corrupted)`);
   const tensors = new Map<string, Float32Array>();
+  const sizes: { name: string; dtype: string; count: number }[] = [];
   for (const name of layout.order) {
     const t = decoded.tensors.get(name)!; // dtype F16 or F32: readLayout let no other through
     tensors.set(name, t.dtype === 'F16' ? f16ToF32(t.data as Uint16Array) : (t.data as Float32Array));
+    sizes.push({ name, dtype: t.dtype, count: t.data.length });
   }
-  return { header, tensors, bytes: bytes.length };
+  const auth: Auth = { text: signedText(meta[META_KEY] as string, digest, sizes) };
+  if (typeof meta.key === 'string') auth.key = meta.key;
+  if (typeof meta.signature === 'string') auth.signature = meta.signature;
+  return { header, tensors, bytes: bytes.length, auth };
+}
+
+export interface Decoded {
+  header: Header;
+  tensors: Map<string, Float32Array>;
+  bytes: number;
+  /** What to check the signature with (keys.ts verifyAuth); unsigned messages have no signature. */
+  auth: Auth;
 }
 
 /**
@@ -247,7 +279,12 @@ function parseHeader(h: unknown): Header {
         latest[k] = int(l, k, `latest.${k}`);
       }
     }
-    return { kind: 'global', fleet, version, prev, artifact, included, ...(latest ? { latest } : {}), rejected, frames, madeAt, full: o.full };
+    let norms: number[] | undefined;
+    if (o.norms !== undefined) {
+      if (!Array.isArray(o.norms) || o.norms.length > 100 || !o.norms.every((x) => typeof x === 'number' && Number.isFinite(x) && x >= 0)) throw bad('norms is not a list of at most 100 finite non-negative numbers');
+      norms = [...(o.norms as number[])];
+    }
+    return { kind: 'global', fleet, version, prev, artifact, included, ...(latest ? { latest } : {}), rejected, frames, ...(norms ? { norms } : {}), madeAt, full: o.full };
   }
   throw bad(`kind is ${typeof o.kind === 'string' ? show(o.kind) : 'missing'} (expected update or global)`);
 }
@@ -277,24 +314,6 @@ function count(shape: number[]): number {
   return shape.reduce((x, y) => x * y, 1);
 }
 
-/** Checks names/shapes against the spec exactly (no missing, no extra, value counts equal) and every value finite; returns '' or the one-line reason. */
-export function checkTensors(spec: Spec, t: Map<string, Float32Array>): string {
-  const names = new Set(spec.map((s) => s.name));
-  for (const s of spec) {
-    const v = t.get(s.name);
-    if (!v) return `tensor ${show(s.name)} is missing`;
-    if (!(v instanceof Float32Array)) return `tensor ${show(s.name)} is not float32`;
-    const want = count(s.shape);
-    if (v.length !== want) return `tensor ${show(s.name)} has ${v.length} values, expected ${want}`;
-  }
-  for (const name of t.keys()) if (!names.has(name)) return `unexpected tensor ${show(name)}`;
-  for (const s of spec) {
-    const v = t.get(s.name)!;
-    for (let i = 0; i < v.length; i++) if (!Number.isFinite(v[i])) return `tensor ${show(s.name)} has a non-finite value (${v[i]}) at ${i}`;
-  }
-  return '';
-}
-
 function need(m: Map<string, Float32Array>, s: { name: string; shape: number[] }, what: string): Float32Array {
   const v = m.get(s.name);
   if (!v || v.length !== count(s.shape)) throw new Error(`${what}: tensor ${show(s.name)} is ${v ? `${v.length} values, expected ${count(s.shape)}` : 'missing'}`);
@@ -321,11 +340,4 @@ export function addInto(target: Map<string, Float32Array>, d: Map<string, Float3
     const x = need(d, s, 'addInto');
     for (let i = 0; i < t.length; i++) t[i] = t[i] + scale * x[i];
   }
-}
-
-/** L2 norm over all tensors, accumulated in float64. */
-export function l2(t: Map<string, Float32Array>): number {
-  let s = 0;
-  for (const v of t.values()) for (let i = 0; i < v.length; i++) s += v[i] * v[i];
-  return Math.sqrt(s);
 }

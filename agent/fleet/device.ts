@@ -5,14 +5,19 @@
 // update if the aggregator took that update, else everything since the previous global). Only those
 // tensors leave the device: never frames, crops, buffer contents or features.
 
+import { existsSync } from 'node:fs';
+import type { KeyObject } from 'node:crypto';
 import type { MqttClient } from 'mqtt';
+import { writeFileAtomic } from '../../core/atomic.ts';
 import type { Every } from '../pipeline/every.ts';
 import { Due } from '../pipeline/every.ts';
 import type { Trainer } from '../trainer/trainer.ts';
 import type { FleetRecord } from '../trainer/checkpoint.ts';
 
 export type { FleetRecord } from '../trainer/checkpoint.ts';
-import { FleetFormatError, addInto, checkTensors, decodeMessage, delta, encodeMessage, sharedSpec, type Enc, type GlobalHeader, type Spec, type UpdateHeader } from './codec.ts';
+import { FleetFormatError, addInto, decodeMessage, delta, encodeMessage, sharedSpec, type Enc, type GlobalHeader, type Spec, type UpdateHeader } from './codec.ts';
+import { fingerprint, keyOf, readPublicKey, signerOf, verifyAuth, type Auth, type Signer } from './keys.ts';
+import { checkTensors } from './screen.ts';
 import { connect, topics, type BrokerOptions } from './transport.ts';
 
 export interface FleetDeviceOptions {
@@ -21,6 +26,12 @@ export interface FleetDeviceOptions {
   device: string;
   every: Every;
   enc: Enc;
+  /**
+   * Identity (issue #30): updates signed with `key`; a global model merged only if signed by `aggregator`,
+   * or without it by the key pinned in the file `pin` (written from the first signed global model this
+   * device sees: trust on first use). Absent: an insecure fleet (the CLI asks for --insecure-fleet).
+   */
+  keys?: { key: KeyObject; aggregator?: KeyObject; pin?: string };
 }
 
 export class FleetDevice {
@@ -38,8 +49,12 @@ export class FleetDevice {
   private readonly artifact: string;
   private offlineLogged = false;
   private inflight: Promise<unknown> = Promise.resolve();
-  /** Bytes published and received (payloads), and rounds taken part in, for the log and benchmarks. */
-  readonly io = { bytesUp: 0, bytesDown: 0, updates: 0, globals: 0 };
+  private readonly signer: Signer | null;
+  private readonly maxMessage: number;
+  /** The aggregator's key globals must be signed by (given, or pinned); null: none yet (or an insecure fleet). */
+  private aggregatorKey: KeyObject | null = null;
+  /** Bytes published and received (payloads), rounds taken part in, and global models refused, for the log and benchmarks. */
+  readonly io = { bytesUp: 0, bytesDown: 0, updates: 0, globals: 0, refused: 0 };
 
   constructor(
     private o: FleetDeviceOptions,
@@ -52,6 +67,14 @@ export class FleetDevice {
     const m = trainer.manifest;
     this.artifact = m.files[m.trainStep.file];
     this.due = new Due(o.every, trainer.steps);
+    this.signer = o.keys ? signerOf(o.keys.key) : null;
+    // A global model is the shared tensors in float32 plus a header that grows with the fleet's devices: anything larger is refused before decoding.
+    this.maxMessage = this.spec.reduce((n, s) => n + 4 * s.shape.reduce((a, b) => a * b, 1), 0) + 4 * 1024 * 1024;
+    if (o.keys?.aggregator) this.aggregatorKey = o.keys.aggregator;
+    else if (o.keys?.pin && existsSync(o.keys.pin)) {
+      this.aggregatorKey = readPublicKey('the pinned aggregator key', o.keys.pin);
+      log(`fleet: global models must be signed by the aggregator key ${fingerprint(this.aggregatorKey)} pinned in ${o.keys.pin}`);
+    }
     if (record && record.fleet === o.fleet && record.device === o.device) {
       this.version = record.version;
       this.seq = record.seq;
@@ -67,6 +90,7 @@ export class FleetDevice {
 
   /** Connects in the background; training does not wait for the broker. */
   start(): void {
+    if (!this.o.keys) this.log('fleet: INSECURE fleet (no --fleet-identity): updates go unsigned and any global model on the broker is merged');
     const c = connect(this.o.broker, `ssocl-${this.o.fleet}-${this.o.device}`, this.log);
     this.client = c;
     c.on('connect', (ack) => {
@@ -95,22 +119,50 @@ export class FleetDevice {
     }, 3000).unref();
   }
 
-  private receive(topic: string, payload: Buffer): void {
+  /** One message from the broker (public for tests that drive a device without one). */
+  receive(topic: string, payload: Buffer): void {
     if (topic !== this.t.global && topic !== this.t.delta) return;
     if (!payload.length) return;
     this.io.bytesDown += payload.length;
     try {
-      const { header, tensors } = decodeMessage(payload);
+      const { header, tensors, auth } = decodeMessage(payload, this.maxMessage);
       if (header.kind !== 'global') throw new FleetFormatError(`a ${header.kind} message on ${topic}`);
       if (header.fleet !== this.o.fleet) throw new FleetFormatError(`for fleet ${header.fleet}`);
       if (header.artifact !== this.artifact) throw new FleetFormatError(`made for other artifacts (${header.artifact.slice(0, 12)}...)`);
       const bad = checkTensors(this.spec, tensors);
       if (bad) throw new FleetFormatError(bad);
       if (header.full !== (topic === this.t.global)) throw new FleetFormatError(`full=${header.full} on ${topic}`);
+      if (this.o.keys) this.checkSigned(header, auth);
+      this.catchUpSeq(header);
       this.inbox.push({ header, tensors });
     } catch (e) {
-      this.log(`fleet: ignored a global model on ${topic}: ${(e as Error).message}`);
+      this.io.refused++;
+      this.log(`fleet: ignored a global model on ${topic}: ${(e as Error).message} [${this.io.refused} refused since start]`);
     }
+  }
+
+  /** Throws unless the global model is signed by the aggregator's key; pins the first signer's key when none is given. */
+  private checkSigned(h: GlobalHeader, auth: Auth): void {
+    let key = this.aggregatorKey;
+    if (!key) {
+      const claimed = keyOf(auth);
+      if (!this.o.keys?.pin) throw new FleetFormatError('no aggregator key to check it with');
+      if (!claimed || !verifyAuth(auth, claimed)) throw new FleetFormatError('not signed (no aggregator key pinned yet)');
+      writeFileAtomic(this.o.keys.pin, claimed.export({ type: 'spki', format: 'pem' }) as string);
+      key = this.aggregatorKey = claimed;
+      this.log(`fleet: TRUST ON FIRST USE: pinned the aggregator key ${fingerprint(key)} from global v${h.version} in ${this.o.keys.pin}; from now on only global models it signs are merged. If that is not your aggregator's key (ssocl fleet keygen printed its fingerprint), stop, remove that file and give --fleet-aggregator-key`);
+    }
+    if (!verifyAuth(auth, key)) throw new FleetFormatError(`v${h.version} is ${auth.signature ? 'not signed by' : 'unsigned; expected a signature by'} the aggregator key ${fingerprint(key)}`);
+  }
+
+  /**
+   * The aggregator refuses a seq not above the newest it holds of this device (replays): a device back
+   * from an older checkpoint takes that seq from any global model it accepts, also one it already holds
+   * (a fleet of one would otherwise wait for ever). Bounded, so no header makes the next seq unsafe.
+   */
+  private catchUpSeq(h: GlobalHeader): void {
+    const held = h.latest?.[this.o.device] ?? 0;
+    if (held > this.seq && held < 2 ** 52) this.seq = held;
   }
 
   /** Counts frames learnt from (weights the next update). */
@@ -189,7 +241,7 @@ export class FleetDevice {
       kind: 'update', fleet: this.o.fleet, device: this.o.device, seq: this.seq + 1, base: this.version,
       frames: this.framesSinceBase, step: this.trainer.steps, artifact: this.artifact, sentAt: new Date().toISOString(),
     };
-    const bytes = encodeMessage(header, delta(snapshot, this.base, this.spec), this.o.enc);
+    const bytes = encodeMessage(header, delta(snapshot, this.base, this.spec), this.o.enc, this.signer ?? undefined);
     this.seq++;
     this.published = { seq: this.seq, base: this.version, frames: this.framesSinceBase, snapshot };
     this.io.bytesUp += bytes.length;

@@ -61,18 +61,18 @@ export class Broker {
   private constructor(
     readonly port: number,
     readonly dir: string,
-    private secure: { tls: boolean; users: Record<string, string> },
+    private secure: { tls: boolean; users: Record<string, string>; acl?: string },
   ) {}
 
   get url(): string {
     return `${this.secure.tls ? 'mqtts' : 'mqtt'}://127.0.0.1:${this.port}`;
   }
 
-  /** `tls`: a CA and a server certificate for 127.0.0.1 are made in dir (ca.pem for clients); `users`: only these may connect. */
-  static async start(dir: string, o: { tls?: boolean; users?: Record<string, string> } = {}): Promise<Broker> {
+  /** `tls`: a CA and a server certificate for 127.0.0.1 are made in dir (ca.pem for clients); `users`: only these may connect; `acl`: an acl_file (what each user may read and write). */
+  static async start(dir: string, o: { tls?: boolean; users?: Record<string, string>; acl?: string } = {}): Promise<Broker> {
     if (!haveMosquitto()) throw new Error(`${MOSQUITTO} not found: install Debian's mosquitto (.ci/run does) or set SSOCL_MOSQUITTO`);
     mkdirSync(dir, { recursive: true });
-    const b = new Broker(await freePort(), dir, { tls: !!o.tls, users: o.users ?? {} });
+    const b = new Broker(await freePort(), dir, { tls: !!o.tls, users: o.users ?? {}, ...(o.acl ? { acl: o.acl } : {}) });
     if (o.tls) makeCerts(dir);
     if (o.users) {
       const file = path.join(dir, 'passwd');
@@ -91,6 +91,7 @@ export class Broker {
       [
         `listener ${this.port} 127.0.0.1`, `user ${userInfo().username}`, 'persistence true', `persistence_location ${this.dir}/`, 'message_size_limit 0', 'max_queued_messages 1000',
         ...(Object.keys(this.secure.users).length ? ['allow_anonymous false', `password_file ${this.dir}/passwd`] : ['allow_anonymous true']),
+        ...(this.secure.acl ? [`acl_file ${this.secure.acl}`] : []),
         ...(this.secure.tls ? [`cafile ${this.dir}/ca.pem`, `certfile ${this.dir}/server.pem`, `keyfile ${this.dir}/server.key`] : []),
         '',
       ].join('\n'),
