@@ -40,10 +40,10 @@ export const EXAMPLES: Record<string, readonly (readonly [string, string])[]> = 
   ],
   run: [
     ['$0 run --watch ./frames', 'learn from ./frames (state in ./ssocl-state, encoders in ./models), keep watching for new frames'],
-    ['$0 run --watch ./frames --state ./state-frames --models ./models-frames --passes 3 --exit-when-idle 10', 'a folder of your own frames, its own state and models: 3 passes over it, then stop'],
+    ['$0 run --watch ./frames --state ./state-frames --passes 3 --exit-when-idle 5', 'a folder of your own frames with its own state: 3 passes over it, then stop (README: its own --models too)'],
     ['$0 run --camera /dev/video0 --fps 5', 'learn from a camera through ffmpeg'],
     ['$0 run --dataset demo --metrics metrics.jsonl', 'replay the demo stream in-process, one metrics row per step'],
-    ['$0 run --watch ./frames --fleet mqtt://broker:1883 --fleet-device cam1 --fleet-identity keys/cam1.key --fleet-aggregator-key keys/aggregator.pub', 'learn together with other devices (ssocl fleet keygen, ssocl fleet aggregate)'],
+    ['$0 run --watch ./frames --fleet mqtt://hub:1883 --fleet-device cam1 --fleet-identity cam1.key', 'learn together with other devices, updates signed (ssocl fleet keygen --name cam1; add --fleet-aggregator-key aggregator.pub rather than trust the first signed global model)'],
     ['$0 run --help-methods', 'the research methods and buffer policies of --method and --buffer'],
   ],
   demo: [
@@ -65,7 +65,7 @@ export const EXAMPLES: Record<string, readonly (readonly [string, string])[]> = 
     ['$0 models list --models ./models-frames', 'the exported versions, the current one marked'],
     ['$0 models rollback --models ./models-frames', 'publish the version before the current one again'],
   ],
-  'fleet aggregate': [['$0 fleet aggregate --broker mqtt://broker:1883 --identity keys/aggregator.key --allow ./allow --expect 5 --models ./fleet-models', 'signed global models; updates only from devices whose DEVICE.pub is in ./allow; close each round at 5 updates, export each global model']],
+  'fleet aggregate': [['$0 fleet aggregate --broker mqtt://hub:1883 --identity aggregator.key --allow ./allow', 'signed global models; updates only from devices whose DEVICE.pub is in ./allow']],
   'fleet keygen': [['$0 fleet keygen --out keys --name cam1', 'keys/cam1.key (private, mode 0600) and keys/cam1.pub (for the aggregator\'s --allow folder)']],
 };
 

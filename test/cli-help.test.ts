@@ -61,8 +61,9 @@ function sections(help: string): Map<string, string[]> {
     if (/^\S.*:$/.test(line) && line !== 'Examples:') out.set(line, (cur = []));
     else if (/^\S/.test(line)) cur = null;
     else if (cur) {
-      const m = /^ {2}(?: {4})?(--?[\w-]+)(?: {2,}|$)/.exec(line);
-      if (m) cur.push(m[1].replace(/^-+/, ''));
+      // '  --passes, --epochs  ...': a flag and its aliases.
+      const m = /^ {2}(?: {4})?(--?[\w-]+(?:, --?[\w-]+)*)(?: {2,}|$)/.exec(line);
+      if (m) cur.push(...m[1].split(', ').map((f) => f.replace(/^-+/, '')));
     }
   }
   return out;
@@ -217,7 +218,7 @@ test('ssocl demo without a terminal: status lines while it trains, and its last 
   writeArtifacts(compileArtifacts(tinyPreset(['image.size=32', 'agent={"newPerArrival":4,"updatesPerArrival":1,"bufferSize":8,"replay":"mixed"}'])), art);
   const r = await cli(['demo', '--seconds', '3', '--status-every', '1', '--artifacts', art, '--models', 'm', '--state', 's', '--threads', '1'], { cwd: root });
   assert.equal(r.status, 0, r.stderr);
-  assert.match(r.stderr, /^status: frames \d+/m, 'status lines on stderr');
+  assert.match(r.stderr, /^status: training; frames \d+/m, 'status lines on stderr');
   const last = r.stdout.trimEnd().split('\n').at(-1)!;
   assert.equal(last, 'see it on the dashboard: npx ssocl serve --state s --models m --metrics m/demo-metrics.jsonl');
   assert.ok(existsSync(path.join(root, 's/checkpoints')) && existsSync(path.join(root, 'm/demo-metrics.jsonl')), 'what the serve command names is there');

@@ -41,3 +41,4 @@ export const realpathSync = none('realpathSync');
 export const readlinkSync = none('readlinkSync');
 // Linux's values (core/safe-read's open flags; never used here: openSync fails).
 export const constants = { R_OK: 4, W_OK: 2, X_OK: 1, O_RDONLY: 0, O_NONBLOCK: 0o4000, O_NOFOLLOW: 0o400000 };
+export const fchmodSync = none('fchmodSync');
