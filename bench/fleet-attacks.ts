@@ -4,12 +4,13 @@
 // options can restore them) and once with them on (keys, defaults). Prints a table of what each attack
 // got, and the cost of signing and checking an update.
 //
-//   node --import tsx bench/fleet-attacks.ts
+//   node --import tsx bench/fleet-attacks.ts [--json FILE]
 
 import { generateKeyPairSync } from 'node:crypto';
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
+import { benchArgs } from './args.ts';
 import { Aggregator, type AggregatorOptions } from '../agent/fleet/aggregator.ts';
 import { FleetDevice } from '../agent/fleet/device.ts';
 import { decodeMessage, encodeMessage, sharedSpec, type GlobalHeader, type UpdateHeader } from '../agent/fleet/codec.ts';
@@ -19,6 +20,7 @@ import { topics } from '../agent/fleet/transport.ts';
 import { Trainer } from '../agent/trainer/trainer.ts';
 import { REPO_ROOT } from '../agent/paths.ts';
 
+const args = benchArgs(import.meta.url, { json: { type: 'string', default: 'bench/results/fleet-attacks.json', describe: 'where the rows and the signing costs are written as JSON' } });
 const art = path.join(REPO_ROOT, 'training-artifacts/edge');
 const root = mkdtempSync(path.join(tmpdir(), 'ssocl-fleet-attacks-'));
 const T = topics('F');
@@ -144,5 +146,7 @@ function withMeta(b: Buffer, extra: Record<string, string>): Buffer {
 console.log('| attack | guards | what it got |\n|---|---|---|');
 for (const r of rows) console.log(`| ${r.attack} | ${r.mode} | ${r.got} |`);
 console.log(`\nedge update ${(bytes.length / 1024).toFixed(0)} KiB: encode ${plainMs.toFixed(2)} ms unsigned, ${signMs.toFixed(2)} ms signed; decode + verify ${checkMs.toFixed(2)} ms (${ok}/${n} verified)`);
+writeFileSync(args.json, JSON.stringify({ date: new Date().toISOString(), rows, updateKiB: bytes.length / 1024, encodeMs: plainMs, signedEncodeMs: signMs, decodeVerifyMs: checkMs }, null, 1) + '\n');
+console.log(`rows in ${args.json}`);
 await trainer.close();
 rmSync(root, { recursive: true, force: true });
