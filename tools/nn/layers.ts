@@ -4,7 +4,8 @@
 import { Graph, Value, fmt } from '../graph/graph.ts';
 
 export type StateRole = 'param' | 'buffer';
-export type Init = { kind: 'kaiming-normal-fanout'; fanOut: number } | { kind: 'uniform'; bound: number } | { kind: 'ones' } | { kind: 'zeros' };
+/** `given`: the value an imported model starts from (its initializer). */
+export type Init = { kind: 'kaiming-normal-fanout'; fanOut: number } | { kind: 'uniform'; bound: number } | { kind: 'ones' } | { kind: 'zeros' } | { kind: 'given'; data: Float32Array };
 
 export interface StateSpec {
   name: string; // e.g. "encoder.layer1.0.conv1.weight"
