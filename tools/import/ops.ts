@@ -115,6 +115,13 @@ function reshapeTarget(x: Value, target: (number | string)[], node: OnnxNode): n
   });
 }
 
+/** Opset 13 gives ReduceMean's axes as an attribute, 18 as an input (ReduceSum: from 13). */
+const reduce = (op: 'ReduceMean' | 'ReduceSum'): Lowering => (c) => {
+  const x = c.value(0);
+  const axes = c.has(1) ? c.consts(1) : ints(c.node, 'axes', x.shape.map((_, i) => i));
+  return [c.g.reduce(op, x, axes, int(c.node, 'keepdims', 1) === 1)];
+};
+
 export const OPS: Record<string, Lowering> = {
   Identity: (c) => [c.value(0)],
   Dropout: (c) => [c.value(0)],
@@ -205,11 +212,8 @@ export const OPS: Record<string, Lowering> = {
     if (pads.some((p) => p < 0)) throw new Error(`node '${c.node.name}' (Pad): negative pads are not supported`);
     return [c.g.pad(x, pads)];
   },
-  ReduceMean: (c) => {
-    const x = c.value(0);
-    const axes = c.has(1) ? c.consts(1) : ints(c.node, 'axes', x.shape.map((_, i) => i));
-    return [c.g.reduceMean(x, axes, int(c.node, 'keepdims', 1) === 1)];
-  },
+  ReduceMean: reduce('ReduceMean'),
+  ReduceSum: reduce('ReduceSum'),
   Unsqueeze: (c) => [c.g.unsqueeze(c.value(0), c.has(1) ? c.consts(1) : ints(c.node, 'axes', []))],
   Squeeze: (c) => {
     const x = c.value(0);
