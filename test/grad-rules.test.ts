@@ -1,10 +1,12 @@
 // Every gradient rule against central finite differences: float64 where ORT's CPU EP has the kernel,
-// float32 with eps = 1 (exact by bilinearity) for Conv, whose CPU kernel is float32 only. Composite
-// rows (BatchNorm) are checked through the layer that emits them.
+// float32 with eps = 1 (exact by bilinearity) for Conv and AveragePool, whose CPU kernels are float32
+// only, and float32 with a small eps for Erf (float32 only, not linear). Composite rows (BatchNorm) are
+// checked through the builders that emit them. `raw` nodes are built as an imported graph holds them
+// (ONNX attributes as given, optional inputs and outputs left out).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { GRAD_RULES } from '../tools/graph/grad.ts';
-import type { Graph, Value } from '../tools/graph/graph.ts';
+import { Value, type Graph } from '../tools/graph/graph.ts';
 import { Model, batchNorm } from '../tools/nn/layers.ts';
 import { gradCheck, type GradCase } from './helpers/ort.ts';
 
@@ -20,6 +22,22 @@ const distinct = (rng: { uniform(): number }, n: number) => {
     [v[i], v[j]] = [v[j], v[i]];
   }
   return v;
+};
+
+// Values kept at least 0.1 from the kinks of piecewise-linear ops (e.g. HardSigmoid's at +-3).
+const offKinks = (kinks: number[], lo: number, hi: number) => (rng: { uniform(): number }, n: number) =>
+  Array.from({ length: n }, () => {
+    for (;;) {
+      const v = lo + (hi - lo) * rng.uniform();
+      if (kinks.every((k) => Math.abs(v - k) > 0.1)) return v;
+    }
+  });
+
+/** A node the way an imported graph holds it: the ONNX op and attributes as given, one output. */
+const raw = (g: Graph, op: string, inputs: (Value | null)[], shape: number[], attrs: Record<string, import('../tools/graph/graph.ts').Attr> = {}) => {
+  const y = new Value(g, `raw_${op}_${g.nodes.length}`, shape, inputs[0]!.dtype);
+  g.addNode(op, inputs, [y], attrs);
+  return y;
 };
 
 const f64 = (shapes: number[][], build: (g: Graph, xs: Value[]) => Value, extra: Partial<GradCase> = {}): GradCase => ({
@@ -51,11 +69,17 @@ const CASES: Record<string, GradCase[]> = {
   Neg: [f64([[2, 3]], (g, [x]) => g.neg(x))],
   Reciprocal: [{ dtype: 'float64', inputs: [{ shape: [6], init: positive }], build: (g, [x]) => g.reciprocal(x) }],
   Add: [f64([[3, 4], [3, 4]], (g, [a, b]) => g.add(a, b)), f64([[2, 3, 5], [3, 1]], (g, [a, b]) => g.add(a, b)), f64([[1, 5], [4, 1]], (g, [a, b]) => g.add(a, b))],
-  Sub: [f64([[3, 4], [4]], (g, [a, b]) => g.sub(a, b)), f64([[5], [2, 5]], (g, [a, b]) => g.sub(a, b))],
-  Mul: [f64([[3, 4], [3, 4]], (g, [a, b]) => g.mul(a, b)), f64([[2, 3, 5], [1, 3, 1]], (g, [a, b]) => g.mul(a, b)), f64([[3, 4], []], (g, [a, b]) => g.mul(a, b))],
+  Sub: [f64([[3, 4], [4]], (g, [a, b]) => g.sub(a, b)), f64([[5], [2, 5]], (g, [a, b]) => g.sub(a, b)), f64([[1, 5], [4, 1]], (g, [a, b]) => g.sub(a, b))],
+  Mul: [
+    f64([[3, 4], [3, 4]], (g, [a, b]) => g.mul(a, b)),
+    f64([[2, 3, 5], [1, 3, 1]], (g, [a, b]) => g.mul(a, b)),
+    f64([[3, 4], []], (g, [a, b]) => g.mul(a, b)),
+    f64([[2, 1, 4, 1], [3, 1, 5]], (g, [a, b]) => g.mul(a, b)),
+  ],
   Div: [
     { dtype: 'float64', inputs: [{ shape: [3, 4] }, { shape: [3, 1], init: positive }], build: (g, [a, b]) => g.div(a, b) },
     { dtype: 'float64', inputs: [{ shape: [5] }, { shape: [2, 5], init: positive }], build: (g, [a, b]) => g.div(a, b) },
+    { dtype: 'float64', inputs: [{ shape: [1, 5] }, { shape: [4, 1], init: positive }], build: (g, [a, b]) => g.div(a, b) },
   ],
   MatMul: [f64([[3, 4], [4, 5]], (g, [a, b]) => g.matmul(a, b)), f64([[2, 3, 4], [4, 5]], (g, [a, b]) => g.matmul(a, b)), f64([[2, 3, 4], [2, 4, 3]], (g, [a, b]) => g.matmul(a, b))],
   Gemm: [
@@ -86,9 +110,36 @@ const CASES: Record<string, GradCase[]> = {
     conv([2, 4, 6, 6], [3, 4, 1, 1], { strides: [2, 2] }, false, { convWeightGrad: 'batched-offsets' }),
     conv([1, 2, 9, 9], [3, 2, 5, 5], { pads: [2, 2, 2, 2] }, false, { convWeightGrad: 'batched-offsets' }),
     conv([1, 3, 11, 11], [2, 3, 7, 7], { strides: [2, 2], pads: [3, 3, 3, 3] }, false, { convWeightGrad: 'batched-offsets' }),
+    // Dilations and asymmetric pads (dense).
+    conv([2, 3, 9, 9], [4, 3, 3, 3], { pads: [2, 2, 2, 2], dilations: [2, 2] }),
+    conv([2, 3, 9, 9], [4, 3, 3, 3], { pads: [2, 2, 2, 2], dilations: [2, 2] }, false, { convWeightGrad: 'batched-offsets', convInputGrad: 'conv' }),
+    conv([2, 3, 8, 8], [4, 3, 3, 3], { strides: [2, 2], pads: [0, 0, 1, 1] }),
+    conv([2, 3, 7, 8], [4, 3, 3, 3], { pads: [1, 0, 0, 2] }, false, { convInputGrad: 'conv' }),
+    // Depthwise (groups = channels, mobilenet), both weight-gradient formulations and both input ones.
+    ...(['offsets', 'grouped-conv'] as const).flatMap((dw) => [
+      conv([2, 4, 7, 7], [4, 1, 3, 3], { pads: [1, 1, 1, 1], group: 4 }, true, { depthwiseWeightGrad: dw }),
+      conv([2, 4, 7, 7], [4, 1, 3, 3], { pads: [1, 1, 1, 1], group: 4 }, false, { depthwiseWeightGrad: dw, convInputGrad: 'conv' }),
+      conv([2, 4, 8, 8], [4, 1, 3, 3], { strides: [2, 2], pads: [1, 1, 1, 1], group: 4 }, false, { depthwiseWeightGrad: dw }),
+      conv([2, 3, 9, 9], [3, 1, 5, 5], { strides: [2, 2], pads: [2, 2, 2, 2], group: 3 }, false, { depthwiseWeightGrad: dw }),
+      conv([2, 3, 8, 8], [3, 1, 3, 3], { pads: [2, 2, 2, 2], dilations: [2, 2], group: 3 }, false, { depthwiseWeightGrad: dw, convInputGrad: 'conv' }),
+      conv([2, 3, 8, 8], [3, 1, 3, 3], { strides: [2, 2], pads: [0, 0, 1, 1], group: 3 }, false, { depthwiseWeightGrad: dw }),
+      // Channel multiplier 2: two filters per input channel.
+      conv([2, 3, 6, 6], [6, 1, 3, 3], { pads: [1, 1, 1, 1], group: 3 }, false, { depthwiseWeightGrad: dw, convInputGrad: 'conv' }),
+    ]),
+    // 1 < groups < channels (regnet, shufflenet), 1x1 and 3x3, stride 1 and 2.
+    conv([2, 4, 6, 6], [6, 2, 3, 3], { pads: [1, 1, 1, 1], group: 2 }, true),
+    conv([2, 4, 6, 6], [6, 2, 3, 3], { pads: [1, 1, 1, 1], group: 2 }, false, { convInputGrad: 'conv' }),
+    conv([2, 6, 8, 8], [6, 2, 3, 3], { strides: [2, 2], pads: [1, 1, 1, 1], group: 3 }),
+    conv([2, 6, 5, 5], [4, 3, 1, 1], { group: 2 }, false, { convInputGrad: 'conv' }),
   ],
   ReduceSum: [f64([[3, 4, 5]], (g, [x]) => g.reduceSum(x, [1], true)), f64([[3, 4, 5]], (g, [x]) => g.reduceSum(x, [0, 2], false))],
-  ReduceMean: [f64([[3, 4, 5]], (g, [x]) => g.reduceMean(x, [2], true)), f64([[3, 4, 5]], (g, [x]) => g.reduceMean(x, [0, 1], false))],
+  ReduceMean: [
+    f64([[3, 4, 5]], (g, [x]) => g.reduceMean(x, [2], true)),
+    f64([[3, 4, 5]], (g, [x]) => g.reduceMean(x, [0, 1], false)),
+    // Negative axes as given; no axes (all of them), keepdims 0.
+    f64([[3, 4, 5]], (g, [x]) => raw(g, 'ReduceMean', [x, g.ints([-1, -3])], [4], { keepdims: { i: 0 } })),
+    f64([[3, 4]], (g, [x]) => raw(g, 'ReduceMean', [x], [], { keepdims: { i: 0 } })),
+  ],
   ReduceLogSumExp: [f64([[3, 5]], (g, [x]) => g.reduceLogSumExp(x, [1], true)), f64([[3, 5, 2]], (g, [x]) => g.reduceLogSumExp(x, [0, 2], false))],
   Softmax: [f64([[3, 5]], (g, [x]) => g.softmax(x, 1)), f64([[3, 5]], (g, [x]) => g.softmax(x, 0))],
   LogSoftmax: [f64([[3, 5]], (g, [x]) => g.logSoftmax(x, 1)), f64([[4, 3]], (g, [x]) => g.logSoftmax(x, 0))],
@@ -97,24 +148,111 @@ const CASES: Record<string, GradCase[]> = {
   MaxPool: [
     { dtype: 'float64', inputs: [{ shape: [2, 3, 8, 8], init: distinct }], build: (g, [x]) => g.maxPool(x, [3, 3], [2, 2], [1, 1, 1, 1])[0], eps: 1e-5 },
     { dtype: 'float64', inputs: [{ shape: [1, 2, 7, 7], init: distinct }], build: (g, [x]) => g.maxPool(x, [3, 3], [2, 2], [1, 1, 1, 1])[0], eps: 1e-5 },
+    // squeezenet's 3x3 s2 ceil mode, on sizes where the last window is cut short and where it is dropped.
+    ...[8, 7].map((h): GradCase => ({ dtype: 'float64', inputs: [{ shape: [2, 2, h, h], init: distinct }], build: (g, [x]) => g.maxPool(x, [3, 3], [2, 2], [0, 0, 0, 0], { ceilMode: true })[0], eps: 1e-5 })),
+    { dtype: 'float64', inputs: [{ shape: [1, 2, 6, 6], init: distinct }], build: (g, [x]) => g.maxPool(x, [3, 3], [2, 2], [1, 1, 1, 1], { ceilMode: true })[0], eps: 1e-5 },
+    { dtype: 'float64', inputs: [{ shape: [1, 2, 9, 9], init: distinct }], build: (g, [x]) => g.maxPool(x, [3, 3], [1, 1], [2, 2, 2, 2], { dilations: [2, 2] })[0], eps: 1e-5 },
+    { dtype: 'float64', inputs: [{ shape: [2, 2, 6, 7], init: distinct }], build: (g, [x]) => g.maxPool(x, [2, 2], [2, 2], [0, 1, 0, 0])[0], eps: 1e-5 },
+    // As imported: one output, no indices (the rule pools again for them).
+    {
+      dtype: 'float64',
+      inputs: [{ shape: [2, 3, 8, 8], init: distinct }],
+      build: (g, [x]) => raw(g, 'MaxPool', [x], [2, 3, 4, 4], { kernel_shape: { ints: [3, 3] }, strides: { ints: [2, 2] }, pads: { ints: [1, 1, 1, 1] } }),
+      eps: 1e-5,
+    },
   ],
+  // No float64 kernel on CPU; linear, so float32 with eps = 1 is exact.
+  AveragePool: (
+    [
+      [[2, 3, 6, 6], [3, 3], { pads: [1, 1, 1, 1] }],
+      [[2, 3, 6, 6], [3, 3], { pads: [1, 1, 1, 1], countIncludePad: true }],
+      [[2, 2, 6, 7], [2, 2], { strides: [2, 2] }],
+      [[2, 2, 6, 6], [3, 3], { strides: [2, 2], pads: [1, 1, 1, 1], ceilMode: true }],
+      [[2, 2, 6, 6], [3, 3], { strides: [2, 2], pads: [1, 1, 1, 1], ceilMode: true, countIncludePad: true }],
+      [[1, 2, 8, 8], [3, 3], { strides: [2, 2], ceilMode: true }],
+      [[1, 2, 5, 6], [2, 3], { strides: [2, 1], pads: [0, 1, 1, 0] }],
+    ] as [number[], number[], Parameters<Graph['averagePool']>[2]][]
+  ).map(([shape, k, o]) => ({ dtype: 'float32', inputs: [{ shape }], build: (g, [x]) => g.averagePool(x, k, o), eps: 1, rtol: 1e-5, atol: 1e-5 })),
   Reshape: [f64([[3, 4]], (g, [x]) => g.reshape(x, [2, -1, 3]))],
   Flatten: [f64([[2, 3, 2, 2]], (g, [x]) => g.flatten(x, 1))],
   Squeeze: [f64([[3, 1, 4]], (g, [x]) => g.squeeze(x, [1]))],
   Unsqueeze: [f64([[3, 4]], (g, [x]) => g.unsqueeze(x, [0, 2]))],
-  Transpose: [f64([[2, 3, 4]], (g, [x]) => g.transpose(x, [2, 0, 1]))],
-  Slice: [f64([[5, 6]], (g, [x]) => g.slice(x, [1, 2], [4, 5], [0, 1])), f64([[3, 7]], (g, [x]) => g.slice(x, [3], [7], [1]))],
+  Transpose: [f64([[2, 3, 4]], (g, [x]) => g.transpose(x, [2, 0, 1])), f64([[2, 3, 4]], (g, [x]) => raw(g, 'Transpose', [x], [4, 3, 2]))],
+  Slice: [
+    f64([[5, 6]], (g, [x]) => g.slice(x, [1, 2], [4, 5], [0, 1])),
+    f64([[3, 7]], (g, [x]) => g.slice(x, [3], [7], [1])),
+    // Steps, negative bounds, int64-max ends (as exporters write 'to the end'), reversal.
+    f64([[5, 7]], (g, [x]) => g.sliceGeneral(x, [0, 1], [5, 2 ** 63], [0, 1], [2, 3])),
+    f64([[4, 6]], (g, [x]) => g.sliceGeneral(x, [-1], [-5], [1], [-2])),
+    f64([[3, 5]], (g, [x]) => g.sliceGeneral(x, [-2, -1], [2 ** 63, -(2 ** 63)], [0, -1], [1, -1])),
+    f64([[2, 3, 4]], (g, [x]) => g.flip(x, [2])),
+    // No axes or steps inputs: the leading axes, step 1.
+    f64([[4, 5]], (g, [x]) => raw(g, 'Slice', [x, g.ints([1]), g.ints([-1])], [2, 5])),
+  ],
   Concat: [f64([[2, 3], [2, 4], [2, 1]], (g, xs) => g.concat(xs, 1))],
   Expand: [f64([[3, 1]], (g, [x]) => g.expand(x, [2, 3, 4]))],
-  Pad: [f64([[3, 4]], (g, [x]) => g.pad(x, [1, 0, 2, 3]))],
+  Pad: [f64([[3, 4]], (g, [x]) => g.pad(x, [1, 0, 2, 3])), f64([[3, 5]], (g, [x]) => g.pad(x, [-1, 2, 0, -2]))],
+  Cast: [
+    // float64 -> float32 -> float64 is linear up to float32 rounding: exact with eps = 1.
+    f64([[3, 4]], (g, [x]) => g.cast(g.cast(x, 'float32'), 'float64'), { eps: 1, rtol: 1e-6, atol: 1e-5 }),
+    // Through an integer there is no gradient (and the rounding is flat away from half-integers).
+    { dtype: 'float64', inputs: [{ shape: [6], init: offKinks([-1.5, -0.5, 0.5, 1.5], -2, 2) }], build: (g, [x]) => g.add(g.cast(g.cast(x, 'int64'), 'float64'), g.mul(x, x)) },
+  ],
+  // float32 only on CPU and not linear: eps 1e-2, tolerances above its O(eps^2) truncation error.
+  Erf: [{ dtype: 'float32', inputs: [{ shape: [4, 5] }], build: (g, [x]) => g.erf(x), eps: 1e-2, rtol: 2e-3, atol: 3e-4 }],
+  HardSigmoid: [
+    { dtype: 'float64', inputs: [{ shape: [4, 6], init: offKinks([-3, 3], -5, 5) }], build: (g, [x]) => g.hardSigmoid(x, 1 / 6, 0.5) },
+    { dtype: 'float64', inputs: [{ shape: [4, 6], init: offKinks([-2.5, 2.5], -4, 4) }], build: (g, [x]) => g.hardSigmoid(x) },
+  ],
+  HardSwish: [{ dtype: 'float64', inputs: [{ shape: [5, 6], init: offKinks([-3, 3], -5, 5) }], build: (g, [x]) => g.hardSwish(x) }],
+  Clip: [
+    // ReLU6 as exported: bounds as constant inputs.
+    { dtype: 'float64', inputs: [{ shape: [4, 6], init: offKinks([0, 6], -3, 9) }], build: (g, [x]) => g.clip(x, g.scalar(0), g.scalar(6)) },
+    { dtype: 'float64', inputs: [{ shape: [4, 6], init: offKinks([0.5], -2, 2) }], build: (g, [x]) => g.clip(x, g.scalar(0.5), null) },
+    { dtype: 'float64', inputs: [{ shape: [4, 6], init: offKinks([-0.5], -2, 2) }], build: (g, [x]) => g.clip(x, null, g.scalar(-0.5)) },
+    // Bounds as computed inputs: their gradients too.
+    { dtype: 'float64', inputs: [{ shape: [4, 6], init: offKinks([-0.6, 0.4], -2, 2) }, { shape: [], init: () => [-0.6] }, { shape: [], init: () => [0.4] }], build: (g, [x, lo, hi]) => g.clip(x, lo, hi), eps: 1e-7 },
+  ],
+  Pow: [
+    ...[2, 3, 0.5, -1.5].map((p) => ({ dtype: 'float64' as const, inputs: [{ shape: [3, 4], init: positive }], build: (g: Graph, [x]: Value[]) => g.pow(x, g.scalar(p)) })),
+    f64([[3, 4]], (g, [x]) => g.pow(x, g.scalar(2))),
+    { dtype: 'float64', inputs: [{ shape: [3, 4], init: positive }, { shape: [4] }], build: (g, [a, b]) => g.pow(a, b) },
+  ],
+  Gather: [
+    // A constant index (vit's class token, x[:, 0]), negative too.
+    f64([[2, 3, 4]], (g, [x]) => g.gather(x, g.constant([0], [], 'int64'), 1)),
+    f64([[2, 3, 4]], (g, [x]) => g.gather(x, g.constant([-1], [], 'int64'), 2)),
+    // Constant indices with repeats and a negative one; computed indices.
+    f64([[4, 3]], (g, [x]) => g.gather(x, g.constant([0, 2, 2, -1, 1, 0], [2, 3], 'int64'), 0)),
+    f64([[2, 5, 3]], (g, [x]) => g.gather(x, g.cast(g.constant([4, 1, 1], [3], 'float64'), 'int64'), 1)),
+  ],
+  LayerNormalization: [
+    // opset 17's LayerNorm over the last axis (convnext), scale and bias learnt; over the last two; no bias.
+    f64([[2, 3, 4], [4], [4]], (g, [x, s, b]) => g.layerNorm(x, s, b, -1, 1e-5)),
+    f64([[2, 3, 4], [3, 4], [3, 4]], (g, [x, s, b]) => g.layerNorm(x, s, b, 1, 1e-3)),
+    f64([[3, 5], [5]], (g, [x, s]) => g.layerNorm(x, s, null)),
+  ],
+  // Inference mode (running statistics as inputs), every input differentiated.
+  BatchNormalization: [
+    {
+      dtype: 'float64',
+      inputs: [{ shape: [2, 3, 4, 3] }, { shape: [3] }, { shape: [3] }, { shape: [3] }, { shape: [3], init: positive }],
+      build: (g, [x, s, b, m, v]) => g.batchNormInference(x, s, b, m, v, 1e-3),
+    },
+    { dtype: 'float64', inputs: [{ shape: [5, 3] }, { shape: [3] }, { shape: [3] }, { shape: [3] }, { shape: [3], init: positive }], build: (g, [x, s, b, m, v]) => g.batchNormInference(x, s, b, m, v) },
+  ],
   // Training mode; gamma and beta (the layer's own inputs) are differentiated too.
-  BatchNorm: ([[[4, 3, 2, 3], true], [[5, 3], true], [[6, 2, 3, 3], false], [[5, 3], false]] as const).map(([shape, affine]) =>
-    f64([[...shape]], (g, [x]) => batchNorm(new Model(g, true), 'bn', x, affine), { diffExtras: true }),
-  ),
+  BatchNorm: [
+    ...([[[4, 3, 2, 3], true], [[5, 3], true], [[6, 2, 3, 3], false], [[5, 3], false]] as const).map(([shape, affine]) =>
+      f64([[...shape]], (g, [x]) => batchNorm(new Model(g, true), 'bn', x, affine), { diffExtras: true }),
+    ),
+    // As an imported BatchNormalization in training mode builds it, gamma and beta as plain inputs.
+    f64([[3, 2, 3, 2], [2], [2]], (g, [x, s, b]) => g.batchNormTraining(x, s, b, 1e-3)[0]),
+  ],
 };
 
 // Ops whose rule returns no gradient by design.
-const NO_GRADIENT = new Set(['Sign', 'StopGradient']);
+const NO_GRADIENT = new Set(['Sign', 'StopGradient', 'Shape']);
 
 test('every gradient rule has finite-difference cases', () => {
   const missing = Object.keys(GRAD_RULES).filter((op) => !CASES[op] && !NO_GRADIENT.has(op));

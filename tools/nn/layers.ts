@@ -86,17 +86,8 @@ export function batchNorm(m: Model, name: string, x: Value, affine = true, eps =
       return g.add(g.mul(x, g.reshape(scale, bshape)), g.reshape(shift, bshape));
     }
     const count = axes.reduce((a, ax) => a * (x.shape[ax] as number), 1);
-    const ins = [x, ...(gamma ? [gamma, beta!] : [])];
     // Differentiated as one op by GRAD_RULES.BatchNorm (closed form), which reads xhat, inv and gamma.
-    const [y, mean, varB] = g.composite('BatchNorm', ins, { axes: { ints: axes } }, ([xs, gs, bs]) => {
-      const mean = g.reduceMean(xs, axes, true);
-      const xc = g.sub(xs, mean);
-      const varB = g.reduceMean(g.mul(xc, xc), axes, true);
-      const inv = g.reciprocal(g.sqrt(g.add(varB, epsV)));
-      const xhat = g.mul(xc, inv);
-      const y = gs ? g.add(g.mul(xhat, g.reshape(gs, bshape)), g.reshape(bs, bshape)) : xhat;
-      return { results: [y, mean, varB], saved: gs ? [xhat, inv, gs] : [xhat, inv] };
-    });
+    const [y, mean, varB] = g.batchNormTraining(x, gamma, beta, eps);
     // Running statistics as PyTorch keeps them: unbiased variance, momentum on the new value.
     const mom = g.scalar(m.bnMomentum);
     const keep = g.scalar(1 - m.bnMomentum);
