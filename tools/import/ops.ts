@@ -2,7 +2,7 @@
 // and every op has a gradient rule in tools/graph/grad.ts), plus the shape arithmetic that folds to
 // constants (fold.ts). One row per op; an op without a row is refused at import, naming op and node.
 
-import { Graph, Value, type Attr, type DType, type Shape } from '../graph/graph.ts';
+import { Graph, Value } from '../graph/graph.ts';
 import { Model } from '../nn/layers.ts';
 import type { OnnxNode } from '../../core/onnx/model.ts';
 
@@ -32,41 +32,12 @@ const int = (n: OnnxNode, name: string, d: number): number => ((n.attrs[name] as
 const float = (n: OnnxNode, name: string, d: number): number => ((n.attrs[name] as { f?: number } | undefined)?.f ?? d);
 const str = (n: OnnxNode, name: string, d: string): string => ((n.attrs[name] as { s?: string } | undefined)?.s ?? d);
 
-const counters = new WeakMap<Graph, number>();
-/** A node of an op the builder has no method for; the name cannot meet a builder name (those end in _N). */
-export function emit(g: Graph, op: string, inputs: (Value | null)[], shape: Shape, dtype: DType, attrs: Record<string, Attr> = {}): Value {
-  const k = counters.get(g) ?? 0;
-  counters.set(g, k + 1);
-  const out = new Value(g, `import.${k}.${op.toLowerCase()}`, shape, dtype);
-  g.addNode(op, inputs, [out], attrs);
-  return out;
-}
-
-function pool2d(c: LowerCtx, x: Value): { kernel: number[]; strides: number[]; pads: number[]; shape: Shape } {
-  const n = c.node;
+function noAutoPad(n: OnnxNode): void {
   if (str(n, 'auto_pad', 'NOTSET') !== 'NOTSET') throw new Error(`node '${n.name}' (${n.op}): auto_pad ${str(n, 'auto_pad', '')} is not supported (export with explicit pads)`);
-  const kernel = ints(n, 'kernel_shape', []);
-  const strides = ints(n, 'strides', [1, 1]);
-  const pads = ints(n, 'pads', [0, 0, 0, 0]);
-  if (ints(n, 'dilations', [1, 1]).some((d) => d !== 1)) throw new Error(`node '${n.name}' (${n.op}): dilations are not supported`);
-  const [b, ch, h, w] = x.shape as number[];
-  const out = (len: number, k: number, s: number, p: number) => (int(n, 'ceil_mode', 0) ? Math.ceil : Math.floor)((len + p - k) / s) + 1;
-  const oh = out(h, kernel[0], strides[0], pads[0] + pads[2]);
-  const ow = out(w, kernel[1], strides[1], pads[1] + pads[3]);
-  if (int(n, 'ceil_mode', 0) && (oh !== Math.floor((h + pads[0] + pads[2] - kernel[0]) / strides[0]) + 1 || ow !== Math.floor((w + pads[1] + pads[3] - kernel[1]) / strides[1]) + 1)) {
-    throw new Error(`node '${n.name}' (${n.op}): ceil_mode changes the output size at this input size; not supported`);
-  }
-  return { kernel, strides, pads, shape: [b, ch, oh, ow] };
 }
 
 const unary = (op: 'Relu' | 'Sigmoid' | 'Sqrt' | 'Exp' | 'Log' | 'Neg' | 'Reciprocal' | 'Abs'): Lowering => (c) => [c.g.unary(op, c.value(0))];
 const binary = (op: 'Add' | 'Sub' | 'Mul' | 'Div' | 'Pow'): Lowering => (c) => [c.g.binary(op, c.value(0), c.value(1))];
-/** Element-wise ops the builder has no method for (their gradients are rows of the same name). */
-const elementwise = (op: string, attrs: (n: OnnxNode) => Record<string, Attr> = () => ({})): Lowering => (c) => {
-  const x = c.value(0);
-  return [emit(c.g, op, [x], x.shape, x.dtype, attrs(c.node))];
-};
-
 function batchNorm(c: LowerCtx): Value[] {
   const { g, node } = c;
   if (int(node, 'training_mode', 0) === 1) {
@@ -88,15 +59,8 @@ function batchNorm(c: LowerCtx): Value[] {
   }
   const rm = c.bnState(3);
   const rv = c.bnState(4);
-  // Differentiated as one op by GRAD_RULES.BatchNorm, as the built-in encoders' batch norm (nn/layers.ts).
-  const [y, mean, varB] = g.composite('BatchNorm', [x, gamma, beta], { axes: { ints: axes } }, ([xs, gs, bs]) => {
-    const mean = g.reduceMean(xs, axes, true);
-    const xc = g.sub(xs, mean);
-    const varB = g.reduceMean(g.mul(xc, xc), axes, true);
-    const inv = g.reciprocal(g.sqrt(g.add(varB, epsV)));
-    const xhat = g.mul(xc, inv);
-    return { results: [g.add(g.mul(xhat, g.reshape(gs, bshape)), g.reshape(bs, bshape)), mean, varB], saved: [xhat, inv, gs] };
-  });
+  // One composite op with a closed-form gradient (GRAD_RULES.BatchNorm), as the built-in encoders' batch norm.
+  const [y, mean, varB] = g.batchNormTraining(x, gamma, beta, eps);
   // ONNX momentum is the weight of the running value (PyTorch's 1 - momentum); variance unbiased, as PyTorch keeps it.
   const count = axes.reduce((a, ax) => a * (x.shape[ax] as number), 1);
   const keep = g.scalar(float(node, 'momentum', 0.9));
@@ -138,16 +102,16 @@ export const OPS: Record<string, Lowering> = {
   Mul: binary('Mul'),
   Div: binary('Div'),
   Pow: binary('Pow'),
-  Erf: elementwise('Erf'),
-  Tanh: elementwise('Tanh'),
-  HardSigmoid: elementwise('HardSigmoid', (n) => ({ alpha: { f: float(n, 'alpha', 0.2) }, beta: { f: float(n, 'beta', 0.5) } })),
-  HardSwish: elementwise('HardSwish'),
+  Erf: (c) => [c.g.unary('Erf', c.value(0))],
+  HardSwish: (c) => [c.g.unary('HardSwish', c.value(0))],
+  HardSigmoid: (c) => [c.g.hardSigmoid(c.value(0), float(c.node, 'alpha', 0.2), float(c.node, 'beta', 0.5))],
   Clip: (c) => {
     const x = c.value(0);
     // Opset >= 11 gives the bounds as inputs, older opsets as attributes; either way they become scalar inputs.
-    const lo = c.has(1) ? c.consts(1)[0] : float(c.node, 'min', -3.4028234663852886e38);
-    const hi = c.has(2) ? c.consts(2)[0] : float(c.node, 'max', 3.4028234663852886e38);
-    return [emit(c.g, 'Clip', [x, c.g.scalar(lo, x.dtype), c.g.scalar(hi, x.dtype)], x.shape, x.dtype)];
+    const bound = (k: number, attr: string) => (c.has(k) ? c.g.scalar(c.consts(k)[0], x.dtype) : c.node.attrs[attr] ? c.g.scalar(float(c.node, attr, 0), x.dtype) : null);
+    const lo = bound(1, 'min');
+    const hi = bound(2, 'max');
+    return [c.g.clip(x, lo ?? (hi ? c.g.scalar(-3.4028234663852886e38, x.dtype) : null), hi)];
   },
   Conv: (c) => {
     const n = c.node;
@@ -165,18 +129,15 @@ export const OPS: Record<string, Lowering> = {
   MatMul: (c) => [c.g.matmul(c.value(0), c.value(1))],
   MaxPool: (c) => {
     const x = c.value(0);
-    const p = pool2d(c, x);
-    if (c.node.outputs.length > 1 && c.node.outputs[1]) throw new Error(`node '${c.node.name}' (MaxPool): the indices output is not supported`);
-    const [y] = c.g.maxPool(x, p.kernel, p.strides, p.pads);
-    if (y.shape.some((d, i) => d !== p.shape[i])) throw new Error(`node '${c.node.name}' (MaxPool): ceil_mode is not supported`);
-    return [y];
+    const n = c.node;
+    noAutoPad(n);
+    if (n.outputs.length > 1 && n.outputs[1]) throw new Error(`node '${n.name}' (MaxPool): the indices output is not supported`);
+    return [c.g.maxPool(x, ints(n, 'kernel_shape', []), ints(n, 'strides', [1, 1]), ints(n, 'pads', [0, 0, 0, 0]), { dilations: ints(n, 'dilations', [1, 1]), ceilMode: int(n, 'ceil_mode', 0) === 1 })[0]];
   },
   AveragePool: (c) => {
-    const x = c.value(0);
-    const p = pool2d(c, x);
-    const attrs: Record<string, Attr> = { kernel_shape: { ints: p.kernel }, strides: { ints: p.strides }, pads: { ints: p.pads }, count_include_pad: { i: int(c.node, 'count_include_pad', 0) } };
-    if (int(c.node, 'ceil_mode', 0)) attrs.ceil_mode = { i: 1 };
-    return [emit(c.g, 'AveragePool', [x], p.shape, x.dtype, attrs)];
+    const n = c.node;
+    noAutoPad(n);
+    return [c.g.averagePool(c.value(0), ints(n, 'kernel_shape', []), { strides: ints(n, 'strides', [1, 1]), pads: ints(n, 'pads', [0, 0, 0, 0]), ceilMode: int(n, 'ceil_mode', 0) === 1, countIncludePad: int(n, 'count_include_pad', 0) === 1 })];
   },
   GlobalAveragePool: (c) => [c.g.globalAvgPool(c.value(0))],
   Flatten: (c) => [c.g.flatten(c.value(0), int(c.node, 'axis', 1))],
@@ -198,11 +159,7 @@ export const OPS: Record<string, Lowering> = {
     const ends = c.has(2) ? c.consts(2) : ints(c.node, 'ends', []);
     const axes = (c.has(3) ? c.consts(3) : ints(c.node, 'axes', starts.map((_, i) => i))).map((a) => (a < 0 ? a + x.rank : a));
     const steps = c.has(4) ? c.consts(4) : starts.map(() => 1);
-    if (steps.some((s) => s !== 1)) throw new Error(`node '${c.node.name}' (Slice): only step 1 slices are supported`);
-    const clamp = (v: number, d: number) => Math.max(0, Math.min(d, v < 0 ? v + d : v));
-    const s = axes.map((a, i) => clamp(starts[i], x.shape[a] as number));
-    const e = axes.map((a, i) => clamp(ends[i], x.shape[a] as number));
-    return [c.g.slice(x, s, e, axes)];
+    return [c.g.sliceGeneral(x, starts, ends, axes, steps)];
   },
   Pad: (c) => {
     const x = c.value(0);
@@ -221,20 +178,10 @@ export const OPS: Record<string, Lowering> = {
     return [c.g.squeeze(x, axes)];
   },
   Softmax: (c) => [c.g.softmax(c.value(0), int(c.node, 'axis', -1))],
-  Gather: (c) => {
-    const x = c.value(0);
-    const idx = c.consts(1);
-    const axis = int(c.node, 'axis', 0);
-    const ax = axis < 0 ? axis + x.rank : axis;
-    const idxDims = c.constDims(1);
-    const shape = [...x.shape.slice(0, ax), ...idxDims, ...x.shape.slice(ax + 1)];
-    return [emit(c.g, 'Gather', [x, c.g.constant(idx, idxDims, 'int64')], shape, x.dtype, { axis: { i: ax } })];
-  },
+  Gather: (c) => [c.g.gather(c.value(0), c.g.constant(c.consts(1), c.constDims(1), 'int64'), int(c.node, 'axis', 0))],
   LayerNormalization: (c) => {
-    const x = c.value(0);
-    const attrs: Record<string, Attr> = { axis: { i: int(c.node, 'axis', -1) }, epsilon: { f: float(c.node, 'epsilon', 1e-5) } };
     if (c.node.outputs.filter((o) => o).length > 1) throw new Error(`node '${c.node.name}' (LayerNormalization): only the normalised output is supported`);
-    return [emit(c.g, 'LayerNormalization', [x, c.value(1), c.has(2) ? c.value(2) : null], x.shape, x.dtype, attrs)];
+    return [c.g.layerNorm(c.value(0), c.value(1), c.has(2) ? c.value(2) : null, int(c.node, 'axis', -1), float(c.node, 'epsilon', 1e-5))];
   },
 };
 
