@@ -59,8 +59,20 @@ function batchNorm(c: LowerCtx): Value[] {
   }
   const rm = c.bnState(3);
   const rv = c.bnState(4);
-  // One composite op with a closed-form gradient (GRAD_RULES.BatchNorm), as the built-in encoders' batch norm.
-  const [y, mean, varB] = g.batchNormTraining(x, gamma, beta, eps);
+  // One composite op with a closed-form gradient (GRAD_RULES.BatchNorm), as the built-in encoders' batch
+  // norm, with one correction pass on the mean: ORT's float32 mean of a channel that is constant over the
+  // batch (dead after a ReLU6, common in mobilenet_v2 at small sizes) can be an ulp off, which leaves
+  // +-tiny where PyTorch's is exactly 0, and the next Clip then passes a gradient amplified by
+  // 1/sqrt(eps). Subtracting the first mean is exact for such a channel, so the corrected mean is exact.
+  const [y, mean, varB] = g.composite('BatchNorm', [x, gamma, beta], { axes: { ints: axes } }, ([xs, gs, bs]) => {
+    const m0 = g.reduceMean(xs, axes, true);
+    const mean = g.add(m0, g.reduceMean(g.sub(xs, m0), axes, true));
+    const xc = g.sub(xs, mean);
+    const varB = g.reduceMean(g.mul(xc, xc), axes, true);
+    const inv = g.reciprocal(g.sqrt(g.add(varB, epsV)));
+    const xhat = g.mul(xc, inv);
+    return { results: [g.add(g.mul(xhat, g.reshape(gs, bshape)), g.reshape(bs, bshape)), mean, varB], saved: [xhat, inv, gs] };
+  });
   // ONNX momentum is the weight of the running value (PyTorch's 1 - momentum); variance unbiased, as PyTorch keeps it.
   const count = axes.reduce((a, ax) => a * (x.shape[ax] as number), 1);
   const keep = g.scalar(float(node, 'momentum', 0.9));
