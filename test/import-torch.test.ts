@@ -166,6 +166,36 @@ for (const name of MODELS) {
   });
 }
 
+// The default export folds BN into the convolutions: the model still imports (no BN node, conv biases
+// where BN was) and a step trains it. Slow-marked: the default run covers a BN-less model in
+// test/import-roundtrip.test.ts.
+test('a BN-folded export (torch.onnx.export in eval mode) imports and a step moves its weights', { skip: skip || (process.env.SSOCL_SLOW ? false : 'set SSOCL_SLOW=1') }, async () => {
+  const dir = mkdtempSync(path.join(tmpdir(), 'ssocl-byom-folded-'));
+  try {
+    const model = path.join(dir, 'model.onnx');
+    py(['export', 'resnet18', String(SIZE), model, 'folded']);
+    const { built, src } = compileFromOnnx(readFileSync(model), { train: 'all', name: 'folded', set: SETS });
+    assert.equal(src.decoded.graph.nodes.filter((n) => n.op === 'BatchNormalization').length, 0);
+    const art = path.join(dir, 'art');
+    writeArtifacts(built, art);
+    const m = built.manifest as unknown as Manifest;
+    const state = initialState(art, m);
+    const rng = new Rng(5);
+    const sess = await ort.InferenceSession.create(readFileSync(path.join(art, m.trainStep.file)), { intraOpNumThreads: 2 });
+    const feeds: Record<string, ort.Tensor> = { [m.trainStep.crops.name]: new ort.Tensor('float32', new Float32Array((m.trainStep.crops.shape as number[]).reduce((a, b) => a * b, 1)).map(() => rng.uniform()), m.trainStep.crops.shape as number[]), [m.trainStep.lr]: new ort.Tensor('float32', Float32Array.of(0.01), []), [m.trainStep.step]: new ort.Tensor('float32', Float32Array.of(1), []) };
+    for (const e of m.state) feeds[e.name] = new ort.Tensor('float32', state.get(e.name)!, e.shape);
+    const out = await sess.run(feeds);
+    await sess.release();
+    assert.ok(Number.isFinite((out[m.trainStep.loss].data as Float32Array)[0]));
+    const e = m.state.find((x) => x.role === 'param' && x.name.startsWith('params.encoder.'))!;
+    const before = state.get(e.name)!;
+    const after = out[e.next].data as Float32Array;
+    assert.ok(after.every(Number.isFinite) && after.some((v, i) => v !== before[i]), `${e.name} moved`);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
 test('an unsupported op: one line naming the op and the node, exit 2, nothing written', () => {
   const dir = mkdtempSync(path.join(tmpdir(), 'ssocl-byom-bad-'));
   try {
