@@ -190,6 +190,12 @@ export const OPS: Record<string, Lowering> = {
     return [c.g.squeeze(x, axes)];
   },
   Softmax: (c) => [c.g.softmax(c.value(0), int(c.node, 'axis', -1))],
+  // A Cast of a computed tensor to float (a Cast of shapes folds on the host).
+  Cast: (c) => {
+    const to = int(c.node, 'to', 1);
+    if (to !== 1) throw new Error(`node '${c.node.name}' (Cast): only casts to float32 of computed tensors are supported`);
+    return [c.g.cast(c.value(0), 'float32')];
+  },
   Gather: (c) => [c.g.gather(c.value(0), c.g.constant(c.consts(1), c.constDims(1), 'int64'), int(c.node, 'axis', 0))],
   LayerNormalization: (c) => {
     if (c.node.outputs.filter((o) => o).length > 1) throw new Error(`node '${c.node.name}' (LayerNormalization): only the normalised output is supported`);
@@ -198,4 +204,4 @@ export const OPS: Record<string, Lowering> = {
 };
 
 /** Ops that never reach the graph: they fold on the host (Shape of a known size, Constant). */
-export const HOST_OPS = new Set(['Constant', 'Shape', 'ConstantOfShape', 'Cast']);
+export const HOST_OPS = new Set(['Constant', 'Shape', 'ConstantOfShape']);

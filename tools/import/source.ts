@@ -27,7 +27,6 @@ export interface SourceModel {
   input: OnnxValueInfo;
   size: number;
   feature: string;
-  featureDim: number;
   /** The model's outputs, as the exported model keeps them. */
   outputs: string[];
   /** Nodes in order, the Identity copies of initializers removed (they are weights of their own: `tensors`). */
@@ -75,14 +74,9 @@ function ancestors(nodes: OnnxNode[], target: string): Set<OnnxNode> {
 function defaultFeature(nodes: OnnxNode[], output: string): string {
   const producer = new Map<string, OnnxNode>();
   for (const n of nodes) for (const o of n.outputs) producer.set(o, n);
-  let name = output;
-  let p = producer.get(name);
-  while (p && (p.op === 'Identity' || p.op === 'Softmax' || p.op === 'Flatten')) {
-    if (p.op !== 'Identity' && !['Gemm', 'MatMul'].includes(producer.get(p.inputs[0])?.op ?? '')) break;
-    name = p.inputs[0];
-    p = producer.get(name);
-  }
-  // A classifier: the last layer is a Gemm/MatMul; the feature is what it classifies.
+  let p = producer.get(output);
+  while (p?.op === 'Identity') p = producer.get(p.inputs[0]);
+  // A classifier: the output comes from a last Gemm/MatMul; the feature is what it classifies.
   return p && (p.op === 'Gemm' || p.op === 'MatMul') ? p.inputs[0] : output;
 }
 
@@ -147,7 +141,7 @@ export function prepareSource(bytes: Uint8Array, o: ImportOptions): SourceModel 
     }
   }
   if (!params.length) throw new ImportError(`--train ${o.train}: selects no weights before the feature '${feature}' (the model has ${layers.length} layers with weights there)`);
-  return { decoded, input, size, feature, featureDim: 0, outputs, nodes, tensors, copies, params, buffers, trainNodes: train, layers: layers.map((n) => n.name) };
+  return { decoded, input, size, feature, outputs, nodes, tensors, copies, params, buffers, trainNodes: train, layers: layers.map((n) => n.name) };
 }
 
 function selectLayers(layers: OnnxNode[], spec: string, isWeight: (name: string) => boolean): Set<string> {
