@@ -311,3 +311,32 @@ test('negative control: the harness catches a wrong rule', async () => {
     GRAD_RULES.Sigmoid = saved;
   }
 });
+
+test('gradients keep only what the returned gradients read', async () => {
+  // d/dw only: the Conv's input gradient (a ConvTranspose) and its constants would be dead weight,
+  // which ORT would still run every step.
+  const { Graph } = await import('../tools/graph/graph.ts');
+  const { gradients } = await import('../tools/graph/grad.ts');
+  const g = new Graph('float32');
+  const x = g.input('x', [2, 3, 6, 6]);
+  const w = g.input('w', [4, 3, 3, 3]);
+  const y = g.conv(x, w, { strides: [2, 2], pads: [1, 1, 1, 1] });
+  const before = g.mark();
+  const [gw] = gradients(g, g.sumAll(g.mul(y, y)), [w]);
+  const added = g.nodes.slice(before.nodes);
+  assert.ok(added.length > 0 && !added.some((n) => n.op === 'ConvTranspose'), added.map((n) => n.op).join(' '));
+  // Every added constant is read by a node.
+  const read = new Set(g.nodes.flatMap((n) => n.inputs));
+  assert.deepEqual(g.initializers.filter((i) => !read.has(i.value)).map((i) => i.value.name), []);
+  // And the pruned graph still computes dw = conv-weight-gradient of 2y.
+  const [gx] = gradients(g, g.sumAll(g.mul(y, y)), [x]);
+  assert.ok(g.nodes.some((n) => n.op === 'ConvTranspose'));
+  const { session, run, randn } = await import('./helpers/ort.ts');
+  const { Rng } = await import('../core/rng.ts');
+  g.output(gw, 'gw');
+  g.output(gx, 'gx');
+  const rng = new Rng(3);
+  const out = await run(await session(g), g, new Map([[x, randn(rng, 216, 'float32')], [w, randn(rng, 108, 'float32')]]));
+  assert.equal(out.gw.length, 108);
+  assert.ok(Array.from(out.gw as Float32Array).some((v) => v !== 0));
+});

@@ -623,6 +623,7 @@ export function gradients(g: Graph, loss: Value, wrt: Value[], opts: GradOptions
   if (loss.rank !== 0) throw new Error(`gradients: loss must be a scalar, got shape ${fmt(loss.shape)}`);
   const options: Required<GradOptions> = { ...DEFAULT_OPTIONS, ...opts };
   const nodes = g.nodes.slice();
+  const mark = g.mark();
   // Forward: which values depend on wrt.
   const live = new Set<Value>(wrt);
   for (const n of nodes) if (n.inputs.some((i) => i && live.has(i))) for (const o of n.outputs) live.add(o);
@@ -649,5 +650,9 @@ export function gradients(g: Graph, loss: Value, wrt: Value[], opts: GradOptions
       });
     }
   });
-  return wrt.map((w) => grads.get(w) ?? g.zeros(w.dims(), w.dtype));
+  const result = wrt.map((w) => grads.get(w) ?? g.zeros(w.dims(), w.dtype));
+  // Rules build every input's gradient, constants' and frozen inputs' too (e.g. a Conv's input
+  // gradient where the input is the image): drop what no returned gradient reads.
+  g.pruneSince(mark, result);
+  return result;
 }

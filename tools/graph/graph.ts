@@ -580,6 +580,36 @@ export class Graph {
     return this.expand(this.constant([0], [], dtype), shape);
   }
 
+  /** Where the graph stands now, for pruneSince. */
+  mark(): { nodes: number; initializers: number } {
+    return { nodes: this.nodes.length, initializers: this.initializers.length };
+  }
+
+  /**
+   * Drops the nodes added since `mark` that none of `keep` (nor a graph output) depends on, and the
+   * constants added since then that nothing reads any more. ORT runs every node it is given, used or not.
+   */
+  pruneSince(mark: { nodes: number; initializers: number }, keep: Value[]): void {
+    const needed = new Set<Value>([...keep, ...this.outputs]);
+    const kept: Node[] = [];
+    for (let k = this.nodes.length - 1; k >= mark.nodes; k--) {
+      const n = this.nodes[k];
+      if (!n.outputs.some((o) => needed.has(o))) continue;
+      kept.push(n);
+      for (const i of n.inputs) if (i) needed.add(i);
+    }
+    this.nodes.splice(mark.nodes, this.nodes.length - mark.nodes, ...kept.reverse());
+    const read = new Set<Value>(needed);
+    for (const n of this.nodes.slice(0, mark.nodes)) for (const i of n.inputs) if (i) read.add(i);
+    const gone = new Set<Value>();
+    for (const init of this.initializers.splice(mark.initializers)) {
+      if (read.has(init.value)) this.initializers.push(init);
+      else gone.add(init.value);
+    }
+    // A dropped constant must not be handed out again by constant()'s cache.
+    if (gone.size) for (const [key, v] of this.constCache) if (gone.has(v)) this.constCache.delete(key);
+  }
+
   scatterAdd(data: Value, indices: Value, updates: Value, axis = 0): Value {
     return this.emit('ScatterElements', [data, indices, updates], data.shape, data.dtype, { axis: { i: axis }, reduction: { s: 'add' } });
   }
