@@ -225,6 +225,8 @@ const CASES: Record<string, GradCase[]> = {
     // Constant indices with repeats and a negative one; computed indices.
     f64([[4, 3]], (g, [x]) => g.gather(x, g.constant([0, 2, 2, -1, 1, 0], [2, 3], 'int64'), 0)),
     f64([[2, 5, 3]], (g, [x]) => g.gather(x, g.cast(g.constant([4, 1, 1], [3], 'float64'), 'int64'), 1)),
+    // Shape arithmetic on a live tensor (an exporter's x.size(1)): integers carry no gradient.
+    f64([[2, 4]], (g, [x]) => g.mul(x, g.cast(g.gather(g.shape(x), g.constant([1], [], 'int64'), 0), 'float64'))),
   ],
   LayerNormalization: [
     // opset 17's LayerNorm over the last axis (convnext), scale and bias learnt; over the last two; no bias.
@@ -339,4 +341,41 @@ test('gradients keep only what the returned gradients read', async () => {
   const out = await run(await session(g), g, new Map([[x, randn(rng, 216, 'float32')], [w, randn(rng, 108, 'float32')]]));
   assert.equal(out.gw.length, 108);
   assert.ok(Array.from(out.gw as Float32Array).some((v) => v !== 0));
+});
+
+test('an op without a rule fails, naming the op and the node', async () => {
+  const { Graph } = await import('../tools/graph/graph.ts');
+  const { gradients } = await import('../tools/graph/grad.ts');
+  const g = new Graph('float64');
+  const x = g.input('x', [3]);
+  const y = raw(g, 'Floor', [x], [3]);
+  assert.throws(() => gradients(g, g.reduceSum(y, [0], false), [x]), /^Error: no gradient rule for op Floor \(node floor_\d+\)$/);
+});
+
+test('training-mode batch norm: running statistics as PyTorch updates them (momentum 0.1, unbiased variance)', async () => {
+  const { Graph } = await import('../tools/graph/graph.ts');
+  const { session, run, randn } = await import('./helpers/ort.ts');
+  const { Rng } = await import('../core/rng.ts');
+  const [n, c, h, w] = [4, 3, 2, 2];
+  const g = new Graph('float64');
+  const x = g.input('x', [n, c, h, w]);
+  const rm = g.input('rm', [c]);
+  const rv = g.input('rv', [c]);
+  const [, mean, varB] = g.batchNormTraining(x, null, null, 1e-5);
+  const [m2, v2] = g.batchNormRunningStats(x, mean, varB, rm, rv, 0.1);
+  g.output(m2, 'm');
+  g.output(v2, 'v');
+  const rng = new Rng(5);
+  const xs = randn(rng, n * c * h * w, 'float64') as Float64Array;
+  const rms = Float64Array.from([0.5, -1, 2]);
+  const rvs = Float64Array.from([1, 3, 0.25]);
+  const out = await run(await session(g), g, new Map([[x, xs], [rm, rms], [rv, rvs]]));
+  for (let k = 0; k < c; k++) {
+    const vals: number[] = [];
+    for (let i = 0; i < n; i++) for (let j = 0; j < h * w; j++) vals.push(xs[(i * c + k) * h * w + j]);
+    const mu = vals.reduce((a, b) => a + b, 0) / vals.length;
+    const unbiased = vals.reduce((a, b) => a + (b - mu) ** 2, 0) / (vals.length - 1);
+    assert.ok(Math.abs((out.m as Float64Array)[k] - (0.9 * rms[k] + 0.1 * mu)) < 1e-12, `running mean ${k}`);
+    assert.ok(Math.abs((out.v as Float64Array)[k] - (0.9 * rvs[k] + 0.1 * unbiased)) < 1e-12, `running var ${k}`);
+  }
 });

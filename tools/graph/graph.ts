@@ -449,6 +449,22 @@ export class Graph {
     return [y, mean, varB];
   }
 
+  /**
+   * Running statistics after a training-mode batch norm, as PyTorch keeps them: `momentum` is the new
+   * batch's weight (PyTorch's 0.1; ONNX's BatchNormalization attribute is 1 minus it) and the variance
+   * is unbiased. `mean` and `varB` are batchNormTraining's; returns the new [running mean, running var].
+   */
+  batchNormRunningStats(x: Value, mean: Value, varB: Value, runningMean: Value, runningVar: Value, momentum: number): [Value, Value] {
+    const c = x.shape[1] as number;
+    const count = x.size() / c;
+    const mom = this.scalar(momentum, x.dtype);
+    const keep = this.scalar(1 - momentum, x.dtype);
+    const meanFlat = this.reshape(mean, [c]);
+    const varUnbiased = this.mul(this.reshape(varB, [c]), this.scalar(count / Math.max(count - 1, 1), x.dtype));
+    const newMean = this.add(this.mul(runningMean, keep), this.mul(meanFlat, mom));
+    return [newMean, this.add(this.mul(runningVar, keep), this.mul(varUnbiased, mom))];
+  }
+
   softmax(x: Value, axis = -1): Value {
     return this.emit('Softmax', [x], x.shape, x.dtype, { axis: { i: normAxis(axis, x.rank, this.where('Softmax')) } });
   }
@@ -531,6 +547,11 @@ export class Graph {
       shape[ax] = sliceRange(x.shape[ax] as number, starts[i], ends[i], steps[i], where).count;
     });
     return this.emit('Slice', [x, this.ints(starts), this.ints(ends), this.ints(axes), this.ints(steps)], shape, x.dtype);
+  }
+
+  /** The shape of x as an int64 vector (exporters' shape arithmetic starts here). */
+  shape(x: Value): Value {
+    return this.emit('Shape', [x], [x.rank], 'int64');
   }
 
   /** Gather along `axis` (negative indices count from the end). */
