@@ -74,7 +74,7 @@ function build(s: Shape, v: Variant): { g: Graph; feeds: Value[] } {
     return { g, feeds: [x, w] };
   }
   const gy = g.input('gy', y.dims());
-  const opts = { convWeightGrad: 'batch-as-channels', convInputGrad: 'conv-transpose', depthwiseWeightGrad: 'grouped-conv', ...v.opts } as const;
+  const opts = { convWeightGrad: 'batch-as-channels', convInputGrad: 'conv-transpose', depthwiseWeightGrad: 'grouped-conv', maxPoolGrad: 'indices', ...v.opts } as const;
   const [dx, dw] = GRAD_RULES.Conv(g, y.producer!, [gy], opts);
   const out = v.wants === 'dx' ? dx! : dw!;
   g.pruneSince({ nodes: 0, initializers: 0 }, [out]); // the forward Conv and the other gradient

@@ -11,7 +11,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import * as ort from 'onnxruntime-node';
 import { Graph, type Value } from '../tools/graph/graph.ts';
-import { gradients } from '../tools/graph/grad.ts';
+import { gradients, type GradOptions } from '../tools/graph/grad.ts';
 import { encodeModel } from '../tools/onnx/encode.ts';
 import { Rng } from '../core/rng.ts';
 import { useWebgpuEnv } from '../test/helpers/webgpu.ts';
@@ -24,13 +24,15 @@ const values = benchArgs(import.meta.url, {
 });
 
 type Build = (g: Graph, x: Value) => Value;
-const CASES: Record<string, { shape: number[]; build: Build }> = {
+const CASES: Record<string, { shape: number[]; build: Build; opts?: GradOptions }> = {
   'Conv depthwise': { shape: [2, 4, 6, 6], build: (g, x) => g.conv(x, g.input('w', [4, 1, 3, 3]), { pads: [1, 1, 1, 1], group: 4 }) },
   'Conv depthwise s2': { shape: [2, 4, 6, 6], build: (g, x) => g.conv(x, g.input('w', [4, 1, 3, 3]), { strides: [2, 2], pads: [1, 1, 1, 1], group: 4 }) },
   'Conv groups 2': { shape: [2, 4, 6, 6], build: (g, x) => g.conv(x, g.input('w', [6, 2, 3, 3]), { pads: [1, 1, 1, 1], group: 2 }) },
   'Conv dilation 2': { shape: [2, 3, 8, 8], build: (g, x) => g.conv(x, g.input('w', [4, 3, 3, 3]), { pads: [2, 2, 2, 2], dilations: [2, 2] }) },
   AveragePool: { shape: [2, 3, 6, 6], build: (g, x) => g.averagePool(x, [3, 3], { strides: [2, 2], pads: [1, 1, 1, 1], ceilMode: true }) },
-  'MaxPool ceil': { shape: [2, 3, 7, 7], build: (g, x) => g.maxPool(x, [3, 3], [2, 2], [0, 0, 0, 0], { ceilMode: true })[0] },
+  'MaxPool ceil (indices)': { shape: [2, 3, 7, 7], build: (g, x) => g.maxPool(x, [3, 3], [2, 2], [0, 0, 0, 0], { ceilMode: true })[0] },
+  'MaxPool ceil (mask)': { shape: [2, 3, 7, 7], build: (g, x) => g.maxPool(x, [3, 3], [2, 2], [0, 0, 0, 0], { ceilMode: true })[0], opts: { maxPoolGrad: 'mask' } },
+  'MaxPool 3x3 s2 p1 (mask)': { shape: [2, 3, 8, 8], build: (g, x) => g.maxPool(x, [3, 3], [2, 2], [1, 1, 1, 1])[0], opts: { maxPoolGrad: 'mask' } },
   'Clip (ReLU6)': { shape: [3, 8], build: (g, x) => g.clip(g.mul(x, g.scalar(4)), g.scalar(0), g.scalar(6)) },
   'Pow 2': { shape: [3, 8], build: (g, x) => g.pow(x, g.scalar(2)) },
   'Pow 0.5': { shape: [3, 8], build: (g, x) => g.pow(g.add(g.mul(x, x), g.scalar(1)), g.scalar(0.5)) },
@@ -55,7 +57,7 @@ for (const o of only ?? []) {
 }
 useWebgpuEnv();
 
-async function check(name: string, c: { shape: number[]; build: Build }) {
+async function check(name: string, c: { shape: number[]; build: Build; opts?: GradOptions }) {
   const g = new Graph('float32');
   const x = g.input('x', c.shape);
   const y = c.build(g, x);
@@ -63,7 +65,7 @@ async function check(name: string, c: { shape: number[]; build: Build }) {
   const r = g.constant(Float32Array.from({ length: y.size() }, () => rng.normal()), y.shape);
   const loss = g.sumAll(g.mul(y, r));
   const wrt = g.inputs.slice();
-  gradients(g, loss, wrt).forEach((gv, i) => g.output(gv, `grad${i}`));
+  gradients(g, loss, wrt, c.opts).forEach((gv, i) => g.output(gv, `grad${i}`));
   g.output(loss, 'loss');
   const model = encodeModel(g, name);
   const feeds: Record<string, ort.Tensor> = {};

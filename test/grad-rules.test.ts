@@ -153,6 +153,17 @@ const CASES: Record<string, GradCase[]> = {
     { dtype: 'float64', inputs: [{ shape: [1, 2, 6, 6], init: distinct }], build: (g, [x]) => g.maxPool(x, [3, 3], [2, 2], [1, 1, 1, 1], { ceilMode: true })[0], eps: 1e-5 },
     { dtype: 'float64', inputs: [{ shape: [1, 2, 9, 9], init: distinct }], build: (g, [x]) => g.maxPool(x, [3, 3], [1, 1], [2, 2, 2, 2], { dilations: [2, 2] })[0], eps: 1e-5 },
     { dtype: 'float64', inputs: [{ shape: [2, 2, 6, 7], init: distinct }], build: (g, [x]) => g.maxPool(x, [2, 2], [2, 2], [0, 1, 0, 0])[0], eps: 1e-5 },
+    // Without indices ('mask'), on the same shapes.
+    ...(
+      [
+        [[2, 3, 8, 8], [3, 3], [2, 2], [1, 1, 1, 1], {}],
+        [[1, 2, 7, 7], [3, 3], [2, 2], [1, 1, 1, 1], {}],
+        [[2, 2, 7, 7], [3, 3], [2, 2], [0, 0, 0, 0], { ceilMode: true }],
+        [[1, 2, 6, 6], [3, 3], [2, 2], [1, 1, 1, 1], { ceilMode: true }],
+        [[1, 2, 9, 9], [3, 3], [1, 1], [2, 2, 2, 2], { dilations: [2, 2] }],
+        [[2, 2, 6, 7], [2, 2], [2, 2], [0, 1, 0, 0], {}],
+      ] as [number[], number[], number[], number[], { ceilMode?: boolean; dilations?: number[] }][]
+    ).map(([shape, k, s, p, o]): GradCase => ({ dtype: 'float64', inputs: [{ shape, init: distinct }], build: (g, [x]) => g.maxPool(x, k, s, p, o)[0], eps: 1e-5, opts: { maxPoolGrad: 'mask' } })),
     // As imported: one output, no indices (the rule pools again for them).
     {
       dtype: 'float64',
@@ -377,5 +388,41 @@ test('training-mode batch norm: running statistics as PyTorch updates them (mome
     const unbiased = vals.reduce((a, b) => a + (b - mu) ** 2, 0) / (vals.length - 1);
     assert.ok(Math.abs((out.m as Float64Array)[k] - (0.9 * rms[k] + 0.1 * mu)) < 1e-12, `running mean ${k}`);
     assert.ok(Math.abs((out.v as Float64Array)[k] - (0.9 * rvs[k] + 0.1 * unbiased)) < 1e-12, `running var ${k}`);
+  }
+});
+
+test("MaxPool's two gradient routes agree where windows tie (ReLU zeros): the first maximum takes it", async () => {
+  const { Graph } = await import('../tools/graph/graph.ts');
+  const { gradients } = await import('../tools/graph/grad.ts');
+  const { session, run } = await import('./helpers/ort.ts');
+  const { Rng } = await import('../core/rng.ts');
+  const rng = new Rng(9);
+  const xs = Float32Array.from({ length: 2 * 2 * 7 * 7 }, () => (rng.uniform() < 0.6 ? 0 : Math.round(rng.uniform() * 3)));
+  const grads: Float32Array[] = [];
+  for (const how of ['indices', 'mask'] as const) {
+    const g = new Graph('float32');
+    const x = g.input('x', [2, 2, 7, 7]);
+    const [y] = g.maxPool(x, [3, 3], [2, 2], [1, 1, 1, 1], { ceilMode: true });
+    const r = g.constant(Float32Array.from({ length: y.size() }, (_, i) => 1 + (i % 5)), y.shape);
+    const [gx] = gradients(g, g.sumAll(g.mul(y, r)), [x], { maxPoolGrad: how });
+    g.output(gx, 'gx');
+    grads.push((await run(await session(g), g, new Map([[x, xs]]))).gx as Float32Array);
+  }
+  assert.ok(xs.filter((v) => v === 0).length > 100, 'many ties');
+  assert.deepEqual(Array.from(grads[1]), Array.from(grads[0]));
+});
+
+test("a MaxPool's Indices output is serialised only where something reads it", async () => {
+  const { Graph } = await import('../tools/graph/graph.ts');
+  const { gradients } = await import('../tools/graph/grad.ts');
+  const { lowerGraph } = await import('../tools/onnx/encode.ts');
+  for (const how of ['indices', 'mask'] as const) {
+    const g = new Graph('float32');
+    const x = g.input('x', [1, 2, 6, 6]);
+    const [y] = g.maxPool(x, [3, 3], [2, 2], [1, 1, 1, 1]);
+    const [gx] = gradients(g, g.sumAll(y), [x], { maxPoolGrad: how });
+    g.output(gx, 'gx');
+    const pools = lowerGraph(g, 't').nodes.filter((n) => n.op === 'MaxPool');
+    assert.deepEqual(pools.map((n) => n.outputs.length), [how === 'indices' ? 2 : 1], how);
   }
 });

@@ -24,13 +24,21 @@ export type ConvInputGrad = 'conv-transpose' | 'conv';
  */
 export type DepthwiseWeightGrad = 'offsets' | 'grouped-conv';
 
+/**
+ * How MaxPool's gradient is routed: through the forward's flat argmax indices, scatter-added
+ * ('indices'), or per window offset, to the first element equal to the window's max ('mask': no
+ * Indices output, which ORT's WebGPU EP does not implement; see bench/webgpu-grad-ops.ts).
+ */
+export type MaxPoolGrad = 'indices' | 'mask';
+
 export interface GradOptions {
   convWeightGrad?: ConvWeightGrad;
   convInputGrad?: ConvInputGrad;
   depthwiseWeightGrad?: DepthwiseWeightGrad;
+  maxPoolGrad?: MaxPoolGrad;
 }
 
-const DEFAULT_OPTIONS: Readonly<Required<GradOptions>> = Object.freeze({ convWeightGrad: 'batch-as-channels', convInputGrad: 'conv-transpose', depthwiseWeightGrad: 'grouped-conv' });
+const DEFAULT_OPTIONS: Readonly<Required<GradOptions>> = Object.freeze({ convWeightGrad: 'batch-as-channels', convInputGrad: 'conv-transpose', depthwiseWeightGrad: 'grouped-conv', maxPoolGrad: 'indices' });
 
 /**
  * One op's gradient: the gradients of the node's inputs (null or missing: none) from its outputs'.
@@ -312,6 +320,53 @@ function averagePoolGrad(g: Graph, n: Node, gy: Value): Value {
   return g.reshape(ct, [bn, c, h, w]);
 }
 
+/**
+ * MaxPool's gradient without argmax indices: for each window offset in row-major order, the strided
+ * slice of the (-inf padded) input that the offset sees is compared with the output; the first offset
+ * equal to the max takes gy (ties as the argmax breaks them: the first in the window), spread back to
+ * where that slice came from.
+ */
+function maxPoolMaskGrad(g: Graph, n: Node, gy: Value): Value {
+  const x = n.inputs[0]!;
+  const y = n.outputs[0];
+  const [h, w] = [x.shape[2] as number, x.shape[3] as number];
+  const [ho, wo] = [y.shape[2] as number, y.shape[3] as number];
+  const k = ints(n, 'kernel_shape', []);
+  const s = ints(n, 'strides', [1, 1]);
+  const d = ints(n, 'dilations', [1, 1]);
+  const pads = ints(n, 'pads', [0, 0, 0, 0]);
+  if (int(n, 'storage_order', 0) !== 0) throw new Error(`MaxPool gradient: storage_order 1 is not supported (node ${n.name})`);
+  // Padded extent: the pads, and in ceil mode whatever the last window reaches beyond them.
+  const ext = [0, 1].map((a) => Math.max([h, w][a] + pads[a] + pads[a + 2], ([ho, wo][a] - 1) * s[a] + (k[a] - 1) * d[a] + 1));
+  const tail = [0, 1].map((a) => ext[a] - [h, w][a] - pads[a]);
+  const xp = g.pad(x, [0, 0, pads[0], pads[1], 0, 0, tail[0], tail[1]], -Infinity);
+  const zero = g.scalar(0, gy.dtype);
+  let free: Value | null = null;
+  let sum: Value | null = null;
+  for (let i = 0; i < k[0]; i++) {
+    for (let j = 0; j < k[1]; j++) {
+      const [h0, w0] = [i * d[0], j * d[1]];
+      const seen = g.sliceStrided(xp, [h0, w0], [h0 + s[0] * (ho - 1) + 1, w0 + s[1] * (wo - 1) + 1], [2, 3], s);
+      // `free`: no earlier offset took it (And/Not only: ORT's WebGPU EP has no Or).
+      let hit = g.compare('Equal', seen, y);
+      if (free) hit = g.and(hit, free);
+      free = free ? g.and(free, g.not(hit)) : g.not(hit);
+      // Back to the padded grid: s-1 zeros after each element (stride), then offset by (h0, w0).
+      let part = g.whereOp(hit, gy, zero);
+      if (s[0] > 1 || s[1] > 1) {
+        const dims = part.dims();
+        part = g.pad(g.unsqueeze(g.unsqueeze(part, [3]), [5]), [0, 0, 0, 0, 0, 0, 0, 0, 0, s[0] - 1, 0, s[1] - 1]);
+        part = g.reshape(part, [dims[0], dims[1], ho * s[0], wo * s[1]]);
+      }
+      const span = [0, 1].map((a) => Math.min(part.shape[2 + a] as number, ext[a] - [h0, w0][a]));
+      if (span[0] < (part.shape[2] as number) || span[1] < (part.shape[3] as number)) part = g.slice(part, [0, 0], span, [2, 3]);
+      part = g.pad(part, [0, 0, h0, w0, 0, 0, ext[0] - h0 - span[0], ext[1] - w0 - span[1]]);
+      sum = sum ? g.add(sum, part) : part;
+    }
+  }
+  return g.slice(sum!, [pads[0], pads[1]], [pads[0] + h, pads[1] + w], [2, 3]);
+}
+
 /** Slice's gradient along each sliced axis: gy spread back to the positions it came from, zeros elsewhere. */
 function sliceGrad(g: Graph, n: Node, gy: Value): Value {
   const x = n.inputs[0]!;
@@ -426,7 +481,8 @@ export const GRAD_RULES: Record<string, GradRule> = {
     const hw = (x.shape[2] as number) * (x.shape[3] as number);
     return [expandTo(g, g.mul(gy!, g.scalar(1 / hw, x.dtype)), x.shape)];
   },
-  MaxPool: (g, n, [gy]) => {
+  MaxPool: (g, n, [gy], opts) => {
+    if (opts.maxPoolGrad === 'mask') return [maxPoolMaskGrad(g, n, gy!)];
     // ONNX MaxPool indices are flat over the whole NCHW input: scatter-add the gradient through them.
     const x = n.inputs[0]!;
     if (int(n, 'storage_order', 0) !== 0) throw new Error(`MaxPool gradient: storage_order 1 is not supported (node ${n.name})`);

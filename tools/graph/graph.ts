@@ -230,8 +230,13 @@ export class Graph {
   greater = (a: Value, b: Value) => this.compare('Greater', a, b);
   less = (a: Value, b: Value) => this.compare('Less', a, b);
 
-  and(a: Value, b: Value): Value {
-    return this.emit('And', [a, b], broadcastShapes(a.shape, b.shape, this.where('And')), 'bool');
+  logical(op: 'And' | 'Or', a: Value, b: Value): Value {
+    return this.emit(op, [a, b], broadcastShapes(a.shape, b.shape, this.where(op)), 'bool');
+  }
+  and = (a: Value, b: Value) => this.logical('And', a, b);
+  or = (a: Value, b: Value) => this.logical('Or', a, b);
+  not(a: Value): Value {
+    return this.emit('Not', [a], a.shape, 'bool');
   }
 
   whereOp(cond: Value, a: Value, b: Value): Value {
@@ -368,11 +373,12 @@ export class Graph {
     return this.emit('AveragePool', [x], [x.shape[0], x.shape[1], oh, ow], x.dtype, attrs);
   }
 
-  pad(x: Value, pads: number[]): Value {
+  /** Constant-mode Pad; `value` fills the new elements (0 unless given, e.g. -Infinity before a max). */
+  pad(x: Value, pads: number[], value?: number): Value {
     const r = x.rank;
     if (pads.length !== 2 * r) throw new Error(`${this.where('Pad')}: need ${2 * r} pads`);
     const shape = x.shape.map((d, i) => (d as number) + pads[i] + pads[i + r]);
-    return this.emit('Pad', [x, this.ints(pads)], shape, x.dtype);
+    return this.emit('Pad', value === undefined ? [x, this.ints(pads)] : [x, this.ints(pads), this.scalar(value, x.dtype)], shape, x.dtype);
   }
 
   // ---------- reductions and normalisers ----------
