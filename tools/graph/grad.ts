@@ -17,10 +17,10 @@ export type ConvWeightGrad = 'batch-as-channels' | 'im2col' | 'im2col-offsets' |
 export type ConvInputGrad = 'conv-transpose' | 'conv';
 
 /**
- * How a depthwise Conv's (one input channel per group) weight gradient is formed: per kernel offset a
- * strided slice of x times gy, summed ('offsets'), or one grouped Conv with the batch as the reduction
- * channel ('grouped-conv', the default: 1.3-3x faster at MobileNet shapes on 2 CPU threads,
- * bench/depthwise-grad.ts).
+ * How a depthwise Conv's (one input channel per group) weight gradient is formed: the kernel offsets'
+ * strided slices of x stacked and multiplied with gy, one GEMM per channel ('offsets'), or one grouped
+ * Conv with the batch as the reduction channel ('grouped-conv', the default: as fast or up to 2x
+ * faster at MobileNet shapes on 2 CPU threads, bench/depthwise-grad.ts).
  */
 export type DepthwiseWeightGrad = 'offsets' | 'grouped-conv';
 
@@ -253,8 +253,8 @@ function convWeightGrad(g: Graph, node: Node, gy: Value, how: ConvWeightGrad, de
  * Grouped (and depthwise) Conv's weight gradient, whatever ConvWeightGrad says (those are dense
  * formulations). Batch as the reduction channel, per group: X'[c', (g, n)] = x[n, (g, c')] and
  * W'[(g, o'), n] = gy[n, (g, o')]; one Conv with `group` groups, stride <-> dilation, gives dW^T.
- * Depthwise (one input channel per group) with 'offsets' instead multiplies each kernel offset's
- * strided slice of x with gy and sums over the batch and positions.
+ * Depthwise (one input channel per group) with 'offsets' instead stacks each kernel offset's strided
+ * slice of x, channels first, and multiplies it with gy in one GEMM per channel.
  */
 function groupedWeightGrad(g: Graph, node: Node, gy: Value, group: number, depthwise: DepthwiseWeightGrad): Value {
   const [x, w] = node.inputs as Value[];
@@ -265,21 +265,22 @@ function groupedWeightGrad(g: Graph, node: Node, gy: Value, group: number, depth
   const [o, cg, kh, kw] = w.dims();
   const og = o / group;
   if (cg === 1 && depthwise === 'offsets') {
+    // Channels first, so each channel's kernel offsets are one small batched GEMM: [9, K] x [K, og].
     const xp = pads.some((p) => p) ? g.pad(x, [0, 0, pads[0], pads[1], 0, 0, pads[2], pads[3]]) : x;
+    const xt = g.transpose(xp, [1, 0, 2, 3]); // [C, N, Hp, Wp]
     const [ho, wo] = [gy.shape[2] as number, gy.shape[3] as number];
-    const gr = og === 1 ? gy : g.reshape(gy, [n, c, og, ho * wo]);
+    const k = n * ho * wo;
+    const gt = og === 1 ? g.reshape(g.transpose(gy, [1, 0, 2, 3]), [c, k, 1]) : g.reshape(g.transpose(g.reshape(gy, [n, c, og, ho * wo]), [1, 0, 3, 2]), [c, k, og]);
     const parts: Value[] = [];
     for (let i = 0; i < kh; i++) {
       for (let j = 0; j < kw; j++) {
         const [h0, w0] = [i * dil[0], j * dil[1]];
-        let s = g.sliceStrided(xp, [h0, w0], [h0 + strides[0] * (ho - 1) + 1, w0 + strides[1] * (wo - 1) + 1], [2, 3], strides);
-        if (og !== 1) s = g.reshape(s, [n, c, 1, ho * wo]);
-        const prod = g.mul(s, gr);
-        parts.push(og === 1 ? g.reduceSum(prod, [0, 2, 3], false) : g.reshape(g.reduceSum(prod, [0, 3], false), [o])); // [O]
+        parts.push(g.reshape(g.sliceStrided(xt, [h0, w0], [h0 + strides[0] * (ho - 1) + 1, w0 + strides[1] * (wo - 1) + 1], [2, 3], strides), [c, 1, k]));
       }
     }
-    const all = parts.length > 1 ? g.concat(parts.map((p) => g.unsqueeze(p, [1])), 1) : g.unsqueeze(parts[0], [1]);
-    return g.reshape(all, [o, 1, kh, kw]);
+    const cols = parts.length > 1 ? g.concat(parts, 1) : parts[0]; // [C, kh*kw, K]
+    const dw = g.matmul(cols, gt); // [C, kh*kw, og]
+    return og === 1 ? g.reshape(dw, [o, 1, kh, kw]) : g.reshape(g.transpose(dw, [0, 2, 1]), [o, 1, kh, kw]);
   }
   const xt = cg === 1 ? g.reshape(g.transpose(x, [1, 0, 2, 3]), [1, c * n, h, wd]) : g.reshape(g.transpose(g.reshape(x, [n, group, cg, h, wd]), [2, 1, 0, 3, 4]), [cg, group * n, h, wd]);
   const gt = g.transpose(gy, [1, 0, 2, 3]); // [O, N, Ho, Wo]: output channels are already (group, o') ordered
