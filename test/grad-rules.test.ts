@@ -115,6 +115,8 @@ const CASES: Record<string, GradCase[]> = {
     conv([2, 3, 9, 9], [4, 3, 3, 3], { pads: [2, 2, 2, 2], dilations: [2, 2] }, false, { convWeightGrad: 'batched-offsets', convInputGrad: 'conv' }),
     conv([2, 3, 8, 8], [4, 3, 3, 3], { strides: [2, 2], pads: [0, 0, 1, 1] }),
     conv([2, 3, 7, 8], [4, 3, 3, 3], { pads: [1, 0, 0, 2] }, false, { convInputGrad: 'conv' }),
+    conv([2, 3, 9, 9], [4, 3, 3, 3], { strides: [2, 2], pads: [2, 1, 2, 1], dilations: [2, 2] }, false, { convWeightGrad: 'im2col-offsets' }),
+    conv([2, 3, 8, 8], [4, 3, 3, 3], { strides: [2, 2], pads: [0, 0, 1, 1] }, false, { convWeightGrad: 'im2col' }),
     // Depthwise (groups = channels, mobilenet), both weight-gradient formulations and both input ones.
     ...(['offsets', 'grouped-conv'] as const).flatMap((dw) => [
       conv([2, 4, 7, 7], [4, 1, 3, 3], { pads: [1, 1, 1, 1], group: 4 }, true, { depthwiseWeightGrad: dw }),
@@ -425,4 +427,25 @@ test("a MaxPool's Indices output is serialised only where something reads it", a
     const pools = lowerGraph(g, 't').nodes.filter((n) => n.op === 'MaxPool');
     assert.deepEqual(pools.map((n) => n.outputs.length), [how === 'indices' ? 2 : 1], how);
   }
+});
+
+test('ReduceMean with its axes as an attribute (opset 13), as an importer may hand it over', async () => {
+  // ORT runs opset 18, where axes are an input: the gradient is built from the opset-13 node, then
+  // the forward node is rewritten to its opset-18 form to run.
+  const { Graph } = await import('../tools/graph/graph.ts');
+  const { gradients } = await import('../tools/graph/grad.ts');
+  const { session, run, randn } = await import('./helpers/ort.ts');
+  const { Rng } = await import('../core/rng.ts');
+  const g = new Graph('float64');
+  const x = g.input('x', [3, 4, 5]);
+  const y = raw(g, 'ReduceMean', [x], [3, 5], { axes: { ints: [-2] }, keepdims: { i: 0 } });
+  const rng = new Rng(4);
+  const r = randn(rng, 15, 'float64') as Float64Array;
+  const [gx] = gradients(g, g.sumAll(g.mul(y, g.constant(r, [3, 5]))), [x]);
+  g.output(gx, 'gx');
+  const node = y.producer!;
+  node.inputs.push(g.ints([1]));
+  delete node.attrs.axes;
+  const out = (await run(await session(g), g, new Map([[x, randn(rng, 60, 'float64')]]))).gx as Float64Array;
+  for (let i = 0; i < 3; i++) for (let j = 0; j < 4; j++) for (let k = 0; k < 5; k++) assert.ok(Math.abs(out[(i * 4 + j) * 5 + k] - r[i * 5 + k] / 4) < 1e-12);
 });
