@@ -1,10 +1,11 @@
 // bench/depthwise-grad: what a depthwise (and grouped) Conv's gradients cost on the CPU EP, per
-// formulation, at MobileNet-like shapes: the weight gradient as per-offset products ('offsets') or one
-// grouped Conv with the batch as channels ('grouped-conv'), the input gradient as ConvTranspose or
-// (stride 1) a Conv with the flipped kernel. Each is its own graph (the gradient rule alone, fed the
-// layer's input and upstream gradient), timed on ORT with --threads intra-op threads; the forward
-// Conv is timed beside them, and PyTorch's autograd for the same gradients when --torch is given
-// (Debian's python3-torch, the same thread count).
+// formulation, at MobileNet-like shapes: the weight gradient as per-offset slices and GEMMs ('offsets')
+// or one grouped Conv with the batch as channels ('grouped-conv'), the input gradient as ConvTranspose
+// or (stride 1) a Conv with the flipped kernel (for depthwise built here directly: the rule always takes
+// ConvTranspose there, this column is why). Each is its own graph (the gradient alone, fed the layer's
+// input and upstream gradient), timed on ORT with --threads intra-op threads; the forward Conv is
+// timed beside them, and PyTorch's autograd for the same gradients when --torch is given (Debian's
+// python3-torch, the same thread count).
 //
 //   node --import tsx bench/depthwise-grad.ts [--shapes 128x96x16x16s1,128x96x32x32s2] [--groups 0]
 //        [--threads 2] [--runs 10] [--torch] [--json bench/out/depthwise-grad.json]
@@ -76,7 +77,9 @@ function build(s: Shape, v: Variant): { g: Graph; feeds: Value[] } {
   const gy = g.input('gy', y.dims());
   const opts = { convWeightGrad: 'batch-as-channels', convInputGrad: 'conv-transpose', depthwiseWeightGrad: 'grouped-conv', maxPoolGrad: 'indices', ...v.opts } as const;
   const [dx, dw] = GRAD_RULES.Conv(g, y.producer!, [gy], opts);
-  const out = v.wants === 'dx' ? dx! : dw!;
+  // Depthwise, stride 1: dx = depthwise conv of gy with the flipped kernel.
+  const flipped = () => g.conv(gy, g.flip(w, [2, 3]), { pads: [1, 1, 1, 1], group: s.group });
+  const out = v.wants === 'dw' ? dw! : v.opts?.convInputGrad === 'conv' && s.group === s.c ? flipped() : dx!;
   g.pruneSince({ nodes: 0, initializers: 0 }, [out]); // the forward Conv and the other gradient
   g.output(out, 'out');
   const read = new Set(g.nodes.flatMap((n) => n.inputs));
