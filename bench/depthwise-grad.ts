@@ -1,11 +1,12 @@
 // bench/depthwise-grad: what a depthwise (and grouped) Conv's gradients cost on the CPU EP, per
 // formulation, at MobileNet-like shapes: the weight gradient as per-offset slices and GEMMs ('offsets')
 // or one grouped Conv with the batch as channels ('grouped-conv'), the input gradient as ConvTranspose
-// or (stride 1) a Conv with the flipped kernel (for depthwise built here directly: the rule always takes
-// ConvTranspose there, this column is why). Each is its own graph (the gradient alone, fed the layer's
-// input and upstream gradient), timed on ORT with --threads intra-op threads; the forward Conv is
-// timed beside them, and PyTorch's autograd for the same gradients when --torch is given (Debian's
-// python3-torch, the same thread count).
+// or (stride 1) a Conv with the flipped kernel. Each is its own graph (the gradient alone, fed the
+// layer's input and upstream gradient); per shape the graphs run round-robin, one run each in turn,
+// so a change in the machine's load hits all of them alike (on a shared machine, timing them one after
+// another gave the opposite order for the input gradient). The forward Conv is timed beside them, and
+// PyTorch's autograd for the same gradients when --torch is given (Debian's python3-torch, the same
+// thread count; run after ORT, not interleaved).
 //
 //   node --import tsx bench/depthwise-grad.ts [--shapes 128x96x16x16s1,128x96x32x32s2] [--groups 0]
 //        [--threads 2] [--runs 10] [--torch] [--json bench/out/depthwise-grad.json]
@@ -64,12 +65,13 @@ const VARIANTS: Variant[] = [
   { name: 'dX conv (stride 1)', wants: 'dx', opts: { convInputGrad: 'conv' } },
 ];
 
-/** The Conv and, for a gradient variant, its rule alone: inputs x, w and the upstream gradient gy. */
+/** The Conv and, for a gradient variant, that gradient alone: inputs x, w and the upstream gradient gy. */
 function build(s: Shape, v: Variant): { g: Graph; feeds: Value[] } {
   const g = new Graph('float32');
   const x = g.input('x', [s.n, s.c, s.h, s.w]);
   const w = g.input('w', [s.c, s.c / s.group, 3, 3]);
-  const y = g.conv(x, w, { strides: [s.stride, s.stride], pads: [1, 1, 1, 1], group: s.group });
+  const attrs = { strides: [s.stride, s.stride], pads: [1, 1, 1, 1], group: s.group };
+  const y = g.conv(x, w, attrs);
   if (v.wants === 'forward') {
     g.output(y, 'out');
     return { g, feeds: [x, w] };
@@ -77,9 +79,9 @@ function build(s: Shape, v: Variant): { g: Graph; feeds: Value[] } {
   const gy = g.input('gy', y.dims());
   const opts = { convWeightGrad: 'batch-as-channels', convInputGrad: 'conv-transpose', depthwiseWeightGrad: 'grouped-conv', maxPoolGrad: 'indices', ...v.opts } as const;
   const [dx, dw] = GRAD_RULES.Conv(g, y.producer!, [gy], opts);
-  // Depthwise, stride 1: dx = depthwise conv of gy with the flipped kernel.
-  const flipped = () => g.conv(gy, g.flip(w, [2, 3]), { pads: [1, 1, 1, 1], group: s.group });
-  const out = v.wants === 'dw' ? dw! : v.opts?.convInputGrad === 'conv' && s.group === s.c ? flipped() : dx!;
+  // The rule takes the flipped Conv for depthwise at stride 1 whatever the option: ConvTranspose built here.
+  const ct = () => g.convTranspose(gy, w, { ...attrs, outputPadding: [(s.h + 1) % s.stride, (s.w + 1) % s.stride] });
+  const out = v.wants === 'dw' ? dw! : v.opts?.convInputGrad === 'conv-transpose' && s.group === s.c ? ct() : dx!;
   g.pruneSince({ nodes: 0, initializers: 0 }, [out]); // the forward Conv and the other gradient
   g.output(out, 'out');
   const read = new Set(g.nodes.flatMap((n) => n.inputs));
@@ -88,27 +90,37 @@ function build(s: Shape, v: Variant): { g: Graph; feeds: Value[] } {
   return { g, feeds: used };
 }
 
-async function time(s: Shape, v: Variant): Promise<number | null> {
-  if (v.name.includes('stride 1') && s.stride !== 1) return null;
-  if (v.name === 'dW offsets' && s.group !== s.c) return null; // a depthwise-only formulation
-  const { g, feeds } = build(s, v);
-  const sess = await ort.InferenceSession.create(encodeModel(g, 'bench'), { graphOptimizationLevel: 'all', intraOpNumThreads: threads, interOpNumThreads: 1, executionMode: 'sequential' });
+/** Median ms per variant (null where it does not apply), the variants' runs interleaved. */
+async function timeShape(s: Shape): Promise<Record<string, number | null>> {
   const rng = new Rng(7);
-  const f: Record<string, ort.Tensor> = {};
-  for (const x of feeds) {
-    const a = new Float32Array(x.size());
-    for (let i = 0; i < a.length; i++) a[i] = rng.normal();
-    f[x.name] = new ort.Tensor('float32', a, x.dims());
+  const live: { name: string; sess: ort.InferenceSession; feeds: Record<string, ort.Tensor>; ms: number[] }[] = [];
+  const out: Record<string, number | null> = {};
+  for (const v of VARIANTS) {
+    out[v.name] = null;
+    if (v.name.includes('stride 1') && s.stride !== 1) continue;
+    if (v.name === 'dW offsets' && s.group !== s.c) continue; // a depthwise-only formulation
+    const { g, feeds } = build(s, v);
+    const sess = await ort.InferenceSession.create(encodeModel(g, 'bench'), { graphOptimizationLevel: 'all', intraOpNumThreads: threads, interOpNumThreads: 1, executionMode: 'sequential' });
+    const f: Record<string, ort.Tensor> = {};
+    for (const x of feeds) {
+      const a = new Float32Array(x.size());
+      for (let i = 0; i < a.length; i++) a[i] = rng.normal();
+      f[x.name] = new ort.Tensor('float32', a, x.dims());
+    }
+    live.push({ name: v.name, sess, feeds: f, ms: [] });
   }
-  for (let i = 0; i < 2; i++) await sess.run(f);
-  const ms: number[] = [];
-  for (let i = 0; i < runs; i++) {
-    const t = performance.now();
-    await sess.run(f);
-    ms.push(performance.now() - t);
+  for (let r = 0; r < runs + 2; r++) {
+    for (const l of live) {
+      const t = performance.now();
+      await l.sess.run(l.feeds);
+      if (r >= 2) l.ms.push(performance.now() - t);
+    }
   }
-  await sess.release();
-  return ms.sort((a, b) => a - b)[Math.floor(ms.length / 2)];
+  for (const l of live) {
+    await l.sess.release();
+    out[l.name] = l.ms.sort((a, b) => a - b)[Math.floor(l.ms.length / 2)];
+  }
+  return out;
 }
 
 const TORCH = `
@@ -145,10 +157,7 @@ function torchTimes(): Record<string, Record<string, number>> | null {
 }
 
 const results: Record<string, Record<string, number | null>> = {};
-for (const s of shapes) {
-  results[s.label] = {};
-  for (const v of VARIANTS) results[s.label][v.name] = await time(s, v);
-}
+for (const s of shapes) results[s.label] = await timeShape(s);
 const torch = values.torch ? torchTimes() : null;
 
 const fmtMs = (v: number | null | undefined) => (v == null ? '-' : v.toFixed(2));
