@@ -449,3 +449,12 @@ test('ReduceMean with its axes as an attribute (opset 13), as an importer may ha
   const out = (await run(await session(g), g, new Map([[x, randn(rng, 60, 'float64')]]))).gx as Float64Array;
   for (let i = 0; i < 3; i++) for (let j = 0; j < 4; j++) for (let k = 0; k < 5; k++) assert.ok(Math.abs(out[(i * 4 + j) * 5 + k] - r[i * 5 + k] / 4) < 1e-12);
 });
+
+test('Pad in reflect mode is refused by name rather than differentiated as constant padding', async () => {
+  const { Graph } = await import('../tools/graph/graph.ts');
+  const { gradients } = await import('../tools/graph/grad.ts');
+  const g = new Graph('float64');
+  const x = g.input('x', [2, 4]);
+  const y = raw(g, 'Pad', [x, g.ints([0, 1, 0, 1])], [2, 6], { mode: { s: 'reflect' } });
+  assert.throws(() => gradients(g, g.sumAll(y), [x]), /^Error: Pad gradient: mode reflect is not supported, only constant \(node pad_\d+\)$/);
+});
