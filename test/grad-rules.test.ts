@@ -115,10 +115,12 @@ const CASES: Record<string, GradCase[]> = {
     conv([2, 3, 9, 9], [4, 3, 3, 3], { pads: [2, 2, 2, 2], dilations: [2, 2] }, false, { convWeightGrad: 'batched-offsets', convInputGrad: 'conv' }),
     conv([2, 3, 8, 8], [4, 3, 3, 3], { strides: [2, 2], pads: [0, 0, 1, 1] }),
     conv([2, 3, 7, 8], [4, 3, 3, 3], { pads: [1, 0, 0, 2] }, false, { convInputGrad: 'conv' }),
-    // Depthwise (groups = channels, mobilenet), both weight-gradient formulations and both input ones.
+    conv([2, 3, 9, 9], [4, 3, 3, 3], { strides: [2, 2], pads: [2, 1, 2, 1], dilations: [2, 2] }, false, { convWeightGrad: 'im2col-offsets' }),
+    conv([2, 3, 8, 8], [4, 3, 3, 3], { strides: [2, 2], pads: [0, 0, 1, 1] }, false, { convWeightGrad: 'im2col' }),
+    // Depthwise (groups = channels, mobilenet), both weight-gradient formulations; the input gradient is
+    // the flipped-kernel Conv at stride 1 (whatever convInputGrad says), ConvTranspose otherwise.
     ...(['offsets', 'grouped-conv'] as const).flatMap((dw) => [
       conv([2, 4, 7, 7], [4, 1, 3, 3], { pads: [1, 1, 1, 1], group: 4 }, true, { depthwiseWeightGrad: dw }),
-      conv([2, 4, 7, 7], [4, 1, 3, 3], { pads: [1, 1, 1, 1], group: 4 }, false, { depthwiseWeightGrad: dw, convInputGrad: 'conv' }),
       conv([2, 4, 8, 8], [4, 1, 3, 3], { strides: [2, 2], pads: [1, 1, 1, 1], group: 4 }, false, { depthwiseWeightGrad: dw }),
       conv([2, 3, 9, 9], [3, 1, 5, 5], { strides: [2, 2], pads: [2, 2, 2, 2], group: 3 }, false, { depthwiseWeightGrad: dw }),
       conv([2, 3, 8, 8], [3, 1, 3, 3], { pads: [2, 2, 2, 2], dilations: [2, 2], group: 3 }, false, { depthwiseWeightGrad: dw, convInputGrad: 'conv' }),
@@ -153,6 +155,17 @@ const CASES: Record<string, GradCase[]> = {
     { dtype: 'float64', inputs: [{ shape: [1, 2, 6, 6], init: distinct }], build: (g, [x]) => g.maxPool(x, [3, 3], [2, 2], [1, 1, 1, 1], { ceilMode: true })[0], eps: 1e-5 },
     { dtype: 'float64', inputs: [{ shape: [1, 2, 9, 9], init: distinct }], build: (g, [x]) => g.maxPool(x, [3, 3], [1, 1], [2, 2, 2, 2], { dilations: [2, 2] })[0], eps: 1e-5 },
     { dtype: 'float64', inputs: [{ shape: [2, 2, 6, 7], init: distinct }], build: (g, [x]) => g.maxPool(x, [2, 2], [2, 2], [0, 1, 0, 0])[0], eps: 1e-5 },
+    // Without indices ('mask'), on the same shapes.
+    ...(
+      [
+        [[2, 3, 8, 8], [3, 3], [2, 2], [1, 1, 1, 1], {}],
+        [[1, 2, 7, 7], [3, 3], [2, 2], [1, 1, 1, 1], {}],
+        [[2, 2, 7, 7], [3, 3], [2, 2], [0, 0, 0, 0], { ceilMode: true }],
+        [[1, 2, 6, 6], [3, 3], [2, 2], [1, 1, 1, 1], { ceilMode: true }],
+        [[1, 2, 9, 9], [3, 3], [1, 1], [2, 2, 2, 2], { dilations: [2, 2] }],
+        [[2, 2, 6, 7], [2, 2], [2, 2], [0, 1, 0, 0], {}],
+      ] as [number[], number[], number[], number[], { ceilMode?: boolean; dilations?: number[] }][]
+    ).map(([shape, k, s, p, o]): GradCase => ({ dtype: 'float64', inputs: [{ shape, init: distinct }], build: (g, [x]) => g.maxPool(x, k, s, p, o)[0], eps: 1e-5, opts: { maxPoolGrad: 'mask' } })),
     // As imported: one output, no indices (the rule pools again for them).
     {
       dtype: 'float64',
@@ -225,6 +238,8 @@ const CASES: Record<string, GradCase[]> = {
     // Constant indices with repeats and a negative one; computed indices.
     f64([[4, 3]], (g, [x]) => g.gather(x, g.constant([0, 2, 2, -1, 1, 0], [2, 3], 'int64'), 0)),
     f64([[2, 5, 3]], (g, [x]) => g.gather(x, g.cast(g.constant([4, 1, 1], [3], 'float64'), 'int64'), 1)),
+    // Shape arithmetic on a live tensor (an exporter's x.size(1)): integers carry no gradient.
+    f64([[2, 4]], (g, [x]) => g.mul(x, g.cast(g.gather(g.shape(x), g.constant([1], [], 'int64'), 0), 'float64'))),
   ],
   LayerNormalization: [
     // opset 17's LayerNorm over the last axis (convnext), scale and bias learnt; over the last two; no bias.
@@ -310,4 +325,136 @@ test('negative control: the harness catches a wrong rule', async () => {
   } finally {
     GRAD_RULES.Sigmoid = saved;
   }
+});
+
+test('gradients keep only what the returned gradients read', async () => {
+  // d/dw only: the Conv's input gradient (a ConvTranspose) and its constants would be dead weight,
+  // which ORT would still run every step.
+  const { Graph } = await import('../tools/graph/graph.ts');
+  const { gradients } = await import('../tools/graph/grad.ts');
+  const g = new Graph('float32');
+  const x = g.input('x', [2, 3, 6, 6]);
+  const w = g.input('w', [4, 3, 3, 3]);
+  const y = g.conv(x, w, { strides: [2, 2], pads: [1, 1, 1, 1] });
+  const before = g.mark();
+  const [gw] = gradients(g, g.sumAll(g.mul(y, y)), [w]);
+  const added = g.nodes.slice(before.nodes);
+  assert.ok(added.length > 0 && !added.some((n) => n.op === 'ConvTranspose'), added.map((n) => n.op).join(' '));
+  // Every added constant is read by a node.
+  const read = new Set(g.nodes.flatMap((n) => n.inputs));
+  assert.deepEqual(g.initializers.filter((i) => !read.has(i.value)).map((i) => i.value.name), []);
+  // And the pruned graph still computes dw = conv-weight-gradient of 2y.
+  const [gx] = gradients(g, g.sumAll(g.mul(y, y)), [x]);
+  assert.ok(g.nodes.some((n) => n.op === 'ConvTranspose'));
+  const { session, run, randn } = await import('./helpers/ort.ts');
+  const { Rng } = await import('../core/rng.ts');
+  g.output(gw, 'gw');
+  g.output(gx, 'gx');
+  const rng = new Rng(3);
+  const out = await run(await session(g), g, new Map([[x, randn(rng, 216, 'float32')], [w, randn(rng, 108, 'float32')]]));
+  assert.equal(out.gw.length, 108);
+  assert.ok(Array.from(out.gw as Float32Array).some((v) => v !== 0));
+});
+
+test('an op without a rule fails, naming the op and the node', async () => {
+  const { Graph } = await import('../tools/graph/graph.ts');
+  const { gradients } = await import('../tools/graph/grad.ts');
+  const g = new Graph('float64');
+  const x = g.input('x', [3]);
+  const y = raw(g, 'Floor', [x], [3]);
+  assert.throws(() => gradients(g, g.reduceSum(y, [0], false), [x]), /^Error: no gradient rule for op Floor \(node floor_\d+\)$/);
+});
+
+test('training-mode batch norm: running statistics as PyTorch updates them (momentum 0.1, unbiased variance)', async () => {
+  const { Graph } = await import('../tools/graph/graph.ts');
+  const { session, run, randn } = await import('./helpers/ort.ts');
+  const { Rng } = await import('../core/rng.ts');
+  const [n, c, h, w] = [4, 3, 2, 2];
+  const g = new Graph('float64');
+  const x = g.input('x', [n, c, h, w]);
+  const rm = g.input('rm', [c]);
+  const rv = g.input('rv', [c]);
+  const [, mean, varB] = g.batchNormTraining(x, null, null, 1e-5);
+  const [m2, v2] = g.batchNormRunningStats(x, mean, varB, rm, rv, 0.1);
+  g.output(m2, 'm');
+  g.output(v2, 'v');
+  const rng = new Rng(5);
+  const xs = randn(rng, n * c * h * w, 'float64') as Float64Array;
+  const rms = Float64Array.from([0.5, -1, 2]);
+  const rvs = Float64Array.from([1, 3, 0.25]);
+  const out = await run(await session(g), g, new Map([[x, xs], [rm, rms], [rv, rvs]]));
+  for (let k = 0; k < c; k++) {
+    const vals: number[] = [];
+    for (let i = 0; i < n; i++) for (let j = 0; j < h * w; j++) vals.push(xs[(i * c + k) * h * w + j]);
+    const mu = vals.reduce((a, b) => a + b, 0) / vals.length;
+    const unbiased = vals.reduce((a, b) => a + (b - mu) ** 2, 0) / (vals.length - 1);
+    assert.ok(Math.abs((out.m as Float64Array)[k] - (0.9 * rms[k] + 0.1 * mu)) < 1e-12, `running mean ${k}`);
+    assert.ok(Math.abs((out.v as Float64Array)[k] - (0.9 * rvs[k] + 0.1 * unbiased)) < 1e-12, `running var ${k}`);
+  }
+});
+
+test("MaxPool's two gradient routes agree where windows tie (ReLU zeros): the first maximum takes it", async () => {
+  const { Graph } = await import('../tools/graph/graph.ts');
+  const { gradients } = await import('../tools/graph/grad.ts');
+  const { session, run } = await import('./helpers/ort.ts');
+  const { Rng } = await import('../core/rng.ts');
+  const rng = new Rng(9);
+  const xs = Float32Array.from({ length: 2 * 2 * 7 * 7 }, () => (rng.uniform() < 0.6 ? 0 : Math.round(rng.uniform() * 3)));
+  const grads: Float32Array[] = [];
+  for (const how of ['indices', 'mask'] as const) {
+    const g = new Graph('float32');
+    const x = g.input('x', [2, 2, 7, 7]);
+    const [y] = g.maxPool(x, [3, 3], [2, 2], [1, 1, 1, 1], { ceilMode: true });
+    const r = g.constant(Float32Array.from({ length: y.size() }, (_, i) => 1 + (i % 5)), y.shape);
+    const [gx] = gradients(g, g.sumAll(g.mul(y, r)), [x], { maxPoolGrad: how });
+    g.output(gx, 'gx');
+    grads.push((await run(await session(g), g, new Map([[x, xs]]))).gx as Float32Array);
+  }
+  assert.ok(xs.filter((v) => v === 0).length > 100, 'many ties');
+  assert.deepEqual(Array.from(grads[1]), Array.from(grads[0]));
+});
+
+test("a MaxPool's Indices output is serialised only where something reads it", async () => {
+  const { Graph } = await import('../tools/graph/graph.ts');
+  const { gradients } = await import('../tools/graph/grad.ts');
+  const { lowerGraph } = await import('../tools/onnx/encode.ts');
+  for (const how of ['indices', 'mask'] as const) {
+    const g = new Graph('float32');
+    const x = g.input('x', [1, 2, 6, 6]);
+    const [y] = g.maxPool(x, [3, 3], [2, 2], [1, 1, 1, 1]);
+    const [gx] = gradients(g, g.sumAll(y), [x], { maxPoolGrad: how });
+    g.output(gx, 'gx');
+    const pools = lowerGraph(g, 't').nodes.filter((n) => n.op === 'MaxPool');
+    assert.deepEqual(pools.map((n) => n.outputs.length), [how === 'indices' ? 2 : 1], how);
+  }
+});
+
+test('ReduceMean with its axes as an attribute (opset 13), as an importer may hand it over', async () => {
+  // ORT runs opset 18, where axes are an input: the gradient is built from the opset-13 node, then
+  // the forward node is rewritten to its opset-18 form to run.
+  const { Graph } = await import('../tools/graph/graph.ts');
+  const { gradients } = await import('../tools/graph/grad.ts');
+  const { session, run, randn } = await import('./helpers/ort.ts');
+  const { Rng } = await import('../core/rng.ts');
+  const g = new Graph('float64');
+  const x = g.input('x', [3, 4, 5]);
+  const y = raw(g, 'ReduceMean', [x], [3, 5], { axes: { ints: [-2] }, keepdims: { i: 0 } });
+  const rng = new Rng(4);
+  const r = randn(rng, 15, 'float64') as Float64Array;
+  const [gx] = gradients(g, g.sumAll(g.mul(y, g.constant(r, [3, 5]))), [x]);
+  g.output(gx, 'gx');
+  const node = y.producer!;
+  node.inputs.push(g.ints([1]));
+  delete node.attrs.axes;
+  const out = (await run(await session(g), g, new Map([[x, randn(rng, 60, 'float64')]]))).gx as Float64Array;
+  for (let i = 0; i < 3; i++) for (let j = 0; j < 4; j++) for (let k = 0; k < 5; k++) assert.ok(Math.abs(out[(i * 4 + j) * 5 + k] - r[i * 5 + k] / 4) < 1e-12);
+});
+
+test('Pad in reflect mode is refused by name rather than differentiated as constant padding', async () => {
+  const { Graph } = await import('../tools/graph/graph.ts');
+  const { gradients } = await import('../tools/graph/grad.ts');
+  const g = new Graph('float64');
+  const x = g.input('x', [2, 4]);
+  const y = raw(g, 'Pad', [x, g.ints([0, 1, 0, 1])], [2, 6], { mode: { s: 'reflect' } });
+  assert.throws(() => gradients(g, g.sumAll(y), [x]), /^Error: Pad gradient: mode reflect is not supported, only constant \(node pad_\d+\)$/);
 });

@@ -13,23 +13,32 @@ import { Graph, Value, fmt, sliceRange, type DType, type Node, type Shape } from
  *   im2col-offsets' single [O, N*Ho*Wo] x [N*Ho*Wo, C] GEMM has a 16 x 16 output MLAS cannot split.
  */
 export type ConvWeightGrad = 'batch-as-channels' | 'im2col' | 'im2col-offsets' | 'batched-offsets';
-/** How Conv's input gradient is formed: ConvTranspose, or (stride 1) a Conv with the flipped kernel. */
+/** How Conv's input gradient is formed: ConvTranspose, or (stride 1) a Conv with the flipped kernel (depthwise: always that at stride 1). */
 export type ConvInputGrad = 'conv-transpose' | 'conv';
 
 /**
- * How a depthwise Conv's (one input channel per group) weight gradient is formed: per kernel offset a
- * strided slice of x times gy, summed ('offsets'), or one grouped Conv with the batch as the reduction
- * channel ('grouped-conv'). Measured in bench/depthwise-grad.ts.
+ * How a depthwise Conv's (one input channel per group) weight gradient is formed: the kernel offsets'
+ * strided slices of x stacked and multiplied with gy, one GEMM per channel ('offsets'), or one grouped
+ * Conv with the batch as the reduction channel ('grouped-conv', the default: as fast or up to 2x
+ * faster at MobileNet shapes on 2 CPU threads, bench/depthwise-grad.ts).
  */
 export type DepthwiseWeightGrad = 'offsets' | 'grouped-conv';
+
+/**
+ * How MaxPool's gradient is routed: through the forward's flat argmax indices, scatter-added
+ * ('indices'), or per window offset, to the first element equal to the window's max ('mask': no
+ * Indices output, which ORT's WebGPU EP does not implement; see bench/webgpu-grad-ops.ts).
+ */
+export type MaxPoolGrad = 'indices' | 'mask';
 
 export interface GradOptions {
   convWeightGrad?: ConvWeightGrad;
   convInputGrad?: ConvInputGrad;
   depthwiseWeightGrad?: DepthwiseWeightGrad;
+  maxPoolGrad?: MaxPoolGrad;
 }
 
-const DEFAULT_OPTIONS: Readonly<Required<GradOptions>> = Object.freeze({ convWeightGrad: 'batch-as-channels', convInputGrad: 'conv-transpose', depthwiseWeightGrad: 'offsets' });
+const DEFAULT_OPTIONS: Readonly<Required<GradOptions>> = Object.freeze({ convWeightGrad: 'batch-as-channels', convInputGrad: 'conv-transpose', depthwiseWeightGrad: 'grouped-conv', maxPoolGrad: 'indices' });
 
 /**
  * One op's gradient: the gradients of the node's inputs (null or missing: none) from its outputs'.
@@ -138,11 +147,13 @@ function convInputGrad(g: Graph, node: Node, gy: Value, how: ConvInputGrad): Val
   const pads = ints(node, 'pads', [0, 0, 0, 0]);
   const dil = ints(node, 'dilations', [1, 1]);
   const group = int(node, 'group', 1);
-  const [, , kh, kw] = w.dims();
-  if (how === 'conv' && strides.every((v) => v === 1)) {
+  const [o, cg, kh, kw] = w.dims();
+  // Depthwise at stride 1 takes the flipped-kernel Conv whatever `how` says: 1.4-2.8x faster than
+  // ConvTranspose at MobileNet shapes, in paired runs (bench/depthwise-grad).
+  const depthwise = cg === 1 && group > 1;
+  if ((how === 'conv' || depthwise) && strides.every((v) => v === 1)) {
     // Stride 1: dx = conv(gy, flip(W)^T) with the complementary padding; grouped, W^T per group.
-    const [o, cg] = w.dims();
-    const wt = group === 1 ? g.transpose(w, [1, 0, 2, 3]) : cg === 1 && o === group ? w : g.reshape(g.transpose(g.reshape(w, [group, o / group, cg, kh, kw]), [0, 2, 1, 3, 4]), [group * cg, o / group, kh, kw]);
+    const wt = group === 1 ? g.transpose(w, [1, 0, 2, 3]) : depthwise && o === group ? w : g.reshape(g.transpose(g.reshape(w, [group, o / group, cg, kh, kw]), [0, 2, 1, 3, 4]), [group * cg, o / group, kh, kw]);
     const wf = g.flip(wt, [2, 3]);
     const pd = [dil[0] * (kh - 1) - pads[0], dil[1] * (kw - 1) - pads[1], dil[0] * (kh - 1) - pads[2], dil[1] * (kw - 1) - pads[3]];
     if (pd.every((v) => v >= 0)) return g.conv(gy, wf, { pads: pd, dilations: dil, group });
@@ -244,8 +255,8 @@ function convWeightGrad(g: Graph, node: Node, gy: Value, how: ConvWeightGrad, de
  * Grouped (and depthwise) Conv's weight gradient, whatever ConvWeightGrad says (those are dense
  * formulations). Batch as the reduction channel, per group: X'[c', (g, n)] = x[n, (g, c')] and
  * W'[(g, o'), n] = gy[n, (g, o')]; one Conv with `group` groups, stride <-> dilation, gives dW^T.
- * Depthwise (one input channel per group) with 'offsets' instead multiplies each kernel offset's
- * strided slice of x with gy and sums over the batch and positions.
+ * Depthwise (one input channel per group) with 'offsets' instead stacks each kernel offset's strided
+ * slice of x, channels first, and multiplies it with gy in one GEMM per channel.
  */
 function groupedWeightGrad(g: Graph, node: Node, gy: Value, group: number, depthwise: DepthwiseWeightGrad): Value {
   const [x, w] = node.inputs as Value[];
@@ -256,21 +267,22 @@ function groupedWeightGrad(g: Graph, node: Node, gy: Value, group: number, depth
   const [o, cg, kh, kw] = w.dims();
   const og = o / group;
   if (cg === 1 && depthwise === 'offsets') {
+    // Channels first, so each channel's kernel offsets are one small batched GEMM: [9, K] x [K, og].
     const xp = pads.some((p) => p) ? g.pad(x, [0, 0, pads[0], pads[1], 0, 0, pads[2], pads[3]]) : x;
+    const xt = g.transpose(xp, [1, 0, 2, 3]); // [C, N, Hp, Wp]
     const [ho, wo] = [gy.shape[2] as number, gy.shape[3] as number];
-    const gr = og === 1 ? gy : g.reshape(gy, [n, c, og, ho * wo]);
+    const k = n * ho * wo;
+    const gt = og === 1 ? g.reshape(g.transpose(gy, [1, 0, 2, 3]), [c, k, 1]) : g.reshape(g.transpose(g.reshape(gy, [n, c, og, ho * wo]), [1, 0, 3, 2]), [c, k, og]);
     const parts: Value[] = [];
     for (let i = 0; i < kh; i++) {
       for (let j = 0; j < kw; j++) {
         const [h0, w0] = [i * dil[0], j * dil[1]];
-        let s = g.sliceStrided(xp, [h0, w0], [h0 + strides[0] * (ho - 1) + 1, w0 + strides[1] * (wo - 1) + 1], [2, 3], strides);
-        if (og !== 1) s = g.reshape(s, [n, c, 1, ho * wo]);
-        const prod = g.mul(s, gr);
-        parts.push(og === 1 ? g.reduceSum(prod, [0, 2, 3], false) : g.reshape(g.reduceSum(prod, [0, 3], false), [o])); // [O]
+        parts.push(g.reshape(g.sliceStrided(xt, [h0, w0], [h0 + strides[0] * (ho - 1) + 1, w0 + strides[1] * (wo - 1) + 1], [2, 3], strides), [c, 1, k]));
       }
     }
-    const all = parts.length > 1 ? g.concat(parts.map((p) => g.unsqueeze(p, [1])), 1) : g.unsqueeze(parts[0], [1]);
-    return g.reshape(all, [o, 1, kh, kw]);
+    const cols = parts.length > 1 ? g.concat(parts, 1) : parts[0]; // [C, kh*kw, K]
+    const dw = g.matmul(cols, gt); // [C, kh*kw, og]
+    return og === 1 ? g.reshape(dw, [o, 1, kh, kw]) : g.reshape(g.transpose(dw, [0, 2, 1]), [o, 1, kh, kw]);
   }
   const xt = cg === 1 ? g.reshape(g.transpose(x, [1, 0, 2, 3]), [1, c * n, h, wd]) : g.reshape(g.transpose(g.reshape(x, [n, group, cg, h, wd]), [2, 1, 0, 3, 4]), [cg, group * n, h, wd]);
   const gt = g.transpose(gy, [1, 0, 2, 3]); // [O, N, Ho, Wo]: output channels are already (group, o') ordered
@@ -309,6 +321,53 @@ function averagePoolGrad(g: Graph, n: Node, gy: Value): Value {
     outputPadding: [Math.max(-tail[0], 0), Math.max(-tail[1], 0)],
   });
   return g.reshape(ct, [bn, c, h, w]);
+}
+
+/**
+ * MaxPool's gradient without argmax indices: for each window offset in row-major order, the strided
+ * slice of the (-inf padded) input that the offset sees is compared with the output; the first offset
+ * equal to the max takes gy (ties as the argmax breaks them: the first in the window), spread back to
+ * where that slice came from.
+ */
+function maxPoolMaskGrad(g: Graph, n: Node, gy: Value): Value {
+  const x = n.inputs[0]!;
+  const y = n.outputs[0];
+  const [h, w] = [x.shape[2] as number, x.shape[3] as number];
+  const [ho, wo] = [y.shape[2] as number, y.shape[3] as number];
+  const k = ints(n, 'kernel_shape', []);
+  const s = ints(n, 'strides', [1, 1]);
+  const d = ints(n, 'dilations', [1, 1]);
+  const pads = ints(n, 'pads', [0, 0, 0, 0]);
+  if (int(n, 'storage_order', 0) !== 0) throw new Error(`MaxPool gradient: storage_order 1 is not supported (node ${n.name})`);
+  // Padded extent: the pads, and in ceil mode whatever the last window reaches beyond them.
+  const ext = [0, 1].map((a) => Math.max([h, w][a] + pads[a] + pads[a + 2], ([ho, wo][a] - 1) * s[a] + (k[a] - 1) * d[a] + 1));
+  const tail = [0, 1].map((a) => ext[a] - [h, w][a] - pads[a]);
+  const xp = g.pad(x, [0, 0, pads[0], pads[1], 0, 0, tail[0], tail[1]], -Infinity);
+  const zero = g.scalar(0, gy.dtype);
+  let free: Value | null = null;
+  let sum: Value | null = null;
+  for (let i = 0; i < k[0]; i++) {
+    for (let j = 0; j < k[1]; j++) {
+      const [h0, w0] = [i * d[0], j * d[1]];
+      const seen = g.sliceStrided(xp, [h0, w0], [h0 + s[0] * (ho - 1) + 1, w0 + s[1] * (wo - 1) + 1], [2, 3], s);
+      // `free`: no earlier offset took it (And/Not only: ORT's WebGPU EP has no Or).
+      let hit = g.compare('Equal', seen, y);
+      if (free) hit = g.and(hit, free);
+      free = free ? g.and(free, g.not(hit)) : g.not(hit);
+      // Back to the padded grid: s-1 zeros after each element (stride), then offset by (h0, w0).
+      let part = g.whereOp(hit, gy, zero);
+      if (s[0] > 1 || s[1] > 1) {
+        const dims = part.dims();
+        part = g.pad(g.unsqueeze(g.unsqueeze(part, [3]), [5]), [0, 0, 0, 0, 0, 0, 0, 0, 0, s[0] - 1, 0, s[1] - 1]);
+        part = g.reshape(part, [dims[0], dims[1], ho * s[0], wo * s[1]]);
+      }
+      const span = [0, 1].map((a) => Math.min(part.shape[2 + a] as number, ext[a] - [h0, w0][a]));
+      if (span[0] < (part.shape[2] as number) || span[1] < (part.shape[3] as number)) part = g.slice(part, [0, 0], span, [2, 3]);
+      part = g.pad(part, [0, 0, h0, w0, 0, 0, ext[0] - h0 - span[0], ext[1] - w0 - span[1]]);
+      sum = sum ? g.add(sum, part) : part;
+    }
+  }
+  return g.slice(sum!, [pads[0], pads[1]], [pads[0] + h, pads[1] + w], [2, 3]);
 }
 
 /** Slice's gradient along each sliced axis: gy spread back to the positions it came from, zeros elsewhere. */
@@ -425,7 +484,8 @@ export const GRAD_RULES: Record<string, GradRule> = {
     const hw = (x.shape[2] as number) * (x.shape[3] as number);
     return [expandTo(g, g.mul(gy!, g.scalar(1 / hw, x.dtype)), x.shape)];
   },
-  MaxPool: (g, n, [gy]) => {
+  MaxPool: (g, n, [gy], opts) => {
+    if (opts.maxPoolGrad === 'mask') return [maxPoolMaskGrad(g, n, gy!)];
     // ONNX MaxPool indices are flat over the whole NCHW input: scatter-add the gradient through them.
     const x = n.inputs[0]!;
     if (int(n, 'storage_order', 0) !== 0) throw new Error(`MaxPool gradient: storage_order 1 is not supported (node ${n.name})`);
@@ -623,6 +683,7 @@ export function gradients(g: Graph, loss: Value, wrt: Value[], opts: GradOptions
   if (loss.rank !== 0) throw new Error(`gradients: loss must be a scalar, got shape ${fmt(loss.shape)}`);
   const options: Required<GradOptions> = { ...DEFAULT_OPTIONS, ...opts };
   const nodes = g.nodes.slice();
+  const mark = g.mark();
   // Forward: which values depend on wrt.
   const live = new Set<Value>(wrt);
   for (const n of nodes) if (n.inputs.some((i) => i && live.has(i))) for (const o of n.outputs) live.add(o);
@@ -649,5 +710,9 @@ export function gradients(g: Graph, loss: Value, wrt: Value[], opts: GradOptions
       });
     }
   });
-  return wrt.map((w) => grads.get(w) ?? g.zeros(w.dims(), w.dtype));
+  const result = wrt.map((w) => grads.get(w) ?? g.zeros(w.dims(), w.dtype));
+  // Rules build every input's gradient, constants' and frozen inputs' too (e.g. a Conv's input
+  // gradient where the input is the image): drop what no returned gradient reads.
+  g.pruneSince(mark, result);
+  return result;
 }

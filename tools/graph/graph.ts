@@ -230,8 +230,13 @@ export class Graph {
   greater = (a: Value, b: Value) => this.compare('Greater', a, b);
   less = (a: Value, b: Value) => this.compare('Less', a, b);
 
-  and(a: Value, b: Value): Value {
-    return this.emit('And', [a, b], broadcastShapes(a.shape, b.shape, this.where('And')), 'bool');
+  logical(op: 'And' | 'Or', a: Value, b: Value): Value {
+    return this.emit(op, [a, b], broadcastShapes(a.shape, b.shape, this.where(op)), 'bool');
+  }
+  and = (a: Value, b: Value) => this.logical('And', a, b);
+  or = (a: Value, b: Value) => this.logical('Or', a, b);
+  not(a: Value): Value {
+    return this.emit('Not', [a], a.shape, 'bool');
   }
 
   whereOp(cond: Value, a: Value, b: Value): Value {
@@ -368,11 +373,12 @@ export class Graph {
     return this.emit('AveragePool', [x], [x.shape[0], x.shape[1], oh, ow], x.dtype, attrs);
   }
 
-  pad(x: Value, pads: number[]): Value {
+  /** Constant-mode Pad; `value` fills the new elements (0 unless given, e.g. -Infinity before a max). */
+  pad(x: Value, pads: number[], value?: number): Value {
     const r = x.rank;
     if (pads.length !== 2 * r) throw new Error(`${this.where('Pad')}: need ${2 * r} pads`);
     const shape = x.shape.map((d, i) => (d as number) + pads[i] + pads[i + r]);
-    return this.emit('Pad', [x, this.ints(pads)], shape, x.dtype);
+    return this.emit('Pad', value === undefined ? [x, this.ints(pads)] : [x, this.ints(pads), this.scalar(value, x.dtype)], shape, x.dtype);
   }
 
   // ---------- reductions and normalisers ----------
@@ -447,6 +453,22 @@ export class Graph {
       return { results: [y, mean, varB], saved: gs ? [xhat, inv, gs] : [xhat, inv] };
     });
     return [y, mean, varB];
+  }
+
+  /**
+   * Running statistics after a training-mode batch norm, as PyTorch keeps them: `momentum` is the new
+   * batch's weight (PyTorch's 0.1; ONNX's BatchNormalization attribute is 1 minus it) and the variance
+   * is unbiased. `mean` and `varB` are batchNormTraining's; returns the new [running mean, running var].
+   */
+  batchNormRunningStats(x: Value, mean: Value, varB: Value, runningMean: Value, runningVar: Value, momentum: number): [Value, Value] {
+    const c = x.shape[1] as number;
+    const count = x.size() / c;
+    const mom = this.scalar(momentum, x.dtype);
+    const keep = this.scalar(1 - momentum, x.dtype);
+    const meanFlat = this.reshape(mean, [c]);
+    const varUnbiased = this.mul(this.reshape(varB, [c]), this.scalar(count / Math.max(count - 1, 1), x.dtype));
+    const newMean = this.add(this.mul(runningMean, keep), this.mul(meanFlat, mom));
+    return [newMean, this.add(this.mul(runningVar, keep), this.mul(varUnbiased, mom))];
   }
 
   softmax(x: Value, axis = -1): Value {
@@ -533,6 +555,11 @@ export class Graph {
     return this.emit('Slice', [x, this.ints(starts), this.ints(ends), this.ints(axes), this.ints(steps)], shape, x.dtype);
   }
 
+  /** The shape of x as an int64 vector (exporters' shape arithmetic starts here). */
+  shape(x: Value): Value {
+    return this.emit('Shape', [x], [x.rank], 'int64');
+  }
+
   /** Gather along `axis` (negative indices count from the end). */
   gather(x: Value, indices: Value, axis = 0): Value {
     const where = this.where('Gather');
@@ -578,6 +605,36 @@ export class Graph {
     const n = numel(shape);
     if (n <= 64) return this.constant(new Array(n).fill(0), shape, dtype);
     return this.expand(this.constant([0], [], dtype), shape);
+  }
+
+  /** Where the graph stands now, for pruneSince. */
+  mark(): { nodes: number; initializers: number } {
+    return { nodes: this.nodes.length, initializers: this.initializers.length };
+  }
+
+  /**
+   * Drops the nodes added since `mark` that none of `keep` (nor a graph output) depends on, and the
+   * constants added since then that nothing reads any more. ORT runs every node it is given, used or not.
+   */
+  pruneSince(mark: { nodes: number; initializers: number }, keep: Value[]): void {
+    const needed = new Set<Value>([...keep, ...this.outputs]);
+    const kept: Node[] = [];
+    for (let k = this.nodes.length - 1; k >= mark.nodes; k--) {
+      const n = this.nodes[k];
+      if (!n.outputs.some((o) => needed.has(o))) continue;
+      kept.push(n);
+      for (const i of n.inputs) if (i) needed.add(i);
+    }
+    this.nodes.splice(mark.nodes, this.nodes.length - mark.nodes, ...kept.reverse());
+    const read = new Set<Value>(needed);
+    for (const n of this.nodes.slice(0, mark.nodes)) for (const i of n.inputs) if (i) read.add(i);
+    const gone = new Set<Value>();
+    for (const init of this.initializers.splice(mark.initializers)) {
+      if (read.has(init.value)) this.initializers.push(init);
+      else gone.add(init.value);
+    }
+    // A dropped constant must not be handed out again by constant()'s cache.
+    if (gone.size) for (const [key, v] of this.constCache) if (gone.has(v)) this.constCache.delete(key);
   }
 
   scatterAdd(data: Value, indices: Value, updates: Value, axis = 0): Value {

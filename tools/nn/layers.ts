@@ -69,7 +69,6 @@ export function linear(m: Model, name: string, x: Value, out: number, bias = tru
 export function batchNorm(m: Model, name: string, x: Value, affine = true, eps = 1e-5): Value {
   const g = m.g;
   const c = x.shape[1] as number;
-  const axes = x.rank === 4 ? [0, 2, 3] : [0];
   const bshape = x.rank === 4 ? [1, c, 1, 1] : [1, c];
   const gamma = affine ? m.state(`${name}.weight`, [c], 'param', { kind: 'ones' }, false) : null;
   const beta = affine ? m.state(`${name}.bias`, [c], 'param', { kind: 'zeros' }, false) : null;
@@ -85,16 +84,12 @@ export function batchNorm(m: Model, name: string, x: Value, affine = true, eps =
       if (beta) shift = g.add(shift, beta);
       return g.add(g.mul(x, g.reshape(scale, bshape)), g.reshape(shift, bshape));
     }
-    const count = axes.reduce((a, ax) => a * (x.shape[ax] as number), 1);
     // Differentiated as one op by GRAD_RULES.BatchNorm (closed form), which reads xhat, inv and gamma.
     const [y, mean, varB] = g.batchNormTraining(x, gamma, beta, eps);
     // Running statistics as PyTorch keeps them: unbiased variance, momentum on the new value.
-    const mom = g.scalar(m.bnMomentum);
-    const keep = g.scalar(1 - m.bnMomentum);
-    const meanFlat = g.reshape(mean, [c]);
-    const varUnbiased = g.mul(g.reshape(varB, [c]), g.scalar(count / Math.max(count - 1, 1)));
-    m.updates.set(`${name}.running_mean`, g.add(g.mul(rm, keep), g.mul(meanFlat, mom)));
-    m.updates.set(`${name}.running_var`, g.add(g.mul(rv, keep), g.mul(varUnbiased, mom)));
+    const [runMean, runVar] = g.batchNormRunningStats(x, mean, varB, rm, rv, m.bnMomentum);
+    m.updates.set(`${name}.running_mean`, runMean);
+    m.updates.set(`${name}.running_var`, runVar);
     return y;
   });
 }
