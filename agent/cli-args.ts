@@ -4,7 +4,7 @@
 
 import { accessSync, constants, readFileSync, statSync } from 'node:fs';
 import path from 'node:path';
-import { modelInfo } from '../core/onnx/model.ts';
+import { asEncoder, modelInfo } from '../core/onnx/model.ts';
 
 /** A bad flag, argument or path: printed as one line, exit code 2. */
 export class UsageError extends Error {
@@ -209,7 +209,7 @@ export function encoderFile(label: string, p: string): number {
   readableFile(label, p);
   let info;
   try {
-    info = modelInfo(readFileSync(p));
+    info = modelInfo(asEncoder(readFileSync(p)));
   } catch (e) {
     fail(label, p, `not a readable ONNX model (${(e as Error).message})`);
   }

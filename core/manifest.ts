@@ -99,6 +99,9 @@ export interface SourceInfo {
   copies: Record<string, string>;
   /** The source's ai.onnx opset. */
   opset: number;
+  /** The feature tensor, and how it became [batch, width] (core/onnx/model.ts EncoderView). */
+  feature: string;
+  reduce: 'none' | 'flatten' | 'pool';
 }
 
 /** P: the writer's full preset type (tools/ passes its Preset, so the compiler checks it fits). */

@@ -1,7 +1,8 @@
 // The shape arithmetic exporters emit folds to constants for the fixed input size: a channel shuffle
 // written as torch exports it (Shape -> Gather -> Unsqueeze -> Concat with a Constant -> Cast -> Reshape
 // -> Transpose -> Reshape) imports with the batch kept symbolic in the embedding graph, leaves no Shape
-// node in either graph, computes what the source computes, and trains.
+// node in either graph, computes what the source computes, and trains; its export (the source's
+// interface) loads in ssocl's encoder loader through the view its metadata describes.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync } from 'node:fs';
@@ -13,7 +14,8 @@ import { decodeModel } from '../core/onnx/decode.ts';
 import { compileFromOnnx } from '../tools/import/artifacts.ts';
 import { writeArtifacts } from '../tools/artifacts/write.ts';
 import { Trainer } from '../agent/trainer/trainer.ts';
-import { bindEncoder } from '../agent/export/export.ts';
+import { bindEncoder, sourceWithState } from '../agent/export/export.ts';
+import { Encoder } from '../agent/infer/encoder.ts';
 import { Rng } from '../core/rng.ts';
 
 const S = 6;
@@ -58,7 +60,7 @@ function shuffleModel(): Uint8Array {
 
 test('a channel shuffle built from Shape/Gather/Unsqueeze/Concat/Cast/Reshape folds for the fixed size, keeps the batch symbolic, matches the source and trains', async () => {
   const source = shuffleModel();
-  const { built, src } = compileFromOnnx(source, { train: 'all', name: 'shuffle', set: ['image.mean=[0,0,0]', 'image.std=[1,1,1]', 'batch=4', 'crops=2', 'projector=[{"out":4}]', 'gradCos=false'] });
+  const { built, src } = compileFromOnnx(source, { train: 'all', name: 'shuffle', set: ['image.mean=[0.4,0.5,0.6]', 'image.std=[0.2,0.25,0.3]', 'batch=4', 'crops=2', 'projector=[{"out":4}]', 'gradCos=false'] });
   assert.equal(src.feature, 'f', 'the feature is what the classifier (Gemm) reads');
   assert.deepEqual(src.params.sort(), ['b1', 'w1']);
   for (const file of ['train_step.onnx', 'embed.onnx']) {
@@ -75,10 +77,21 @@ test('a channel shuffle built from Shape/Gather/Unsqueeze/Concat/Cast/Reshape fo
       const embed = await ort.InferenceSession.create(bindEncoder(dir, tr.manifest, tr.state, {}));
       const ours = (await embed.run({ images: new ort.Tensor('float32', x, [3, 3, S, S]) }))['source.logits'].data as Float32Array;
       const ref = await ort.InferenceSession.create(source);
-      const theirs = (await ref.run({ x: new ort.Tensor('float32', x, [3, 3, S, S]) })).logits.data as Float32Array;
+      const [mean, std] = [[0.4, 0.5, 0.6], [0.2, 0.25, 0.3]];
+      const xn = x.map((v, i) => (v - mean[Math.floor(i / (S * S)) % 3]) / std[Math.floor(i / (S * S)) % 3]);
+      const theirs = (await ref.run({ x: new ort.Tensor('float32', xn, [3, 3, S, S]) })).logits.data as Float32Array;
+      const features = (await embed.run({ images: new ort.Tensor('float32', x, [3, 3, S, S]) })).features.data as Float32Array;
       await embed.release();
       await ref.release();
       assert.ok(theirs.every((v, i) => Math.abs(v - ours[i]) <= 1e-5), `logits ${Array.from(ours.slice(0, 3))} vs ${Array.from(theirs.slice(0, 3))}`);
+      // Its export keeps the source's interface; ssocl's encoder loader reads it through its view (images in [0, 1] -> features).
+      const exported = sourceWithState(dir, tr.manifest, tr.state, { 'ssocl.step': '0' });
+      assert.deepEqual(decodeModel(exported).graph.inputs.map((v) => v.name), ['x']);
+      const enc = await Encoder.fromBytes('exported.onnx', exported);
+      const viaView = await enc.run(x, 3);
+      await enc.release();
+      assert.equal(enc.dim('features'), 4);
+      assert.ok(viaView.every((v, i) => Math.abs(v - features[i]) <= 1e-5), 'the encoder view computes the artifacts\' features');
       const [rows] = tr.manifest.trainStep.crops.shape as number[];
       const w0 = Float32Array.from(tr.state.get('params.encoder.w1')!);
       const r = await tr.step(Float32Array.from({ length: rows * 3 * S * S }, () => rng.uniform()), 0.05);

@@ -15,7 +15,7 @@
 
 import { existsSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
 import path from 'node:path';
-import { bindInputs, modelInfo, replaceWeights } from '../../core/onnx/model.ts';
+import { bindInputs, modelInfo, replaceWeights, type EncoderView } from '../../core/onnx/model.ts';
 import { readManifest, type Trainer } from '../trainer/trainer.ts';
 import { openSession } from '../trainer/backend.ts';
 import type { Manifest } from '../../core/manifest.ts';
@@ -57,7 +57,9 @@ export function sourceWithState(dir: string, m: Manifest, state: Map<string, Flo
   const shapes = new Map(m.state.map((s) => [s.name, s.shape]));
   const values = new Map<string, { dtype: 'float32'; dims: number[]; data: Float32Array }>();
   for (const [name, tensor] of Object.entries(src.weights)) values.set(tensor, { dtype: 'float32', dims: shapes.get(name)!, data: state.get(name)! });
-  return replaceWeights(bytes, values, metadata);
+  // How ssocl's own tools read it as an encoder (core/onnx/model.ts encoderView); the file's interface stays the source's.
+  const view: EncoderView = { input: src.input, mean: m.preset.image.mean, std: m.preset.image.std, feature: src.feature, reduce: src.reduce, width: m.preset.encoder.widths.at(-1)! };
+  return replaceWeights(bytes, values, { ...metadata, 'ssocl.encoder': JSON.stringify(view) });
 }
 
 /**

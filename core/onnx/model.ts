@@ -232,6 +232,77 @@ export function replaceWeights(model: Uint8Array, values: Map<string, { dtype: D
   return out.finish();
 }
 
+/**
+ * How an imported model's export is read as an ssocl encoder (metadata `ssocl.encoder`, JSON): its image
+ * input, the normalisation it expects, the feature tensor and how it becomes [batch, width].
+ */
+export interface EncoderView {
+  input: string;
+  mean: number[];
+  std: number[];
+  feature: string;
+  /** none: already [batch, width]; flatten: [batch, C, 1, 1]; pool: [batch, C, h, w], averaged over space. */
+  reduce: 'none' | 'flatten' | 'pool';
+  width: number;
+}
+
+/**
+ * The model seen through ssocl's encoder interface, in memory (the file keeps its own): input `images`
+ * in [0, 1] (normalised by two nodes in front of the model's input) and output `features` (the feature
+ * tensor, flattened or pooled), beside the model's own outputs. What `ssocl embed`/`eval` load for an
+ * imported model's export.
+ */
+export function encoderView(model: Uint8Array, v: EncoderView): Uint8Array {
+  const dec = new TextDecoder();
+  const out = new ProtoWriter();
+  const node = (w: ProtoWriter, op: string, name: string, inputs: string[], outputs: string[], attrs: Record<string, Attr> = {}) =>
+    w.message(no(F.GraphProto.node), (nw) => {
+      for (const i of inputs) nw.string(no(F.NodeProto.input), i);
+      for (const o of outputs) nw.string(no(F.NodeProto.output), o);
+      nw.string(no(F.NodeProto.name), name);
+      nw.string(no(F.NodeProto.op_type), op);
+      for (const [k, a] of Object.entries(attrs)) writeAttr(nw, k, a);
+    });
+  let batch: Dim = 'batch';
+  for (const f of readFields(model)) {
+    if (f.field !== no(F.ModelProto.graph)) {
+      out.raw(f.raw);
+      continue;
+    }
+    const graph = new ProtoWriter();
+    node(graph, 'Sub', 'ssocl.normalize.sub', ['images', 'ssocl.mean'], ['ssocl.centred']);
+    node(graph, 'Mul', 'ssocl.normalize.mul', ['ssocl.centred', 'ssocl.inv_std'], [v.input]);
+    if (v.reduce === 'pool') node(graph, 'GlobalAveragePool', 'ssocl.features.pool', [v.feature], ['ssocl.pooled']);
+    const src = v.reduce === 'pool' ? 'ssocl.pooled' : v.feature;
+    if (v.reduce === 'none') node(graph, 'Identity', 'ssocl.features', [src], ['features']);
+    else node(graph, 'Flatten', 'ssocl.features', [src], ['features'], { axis: { i: 1 } });
+    for (const gf of readFields(f.data!)) {
+      if (gf.field === no(F.GraphProto.input)) {
+        const name = readFields(gf.data!).find((x) => x.field === no(F.ValueInfoProto.name));
+        if (name && dec.decode(name.data!) === v.input) {
+          const dims = modelInfo(model).inputs.find((i) => i.name === v.input)!.dims;
+          batch = dims[0] ?? 'batch';
+          writeValueInfo(graph, no(F.GraphProto.input), 'images', 'float32', dims);
+          continue;
+        }
+      }
+      graph.raw(gf.raw);
+    }
+    graph.bytes(no(F.GraphProto.initializer), encodeTensor('ssocl.mean', 'float32', [1, 3, 1, 1], Float32Array.from(v.mean)));
+    graph.bytes(no(F.GraphProto.initializer), encodeTensor('ssocl.inv_std', 'float32', [1, 3, 1, 1], Float32Array.from(v.std, (x) => 1 / x)));
+    writeValueInfo(graph, no(F.GraphProto.output), 'features', 'float32', [batch, v.width]);
+    out.bytes(no(F.ModelProto.graph), graph.finish());
+  }
+  return out.finish();
+}
+
+/** The model as ssocl's tools read an encoder: an imported model's export through its `ssocl.encoder` view, any other unchanged. */
+export function asEncoder(model: Uint8Array): Uint8Array {
+  const info = modelInfo(model);
+  const view = info.metadata['ssocl.encoder'];
+  return view && !info.inputs.some((i) => i.name === 'images') ? encoderView(model, JSON.parse(view) as EncoderView) : model;
+}
+
 /** elemType: ONNX TensorProto.DataType (1 = float32), 0 where not declared. */
 export interface ValueInfo {
   name: string;

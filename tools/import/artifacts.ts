@@ -28,23 +28,27 @@ function projectorOf(widths: number[]): LayerSpec[] {
   return widths.map((out, i) => (i < widths.length - 1 ? { out, bn: true, act: true } : { out }));
 }
 
-/** Rank 4 features (a pooled map) become [B, C]: flattened where 1x1, else averaged over space. */
-function flat(m: { g: import('../graph/graph.ts').Graph }, f: Value, name: string): Value {
-  if (f.rank === 2) return f;
-  if (f.rank === 4) return m.g.flatten(f.shape[2] === 1 && f.shape[3] === 1 ? f : m.g.globalAvgPool(f), 1);
+/** How a feature tensor becomes [B, C]: as it is, flattened where [B, C, 1, 1], else averaged over space. */
+function reduceOf(f: Value, name: string): 'none' | 'flatten' | 'pool' {
+  if (f.rank === 2) return 'none';
+  if (f.rank === 4) return f.shape[2] === 1 && f.shape[3] === 1 ? 'flatten' : 'pool';
   throw new ImportError(`--feature ${name}: rank ${f.rank} ([${f.shape.join(', ')}]); expected [batch, features] or [batch, channels, h, w]`);
 }
 
-export function importBackbone(src: SourceModel): Backbone {
+export function importBackbone(src: SourceModel, seen: { reduce: 'none' | 'flatten' | 'pool' } = { reduce: 'none' }): Backbone {
   return (m, x) => {
     const r = lowerSource(src, m, x);
-    return { features: flat(m, r.feature, src.feature), outputs: r.outputs };
+    const f = r.feature;
+    seen.reduce = reduceOf(f, src.feature);
+    const features = seen.reduce === 'none' ? f : m.g.flatten(seen.reduce === 'pool' ? m.g.globalAvgPool(f) : f, 1);
+    return { features, outputs: r.outputs };
   };
 }
 
 export function compileFromOnnx(bytes: Uint8Array, o: FromOnnxOptions): { built: BuiltArtifacts; src: SourceModel } {
   const src = prepareSource(bytes, o);
-  const backbone = importBackbone(src);
+  const seen = { reduce: 'none' as 'none' | 'flatten' | 'pool' };
+  const backbone = importBackbone(src, seen);
   const base = PRESETS.edge;
   let p: Preset = {
     ...structuredClone(base),
@@ -77,6 +81,8 @@ export function compileFromOnnx(bytes: Uint8Array, o: FromOnnxOptions): { built:
     weights,
     copies: Object.fromEntries([...src.copies].filter(([name]) => src.params.includes(name) || src.buffers.includes(name))),
     opset: src.decoded.opsets[''] ?? src.decoded.opsets['ai.onnx'] ?? 0,
+    feature: src.feature,
+    reduce: seen.reduce,
   };
   return { built, src };
 }
