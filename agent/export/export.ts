@@ -58,7 +58,7 @@ export function sourceWithState(dir: string, m: Manifest, state: Map<string, Flo
   const values = new Map<string, { dtype: 'float32'; dims: number[]; data: Float32Array }>();
   for (const [name, tensor] of Object.entries(src.weights)) values.set(tensor, { dtype: 'float32', dims: shapes.get(name)!, data: state.get(name)! });
   // How ssocl's own tools read it as an encoder (core/onnx/model.ts encoderView); the file's interface stays the source's.
-  const view: EncoderView = { input: src.input, mean: m.preset.image.mean, std: m.preset.image.std, feature: src.feature, reduce: src.reduce, width: m.preset.encoder.widths.at(-1)! };
+  const view: EncoderView = { input: src.input, mean: m.preset.image.mean, std: m.preset.image.std, feature: src.feature, reduce: src.reduce, width: m.preset.encoder.widths.at(-1)!, size: m.preset.image.size };
   return replaceWeights(bytes, values, { ...metadata, 'ssocl.encoder': JSON.stringify(view) });
 }
 

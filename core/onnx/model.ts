@@ -244,6 +244,8 @@ export interface EncoderView {
   /** none: already [batch, width]; flatten: [batch, C, 1, 1]; pool: [batch, C, h, w], averaged over space. */
   reduce: 'none' | 'flatten' | 'pool';
   width: number;
+  /** The side the model trained at: the view's input is [batch, 3, size, size] even where the model's height and width are dynamic. */
+  size: number;
 }
 
 /**
@@ -280,9 +282,8 @@ export function encoderView(model: Uint8Array, v: EncoderView): Uint8Array {
       if (gf.field === no(F.GraphProto.input)) {
         const name = readFields(gf.data!).find((x) => x.field === no(F.ValueInfoProto.name));
         if (name && dec.decode(name.data!) === v.input) {
-          const dims = modelInfo(model).inputs.find((i) => i.name === v.input)!.dims;
-          batch = dims[0] ?? 'batch';
-          writeValueInfo(graph, no(F.GraphProto.input), 'images', 'float32', dims);
+          batch = modelInfo(model).inputs.find((i) => i.name === v.input)!.dims[0] ?? 'batch';
+          writeValueInfo(graph, no(F.GraphProto.input), 'images', 'float32', [batch, 3, v.size, v.size]);
           continue;
         }
       }
