@@ -31,7 +31,8 @@ const haveTorch = existsSync(PY) && spawnSync(PY, ['-c', 'import torch, torchvis
 const skip = haveTorch ? false : 'python3-torch / python3-torchvision not installed (apt install python3-torchvision)';
 if (!haveTorch && process.env.CI) throw new Error(`CI=1: ${skip}`);
 
-const MODELS = ['resnet18', 'mobilenet_v2', ...(process.env.SSOCL_SLOW ? ['resnet34', 'resnet50', 'shufflenet_v2_x1_0', 'efficientnet_b0', 'regnet_y_400mf'] : [])];
+// SSOCL_BYOM_MODELS=a,b runs just those.
+const MODELS = process.env.SSOCL_BYOM_MODELS?.split(',') ?? ['resnet18', 'mobilenet_v2', ...(process.env.SSOCL_SLOW ? ['resnet34', 'shufflenet_v2_x1_0', 'efficientnet_b0', 'regnet_y_400mf'] : [])];
 // What the torch side computes: two crops of four images, the mcc loss alone, plain SGD, a projector without BN.
 const VIEWS = 2;
 const BATCH = 8;

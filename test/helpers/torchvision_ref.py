@@ -52,8 +52,9 @@ def reference(name, d, dtype, crops, w, b):
     else:
         m.classifier = torch.nn.Identity()
     m.train()  # batch statistics, running statistics updated (momentum 0.1, unbiased variance)
+    # Dropout and stochastic depth as the eval-mode export has them (off); only BN trains.
     for mod in m.modules():
-        if isinstance(mod, torch.nn.Dropout):
+        if isinstance(mod, (torch.nn.Dropout, torchvision.ops.StochasticDepth)):
             mod.eval()
     w = w.to(dt).clone().requires_grad_(True)
     b = b.to(dt).clone().requires_grad_(True)
