@@ -4,7 +4,7 @@
 // torch.set_num_threads), back to back per model. The step is test/import-torch's: 2 crops x 8 images
 // at --size px, a linear projector to 32, the MCC loss alone, plain SGD (BN kept, in training mode).
 //
-//   node --import tsx bench/byom-peer.ts [--models resnet18,mobilenet_v2] [--size 32] [--threads 2] [--steps 8]
+//   node --import tsx bench/byom-peer.ts [--models resnet18,mobilenet_v2] [--size 32] [--threads 2] [--steps 8] [--set key=value ...]
 
 import { spawnSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
@@ -29,6 +29,7 @@ const values = benchArgs(import.meta.url, {
   threads: { type: 'string', default: '2', describe: 'ORT intra-op threads / torch.set_num_threads' },
   steps: { type: 'string', default: '8', describe: 'timed steps (median reported)' },
   warmup: { type: 'string', default: '2', describe: 'warm-up steps before them' },
+  set: { type: 'string', multiple: true, default: [], describe: 'further preset overrides for ours, key=value (e.g. convWeightGrad="batch-as-channels")' },
 });
 const size = Number(values.size);
 const threads = Number(values.threads);
@@ -41,7 +42,7 @@ const SETS = [`batch=${BATCH}`, `crops=${VIEWS}`, 'losses=[{"name":"mcc","weight
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 
 async function ours(model: string, dir: string): Promise<number> {
-  const { built } = compileFromOnnx(readFileSync(model), { train: 'all', name: path.basename(model, '.onnx'), set: SETS });
+  const { built } = compileFromOnnx(readFileSync(model), { train: 'all', name: path.basename(model, '.onnx'), set: [...SETS, ...(values.set as string[])] });
   writeArtifacts(built, dir);
   const tr = await Trainer.open(dir, { threads, noEmbed: true });
   try {
