@@ -5,7 +5,7 @@
 import { accessSync, constants, statSync } from 'node:fs';
 import { readRegular, UnsafeFile } from '../core/safe-read.ts';
 import path from 'node:path';
-import { modelInfo } from '../core/onnx/model.ts';
+import { asEncoder, modelInfo } from '../core/onnx/model.ts';
 
 /** A bad flag, argument or path: printed as one line, exit code 2. */
 export class UsageError extends Error {
@@ -210,7 +210,7 @@ export function encoderFile(label: string, p: string): number {
   readableFile(label, p);
   let info;
   try {
-    info = modelInfo(readRegular(p));
+    info = modelInfo(asEncoder(readRegular(p)));
   } catch (e) {
     if (e instanceof UnsafeFile) fail(label, p, e.reason);
     fail(label, p, `not a readable ONNX model (${(e as Error).message})`);

@@ -186,7 +186,7 @@ const cli = yargs(hideBin(process.argv))
   .usage('$0 <command> [options]\n\nSelf-supervised online continual learning on edge devices.')
   .command(
     'artifacts',
-    'compile a preset into training-artifacts/<name>/ (manifest.json, train_step.onnx, embed.onnx, init.safetensors)',
+    'compile a preset, or your own ONNX image model (--from-onnx), into training-artifacts/<name>/ (manifest.json, train_step.onnx, embed.onnx, init.safetensors)',
     // The preset list comes from the compiler, loaded only when this command is given (async builder).
     async (y) => {
       const { PRESETS } = await import('../tools/artifacts/presets.ts');
@@ -195,12 +195,27 @@ const cli = yargs(hideBin(process.argv))
         .option('set', { type: 'string', array: true, default: [] as string[], describe: 'override a preset field: key=value (dotted path, JSON value)' })
         .option('out', { type: 'string', describe: 'output directory (default training-artifacts/<name>)' })
         .option('name', { type: 'string', describe: 'artifact name (default: the preset name, or <preset>-custom with --set)' })
-        .option('check', { type: 'boolean', default: false, describe: 'compare the existing directory with a fresh build instead of writing' });
+        .option('check', { type: 'boolean', default: false, describe: 'compare the existing directory with a fresh build instead of writing' })
+        .option('from-onnx', { type: 'string', describe: "import MODEL.onnx (one float32 [batch, 3, H, W] input) instead of a preset: its weights are the starting point, the edge preset's loss, crops and optimizer train it (--set changes them; image.mean/std default to ImageNet's); default name: the file's" })
+        .option('feature', { type: 'string', describe: 'with --from-onnx: the tensor the SSL loss and kNN use (default: the output, or the input of the last Gemm/MatMul when the output is a classifier)' })
+        .options(nums({ 'input-size': { int: true, min: 8, max: 1024, describe: 'with --from-onnx: the training size in pixels (needed when the model has dynamic height and width)' } }))
+        .option('train', { type: 'string', default: 'all', describe: 'with --from-onnx: what learns: all, last:N (the last N layers with weights before the feature) or a regular expression over weight names; the rest stays frozen (BN statistics update where their layer learns)' })
+        .option('projector', { type: 'string', describe: "with --from-onnx: projector widths for the loss, e.g. 512,128 (hidden layers BN + ReLU); not part of the export; default the edge preset's" });
     },
     async (a) => {
       if (a.out && !a.check) writableDir('--out', a.out);
+      const fromOnnx = a['from-onnx'];
+      if (fromOnnx === undefined) {
+        for (const flag of ['feature', 'input-size', 'projector'] as const) if (a[flag] !== undefined) throw new UsageError(`--${flag} needs --from-onnx MODEL.onnx`);
+        if (a.train !== 'all') throw new UsageError('--train needs --from-onnx MODEL.onnx');
+      } else readableFile('--from-onnx', fromOnnx);
+      const projector = a.projector === undefined ? undefined : a.projector.split(',').map((x) => Number(x.trim()));
+      if (projector && projector.some((w) => !Number.isInteger(w) || w < 1)) throw new UsageError(`--projector ${a.projector}: expected comma-separated positive widths, e.g. 512,128`);
       const { artifactsCommand } = await import('./commands/artifacts.ts');
-      await artifactsCommand({ preset: a.preset, set: a.set, out: a.out, name: a.name, check: a.check });
+      await artifactsCommand({
+        preset: a.preset, set: a.set, out: a.out, name: a.name, check: a.check,
+        ...(fromOnnx !== undefined ? { fromOnnx: { file: fromOnnx, feature: a.feature, inputSize: a['input-size'], train: a.train, projector } } : {}),
+      });
     },
   )
   .command(

@@ -82,6 +82,28 @@ export interface DistillStep {
   refresh: 'arrival';
 }
 
+/**
+ * An imported model (ssocl artifacts --from-onnx): the source file, kept whole, into which an export
+ * writes the learnt state, so the exported model has the source's inputs, outputs, opset and metadata.
+ */
+export interface SourceInfo {
+  /** The source model as imported (its sha256 in `files`). */
+  file: string;
+  /** Its image input (it takes normalised images: preset.image.mean/std). */
+  input: string;
+  /** Each source output -> the embed.onnx output that computes it (the export is checked against these). */
+  outputs: Record<string, string>;
+  /** State tensor -> the source tensor it is. */
+  weights: Record<string, string>;
+  /** Source tensors that were an Identity copy of an initializer (torch's deduplication): name -> the initializer copied. */
+  copies: Record<string, string>;
+  /** The source's ai.onnx opset. */
+  opset: number;
+  /** The feature tensor, and how it became [batch, width] (core/onnx/model.ts EncoderView). */
+  feature: string;
+  reduce: 'none' | 'flatten' | 'pool';
+}
+
 /** P: the writer's full preset type (tools/ passes its Preset, so the compiler checks it fits). */
 export interface Manifest<P extends ManifestPreset = ManifestPreset> {
   format: typeof MANIFEST_FORMAT;
@@ -116,6 +138,8 @@ export interface Manifest<P extends ManifestPreset = ManifestPreset> {
   };
   state: StateInfo[];
   init: string;
+  /** Present in artifacts imported from an ONNX model. */
+  source?: SourceInfo;
   /** sha256 of every file in the directory other than the manifest. */
   files: Record<string, string>;
 }

@@ -11,7 +11,7 @@ import { REPO } from './helpers/paths.ts';
 /** agent/ files that are front-ends of tools/ (they run the compiler or the data tools), and what each may import there. */
 const AGENT_TOOLS_FRONT_ENDS: Record<string, string[]> = {
   // `ssocl artifacts`: compiles a preset.
-  'agent/commands/artifacts.ts': ['tools/artifacts/presets.ts', 'tools/artifacts/write.ts'],
+  'agent/commands/artifacts.ts': ['tools/artifacts/presets.ts', 'tools/artifacts/write.ts', 'tools/import/artifacts.ts', 'tools/import/source.ts'],
   // `ssocl stream`: makes class-incremental stream orders and camera-like clips.
   'agent/commands/stream.ts': ['tools/data/streams.ts', 'tools/data/clips.ts'],
   // `ssocl data fetch` and the preset list of `ssocl artifacts`, both loaded lazily (see below).

@@ -32,10 +32,9 @@ export interface GemmSession {
   run(feeds: Record<string, { type: 'float32'; data: Float32Array; dims: number[] }>): Promise<Record<string, { data: unknown }>>;
 }
 
-/** `open` puts the one-node model on the caller's EP, e.g. `(m) => openChosen(m, { ep, epFallback, threads })`. */
-export async function ortSimilarity(open: (model: Uint8Array) => Promise<GemmSession>): Promise<SimilarityEngine> {
-  // s = a . b^T as one Gemm (transB) node: the same GEMM as MatMul after a Transpose, in one op.
-  const model = encodeOnnx({
+/** The one-node model: s = a . b^T as one Gemm (transB) node, the same GEMM as MatMul after a Transpose, in one op. */
+export function similarityModel(): Uint8Array {
+  return encodeOnnx({
     name: 'similarity',
     nodes: [{ op: 'Gemm', name: 'similarity', inputs: ['a', 'b'], outputs: ['s'], attrs: { transB: { i: 1 } } }],
     initializers: [],
@@ -45,7 +44,11 @@ export async function ortSimilarity(open: (model: Uint8Array) => Promise<GemmSes
     ],
     outputs: [{ name: 's', dtype: 'float32', shape: ['na', 'nb'] }],
   });
-  const sess = await open(model);
+}
+
+/** `open` puts the one-node model on the caller's EP, e.g. `(m) => openChosen(m, { ep, epFallback, threads })`. */
+export async function ortSimilarity(open: (model: Uint8Array) => Promise<GemmSession>): Promise<SimilarityEngine> {
+  const sess = await open(similarityModel());
   return {
     async rows(av, na, bv, nb, d) {
       const out = await sess.run({ a: { type: 'float32', data: av.subarray(0, na * d), dims: [na, d] }, b: { type: 'float32', data: bv.subarray(0, nb * d), dims: [nb, d] } });

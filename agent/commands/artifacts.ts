@@ -1,10 +1,14 @@
-// `ssocl artifacts`: compile a preset (with overrides) and write or check its artifact directory.
+// `ssocl artifacts`: compile a preset (with overrides), or import an ONNX model (--from-onnx), and
+// write or check its artifact directory.
 
 import { existsSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { getPreset } from '../../tools/artifacts/presets.ts';
-import { compileArtifacts, writeArtifacts } from '../../tools/artifacts/write.ts';
+import { compileArtifacts, writeArtifacts, type BuiltArtifacts } from '../../tools/artifacts/write.ts';
+import { compileFromOnnx } from '../../tools/import/artifacts.ts';
+import { ImportError } from '../../tools/import/source.ts';
 import { REPO_ROOT } from '../paths.ts';
+import { UsageError } from '../cli-args.ts';
 
 export interface ArtifactsArgs {
   preset: string;
@@ -12,15 +16,31 @@ export interface ArtifactsArgs {
   out?: string;
   name?: string;
   check: boolean;
+  fromOnnx?: { file: string; feature?: string; inputSize?: number; train: string; projector?: number[] };
+}
+
+/** The import's refusals (unsupported op, external data, a bad flag value) are usage errors: one line, exit 2, nothing written. */
+function importArtifacts(a: ArtifactsArgs, name: string): BuiltArtifacts {
+  const f = a.fromOnnx!;
+  try {
+    return compileFromOnnx(readFileSync(f.file), { feature: f.feature, inputSize: f.inputSize, train: f.train, projector: f.projector, name, set: a.set }).built;
+  } catch (e) {
+    if (e instanceof ImportError) throw new UsageError(`--from-onnx ${f.file}: ${e.message}`);
+    throw e;
+  }
 }
 
 export async function artifactsCommand(a: ArtifactsArgs): Promise<void> {
-  const preset = getPreset(a.preset, a.set);
-  preset.name = a.name ?? (a.set.length ? `${a.preset}-custom` : a.preset);
-  const out = a.out ?? path.join(REPO_ROOT, 'training-artifacts', preset.name);
   const t0 = performance.now();
-  const built = compileArtifacts(preset);
+  let built: BuiltArtifacts;
+  if (a.fromOnnx) built = importArtifacts(a, a.name ?? path.basename(a.fromOnnx.file).replace(/\.onnx$/i, ''));
+  else {
+    const preset = getPreset(a.preset, a.set);
+    preset.name = a.name ?? (a.set.length ? `${a.preset}-custom` : a.preset);
+    built = compileArtifacts(preset);
+  }
   const ms = performance.now() - t0;
+  const out = a.out ?? path.join(REPO_ROOT, 'training-artifacts', built.manifest.name);
   if (a.check) {
     const diffs: string[] = [];
     for (const [name, bytes] of [...built.files, ['manifest.json', Buffer.from(JSON.stringify(built.manifest, null, 1) + '\n')] as const]) {
@@ -29,7 +49,7 @@ export async function artifactsCommand(a: ArtifactsArgs): Promise<void> {
       else if (!Buffer.from(bytes).equals(readFileSync(file))) diffs.push(`${name}: differs`);
     }
     if (diffs.length) {
-      process.stderr.write(`ssocl: ${out} does not match the compiler's output:\n  ${diffs.join('\n  ')}\nrebuild with: ssocl artifacts --preset ${a.preset}\n`);
+      process.stderr.write(`ssocl: ${out} does not match the compiler's output:\n  ${diffs.join('\n  ')}\nrebuild with: ssocl artifacts ${a.fromOnnx ? `--from-onnx ${a.fromOnnx.file}` : `--preset ${a.preset}`}\n`);
       process.exit(1);
     }
     process.stdout.write(`${out}: up to date (${built.files.size + 1} files)\n`);
@@ -38,5 +58,7 @@ export async function artifactsCommand(a: ArtifactsArgs): Promise<void> {
   writeArtifacts(built, out);
   const sizes = [...built.files].map(([k, v]) => `${k} ${(v.length / 1024).toFixed(0)} KiB`).join(', ');
   const params = built.manifest.state.filter((s) => s.role === 'param').reduce((n, s) => n + s.shape.reduce((x, y) => x * y, 1), 0);
-  process.stdout.write(`wrote ${out} in ${ms.toFixed(0)} ms: ${sizes}; ${params.toLocaleString('en')} parameters\n`);
+  const src = built.manifest.preset.encoder as { arch: string; feature?: string; learns?: number; frozen?: number };
+  const imported = src.arch === 'onnx' ? `; imported: feature '${src.feature}' (${built.manifest.preset.encoder.widths[0]} wide), ${src.learns} source tensors learn, ${src.frozen} frozen` : '';
+  process.stdout.write(`wrote ${out} in ${ms.toFixed(0)} ms: ${sizes}; ${params.toLocaleString('en')} parameters${imported}\n`);
 }

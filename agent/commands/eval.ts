@@ -7,13 +7,13 @@ import { knnWeightedBlocks, knnUniformEuclidean, type KnnResult } from '../eval/
 import { ortSimilarity } from '../buffer/similarity.ts';
 import { openChosen, type EP, type EpChoice } from '../trainer/backend.ts';
 import { Rng } from '../../core/rng.ts';
-import { modelInfo } from '../../core/onnx/model.ts';
+import { asEncoder, modelInfo } from '../../core/onnx/model.ts';
 import { readImageFolder } from '../eval/folder.ts';
 import { readFileSync } from 'node:fs';
 
 /** Input side of an exported encoder (images [B, 3, S, S]). */
 function modelSize(file: string): number {
-  const d = modelInfo(readFileSync(file)).inputs.find((i) => i.name === 'images')?.dims[2];
+  const d = modelInfo(asEncoder(readFileSync(file))).inputs.find((i) => i.name === 'images')?.dims[2];
   if (typeof d !== 'number') throw new Error(`${file}: not an ssocl encoder (needs an input 'images' of shape [batch, 3, S, S])`);
   return d;
 }

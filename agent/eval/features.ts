@@ -3,6 +3,7 @@
 
 import { readFileSync } from 'node:fs';
 import { openChosen, type EpChoice } from '../trainer/backend.ts';
+import { asEncoder } from '../../core/onnx/model.ts';
 
 export interface FeatureModel {
   run(images: Float32Array, count: number): Promise<Float32Array>;
@@ -12,7 +13,7 @@ export interface FeatureModel {
 
 /** An exported encoder file: input 'images' [B, 3, S, S] in [0, 1], output 'features'; on the EP chosen (cpu by default). */
 export async function openEncoder(file: string, size: number, c: EpChoice = {}): Promise<FeatureModel> {
-  const sess = await openChosen(readFileSync(file), c);
+  const sess = await openChosen(asEncoder(readFileSync(file)), c);
   if (!sess.inputNames.includes('images') || !sess.outputNames.includes('features')) {
     await sess.release();
     throw new Error(`${file}: not an ssocl encoder (needs input 'images' and output 'features')`);

@@ -17,7 +17,7 @@
 
 import { existsSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
 import path from 'node:path';
-import { bindInputs, modelInfo } from '../../core/onnx/model.ts';
+import { bindInputs, modelInfo, replaceWeights, type EncoderView } from '../../core/onnx/model.ts';
 import { readManifest, type Trainer } from '../trainer/trainer.ts';
 import { openSession } from '../trainer/backend.ts';
 import type { Manifest } from '../../core/manifest.ts';
@@ -64,6 +64,55 @@ export function bindEncoder(dir: string, m: Manifest, state: Map<string, Float32
   const values = new Map<string, { dtype: 'float32'; dims: number[]; data: Float32Array }>();
   for (const s of m.state) if (s.embed) values.set(s.name, { dtype: 'float32', dims: s.shape, data: state.get(s.name)! });
   return bindInputs(embedBytes, values, { metadata });
+}
+
+/**
+ * An imported model (manifest `source`) with `state` written into its own weights: the file the user
+ * imported, same inputs, outputs, opset and metadata (plus ssocl's), the learnt values in place.
+ */
+export function sourceWithState(dir: string, m: Manifest, state: Map<string, Float32Array>, metadata: Record<string, string>): Uint8Array {
+  const src = m.source!;
+  const bytes = readFileSync(path.join(dir, src.file));
+  const shapes = new Map(m.state.map((s) => [s.name, s.shape]));
+  const values = new Map<string, { dtype: 'float32'; dims: number[]; data: Float32Array }>();
+  for (const [name, tensor] of Object.entries(src.weights)) values.set(tensor, { dtype: 'float32', dims: shapes.get(name)!, data: state.get(name)! });
+  // How ssocl's own tools read it as an encoder (core/onnx/model.ts encoderView); the file's interface stays the source's.
+  const view: EncoderView = { input: src.input, mean: m.preset.image.mean, std: m.preset.image.std, feature: src.feature, reduce: src.reduce, width: m.preset.encoder.widths.at(-1)!, size: m.preset.image.size };
+  return replaceWeights(bytes, values, { ...metadata, 'ssocl.encoder': JSON.stringify(view) });
+}
+
+/**
+ * The export of an imported model checked as its users will run it: its own outputs on the probe
+ * (normalised as its input expects) against the same outputs of embed.onnx with the trainer's state.
+ * Returns the largest difference relative to the output's scale.
+ */
+async function checkSource(trainer: Trainer, bytes: Uint8Array, probe: Float32Array, count: number): Promise<number> {
+  const m = trainer.manifest;
+  const src = m.source!;
+  const [, c, h, w] = m.embed.images.shape as number[];
+  const { mean, std } = m.preset.image;
+  const plane = h * w;
+  const normalised = probe.subarray(0, count * c * plane).map((v, i) => (v - mean[Math.floor(i / plane) % c]) / std[Math.floor(i / plane) % c]);
+  const exported = await openSession(bytes, trainer.ep);
+  const embed = await openSession(bindEncoder(trainer.dir, m, trainer.state, {}), trainer.ep);
+  try {
+    const got = await exported.run({ [src.input]: { type: 'float32', data: normalised, dims: [count, c, h, w] } });
+    const ref = await embed.run({ [m.embed.images.name]: { type: 'float32', data: probe.subarray(0, count * c * plane), dims: [count, c, h, w] } });
+    let worst = 0;
+    for (const [name, embedName] of Object.entries(src.outputs)) {
+      const a = got[name].data as Float32Array;
+      const b = ref[embedName].data as Float32Array;
+      if (a.length !== b.length) throw new Error(`export check failed: output '${name}' has ${a.length} values, embed.onnx's ${b.length}`);
+      let scale = 1;
+      for (let i = 0; i < b.length; i++) scale = Math.max(scale, Math.abs(b[i]));
+      for (let i = 0; i < a.length; i++) worst = Math.max(worst, Math.abs(a[i] - b[i]) / scale);
+    }
+    if (!(worst <= 1e-4)) throw new Error(`export check failed: the exported model's outputs differ from embed.onnx's by ${worst} of their scale`);
+    return worst;
+  } finally {
+    await exported.release();
+    await embed.release();
+  }
 }
 
 /** The encoder of an artifact directory at its initial weights (the random-init floor). */
@@ -136,6 +185,27 @@ function pruneVersions(modelsDir: string, keep: number, justWritten: string): vo
   for (const f of files) if (/^encoder-\d+(-[0-9a-f]+)?\.json$/.test(f) && !existsSync(path.join(modelsDir, f.replace(/\.json$/, '.onnx')))) rmSync(path.join(modelsDir, f), { force: true });
 }
 
+/** The exported encoder's features on the probe against the trainer's own embedding (largest absolute difference). */
+async function checkEncoder(trainer: Trainer, bytes: Uint8Array, probe: Float32Array, probeCount: number): Promise<number> {
+  const m = trainer.manifest;
+  // Check the model as a user would load it, before it replaces anything: a fresh session on the EP
+  // the trainer runs on (after any fallback), so the comparison is like for like.
+  const sess = await openSession(bytes, trainer.ep);
+  const [, c, h, w] = m.embed.images.shape as number[];
+  let out;
+  try {
+    out = await sess.run({ [m.embed.images.name]: { type: 'float32', data: probe, dims: [probeCount, c, h, w] } });
+  } finally {
+    await sess.release();
+  }
+  const ref = await trainer.embed(probe, probeCount);
+  const got = out[m.embed.features].data as Float32Array;
+  let maxAbsDiff = 0;
+  for (let i = 0; i < got.length; i++) maxAbsDiff = Math.max(maxAbsDiff, Math.abs(got[i] - ref.features[i]));
+  if (!(maxAbsDiff <= 1e-4)) throw new Error(`export check failed: features differ from the trainer's by ${maxAbsDiff}`);
+  return maxAbsDiff;
+}
+
 /**
  * Writes the encoder as it is now as encoder-<step>.onnx (+ sidecar) and, unless `rejected` gives the
  * health gate's reason, publishes it as latest.json + latest.onnx.
@@ -155,7 +225,7 @@ export async function exportEncoder(
   const artifact = m.files[m.trainStep.file];
   // Everything latest.json says that is known before the check also goes into the model itself, so
   // reconcileLatest can rebuild latest.json from latest.onnx alone.
-  const bytes = bindEncoder(trainer.dir, m, trainer.state, {
+  const metadata = {
     'ssocl.step': String(step),
     'ssocl.preset': m.name,
     'ssocl.frames_seen': String(info.framesSeen),
@@ -163,22 +233,10 @@ export async function exportEncoder(
     ...(info.loss !== null ? { 'ssocl.loss': String(info.loss) } : {}),
     // The line's id only: its source and state are paths of this machine, kept out of a file that travels.
     ...(info.line ? { 'ssocl.line': info.line.id } : {}),
-  });
-  // Check the model as a user would load it, before it replaces anything: a fresh session on the EP
-  // the trainer runs on (after any fallback), so the comparison is like for like.
-  const sess = await openSession(bytes, trainer.ep);
-  const [, c, h, w] = m.embed.images.shape as number[];
-  let out;
-  try {
-    out = await sess.run({ [m.embed.images.name]: { type: 'float32', data: info.probe, dims: [info.probeCount, c, h, w] } });
-  } finally {
-    await sess.release();
-  }
-  const ref = await trainer.embed(info.probe, info.probeCount);
-  const got = out[m.embed.features].data as Float32Array;
-  let maxAbsDiff = 0;
-  for (let i = 0; i < got.length; i++) maxAbsDiff = Math.max(maxAbsDiff, Math.abs(got[i] - ref.features[i]));
-  if (!(maxAbsDiff <= 1e-4)) throw new Error(`export check failed: features differ from the trainer's by ${maxAbsDiff}`);
+  };
+  // An imported model is exported as itself (its interface unchanged), with the learnt weights.
+  const bytes = m.source ? sourceWithState(trainer.dir, m, trainer.state, metadata) : bindEncoder(trainer.dir, m, trainer.state, metadata);
+  const maxAbsDiff = m.source ? await checkSource(trainer, bytes, info.probe, info.probeCount) : await checkEncoder(trainer, bytes, info.probe, info.probeCount);
   let file = path.join(modelsDir, `encoder-${String(step).padStart(9, '0')}.onnx`);
   // The step's name is another line's version (two lines reach the same step): this one is named by its line.
   if (existsSync(file) && lineOf(readJsonObject(sidecarOf(file))) !== (info.line?.id ?? lineOf(null))) file = file.replace(/\.onnx$/, `-${info.line?.id ?? '0'}.onnx`);

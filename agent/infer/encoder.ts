@@ -7,7 +7,7 @@
 
 import { sha256 } from '../../core/atomic.ts';
 import { readRegular, UnsafeFile } from '../../core/safe-read.ts';
-import { modelInfo } from '../../core/onnx/model.ts';
+import { asEncoder, modelInfo } from '../../core/onnx/model.ts';
 import { openSessionOrFallback, type EP, type EpOptions, type Session } from '../trainer/backend.ts';
 
 export type EncoderOutput = 'features' | 'embedding';
@@ -98,9 +98,12 @@ export class Encoder {
     return Encoder.fromBytes(file, bytes, o);
   }
 
-  static async fromBytes(file: string, bytes: Uint8Array, o: EncoderOptions = {}): Promise<Encoder> {
+  static async fromBytes(file: string, original: Uint8Array, o: EncoderOptions = {}): Promise<Encoder> {
     let info;
+    let bytes = original;
     try {
+      // An imported model's export keeps its own interface; its metadata says how to read it as an encoder.
+      bytes = asEncoder(original);
       info = modelInfo(bytes);
     } catch (e) {
       throw new EncoderError(`${file}: not a readable ONNX model (${(e as Error).message})`);
@@ -132,7 +135,7 @@ export class Encoder {
     }
     const step = info.metadata['ssocl.step'];
     const line = info.metadata['ssocl.line'];
-    const version = { sha256: sha256(bytes).slice(0, 16), step: step !== undefined ? Number(step) : null, ...(line ? { line } : {}) };
+    const version = { sha256: sha256(original).slice(0, 16), step: step !== undefined ? Number(step) : null, ...(line ? { line } : {}) };
     const session = await openSessionOrFallback(bytes, o.ep ?? 'cpu', o.epFallback, o, o.warn);
     const enc = new Encoder(file, version, h, dims, session);
     try {

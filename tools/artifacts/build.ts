@@ -25,6 +25,19 @@ function normalizeInput(g: Graph, x: Value, p: Preset): Value {
   });
 }
 
+/**
+ * The encoder: normalised images -> backbone features [B, F] (and, in an inference model, further
+ * named outputs the embed graph exposes). Default: the preset's ResNet; an imported model brings its own.
+ */
+export type Backbone = (m: Model, x: Value) => { features: Value; outputs?: Map<string, Value> };
+
+export function presetBackbone(p: Preset): Backbone {
+  return (m, x) => {
+    if (p.encoder.arch !== 'resnet') throw new Error(`preset ${p.name}: encoder '${p.encoder.arch}' needs its source model (ssocl artifacts --from-onnx)`);
+    return { features: resnet(m, x, p.encoder) };
+  };
+}
+
 export interface LossGraph {
   g: Graph;
   model: Model;
@@ -38,20 +51,20 @@ export interface LossGraph {
 }
 
 /** Forward graph of the training loss (shared by the step and the whole-network gradient tests). */
-export function buildLoss(p: Preset, dtype: 'float32' | 'float64' = 'float32'): LossGraph {
+export function buildLoss(p: Preset, dtype: 'float32' | 'float64' = 'float32', backbone = presetBackbone(p)): LossGraph {
   const g = new Graph(dtype);
   const v = views(p);
   const b = p.batch;
   const s = p.image.size;
   const crops = g.input('crops', [v * b, 3, s, s]);
-  return lossOn(g, p, crops, new Model(g, true, p.activation, p.bnMomentum));
+  return lossOn(g, p, crops, new Model(g, true, p.activation, p.bnMomentum), backbone);
 }
 
 /** The loss of one batch of crops into `g`, with the state tensors `model` hands out. */
-function lossOn(g: Graph, p: Preset, crops: Value, model: Model): LossGraph {
+function lossOn(g: Graph, p: Preset, crops: Value, model: Model, backbone: Backbone): LossGraph {
   const v = views(p);
   const b = p.batch;
-  const feats = resnet(model, normalizeInput(g, crops, p), p.encoder);
+  const feats = backbone(model, normalizeInput(g, crops, p)).features;
   const { proj, past } = project(g, p, model, feats);
   const pred = p.predictor ? g.scope('predictor', () => mlp(model, 'predictor', proj, p.predictor!)) : null;
   const mc = g.scope('zbar', () => L.multiCrop(g, proj, v, b));
@@ -235,9 +248,9 @@ function emitStep(p: Preset, lg: LossGraph, lr: Value, step: Value, ports: StepP
   return { state: all, terms: [...lg.terms.keys()] };
 }
 
-export function buildTrainStep(p: Preset, dtype: 'float32' | 'float64' = 'float32'): TrainStepGraph {
-  if (p.fuse) return buildFusedStep(p, dtype);
-  const lg = buildLoss(p, dtype);
+export function buildTrainStep(p: Preset, dtype: 'float32' | 'float64' = 'float32', backbone = presetBackbone(p)): TrainStepGraph {
+  if (p.fuse) return buildFusedStep(p, dtype, backbone);
+  const lg = buildLoss(p, dtype, backbone);
   const { g, model } = lg;
   const lr = g.input('lr', []);
   const step = g.input('step', []);
@@ -297,7 +310,7 @@ function finite(g: Graph, x: Value): Value {
  * step k runs as update number `step` + (updates applied before it) with learning rate
  * lrs[updates applied before it], so skips give what K single steps give.
  */
-function buildFusedStep(p: Preset, dtype: 'float32' | 'float64'): TrainStepGraph {
+function buildFusedStep(p: Preset, dtype: 'float32' | 'float64', backbone: Backbone): TrainStepGraph {
   const K = p.fuse!;
   if (!Number.isInteger(K) || K < 1) throw new Error(`preset ${p.name}: fuse must be a positive integer, got ${K}`);
   const g = new Graph(dtype);
@@ -338,7 +351,7 @@ function buildFusedStep(p: Preset, dtype: 'float32' | 'float64'): TrainStepGraph
       };
       const crops = cropsAt(k);
       const model = new BoundModel(g, p, bind);
-      const lg = lossOn(g, p, crops, model);
+      const lg = lossOn(g, p, crops, model, backbone);
       const lr = gatherRows(g, lrs, g.cast(before, 'int64'));
       const outs = new Map<string, Value>();
       const r = emitStep(p, lg, lr, g.add(step0, before), { state: bind, output: (x, name) => outs.set(name, x) });
@@ -377,15 +390,17 @@ function buildFusedStep(p: Preset, dtype: 'float32' | 'float64'): TrainStepGraph
 }
 
 /** Inference graph: images in [0, 1] (any batch) -> backbone features and the L2-normalised embedding. */
-export function buildEmbed(p: Preset): { g: Graph; specs: StateSpec[] } {
+export function buildEmbed(p: Preset, backbone = presetBackbone(p)): { g: Graph; specs: StateSpec[] } {
   const g = new Graph('float32');
   const s = p.image.size;
   const images = g.input('images', ['batch', 3, s, s]);
   const model = new Model(g, false, p.activation, p.bnMomentum);
-  const feats = resnet(model, normalizeInput(g, images, p), p.encoder);
+  const { features: feats, outputs } = backbone(model, normalizeInput(g, images, p));
   const proj = g.scope('projector', () => mlp(model, 'projector', feats, p.projector));
   g.output(feats, 'features');
   g.output(l2normalize(g, proj), 'embedding');
+  // An imported model's own outputs, so an export of it can be checked against this graph.
+  for (const [name, v] of outputs ?? []) g.output(v, `source.${name}`);
   return { g, specs: model.specs };
 }
 
@@ -411,6 +426,9 @@ export function initState(specs: StateSpec[], seed: number): Map<string, Float32
         a.fill(1);
         break;
       case 'zeros':
+        break;
+      case 'given':
+        a.set(s.init.data);
         break;
     }
     out.set(`${s.role === 'param' ? 'params.' : 'buffers.'}${s.name}`, a);

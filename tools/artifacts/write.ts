@@ -8,7 +8,7 @@ import { sha256 } from '../../core/atomic.ts';
 import { OPSET } from '../../core/onnx/model.ts';
 import { encodeModel } from '../onnx/encode.ts';
 import { encodeSafetensors } from '../../core/codecs/safetensors.ts';
-import { buildEmbed, buildTrainStep, initState, views } from './build.ts';
+import { buildEmbed, buildTrainStep, initState, presetBackbone, views, type Backbone } from './build.ts';
 import { MANIFEST_FORMAT, type Manifest, type TensorInfo } from '../../core/manifest.ts';
 import type { Preset } from './presets.ts';
 import type { Graph } from '../graph/graph.ts';
@@ -23,9 +23,11 @@ export interface BuiltArtifacts {
   files: Map<string, Uint8Array>;
 }
 
-export function compileArtifacts(p: Preset): BuiltArtifacts {
-  const ts = buildTrainStep(p);
-  const em = buildEmbed(p);
+/** `extra`: an imported model's encoder and the further files its directory holds (tools/import). */
+export function compileArtifacts(p: Preset, extra: { backbone?: Backbone; files?: Map<string, Uint8Array> } = {}): BuiltArtifacts {
+  const backbone = extra.backbone ?? presetBackbone(p);
+  const ts = buildTrainStep(p, 'float32', backbone);
+  const em = buildEmbed(p, backbone);
   const meta = { producer: GENERATOR.name, producerVersion: GENERATOR.version };
   const trainBytes = encodeModel(ts.g, `${p.name}.train_step`, meta);
   const embedBytes = encodeModel(em.g, `${p.name}.embed`, meta);
@@ -35,6 +37,7 @@ export function compileArtifacts(p: Preset): BuiltArtifacts {
     ['train_step.onnx', trainBytes],
     ['embed.onnx', embedBytes],
     ['init.safetensors', initBytes],
+    ...(extra.files ?? []),
   ]);
   const v = views(p);
   const embedNames = new Set(em.g.inputs.map((x) => x.name));

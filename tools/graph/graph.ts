@@ -182,7 +182,7 @@ export class Graph {
 
   // ---------- element-wise ----------
 
-  unary(op: 'Relu' | 'Sigmoid' | 'Softplus' | 'Exp' | 'Log' | 'Sqrt' | 'Neg' | 'Reciprocal' | 'Sign' | 'Abs' | 'Identity', x: Value): Value {
+  unary(op: 'Relu' | 'Sigmoid' | 'Softplus' | 'Exp' | 'Log' | 'Sqrt' | 'Neg' | 'Reciprocal' | 'Sign' | 'Abs' | 'Identity' | 'Erf' | 'HardSwish', x: Value): Value {
     return this.emit(op, [x], x.shape, x.dtype);
   }
   relu = (x: Value) => this.unary('Relu', x);
@@ -195,6 +195,21 @@ export class Graph {
   reciprocal = (x: Value) => this.unary('Reciprocal', x);
   sign = (x: Value) => this.unary('Sign', x);
   identity = (x: Value) => this.unary('Identity', x);
+  /** Erf has a float32 kernel only on ORT's CPU EP. */
+  erf = (x: Value) => this.unary('Erf', x);
+  hardSwish = (x: Value) => this.unary('HardSwish', x);
+
+  /** max(0, min(1, alpha x + beta)); ONNX's defaults (PyTorch's hardsigmoid is alpha 1/6, beta 0.5). */
+  hardSigmoid(x: Value, alpha = 0.2, beta = 0.5): Value {
+    return this.emit('HardSigmoid', [x], x.shape, x.dtype, { alpha: { f: alpha }, beta: { f: beta } });
+  }
+
+  /** Clip to [min, max]; either bound may be absent (null). Bounds are scalars of x's type. */
+  clip(x: Value, min: Value | null, max: Value | null): Value {
+    for (const b of [min, max]) if (b && b.rank !== 0) throw new Error(`${this.where('Clip')}: bounds must be scalars, got ${fmt(b.shape)}`);
+    const ins = max ? [x, min, max] : min ? [x, min] : [x];
+    return this.emit('Clip', ins, x.shape, this.sameFloat('Clip', x, ...([min, max].filter(Boolean) as Value[])));
+  }
 
   binary(op: 'Add' | 'Sub' | 'Mul' | 'Div' | 'Max' | 'Min' | 'Pow', a: Value, b: Value): Value {
     const t = this.sameFloat(op, a, b);
@@ -207,8 +222,21 @@ export class Graph {
   max = (a: Value, b: Value) => this.binary('Max', a, b);
   min = (a: Value, b: Value) => this.binary('Min', a, b);
 
-  greater(a: Value, b: Value): Value {
-    return this.emit('Greater', [a, b], broadcastShapes(a.shape, b.shape, this.where('Greater')), 'bool');
+  pow = (a: Value, b: Value) => this.binary('Pow', a, b);
+
+  compare(op: 'Greater' | 'Less' | 'GreaterOrEqual' | 'LessOrEqual' | 'Equal', a: Value, b: Value): Value {
+    return this.emit(op, [a, b], broadcastShapes(a.shape, b.shape, this.where(op)), 'bool');
+  }
+  greater = (a: Value, b: Value) => this.compare('Greater', a, b);
+  less = (a: Value, b: Value) => this.compare('Less', a, b);
+
+  logical(op: 'And' | 'Or', a: Value, b: Value): Value {
+    return this.emit(op, [a, b], broadcastShapes(a.shape, b.shape, this.where(op)), 'bool');
+  }
+  and = (a: Value, b: Value) => this.logical('And', a, b);
+  or = (a: Value, b: Value) => this.logical('Or', a, b);
+  not(a: Value): Value {
+    return this.emit('Not', [a], a.shape, 'bool');
   }
 
   whereOp(cond: Value, a: Value, b: Value): Value {
@@ -313,23 +341,44 @@ export class Graph {
     return this.emit('GlobalAveragePool', [x], [x.shape[0], x.shape[1], 1, 1], x.dtype);
   }
 
-  /** MaxPool with its flat argmax indices (the gradient scatters through them). */
-  maxPool(x: Value, kernel: number[], strides: number[], pads: number[]): [Value, Value] {
+  /**
+   * MaxPool with its flat argmax indices (the gradient scatters through them). `ceilMode` rounds the
+   * output size up as PyTorch and ORT's kernels do: a last window must start inside the input or its
+   * leading pad. (ONNX's shape inference omits that rule, so ORT rejects a graph where it matters and a
+   * later op meets a tensor of the true size; it needs ceil mode with pads, which PyTorch models rarely use.)
+   */
+  maxPool(x: Value, kernel: number[], strides: number[], pads: number[], opts: { dilations?: number[]; ceilMode?: boolean } = {}): [Value, Value] {
     const where = this.where('MaxPool');
-    const [n, c, h, w] = x.shape;
-    const oh = convOut(h as number, kernel[0], strides[0], pads[0] + pads[2], 1, where);
-    const ow = convOut(w as number, kernel[1], strides[1], pads[1] + pads[3], 1, where);
+    const dil = opts.dilations ?? [1, 1];
+    const [oh, ow] = poolOut(x, kernel, strides, pads, dil, opts.ceilMode ?? false, where);
+    const [n, c] = x.shape;
     const y = new Value(this, this.fresh('maxpool'), [n, c, oh, ow], x.dtype);
     const idx = new Value(this, this.fresh('maxpool_idx'), [n, c, oh, ow], 'int64');
-    this.addNode('MaxPool', [x], [y, idx], { kernel_shape: { ints: kernel }, strides: { ints: strides }, pads: { ints: pads } });
+    const attrs: Record<string, Attr> = { kernel_shape: { ints: kernel }, strides: { ints: strides }, pads: { ints: pads } };
+    if (opts.dilations) attrs.dilations = { ints: dil };
+    if (opts.ceilMode) attrs.ceil_mode = { i: 1 };
+    this.addNode('MaxPool', [x], [y, idx], attrs);
     return [y, idx];
   }
 
-  pad(x: Value, pads: number[]): Value {
+  /** AveragePool (float32 only on ORT's CPU EP); `countIncludePad` divides by the whole window, pads included. */
+  averagePool(x: Value, kernel: number[], opts: { strides?: number[]; pads?: number[]; ceilMode?: boolean; countIncludePad?: boolean } = {}): Value {
+    const where = this.where('AveragePool');
+    const strides = opts.strides ?? [1, 1];
+    const pads = opts.pads ?? [0, 0, 0, 0];
+    const [oh, ow] = poolOut(x, kernel, strides, pads, [1, 1], opts.ceilMode ?? false, where);
+    const attrs: Record<string, Attr> = { kernel_shape: { ints: kernel }, strides: { ints: strides }, pads: { ints: pads } };
+    if (opts.ceilMode) attrs.ceil_mode = { i: 1 };
+    if (opts.countIncludePad) attrs.count_include_pad = { i: 1 };
+    return this.emit('AveragePool', [x], [x.shape[0], x.shape[1], oh, ow], x.dtype, attrs);
+  }
+
+  /** Constant-mode Pad; `value` fills the new elements (0 unless given, e.g. -Infinity before a max). */
+  pad(x: Value, pads: number[], value?: number): Value {
     const r = x.rank;
     if (pads.length !== 2 * r) throw new Error(`${this.where('Pad')}: need ${2 * r} pads`);
     const shape = x.shape.map((d, i) => (d as number) + pads[i] + pads[i + r]);
-    return this.emit('Pad', [x, this.ints(pads)], shape, x.dtype);
+    return this.emit('Pad', value === undefined ? [x, this.ints(pads)] : [x, this.ints(pads), this.scalar(value, x.dtype)], shape, x.dtype);
   }
 
   // ---------- reductions and normalisers ----------
@@ -363,6 +412,63 @@ export class Graph {
     const flat = this.reshape(x, [n]);
     const padded = rows * cols > n ? this.concat([flat, this.constant(new Array(rows * cols - n).fill(0), [rows * cols - n], x.dtype)], 0) : flat;
     return this.reduceSum(this.reduceSum(this.reshape(padded, [rows, cols]), [1], false), [0], false);
+  }
+
+  /** ONNX LayerNormalization over the axes from `axis` on; scale (and bias) broadcast to those axes. */
+  layerNorm(x: Value, scale: Value, bias: Value | null, axis = -1, epsilon = 1e-5): Value {
+    const where = this.where('LayerNormalization');
+    const a = normAxis(axis, x.rank, where);
+    const t = this.sameFloat('LayerNormalization', x, scale, ...(bias ? [bias] : []));
+    for (const p of bias ? [scale, bias] : [scale]) broadcastShapes(x.shape.slice(a), p.shape, where);
+    return this.emit('LayerNormalization', bias ? [x, scale, bias] : [x, scale], x.shape, t, { axis: { i: a }, epsilon: { f: epsilon } });
+  }
+
+  /** Inference-mode BatchNormalization (running statistics as inputs), NC... layout. */
+  batchNormInference(x: Value, scale: Value, bias: Value, mean: Value, variance: Value, epsilon = 1e-5): Value {
+    const c = x.shape[1];
+    for (const p of [scale, bias, mean, variance]) {
+      if (p.rank !== 1 || p.shape[0] !== c) throw new Error(`${this.where('BatchNormalization')}: per-channel inputs must be [${c}], got ${fmt(p.shape)}`);
+    }
+    return this.emit('BatchNormalization', [x, scale, bias, mean, variance], x.shape, this.sameFloat('BatchNormalization', x, scale, bias, mean, variance), { epsilon: { f: epsilon } });
+  }
+
+  /**
+   * Training-mode batch norm over every axis but 1, from standard ops (ORT runs BatchNormalization's
+   * training mode only in its training builds), differentiated as one op by GRAD_RULES.BatchNorm.
+   * Returns [y, mean, biased variance], the statistics keeping their reduced axes as 1.
+   */
+  batchNormTraining(x: Value, gamma: Value | null, beta: Value | null, epsilon = 1e-5): [Value, Value, Value] {
+    if ((gamma === null) !== (beta === null)) throw new Error(`${this.where('BatchNorm')}: give both gamma and beta, or neither`);
+    const axes = x.shape.map((_, i) => i).filter((i) => i !== 1);
+    const bshape = x.shape.map((d, i) => (i === 1 ? (d as number) : 1));
+    const epsV = this.scalar(epsilon, x.dtype);
+    const ins = gamma ? [x, gamma, beta!] : [x];
+    const [y, mean, varB] = this.composite('BatchNorm', ins, { axes: { ints: axes } }, ([xs, gs, bs]) => {
+      const mean = this.reduceMean(xs, axes, true);
+      const xc = this.sub(xs, mean);
+      const varB = this.reduceMean(this.mul(xc, xc), axes, true);
+      const inv = this.reciprocal(this.sqrt(this.add(varB, epsV)));
+      const xhat = this.mul(xc, inv);
+      const y = gs ? this.add(this.mul(xhat, this.reshape(gs, bshape)), this.reshape(bs, bshape)) : xhat;
+      return { results: [y, mean, varB], saved: gs ? [xhat, inv, gs] : [xhat, inv] };
+    });
+    return [y, mean, varB];
+  }
+
+  /**
+   * Running statistics after a training-mode batch norm, as PyTorch keeps them: `momentum` is the new
+   * batch's weight (PyTorch's 0.1; ONNX's BatchNormalization attribute is 1 minus it) and the variance
+   * is unbiased. `mean` and `varB` are batchNormTraining's; returns the new [running mean, running var].
+   */
+  batchNormRunningStats(x: Value, mean: Value, varB: Value, runningMean: Value, runningVar: Value, momentum: number): [Value, Value] {
+    const c = x.shape[1] as number;
+    const count = x.size() / c;
+    const mom = this.scalar(momentum, x.dtype);
+    const keep = this.scalar(1 - momentum, x.dtype);
+    const meanFlat = this.reshape(mean, [c]);
+    const varUnbiased = this.mul(this.reshape(varB, [c]), this.scalar(count / Math.max(count - 1, 1), x.dtype));
+    const newMean = this.add(this.mul(runningMean, keep), this.mul(meanFlat, mom));
+    return [newMean, this.add(this.mul(runningVar, keep), this.mul(varUnbiased, mom))];
   }
 
   softmax(x: Value, axis = -1): Value {
@@ -435,6 +541,33 @@ export class Graph {
     return this.emit('Slice', [x, this.ints(axes.map(() => -1)), this.ints(axes.map(() => big)), this.ints(axes), this.ints(axes.map(() => -1))], x.shape, x.dtype);
   }
 
+  /**
+   * Slice as ONNX defines it: negative starts/ends count from the end, bounds are clamped, steps may be
+   * negative (int64 extremes such as 2^63-1 work as 'to the end').
+   */
+  sliceGeneral(x: Value, starts: number[], ends: number[], axes: number[], steps: number[]): Value {
+    const where = this.where('Slice');
+    const shape = [...x.shape];
+    axes.forEach((a, i) => {
+      const ax = normAxis(a, x.rank, where);
+      shape[ax] = sliceRange(x.shape[ax] as number, starts[i], ends[i], steps[i], where).count;
+    });
+    return this.emit('Slice', [x, this.ints(starts), this.ints(ends), this.ints(axes), this.ints(steps)], shape, x.dtype);
+  }
+
+  /** The shape of x as an int64 vector (exporters' shape arithmetic starts here). */
+  shape(x: Value): Value {
+    return this.emit('Shape', [x], [x.rank], 'int64');
+  }
+
+  /** Gather along `axis` (negative indices count from the end). */
+  gather(x: Value, indices: Value, axis = 0): Value {
+    const where = this.where('Gather');
+    const a = normAxis(axis, x.rank, where);
+    if (indices.dtype !== 'int64' && indices.dtype !== 'int32') throw new Error(`${where}: indices must be int64 or int32, got ${indices.dtype}`);
+    return this.emit('Gather', [x, indices], [...x.shape.slice(0, a), ...indices.shape, ...x.shape.slice(a + 1)], x.dtype, { axis: { i: a } });
+  }
+
   concat(xs: Value[], axis: number): Value {
     const where = this.where('Concat');
     const ax = normAxis(axis, xs[0].rank, where);
@@ -474,8 +607,38 @@ export class Graph {
     return this.expand(this.constant([0], [], dtype), shape);
   }
 
-  scatterAdd(data: Value, indices: Value, updates: Value): Value {
-    return this.emit('ScatterElements', [data, indices, updates], data.shape, data.dtype, { axis: { i: 0 }, reduction: { s: 'add' } });
+  /** Where the graph stands now, for pruneSince. */
+  mark(): { nodes: number; initializers: number } {
+    return { nodes: this.nodes.length, initializers: this.initializers.length };
+  }
+
+  /**
+   * Drops the nodes added since `mark` that none of `keep` (nor a graph output) depends on, and the
+   * constants added since then that nothing reads any more. ORT runs every node it is given, used or not.
+   */
+  pruneSince(mark: { nodes: number; initializers: number }, keep: Value[]): void {
+    const needed = new Set<Value>([...keep, ...this.outputs]);
+    const kept: Node[] = [];
+    for (let k = this.nodes.length - 1; k >= mark.nodes; k--) {
+      const n = this.nodes[k];
+      if (!n.outputs.some((o) => needed.has(o))) continue;
+      kept.push(n);
+      for (const i of n.inputs) if (i) needed.add(i);
+    }
+    this.nodes.splice(mark.nodes, this.nodes.length - mark.nodes, ...kept.reverse());
+    const read = new Set<Value>(needed);
+    for (const n of this.nodes.slice(0, mark.nodes)) for (const i of n.inputs) if (i) read.add(i);
+    const gone = new Set<Value>();
+    for (const init of this.initializers.splice(mark.initializers)) {
+      if (read.has(init.value)) this.initializers.push(init);
+      else gone.add(init.value);
+    }
+    // A dropped constant must not be handed out again by constant()'s cache.
+    if (gone.size) for (const [key, v] of this.constCache) if (gone.has(v)) this.constCache.delete(key);
+  }
+
+  scatterAdd(data: Value, indices: Value, updates: Value, axis = 0): Value {
+    return this.emit('ScatterElements', [data, indices, updates], data.shape, data.dtype, { axis: { i: axis }, reduction: { s: 'add' } });
   }
 }
 
@@ -483,6 +646,34 @@ function convOut(h: number, k: number, s: number, padTotal: number, d: number, w
   const o = Math.floor((h + padTotal - d * (k - 1) - 1) / s) + 1;
   if (!(o > 0)) throw new Error(`${where}: kernel ${k} (stride ${s}, pad ${padTotal}) does not fit input size ${h}`);
   return o;
+}
+
+/** Pooling output size; with ceil mode, as PyTorch (and ORT) drop a last window that starts past the input and its leading pad. */
+function poolOut(x: Value, kernel: number[], strides: number[], pads: number[], dil: number[], ceil: boolean, where: string): [number, number] {
+  if (x.rank !== 4) throw new Error(`${where}: needs NCHW, got ${fmt(x.shape)}`);
+  return [0, 1].map((k) => {
+    const h = x.shape[2 + k] as number;
+    const span = h + pads[k] + pads[k + 2] - dil[k] * (kernel[k] - 1) - 1;
+    if (span < 0) throw new Error(`${where}: kernel ${kernel[k]} (pad ${pads[k] + pads[k + 2]}) does not fit input size ${h}`);
+    let o = (ceil ? Math.ceil(span / strides[k]) : Math.floor(span / strides[k])) + 1;
+    if (ceil && (o - 1) * strides[k] >= h + pads[k]) o--;
+    return o;
+  }) as [number, number];
+}
+
+/**
+ * The elements an ONNX Slice takes along one axis of size d: `first`, then `count` more each `step`
+ * apart (ONNX's clamping: to [0, d] for positive steps, to [-1, d - 1] for negative ones).
+ */
+export function sliceRange(d: number, start: number, end: number, step: number, where = 'Slice'): { first: number; count: number } {
+  if (step === 0 || !Number.isFinite(step)) throw new Error(`${where}: step ${step} is not allowed`);
+  const norm = (v: number) => (v < 0 ? v + d : v);
+  const clamp = (v: number, lo: number, hi: number) => Math.min(Math.max(v, lo), hi);
+  const s = step > 0 ? clamp(norm(start), 0, d) : clamp(norm(start), -1, d - 1);
+  const e = step > 0 ? clamp(norm(end), 0, d) : clamp(norm(end), -1, d - 1);
+  const count = Math.max(0, Math.ceil((e - s) / step));
+  if (count === 0) throw new Error(`${where}: empty slice (start ${start}, end ${end}, step ${step}) of an axis of size ${d}`);
+  return { first: s, count };
 }
 
 function convAttrs(a: ConvAttrs): Record<string, Attr> {
@@ -501,7 +692,8 @@ export function toTyped(data: TypedData | number[], dtype: DType): TypedData {
     case 'float64':
       return data instanceof Float64Array ? data : Float64Array.from(data as ArrayLike<number>);
     case 'int64':
-      return data instanceof BigInt64Array ? data : BigInt64Array.from(Array.from(data as ArrayLike<number>, (x) => BigInt(x)));
+      // A number at or beyond +-2^63 stands for int64's extreme (how exporters write 'to the end').
+      return data instanceof BigInt64Array ? data : BigInt64Array.from(Array.from(data as ArrayLike<number>, (x) => (x >= 2 ** 63 ? 2n ** 63n - 1n : x <= -(2 ** 63) ? -(2n ** 63n) : BigInt(x))));
     case 'int32':
       return data instanceof Int32Array ? data : Int32Array.from(data as ArrayLike<number>);
     case 'uint8':

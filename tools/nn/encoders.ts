@@ -4,14 +4,34 @@
 import { Value } from '../graph/graph.ts';
 import { Model, batchNorm, conv2d } from './layers.ts';
 
-export interface EncoderConfig {
+export interface ResnetConfig {
   arch: 'resnet';
   stem: 'cifar' | 'imagenet';
   widths: number[];
   blocks: number[];
 }
 
-export const ENCODERS: Record<string, EncoderConfig> = {
+/**
+ * An imported ONNX model (tools/import): the manifest records what was imported; the graph comes from
+ * the source file. widths: [feature width], as the runtime reads the feature size from the last width.
+ */
+export interface ImportedConfig {
+  arch: 'onnx';
+  widths: number[];
+  /** sha256 of the source model file. */
+  sha256: string;
+  input: string;
+  feature: string;
+  train: string;
+  /** Tensors (parameters and BN statistics) that learn, of the source's weights. */
+  learns: number;
+  frozen: number;
+}
+
+export type EncoderConfig = ResnetConfig | ImportedConfig;
+
+export const ENCODERS: Record<string, ResnetConfig> = {
+
   'resnet18-cifar': { arch: 'resnet', stem: 'cifar', widths: [64, 128, 256, 512], blocks: [2, 2, 2, 2] },
   'resnet18-imagenet': { arch: 'resnet', stem: 'imagenet', widths: [64, 128, 256, 512], blocks: [2, 2, 2, 2] },
   // Small enough to train at a useful speed on 2 CPU cores.
@@ -31,7 +51,7 @@ function basicBlock(m: Model, name: string, x: Value, out: number, stride: numbe
   return m.act(g.add(h, short));
 }
 
-export function resnet(m: Model, x: Value, c: EncoderConfig, prefix = 'encoder'): Value {
+export function resnet(m: Model, x: Value, c: ResnetConfig, prefix = 'encoder'): Value {
   const g = m.g;
   let h: Value;
   if (c.stem === 'cifar') {

@@ -4,7 +4,8 @@
 import { Graph, Value, fmt } from '../graph/graph.ts';
 
 export type StateRole = 'param' | 'buffer';
-export type Init = { kind: 'kaiming-normal-fanout'; fanOut: number } | { kind: 'uniform'; bound: number } | { kind: 'ones' } | { kind: 'zeros' };
+/** `given`: the value an imported model starts from (its initializer). */
+export type Init = { kind: 'kaiming-normal-fanout'; fanOut: number } | { kind: 'uniform'; bound: number } | { kind: 'ones' } | { kind: 'zeros' } | { kind: 'given'; data: Float32Array };
 
 export interface StateSpec {
   name: string; // e.g. "encoder.layer1.0.conv1.weight"
@@ -68,7 +69,6 @@ export function linear(m: Model, name: string, x: Value, out: number, bias = tru
 export function batchNorm(m: Model, name: string, x: Value, affine = true, eps = 1e-5): Value {
   const g = m.g;
   const c = x.shape[1] as number;
-  const axes = x.rank === 4 ? [0, 2, 3] : [0];
   const bshape = x.rank === 4 ? [1, c, 1, 1] : [1, c];
   const gamma = affine ? m.state(`${name}.weight`, [c], 'param', { kind: 'ones' }, false) : null;
   const beta = affine ? m.state(`${name}.bias`, [c], 'param', { kind: 'zeros' }, false) : null;
@@ -84,25 +84,12 @@ export function batchNorm(m: Model, name: string, x: Value, affine = true, eps =
       if (beta) shift = g.add(shift, beta);
       return g.add(g.mul(x, g.reshape(scale, bshape)), g.reshape(shift, bshape));
     }
-    const count = axes.reduce((a, ax) => a * (x.shape[ax] as number), 1);
-    const ins = [x, ...(gamma ? [gamma, beta!] : [])];
     // Differentiated as one op by GRAD_RULES.BatchNorm (closed form), which reads xhat, inv and gamma.
-    const [y, mean, varB] = g.composite('BatchNorm', ins, { axes: { ints: axes } }, ([xs, gs, bs]) => {
-      const mean = g.reduceMean(xs, axes, true);
-      const xc = g.sub(xs, mean);
-      const varB = g.reduceMean(g.mul(xc, xc), axes, true);
-      const inv = g.reciprocal(g.sqrt(g.add(varB, epsV)));
-      const xhat = g.mul(xc, inv);
-      const y = gs ? g.add(g.mul(xhat, g.reshape(gs, bshape)), g.reshape(bs, bshape)) : xhat;
-      return { results: [y, mean, varB], saved: gs ? [xhat, inv, gs] : [xhat, inv] };
-    });
+    const [y, mean, varB] = g.batchNormTraining(x, gamma, beta, eps);
     // Running statistics as PyTorch keeps them: unbiased variance, momentum on the new value.
-    const mom = g.scalar(m.bnMomentum);
-    const keep = g.scalar(1 - m.bnMomentum);
-    const meanFlat = g.reshape(mean, [c]);
-    const varUnbiased = g.mul(g.reshape(varB, [c]), g.scalar(count / Math.max(count - 1, 1)));
-    m.updates.set(`${name}.running_mean`, g.add(g.mul(rm, keep), g.mul(meanFlat, mom)));
-    m.updates.set(`${name}.running_var`, g.add(g.mul(rv, keep), g.mul(varUnbiased, mom)));
+    const [runMean, runVar] = g.batchNormRunningStats(x, mean, varB, rm, rv, m.bnMomentum);
+    m.updates.set(`${name}.running_mean`, runMean);
+    m.updates.set(`${name}.running_var`, runVar);
     return y;
   });
 }

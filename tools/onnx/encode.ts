@@ -4,11 +4,20 @@
 import { encodeOnnx, type ModelMeta, type OnnxGraph, type OnnxNode } from '../../core/onnx/model.ts';
 import type { Graph, Value } from '../graph/graph.ts';
 
-/** Builder markers to standard ops: StopGradient is Identity; Custom is one Identity per forward result. */
+/**
+ * Builder markers to standard ops: StopGradient is Identity; Custom is one Identity per forward result.
+ * A MaxPool's Indices output that nothing reads is left off (ORT's WebGPU EP refuses to compute it).
+ */
 function lowerNodes(g: Graph): OnnxNode[] {
   const out: OnnxNode[] = [];
+  const read = new Set<Value>(g.outputs);
+  for (const n of g.nodes) for (const i of n.inputs) if (i) read.add(i);
   for (const n of g.nodes) {
     const names = (vs: (Value | null)[]) => vs.map((v) => (v ? v.name : ''));
+    if (n.op === 'MaxPool' && n.outputs.length === 2 && !read.has(n.outputs[1])) {
+      out.push({ op: n.op, name: n.name, inputs: names(n.inputs), outputs: [n.outputs[0].name], attrs: n.attrs });
+      continue;
+    }
     if (n.op === 'Custom') {
       const inner = n.inputs.slice(n.inputs.length - n.outputs.length);
       n.outputs.forEach((o, k) => out.push({ op: 'Identity', name: `${n.name}_${k}`, inputs: [inner[k]!.name], outputs: [o.name], attrs: {} }));

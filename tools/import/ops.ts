@@ -1,0 +1,207 @@
+// The ONNX ops an imported model may use, each lowered onto the graph builder (so shapes are checked
+// and every op has a gradient rule in tools/graph/grad.ts), plus the shape arithmetic that folds to
+// constants (fold.ts). One row per op; an op without a row is refused at import, naming op and node.
+
+import { Graph, Value } from '../graph/graph.ts';
+import { Model } from '../nn/layers.ts';
+import type { OnnxNode } from '../../core/onnx/model.ts';
+
+export interface LowerCtx {
+  g: Graph;
+  model: Model;
+  node: OnnxNode;
+  /** Input k as a graph value (weights become state or graph constants, as the import decided). */
+  value(k: number): Value;
+  /** Input k as a host constant (shape arguments); throws naming the node when it is computed at run time. */
+  consts(k: number): number[];
+  /** Input k as host constant values, symbolic sizes kept as their names (Reshape targets). */
+  constsRaw(k: number): (number | string)[];
+  constDims(k: number): number[];
+  has(k: number): boolean;
+  /** Batch norm: whether this node trains (batch statistics, running statistics as state). */
+  bnTraining(): boolean;
+  bnState(k: number): Value;
+  /** Batch norm in training: the new value of its running statistic input k (state `next`). */
+  bnUpdate(k: number, v: Value): void;
+}
+
+export type Lowering = (c: LowerCtx) => Value[];
+
+const ints = (n: OnnxNode, name: string, d: number[]): number[] => ((n.attrs[name] as { ints?: number[] } | undefined)?.ints ?? d);
+const int = (n: OnnxNode, name: string, d: number): number => ((n.attrs[name] as { i?: number } | undefined)?.i ?? d);
+const float = (n: OnnxNode, name: string, d: number): number => ((n.attrs[name] as { f?: number } | undefined)?.f ?? d);
+const str = (n: OnnxNode, name: string, d: string): string => ((n.attrs[name] as { s?: string } | undefined)?.s ?? d);
+
+function noAutoPad(n: OnnxNode): void {
+  if (str(n, 'auto_pad', 'NOTSET') !== 'NOTSET') throw new Error(`node '${n.name}' (${n.op}): auto_pad ${str(n, 'auto_pad', '')} is not supported (export with explicit pads)`);
+}
+
+const unary = (op: 'Relu' | 'Sigmoid' | 'Sqrt' | 'Exp' | 'Log' | 'Neg' | 'Reciprocal' | 'Abs'): Lowering => (c) => [c.g.unary(op, c.value(0))];
+const binary = (op: 'Add' | 'Sub' | 'Mul' | 'Div' | 'Pow'): Lowering => (c) => [c.g.binary(op, c.value(0), c.value(1))];
+function batchNorm(c: LowerCtx): Value[] {
+  const { g, node } = c;
+  if (int(node, 'training_mode', 0) === 1) {
+    throw new Error(`node '${node.name}' (BatchNormalization) was exported in training mode: export the model in eval mode (model.eval()) with training=torch.onnx.TrainingMode.PRESERVE to keep the BN layers`);
+  }
+  const x = c.value(0);
+  const eps = float(node, 'epsilon', 1e-5);
+  const ch = x.shape[1] as number;
+  const bshape = x.rank === 4 ? [1, ch, 1, 1] : [1, ch];
+  const axes = x.rank === 4 ? [0, 2, 3] : [0];
+  const gamma = c.value(1);
+  const beta = c.value(2);
+  const epsV = g.scalar(eps);
+  if (!c.bnTraining()) {
+    const inv = g.reciprocal(g.sqrt(g.add(c.value(4), epsV)));
+    const scale = g.mul(inv, gamma);
+    const shift = g.sub(beta, g.mul(c.value(3), scale));
+    return [g.add(g.mul(x, g.reshape(scale, bshape)), g.reshape(shift, bshape))];
+  }
+  const rm = c.bnState(3);
+  const rv = c.bnState(4);
+  // One composite op with a closed-form gradient (GRAD_RULES.BatchNorm), as the built-in encoders' batch
+  // norm, with one correction pass on the mean: ORT's float32 mean of a channel that is constant over the
+  // batch (dead after a ReLU6, common in mobilenet_v2 at small sizes) can be an ulp off, which leaves
+  // +-tiny where PyTorch's is exactly 0, and the next Clip then passes a gradient amplified by
+  // 1/sqrt(eps). Subtracting the first mean is exact for such a channel, so the corrected mean is exact.
+  const [y, mean, varB] = g.composite('BatchNorm', [x, gamma, beta], { axes: { ints: axes } }, ([xs, gs, bs]) => {
+    const m0 = g.reduceMean(xs, axes, true);
+    const mean = g.add(m0, g.reduceMean(g.sub(xs, m0), axes, true));
+    const xc = g.sub(xs, mean);
+    const varB = g.reduceMean(g.mul(xc, xc), axes, true);
+    const inv = g.reciprocal(g.sqrt(g.add(varB, epsV)));
+    const xhat = g.mul(xc, inv);
+    return { results: [g.add(g.mul(xhat, g.reshape(gs, bshape)), g.reshape(bs, bshape)), mean, varB], saved: [xhat, inv, gs] };
+  });
+  // ONNX momentum is the weight of the running value (PyTorch's 1 - momentum); variance unbiased, as PyTorch keeps it.
+  const count = axes.reduce((a, ax) => a * (x.shape[ax] as number), 1);
+  const keep = g.scalar(float(node, 'momentum', 0.9));
+  const mom = g.scalar(1 - float(node, 'momentum', 0.9));
+  c.bnUpdate(3, g.add(g.mul(rm, keep), g.mul(g.reshape(mean, [ch]), mom)));
+  c.bnUpdate(4, g.add(g.mul(rv, keep), g.mul(g.mul(g.reshape(varB, [ch]), g.scalar(count / Math.max(count - 1, 1))), mom)));
+  return [y];
+}
+
+function reshapeTarget(x: Value, target: (number | string)[], node: OnnxNode): number[] {
+  // A symbolic entry (the batch) must be the input's own dimension at that place: keep it (0).
+  return target.map((d, i) => {
+    if (typeof d === 'number') return d === 0 && int(node, 'allowzero', 0) ? d : d;
+    if (x.shape[i] === d) return 0;
+    throw new Error(`node '${node.name}' (Reshape): symbolic size '${d}' moves to another axis; not supported`);
+  });
+}
+
+/** Opset 13 gives ReduceMean's axes as an attribute, 18 as an input (ReduceSum: from 13). */
+const reduce = (op: 'ReduceMean' | 'ReduceSum'): Lowering => (c) => {
+  const x = c.value(0);
+  const axes = c.has(1) ? c.consts(1) : ints(c.node, 'axes', x.shape.map((_, i) => i));
+  return [c.g.reduce(op, x, axes, int(c.node, 'keepdims', 1) === 1)];
+};
+
+export const OPS: Record<string, Lowering> = {
+  Identity: (c) => [c.value(0)],
+  Dropout: (c) => [c.value(0)],
+  Relu: unary('Relu'),
+  Sigmoid: unary('Sigmoid'),
+  Sqrt: unary('Sqrt'),
+  Exp: unary('Exp'),
+  Log: unary('Log'),
+  Neg: unary('Neg'),
+  Reciprocal: unary('Reciprocal'),
+  Abs: unary('Abs'),
+  Add: binary('Add'),
+  Sub: binary('Sub'),
+  Mul: binary('Mul'),
+  Div: binary('Div'),
+  Pow: binary('Pow'),
+  Erf: (c) => [c.g.unary('Erf', c.value(0))],
+  HardSwish: (c) => [c.g.unary('HardSwish', c.value(0))],
+  HardSigmoid: (c) => [c.g.hardSigmoid(c.value(0), float(c.node, 'alpha', 0.2), float(c.node, 'beta', 0.5))],
+  Clip: (c) => {
+    const x = c.value(0);
+    // Opset >= 11 gives the bounds as inputs, older opsets as attributes; either way they become scalar inputs.
+    const bound = (k: number, attr: string) => (c.has(k) ? c.g.scalar(c.consts(k)[0], x.dtype) : c.node.attrs[attr] ? c.g.scalar(float(c.node, attr, 0), x.dtype) : null);
+    const lo = bound(1, 'min');
+    const hi = bound(2, 'max');
+    return [c.g.clip(x, lo ?? (hi ? c.g.scalar(-3.4028234663852886e38, x.dtype) : null), hi)];
+  },
+  Conv: (c) => {
+    const n = c.node;
+    if (str(n, 'auto_pad', 'NOTSET') !== 'NOTSET') throw new Error(`node '${n.name}' (Conv): auto_pad ${str(n, 'auto_pad', '')} is not supported (export with explicit pads)`);
+    const x = c.value(0);
+    const w = c.value(1);
+    if (x.rank !== 4) throw new Error(`node '${n.name}' (Conv): only 2-D convolutions (NCHW) are supported`);
+    return [c.g.conv(x, w, { strides: ints(n, 'strides', [1, 1]), pads: ints(n, 'pads', [0, 0, 0, 0]), dilations: ints(n, 'dilations', [1, 1]), group: int(n, 'group', 1) }, c.has(2) ? c.value(2) : null)];
+  },
+  BatchNormalization: batchNorm,
+  Gemm: (c) => {
+    const n = c.node;
+    return [c.g.gemm(c.value(0), c.value(1), c.has(2) ? c.value(2) : null, { transA: int(n, 'transA', 0) === 1, transB: int(n, 'transB', 0) === 1, alpha: float(n, 'alpha', 1), beta: float(n, 'beta', 1) })];
+  },
+  MatMul: (c) => [c.g.matmul(c.value(0), c.value(1))],
+  MaxPool: (c) => {
+    const x = c.value(0);
+    const n = c.node;
+    noAutoPad(n);
+    if (n.outputs.length > 1 && n.outputs[1]) throw new Error(`node '${n.name}' (MaxPool): the indices output is not supported`);
+    return [c.g.maxPool(x, ints(n, 'kernel_shape', []), ints(n, 'strides', [1, 1]), ints(n, 'pads', [0, 0, 0, 0]), { dilations: ints(n, 'dilations', [1, 1]), ceilMode: int(n, 'ceil_mode', 0) === 1 })[0]];
+  },
+  AveragePool: (c) => {
+    const n = c.node;
+    noAutoPad(n);
+    return [c.g.averagePool(c.value(0), ints(n, 'kernel_shape', []), { strides: ints(n, 'strides', [1, 1]), pads: ints(n, 'pads', [0, 0, 0, 0]), ceilMode: int(n, 'ceil_mode', 0) === 1, countIncludePad: int(n, 'count_include_pad', 0) === 1 })];
+  },
+  GlobalAveragePool: (c) => [c.g.globalAvgPool(c.value(0))],
+  Flatten: (c) => [c.g.flatten(c.value(0), int(c.node, 'axis', 1))],
+  Reshape: (c) => {
+    const x = c.value(0);
+    return [c.g.reshape(x, reshapeTarget(x, c.constsRaw(1), c.node))];
+  },
+  Transpose: (c) => {
+    const x = c.value(0);
+    return [c.g.transpose(x, ints(c.node, 'perm', x.shape.map((_, i) => x.rank - 1 - i)))];
+  },
+  Concat: (c) => {
+    const xs = c.node.inputs.map((_, k) => c.value(k));
+    return [c.g.concat(xs, int(c.node, 'axis', 0))];
+  },
+  Slice: (c) => {
+    const x = c.value(0);
+    const starts = c.has(1) ? c.consts(1) : ints(c.node, 'starts', []);
+    const ends = c.has(2) ? c.consts(2) : ints(c.node, 'ends', []);
+    const axes = (c.has(3) ? c.consts(3) : ints(c.node, 'axes', starts.map((_, i) => i))).map((a) => (a < 0 ? a + x.rank : a));
+    const steps = c.has(4) ? c.consts(4) : starts.map(() => 1);
+    return [c.g.sliceGeneral(x, starts, ends, axes, steps)];
+  },
+  Pad: (c) => {
+    const x = c.value(0);
+    if (str(c.node, 'mode', 'constant') !== 'constant') throw new Error(`node '${c.node.name}' (Pad): mode ${str(c.node, 'mode', '')} is not supported (constant only)`);
+    const pads = c.has(1) ? c.consts(1) : ints(c.node, 'pads', []);
+    if (c.has(2) && c.consts(2)[0] !== 0) throw new Error(`node '${c.node.name}' (Pad): only zero padding is supported`);
+    if (pads.some((p) => p < 0)) throw new Error(`node '${c.node.name}' (Pad): negative pads are not supported`);
+    return [c.g.pad(x, pads)];
+  },
+  ReduceMean: reduce('ReduceMean'),
+  ReduceSum: reduce('ReduceSum'),
+  Unsqueeze: (c) => [c.g.unsqueeze(c.value(0), c.has(1) ? c.consts(1) : ints(c.node, 'axes', []))],
+  Squeeze: (c) => {
+    const x = c.value(0);
+    const axes = c.has(1) ? c.consts(1) : ints(c.node, 'axes', x.shape.map((d, i) => (d === 1 ? i : -1)).filter((i) => i >= 0));
+    return [c.g.squeeze(x, axes)];
+  },
+  Softmax: (c) => [c.g.softmax(c.value(0), int(c.node, 'axis', -1))],
+  // A Cast of a computed tensor to float (a Cast of shapes folds on the host).
+  Cast: (c) => {
+    const to = int(c.node, 'to', 1);
+    if (to !== 1) throw new Error(`node '${c.node.name}' (Cast): only casts to float32 of computed tensors are supported`);
+    return [c.g.cast(c.value(0), 'float32')];
+  },
+  Gather: (c) => [c.g.gather(c.value(0), c.g.constant(c.consts(1), c.constDims(1), 'int64'), int(c.node, 'axis', 0))],
+  LayerNormalization: (c) => {
+    if (c.node.outputs.filter((o) => o).length > 1) throw new Error(`node '${c.node.name}' (LayerNormalization): only the normalised output is supported`);
+    return [c.g.layerNorm(c.value(0), c.value(1), c.has(2) ? c.value(2) : null, int(c.node, 'axis', -1), float(c.node, 'epsilon', 1e-5))];
+  },
+};
+
+/** Ops that never reach the graph: they fold on the host (Shape of a known size, Constant). */
+export const HOST_OPS = new Set(['Constant', 'Shape', 'ConstantOfShape']);
