@@ -653,7 +653,9 @@ const cli = yargs(hideBin(process.argv))
   // coerce or a handler comes as the error itself.
   .fail((msg, err) => exitWithError(err && err.name !== 'YError' ? err : new UsageError(yargsMessage(msg ?? err?.message ?? 'invalid arguments'))))
   .help();
-await cli.parseAsync();
+// A check that fails inside an async builder's parse (artifacts' --input-size) escapes .fail() as a
+// YError: the same one line and exit 2 as every other flag.
+await cli.parseAsync().catch((e: Error) => exitWithError(e?.name === 'YError' ? new UsageError(yargsMessage(e.message)) : e));
 // The command is done: exit now rather than when every handle is gone. A watched directory that keeps
 // receiving files can keep chokidar's write-settling timers alive after it was closed (seen in the 1-hour
 // soak: a `run --max-seconds` that had checkpointed, exported and printed its summary never exited).
