@@ -43,19 +43,39 @@ export interface AgentStatus {
 export const HEARTBEAT_SECONDS = 10;
 export const statusFile = (stateDir: string) => path.join(stateDir, 'status.json');
 
-/** The record in `stateDir`, or null when there is none or it is not one (never throws). */
-export function readStatus(stateDir: string): AgentStatus | null {
-  const j = readJsonObject(statusFile(stateDir));
-  if (!j || j.schema !== 1 || !PHASES.includes(j.phase as Phase) || typeof j.time !== 'string' || !Number.isFinite(Date.parse(j.time))) return null;
-  return j as unknown as AgentStatus;
+const isNum = (v: unknown): v is number => typeof v === 'number' && Number.isFinite(v);
+const strOrNull = (v: unknown): v is string | null => v === null || typeof v === 'string';
+
+/** A status record from parsed JSON, or null when it is not a schema-1 record (a half-written or foreign file). */
+export function parseStatus(j: Record<string, unknown> | null): AgentStatus | null {
+  if (!j || j.schema !== 1 || !PHASES.includes(j.phase as Phase) || !isNum(j.step) || !isNum(j.heartbeatSeconds) || !Number.isFinite(Date.parse(String(j.time)))) return null;
+  if (!strOrNull(j.reason) || !strOrNull(j.notPublishing) || !(j.exitCode === null || isNum(j.exitCode))) return null;
+  const p = j.pass as AgentStatus['pass'];
+  const pass = p && typeof p === 'object' && isNum(p.index) && isNum(p.of) && isNum(p.frames) && isNum(p.total) ? p : null;
+  return {
+    schema: 1, pid: isNum(j.pid) ? j.pid : 0, line: typeof j.line === 'string' ? j.line : '', phase: j.phase as Phase, reason: j.reason, exitCode: j.exitCode as number | null,
+    publishing: j.publishing !== false, notPublishing: j.notPublishing, step: j.step, arrival: isNum(j.arrival) ? j.arrival : 0, frames: isNum(j.frames) ? j.frames : 0, pass,
+    time: String(j.time), heartbeatSeconds: j.heartbeatSeconds,
+  };
 }
 
-function age(ms: number): string {
-  const s = Math.max(0, Math.round(ms / 1000));
-  if (s < 90) return `${s} s`;
-  if (s < 90 * 60) return `${Math.round(s / 60)} min`;
-  if (s < 36 * 3600) return `${Math.round(s / 3600)} h`;
-  return `${Math.round(s / 86400)} d`;
+/** The record in `stateDir`, or null when there is none or it is not one (never throws). */
+export function readStatus(stateDir: string): AgentStatus | null {
+  return parseStatus(readJsonObject(statusFile(stateDir)));
+}
+
+/** A record is stale when the agent has not refreshed it for 3 heartbeats and it did not say it stopped. */
+export function isStale(r: AgentStatus, now: number): boolean {
+  return r.phase !== 'stopped' && now - Date.parse(r.time) > 3 * r.heartbeatSeconds * 1000;
+}
+
+/** '45 s', '2 min', '3 h', '2 days' (rounded down: "no heartbeat for 2 min" is at least 2 minutes). */
+export function age(ms: number): string {
+  const s = Math.max(0, Math.floor(ms / 1000));
+  if (s < 60) return `${s} s`;
+  if (s < 3600) return `${Math.floor(s / 60)} min`;
+  if (s < 172_800) return `${Math.floor(s / 3600)} h`;
+  return `${Math.floor(s / 86_400)} days`;
 }
 
 /**
@@ -66,7 +86,7 @@ function age(ms: number): string {
  */
 export function describeStatus(s: AgentStatus, now: number = Date.now()): string {
   const ago = now - Date.parse(s.time);
-  if (s.phase !== 'stopped' && ago > 3 * s.heartbeatSeconds * 1000) return `no heartbeat for ${age(ago)} (was ${s.phase}, step ${s.step})`;
+  if (isStale(s, now)) return `no heartbeat for ${age(ago)} (was ${s.phase}, step ${s.step})`;
   if (s.phase === 'stopped') return `stopped (${s.reason ?? 'no reason recorded'}, exit ${s.exitCode ?? '?'}) · step ${s.step} · ${age(ago)} ago`;
   const parts = [s.reason ? `${s.phase} (${s.reason})` : s.phase, `step ${s.step}`];
   if (s.pass && s.pass.of > 1) parts.push(`pass ${s.pass.index}/${s.pass.of}, ${s.pass.frames}/${s.pass.total} frames`);
