@@ -10,9 +10,13 @@ import { Graph, Value, fmt, type Node, type Shape } from './graph.ts';
  * - im2col-offsets: per kernel offset one strided slice of x^T and one MatMul, no big concatenation;
  * - batched-offsets: per kernel offset one slice of x as it lies (no transposes of x or gy) and one
  *   MatMul batched over the images, summed over them: the GEMMs split across threads by image, where
- *   im2col-offsets' single [O, N*Ho*Wo] x [N*Ho*Wo, C] GEMM has a 16 x 16 output MLAS cannot split.
+ *   im2col-offsets' single [O, N*Ho*Wo] x [N*Ho*Wo, C] GEMM has a 16 x 16 output MLAS cannot split;
+ * - unfold-conv: im2col in one op, a grouped Conv (group C) with constant one-hot kernels that copies
+ *   each kernel offset's window of every channel into its own output channel ([N, C*kh*kw, Ho, Wo], the
+ *   forward's strides, pads and dilations), then batched-offsets' MatMul over the images on all offsets
+ *   at once and a sum over them: one multi-threaded copy instead of kh*kw single-threaded Slices.
  */
-export type ConvWeightGrad = 'batch-as-channels' | 'im2col' | 'im2col-offsets' | 'batched-offsets';
+export type ConvWeightGrad = 'batch-as-channels' | 'im2col' | 'im2col-offsets' | 'batched-offsets' | 'unfold-conv';
 /** How Conv's input gradient is formed: ConvTranspose, or (stride 1) a Conv with the flipped kernel. */
 export type ConvInputGrad = 'conv-transpose' | 'conv';
 
@@ -154,6 +158,7 @@ function convWeightGrad(g: Graph, node: Node, gy: Value, how: ConvWeightGrad): V
     }
     return g.reshape(parts.length > 1 ? g.concat(parts, 2) : parts[0], [o, c, kh, kw]);
   }
+  if (how === 'unfold-conv') return convWeightGradUnfold(g, x, gy, [o, c, kh, kw], { strides, pads, dilations: dil });
   if (how === 'batched-offsets') {
     const xp = pads.some((p) => p) ? g.pad(x, [0, 0, pads[0], pads[1], 0, 0, pads[2], pads[3]]) : x;
     const gr = g.reshape(gy, [n, o, ho * wo]);
@@ -194,6 +199,34 @@ function convWeightGrad(g: Graph, node: Node, gy: Value, how: ConvWeightGrad): V
   const per = g.matmul(gr, swapLast(g, stacked)); // [N, O, (i,j,c)]
   const dw = g.reshape(g.reduceSum(per, [0], false), [o, kh, kw, c]);
   return g.transpose(dw, [0, 3, 1, 2]);
+}
+
+/** One-hot unfolding kernels per graph, shared by every Conv with the same channels and kernel size. */
+const unfoldKernels = new WeakMap<Graph, Map<string, Value>>();
+
+/** [C*kh*kw, 1, kh, kw]: output channel c*kh*kw + i*kw + j picks input channel c at kernel offset (i, j). */
+function unfoldKernel(g: Graph, c: number, kh: number, kw: number, dtype: Value['dtype']): Value {
+  const key = `${c}x${kh}x${kw}|${dtype}`;
+  let cache = unfoldKernels.get(g);
+  if (!cache) unfoldKernels.set(g, (cache = new Map()));
+  let k = cache.get(key);
+  if (!k) {
+    const kk = kh * kw;
+    const data = new Array<number>(c * kk * kk).fill(0);
+    for (let ch = 0; ch < c; ch++) for (let t = 0; t < kk; t++) data[(ch * kk + t) * kk + t] = 1;
+    k = g.constant(data, [c * kk, 1, kh, kw], dtype);
+    cache.set(key, k);
+  }
+  return k;
+}
+
+/** unfold-conv (see ConvWeightGrad): dW[o, c, i, j] = sum_n gy[n, o, :] . unfold(x)[n, c*kh*kw + i*kw + j, :]. */
+function convWeightGradUnfold(g: Graph, x: Value, gy: Value, [o, c, kh, kw]: number[], attrs: { strides: number[]; pads: number[]; dilations: number[] }): Value {
+  const n = x.shape[0] as number;
+  const hw = (gy.shape[2] as number) * (gy.shape[3] as number);
+  const unf = g.conv(x, unfoldKernel(g, c, kh, kw, x.dtype), { ...attrs, group: c }); // [N, C*kh*kw, Ho, Wo]
+  const per = g.matmul(g.reshape(gy, [n, o, hw]), swapLast(g, g.reshape(unf, [n, c * kh * kw, hw]))); // [N, O, C*kh*kw]
+  return g.reshape(g.reduceSum(per, [0], false), [o, c, kh, kw]);
 }
 
 export const GRAD_RULES: Record<string, GradRule> = {
