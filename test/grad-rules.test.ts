@@ -94,6 +94,12 @@ const CASES: Record<string, GradCase[]> = {
     conv([2, 3, 7, 6], [3, 3, 2, 3], { pads: [1, 0, 0, 2] }, false, { convWeightGrad: 'unfold-conv' }),
     conv([1, 2, 9, 9], [3, 2, 3, 3], { pads: [2, 2, 2, 2], dilations: [2, 2] }, false, { convWeightGrad: 'unfold-conv' }),
     conv([1, 3, 11, 11], [2, 3, 7, 7], { strides: [2, 2], pads: [3, 3, 3, 3] }, false, { convWeightGrad: 'unfold-conv' }),
+    ...[[2, 3, 5, 5, 1], [2, 3, 8, 8, 2]].map(([n, c, h, w, s]) =>
+      conv([n, c, h, w], [4, c, 3, 3], { strides: [s, s], pads: [1, 1, 1, 1] }, false, { convWeightGrad: 'unfold-depthwise', convInputGrad: 'conv' }),
+    ),
+    conv([2, 4, 6, 6], [3, 4, 1, 1], { strides: [2, 2] }, false, { convWeightGrad: 'unfold-depthwise' }),
+    conv([2, 3, 7, 6], [3, 3, 2, 3], { pads: [1, 0, 0, 2] }, false, { convWeightGrad: 'unfold-depthwise' }),
+    conv([1, 2, 9, 9], [3, 2, 3, 3], { pads: [2, 2, 2, 2], dilations: [2, 2] }, false, { convWeightGrad: 'unfold-depthwise' }),
   ],
   ReduceSum: [f64([[3, 4, 5]], (g, [x]) => g.reduceSum(x, [1], true)), f64([[3, 4, 5]], (g, [x]) => g.reduceSum(x, [0, 2], false))],
   ReduceMean: [f64([[3, 4, 5]], (g, [x]) => g.reduceMean(x, [2], true)), f64([[3, 4, 5]], (g, [x]) => g.reduceMean(x, [0, 1], false))],

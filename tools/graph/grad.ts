@@ -14,9 +14,11 @@ import { Graph, Value, fmt, type Node, type Shape } from './graph.ts';
  * - unfold-conv: im2col in one op, a grouped Conv (group C) with constant one-hot kernels that copies
  *   each kernel offset's window of every channel into its own output channel ([N, C*kh*kw, Ho, Wo], the
  *   forward's strides, pads and dilations), then batched-offsets' MatMul over the images on all offsets
- *   at once and a sum over them: one multi-threaded copy instead of kh*kw single-threaded Slices.
+ *   at once and a sum over them: one multi-threaded copy instead of kh*kw single-threaded Slices;
+ * - unfold-depthwise: per kernel offset one depthwise Conv (one-hot [C, 1, kh, kw] kernel, MLAS's direct
+ *   depthwise kernel, no im2col) cuts the window, then one MatMul batched over the images per offset.
  */
-export type ConvWeightGrad = 'batch-as-channels' | 'im2col' | 'im2col-offsets' | 'batched-offsets' | 'unfold-conv';
+export type ConvWeightGrad = 'batch-as-channels' | 'im2col' | 'im2col-offsets' | 'batched-offsets' | 'unfold-conv' | 'unfold-depthwise';
 /** How Conv's input gradient is formed: ConvTranspose, or (stride 1) a Conv with the flipped kernel. */
 export type ConvInputGrad = 'conv-transpose' | 'conv';
 
@@ -159,6 +161,7 @@ function convWeightGrad(g: Graph, node: Node, gy: Value, how: ConvWeightGrad): V
     return g.reshape(parts.length > 1 ? g.concat(parts, 2) : parts[0], [o, c, kh, kw]);
   }
   if (how === 'unfold-conv') return convWeightGradUnfold(g, x, gy, [o, c, kh, kw], { strides, pads, dilations: dil });
+  if (how === 'unfold-depthwise') return convWeightGradDepthwise(g, x, gy, [o, c, kh, kw], { strides, pads, dilations: dil });
   if (how === 'batched-offsets') {
     const xp = pads.some((p) => p) ? g.pad(x, [0, 0, pads[0], pads[1], 0, 0, pads[2], pads[3]]) : x;
     const gr = g.reshape(gy, [n, o, ho * wo]);
@@ -231,6 +234,22 @@ function convWeightGradUnfold(g: Graph, x: Value, gy: Value, [o, c, kh, kw]: num
   const per = g.matmul(g.reshape(unf, [n, c * kh * kw, hw]), swapLast(g, g.reshape(gy, [n, o, hw]))); // [N, C*kh*kw, O]
   const sum = g.reshape(g.reduceSum(per, [0], false), [c, kh * kw, o]);
   return g.reshape(g.transpose(sum, [2, 0, 1]), [o, c, kh, kw]);
+}
+
+/** unfold-depthwise (see ConvWeightGrad): the window of offset (i, j) as a depthwise Conv with a one-hot kernel. */
+function convWeightGradDepthwise(g: Graph, x: Value, gy: Value, [o, c, kh, kw]: number[], attrs: { strides: number[]; pads: number[]; dilations: number[] }): Value {
+  const n = x.shape[0] as number;
+  const hw = (gy.shape[2] as number) * (gy.shape[3] as number);
+  const gt = swapLast(g, g.reshape(gy, [n, o, hw])); // [N, HoWo, O]
+  const parts: Value[] = [];
+  for (let t = 0; t < kh * kw; t++) {
+    const data = new Array<number>(c * kh * kw).fill(0);
+    for (let ch = 0; ch < c; ch++) data[ch * kh * kw + t] = 1;
+    const win = g.conv(x, g.constant(data, [c, 1, kh, kw], x.dtype), { ...attrs, group: c }); // [N, C, Ho, Wo]
+    parts.push(g.unsqueeze(g.matmul(g.reshape(win, [n, c, hw]), gt), [3])); // [N, C, O, 1]
+  }
+  const all = parts.length > 1 ? g.concat(parts, 3) : parts[0]; // [N, C, O, kh*kw]
+  return g.reshape(g.transpose(g.reduceSum(all, [0], false), [1, 0, 2]), [o, c, kh, kw]);
 }
 
 export const GRAD_RULES: Record<string, GradRule> = {
