@@ -187,3 +187,13 @@ test('negative control: the harness catches a wrong rule', async () => {
     GRAD_RULES.Sigmoid = saved;
   }
 });
+
+test('an unknown Conv weight-gradient formulation is an error naming the accepted ones, not im2col', async () => {
+  const { Graph } = await import('../tools/graph/graph.ts');
+  const { gradients } = await import('../tools/graph/grad.ts');
+  const g = new Graph('float32');
+  const x = g.input('x', [1, 2, 4, 4]);
+  const w = g.input('w', [3, 2, 3, 3]);
+  const loss = g.reduceSum(g.conv(x, w, { pads: [1, 1, 1, 1] }), [0, 1, 2, 3], false);
+  assert.throws(() => gradients(g, loss, [w], { convWeightGrad: 'unfold-cnv' as never }), /convWeightGrad "unfold-cnv": unknown \(accepted: .*unfold-conv.*\)/);
+});

@@ -19,6 +19,7 @@ import { Graph, Value, fmt, type Node, type Shape } from './graph.ts';
  *   depthwise kernel, no im2col) cuts the window, then one MatMul batched over the images per offset.
  */
 export type ConvWeightGrad = 'batch-as-channels' | 'im2col' | 'im2col-offsets' | 'batched-offsets' | 'unfold-conv' | 'unfold-depthwise';
+export const CONV_WEIGHT_GRADS: readonly ConvWeightGrad[] = ['batch-as-channels', 'im2col', 'im2col-offsets', 'batched-offsets', 'unfold-conv', 'unfold-depthwise'];
 /** How Conv's input gradient is formed: ConvTranspose, or (stride 1) a Conv with the flipped kernel. */
 export type ConvInputGrad = 'conv-transpose' | 'conv';
 
@@ -187,6 +188,8 @@ function convWeightGrad(g: Graph, node: Node, gy: Value, how: ConvWeightGrad): V
     const all = parts.length > 1 ? g.concat(parts, 3) : parts[0]; // [N, O, C, kh*kw]
     return g.reshape(g.reduceSum(all, [0], false), [o, c, kh, kw]);
   }
+  // A misspelt preset value would otherwise fall through to im2col below.
+  if (how !== 'im2col') throw new Error(`convWeightGrad "${how}": unknown (accepted: ${CONV_WEIGHT_GRADS.join(', ')})`);
   // im2col by strided slices of the padded input, then one batched MatMul and a sum over the batch.
   const xp = pads.some((p) => p) ? g.pad(x, [0, 0, pads[0], pads[1], 0, 0, pads[2], pads[3]]) : x;
   const cols: Value[] = [];
