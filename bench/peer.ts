@@ -172,6 +172,8 @@ interface SideRun {
   terms: Record<string, number>[];
   ms: number[]; // every step, warm-up included
   medianMs: number;
+  /** Peak resident set size in MB when the side's steps ended (ours: this process, its compile and every session so far; torch: the child). */
+  peakRssMB?: number;
   /** |update| of each parameter tensor at step 1 (checks decay masks, LARS, lr). */
   updateNorms?: Record<string, number>;
   /** Eval-mode inference: ours = the exported encoder (weights in the graph); torch = eval() + inference_mode. */
@@ -265,6 +267,7 @@ async function runOurs(dir: string, ep: EP, threads: number, batches: Float32Arr
       if (!st.applied) throw new Error(`step ${s} was not applied (non-finite or blow-up)`);
     }
     r.medianMs = median(r.ms.slice(warmup));
+    r.peakRssMB = process.resourceUsage().maxRSS / 1024;
   } catch (e) {
     r.error = (e as Error).message.split('\n')[0];
   } finally {
@@ -330,7 +333,10 @@ async function runTorch(py: string, dir: string, npy: string, device: string, th
       r.ms.push(o.ms);
     }
     if (o.event === 'update') r.updateNorms = o.norms;
-    if (o.event === 'summary') r.medianMs = o.median_ms;
+    if (o.event === 'summary') {
+      r.medianMs = o.median_ms;
+      r.peakRssMB = o.max_rss_mb;
+    }
   }
   if (r.info) r.ep = String(r.info.device);
   if (code !== 0 && !r.error) r.error = `ssocl_ref.py exited with ${code}`;
@@ -524,6 +530,7 @@ const stepRows = pairs.map(({ threads, ours, torch, agreement: a, roundsMs }) =>
   a ? e(a.gradNorm1Rel) : '-',
   a ? e(a.update1Rel) : '-',
   a ? (a.ok === null ? 'n/a (TF32)' : a.ok ? 'yes' : 'NO') : '-',
+  `${f(ours.peakRssMB)} / ${f(torch.peakRssMB)}`,
   ...(rounds > 1 ? [`${roundsMs.ours.map((x) => f(x)).join(', ')} / ${roundsMs.torch.map((x) => f(x)).join(', ')}`] : []),
 ]);
 const out: string[] = [];
@@ -535,7 +542,7 @@ out.push(
 );
 out.push(`PyTorch child ran with GLIBC_TUNABLES=${GLIBC_TUNABLES}${torchInfo.blas ? `; its BLAS: ${torchInfo.blas}` : ''}.`);
 out.push('');
-out.push(table(['threads', 'ours EP', 'torch', 'ours ms/step', 'torch ms/step', 'speed ours/torch', 'ours crops/s', 'torch crops/s', 'loss diff step 1', `max loss diff steps 1-${checkSteps}`, 'grad-norm diff step 1 (rel)', 'update diff step 1 (rel, worst tensor)', 'agree', ...(rounds > 1 ? ['each round: ours / torch ms'] : [])], stepRows));
+out.push(table(['threads', 'ours EP', 'torch', 'ours ms/step', 'torch ms/step', 'speed ours/torch', 'ours crops/s', 'torch crops/s', 'loss diff step 1', `max loss diff steps 1-${checkSteps}`, 'grad-norm diff step 1 (rel)', 'update diff step 1 (rel, worst tensor)', 'agree', 'peak RSS MB ours / torch', ...(rounds > 1 ? ['each round: ours / torch ms'] : [])], stepRows));
 if (embedIters > 0) {
   out.push('');
   out.push(

@@ -24,6 +24,8 @@ const CONFIGS: Record<string, () => Preset> = {
   edge: () => getPreset('edge'),
   'edge-im2col': () => getPreset('edge', ['convWeightGrad="im2col"', 'convInputGrad="conv-transpose"']),
   'edge-bac': () => getPreset('edge', ['convWeightGrad="batch-as-channels"', 'convInputGrad="conv-transpose"']),
+  'edge-unfold': () => getPreset('edge', ['convWeightGrad="unfold-conv"']),
+  'edge-unfold-256': () => getPreset('edge', ['convWeightGrad="unfold-conv"', 'batch=64']),
   'edge-256': () => getPreset('edge', ['batch=64']),
   'resnet18-small': () => getPreset('paper-cifar', ['crops=4', 'batch=16', 'convWeightGrad="im2col-offsets"', 'convInputGrad="conv"']),
   'resnet18-small-bac': () => getPreset('paper-cifar', ['crops=4', 'batch=16']),

@@ -338,3 +338,54 @@ for (const policy of ['diverse', 'minred'] as const) test(`${policy} buffer: shr
   assert.deepEqual(full, await history('incremental'));
   assert.deepEqual(full, await history('auto'));
 });
+
+// The buffer's host cost as similarity work (entries of similarity rows computed, counted by the index),
+// not time: deterministic under a seeded stream, and what grew with M^2 would show here as a ratio.
+test('similarity work: an update of every member costs exactly a rebuild (m x m), part of them less', async () => {
+  const rng = new Rng(5);
+  const d = 8;
+  // 65 members: one past a power of two, where the slot storage has just doubled to 128.
+  const m = 65;
+  const nn = new NearestNeighbours();
+  const draw = () => unit(Array.from({ length: d }, () => rng.normal()));
+  await nn.setMany(Array.from({ length: m }, (_, i) => ({ id: i, feature: draw(), rank: i })));
+  assert.equal(nn.dots, m * m, 'the build');
+  let w = nn.dots;
+  await nn.setMany(Array.from({ length: m }, (_, i) => ({ id: i, feature: draw(), rank: i })));
+  assert.equal(nn.dots - w, m * m, 'every member changed');
+  for (const k of [m - 1, m - 3, m / 2, 1]) {
+    w = nn.dots;
+    await nn.setMany(Array.from({ length: k }, (_, i) => ({ id: i, feature: draw(), rank: i })));
+    assert.ok(nn.dots - w <= m * m, `${k} members changed: ${nn.dots - w} entries, a rebuild is ${m * m}`);
+  }
+});
+
+test('similarity work per arrival is linear in the buffer size (the same rows whatever M)', async () => {
+  // The edge arrival's shape (16 new, 3 steps of 32, 16 removals) with small features and the JS engine.
+  const rowsPerArrival = async (M: number) => {
+    const rng = new Rng(9);
+    const d = 8;
+    const buf = new ReplayBuffer({ capacity: M, policy: 'diverse', alpha: 0.5 });
+    const fill = buf.add(Array.from({ length: M }, (_, i) => ({ key: String(i), image: img(0) })));
+    await buf.updateFeatures(fill, Float32Array.from({ length: M * d }, () => rng.normal()));
+    await buf.flush();
+    const built = buf.similarityWork;
+    assert.equal(built, M * M, `M ${M}: the build is one row per member`);
+    const arrivals = 6;
+    for (let r = 0; r < arrivals; r++) {
+      const fresh = buf.add(Array.from({ length: 16 }, (_, i) => ({ key: `n${r}-${i}`, image: img(0) })));
+      for (let k = 0; k < 3; k++) {
+        const batch = [...fresh, ...buf.sample(rng, 16, new Set(fresh.map((e) => e.id)))];
+        await buf.updateFeatures(batch, Float32Array.from({ length: 32 * d }, () => rng.normal()));
+      }
+      assert.equal((await buf.shrink(rng)).length, 16);
+    }
+    return (buf.similarityWork - built) / arrivals / M;
+  };
+  const small = await rowsPerArrival(256);
+  const large = await rowsPerArrival(2048);
+  // Rows of width ~M per arrival: about the changed members, their orphans and the removals' rows,
+  // whatever M; work growing as M^2 would make this ratio ~8.
+  assert.ok(large < 1.5 * small, `rows per arrival: ${small.toFixed(1)} at M 256, ${large.toFixed(1)} at M 2048`);
+  assert.ok(large < 256, `rows per arrival at M 2048: ${large.toFixed(1)}`);
+});

@@ -133,6 +133,20 @@ const CASES: Record<string, GradCase[]> = {
     conv([2, 4, 6, 6], [6, 2, 3, 3], { pads: [1, 1, 1, 1], group: 2 }, false, { convInputGrad: 'conv' }),
     conv([2, 6, 8, 8], [6, 2, 3, 3], { strides: [2, 2], pads: [1, 1, 1, 1], group: 3 }),
     conv([2, 6, 5, 5], [4, 3, 1, 1], { group: 2 }, false, { convInputGrad: 'conv' }),
+    // unfold-conv: non-square kernels and asymmetric pads catch a transposed offset (i*kw + j vs j*kh + i).
+    ...[[2, 3, 5, 5, 1], [2, 3, 8, 8, 2], [2, 3, 7, 7, 2]].map(([n, c, h, w, s]) =>
+      conv([n, c, h, w], [4, c, 3, 3], { strides: [s, s], pads: [1, 1, 1, 1] }, false, { convWeightGrad: 'unfold-conv', convInputGrad: 'conv' }),
+    ),
+    conv([2, 4, 6, 6], [3, 4, 1, 1], { strides: [2, 2] }, false, { convWeightGrad: 'unfold-conv' }),
+    conv([2, 3, 7, 6], [3, 3, 2, 3], { pads: [1, 0, 0, 2] }, false, { convWeightGrad: 'unfold-conv' }),
+    conv([1, 2, 9, 9], [3, 2, 3, 3], { pads: [2, 2, 2, 2], dilations: [2, 2] }, false, { convWeightGrad: 'unfold-conv' }),
+    conv([1, 3, 11, 11], [2, 3, 7, 7], { strides: [2, 2], pads: [3, 3, 3, 3] }, false, { convWeightGrad: 'unfold-conv' }),
+    ...[[2, 3, 5, 5, 1], [2, 3, 8, 8, 2]].map(([n, c, h, w, s]) =>
+      conv([n, c, h, w], [4, c, 3, 3], { strides: [s, s], pads: [1, 1, 1, 1] }, false, { convWeightGrad: 'unfold-depthwise', convInputGrad: 'conv' }),
+    ),
+    conv([2, 4, 6, 6], [3, 4, 1, 1], { strides: [2, 2] }, false, { convWeightGrad: 'unfold-depthwise' }),
+    conv([2, 3, 7, 6], [3, 3, 2, 3], { pads: [1, 0, 0, 2] }, false, { convWeightGrad: 'unfold-depthwise' }),
+    conv([1, 2, 9, 9], [3, 2, 3, 3], { pads: [2, 2, 2, 2], dilations: [2, 2] }, false, { convWeightGrad: 'unfold-depthwise' }),
   ],
   ReduceSum: [f64([[3, 4, 5]], (g, [x]) => g.reduceSum(x, [1], true)), f64([[3, 4, 5]], (g, [x]) => g.reduceSum(x, [0, 2], false))],
   ReduceMean: [
@@ -457,4 +471,14 @@ test('Pad in reflect mode is refused by name rather than differentiated as const
   const x = g.input('x', [2, 4]);
   const y = raw(g, 'Pad', [x, g.ints([0, 1, 0, 1])], [2, 6], { mode: { s: 'reflect' } });
   assert.throws(() => gradients(g, g.sumAll(y), [x]), /^Error: Pad gradient: mode reflect is not supported, only constant \(node pad_\d+\)$/);
+});
+
+test('an unknown Conv weight-gradient formulation is an error naming the accepted ones, not im2col', async () => {
+  const { Graph } = await import('../tools/graph/graph.ts');
+  const { gradients } = await import('../tools/graph/grad.ts');
+  const g = new Graph('float32');
+  const x = g.input('x', [1, 2, 4, 4]);
+  const w = g.input('w', [3, 2, 3, 3]);
+  const loss = g.reduceSum(g.conv(x, w, { pads: [1, 1, 1, 1] }), [0, 1, 2, 3], false);
+  assert.throws(() => gradients(g, loss, [w], { convWeightGrad: 'unfold-cnv' as never }), /convWeightGrad "unfold-cnv": unknown \(accepted: .*unfold-conv.*\)/);
 });

@@ -148,7 +148,7 @@ test('negative control: the path-integral check catches a broken ReLU gradient',
   }
 });
 
-for (const alt of ['batch-as-channels', 'im2col-offsets', 'batched-offsets'] as const) test(`conv weight-gradient formulations agree on the whole network: im2col vs ${alt}`, async () => {
+for (const alt of ['batch-as-channels', 'im2col-offsets', 'batched-offsets', 'unfold-conv', 'unfold-depthwise'] as const) test(`conv weight-gradient formulations agree on the whole network: im2col vs ${alt}`, async () => {
   const a = await (await lossNet(tinyPreset(), 'im2col')).eval((await lossNet(tinyPreset())).init);
   const netB = await lossNet(tinyPreset(['convInputGrad="conv"']), alt);
   const b = await netB.eval(netB.init);

@@ -371,6 +371,11 @@ export class ReplayBuffer {
     return this.remove(new Set(this.entries.filter((e) => !keep.has(e.id)).map((e) => e.id)));
   }
 
+  /** Similarity entries the index has computed since it was built or restored (removal.ts's `dots`): a cost measure. */
+  get similarityWork(): number {
+    return this.nn.dots;
+  }
+
   /** Over the index as of the last shrink or flush. */
   meanNearestSimilarity(): number {
     return this.nn.meanSimilarity();

@@ -47,6 +47,13 @@ const FULL_MAX = 1 << 24;
 export class NearestNeighbours {
   private d = 0;
   private cap = 0;
+  /**
+   * Slots ever handed out (free slots go lowest first): rows and scans stop here, not at `cap`, which
+   * doubles when full and would otherwise double every row's work just past a power of two.
+   */
+  private top = 0;
+  /** Similarity entries computed so far (rows x width, or m x m for a full matrix): the cost measure of bench/agent.ts and the buffer tests. */
+  dots = 0;
   private feats = new Float32Array(0);
   private nnSim = new Float64Array(0);
   private nnSlot = new Int32Array(0);
@@ -95,13 +102,14 @@ export class NearestNeighbours {
     this.cap = cap;
   }
 
-  /** Similarity rows of the given slots against every slot ([slots.length, cap]). */
+  /** Similarity rows of the given slots against every slot up to `top` ([slots.length, top]). */
   private simRows(slots: number[]): Promise<Float32Array> {
-    const { d, feats: f, cap } = this;
+    const { d, feats: f, top } = this;
     const a = new Float32Array(slots.length * d);
     slots.forEach((sl, r) => a.set(f.subarray(sl * d, (sl + 1) * d), r * d));
-    const engine = this.engine && slots.length * cap * d >= 1 << 18 ? this.engine : jsSimilarity;
-    return engine.rows(a, slots.length, f, cap, d);
+    this.dots += slots.length * top;
+    const engine = this.engine && slots.length * top * d >= 1 << 18 ? this.engine : jsSimilarity;
+    return engine.rows(a, slots.length, f, top, d);
   }
 
   /**
@@ -109,17 +117,17 @@ export class NearestNeighbours {
    * each slot gets its nearest neighbour, and `visit` sees every (slot, other, similarity) on the way.
    */
   private async scanRows(slots: number[], visit?: (slot: number, j: number, v: number) => void): Promise<void> {
-    const { alive, cap, nnSim, nnSlot } = this;
-    const block = Math.max(1, Math.floor((1 << 24) / Math.max(cap, 1)));
+    const { alive, top, nnSim, nnSlot } = this;
+    const block = Math.max(1, Math.floor((1 << 24) / Math.max(top, 1)));
     for (let s0 = 0; s0 < slots.length; s0 += block) {
       const part = slots.slice(s0, s0 + block);
       const rows = await this.simRows(part);
       part.forEach((slot, r) => {
         let best = -Infinity;
         let arg = -1;
-        for (let j = 0; j < cap; j++) {
+        for (let j = 0; j < top; j++) {
           if (!alive[j] || j === slot) continue;
-          const v = rows[r * cap + j];
+          const v = rows[r * top + j];
           if (v > best) {
             best = v;
             arg = j;
@@ -145,6 +153,7 @@ export class NearestNeighbours {
       if (slot === undefined) {
         if (!this.free.length) this.grow(it.feature.length);
         slot = this.free.pop()!;
+        this.top = Math.max(this.top, slot + 1);
         this.slotOf.set(it.id, slot);
         this.idOf[slot] = it.id;
         this.alive[slot] = 1;
@@ -158,14 +167,17 @@ export class NearestNeighbours {
   }
 
   /** Updates every nearest neighbour after `changed` slots got new features. */
-  private async refresh(changed: number[]): Promise<void> {
+  private async refresh(slots: number[]): Promise<void> {
+    // Each changed member once (an id given twice is one row), and with the members whose neighbour it
+    // was, never more rows than members: an update costs at most a rebuild.
+    const changed = [...new Set(slots)];
     if (!changed.length) return;
-    const isChanged = new Uint8Array(this.cap);
+    const isChanged = new Uint8Array(this.top);
     for (const c of changed) isChanged[c] = 1;
-    const { alive, cap, nnSim, nnSlot } = this;
+    const { alive, top, nnSim, nnSlot } = this;
     const dirty: number[] = [];
-    const isDirty = new Uint8Array(cap);
-    for (let i = 0; i < cap; i++) {
+    const isDirty = new Uint8Array(top);
+    for (let i = 0; i < top; i++) {
       if (alive[i] && !isChanged[i] && nnSlot[i] >= 0 && isChanged[nnSlot[i]]) {
         dirty.push(i);
         isDirty[i] = 1;
@@ -195,7 +207,7 @@ export class NearestNeighbours {
     this.nnSlot[slot] = -1;
     this.free.push(slot);
     const dirty: number[] = [];
-    for (let i = 0; i < this.cap; i++) if (this.alive[i] && this.nnSlot[i] === slot) dirty.push(i);
+    for (let i = 0; i < this.top; i++) if (this.alive[i] && this.nnSlot[i] === slot) dirty.push(i);
     await this.scanRows(dirty);
   }
 
@@ -203,7 +215,7 @@ export class NearestNeighbours {
   mostRedundant(): number {
     let best = -Infinity;
     let arg = -1;
-    for (let i = 0; i < this.cap; i++) {
+    for (let i = 0; i < this.top; i++) {
       if (!this.alive[i]) continue;
       const s = this.nnSim[i];
       if (s > best || (s === best && arg >= 0 && this.ranks[i] < this.ranks[arg])) {
@@ -239,14 +251,15 @@ export class NearestNeighbours {
   }
 
   private async removeFull(n: number): Promise<number[]> {
-    const { d, cap, alive, ranks, feats, nnSim, nnSlot } = this;
+    const { d, top, alive, ranks, feats, nnSim, nnSlot } = this;
     // Members in slot order, so scans and ties go exactly as in the slot loops above.
     const slots: number[] = [];
-    for (let i = 0; i < cap; i++) if (alive[i]) slots.push(i);
+    for (let i = 0; i < top; i++) if (alive[i]) slots.push(i);
     const m = slots.length;
     const F = new Float32Array(m * d);
     slots.forEach((sl, p) => F.set(feats.subarray(sl * d, (sl + 1) * d), p * d));
     let S: Float32Array;
+    this.dots += m * m;
     if (this.engine && m * m * d >= 1 << 18) S = await this.engine.rows(F, m, F, m, d);
     else {
       // jsSimilarity's sums (float64 in k order, stored as float32) over one triangle: a.b and b.a
@@ -316,7 +329,7 @@ export class NearestNeighbours {
   meanSimilarity(): number {
     if (this.size < 2) return NaN;
     let s = 0;
-    for (let i = 0; i < this.cap; i++) if (this.alive[i]) s += this.nnSim[i];
+    for (let i = 0; i < this.top; i++) if (this.alive[i]) s += this.nnSim[i];
     return s / this.size;
   }
 }

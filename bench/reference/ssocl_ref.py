@@ -17,6 +17,7 @@ import argparse
 import json
 import math
 import os
+import resource
 import statistics
 import struct
 import sys
@@ -461,7 +462,8 @@ def main():
             print(json.dumps({'event': 'update', 'step': 1, 'norms': norms}), flush=True)
     med = statistics.median(times) if times else float('nan')
     print(json.dumps({'event': 'summary', 'median_ms': med, 'crops_per_s': rows / med * 1000 if times else None,
-                      'steps': len(times), 'finite': finite}), flush=True)
+                      'steps': len(times), 'finite': finite,
+                      'max_rss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}), flush=True)
 
 
 if __name__ == '__main__':

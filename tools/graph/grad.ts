@@ -10,9 +10,16 @@ import { Graph, Value, fmt, sliceRange, type DType, type Node, type Shape } from
  * - im2col-offsets: per kernel offset one strided slice of x^T and one MatMul, no big concatenation;
  * - batched-offsets: per kernel offset one slice of x as it lies (no transposes of x or gy) and one
  *   MatMul batched over the images, summed over them: the GEMMs split across threads by image, where
- *   im2col-offsets' single [O, N*Ho*Wo] x [N*Ho*Wo, C] GEMM has a 16 x 16 output MLAS cannot split.
+ *   im2col-offsets' single [O, N*Ho*Wo] x [N*Ho*Wo, C] GEMM has a 16 x 16 output MLAS cannot split;
+ * - unfold-conv: im2col in one op, a grouped Conv (group C) with constant one-hot kernels that copies
+ *   each kernel offset's window of every channel into its own output channel ([N, C*kh*kw, Ho, Wo], the
+ *   forward's strides, pads and dilations), then batched-offsets' MatMul over the images on all offsets
+ *   at once and a sum over them: one multi-threaded copy instead of kh*kw single-threaded Slices;
+ * - unfold-depthwise: per kernel offset one depthwise Conv (one-hot [C, 1, kh, kw] kernel, MLAS's direct
+ *   depthwise kernel, no im2col) cuts the window, then one MatMul batched over the images per offset.
  */
-export type ConvWeightGrad = 'batch-as-channels' | 'im2col' | 'im2col-offsets' | 'batched-offsets';
+export type ConvWeightGrad = 'batch-as-channels' | 'im2col' | 'im2col-offsets' | 'batched-offsets' | 'unfold-conv' | 'unfold-depthwise';
+export const CONV_WEIGHT_GRADS: readonly ConvWeightGrad[] = ['batch-as-channels', 'im2col', 'im2col-offsets', 'batched-offsets', 'unfold-conv', 'unfold-depthwise'];
 /** How Conv's input gradient is formed: ConvTranspose, or (stride 1) a Conv with the flipped kernel (depthwise: always that at stride 1). */
 export type ConvInputGrad = 'conv-transpose' | 'conv';
 
@@ -209,6 +216,8 @@ function convWeightGrad(g: Graph, node: Node, gy: Value, how: ConvWeightGrad, de
     }
     return g.reshape(parts.length > 1 ? g.concat(parts, 2) : parts[0], [o, c, kh, kw]);
   }
+  if (how === 'unfold-conv') return convWeightGradUnfold(g, x, gy, [o, c, kh, kw], { strides, pads, dilations: dil });
+  if (how === 'unfold-depthwise') return convWeightGradDepthwise(g, x, gy, [o, c, kh, kw], { strides, pads, dilations: dil });
   if (how === 'batched-offsets') {
     const xp = pads.some((p) => p) ? g.pad(x, [0, 0, pads[0], pads[1], 0, 0, pads[2], pads[3]]) : x;
     const gr = g.reshape(gy, [n, o, ho * wo]);
@@ -234,6 +243,8 @@ function convWeightGrad(g: Graph, node: Node, gy: Value, how: ConvWeightGrad, de
     const all = parts.length > 1 ? g.concat(parts, 3) : parts[0]; // [N, O, C, kh*kw]
     return g.reshape(g.reduceSum(all, [0], false), [o, c, kh, kw]);
   }
+  // A misspelt preset value would otherwise fall through to im2col below.
+  if (how !== 'im2col') throw new Error(`convWeightGrad "${how}": unknown (accepted: ${CONV_WEIGHT_GRADS.join(', ')})`);
   // im2col by strided slices of the padded input, then one batched MatMul and a sum over the batch.
   const xp = pads.some((p) => p) ? g.pad(x, [0, 0, pads[0], pads[1], 0, 0, pads[2], pads[3]]) : x;
   const cols: Value[] = [];
@@ -405,6 +416,54 @@ function sliceGrad(g: Graph, n: Node, gy: Value): Value {
     pads[a + r] = d - lo - span;
   });
   return pads.some((p) => p) ? g.pad(gx, pads) : gx;
+}
+
+/** One-hot unfolding kernels per graph, shared by every Conv with the same channels and kernel size. */
+const unfoldKernels = new WeakMap<Graph, Map<string, Value>>();
+
+/** [C*kh*kw, 1, kh, kw]: output channel c*kh*kw + i*kw + j picks input channel c at kernel offset (i, j). */
+function unfoldKernel(g: Graph, c: number, kh: number, kw: number, dtype: Value['dtype']): Value {
+  const key = `${c}x${kh}x${kw}|${dtype}`;
+  let cache = unfoldKernels.get(g);
+  if (!cache) unfoldKernels.set(g, (cache = new Map()));
+  let k = cache.get(key);
+  if (!k) {
+    const kk = kh * kw;
+    const data = new Array<number>(c * kk * kk).fill(0);
+    for (let ch = 0; ch < c; ch++) for (let t = 0; t < kk; t++) data[(ch * kk + t) * kk + t] = 1;
+    k = g.constant(data, [c * kk, 1, kh, kw], dtype);
+    cache.set(key, k);
+  }
+  return k;
+}
+
+/** unfold-conv (see ConvWeightGrad): dW[o, c, i, j] = sum_n unfold(x)[n, c*kh*kw + i*kw + j, :] . gy[n, o, :]. */
+function convWeightGradUnfold(g: Graph, x: Value, gy: Value, [o, c, kh, kw]: number[], attrs: { strides: number[]; pads: number[]; dilations: number[] }): Value {
+  const n = x.shape[0] as number;
+  const hw = (gy.shape[2] as number) * (gy.shape[3] as number);
+  const unf = g.conv(x, unfoldKernel(g, c, kh, kw, x.dtype), { ...attrs, group: c }); // [N, C*kh*kw, Ho, Wo]
+  // The large unfolded input as the GEMM's A (streamed as it lies), gy^T as its B: MLAS packs B for
+  // every image, and packing the small [Ho*Wo, O] instead of the [Ho*Wo, C*kh*kw] side is ~kh*kw*C/O
+  // times fewer bytes copied.
+  const per = g.matmul(g.reshape(unf, [n, c * kh * kw, hw]), swapLast(g, g.reshape(gy, [n, o, hw]))); // [N, C*kh*kw, O]
+  const sum = g.reshape(g.reduceSum(per, [0], false), [c, kh * kw, o]);
+  return g.reshape(g.transpose(sum, [2, 0, 1]), [o, c, kh, kw]);
+}
+
+/** unfold-depthwise (see ConvWeightGrad): the window of offset (i, j) as a depthwise Conv with a one-hot kernel. */
+function convWeightGradDepthwise(g: Graph, x: Value, gy: Value, [o, c, kh, kw]: number[], attrs: { strides: number[]; pads: number[]; dilations: number[] }): Value {
+  const n = x.shape[0] as number;
+  const hw = (gy.shape[2] as number) * (gy.shape[3] as number);
+  const gt = swapLast(g, g.reshape(gy, [n, o, hw])); // [N, HoWo, O]
+  const parts: Value[] = [];
+  for (let t = 0; t < kh * kw; t++) {
+    const data = new Array<number>(c * kh * kw).fill(0);
+    for (let ch = 0; ch < c; ch++) data[ch * kh * kw + t] = 1;
+    const win = g.conv(x, g.constant(data, [c, 1, kh, kw], x.dtype), { ...attrs, group: c }); // [N, C, Ho, Wo]
+    parts.push(g.unsqueeze(g.matmul(g.reshape(win, [n, c, hw]), gt), [3])); // [N, C, O, 1]
+  }
+  const all = parts.length > 1 ? g.concat(parts, 3) : parts[0]; // [N, C, O, kh*kw]
+  return g.reshape(g.transpose(g.reduceSum(all, [0], false), [1, 0, 2]), [o, c, kh, kw]);
 }
 
 export const GRAD_RULES: Record<string, GradRule> = {
