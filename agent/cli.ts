@@ -229,7 +229,7 @@ await yargs(hideBin(process.argv))
         .option('replay', { choices: ['mixed', 'buffer'] as const, describe: "batch composition, overriding the method's: mixed (this arrival's images + replayed ones) or buffer (each minibatch drawn from the whole buffer)" })
         .option('warmup', { choices: ['fill', 'none'] as const, describe: "overrides the method's: fill (no training step until the buffer first holds --buffer-size images, as MinRed) or none" })
         .options(nums({ 'buffer-size': { int: true, min: 1, describe: 'buffer capacity M (default from the artifacts)' } }))
-        .option('buffer', { choices: ['diverse', 'minred', 'reservoir', 'fifo', 'psa', 'diverse-fresh', 'diverse-strata', 'diverse-reservoir', 'diverse-strata-fresh', 'strata-random', 'diverse-reservoir-fresh'] as const, describe: "buffer policy, overriding the method's: diverse (drop the most redundant seen images after the arrival's steps), minred (the same rule applied before the steps, as MinRed's code), reservoir, fifo, psa (SCALE's PSA selection on backbone features), diverse-fresh (the rule on backbone features recomputed at each shrink), diverse-strata (the rule within the most crowded of 8 spans of the stream), diverse-reservoir (reservoir admission, evictions by the rule), diverse-strata-fresh (diverse-strata on backbone features recomputed at each shrink), strata-random (diverse-strata's spans, a uniform draw within), diverse-reservoir-fresh (diverse-reservoir on backbone features recomputed at each shrink)" })
+        .option('buffer', { choices: ['diverse', 'minred', 'reservoir', 'fifo', 'psa', 'diverse-fresh', 'diverse-strata', 'diverse-reservoir', 'diverse-strata-fresh', 'strata-random', 'diverse-reservoir-fresh', 'diverse-strata-refresh'] as const, describe: "buffer policy, overriding the method's (ours: diverse-strata-refresh): diverse (the paper's rule: drop the most redundant seen images by their stored features after the arrival's steps), minred (the same rule applied before the steps, as MinRed's code), reservoir, fifo, psa (SCALE's PSA selection on backbone features), diverse-fresh (the rule on backbone features recomputed at each shrink), diverse-strata (the rule within the most crowded of 8 spans of the stream), diverse-reservoir (reservoir admission, evictions by the rule), diverse-strata-fresh (diverse-strata on backbone features recomputed at each shrink), strata-random (diverse-strata's spans, a uniform draw within), diverse-reservoir-fresh (diverse-reservoir on backbone features recomputed at each shrink), diverse-strata-refresh (diverse-strata on the embeddings of every entry recomputed in one batch before each removal round)" })
         .options(nums({ lr: { above: 0, describe: 'learning rate (default from the artifacts)' } }))
         .option('lr-schedule', { choices: ['constant', 'cosine'] as const, default: 'constant' as const, describe: 'learning rate over the run: constant, or a cosine decay from --lr to 0 over --lr-steps steps (0 after)' })
         .options(
@@ -373,6 +373,7 @@ await yargs(hideBin(process.argv))
             trials: { kind: 'list', int: true, min: 0, default: '0,1,2,3,4', describe: 'paired seeds: same init, stream order, replay and crop draws across methods' },
             clips: { kind: 'list', int: true, min: 0, default: '0', describe: 'camera-like streams: frames per source image, comma-separated (0: plain images); each run sees as many frames, from every D-th image, as clips of D frames that pan, zoom, drift and carry sensor noise' },
             fps: { kind: 'list', above: 0, default: '1', describe: 'with --video: frames per second taken from it, comma-separated (the redundancy knob); every rate trains on as many frames as the sparsest gives' },
+            idle: { kind: 'list', int: true, min: 0, describe: "a static camera: percent of frames (comma-separated, each below 100) from visits of 300 frames to 3 idle scenes (one image of each of the order's first 3 classes, revisited), the rest events of 10 frames from the other classes, class-incremental; as many frames as the stream has images; kNN on all classes; rows labelled ORDER+idleP carry the buffer's idle share" },
             'video-window': { above: 0, default: 1, describe: "with --video: frames within the same this-many seconds count as one scene in the buffer's same-clip share" },
             'per-class': { kind: 'or-all', int: true, min: 1, describe: "images per class of the stream, or 'all' (default: the protocol's)" },
             updates: { int: true, min: 1, describe: "updates per arrival for ours; 2-crop methods get more so updates x crops match (default: the protocol's)" },
@@ -403,6 +404,12 @@ await yargs(hideBin(process.argv))
         if (a.clips.some((c) => c > 0)) throw new UsageError('--video and --clips: one kind of stream at a time');
         readableFile('--video', a.video);
         args.push('--video', path.resolve(a.video), '--fps', a.fps.join(','), '--video-window', String(a['video-window']), '--ffmpeg', a.ffmpeg);
+      }
+      if (a.idle !== undefined) {
+        if (a.video !== undefined || a.clips.some((c) => c > 0)) throw new UsageError('--idle and --clips / --video: one kind of stream at a time');
+        const over = a.idle.find((p) => p > 99);
+        if (over !== undefined) throw new UsageError(`--idle ${over}: whole percentages from 0 to 99`);
+        args.push('--idle', a.idle.join(','));
       }
       if (a['per-class'] !== undefined) args.push('--per-class', String(a['per-class']));
       if (a.updates !== undefined) args.push('--updates', String(a.updates));

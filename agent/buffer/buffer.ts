@@ -24,19 +24,30 @@ import { psaSelect } from './psa.ts';
 // is diverse-strata with the nearest neighbours of diverse-fresh (backbone features recomputed at each shrink);
 // `strata-random` is the control with no redundancy at all: the spans of diverse-strata, a uniform draw within;
 // `diverse-reservoir-fresh` is diverse-reservoir with the nearest neighbours of diverse-fresh.
+// Issue #31's fix, ours' default (OURS_POLICY): `diverse-strata-refresh` is diverse-strata ranked on
+// the buffer's embeddings recomputed under the current encoder in one batched embed before each removal
+// round (z*'s space, every entry under one encoder). Measured (bench/RESULTS.md, issue #31): by the stored z*
+// and by the current encoder alike, entries of every age are about as redundant as each other, so the
+// paper's rule removes nearly at random and each class decays as in random replacement; the spans give
+// each part of the stream's past its share, and within it the most redundant entry goes.
 // `oracle-clip` is a benchmark's yardstick, not a rule for real streams: it knows which frames are one
 // clip from their keys ('source.frame', as bench --clips and --video name them) and drops from the clip
 // with the most frames in the buffer, so the buffer holds as many distinct scenes as it can: what a
 // perfect redundancy detector would keep, the ceiling for any rule on features.
-export type BufferPolicy = 'diverse' | 'minred' | 'reservoir' | 'fifo' | 'psa' | 'diverse-fresh' | 'diverse-strata' | 'diverse-reservoir' | 'diverse-strata-fresh' | 'strata-random' | 'diverse-reservoir-fresh' | 'oracle-clip';
-export const BUFFER_POLICIES: BufferPolicy[] = ['diverse', 'minred', 'reservoir', 'fifo', 'psa', 'diverse-fresh', 'diverse-strata', 'diverse-reservoir', 'diverse-strata-fresh', 'strata-random', 'diverse-reservoir-fresh', 'oracle-clip'];
+export type BufferPolicy = 'diverse' | 'minred' | 'reservoir' | 'fifo' | 'psa' | 'diverse-fresh' | 'diverse-strata' | 'diverse-reservoir' | 'diverse-strata-fresh' | 'strata-random' | 'diverse-reservoir-fresh' | 'diverse-strata-refresh' | 'oracle-clip';
+export const BUFFER_POLICIES: BufferPolicy[] = ['diverse', 'minred', 'reservoir', 'fifo', 'psa', 'diverse-fresh', 'diverse-strata', 'diverse-reservoir', 'diverse-strata-fresh', 'strata-random', 'diverse-reservoir-fresh', 'diverse-strata-refresh', 'oracle-clip'];
+/** Ours' buffer policy (agent/methods.ts, the learner's default). */
+export const OURS_POLICY: BufferPolicy = 'diverse-strata-refresh';
 /** The source of a key: what comes before the first '.' ('123.4' -> '123'; '123' -> '123'): a clip's frames are 'source.frame'. */
 export const sourceOf = (key: string) => key.split('.')[0];
 /** Spans of the stream `diverse-strata` balances when the config names none. */
 export const DEFAULT_STRATA = 8;
 
-/** Backbone features [entries, F] of the given entries under the current model (the psa policy's points). */
-export type FeatureFn = (entries: Entry[]) => Promise<Float32Array>;
+/**
+ * Backbone features [entries, F] of the given entries under the current model (the psa policy's points),
+ * or with 'embedding' their embeddings [entries, D] (z*'s space).
+ */
+export type FeatureFn = (entries: Entry[], space?: 'features' | 'embedding') => Promise<Float32Array>;
 
 export interface Entry {
   id: number;
@@ -81,6 +92,8 @@ export class ReplayBuffer {
   private dirty = new Map<number, Entry>();
   /** Ids currently in the buffer. */
   private live = new Set<number>();
+  /** The last refresh of the fresh policies: the entries embedded, in order, and the rows the encoder gave (before normalising). */
+  lastRefresh: { entries: Entry[]; rows: Float32Array } | null = null;
   /** Features allocated since the last snapshot: no snapshot shares them, so they may change in place. */
   private owned = new WeakSet<Float32Array>();
 
@@ -98,7 +111,7 @@ export class ReplayBuffer {
   }
 
   get usesFeatures(): boolean {
-    return ['diverse', 'minred', 'diverse-strata', 'diverse-reservoir', 'diverse-strata-fresh', 'diverse-reservoir-fresh'].includes(this.cfg.policy);
+    return ['diverse', 'minred', 'diverse-strata', 'diverse-reservoir', 'diverse-strata-fresh', 'diverse-reservoir-fresh', 'diverse-strata-refresh'].includes(this.cfg.policy);
   }
 
   /** Shrink right after an arrival is added, before its training steps (MinRed), not after them. */
@@ -203,6 +216,7 @@ export class ReplayBuffer {
     const ruleReady = n > 0 && seen >= 2 * n;
     if (this.cfg.policy === 'diverse-strata' && ruleReady) return this.shrinkStrata(n);
     if (this.cfg.policy === 'diverse-strata-fresh' && ruleReady) return this.shrinkStrata(n, await this.freshIndex(features));
+    if (this.cfg.policy === 'diverse-strata-refresh' && ruleReady) return this.shrinkStrata(n, await this.freshIndex(features, 'embedding'));
     if (this.cfg.policy === 'strata-random' && n > 0) return this.shrinkStrata(n, undefined, rng);
     if (this.cfg.policy === 'diverse-reservoir' && ruleReady) return this.shrinkReservoirAdmit(n, rng);
     if (this.cfg.policy === 'diverse-reservoir-fresh' && ruleReady) return this.shrinkReservoirAdmit(n, rng, features ?? null);
@@ -278,10 +292,11 @@ export class ReplayBuffer {
     return ids.map((id) => gone.find((e) => e.id === id)!);
   }
 
-  /** A nearest-neighbour index over the normalised backbone features of every entry under the current model. */
-  private async freshIndex(features: FeatureFn | undefined): Promise<NearestNeighbours> {
-    if (!features) throw new Error(`buffer ${this.cfg.policy}: shrinking needs the entries' backbone features`);
-    const f = await features(this.entries);
+  /** A nearest-neighbour index over the normalised backbone features (or embeddings) of every entry under the current model. */
+  private async freshIndex(features: FeatureFn | undefined, space: 'features' | 'embedding' = 'features'): Promise<NearestNeighbours> {
+    if (!features) throw new Error(`buffer ${this.cfg.policy}: shrinking needs the entries' ${space === 'features' ? 'backbone features' : 'embeddings'}`);
+    const f = await features(this.entries, space);
+    this.lastRefresh = { entries: [...this.entries], rows: f };
     const d = f.length / this.size;
     const nn = new NearestNeighbours(this.engine);
     await nn.setMany(
