@@ -30,12 +30,14 @@ import { psaSelect } from './psa.ts';
 // and by the current encoder alike, entries of every age are about as redundant as each other, so the
 // paper's rule removes nearly at random and each class decays as in random replacement; the spans give
 // each part of the stream's past its share, and within it the most redundant entry goes.
+// `diverse-refresh` is its measured alternative without the spans: the paper's rule over every entry's
+// embedding recomputed before each removal round (as diverse-fresh on the backbone features).
 // `oracle-clip` is a benchmark's yardstick, not a rule for real streams: it knows which frames are one
 // clip from their keys ('source.frame', as bench --clips and --video name them) and drops from the clip
 // with the most frames in the buffer, so the buffer holds as many distinct scenes as it can: what a
 // perfect redundancy detector would keep, the ceiling for any rule on features.
-export type BufferPolicy = 'diverse' | 'minred' | 'reservoir' | 'fifo' | 'psa' | 'diverse-fresh' | 'diverse-strata' | 'diverse-reservoir' | 'diverse-strata-fresh' | 'strata-random' | 'diverse-reservoir-fresh' | 'diverse-strata-refresh' | 'oracle-clip';
-export const BUFFER_POLICIES: BufferPolicy[] = ['diverse', 'minred', 'reservoir', 'fifo', 'psa', 'diverse-fresh', 'diverse-strata', 'diverse-reservoir', 'diverse-strata-fresh', 'strata-random', 'diverse-reservoir-fresh', 'diverse-strata-refresh', 'oracle-clip'];
+export type BufferPolicy = 'diverse' | 'minred' | 'reservoir' | 'fifo' | 'psa' | 'diverse-fresh' | 'diverse-strata' | 'diverse-reservoir' | 'diverse-strata-fresh' | 'strata-random' | 'diverse-reservoir-fresh' | 'diverse-strata-refresh' | 'diverse-refresh' | 'oracle-clip';
+export const BUFFER_POLICIES: BufferPolicy[] = ['diverse', 'minred', 'reservoir', 'fifo', 'psa', 'diverse-fresh', 'diverse-strata', 'diverse-reservoir', 'diverse-strata-fresh', 'strata-random', 'diverse-reservoir-fresh', 'diverse-strata-refresh', 'diverse-refresh', 'oracle-clip'];
 /** Ours' buffer policy (agent/methods.ts, the learner's default). */
 export const OURS_POLICY: BufferPolicy = 'diverse-strata-refresh';
 /** The source of a key: what comes before the first '.' ('123.4' -> '123'; '123' -> '123'): a clip's frames are 'source.frame'. */
@@ -111,7 +113,7 @@ export class ReplayBuffer {
   }
 
   get usesFeatures(): boolean {
-    return ['diverse', 'minred', 'diverse-strata', 'diverse-reservoir', 'diverse-strata-fresh', 'diverse-reservoir-fresh', 'diverse-strata-refresh'].includes(this.cfg.policy);
+    return ['diverse', 'minred', 'diverse-strata', 'diverse-reservoir', 'diverse-strata-fresh', 'diverse-reservoir-fresh', 'diverse-strata-refresh', 'diverse-refresh'].includes(this.cfg.policy);
   }
 
   /** Shrink right after an arrival is added, before its training steps (MinRed), not after them. */
@@ -216,6 +218,7 @@ export class ReplayBuffer {
     const ruleReady = n > 0 && seen >= 2 * n;
     if (this.cfg.policy === 'diverse-strata' && ruleReady) return this.shrinkStrata(n);
     if (this.cfg.policy === 'diverse-strata-fresh' && ruleReady) return this.shrinkStrata(n, await this.freshIndex(features));
+    if (this.cfg.policy === 'diverse-refresh' && ruleReady) return this.shrinkFresh(n, features, 'embedding');
     if (this.cfg.policy === 'diverse-strata-refresh' && ruleReady) return this.shrinkStrata(n, await this.freshIndex(features, 'embedding'));
     if (this.cfg.policy === 'strata-random' && n > 0) return this.shrinkStrata(n, undefined, rng);
     if (this.cfg.policy === 'diverse-reservoir' && ruleReady) return this.shrinkReservoirAdmit(n, rng);
@@ -285,8 +288,8 @@ export class ReplayBuffer {
    * diverse-fresh: the redundancy rule over the normalised backbone features of every entry under the
    * current model, computed now (the stored z* are kept for the EMA and diagnostics, not ranked).
    */
-  private async shrinkFresh(n: number, features: FeatureFn | undefined): Promise<Entry[]> {
-    const ids = await (await this.freshIndex(features)).removeRedundant(n);
+  private async shrinkFresh(n: number, features: FeatureFn | undefined, space: 'features' | 'embedding' = 'features'): Promise<Entry[]> {
+    const ids = await (await this.freshIndex(features, space)).removeRedundant(n);
     // In removal order, as the diverse rule reports them.
     const gone = await this.remove(new Set(ids));
     return ids.map((id) => gone.find((e) => e.id === id)!);
