@@ -13,9 +13,10 @@
 //   node --import tsx bench/compare.ts [--protocol edge-cifar10] [--methods ours,empssl,minred,simclr-reservoir]
 //        [--orders seq] [--trials 0,1,2,3,4] [--per-class N|all] [--updates K] [--memory N|all]
 //        [--queries N|all] [--ep cpu] [--threads N] [--plan | --report] [--json bench/out/compare.jsonl]
-//        [--dataset folder:ROOT] [--clips 1,10,30 | --video FILE --fps 1,5,30 --video-window 1]
+//        [--dataset folder:ROOT] [--clips 1,10,30 | --video FILE --fps 1,5,30 --video-window 1 | --idle 90]
 // --clips turns each image into a camera-like clip; --video streams a recording of one's own in place of
-// the data set's train images (kNN still on the data set), at each rate on as many frames.
+// the data set's train images (kNN still on the data set), at each rate on as many frames; --idle P is a
+// static camera (P % of frames long visits to 3 idle scenes, the rest short events of the other classes).
 // --per-class, --updates, --new-per-arrival and --memory default to the protocol's; --plan prints what
 // each method would run (presets, stream sizes, updates x crops) and exits; --report prints the tables
 // and draws the charts of the rows already in --json without running anything.
