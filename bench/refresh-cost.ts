@@ -4,8 +4,11 @@
 // turn (so load on shared cores falls on both alike); after --warmup arrivals (the buffer full and
 // shrinking) each arrival's process CPU time and wall time are summed, and the buffer's part apart.
 // CPU time is the figure to read on shared cores: it counts the work, not the waiting.
-//   node --import tsx bench/refresh-cost.ts [--arrivals 15] [--warmup 17] [--policies diverse,diverse-strata-refresh] [--threads 1]
+// Prints a table and writes JSON.
+//   node --import tsx bench/refresh-cost.ts [--arrivals 15] [--warmup 17] [--policies diverse,diverse-strata-refresh] [--threads 1] [--json bench/out/refresh-cost.json]
 
+import { mkdirSync } from 'node:fs';
+import { cpus } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { readCifar10 } from '../core/codecs/cifar.ts';
@@ -13,16 +16,18 @@ import { Rng } from '../core/rng.ts';
 import { Trainer } from '../agent/trainer/trainer.ts';
 import { Learner, defaultLearnerConfig } from '../agent/trainer/learner.ts';
 import { BUFFER_POLICIES, type BufferPolicy } from '../agent/buffer/buffer.ts';
+import { writeFileAtomic } from '../core/atomic.ts';
 import { benchArgs } from './args.ts';
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 const values = benchArgs(import.meta.url, {
   arrivals: { type: 'string', default: '15', describe: 'arrivals measured per policy' },
-  warmup: { type: 'string', default: '17', describe: 'arrivals before measuring (the edge buffer of 256 fills after 16 of 16 images)' },
+  warmup: { type: 'string', default: '17', describe: 'arrivals before measuring (the edge buffer of 256 fills after 16 arrivals of 16 images)' },
   policies: { type: 'string', default: 'diverse,diverse-strata-refresh', describe: 'buffer policies, comma-separated; the first is the reference' },
   artifacts: { type: 'string', default: path.join(HERE, '../training-artifacts/edge'), describe: 'training artifacts' },
   threads: { type: 'string', default: '1', describe: 'ORT threads per session' },
   data: { type: 'string', default: path.resolve(HERE, '../../shared/data/cifar-10-batches-bin'), describe: 'CIFAR-10 binary folder' },
+  json: { type: 'string', default: path.join(HERE, 'out/refresh-cost.json'), describe: 'results' },
 });
 const count = (flag: string, v: string) => {
   const n = Number(v);
@@ -71,4 +76,9 @@ for (const r of runs) {
   const f = (v: number) => (v / arrivals).toFixed(1);
   console.log(`| ${r.policy} | ${f(r.cpu)} | ${((100 * (r.cpu - ref.cpu)) / ref.cpu).toFixed(1)} % | ${f(r.wall)} | ${((100 * (r.wall - ref.wall)) / ref.wall).toFixed(1)} % | ${f(r.buffer)} | ${f(r.train)} |`);
 }
+mkdirSync(path.dirname(values.json), { recursive: true });
+const machine = { cores: cpus().length, cpu: cpus()[0]?.model, date: new Date().toISOString() };
+const perArrival = (v: number) => v / arrivals;
+writeFileAtomic(values.json, JSON.stringify({ machine, newPerArrival: newPer, arrivals, warmup, threads, policies: runs.map((r) => ({ policy: r.policy, cpuMs: perArrival(r.cpu), wallMs: perArrival(r.wall), bufferMs: perArrival(r.buffer), trainMs: perArrival(r.train) })) }, null, 1) + '\n');
+console.log(`wrote ${values.json}`);
 for (const r of runs) await r.tr.close();
