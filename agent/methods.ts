@@ -47,6 +47,7 @@ const list: Method[] = [
   },
   { name: 'ours-buffer-replay', describe: 'ours with every minibatch drawn from the whole buffer (the paper\'s text)', ...OURS, replay: 'buffer' },
   { name: 'ours-refresh', describe: "ours with the paper's rule (no spans of the stream) on every entry's embedding recomputed in one batch before each removal round", ...OURS, buffer: 'diverse-refresh' },
+  { name: 'ours-span-refresh', describe: "ours with only the crowded spans' entries embedded at each removal round, each ranked within its own span (a cheaper refresh)", ...OURS, buffer: 'diverse-span-refresh' },
   // Issue #31: the paper's rule as ours had it before (z* ranked as stored, no regard to the stream's history), for the comparison.
   { name: 'ours-old-rule', describe: "ours with the paper's redundancy rule on the stored features z* (ours' default before issue #31)", ...OURS, buffer: 'diverse' },
   // Ablation of the buffer alone: the paper's uncorrelated-gradient claim is about the buffer's contents.

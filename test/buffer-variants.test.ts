@@ -89,6 +89,22 @@ test('diverse-refresh and diverse-strata-refresh (issue #31): rank the embedding
   await assert.rejects((await six('diverse-strata-refresh')).shrink(new Rng(1)), /diverse-strata-refresh: shrinking needs the entries' embeddings/);
 });
 
+test('diverse-span-refresh (issue #31): embeds only the spans that give up entries, ranks each entry within its span', async () => {
+  // Spans of 2: a0-a2 | b3-b5. The newer span first on the tie: within it b4-b5 are the closest pair (b4,
+  // the earlier, goes); then the older span, where the current view has a0-a2 all apart (cos 0 within
+  // the span): a0 on the tie.
+  const now: Record<string, number[]> = { a0: [1, 0, 0, 0], a1: [0, 1, 0, 0], a2: [0, 0, 1, 0], b3: [0.6, 0, 0, 0.8], b4: [0, 0, -0.2, 1], b5: [0, 0, -0.21, 1] };
+  const asked: string[][] = [];
+  const features = async (es: Entry[], space?: 'features' | 'embedding') => {
+    asked.push([space ?? 'features', ...keys(es)]);
+    return flat(es.map((e) => now[e.key]));
+  };
+  const b = await six('diverse-span-refresh', 2);
+  assert.deepEqual(keys(await b.shrink(new Rng(1), features)), ['b4', 'a0']);
+  assert.deepEqual(asked, [['embedding', 'b3', 'b4', 'b5'], ['embedding', 'a0', 'a1', 'a2']]);
+  assert.deepEqual(keys(b.entries), ['a1', 'a2', 'b3', 'b5']);
+});
+
 test('diverse-fresh: oldest first, no features asked, while fewer than 2n entries are seen', async () => {
   const b = new ReplayBuffer({ capacity: 4, policy: 'diverse-fresh', alpha: 0.5 });
   b.add([0, 1, 2, 3, 4, 5].map((i) => ({ key: `a${i}`, image: img(i) })));
