@@ -1,9 +1,11 @@
 // The replay buffer as the dashboard shows it: the newest checkpoint that verifies (read through the
 // trainer's own reader, so a damaged one is skipped as a resume would skip it), its images, and each
-// entry's nearest-neighbour cosine similarity over the representative features z* stored with it.
+// entry's nearest-neighbour cosine similarity over the representative features z* stored with it, and
+// the buffer's mix by age and by source clip.
 
 import path from 'node:path';
 import { latestCheckpoint, listCheckpoints } from '../trainer/checkpoint.ts';
+import { sourceOf } from '../buffer/buffer.ts';
 
 export interface BufferEntryView {
   id: number;
@@ -27,8 +29,35 @@ export interface BufferView {
   entries: BufferEntryView[];
   /** Mean of the entries' nnSim (what the metrics' nnSim reports, from the stored features). */
   meanNnSim: number | null;
+  /** The buffer's mix (issue #31): the agent knows no labels, so by age and by source clip. */
+  mix: BufferMix;
   /** All images, entry after entry. */
   images: Uint8Array;
+}
+
+export interface BufferMix {
+  /** Entries per span of the stream so far (`spans` equal spans of stream positions, oldest first). */
+  byAge: number[];
+  /** Distinct sources (a clip's frames share one: keys 'source.frame'), and the entries of the largest. */
+  sources: number;
+  largestSource: { source: string; entries: number } | null;
+}
+
+/**
+ * What the buffer holds of the stream's past: entries per equal span of the `streamCount` positions
+ * seen so far (an even buffer keeps about as many of each span), and how many distinct sources.
+ */
+export function bufferMix(entries: readonly { key: string; streamIndex: number }[], streamCount: number, spans = 8): BufferMix {
+  const byAge = new Array(spans).fill(0);
+  const bySource = new Map<string, number>();
+  for (const e of entries) {
+    byAge[Math.min(spans - 1, Math.max(0, Math.floor(((e.streamIndex - 1) * spans) / Math.max(1, streamCount))))]++;
+    const s = sourceOf(e.key);
+    bySource.set(s, (bySource.get(s) ?? 0) + 1);
+  }
+  let largest: BufferMix['largestSource'] = null;
+  for (const [source, n] of bySource) if (!largest || n > largest.entries) largest = { source, entries: n };
+  return { byAge, sources: bySource.size, largestSource: largest };
 }
 
 /** Yields to the event loop: a large buffer's similarities must not stall the server's other clients. */
@@ -83,6 +112,7 @@ export async function readBufferView(dir: string): Promise<BufferView | null> {
     size,
     entries: meta.buffer.entries.map((e, i) => ({ id: e.id, key: e.key, seen: e.seen, lifespan: e.lifespan, streamIndex: e.streamIndex, nnSim: nn[i] })),
     meanNnSim: known.length ? known.reduce((a, b) => a + b, 0) / known.length : null,
+    mix: bufferMix(meta.buffer.entries, meta.buffer.streamCount),
     images: all,
   };
 }
