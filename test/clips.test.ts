@@ -110,3 +110,14 @@ test('static camera: P % idle frames in visits of 300 to scenes in turn, events 
   assert.equal(staticCameraStream([1], [5, 6], 100, 50).filter((f) => !f.idle).length, 20);
   assert.throws(() => staticCameraStream([1], events, 100, 100), /--idle 100: a percentage from 0 to 99/);
 });
+
+test('ssocl bench --idle: a percentage of 100 or a second kind of stream is one line, exit 2, before any work', async () => {
+  const { spawnSync } = await import('node:child_process');
+  const bench = (args: string[]) => spawnSync(process.execPath, [path.join(HERE, '../bin/ssocl.mjs'), 'bench', '--plan', ...args], { encoding: 'utf8' });
+  const over = bench(['--idle', '90,100']);
+  assert.equal(over.status, 2, over.stderr);
+  assert.equal(over.stderr, 'ssocl: --idle 100: whole percentages from 0 to 99\n');
+  const both = bench(['--idle', '90', '--clips', '10']);
+  assert.equal(both.status, 2, both.stderr);
+  assert.equal(both.stderr, 'ssocl: --idle and --clips / --video: one kind of stream at a time\n');
+});
