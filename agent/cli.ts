@@ -437,6 +437,7 @@ const cli = yargs(hideBin(process.argv))
             trials: { kind: 'list', int: true, min: 0, default: '0,1,2,3,4', describe: 'paired seeds: same init, stream order, replay and crop draws across methods' },
             clips: { kind: 'list', int: true, min: 0, default: '0', describe: 'camera-like streams: frames per source image, comma-separated (0: plain images); each run sees as many frames, from every D-th image, as clips of D frames that pan, zoom, drift and carry sensor noise' },
             fps: { kind: 'list', above: 0, default: '1', describe: 'with --video: frames per second taken from it, comma-separated (the redundancy knob); every rate trains on as many frames as the sparsest gives' },
+            idle: { kind: 'list', int: true, min: 0, describe: "a static camera: percent of frames (comma-separated, each below 100) from visits of 300 frames to 3 idle scenes (one image of each of the order's first 3 classes, revisited), the rest events of 10 frames from the other classes, class-incremental; as many frames as the stream has images; kNN on all classes; rows labelled ORDER+idleP carry the buffer's idle share" },
             'video-window': { above: 0, default: 1, describe: "with --video: frames within the same this-many seconds count as one scene in the buffer's same-clip share" },
             'per-class': { kind: 'or-all', int: true, min: 1, describe: "images per class of the stream, or 'all' (default: the protocol's)" },
             updates: { int: true, min: 1, describe: "updates per arrival for ours; 2-crop methods get more so updates x crops match (default: the protocol's)" },
@@ -467,6 +468,12 @@ const cli = yargs(hideBin(process.argv))
         if (a.clips.some((c) => c > 0)) throw new UsageError('--video and --clips: one kind of stream at a time');
         readableFile('--video', a.video);
         args.push('--video', path.resolve(a.video), '--fps', a.fps.join(','), '--video-window', String(a['video-window']), '--ffmpeg', a.ffmpeg);
+      }
+      if (a.idle !== undefined) {
+        if (a.video !== undefined || a.clips.some((c) => c > 0)) throw new UsageError('--idle and --clips / --video: one kind of stream at a time');
+        const over = a.idle.find((p) => p > 99);
+        if (over !== undefined) throw new UsageError(`--idle ${over}: whole percentages from 0 to 99`);
+        args.push('--idle', a.idle.join(','));
       }
       if (a['per-class'] !== undefined) args.push('--per-class', String(a['per-class']));
       if (a.updates !== undefined) args.push('--updates', String(a.updates));

@@ -3,7 +3,7 @@
 // updates per arrival where the method fixes them. No method has its own loop: `ssocl run --method`
 // and bench/compare read these definitions and configure the same learner (trainer/learner.ts).
 
-import type { BufferPolicy } from './buffer/buffer.ts';
+import { OURS_POLICY, type BufferPolicy } from './buffer/buffer.ts';
 import type { Replay, Warmup } from './trainer/learner.ts';
 
 /** A preset of tools/artifacts/presets.ts and `--set` overrides on it. */
@@ -36,15 +36,20 @@ export interface Method {
 const MCC_PAPER_EDGE = 'losses=[{"name":"mcc-paper","weight":1},{"name":"tcr","weight":0.02}]';
 const MCC_PAPER_PAPER = 'losses=[{"name":"mcc-paper","weight":50},{"name":"tcr","weight":1}]';
 
-const OURS: Pick<Method, 'edge' | 'paper' | 'buffer' | 'replay' | 'warmup'> = { edge: { preset: 'edge', sets: [] }, paper: { preset: 'paper-cifar', sets: [] }, buffer: 'diverse', replay: 'mixed', warmup: 'none' };
+const OURS: Pick<Method, 'edge' | 'paper' | 'buffer' | 'replay' | 'warmup'> = { edge: { preset: 'edge', sets: [] }, paper: { preset: 'paper-cifar', sets: [] }, buffer: OURS_POLICY, replay: 'mixed', warmup: 'none' };
 
 const list: Method[] = [
-  { name: 'ours', describe: 'Imai et al.: MCC + TCR on N crops, diverse buffer, new + replayed images each step', ...OURS },
+  // Issue #31: ours' buffer is the redundancy rule within the most crowded span of the stream, on embeddings refreshed under the current encoder.
+  { name: 'ours', describe: 'Imai et al.: MCC + TCR on N crops, diverse buffer (the most redundant by current embeddings, within the most crowded of 8 spans of the stream), new + replayed images each step', ...OURS },
   {
     name: 'ours-paper-eq', describe: "ours with the paper's eq. 1 in place of the code's MCC",
     ...OURS, edge: { preset: 'edge', sets: [MCC_PAPER_EDGE] }, paper: { preset: 'paper-cifar', sets: [MCC_PAPER_PAPER] },
   },
   { name: 'ours-buffer-replay', describe: 'ours with every minibatch drawn from the whole buffer (the paper\'s text)', ...OURS, replay: 'buffer' },
+  { name: 'ours-refresh', describe: "ours with the paper's rule (no spans of the stream) on every entry's embedding recomputed in one batch before each removal round", ...OURS, buffer: 'diverse-refresh' },
+  { name: 'ours-span-refresh', describe: "ours with only the crowded spans' entries embedded at each removal round, each ranked within its own span (a cheaper refresh)", ...OURS, buffer: 'diverse-span-refresh' },
+  // Issue #31: the paper's rule as ours had it before (z* ranked as stored, no regard to the stream's history), for the comparison.
+  { name: 'ours-old-rule', describe: "ours with the paper's redundancy rule on the stored features z* (ours' default before issue #31)", ...OURS, buffer: 'diverse' },
   // Ablation of the buffer alone: the paper's uncorrelated-gradient claim is about the buffer's contents.
   { name: 'ours-reservoir', describe: 'ours with a reservoir buffer instead of the diverse removal rule', ...OURS, buffer: 'reservoir' },
   // Issue #15's buffer settings at equal compute: the rule against a FIFO, MinRed's timing of the same
@@ -70,7 +75,8 @@ const list: Method[] = [
     name: 'ours-nobuffer', describe: "ours trained on each arrival's images alone (no replay)",
     ...OURS, edge: { preset: 'edge', sets: ['batch=16'] }, paper: { preset: 'paper-cifar', sets: ['batch=100'] }, buffer: 'fifo', batch: 'arrival',
   },
-  { name: 'empssl', describe: 'EMP-SSL: invariance + TCR on the same crops, buffer and replay as ours', ...OURS, edge: { preset: 'edge-empssl', sets: [] }, paper: { preset: 'empssl', sets: [] } },
+  // The buffer ours had when it was set up as EMP-SSL's (the paper's rule on z*): a baseline keeps its rules.
+  { name: 'empssl', describe: "EMP-SSL: invariance + TCR on the same crops and replay as ours, the paper's redundancy rule on z*", ...OURS, edge: { preset: 'edge-empssl', sets: [] }, paper: { preset: 'empssl', sets: [] }, buffer: 'diverse' },
   {
     name: 'minred', describe: 'MinRed: SimSiam on 2 views, buffer-only minibatches, redundancy removal before the steps, no training until the buffer fills',
     edge: { preset: 'edge-minred', sets: [] }, paper: { preset: 'minred', sets: [] }, buffer: 'minred', replay: 'buffer', warmup: 'fill', crops: 2,
@@ -102,6 +108,9 @@ export const BUFFER_POLICY_TEXT: Readonly<Record<Exclude<BufferPolicy, 'oracle-c
   'diverse-strata-fresh': 'diverse-strata on backbone features recomputed at each shrink',
   'strata-random': "diverse-strata's spans, a uniform draw within",
   'diverse-reservoir-fresh': 'diverse-reservoir on backbone features recomputed at each shrink',
+  'diverse-strata-refresh': "ours (issue #31): diverse-strata on the embeddings of every entry recomputed in one batch before each removal round",
+  'diverse-refresh': 'diverse on those recomputed embeddings (no spans)',
+  'diverse-span-refresh': 'diverse-strata-refresh embedding only the spans that give up entries, each entry ranked within its span',
 };
 
 export const METHODS: Readonly<Record<string, Method>> = Object.fromEntries(list.map((m) => [m.name, m]));

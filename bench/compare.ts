@@ -13,9 +13,10 @@
 //   node --import tsx bench/compare.ts [--protocol edge-cifar10] [--methods ours,empssl,minred,simclr-reservoir]
 //        [--orders seq] [--trials 0,1,2,3,4] [--per-class N|all] [--updates K] [--memory N|all]
 //        [--queries N|all] [--ep cpu] [--threads N] [--plan | --report] [--json bench/out/compare.jsonl]
-//        [--dataset folder:ROOT] [--clips 1,10,30 | --video FILE --fps 1,5,30 --video-window 1]
+//        [--dataset folder:ROOT] [--clips 1,10,30 | --video FILE --fps 1,5,30 --video-window 1 | --idle 90]
 // --clips turns each image into a camera-like clip; --video streams a recording of one's own in place of
-// the data set's train images (kNN still on the data set), at each rate on as many frames.
+// the data set's train images (kNN still on the data set), at each rate on as many frames; --idle P is a
+// static camera (P % of frames long visits to 3 idle scenes, the rest short events of the other classes).
 // --per-class, --updates, --new-per-arrival and --memory default to the protocol's; --plan prints what
 // each method would run (presets, stream sizes, updates x crops) and exits; --report prints the tables
 // and draws the charts of the rows already in --json without running anything.
@@ -30,17 +31,18 @@ import { compileArtifacts, writeArtifacts } from '../tools/artifacts/write.ts';
 import { readCifar10, readCifar100, type LabelledImages } from '../core/codecs/cifar.ts';
 import { folderStreamSpec, makeStream, streamSpec, type StreamOrder } from '../tools/data/streams.ts';
 import { loadFolder, perClassCut } from '../agent/commands/stream.ts';
-import { clipFrame, DEFAULT_CLIP } from '../tools/data/clips.ts';
+import { clipFrame, DEFAULT_CLIP, staticCameraStream } from '../tools/data/clips.ts';
 import { decodeVideo } from '../agent/sources/video-file.ts';
 import { sampleIndices } from '../core/rng.ts';
 import { Trainer } from '../agent/trainer/trainer.ts';
 import { openChosen, type EP } from '../agent/trainer/backend.ts';
 import { Learner, defaultLearnerConfig } from '../agent/trainer/learner.ts';
 import { ortSimilarity } from '../agent/buffer/similarity.ts';
+import { OURS_POLICY } from '../agent/buffer/buffer.ts';
 import { computeFeatures } from '../agent/eval/features.ts';
 import { knnWeightedBlocks } from '../agent/eval/knn.ts';
 import { getMethod, methodRules, METHODS, type MethodRules } from '../agent/methods.ts';
-import { redundancy, sourceOf } from '../agent/eval/redundancy.ts';
+import { classHistogram, nnCosineByAge, redundancy, sourceOf, storedRows } from '../agent/eval/redundancy.ts';
 import { lineChart, svgToPng } from '../agent/report/plot.ts';
 import { benchArgs } from './args.ts';
 
@@ -55,6 +57,8 @@ const values = benchArgs(import.meta.url, {
   // Issue #15: a user's own recording as the stream; kNN stays on the data set (the probe of what was learnt).
   video: { type: 'string', describe: "a video file streamed in place of the data set's images (decoded through ffmpeg at each --fps); kNN is still measured on the data set; rows are labelled video+fpsN" },
   fps: { type: 'string', default: '1', describe: 'with --video: frames per second taken, comma-separated (the redundancy knob); every rate trains on as many frames as the sparsest gives, from the start of the video' },
+  // Issue #31: a static camera: long idle visits to a few scenes, short events of the other classes.
+  idle: { type: 'string', describe: 'static-camera streams: percent of frames from long visits (300 frames) to 3 idle scenes (one image of each of the first 3 classes of the order, revisited), the rest events of 10 frames from the other classes in the order (class-incremental), comma-separated; kNN on all classes; rows are labelled ORDER+idleP and carry the buffer\'s idle share' },
   'video-window': { type: 'string', default: '1', describe: "with --video: frames within the same this-many seconds count as one scene in the buffer's same-clip share" },
   ffmpeg: { type: 'string', default: 'ffmpeg', describe: 'with --video: the ffmpeg binary' },
   'per-class': { type: 'string', describe: "stream images per class, or 'all' (default: the protocol's)" },
@@ -134,6 +138,12 @@ const fpsList = values.fps.split(',').map((v) => {
   if (!(n > 0) || !Number.isFinite(n)) throw new Error(`--fps ${v}: rates above 0, comma-separated`);
   return n;
 });
+const idleList = (values.idle ?? '').split(',').filter((v) => v !== '').map((v) => {
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < 0 || n > 99) throw new Error(`--idle ${v}: whole percentages from 0 to 99, comma-separated`);
+  return n;
+});
+if (idleList.length && (values.video || clipsList.some((c) => c > 0))) throw new Error('--idle and --clips / --video: one kind of stream at a time');
 const videoWindow = Number(values['video-window']);
 if (!(videoWindow > 0)) throw new Error(`--video-window ${values['video-window']}: seconds above 0`);
 if (values.video && clipsList.some((c) => c > 0)) throw new Error('--video and --clips: one kind of stream at a time');
@@ -217,6 +227,15 @@ interface Row {
   nnSim?: number[];
   /** The buffer's entries per stream class at 25/50/75/100% (does it keep the classes seen so far?). */
   bufferClasses?: number[][];
+  /** Issue #31: at 25/50/75/100%, the mean nearest-neighbour cosine of the buffer's entries by age
+   * (4 cohorts by stream position, oldest first), with the stored z*, with the current encoder's
+   * embedding of the un-augmented images (z*'s space) and with its backbone features; absent in older rows. */
+  nnByAge?: { stored: number[][]; embedding: number[][]; backbone: number[][] };
+  /** Static-camera streams (--idle): the idle percentage, and the buffer's share of idle-scene frames at 25/50/75/100%. */
+  idle?: number;
+  idleShare?: number[];
+  /** The learner's own milliseconds by part over the run's arrivals (ArrivalReport.ms; the buffer's includes its feature refreshes); absent in older rows. */
+  arrivalMs?: { augment: number; train: number; buffer: number };
   /** The method's learner rules the run was made under (agent/methods.ts); absent in older rows. */
   rules?: MethodRules;
 }
@@ -224,12 +243,14 @@ interface Row {
 /**
  * A row made under other rules than its method's definition now has: not a result of that method. Rows
  * from before rules were recorded: minred trained from the first full batch and its policy acted as
- * diverse; the other methods' rules have not changed since.
+ * diverse; ours and the variants that share its buffer had the paper's rule (diverse) until issue #31;
+ * the other methods' rules have not changed since.
  */
 function staleRow(r: Row): boolean {
   const m = METHODS[r.method];
-  const was = r.rules ?? (r.method === 'minred' ? { policy: 'diverse', replay: 'buffer', warmup: 'none' } : undefined);
-  if (!m || !was) return false;
+  if (!m) return false;
+  const was = r.rules ?? (r.method === 'minred' ? { policy: 'diverse', replay: 'buffer', warmup: 'none' } : m.buffer === OURS_POLICY ? { policy: 'diverse', replay: m.replay, warmup: m.warmup } : undefined);
+  if (!was) return false;
   const now = methodRules(m);
   return was.policy !== now.policy || was.replay !== now.replay || was.warmup !== now.warmup;
 }
@@ -253,6 +274,8 @@ interface Stream {
   frames: { i: number; t: number }[];
   item: (f: { i: number; t: number }) => { key: string; image: Uint8Array };
   video?: Row['video'];
+  /** Static-camera streams: the idle percentage and which keys are idle frames. */
+  idle?: { percent: number; isIdle: (key: string) => boolean };
 }
 // A video is decoded once per rate (the same frames every trial).
 const videos = new Map<number, Uint8Array>();
@@ -289,6 +312,7 @@ function streams(trial: number): Stream[] {
       };
     });
   }
+  if (idleList.length) return (values.orders.split(',') as StreamOrder[]).flatMap((order) => idleList.map((p) => cameraStream(order, trial, p)));
   return (values.orders.split(',') as StreamOrder[]).flatMap((order) =>
     clipsList.map((clip) => {
       // Reduced stream: the same procedure's order, each class cut to its first share: per-class for
@@ -305,6 +329,39 @@ function streams(trial: number): Stream[] {
     }),
   );
 }
+/**
+ * A static camera (--idle P) over the reduced stream of an order: as many frames as its images; the
+ * first image of each of its first 3 classes are the idle scenes, the other classes' images the events.
+ */
+function cameraStream(order: StreamOrder, trial: number, percent: number): Stream {
+  const stream = perClassCut(streamOf(order, trial), streamLabels, perClass);
+  const idleClasses: number[] = [];
+  const scenes: number[] = [];
+  for (const i of stream) {
+    if (idleClasses.length === 3) break;
+    if (!idleClasses.includes(streamLabels[i])) {
+      idleClasses.push(streamLabels[i]);
+      scenes.push(i);
+    }
+  }
+  const events = stream.filter((i) => !idleClasses.includes(streamLabels[i]));
+  const cam = staticCameraStream(scenes, events, stream.length, percent);
+  const idleSet = new Set(scenes.map(String));
+  return {
+    label: `${order}+idle${percent}`,
+    clip: 0,
+    frames: cam.map((_, n) => ({ i: n, t: -3 })),
+    item: ({ i }) => {
+      const f = cam[i];
+      const image = train.images.subarray(f.source * per, (f.source + 1) * per);
+      // Each visit its own motion (seeded past the image indices), so a revisit is not a replay of the last.
+      const seed = f.idle ? train.count - f.clip : f.source;
+      return { key: f.idle ? `${f.source}.v${-f.clip}f${f.t}` : `${f.source}.${f.t}`, image: clipFrame(image, size, { ...DEFAULT_CLIP, frames: f.frames }, trial, seed, f.t) };
+    },
+    idle: { percent, isIdle: (k) => idleSet.has(sourceOf(k)) },
+  };
+}
+
 const work = mkdtempSync(path.join(tmpdir(), 'ssocl-compare-'));
 try {
   // --report: the tables and charts of the rows already in --json; nothing is run.
@@ -347,11 +404,17 @@ try {
         const sameClip: number[] = [];
         const nnSim: number[] = [];
         const bufferClasses: number[][] = [];
+        const nnByAge: NonNullable<Row['nnByAge']> = { stored: [], embedding: [], backbone: [] };
+        const idleShare: number[] = [];
+        const partMs = { augment: 0, train: 0, buffer: 0 };
         const t0 = performance.now();
         let evalMs = 0;
         for (let a = 1; a <= arrivals; a++) {
           const items = frames.slice((a - 1) * newPer, a * newPer).map(s.item);
           const rep = await learner.arrive(items);
+          partMs.augment += rep.ms.augment;
+          partMs.train += rep.ms.train;
+          partMs.buffer += rep.ms.buffer;
           for (const st of rep.steps) gcos.push(st.gradCos === null ? null : Number(st.gradCos.toFixed(4)));
           if (marks.includes(a)) {
             const te = performance.now();
@@ -364,16 +427,20 @@ try {
             const red = redundancy(learner.buffer.entries);
             sameClip.push(Number(red.sameSource.toFixed(4)));
             nnSim.push(Number(red.nnSim.toFixed(4)));
-            if (!s.video) {
-              const hist = new Array(streamClasses).fill(0);
-              for (const e of learner.buffer.entries) hist[streamLabels[Number(sourceOf(e.key))]]++;
-              bufferClasses.push(hist);
-            }
+            if (!s.video) bufferClasses.push(classHistogram(learner.buffer.entries, (k) => streamLabels[Number(sourceOf(k))], streamClasses));
+            const es = learner.buffer.entries;
+            if (s.idle) idleShare.push(Number((es.filter((e) => s.idle!.isIdle(e.key)).length / es.length).toFixed(4)));
+            const now = await learner.embedEntries(es);
+            const age = (rows: Float32Array) => nnCosineByAge(es, rows).map((v) => Number(v.toFixed(4)));
+            nnByAge.stored.push(age(storedRows(es, now.embedding.length / es.length)));
+            nnByAge.embedding.push(age(now.embedding));
+            nnByAge.backbone.push(age(now.features));
+            process.stderr.write(`  buffer: ${s.idle ? `idle share ${idleShare.at(-1)}; ` : ''}classes [${bufferClasses.at(-1)?.join(', ') ?? '-'}]; NN cosine by age (oldest first) stored [${nnByAge.stored.at(-1)!.join(', ')}], embedding now [${nnByAge.embedding.at(-1)!.join(', ')}], backbone now [${nnByAge.backbone.at(-1)!.join(', ')}]\n`);
             evalMs += performance.now() - te;
             process.stderr.write(`${mname} ${label} trial ${trial}: ${Math.round((100 * a) / arrivals)}% of ${frames.length} ${clip || s.video ? 'frames' : 'images'}, ${tr.steps} steps, kNN@20 ${x.toFixed(2)} (floor ${floor.toFixed(2)})\n`);
           }
         }
-        const row: Row = { ...(ds === 'cifar100' ? { dataset: ds, super20: s20 } : ds === 'folder' ? { dataset: folderName! } : {}), ...(protocol === 'edge-cifar10' || protocol === 'edge-cifar100' ? {} : { protocol, ep: values.ep }), method: mname, order: label, trial, images: frames.length, steps: tr.steps, seconds: (performance.now() - t0) / 1000, trainSeconds: (performance.now() - t0 - evalMs) / 1000, floor20: floor, knn20: k20, knn50: k50, final20: k20[3], mean20: k20.reduce((p, q) => p + q, 0) / 4, memory: memIdx.length, queries: qIdx.length, threads: Number(values.threads), gradCos: gcos, ...(clip ? { clip } : {}), ...(s.video ? { video: s.video } : {}), sameClip, nnSim, bufferClasses, rules: { policy: rules.policy, replay: rules.replay, warmup: rules.warmup } };
+        const row: Row = { ...(ds === 'cifar100' ? { dataset: ds, super20: s20 } : ds === 'folder' ? { dataset: folderName! } : {}), ...(protocol === 'edge-cifar10' || protocol === 'edge-cifar100' ? {} : { protocol, ep: values.ep }), method: mname, order: label, trial, images: frames.length, steps: tr.steps, seconds: (performance.now() - t0) / 1000, trainSeconds: (performance.now() - t0 - evalMs) / 1000, floor20: floor, knn20: k20, knn50: k50, final20: k20[3], mean20: k20.reduce((p, q) => p + q, 0) / 4, memory: memIdx.length, queries: qIdx.length, threads: Number(values.threads), gradCos: gcos, ...(clip ? { clip } : {}), ...(s.video ? { video: s.video } : {}), ...(s.idle ? { idle: s.idle.percent, idleShare } : {}), arrivalMs: Object.fromEntries(Object.entries(partMs).map(([k, v]) => [k, Math.round(v)])) as Row['arrivalMs'], sameClip, nnSim, bufferClasses, nnByAge, rules: { policy: rules.policy, replay: rules.replay, warmup: rules.warmup } };
         rows.push(row);
         appendFileSync(values.json, JSON.stringify(row) + '\n');
         await tr.close();
@@ -470,6 +537,20 @@ if (rows.some((r) => r.sameClip?.length)) {
     const cells = orders.map((o) => {
       const rs = rows.filter((r) => r.order === o && r.method === m && r.sameClip?.length);
       return rs.length ? `${stat(rs.map((r) => r.sameClip!.at(-1)!), 3)} \\| ${stat(rs.map((r) => r.nnSim!.at(-1)!), 3)}` : '-';
+    });
+    console.log(`| ${m} | ${cells.join(' | ')} |`);
+  }
+}
+// Static-camera streams (--idle): the share of the buffer holding idle-scene frames at the end, beside kNN.
+if (rows.some((r) => r.idleShare?.length)) {
+  const idleOrders = orders.filter((o) => rows.some((r) => r.order === o && r.idleShare?.length));
+  console.log(`\nStatic camera: the buffer's idle share at the end of the stream (mean +- std over runs):`);
+  console.log(`| method | ${idleOrders.join(' | ')} |`);
+  console.log(`|---|${idleOrders.map(() => '---').join('|')}|`);
+  for (const m of methods) {
+    const cells = idleOrders.map((o) => {
+      const rs = rows.filter((r) => r.order === o && r.method === m && r.idleShare?.length);
+      return rs.length ? `${stat(rs.map((r) => r.idleShare!.at(-1)!), 3)} (${rs.length})` : '-';
     });
     console.log(`| ${m} | ${cells.join(' | ')} |`);
   }

@@ -73,6 +73,38 @@ test("diverse-fresh: ranks the features the model gives now, never the stored on
   await assert.rejects(b.shrink(new Rng(1)), /diverse-fresh: shrinking needs the entries' backbone features/);
 });
 
+test('diverse-refresh and diverse-strata-refresh (issue #31): rank the embeddings the model gives now, asked for as embeddings', async () => {
+  // The same current view as above: the paper's rule on it drops b4 then b3; within spans of 2 (strata),
+  // the newer span goes first on a tie (3 entries each), so b4, then the older span's most redundant by
+  // the current view (a0-a2 are apart: cos 0.6 of a0 to b3 is the largest), a0.
+  const now: Record<string, number[]> = { a0: [1, 0, 0, 0], a1: [0, 1, 0, 0], a2: [0, 0, 1, 0], b3: [0.6, 0, 0, 0.8], b4: [0, 0, -0.2, 1], b5: [0, 0, -0.21, 1] };
+  const asked: string[] = [];
+  const features = async (es: Entry[], space?: 'features' | 'embedding') => {
+    asked.push(space ?? 'features');
+    return flat(es.map((e) => now[e.key].map((x) => 3 * x)));
+  };
+  assert.deepEqual(keys(await (await six('diverse-refresh')).shrink(new Rng(1), features)), ['b4', 'b3']);
+  assert.deepEqual(keys(await (await six('diverse-strata-refresh', 2)).shrink(new Rng(1), features)), ['b4', 'a0']);
+  assert.deepEqual(asked, ['embedding', 'embedding']);
+  await assert.rejects((await six('diverse-strata-refresh')).shrink(new Rng(1)), /diverse-strata-refresh: shrinking needs the entries' embeddings/);
+});
+
+test('diverse-span-refresh (issue #31): embeds only the spans that give up entries, ranks each entry within its span', async () => {
+  // Spans of 2: a0-a2 | b3-b5. The newer span first on the tie: within it b4-b5 are the closest pair (b4,
+  // the earlier, goes); then the older span, where the current view has a0-a2 all apart (cos 0 within
+  // the span): a0 on the tie.
+  const now: Record<string, number[]> = { a0: [1, 0, 0, 0], a1: [0, 1, 0, 0], a2: [0, 0, 1, 0], b3: [0.6, 0, 0, 0.8], b4: [0, 0, -0.2, 1], b5: [0, 0, -0.21, 1] };
+  const asked: string[][] = [];
+  const features = async (es: Entry[], space?: 'features' | 'embedding') => {
+    asked.push([space ?? 'features', ...keys(es)]);
+    return flat(es.map((e) => now[e.key]));
+  };
+  const b = await six('diverse-span-refresh', 2);
+  assert.deepEqual(keys(await b.shrink(new Rng(1), features)), ['b4', 'a0']);
+  assert.deepEqual(asked, [['embedding', 'b3', 'b4', 'b5'], ['embedding', 'a0', 'a1', 'a2']]);
+  assert.deepEqual(keys(b.entries), ['a1', 'a2', 'b3', 'b5']);
+});
+
 test('diverse-fresh: oldest first, no features asked, while fewer than 2n entries are seen', async () => {
   const b = new ReplayBuffer({ capacity: 4, policy: 'diverse-fresh', alpha: 0.5 });
   b.add([0, 1, 2, 3, 4, 5].map((i) => ({ key: `a${i}`, image: img(i) })));

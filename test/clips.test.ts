@@ -5,7 +5,7 @@ import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { clipFrame, clipMotion, clipStream, DEFAULT_CLIP } from '../tools/data/clips.ts';
+import { clipFrame, clipMotion, clipStream, DEFAULT_CLIP, staticCameraStream } from '../tools/data/clips.ts';
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 // Real images (the demo's CIFAR-10 records: 1 label byte + 3072 image bytes), so "different" means
@@ -88,4 +88,36 @@ test('ssocl stream --clips D writes each image of the order as D camera frames, 
   } finally {
     rmSync(to, { recursive: true, force: true });
   }
+});
+
+test('static camera: P % idle frames in visits of 300 to scenes in turn, events of 10 spread evenly in their order', () => {
+  const events = Array.from({ length: 40 }, (_, i) => 100 + i);
+  const s = staticCameraStream([1, 2, 3], events, 2000, 90);
+  assert.equal(s.length, 2000);
+  const idle = s.filter((f) => f.idle);
+  assert.equal(idle.length, 1800);
+  // Visits of 300 frames in turn: 1, 2, 3, 1, 2, 3 (each scene revisited), t running 0..299 through the events.
+  assert.deepEqual([0, 299, 300, 900, 1799].map((j) => [idle[j].source, idle[j].t, idle[j].clip]), [[1, 0, -1], [1, 299, -1], [2, 0, -2], [1, 0, -4], [3, 299, -6]]);
+  // 20 events of 10 frames, every other event image (even spread, order kept), each whole.
+  const ev = s.filter((f) => !f.idle);
+  assert.deepEqual([...new Set(ev.map((f) => f.source))], events.filter((_, i) => i % 2 === 0));
+  for (let k = 0; k < 20; k++) assert.deepEqual(ev.slice(10 * k, 10 * k + 10).map((f) => [f.clip, f.t]), Array.from({ length: 10 }, (_, t) => [k, t]));
+  // Evenly cut into the idle view: ~86 idle frames before each event.
+  const firstEvent = s.findIndex((f) => !f.idle);
+  assert.equal(firstEvent, Math.round(1800 / 21));
+  assert.equal(s.at(-1)!.idle, true);
+  // Fewer event images than asked for: all of them, the rest idle.
+  assert.equal(staticCameraStream([1], [5, 6], 100, 50).filter((f) => !f.idle).length, 20);
+  assert.throws(() => staticCameraStream([1], events, 100, 100), /--idle 100: a percentage from 0 to 99/);
+});
+
+test('ssocl bench --idle: a percentage of 100 or a second kind of stream is one line, exit 2, before any work', async () => {
+  const { spawnSync } = await import('node:child_process');
+  const bench = (args: string[]) => spawnSync(process.execPath, [path.join(HERE, '../bin/ssocl.mjs'), 'bench', '--plan', ...args], { encoding: 'utf8' });
+  const over = bench(['--idle', '90,100']);
+  assert.equal(over.status, 2, over.stderr);
+  assert.equal(over.stderr, 'ssocl: --idle 100: whole percentages from 0 to 99\n');
+  const both = bench(['--idle', '90', '--clips', '10']);
+  assert.equal(both.status, 2, both.stderr);
+  assert.equal(both.stderr, 'ssocl: --idle and --clips / --video: one kind of stream at a time\n');
 });

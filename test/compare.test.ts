@@ -8,6 +8,7 @@ import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'no
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { REPO, CIFAR10_DIR } from './helpers/paths.ts';
+import { METHODS } from '../agent/methods.ts';
 
 const skip = !existsSync(path.join(CIFAR10_DIR, 'test_batch.bin')) && 'no CIFAR-10';
 const root = mkdtempSync(path.join(tmpdir(), 'ssocl-compare-'));
@@ -28,8 +29,8 @@ const SEQ_IM = [2048, 4096, 2048, 4096, 2048, 2048, 4096, 2048, 2048, 4096];
 
 test('bench --plan: stream sizes, presets and one budget (updates x crops) per protocol; done rows marked', { skip }, () => {
   const json = path.join(root, 'plan.jsonl');
-  // An older edge row (no protocol field) for ours/seq/trial 1: done for edge-cifar10 only.
-  writeFileSync(json, JSON.stringify({ method: 'ours', order: 'seq', trial: 1, images: 4500, steps: 1, seconds: 1, floor20: 1, knn20: [1, 1, 1, 1], knn50: [1, 1, 1, 1], final20: 1, mean20: 1 }) + '\n');
+  // An older edge row (no protocol field) for ours/seq/trial 1, under ours' rules: done for edge-cifar10 only.
+  writeFileSync(json, JSON.stringify({ method: 'ours', order: 'seq', trial: 1, images: 4500, steps: 1, seconds: 1, floor20: 1, knn20: [1, 1, 1, 1], knn50: [1, 1, 1, 1], final20: 1, mean20: 1, rules: { policy: METHODS.ours.buffer, replay: 'mixed', warmup: 'none' } }) + '\n');
   const expect: Record<string, { perClass: number; b: number; k: number; scale: string }> = {
     'edge-cifar10': { perClass: 450, b: 32, k: 2, scale: 'edge' },
     'gpu-cifar10': { perClass: 1000, b: 100, k: 1, scale: 'paper' },

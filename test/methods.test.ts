@@ -33,7 +33,9 @@ test('every method names presets that exist at both scales, with the crops it fi
   // The baselines' rules as DESIGN section 4 states them.
   assert.deepEqual([METHODS.minred.buffer, METHODS.minred.replay, METHODS.minred.warmup], ['minred', 'buffer', 'fill']);
   assert.deepEqual([METHODS['simclr-reservoir'].buffer, METHODS['simclr-reservoir'].replay], ['reservoir', 'buffer']);
-  assert.deepEqual([METHODS.ours.buffer, METHODS.ours.replay, METHODS.ours.warmup], ['diverse', 'mixed', 'none']);
+  assert.deepEqual([METHODS.ours.buffer, METHODS.ours.replay, METHODS.ours.warmup], ['diverse-strata-refresh', 'mixed', 'none']);
+  // Issue #31: ours' buffer changed; EMP-SSL keeps the rule it was set up with, and the old rule stays selectable.
+  assert.deepEqual([METHODS.empssl.buffer, METHODS['ours-old-rule'].buffer], ['diverse', 'diverse']);
 });
 
 test('ssocl run takes its learner rules from the method, each flag overriding one; ours without --method', () => {
@@ -46,19 +48,20 @@ test('ssocl run takes its learner rules from the method, each flag overriding on
   const dflt = run({});
   assert.equal(dflt.method!.def.name, 'ours');
   assert.equal(dflt.method!.checkArtifacts, false, 'any artifacts without --method');
-  assert.deepEqual([dflt.learner.policy, dflt.learner.replay, dflt.learner.warmup, dflt.learner.updates], ['diverse', 'mixed', 'none', undefined]);
+  assert.deepEqual([dflt.learner.policy, dflt.learner.replay, dflt.learner.warmup, dflt.learner.updates], ['diverse-strata-refresh', 'mixed', 'none', undefined]);
 });
 
 const skip = !existsSync(path.join(CIFAR10_DIR, 'test_batch.bin')) && 'no CIFAR-10';
 
 test('ssocl bench --plan and ssocl run --method read the same definition; rows made under older rules are run again', { skip }, () => {
-  // Rows from before rules were recorded: ours' still stand; minred's trained without its warm-up.
+  // Rows from before rules were recorded: empssl's still stand; minred's trained without its warm-up,
+  // ours' with the paper's rule (diverse) it had until issue #31.
   const json = path.join(root, 'plan.jsonl');
   const old = { order: 'seq', trial: 0, images: 4500, steps: 1, seconds: 1, floor20: 1, knn20: [1, 1, 1, 1], knn50: [1, 1, 1, 1], final20: 1, mean20: 1 };
-  writeFileSync(json, ['ours', 'minred'].map((method) => JSON.stringify({ method, ...old }) + '\n').join(''));
+  writeFileSync(json, ['ours', 'minred', 'empssl'].map((method) => JSON.stringify({ method, ...old }) + '\n').join(''));
   const r = spawnSync(process.execPath, [path.join(REPO, 'bin/ssocl.mjs'), 'bench', '--data-dir', path.dirname(CIFAR10_DIR), '--plan', '--methods', METHOD_NAMES.join(','), '--trials', '0', '--json', json], { encoding: 'utf8' });
   assert.equal(r.status, 0, r.stderr);
-  assert.match(r.stderr, /1 row\(s\) of minred in .* were made under rules the method no longer has/);
+  assert.match(r.stderr, /2 row\(s\) of ours, minred in .* were made under rules the method no longer has/);
   const lines = r.stdout.split('\n').filter((l) => l.startsWith('| '));
   const head = lines[0].slice(2, -2).split(' | ');
   const rows = lines.slice(1).map((l) => Object.fromEntries(l.slice(2, -2).split(' | ').map((v, i) => [head[i], v])));
@@ -69,7 +72,7 @@ test('ssocl bench --plan and ssocl run --method read the same definition; rows m
     assert.deepEqual([row.preset, row.buffer, row.replay, row.warmup], [m.edge.preset, m.buffer, m.replay, m.warmup], `bench ${m.name}`);
     assert.deepEqual([run.policy, run.replay, run.warmup], [m.buffer, m.replay, m.warmup], `run ${m.name}`);
     if (m.updates !== undefined) assert.equal(Number(row['updates/arrival']), m.updates);
-    assert.equal(row.status, m.name === 'ours' ? 'done' : 'to run', m.name);
+    assert.equal(row.status, m.name === 'empssl' ? 'done' : 'to run', m.name);
   }
 });
 
@@ -106,10 +109,10 @@ test("ssocl run --method minred: MinRed's buffer, no step until the buffer fills
   assert.match(m.stdout, / 2 arrivals, 0 steps /);
   const full = run(minredArt, '--method', 'minred', '--max-arrivals', '4');
   assert.match(full.stdout, / 4 arrivals, 4 steps /, full.stderr);
-  // SimSiam artifacts without --method: ours (diverse, mixed), nothing inferred from the predictor.
+  // SimSiam artifacts without --method: ours (diverse-strata-refresh, mixed), nothing inferred from the predictor.
   const o = run(minredArt, '--max-arrivals', '2');
   assert.equal(o.status, 0, o.stderr);
-  assert.match(o.stderr, /method ours, 4 new images per arrival, 2 updates, buffer 12 \(diverse\), replay mixed\n/);
+  assert.match(o.stderr, /method ours, 4 new images per arrival, 2 updates, buffer 12 \(diverse-strata-refresh\), replay mixed\n/);
   assert.match(o.stdout, / 2 arrivals, 2 steps /);
 });
 

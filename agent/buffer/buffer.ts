@@ -24,19 +24,34 @@ import { psaSelect } from './psa.ts';
 // is diverse-strata with the nearest neighbours of diverse-fresh (backbone features recomputed at each shrink);
 // `strata-random` is the control with no redundancy at all: the spans of diverse-strata, a uniform draw within;
 // `diverse-reservoir-fresh` is diverse-reservoir with the nearest neighbours of diverse-fresh.
+// Issue #31's fix, ours' default (OURS_POLICY): `diverse-strata-refresh` is diverse-strata ranked on
+// the buffer's embeddings recomputed under the current encoder in one batched embed before each removal
+// round (z*'s space, every entry under one encoder). Measured (bench/RESULTS.md, issue #31): by the stored z*
+// and by the current encoder alike, entries of every age are about as redundant as each other, so the
+// paper's rule removes nearly at random and each class decays as in random replacement; the spans give
+// each part of the stream's past its share, and within it the most redundant entry goes.
+// `diverse-refresh` is its measured alternative without the spans: the paper's rule over every entry's
+// embedding recomputed before each removal round (as diverse-fresh on the backbone features);
+// `diverse-span-refresh` its cheaper form: only the spans that give up entries are embedded, each entry
+// ranked within its own span.
 // `oracle-clip` is a benchmark's yardstick, not a rule for real streams: it knows which frames are one
 // clip from their keys ('source.frame', as bench --clips and --video name them) and drops from the clip
 // with the most frames in the buffer, so the buffer holds as many distinct scenes as it can: what a
 // perfect redundancy detector would keep, the ceiling for any rule on features.
-export type BufferPolicy = 'diverse' | 'minred' | 'reservoir' | 'fifo' | 'psa' | 'diverse-fresh' | 'diverse-strata' | 'diverse-reservoir' | 'diverse-strata-fresh' | 'strata-random' | 'diverse-reservoir-fresh' | 'oracle-clip';
-export const BUFFER_POLICIES: BufferPolicy[] = ['diverse', 'minred', 'reservoir', 'fifo', 'psa', 'diverse-fresh', 'diverse-strata', 'diverse-reservoir', 'diverse-strata-fresh', 'strata-random', 'diverse-reservoir-fresh', 'oracle-clip'];
+export type BufferPolicy = 'diverse' | 'minred' | 'reservoir' | 'fifo' | 'psa' | 'diverse-fresh' | 'diverse-strata' | 'diverse-reservoir' | 'diverse-strata-fresh' | 'strata-random' | 'diverse-reservoir-fresh' | 'diverse-strata-refresh' | 'diverse-refresh' | 'diverse-span-refresh' | 'oracle-clip';
+export const BUFFER_POLICIES: BufferPolicy[] = ['diverse', 'minred', 'reservoir', 'fifo', 'psa', 'diverse-fresh', 'diverse-strata', 'diverse-reservoir', 'diverse-strata-fresh', 'strata-random', 'diverse-reservoir-fresh', 'diverse-strata-refresh', 'diverse-refresh', 'diverse-span-refresh', 'oracle-clip'];
+/** Ours' buffer policy (agent/methods.ts, the learner's default). */
+export const OURS_POLICY: BufferPolicy = 'diverse-strata-refresh';
 /** The source of a key: what comes before the first '.' ('123.4' -> '123'; '123' -> '123'): a clip's frames are 'source.frame'. */
 export const sourceOf = (key: string) => key.split('.')[0];
 /** Spans of the stream `diverse-strata` balances when the config names none. */
 export const DEFAULT_STRATA = 8;
 
-/** Backbone features [entries, F] of the given entries under the current model (the psa policy's points). */
-export type FeatureFn = (entries: Entry[]) => Promise<Float32Array>;
+/**
+ * Backbone features [entries, F] of the given entries under the current model (the psa policy's points),
+ * or with 'embedding' their embeddings [entries, D] (z*'s space).
+ */
+export type FeatureFn = (entries: Entry[], space?: 'features' | 'embedding') => Promise<Float32Array>;
 
 export interface Entry {
   id: number;
@@ -81,6 +96,8 @@ export class ReplayBuffer {
   private dirty = new Map<number, Entry>();
   /** Ids currently in the buffer. */
   private live = new Set<number>();
+  /** The last refresh of the fresh policies: the entries embedded, in order, and the rows the encoder gave (before normalising). */
+  lastRefresh: { entries: Entry[]; rows: Float32Array } | null = null;
   /** Features allocated since the last snapshot: no snapshot shares them, so they may change in place. */
   private owned = new WeakSet<Float32Array>();
 
@@ -98,7 +115,7 @@ export class ReplayBuffer {
   }
 
   get usesFeatures(): boolean {
-    return ['diverse', 'minred', 'diverse-strata', 'diverse-reservoir', 'diverse-strata-fresh', 'diverse-reservoir-fresh'].includes(this.cfg.policy);
+    return ['diverse', 'minred', 'diverse-strata', 'diverse-reservoir', 'diverse-strata-fresh', 'diverse-reservoir-fresh', 'diverse-strata-refresh', 'diverse-refresh', 'diverse-span-refresh'].includes(this.cfg.policy);
   }
 
   /** Shrink right after an arrival is added, before its training steps (MinRed), not after them. */
@@ -203,6 +220,9 @@ export class ReplayBuffer {
     const ruleReady = n > 0 && seen >= 2 * n;
     if (this.cfg.policy === 'diverse-strata' && ruleReady) return this.shrinkStrata(n);
     if (this.cfg.policy === 'diverse-strata-fresh' && ruleReady) return this.shrinkStrata(n, await this.freshIndex(features));
+    if (this.cfg.policy === 'diverse-span-refresh' && ruleReady) return this.shrinkSpanLocal(n, features);
+    if (this.cfg.policy === 'diverse-refresh' && ruleReady) return this.shrinkFresh(n, features, 'embedding');
+    if (this.cfg.policy === 'diverse-strata-refresh' && ruleReady) return this.shrinkStrata(n, await this.freshIndex(features, 'embedding'));
     if (this.cfg.policy === 'strata-random' && n > 0) return this.shrinkStrata(n, undefined, rng);
     if (this.cfg.policy === 'diverse-reservoir' && ruleReady) return this.shrinkReservoirAdmit(n, rng);
     if (this.cfg.policy === 'diverse-reservoir-fresh' && ruleReady) return this.shrinkReservoirAdmit(n, rng, features ?? null);
@@ -271,21 +291,22 @@ export class ReplayBuffer {
    * diverse-fresh: the redundancy rule over the normalised backbone features of every entry under the
    * current model, computed now (the stored z* are kept for the EMA and diagnostics, not ranked).
    */
-  private async shrinkFresh(n: number, features: FeatureFn | undefined): Promise<Entry[]> {
-    const ids = await (await this.freshIndex(features)).removeRedundant(n);
+  private async shrinkFresh(n: number, features: FeatureFn | undefined, space: 'features' | 'embedding' = 'features'): Promise<Entry[]> {
+    const ids = await (await this.freshIndex(features, space)).removeRedundant(n);
     // In removal order, as the diverse rule reports them.
     const gone = await this.remove(new Set(ids));
     return ids.map((id) => gone.find((e) => e.id === id)!);
   }
 
-  /** A nearest-neighbour index over the normalised backbone features of every entry under the current model. */
-  private async freshIndex(features: FeatureFn | undefined): Promise<NearestNeighbours> {
-    if (!features) throw new Error(`buffer ${this.cfg.policy}: shrinking needs the entries' backbone features`);
-    const f = await features(this.entries);
-    const d = f.length / this.size;
+  /** A nearest-neighbour index over the normalised backbone features (or embeddings) of every entry under the current model. */
+  private async freshIndex(features: FeatureFn | undefined, space: 'features' | 'embedding' = 'features', entries: Entry[] = this.entries): Promise<NearestNeighbours> {
+    if (!features) throw new Error(`buffer ${this.cfg.policy}: shrinking needs the entries' ${space === 'features' ? 'backbone features' : 'embeddings'}`);
+    const f = await features(entries, space);
+    this.lastRefresh = { entries: [...entries], rows: f };
+    const d = f.length / entries.length;
     const nn = new NearestNeighbours(this.engine);
     await nn.setMany(
-      this.entries.map((e, j) => {
+      entries.map((e, j) => {
         const v = f.slice(j * d, (j + 1) * d);
         const inv = invNorm(v, 0, d);
         for (let k = 0; k < d; k++) v[k] *= inv;
@@ -332,6 +353,37 @@ export class ReplayBuffer {
       out.push(e);
       await nn.delete(e.id);
       if (index) await this.nn.delete(e.id);
+    }
+    this.forget(out.map((e) => e.id));
+    return out;
+  }
+
+  /**
+   * diverse-span-refresh: the spans of diverse-strata, but a span's entries are embedded under the
+   * current model only when it first gives up an entry in a round, and each is ranked by its nearest
+   * neighbour within its own span: the pass costs the crowded spans' entries, not the whole buffer's.
+   */
+  private async shrinkSpanLocal(n: number, features: FeatureFn | undefined): Promise<Entry[]> {
+    await this.flush();
+    const S = this.cfg.strata ?? DEFAULT_STRATA;
+    const T = this.streamCount;
+    const span = (e: Entry) => Math.min(S - 1, Math.floor(((e.streamIndex - 1) * S) / T));
+    const left = [...this.entries];
+    const local = new Map<number, NearestNeighbours>();
+    const out: Entry[] = [];
+    for (let r = 0; r < n; r++) {
+      const count = new Array(S).fill(0);
+      for (const e of left) count[span(e)]++;
+      let s = S - 1;
+      for (let i = S - 2; i >= 0; i--) if (count[i] > count[s]) s = i;
+      let nn = local.get(s);
+      if (!nn) local.set(s, (nn = await this.freshIndex(features, 'embedding', left.filter((e) => span(e) === s))));
+      // A span of one entry has no neighbour in it: that entry goes.
+      const id = nn.size > 1 ? nn.mostRedundant() : left.find((e) => span(e) === s)!.id;
+      const [e] = left.splice(left.findIndex((x) => x.id === id), 1);
+      out.push(e);
+      if (nn.has(id)) await nn.delete(id);
+      await this.nn.delete(id);
     }
     this.forget(out.map((e) => e.id));
     return out;

@@ -4,7 +4,7 @@
 // configuration (agent/methods.ts: artifacts, buffer policy, replay rule, warm-up), not a copy of this loop.
 
 import { Rng } from '../../core/rng.ts';
-import { ReplayBuffer, type Entry, type BufferConfig, type BufferSnapshot } from '../buffer/buffer.ts';
+import { OURS_POLICY, ReplayBuffer, type Entry, type BufferConfig, type BufferSnapshot } from '../buffer/buffer.ts';
 import type { SimilarityEngine } from '../buffer/similarity.ts';
 import { multiCrop, sampleCropPacked, CIFAR_AUGMENT, type AugmentConfig } from '../frames/augment.ts';
 import { CROP_PARAM_COUNT } from '../../core/crop-params.ts';
@@ -86,20 +86,20 @@ export class Learner {
     return [...fresh, ...this.buffer.sample(this.rng, replay, new Set(fresh.map((e) => e.id)))];
   }
 
-  /** Shrinks the buffer to capacity by its policy (psa reads the entries' backbone features). */
+  /** Shrinks the buffer to capacity by its policy (psa and the fresh policies read the entries through the current encoder). */
   shrink(): Promise<Entry[]> {
-    return this.buffer.shrink(this.rng, (es) => this.backboneFeatures(es));
+    return this.buffer.shrink(this.rng, async (es, space = 'features') => (await this.embedEntries(es))[space === 'embedding' ? 'embedding' : 'features']);
   }
 
-  /** Backbone features of buffer entries under the current weights (embed.onnx, batch-norm statistics as stored). */
-  private async backboneFeatures(es: Entry[]): Promise<Float32Array> {
+  /** Buffer entries' un-augmented images through embed.onnx under the current weights (batch-norm statistics as stored), in one batch: backbone features and embedding. */
+  async embedEntries(es: Entry[]): Promise<{ features: Float32Array; embedding: Float32Array }> {
     const size = this.trainer.manifest.preset.image.size;
     const per = 3 * size * size;
     const x = new Float32Array(es.length * per);
     es.forEach((e, j) => {
       for (let k = 0; k < per; k++) x[j * per + k] = e.image[k] / 255;
     });
-    return (await this.trainer.embed(x, es.length)).features;
+    return this.trainer.embed(x, es.length);
   }
 
   async arrive(items: { key: string; image: Uint8Array }[]): Promise<ArrivalReport> {
@@ -311,7 +311,7 @@ export function defaultLearnerConfig(trainer: Trainer, over: Partial<LearnerConf
     replay: p.agent.replay,
     warmup: 'none',
     // Ours' buffer whatever the artifacts train: a method's policy comes from its definition (agent/methods.ts).
-    buffer: { capacity: p.agent.bufferSize, policy: 'diverse', alpha: 0.5 },
+    buffer: { capacity: p.agent.bufferSize, policy: OURS_POLICY, alpha: 0.5 },
     lr: p.lr,
     schedule: 'constant',
     scheduleSteps: 10000,

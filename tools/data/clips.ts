@@ -90,3 +90,41 @@ export function clipStream(sources: readonly number[], frames: number): { source
   for (const source of sources) for (let t = 0; t < frames; t++) out.push({ source, t });
   return out;
 }
+
+/** One frame of a static-camera stream: the source image, its clip (the motion's seed) and frame t of `frames`. */
+export interface CameraFrame {
+  source: number;
+  /** Idle visits: -(visit + 1); events: the event's number (>= 0). */
+  clip: number;
+  t: number;
+  frames: number;
+  idle: boolean;
+}
+
+/**
+ * A static camera's day (issue #31): `idlePercent` % of `total` frames are long visits of `visit`
+ * frames to a few idle scenes (`scenes`, visited in turn, so each is revisited), the rest short events
+ * of `event` frames, taken evenly from `events` in their order (a class-incremental order stays one),
+ * each cutting into the idle view at even intervals (the idle visit then goes on where it was).
+ */
+export function staticCameraStream(scenes: readonly number[], events: readonly number[], total: number, idlePercent: number, visit = 300, event = 10): CameraFrame[] {
+  if (!(idlePercent >= 0 && idlePercent < 100)) throw new Error(`--idle ${idlePercent}: a percentage from 0 to 99`);
+  if (!scenes.length) throw new Error('static camera: no idle scenes');
+  const eventClips = Math.min(events.length, Math.round((total * (1 - idlePercent / 100)) / event));
+  const idleFrames = total - eventClips * event;
+  const out: CameraFrame[] = [];
+  let j = 0;
+  const idleUntil = (end: number) => {
+    for (; j < end; j++) {
+      const v = Math.floor(j / visit);
+      out.push({ source: scenes[v % scenes.length], clip: -(v + 1), t: j % visit, frames: visit, idle: true });
+    }
+  };
+  for (let k = 0; k < eventClips; k++) {
+    idleUntil(Math.round(((k + 1) * idleFrames) / (eventClips + 1)));
+    const source = events[Math.floor((k * events.length) / eventClips)];
+    for (let t = 0; t < event; t++) out.push({ source, clip: k, t, frames: event, idle: false });
+  }
+  idleUntil(idleFrames);
+  return out;
+}

@@ -247,6 +247,10 @@ function renderBuffer() {
   }
   const from = b.source === 'live' ? 'live snapshot' : b.version;
   $('b-info').textContent = `${b.entries.length} entries at step ${b.step} (${from}, ${new Date(b.time).toLocaleTimeString()}); mean nearest-neighbour cosine ${fmt(b.meanNnSim)} over the stored features`;
+  // The mix (issue #31): entries per eighth of the stream so far, oldest first, and distinct source clips.
+  const m = b.mix;
+  const mixEl = $('b-mix');
+  if (m && mixEl) mixEl.textContent = `by age (eighths of the stream so far, oldest first): ${m.byAge.join(' · ')}; ${m.sources} source clip${m.sources === 1 ? '' : 's'}${m.largestSource ? `, the largest ${m.largestSource.source} with ${m.largestSource.entries}` : ''}`;
 }
 
 async function onBuffer(b) {

@@ -1,0 +1,114 @@
+// Issue #31: the diverse buffer must keep the stream's history. The buffer diagnostics (class histogram,
+// nearest-neighbour cosine by entry age) on a hand-made buffer; ours' refreshed features are a fresh
+// embed of the stored images, bit for bit; and on a small class-incremental stream where the old
+// classes look the most redundant, the paper's rule empties the oldest class and ours keeps it.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { ReplayBuffer, type BufferPolicy } from '../agent/buffer/buffer.ts';
+import { classHistogram, nnCosineByAge, storedRows } from '../agent/eval/redundancy.ts';
+import { bufferMix } from '../agent/serve/buffer-view.ts';
+import { METHODS } from '../agent/methods.ts';
+import { Trainer } from '../agent/trainer/trainer.ts';
+import { Learner, defaultLearnerConfig } from '../agent/trainer/learner.ts';
+import { compileArtifacts, writeArtifacts } from '../tools/artifacts/write.ts';
+import { Rng } from '../core/rng.ts';
+import { tinyPreset } from './helpers/tiny.ts';
+
+const img = (v: number) => new Uint8Array(12).fill(v);
+
+test('class histogram and nearest-neighbour cosine by age of a hand-made buffer', () => {
+  // Keys 'source.frame'; labels by source. Four entries, oldest first by stream position (given out of order).
+  const es = [
+    { key: '10.0', streamIndex: 3, feature: Float32Array.of(0, 2) }, // (0, 1) once normalised
+    { key: '11.4', streamIndex: 1, feature: Float32Array.of(1, 0) },
+    { key: '12', streamIndex: 4, feature: Float32Array.of(0.6, 0.8) },
+    { key: '10.1', streamIndex: 2, feature: Float32Array.of(0.8, 0.6) },
+  ];
+  const label: Record<string, number> = { '10': 2, '11': 0, '12': 2 };
+  assert.deepEqual(classHistogram(es, (k) => label[k.split('.')[0]], 4), [1, 0, 3, 0]);
+  // Out-of-range labels are not counted.
+  assert.deepEqual(classHistogram(es, (k) => (k.startsWith('12') ? 7 : 1), 3), [0, 3, 0]);
+  // Cosines: (1,0)-(.8,.6) .8; (0,1)-(.6,.8) .8; (.6,.8)-(.8,.6) .96. Nearest: s1 .8, s2 .96, s3 .8, s4 .96.
+  const rows = storedRows(es, 2);
+  const two = nnCosineByAge(es, rows, 2);
+  assert.ok(Math.abs(two[0] - 0.88) < 1e-6 && Math.abs(two[1] - 0.88) < 1e-6, `${two}`);
+  const four = nnCosineByAge(es, rows, 4);
+  [0.8, 0.96, 0.8, 0.96].forEach((v, g) => assert.ok(Math.abs(four[g] - v) < 1e-6, `cohort ${g}: ${four[g]} != ${v}`));
+  // An entry never seen (no z*) reads as a zero row: cosine 0 to everything.
+  const unseen = [...es.slice(0, 3), { key: '13', streamIndex: 5, feature: null }];
+  assert.ok(Math.abs(nnCosineByAge(unseen, storedRows(unseen, 2), 4)[3]) < 1e-6);
+});
+
+test("the dashboard's buffer mix: entries per span of the stream so far, distinct source clips, the largest", () => {
+  // 16 positions seen, 4 spans of 4: positions 1-4, 5-8, 9-12, 13-16.
+  const es = [
+    { key: '7.0', streamIndex: 1 },
+    { key: '7.1', streamIndex: 2 },
+    { key: '7.2', streamIndex: 4 },
+    { key: '9', streamIndex: 5 },
+    { key: 'cam/a.png', streamIndex: 16 },
+  ];
+  assert.deepEqual(bufferMix(es, 16, 4), { byAge: [3, 1, 0, 1], sources: 3, largestSource: { source: '7', entries: 3 } });
+  assert.deepEqual(bufferMix([], 0, 2), { byAge: [0, 0], sources: 0, largestSource: null });
+});
+
+test("ours' refresh: the ranked rows are a fresh embed of the stored images under the current weights, bit for bit", async () => {
+  const root = mkdtempSync(path.join(tmpdir(), 'ssocl-history-'));
+  try {
+    const dir = path.join(root, 'art');
+    writeArtifacts(compileArtifacts(tinyPreset(['agent={"newPerArrival":2,"updatesPerArrival":2,"bufferSize":6,"replay":"mixed"}'])), dir);
+    const trainer = await Trainer.open(dir, { threads: 1 });
+    const cfg = defaultLearnerConfig(trainer, { seed: 5 });
+    assert.equal(cfg.buffer.policy, METHODS.ours.buffer, "the learner's default is ours' buffer");
+    const learner = new Learner(trainer, cfg);
+    const rng = new Rng(9);
+    const size = trainer.manifest.preset.image.size;
+    for (let a = 0; a < 6; a++) await learner.arrive(Array.from({ length: 2 }, (_, j) => ({ key: `${a}.${j}`, image: Uint8Array.from({ length: 3 * size * size }, () => rng.int(256)) })));
+    const r = learner.buffer.lastRefresh;
+    assert.ok(r, 'ours refreshed the features before removing');
+    assert.equal(r.entries.length, 8, 'every entry of the buffer over capacity (6 + 2) was embedded');
+    const per = 3 * size * size;
+    const x = new Float32Array(r.entries.length * per);
+    r.entries.forEach((e, j) => e.image.forEach((v, k) => (x[j * per + k] = v / 255)));
+    // No step since the last shrink: the same weights, the same session.
+    const want = (await trainer.embed(x, r.entries.length)).embedding;
+    assert.equal(r.rows.length, want.length);
+    assert.ok(Buffer.from(r.rows.buffer, r.rows.byteOffset, r.rows.byteLength).equals(Buffer.from(want.buffer, want.byteOffset, want.byteLength)), 'refreshed rows differ from a fresh embed');
+    await trainer.close();
+  } finally {
+    rmSync(root, { recursive: true, force: true });
+  }
+});
+
+/**
+ * Eight classes of 8 images, 4 an arrival, into a buffer of 12. The features carry no class structure
+ * (random directions, stored and recomputed alike), so entries of every age are about as redundant as
+ * each other: what bench --orders seq measured of z* and of the current encoder's embeddings (issue #31).
+ */
+async function classStream(policy: BufferPolicy): Promise<number[]> {
+  const D = 8;
+  const rng = new Rng(4);
+  const feat = new Map<number, Float32Array>();
+  const b = new ReplayBuffer({ capacity: 12, policy, alpha: 0.5 });
+  for (let c = 0; c < 8; c++) {
+    for (let a = 0; a < 2; a++) {
+      const added = b.add(Array.from({ length: 4 }, (_, j) => ({ key: `${c}.${a * 4 + j}`, image: img(c) })));
+      for (const e of added) feat.set(e.id, Float32Array.from({ length: D }, () => rng.range(-1, 1)));
+      await b.updateFeatures(added, Float32Array.from(added.flatMap((e) => [...feat.get(e.id)!])));
+      await b.shrink(rng, async (es) => Float32Array.from(es.flatMap((e) => [...feat.get(e.id)!])));
+    }
+  }
+  return classHistogram(b.entries, (k) => Number(k.split('.')[0]), 8);
+}
+
+test("a class-incremental stream with no class structure in the features: the paper's rule empties the oldest class, ours keeps it", async () => {
+  const old = await classStream('diverse');
+  assert.equal(old[0], 0, `the paper's rule was expected to empty class 0: ${old}`);
+  const ours = await classStream(METHODS.ours.buffer);
+  // Fair share 12 / 8 = 1.5: every class keeps one.
+  assert.ok(ours.every((n) => n >= 1), `ours' buffer lost a class: ${ours}`);
+  assert.equal(ours.reduce((p, q) => p + q, 0), 12);
+});
