@@ -131,5 +131,6 @@ export async function probeAccuracy(embed: EmbedFn, p: Probe, size: number, batc
   const q = (await feats(p.test)).features;
   const k = Math.min(20, p.train.count);
   const [r] = await knnWeighted({ memory: mem, memoryLabels: p.train.labels, queries: q, queryLabels: p.test.labels, d: mem.length / p.train.count, classes: p.classes }, [k]);
-  return { knn: r.accuracy, k, queries: r.total, set: p.set };
+  // knnWeighted gives percent; the gate, --probe-max-drop (0-1) and every display read a fraction.
+  return { knn: r.accuracy / 100, k, queries: r.total, set: p.set };
 }
