@@ -8,7 +8,9 @@
 // (k 20) of the imported model's features is measured on the new classes (5-9) and on the old ones
 // (0-4: forgetting) at 0/25/50/75/100% of the stream; each class group is its own 5-way kNN (memory:
 // train images outside every stream, queries: test images). Prints the table of means, the paired
-// differences (pretrained - random) and writes every row to --json.
+// differences (pretrained - random) and writes every row to --json. The agent's export writes BN as
+// arithmetic on the running statistics (inference form), so the imports have no BN layer and train those
+// statistics as weights unless --train leaves them out (e.g. --train '^(?!buffers\.)').
 //
 //   node --import tsx bench/byom-pretrained.ts [--trials 0,1,2] [--pretrain-per-class 200]
 //        [--per-class 160] [--updates 2] [--memory-per-class 150] [--queries-per-class 150]
@@ -38,6 +40,9 @@ const values = benchArgs(import.meta.url, {
   updates: { type: 'string', default: '2', describe: 'minibatch updates per arrival (pretraining and stream)' },
   'memory-per-class': { type: 'string', default: '150', describe: 'kNN memory: train images per class, none of them in a stream' },
   'queries-per-class': { type: 'string', default: '150', describe: 'kNN queries: test images per class' },
+  // The agent's exported encoder computes BN from its running statistics (no BatchNormalization node), so
+  // the import sees them as weights: 'all' trains them by gradient too; '^(?!buffers\.)' keeps them fixed.
+  train: { type: 'string', default: 'all', describe: "what the imports train (--from-onnx --train): all, last:N or a regular expression over weight names" },
   threads: { type: 'string', default: '2', describe: 'ORT threads per training session' },
   data: { type: 'string', default: path.resolve(HERE, '../../shared/data/cifar-10-batches-bin'), describe: 'the CIFAR-10 binary folder' },
   json: { type: 'string', default: path.join(HERE, 'results/byom-pretrained.json'), describe: 'where the rows are written (JSON, replaced at the end of each trial)' },
@@ -157,7 +162,7 @@ try {
     for (const start of ['pretrained', 'random'] as const) {
       // The encoder's bound model takes [0, 1] images and normalises inside: mean 0, std 1 here. The
       // convolution gradients of the edge preset it came from (the import's default is for wide models).
-      const { built } = compileFromOnnx(files[start], { train: 'all', feature: 'features', name: `edge-${start}`, set: [`seed=${trial}`, 'image.mean=[0,0,0]', 'image.std=[1,1,1]', 'convWeightGrad=batched-offsets', 'convInputGrad=conv', 'gradCos=false'] });
+      const { built } = compileFromOnnx(files[start], { train: values.train, feature: 'features', name: `edge-${start}`, set: [`seed=${trial}`, 'image.mean=[0,0,0]', 'image.std=[1,1,1]', 'convWeightGrad=batched-offsets', 'convInputGrad=conv', 'gradCos=false'] });
       const dir = path.join(work, `${start}-${trial}`);
       writeArtifacts(built, dir);
       const tr = await Trainer.open(dir, { threads });
