@@ -79,6 +79,8 @@ test('--train last:N learns only the last N layers with weights; the rest is fro
   try {
     const source = ssoclEncoder(path.join(dir, 'tiny'));
     const all = compileFromOnnx(source, { train: 'all', name: 'all', set: SETS }).src;
+    // An ssocl export's BN running statistics (constants named buffers.*) are never trained by gradient.
+    assert.ok(all.params.length > 0 && !all.params.some((p) => p.startsWith('buffers.')), `params: ${all.params.join(', ')}`);
     const last = compileFromOnnx(source, { train: 'last:2', name: 'last', set: SETS });
     const learns = last.built.manifest.state.filter((e) => e.role === 'param' && e.name.startsWith('params.encoder.')).map((e) => e.name);
     const lastTwo = all.layers.slice(-2);

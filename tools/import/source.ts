@@ -128,7 +128,9 @@ export function prepareSource(bytes: Uint8Array, o: ImportOptions): SourceModel 
   const feature = o.feature ?? defaultFeature(nodes, outputs[0]);
   const needed = ancestors(nodes, feature);
   if (!needed.size && feature !== input.name) throw new ImportError(`--feature ${feature}: no node of the model computes a tensor of that name`);
-  const isWeight = (name: string) => tensors.has(name) && (tensors.get(name)!.data.length > 1);
+  // ssocl's own export writes BN in inference form, its running statistics as plain constants named
+  // buffers.*: not weights (trained by gradient, a variance pushed below 0 turns Sqrt into NaN), frozen.
+  const isWeight = (name: string) => tensors.has(name) && tensors.get(name)!.data.length > 1 && !name.startsWith('buffers.');
   const layers = nodes.filter((n) => needed.has(n) && weightInputs(n, isWeight).length);
   const train = selectLayers(layers, o.train, isWeight);
   const params: string[] = [];
