@@ -381,8 +381,9 @@ async function loop(r: Run): Promise<Frame[]> {
   const newPer = r.trainer.manifest.preset.agent.newPerArrival;
   const started = Date.now();
   const waitMs = o.exitWhenIdle ? 250 : 1000;
-  // --exit-when-idle shorter than IDLE_MS still learns the incomplete arrival before it stops.
-  const idleMs = o.exitWhenIdle ? Math.min(IDLE_MS, o.exitWhenIdle * 1000) : IDLE_MS;
+  // --exit-when-idle shorter than IDLE_MS still learns the incomplete arrival, and says it is idle (status
+  // record, log), halfway to the stop: idle and the stop in one instant left no idle record to see.
+  const idleMs = o.exitWhenIdle ? Math.min(IDLE_MS, (o.exitWhenIdle * 1000) / 2) : IDLE_MS;
   let lastFrameAt = Date.now();
   const batch: Frame[] = [];
   while (!stop.reason) {
