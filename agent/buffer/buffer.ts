@@ -316,6 +316,13 @@ export class ReplayBuffer {
     return nn;
   }
 
+  /** An entry's span: which of the strata equal parts of the stream so far it arrived in. */
+  private spanOf(): (e: Entry) => number {
+    const S = this.cfg.strata ?? DEFAULT_STRATA;
+    const T = this.streamCount;
+    return (e) => Math.min(S - 1, Math.floor(((e.streamIndex - 1) * S) / T));
+  }
+
   /**
    * diverse-strata: n times, the span of stream positions (the stream so far in `strata` equal parts)
    * holding the most entries (the newer span on ties) gives up its entry with the most similar nearest
@@ -325,16 +332,11 @@ export class ReplayBuffer {
   private async shrinkStrata(n: number, index?: NearestNeighbours, random?: Rng): Promise<Entry[]> {
     await this.flush();
     const nn = index ?? this.nn;
-    const S = this.cfg.strata ?? DEFAULT_STRATA;
-    const T = this.streamCount;
-    const span = (e: Entry) => Math.min(S - 1, Math.floor(((e.streamIndex - 1) * S) / T));
+    const span = this.spanOf();
     const left = [...this.entries];
     const out: Entry[] = [];
     for (let r = 0; r < n; r++) {
-      const count = new Array(S).fill(0);
-      for (const e of left) count[span(e)]++;
-      let s = S - 1;
-      for (let i = S - 2; i >= 0; i--) if (count[i] > count[s]) s = i;
+      const s = crowdedSpan(left, span, this.cfg.strata ?? DEFAULT_STRATA);
       let pick = -1;
       let best = -Infinity;
       if (random) {
@@ -365,17 +367,12 @@ export class ReplayBuffer {
    */
   private async shrinkSpanLocal(n: number, features: FeatureFn | undefined): Promise<Entry[]> {
     await this.flush();
-    const S = this.cfg.strata ?? DEFAULT_STRATA;
-    const T = this.streamCount;
-    const span = (e: Entry) => Math.min(S - 1, Math.floor(((e.streamIndex - 1) * S) / T));
+    const span = this.spanOf();
     const left = [...this.entries];
     const local = new Map<number, NearestNeighbours>();
     const out: Entry[] = [];
     for (let r = 0; r < n; r++) {
-      const count = new Array(S).fill(0);
-      for (const e of left) count[span(e)]++;
-      let s = S - 1;
-      for (let i = S - 2; i >= 0; i--) if (count[i] > count[s]) s = i;
+      const s = crowdedSpan(left, span, this.cfg.strata ?? DEFAULT_STRATA);
       let nn = local.get(s);
       if (!nn) local.set(s, (nn = await this.freshIndex(features, 'embedding', left.filter((e) => span(e) === s))));
       // A span of one entry has no neighbour in it: that entry goes.
@@ -449,4 +446,13 @@ export class ReplayBuffer {
     this.nn = new NearestNeighbours(this.engine);
     if (this.usesFeatures) await this.nn.setMany(this.entries.filter((e) => e.seen && e.feature).map((e) => ({ id: e.id, feature: e.feature!, rank: e.streamIndex })));
   }
+}
+
+/** The span holding the most of `entries` (ties: the newest span). */
+function crowdedSpan(entries: readonly Entry[], span: (e: Entry) => number, spans: number): number {
+  const count = new Array(spans).fill(0);
+  for (const e of entries) count[span(e)]++;
+  let s = spans - 1;
+  for (let i = spans - 2; i >= 0; i--) if (count[i] > count[s]) s = i;
+  return s;
 }

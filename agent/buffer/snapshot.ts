@@ -3,10 +3,11 @@
 // atomically every few seconds while the agent trains. Checkpoints come every few minutes; this lets a
 // dashboard follow the buffer as it is now. Never read back by the agent: a resume uses checkpoints.
 
-import { readdirSync, readFileSync, rmSync } from 'node:fs';
+import { readdirSync, rmSync } from 'node:fs';
 import path from 'node:path';
 import { writeFileAtomic } from '../../core/atomic.ts';
-import { decodeSafetensors, encodeSafetensors } from '../../core/codecs/safetensors.ts';
+import { decodeSafetensors, encodeSafetensors, type StTensor } from '../../core/codecs/safetensors.ts';
+import { readInside } from '../../core/safe-read.ts';
 import type { Entry } from './buffer.ts';
 
 export const LIVE_BUFFER_FILE = 'buffer-live.safetensors';
@@ -70,22 +71,34 @@ export function removeStaleLiveBufferTemps(stateDir: string): void {
 /** The snapshot in `stateDir`, or null when there is none or it does not read as one. */
 export function readLiveBuffer(stateDir: string): LiveBuffer | null {
   try {
-    const { tensors, metadata } = decodeSafetensors(readFileSync(path.join(stateDir, LIVE_BUFFER_FILE)));
+    // Read as every file serve reads in the agent's folders: a regular file of its own, never a link or a FIFO.
+    const bytes = readInside(stateDir, LIVE_BUFFER_FILE);
+    if (!bytes) return null;
+    const { tensors, metadata } = decodeSafetensors(bytes);
     const meta = JSON.parse(metadata['ssocl.buffer']) as LiveBufferMeta & { hasFeature: boolean[] };
     const imgs = tensors.get('images');
     const feats = tensors.get('features');
     if (!imgs || !feats || !Array.isArray(meta.entries) || meta.entries.length !== imgs.shape[0] || typeof meta.step !== 'number') return null;
-    const [n, per] = imgs.shape;
-    const d = feats.shape[1];
-    const images: Uint8Array[] = [];
-    const features: (Float32Array | null)[] = [];
-    for (let i = 0; i < n; i++) {
-      images.push((imgs.data as Uint8Array).slice(i * per, (i + 1) * per));
-      features.push(meta.hasFeature?.[i] && d ? (feats.data as Float32Array).slice(i * d, (i + 1) * d) : null);
-    }
+    const { images, features } = bufferRows(imgs, feats, (i) => !!meta.hasFeature?.[i]);
     const { hasFeature: _h, ...rest } = meta;
     return { meta: rest, images, features };
   } catch {
     return null;
   }
+}
+
+/**
+ * A stored buffer's rows: images [N, per] and features [N, d] as one array per entry, an entry's
+ * feature null where `has(i)` says it had none (or d is 0). Shared by this snapshot and the checkpoints.
+ */
+export function bufferRows(imgs: StTensor, feats: StTensor, has: (i: number) => boolean): { images: Uint8Array[]; features: (Float32Array | null)[] } {
+  const [n, per] = imgs.shape;
+  const d = feats.shape[1];
+  const images: Uint8Array[] = [];
+  const features: (Float32Array | null)[] = [];
+  for (let i = 0; i < n; i++) {
+    images.push((imgs.data as Uint8Array).slice(i * per, (i + 1) * per));
+    features.push(has(i) && d ? (feats.data as Float32Array).slice(i * d, (i + 1) * d) : null);
+  }
+  return { images, features };
 }

@@ -11,6 +11,7 @@ import { sha256, writeFileAtomic } from '../../core/atomic.ts';
 import { decodeSafetensors, encodeSafetensors, type StTensor } from '../../core/codecs/safetensors.ts';
 import { readFileInside, readInside } from '../../core/safe-read.ts';
 import type { Entry } from '../buffer/buffer.ts';
+import { bufferRows } from '../buffer/snapshot.ts';
 import type { LearnerState } from './learner.ts';
 
 /** What a checkpoint keeps of a device's fleet state (so a restarted device merges the next global right). */
@@ -271,14 +272,8 @@ export function readCheckpoint(file: string, warn: (msg: string) => void = () =>
   }
   const imgs = tensors.get('buffer/images')!;
   const feats = tensors.get('buffer/features')!;
-  const [n, per] = imgs.shape;
-  const d = feats.shape[1];
-  const images: Uint8Array[] = [];
-  const features: (Float32Array | null)[] = [];
-  for (let i = 0; i < n; i++) {
-    images.push((imgs.data as Uint8Array).slice(i * per, (i + 1) * per));
-    features.push(meta.buffer.hasFeature[i] ? (feats.data as Float32Array).slice(i * d, (i + 1) * d) : null);
-  }
+  const n = imgs.shape[0];
+  const { images, features } = bufferRows(imgs, feats, (i) => meta.buffer.hasFeature[i]);
   if (meta.buffer.entries.length !== n) throw new CheckpointError(`buffer of ${n} images but ${meta.buffer.entries.length} entries`);
   const data = { meta, state, images, features, ...(extra.size ? { extra } : {}) };
   const bad = nonFinite(data);
