@@ -225,6 +225,7 @@ test("README's quickstart as typed: run, embed, classify and serve on a folder o
     const state = await (await fetch(`${url}api/state`)).json();
     assert.equal(state.status?.phase, 'stopped', JSON.stringify(state.status));
     assert.equal(state.status?.record?.line, latest.line);
+    assert.equal(state.status?.notPublishing, null, 'a run that published and stopped shows no "not publishing" badge');
   } finally {
     srv.kill('SIGTERM');
   }

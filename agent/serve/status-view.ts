@@ -39,5 +39,11 @@ export function describeStatus(r: StatusRecord | null, now = Date.now()): AgentS
       : r.phase === 'stopped'
         ? `stopped${why}${r.exitCode === null ? '' : ` (exit ${r.exitCode})`}`
         : `${r.phase}${why}`;
-  return { phase: isStale(r, now) ? 'stale' : r.phase, label, notPublishing: r.publishing ? null : (r.notPublishing ?? 'not publishing'), ageMs, record: r };
+  return { phase: isStale(r, now) ? 'stale' : r.phase, label, notPublishing: held(r), ageMs, record: r };
+}
+
+/** Why exports are held, or null. A stopped agent publishes nothing more: only a reason it recorded counts. */
+function held(r: StatusRecord): string | null {
+  if (r.publishing) return null;
+  return r.notPublishing ?? (r.phase === 'stopped' ? null : 'not publishing');
 }
