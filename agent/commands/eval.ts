@@ -1,4 +1,5 @@
-// `ssocl eval MODEL.onnx --dataset cifar10|cifar100`: kNN accuracy of an exported encoder.
+// `ssocl eval MODEL.onnx --dataset cifar10|cifar100`: kNN accuracy of an exported encoder (CIFAR's
+// 32x32 images resized to the model's input size where it takes another, e.g. an imported model).
 
 import path from 'node:path';
 import { readCifar10, readCifar100, type LabelledImages } from '../../core/codecs/cifar.ts';
@@ -10,6 +11,7 @@ import { Rng } from '../../core/rng.ts';
 import { asEncoder, modelInfo } from '../../core/onnx/model.ts';
 import { readImageFolder } from '../eval/folder.ts';
 import { readFileSync } from 'node:fs';
+import { resizeChw } from '../frames/decode.ts';
 
 /** Input side of an exported encoder (images [B, 3, S, S]). */
 function modelSize(file: string): number {
@@ -58,6 +60,14 @@ function pick(n: number, count: number | undefined, rng: Rng): number[] {
   return idx.slice(0, count);
 }
 
+/** The images `idx` picks (uint8 CHW, from x from), resized to `to` and packed in that order; indices into the packed set. */
+async function resized(images: Uint8Array, idx: number[], from: number, to: number): Promise<{ images: Uint8Array; idx: number[] }> {
+  const per = 3 * from * from;
+  const out = new Uint8Array(idx.length * 3 * to * to);
+  for (let j = 0; j < idx.length; j++) out.set(await resizeChw(images.subarray(idx[j] * per, (idx[j] + 1) * per), from, to), j * 3 * to * to);
+  return { images: out, idx: idx.map((_, j) => j) };
+}
+
 export interface EvalReport {
   dataset: string;
   protocol: string;
@@ -78,7 +88,6 @@ export async function evaluate(a: EvalArgs): Promise<EvalReport> {
     ({ train, test } = f);
     name = `${a.folder} (${train.classes.length} classes; ${f.split})`;
   } else {
-    if (size !== 32) throw new Error(`${a.model} takes ${size}x${size} images; CIFAR is 32x32 (evaluate it on an image folder with --folder)`);
     train = read('train');
     test = read('test');
   }
@@ -88,8 +97,10 @@ export async function evaluate(a: EvalArgs): Promise<EvalReport> {
   const qIdx = pick(test.count, a.protocol === 'scale' ? 5000 : a.limitTest, rng);
   const choice: EpChoice = { ep: a.ep, epFallback: a.epFallback, threads: a.threads };
   const model = await openEncoder(a.model, size, choice);
-  const mem = await computeFeatures(model, train.images, memIdx, size, 500, bar('train features'));
-  const qs = await computeFeatures(model, test.images, qIdx, size, 500, bar('test features'));
+  // CIFAR at the model's size (an imported model trains at its own --input-size; `run --dataset` resizes the same way).
+  const [trainAt, testAt] = a.folder || size === 32 ? [{ images: train.images, idx: memIdx }, { images: test.images, idx: qIdx }] : [await resized(train.images, memIdx, 32, size), await resized(test.images, qIdx, 32, size)];
+  const mem = await computeFeatures(model, trainAt.images, trainAt.idx, size, 500, bar('train features'));
+  const qs = await computeFeatures(model, testAt.images, testAt.idx, size, 500, bar('test features'));
   await model.close();
   const labelSets: [string, LabelledImages['labels'], LabelledImages['labels'], number][] = [[a.folder || a.dataset === 'cifar10' ? 'class' : 'fine', train.labels, test.labels, train.classes.length]];
   if (!a.folder && a.dataset === 'cifar100') labelSets.push(['superclass', train.coarse!, test.coarse!, 20]);
