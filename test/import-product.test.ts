@@ -33,6 +33,7 @@ const QUERIES = 10;
 
 before(async () => {
   run = await importedRun(root);
+  fakeCifar(path.join(root, 'data'));
   mkdirSync(queries);
   for (let k = 0; k < QUERIES; k++) writeFileSync(path.join(queries, `q${k}.png`), await encodePng(await resizeChw(demoImage(100 + k), 32, BYOM_SIZE), BYOM_SIZE));
 });
@@ -117,7 +118,7 @@ test('ssocl classify on the imported export: a support image as the query is its
   }
 });
 
-/** A CIFAR-10 folder of two colour classes (reddish, bluish; 8 per train batch, 10 test each). */
+/** A CIFAR-10 folder of two colour classes (reddish, bluish; 16 per train batch: 5 whole arrivals; 10 test each). */
 function fakeCifar(dir: string): void {
   const d = path.join(dir, 'cifar-10-batches-bin');
   mkdirSync(d, { recursive: true });
@@ -131,22 +132,32 @@ function fakeCifar(dir: string): void {
     }
     return encodeCifar10(images, labels);
   };
-  for (let k = 1; k <= 5; k++) writeFileSync(path.join(d, `data_batch_${k}.bin`), batch(8));
+  for (let k = 1; k <= 5; k++) writeFileSync(path.join(d, `data_batch_${k}.bin`), batch(16));
   writeFileSync(path.join(d, 'test_batch.bin'), batch(20));
   writeFileSync(path.join(d, 'batches.meta.txt'), 'airplane\nautomobile\nbird\ncat\ndeer\ndog\nfrog\nhorse\nship\ntruck\n');
 }
 
 test('ssocl eval on the imported export: CIFAR resized to its 16 px (it was refused as not 32x32), and an image folder', () => {
   const data = path.join(root, 'data');
-  fakeCifar(data);
   const r = ssocl(['eval', path.join(run.models, 'latest.onnx'), '--data-dir', data, '-k', '5']);
   assert.equal(r.status, 0, r.stderr);
-  assert.match(r.stdout, /memory 40 train images, 20 test queries/);
+  assert.match(r.stdout, /memory 80 train images, 20 test queries/);
   const acc = Number(/\| class \| 5 \| ([\d.]+) \|/.exec(r.stdout)?.[1]);
   assert.ok(acc >= 90, `two colour classes, kNN accuracy ${acc}%:\n${r.stdout}`);
   const f = ssocl(['eval', path.join(run.models, 'latest.onnx'), '--folder', path.join(root, 'support'), '-k', '1']);
   assert.equal(f.status, 0, f.stderr);
   assert.match(f.stdout, /\| class \| 1 \| [\d.]+ \|/);
+});
+
+test('ssocl run --dataset cifar10 --eval-every on imported 16 px artifacts: the kNN evaluation reads CIFAR at the training size (it stopped the run: "CIFAR needs 32px artifacts")', () => {
+  const data = path.join(root, 'data');
+  const metrics = path.join(root, 'eval-metrics.jsonl');
+  const r = ssocl(['run', '--dataset', 'cifar10', '--data-dir', data, '--artifacts', run.art, '--state', path.join(root, 'state-eval'), '--models', path.join(root, 'models-eval'), '--eval-every', '100', '--eval-memory', '80', '--metrics', metrics, '--health-frames', '16']);
+  assert.equal(r.status, 0, r.stderr);
+  assert.match(r.stderr, /eval at 100% of the stream \(step \d+, 80 frames\): knn20 [\d.]+, knn50 [\d.]+/);
+  const evals = jsonLines(readFileSync(metrics, 'utf8')).filter((x) => x.eval);
+  assert.equal(evals.length, 1);
+  assert.ok(evals[0].eval.knn20 >= 90, `two colour classes: ${JSON.stringify(evals[0])}`);
 });
 
 test('the health gate measures the imported encoder at each export, and `models rollback` measures a version on the health set before publishing it', () => {

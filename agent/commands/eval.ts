@@ -3,7 +3,7 @@
 
 import path from 'node:path';
 import { readCifar10, readCifar100, type LabelledImages } from '../../core/codecs/cifar.ts';
-import { openEncoder, computeFeatures } from '../eval/features.ts';
+import { openEncoder, computeFeatures, resizedImages } from '../eval/features.ts';
 import { knnWeightedBlocks, knnUniformEuclidean, type KnnResult } from '../eval/knn.ts';
 import { ortSimilarity } from '../buffer/similarity.ts';
 import { openChosen, type EP, type EpChoice } from '../trainer/backend.ts';
@@ -11,7 +11,6 @@ import { Rng } from '../../core/rng.ts';
 import { asEncoder, modelInfo } from '../../core/onnx/model.ts';
 import { readImageFolder } from '../eval/folder.ts';
 import { readFileSync } from 'node:fs';
-import { resizeChw } from '../frames/decode.ts';
 
 /** Input side of an exported encoder (images [B, 3, S, S]). */
 function modelSize(file: string): number {
@@ -60,14 +59,6 @@ function pick(n: number, count: number | undefined, rng: Rng): number[] {
   return idx.slice(0, count);
 }
 
-/** The images `idx` picks (uint8 CHW, from x from), resized to `to` and packed in that order; indices into the packed set. */
-async function resized(images: Uint8Array, idx: number[], from: number, to: number): Promise<{ images: Uint8Array; idx: number[] }> {
-  const per = 3 * from * from;
-  const out = new Uint8Array(idx.length * 3 * to * to);
-  for (let j = 0; j < idx.length; j++) out.set(await resizeChw(images.subarray(idx[j] * per, (idx[j] + 1) * per), from, to), j * 3 * to * to);
-  return { images: out, idx: idx.map((_, j) => j) };
-}
-
 export interface EvalReport {
   dataset: string;
   protocol: string;
@@ -98,7 +89,7 @@ export async function evaluate(a: EvalArgs): Promise<EvalReport> {
   const choice: EpChoice = { ep: a.ep, epFallback: a.epFallback, threads: a.threads };
   const model = await openEncoder(a.model, size, choice);
   // CIFAR at the model's size (an imported model trains at its own --input-size; `run --dataset` resizes the same way).
-  const [trainAt, testAt] = a.folder || size === 32 ? [{ images: train.images, idx: memIdx }, { images: test.images, idx: qIdx }] : [await resized(train.images, memIdx, 32, size), await resized(test.images, qIdx, 32, size)];
+  const [trainAt, testAt] = a.folder || size === 32 ? [{ images: train.images, idx: memIdx }, { images: test.images, idx: qIdx }] : [await resizedImages(train.images, memIdx, 32, size), await resizedImages(test.images, qIdx, 32, size)];
   const mem = await computeFeatures(model, trainAt.images, trainAt.idx, size, 500, bar('train features'));
   const qs = await computeFeatures(model, testAt.images, testAt.idx, size, 500, bar('test features'));
   await model.close();
