@@ -3,7 +3,8 @@
 
 Two conv + BN + ReLU stages, global average pooling, a Linear classifier: input 'input' [batch, 3, 16, 16]
 (ImageNet-normalised, as torchvision expects), output 'logits' [batch, 10]; dynamic batch; opset 13;
-exported from eval mode with the BN layers kept (training=PRESERVE, do_constant_folding=False). Seed 0. Run: /usr/bin/python3 test/helpers/tiny_byom.py test/fixtures/tiny-byom.onnx
+exported from eval mode with the BN layers kept (training=PRESERVE, do_constant_folding=False). Seed 0.
+Run: /usr/bin/python3 test/helpers/tiny_byom.py test/fixtures/tiny-byom.onnx
 """
 import sys
 
