@@ -9,7 +9,7 @@
 
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { cpSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import * as ort from 'onnxruntime-node';
@@ -24,6 +24,7 @@ import { serve } from '../agent/serve/server.ts';
 import { IMAGENET_MEAN, IMAGENET_STD } from '../tools/import/artifacts.ts';
 import { demoImage } from './faults/helpers.ts';
 import { BYOM_SIZE, BYOM_WIDTH, importedRun, ssocl, type ImportedRun } from './helpers/byom.ts';
+import { REPO } from './helpers/paths.ts';
 
 const root = mkdtempSync(path.join(tmpdir(), 'ssocl-byom-product-'));
 let run: ImportedRun;
@@ -213,4 +214,12 @@ test('the dashboard on an imported run: the model view reads the export as an en
   } finally {
     await s.close();
   }
+});
+
+test('a model exported with its batch fixed (torch.onnx.export without dynamic_axes) is refused at import, one line naming the input and the dynamic_axes to give, exit 2, nothing written (it trained, then failed at the first export check)', () => {
+  const out = path.join(root, 'art-b1');
+  const r = ssocl(['artifacts', '--from-onnx', path.join(REPO, 'test/fixtures/tiny-byom-b1.onnx'), '--out', out]);
+  assert.equal(r.status, 2, r.stderr);
+  assert.equal(r.stderr, `ssocl: --from-onnx ${path.join(REPO, 'test/fixtures/tiny-byom-b1.onnx')}: input 'input' is [1, 3, 16, 16], its batch fixed at 1; ssocl runs the model on batches of frames: export it with a dynamic batch (torch.onnx.export(..., dynamic_axes={'input': {0: 'batch'}, 'logits': {0: 'batch'}}))\n`);
+  assert.ok(!existsSync(out), 'nothing written');
 });

@@ -5,6 +5,8 @@ Two conv + BN + ReLU stages, global average pooling, a Linear classifier: input 
 (ImageNet-normalised, as torchvision expects), output 'logits' [batch, 10]; dynamic batch; opset 13;
 exported from eval mode with the BN layers kept (training=PRESERVE, do_constant_folding=False). Seed 0.
 Run: /usr/bin/python3 test/helpers/tiny_byom.py test/fixtures/tiny-byom.onnx
+With --fixed-batch: the same model exported without dynamic_axes (torch's default: batch fixed at 1),
+test/fixtures/tiny-byom-b1.onnx, which the import refuses.
 """
 import sys
 
@@ -25,13 +27,13 @@ class Tiny(torch.nn.Module):
         return self.fc(torch.flatten(self.pool(self.features(x)), 1))
 
 
-def main(out):
+def main(out, fixed):
     torch.manual_seed(0)
     m = Tiny().eval()
-    torch.onnx.export(m, torch.rand(2, 3, 16, 16), out, input_names=['input'], output_names=['logits'],
-                      dynamic_axes={'input': {0: 'batch'}, 'logits': {0: 'batch'}}, opset_version=13,
-                      training=torch.onnx.TrainingMode.PRESERVE, do_constant_folding=False)
+    axes = {} if fixed else dict(dynamic_axes={'input': {0: 'batch'}, 'logits': {0: 'batch'}})
+    torch.onnx.export(m, torch.rand(1 if fixed else 2, 3, 16, 16), out, input_names=['input'], output_names=['logits'],
+                      opset_version=13, training=torch.onnx.TrainingMode.PRESERVE, do_constant_folding=False, **axes)
 
 
 if __name__ == '__main__':
-    main(sys.argv[1])
+    main(sys.argv[1], '--fixed-batch' in sys.argv[2:])
