@@ -353,7 +353,7 @@ const cli = yargs(hideBin(process.argv))
     (y) =>
       y
         .positional('model', { type: 'string', demandOption: true, describe: 'an exported encoder (.onnx)' })
-        .option('dataset', { choices: ['cifar10', 'cifar100'] as const, default: 'cifar10' as const, describe: 'the data set: train split as the kNN memory, test split as the queries (read from --data-dir)' })
+        .option('dataset', { choices: ['cifar10', 'cifar100'] as const, default: 'cifar10' as const, describe: 'the data set: train split as the kNN memory, test split as the queries (read from --data-dir; resized to the model\'s input size where that is not 32x32)' })
         .option('folder', { type: 'string', describe: 'instead of --dataset: your own labelled images, ROOT/<class>/*.png|jpg (every 5th per class is a query) or ROOT/train/<class>/ + ROOT/test|val/<class>/' })
         .option('data-dir', { type: 'string', default: DEFAULT_DATA, defaultDescription: shownPath(DEFAULT_DATA), describe: 'folder holding cifar-10-batches-bin/ or cifar-100-binary/' })
         .option('protocol', { choices: ['weighted', 'scale'] as const, default: 'weighted' as const, describe: 'weighted cosine kNN (T 0.07), or SCALE\'s (k 50, uniform, Euclidean)' })
@@ -365,12 +365,9 @@ const cli = yargs(hideBin(process.argv))
           }),
         ),
     async (a) => {
-      const size = encoderFile('MODEL', a.model!);
+      encoderFile('MODEL', a.model!);
       if (a.folder) readableDir('--folder', a.folder);
-      else {
-        cifarDir(a['data-dir'], a.dataset);
-        if (size !== 32) throw new UsageError(`MODEL ${a.model}: takes ${size}x${size} images; CIFAR is 32x32 (evaluate it on an image folder with --folder)`);
-      }
+      else cifarDir(a['data-dir'], a.dataset);
       const { evalCommand } = await import('./commands/eval.ts');
       await evalCommand({ model: a.model!, dataset: a.dataset, folder: a.folder, dataDir: a['data-dir'], protocol: a.protocol, k: a.k, threads: a.threads, seed: a.seed });
     },

@@ -8,11 +8,12 @@
 
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
 import type { Page } from 'puppeteer-core';
+import { sha256 } from '../core/atomic.ts';
 import { serve, type Served } from '../agent/serve/server.ts';
 import { chromiumOrSkip, launchChromium, type Launched } from './helpers/browser.ts';
 import { demoImage, tinyArtifacts } from './faults/helpers.ts';
@@ -170,6 +171,33 @@ test('in-tab training: the loss chart has each step at its own number, "training
       return { ep: r.ep, note: el.hidden ? null : el.textContent };
     });
     assert.deepEqual(fell, { ep: 'wasm', note: 'WebGPU is not available in this browser (no navigator.gpu): training on WASM instead' });
+    assert.deepEqual(browser!.errors, [], 'no errors in the page');
+  } finally {
+    await page.close();
+  }
+});
+
+test("the model panel lists the same step's versions of two model lines (encoder-<step>.onnx and encoder-<step>-<line>.onnx), each with its line", async (t) => {
+  const o = await open(t);
+  if (!o) return;
+  const { page } = o;
+  try {
+    const models = path.join(root, 'models');
+    mkdirSync(models, { recursive: true });
+    const bytes = readFileSync(path.join(REPO, 'test/fixtures/edge-demo-step141.onnx'));
+    const record = (file: string, line: string, status: string) => ({ file, step: 5, framesSeen: 40, loss: 1, time: '2026-01-01T00:00:00.000Z', sha256: sha256(bytes), status, line });
+    // Two lines (two states or sources) both reached step 5: the second's export took its line's name.
+    for (const [file, line, status] of [['encoder-000000005.onnx', 'aaa111', 'published'], ['encoder-000000005-bbb222.onnx', 'bbb222', 'rejected']]) {
+      writeFileSync(path.join(models, file), bytes);
+      writeFileSync(path.join(models, file.replace(/\.onnx$/, '.json')), JSON.stringify(record(file, line, status)));
+    }
+    writeFileSync(path.join(models, 'latest.onnx'), bytes);
+    writeFileSync(path.join(models, 'latest.json'), JSON.stringify(record('encoder-000000005.onnx', 'aaa111', 'published')));
+    await page.waitForFunction(() => document.querySelectorAll('#versions tr').length === 2, { timeout: 10_000 });
+    const rows = await page.evaluate(() => [...document.querySelectorAll('#versions tr')].map((r) => [...r.querySelectorAll('td')].slice(0, 3).map((c) => c.textContent)));
+    assert.deepEqual(rows.sort(), [['encoder-000000005-bbb222.onnx', 'line bbb222', 'rejected'], ['encoder-000000005.onnx', 'line aaa111', 'published']]);
+    const api = await (await fetch(`${served!.url}api/state`)).json();
+    assert.deepEqual(api.model.versions.map((v: { file: string; line: string }) => `${v.file} ${v.line}`).sort(), ['encoder-000000005-bbb222.onnx bbb222', 'encoder-000000005.onnx aaa111']);
     assert.deepEqual(browser!.errors, [], 'no errors in the page');
   } finally {
     await page.close();

@@ -268,14 +268,14 @@ test('message: altered tensor bytes, truncation, garbage and oversize are refuse
   const early = Buffer.from(b);
   early[early.length - 50] ^= 0x80;
   refused(early, /digest mismatch/);
-  refused(b.subarray(0, b.length - 3), /not safetensors \(truncated\)/);
+  refused(b.subarray(0, b.length - 3), /not safetensors \(the last tensor's 3 final bytes are missing \(cut short\)\)/);
   refused(b.subarray(0, 100), /not safetensors/);
   refused(b.subarray(0, 5), /not safetensors/);
   refused(new Uint8Array(0), /not safetensors/);
   refused(Buffer.from('hello, this is not a fleet message at all'), /not safetensors/);
   const r = new Rng(5);
   refused(Uint8Array.from({ length: 4096 }, () => r.int(256)), /not safetensors/);
-  refused(Buffer.concat([b, Buffer.from([0])]), /trailing bytes/);
+  refused(Buffer.concat([b, Buffer.from([0])]), /not safetensors \(1 bytes after the last tensor \(trailing data\)\)/);
   refused(b, /over the limit of 500/, 500);
   assert.doesNotThrow(() => decodeMessage(b, b.length));
   refused(encodeSafetensors(new Map([['x', new Float32Array([1])]])), /no ssocl_fleet metadata/);
@@ -326,10 +326,10 @@ test('message: missing, unparsable or mistyped metadata and header fields are re
   };
   const x = { dtype: 'F32', shape: [2], data_offsets: [0, 8] };
   assert.deepEqual(Array.from(decodeMessage(raw({ x, y: { dtype: 'F32', shape: [1], data_offsets: [8, 12] } }, new Uint8Array(12))).tensors.get('y')!), [0]);
-  refused(raw({ x, y: { dtype: 'F32', shape: [1], data_offsets: [12, 16] } }, new Uint8Array(16)), /tensor y does not start where the previous one ends/);
-  refused(raw({ x, y: { dtype: 'F32', shape: [1], data_offsets: [4, 8] } }, new Uint8Array(8)), /tensor y does not start where the previous one ends/);
-  refused(raw({ x: { dtype: 'F32', shape: [1], data_offsets: [-4, 0] } }, new Uint8Array(0)), /tensor x has malformed data_offsets/);
-  refused(raw({ x: { dtype: 'F32', shape: 'two', data_offsets: [0, 8] } }, new Uint8Array(8)), /tensor x has a malformed shape/);
+  refused(raw({ x, y: { dtype: 'F32', shape: [1], data_offsets: [12, 16] } }, new Uint8Array(16)), /not safetensors \(tensor "y" starts at 12, expected 8 \(a gap in the data\)\)/);
+  refused(raw({ x, y: { dtype: 'F32', shape: [1], data_offsets: [4, 8] } }, new Uint8Array(8)), /not safetensors \(tensor "y" starts at 4, expected 8 \(an overlap in the data\)\)/);
+  refused(raw({ x: { dtype: 'F32', shape: [1], data_offsets: [-4, 0] } }, new Uint8Array(0)), /tensor "x": data_offsets is not \[begin, end\]/);
+  refused(raw({ x: { dtype: 'F32', shape: 'two', data_offsets: [0, 8] } }, new Uint8Array(8)), /tensor "x": shape is not a list of whole numbers/);
   refused(raw({ x: { dtype: 'F32', shape: [3], data_offsets: [0, 8] } }, new Uint8Array(8)), /not safetensors/);
   // encodeMessage refuses to write what decodeMessage would refuse.
   assert.throws(() => encodeMessage({ ...update, seq: -1 }, new Map(), 'f32'), FleetFormatError);

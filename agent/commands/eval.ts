@@ -1,8 +1,9 @@
-// `ssocl eval MODEL.onnx --dataset cifar10|cifar100`: kNN accuracy of an exported encoder.
+// `ssocl eval MODEL.onnx --dataset cifar10|cifar100`: kNN accuracy of an exported encoder (CIFAR's
+// 32x32 images resized to the model's input size where it takes another, e.g. an imported model).
 
 import path from 'node:path';
 import { readCifar10, readCifar100, type LabelledImages } from '../../core/codecs/cifar.ts';
-import { openEncoder, computeFeatures } from '../eval/features.ts';
+import { openEncoder, computeFeatures, resizedImages } from '../eval/features.ts';
 import { knnWeightedBlocks, knnUniformEuclidean, type KnnResult } from '../eval/knn.ts';
 import { ortSimilarity } from '../buffer/similarity.ts';
 import { openChosen, type EP, type EpChoice } from '../trainer/backend.ts';
@@ -78,7 +79,6 @@ export async function evaluate(a: EvalArgs): Promise<EvalReport> {
     ({ train, test } = f);
     name = `${a.folder} (${train.classes.length} classes; ${f.split})`;
   } else {
-    if (size !== 32) throw new Error(`${a.model} takes ${size}x${size} images; CIFAR is 32x32 (evaluate it on an image folder with --folder)`);
     train = read('train');
     test = read('test');
   }
@@ -88,8 +88,10 @@ export async function evaluate(a: EvalArgs): Promise<EvalReport> {
   const qIdx = pick(test.count, a.protocol === 'scale' ? 5000 : a.limitTest, rng);
   const choice: EpChoice = { ep: a.ep, epFallback: a.epFallback, threads: a.threads };
   const model = await openEncoder(a.model, size, choice);
-  const mem = await computeFeatures(model, train.images, memIdx, size, 500, bar('train features'));
-  const qs = await computeFeatures(model, test.images, qIdx, size, 500, bar('test features'));
+  // CIFAR at the model's size (an imported model trains at its own --input-size; `run --dataset` resizes the same way).
+  const [trainAt, testAt] = a.folder || size === 32 ? [{ images: train.images, idx: memIdx }, { images: test.images, idx: qIdx }] : [await resizedImages(train.images, memIdx, 32, size), await resizedImages(test.images, qIdx, 32, size)];
+  const mem = await computeFeatures(model, trainAt.images, trainAt.idx, size, 500, bar('train features'));
+  const qs = await computeFeatures(model, testAt.images, testAt.idx, size, 500, bar('test features'));
   await model.close();
   const labelSets: [string, LabelledImages['labels'], LabelledImages['labels'], number][] = [[a.folder || a.dataset === 'cifar10' ? 'class' : 'fine', train.labels, test.labels, train.classes.length]];
   if (!a.folder && a.dataset === 'cifar100') labelSets.push(['superclass', train.coarse!, test.coarse!, 20]);

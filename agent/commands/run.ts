@@ -10,7 +10,7 @@ import { CIFAR_SIZE, readCifar10, readCifar100, type LabelledImages } from '../.
 import { readJsonObject } from '../../core/json.ts';
 import { Rng } from '../../core/rng.ts';
 import { ortSimilarity, type SimilarityEngine } from '../buffer/similarity.ts';
-import { computeFeatures } from '../eval/features.ts';
+import { computeFeatures, resizedImages } from '../eval/features.ts';
 import { knnWeightedBlocks } from '../eval/knn.ts';
 import type { Trainer } from '../trainer/trainer.ts';
 import { DEFAULT_METHOD, getMethod, methodRules } from '../methods.ts';
@@ -44,13 +44,17 @@ function streamEvaluator(sets: KnnSets, memory: number): (t: Trainer) => Promise
   mem.length = Math.min(memory, mem.length);
   const qs = [...Array(test.count).keys()];
   let engine: SimilarityEngine | null = null;
+  // At the training size: CIFAR's 32 px images resized once, at the first evaluation, for artifacts that
+  // train at another size (an imported model's --input-size), as the stream's own frames are.
+  let sized: { size: number; mem: { images: Uint8Array; idx: number[] }; qs: { images: Uint8Array; idx: number[] } } | null = null;
   return async (t) => {
     // Opened at the first evaluation, on the EP the trainer runs on (after any fallback).
     const similarity = (engine ??= await ortSimilarity((m) => openChosen(m, { ep: t.ep })));
-    if (t.manifest.preset.image.size !== size) throw new AgentError(`--eval-every: the artifacts train at ${t.manifest.preset.image.size}px; this evaluation set is ${size}px (CIFAR needs 32px artifacts)`, 2);
+    const at = t.manifest.preset.image.size;
+    sized ??= at === size ? { size, mem: { images: train.images, idx: mem }, qs: { images: test.images, idx: qs } } : { size: at, mem: await resizedImages(train.images, mem, size, at), qs: await resizedImages(test.images, qs, size, at) };
     const model = { dim: t.manifest.preset.encoder.widths.at(-1)!, run: async (x: Float32Array, c: number) => (await t.embed(x, c)).features, close: async () => {} };
-    const fm = await computeFeatures(model, train.images, mem, size, 250);
-    const fq = await computeFeatures(model, test.images, qs, size, 250);
+    const fm = await computeFeatures(model, sized.mem.images, sized.mem.idx, at, 250);
+    const fq = await computeFeatures(model, sized.qs.images, sized.qs.idx, at, 250);
     const out: Record<string, number> = {};
     const labelSets: [string, Uint8Array, Uint8Array, number][] = [['', train.labels, test.labels, train.classes.length]];
     if (train.coarse && test.coarse) labelSets.push(['super', train.coarse, test.coarse, 20]);

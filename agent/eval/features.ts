@@ -4,6 +4,7 @@
 import { readFileSync } from 'node:fs';
 import { openChosen, type EpChoice } from '../trainer/backend.ts';
 import { asEncoder } from '../../core/onnx/model.ts';
+import { resizeChw } from '../frames/decode.ts';
 
 export interface FeatureModel {
   run(images: Float32Array, count: number): Promise<Float32Array>;
@@ -53,4 +54,15 @@ export async function computeFeatures(
     progress?.(s + m, n);
   }
   return out;
+}
+
+/**
+ * The images `idx` picks (uint8 CHW, `from` x `from`) resized to `to` and packed in that order, with the
+ * indices into the packed set: CIFAR's 32 px images for a model that takes another size (an imported one).
+ */
+export async function resizedImages(images: Uint8Array, idx: number[], from: number, to: number): Promise<{ images: Uint8Array; idx: number[] }> {
+  const per = 3 * from * from;
+  const out = new Uint8Array(idx.length * 3 * to * to);
+  for (let j = 0; j < idx.length; j++) out.set(await resizeChw(images.subarray(idx[j] * per, (idx[j] + 1) * per), from, to), j * 3 * to * to);
+  return { images: out, idx: idx.map((_, j) => j) };
 }

@@ -150,12 +150,18 @@ function fitsHalf(t: Float32Array): boolean {
 /** Inverse of encodeMessage. Every failure is a FleetFormatError with a one-line message. */
 export function decodeMessage(bytes: Uint8Array, maxBytes = DEFAULT_MAX_BYTES): Decoded {
   if (bytes.length > maxBytes) throw new FleetFormatError(`fleet message: ${bytes.length} bytes is over the limit of ${maxBytes}`);
-  const layout = readLayout(bytes);
+  // The strict decode checks the structure once: the tensors tile the data section exactly (in offset
+  // order, no gap, overlap or trailing bytes), so the digest over that section covers every tensor byte
+  // and nothing else.
   let decoded: ReturnType<typeof decodeSafetensors>;
   try {
     decoded = decodeSafetensors(bytes);
   } catch (e) {
-    throw new FleetFormatError(`fleet message: not safetensors (${oneLine((e as Error).message)})`);
+    throw new FleetFormatError(`fleet message: not safetensors (${oneLine((e as Error).message).replace(/^safetensors: /, '')})`);
+  }
+  for (const name of decoded.order) {
+    const dtype = decoded.tensors.get(name)!.dtype;
+    if (dtype !== 'F16' && dtype !== 'F32') throw new FleetFormatError(`fleet message: tensor ${show(name)} has dtype ${dtype} (expected F16 or F32)`);
   }
   const meta = decoded.metadata as Record<string, unknown>;
   if (typeof meta !== 'object' || meta === null || typeof meta[META_KEY] !== 'string') throw new FleetFormatError(`fleet message: no ${META_KEY} metadata`);
@@ -167,12 +173,12 @@ export function decodeMessage(bytes: Uint8Array, maxBytes = DEFAULT_MAX_BYTES): 
     throw new FleetFormatError(`fleet message: ${META_KEY} metadata is not JSON`);
   }
   const header = parseHeader(raw);
-  const digest = createHash('sha256').update(bytes.subarray(layout.dataStart)).digest('hex');
+  const digest = createHash('sha256').update(bytes.subarray(decoded.dataStart)).digest('hex');
   if (digest !== meta.digest) throw new FleetFormatError(`fleet message from ${describe(header)}: digest mismatch (tensor bytes altered or corrupted)`);
   const tensors = new Map<string, Float32Array>();
   const sizes: { name: string; dtype: string; count: number }[] = [];
-  for (const name of layout.order) {
-    const t = decoded.tensors.get(name)!; // dtype F16 or F32: readLayout let no other through
+  for (const name of decoded.order) {
+    const t = decoded.tensors.get(name)!; // dtype F16 or F32: checked above
     tensors.set(name, t.dtype === 'F16' ? f16ToF32(t.data as Uint16Array) : (t.data as Float32Array));
     sizes.push({ name, dtype: t.dtype, count: t.data.length });
   }
@@ -188,45 +194,6 @@ export interface Decoded {
   bytes: number;
   /** What to check the signature with (keys.ts verifyAuth); unsigned messages have no signature. */
   auth: Auth;
-}
-
-/**
- * The safetensors structure, checked before decodeSafetensors sees it: tensors must tile the data section
- * exactly (in offset order, no gaps, overlaps or trailing bytes) so the digest over that section covers
- * every tensor byte and nothing else.
- */
-function readLayout(buf: Uint8Array): { dataStart: number; order: string[] } {
-  const bad = (why: string) => new FleetFormatError(`fleet message: not safetensors (${why})`);
-  if (buf.length < 8) throw bad('shorter than the 8-byte header length');
-  const n = new DataView(buf.buffer, buf.byteOffset, buf.byteLength).getBigUint64(0, true);
-  if (n > BigInt(buf.length - 8)) throw bad('header length beyond the end');
-  const dataStart = 8 + Number(n);
-  let head: unknown;
-  try {
-    head = JSON.parse(new TextDecoder('utf-8', { fatal: true }).decode(buf.subarray(8, dataStart)));
-  } catch {
-    throw bad('header is not JSON');
-  }
-  if (typeof head !== 'object' || head === null || Array.isArray(head)) throw bad('header is not an object');
-  const entries: { name: string; a: number; b: number }[] = [];
-  for (const [name, info] of Object.entries(head as Record<string, unknown>)) {
-    if (name === '__metadata__') continue;
-    const i = info as { dtype?: unknown; shape?: unknown; data_offsets?: unknown } | null;
-    if (typeof i !== 'object' || i === null || typeof i.dtype !== 'string') throw bad(`tensor ${show(name)} has no dtype`);
-    if (i.dtype !== 'F16' && i.dtype !== 'F32') throw new FleetFormatError(`fleet message: tensor ${show(name)} has dtype ${show(i.dtype)} (expected F16 or F32)`);
-    if (!Array.isArray(i.shape) || !i.shape.every(isCount)) throw bad(`tensor ${show(name)} has a malformed shape`);
-    const off = i.data_offsets;
-    if (!Array.isArray(off) || off.length !== 2 || !off.every(isCount) || off[1] < off[0]) throw bad(`tensor ${show(name)} has malformed data_offsets`);
-    entries.push({ name, a: off[0], b: off[1] });
-  }
-  entries.sort((x, y) => x.a - y.a || x.b - y.b);
-  let at = 0;
-  for (const e of entries) {
-    if (e.a !== at) throw bad(`tensor ${show(e.name)} does not start where the previous one ends`);
-    at = e.b;
-  }
-  if (dataStart + at !== buf.length) throw bad(dataStart + at > buf.length ? 'truncated' : 'trailing bytes after the tensors');
-  return { dataStart, order: entries.map((e) => e.name) };
 }
 
 function isCount(v: unknown): v is number {

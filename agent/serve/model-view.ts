@@ -1,11 +1,14 @@
 // The exported encoders as the dashboard shows them: latest.json (the commit record export.ts writes
-// before latest.onnx), the model's input size and feature width read from latest.onnx itself, and the
-// versions' sidecars (encoder-<step>.json: published or refused by the health gate, and why).
+// before latest.onnx), the model's input size and feature width read from latest.onnx itself (an
+// imported model's export through its ssocl.encoder view: its own input and outputs are the source's),
+// and the versions' sidecars (encoder-<step>.json, or encoder-<step>-<line>.json where another model
+// line had that step's name: published or refused by the health gate, and why; each with its line).
 
 import { readdirSync } from 'node:fs';
 import path from 'node:path';
 import { sha256 } from '../../core/atomic.ts';
-import { modelInfo } from '../../core/onnx/model.ts';
+import { asEncoder, modelInfo } from '../../core/onnx/model.ts';
+import { lineOf } from '../export/export.ts';
 import { readJsonObject } from '../../core/json.ts';
 import { tryReadInside } from '../../core/safe-read.ts';
 
@@ -20,7 +23,7 @@ export interface ModelView {
   featureDim: number | null;
   /** sha256 of latest.onnx as read now; differs from latest.latest.sha256 for a moment while an export publishes. */
   sha256: string | null;
-  versions: { file: string; step: number | null; time: string | null; status: string; reason?: string }[];
+  versions: { file: string; step: number | null; time: string | null; status: string; reason?: string; line: string }[];
 }
 
 /**
@@ -38,7 +41,7 @@ export function readModelView(dir: string, warn?: (msg: string) => void): ModelV
   let featureDim: number | null = null;
   if (bytes) {
     try {
-      const info = modelInfo(bytes);
+      const info = modelInfo(asEncoder(bytes));
       const s = info.inputs.find((i) => i.name === 'images')?.dims[2];
       const d = info.outputs.find((o) => o.name === 'features')?.dims[1];
       size = typeof s === 'number' ? s : null;
@@ -49,7 +52,7 @@ export function readModelView(dir: string, warn?: (msg: string) => void): ModelV
   }
   let names: string[] = [];
   try {
-    names = readdirSync(dir).filter((f) => /^encoder-\d+\.json$/.test(f));
+    names = readdirSync(dir).filter((f) => /^encoder-\d+(-[0-9a-f]+)?\.json$/.test(f));
   } catch {
     // no models directory yet
   }
@@ -62,6 +65,7 @@ export function readModelView(dir: string, warn?: (msg: string) => void): ModelV
         time: typeof j.time === 'string' ? j.time : null,
         status: typeof j.status === 'string' ? j.status : 'unknown',
         ...(typeof j.reason === 'string' ? { reason: j.reason } : {}),
+        line: lineOf(j),
       };
     })
     .sort((a, b) => (a.time ?? '').localeCompare(b.time ?? '') || a.file.localeCompare(b.file));

@@ -11,6 +11,7 @@ import type { AddressInfo } from 'node:net';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { sha256 } from '../../core/atomic.ts';
+import { asEncoder } from '../../core/onnx/model.ts';
 import { tryReadInside } from '../../core/safe-read.ts';
 import { trainerBundle } from './bundle.ts';
 import { thin } from './metrics.ts';
@@ -227,8 +228,11 @@ function handle(req: IncomingMessage, res: ServerResponse, watch: AgentWatch, hu
     if (!bytes) return notFound(res);
     const step = watch.model?.latest?.step;
     const name = typeof step === 'number' ? `encoder-${step}.onnx` : 'latest.onnx';
-    // The page loads the model only when this matches latest.json's sha256 (an export publishes latest.json first).
-    return send(res, 200, bytes, 'application/octet-stream', { 'Cache-Control': 'no-store', 'X-Sha256': sha256(bytes), 'Content-Disposition': `attachment; filename="${name}"` });
+    // The page loads the model only when X-Sha256 matches latest.json's sha256 (an export publishes latest.json first).
+    // ?view=encoder: what the page runs, the model read as an ssocl encoder (an imported model's export through
+    // its ssocl.encoder view, built in memory; any other as it is); X-Body-Sha256 is then the body's own digest.
+    const body = url.searchParams.get('view') === 'encoder' ? asEncoder(bytes) : bytes;
+    return send(res, 200, body, 'application/octet-stream', { 'Cache-Control': 'no-store', 'X-Sha256': sha256(bytes), 'X-Body-Sha256': sha256(body), 'Content-Disposition': `attachment; filename="${name}"` });
   }
   if (p === '/models/latest.json') {
     const body = tryReadInside(watch.dirs.models, 'latest.json', watch.warn, { maxBytes: 16 << 20 });

@@ -118,7 +118,7 @@ export function decodeSafetensors(buf: Uint8Array, o: { maxBytes?: number } = {}
     if (sp.a !== at) throw bad(`tensor ${JSON.stringify(sp.name.slice(0, 100))} starts at ${sp.a}, expected ${at} (${sp.a > at ? 'a gap' : 'an overlap'} in the data)`);
     at = sp.b;
   }
-  if (base + at !== buf.length) throw bad(`${buf.length - base - at} bytes after the last tensor${base + at > buf.length ? ' missing (cut short)' : ' (trailing data)'}`);
+  if (base + at !== buf.length) throw bad(base + at > buf.length ? `the last tensor's ${base + at - buf.length} final bytes are missing (cut short)` : `${buf.length - base - at} bytes after the last tensor (trailing data)`);
   const tensors = new Map<string, StTensor>();
   for (const { name, dtype, shape, a, b } of spans) {
     // Copy so the result is aligned and independent of the file buffer.

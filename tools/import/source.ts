@@ -97,6 +97,12 @@ export function prepareSource(bytes: Uint8Array, o: ImportOptions): SourceModel 
   if (input.shape.length !== 4 || ch !== 3 || input.dtype !== 'float32' || g.elemTypes[input.name] !== 1) {
     throw new ImportError(`input '${input.name}' is [${input.shape.join(', ')}] ${input.dtype}; ssocl imports models whose input is float32 [batch, 3, height, width]`);
   }
+  // The export keeps this interface and ssocl runs it on batches (the export check, embed, eval): a batch
+  // fixed by the exporter (torch.onnx.export without dynamic_axes: 1) would fail there, after training.
+  if (typeof input.shape[0] === 'number') {
+    const out = g.outputs[0]?.name ?? 'output';
+    throw new ImportError(`input '${input.name}' is [${input.shape.join(', ')}], its batch fixed at ${input.shape[0]}; ssocl runs the model on batches of frames: export it with a dynamic batch (torch.onnx.export(..., dynamic_axes={'${input.name}': {0: 'batch'}, '${out}': {0: 'batch'}}))`);
+  }
   let size: number;
   if (typeof h === 'number' && typeof w === 'number') {
     if (h !== w) throw new ImportError(`input '${input.name}' is ${h}x${w}; ssocl trains on square images (export the model at a square size, or with dynamic height and width and --input-size)`);

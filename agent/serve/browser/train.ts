@@ -6,7 +6,7 @@
 import { files } from './shims/fs.ts';
 import { Trainer } from '../../trainer/trainer.ts';
 import { Learner, defaultLearnerConfig } from '../../trainer/learner.ts';
-import { bindEncoder } from '../../export/export.ts';
+import { bindEncoder, sourceWithState } from '../../export/export.ts';
 import type { Manifest } from '../../../core/manifest.ts';
 
 /** Where the fetched artifact files live in the fs shim. */
@@ -27,9 +27,14 @@ export async function openTrainer(base: string, ep: 'wasm' | 'webgpu'): Promise<
   return Trainer.open(DIR, { ep });
 }
 
-/** The encoder as trained so far, as `ssocl run` exports it (weights bound into embed.onnx). */
+/**
+ * The encoder as trained so far, as `ssocl run` exports it: weights bound into embed.onnx, or, for an
+ * imported model, the source model with the learnt weights (its own interface, read back through its
+ * ssocl.encoder view).
+ */
 export function encoderBytes(t: Trainer): Uint8Array {
-  return bindEncoder(t.dir, t.manifest, t.state, { 'ssocl.step': String(t.steps), 'ssocl.preset': t.manifest.name, 'ssocl.trained_in': 'browser' });
+  const metadata = { 'ssocl.step': String(t.steps), 'ssocl.preset': t.manifest.name, 'ssocl.trained_in': 'browser' };
+  return t.manifest.source ? sourceWithState(t.dir, t.manifest, t.state, metadata) : bindEncoder(t.dir, t.manifest, t.state, metadata);
 }
 
 export { Trainer, Learner, defaultLearnerConfig };

@@ -173,6 +173,8 @@ function renderModel() {
     return;
   }
   const versions = m.versions.slice(-6).reverse();
+  // Several model lines (each state and source its own; agent/pipeline/line.ts): say which each version is of.
+  const lines = new Set(m.versions.map((v) => v.line)).size > 1;
   const now = state.status?.record;
   const ahead = now && state.status.phase !== 'stale' && now.step > l.step ? now.step : null;
   $('model-body').className = '';
@@ -187,7 +189,7 @@ function renderModel() {
       <tr><th>sha256</th><td class="dim">${esc(String(l.sha256).slice(0, 16))}</td></tr>
     </table>
     <p><a id="download" href="/models/latest.onnx" download="encoder-${esc(l.step)}.onnx">Download latest.onnx</a> (step ${esc(l.step)})</p>
-    <table>${versions.map((v) => `<tr><td>${esc(v.file)}</td><td class="${v.status === 'rejected' ? 'bad' : 'ok'}">${esc(v.status)}</td><td class="reason dim">${esc(v.reason ?? '')}</td></tr>`).join('')}</table>
+    <table id="versions">${versions.map((v) => `<tr><td>${esc(v.file)}</td>${lines ? `<td class="dim">line ${esc(v.line)}</td>` : ''}<td class="${v.status === 'rejected' ? 'bad' : 'ok'}">${esc(v.status)}</td><td class="reason dim">${esc(v.reason ?? '')}</td></tr>`).join('')}</table>
     ${ahead ? `<p class="dim">The agent is at step ${esc(ahead)} now; this is its last export (it exports every --export-every).</p>` : ''}`;
 }
 

@@ -1,8 +1,8 @@
-// The published encoder in the page, with onnxruntime-web: loaded from /models/latest.onnx when
-// latest.json names a new one (polled, and on the server's model event), checked against latest.json's
-// sha256 before use (an export writes latest.json first, so for a moment latest.onnx is still the old
-// model), run on the buffer's images and on a query image to find the query's nearest buffer entries.
-// 'wasm' by default; ?ep=webgpu asks for WebGPU, with WASM when it cannot start.
+// The published encoder in the page, with onnxruntime-web: loaded from /models/latest.onnx (read as an
+// ssocl encoder, ?view=encoder) when latest.json names a new one (polled, and on the server's model
+// event), checked against latest.json's sha256 before use (an export writes latest.json first, so for
+// a moment latest.onnx is still the old model), run on the buffer's images and on a query image to
+// find the query's nearest buffer entries. 'wasm' by default; ?ep=webgpu asks for WebGPU, with WASM when it cannot start.
 
 const params = new URLSearchParams(location.search);
 const WANT_WEBGPU = params.get('ep') === 'webgpu';
@@ -76,11 +76,13 @@ export class PageModel {
   }
 
   async load(latest) {
-    const r = await fetch('/models/latest.onnx', { cache: 'no-store' });
+    // As an ssocl encoder (input 'images' in [0, 1], output 'features'): an imported model's export keeps
+    // its own interface, and the server gives its ssocl.encoder view (the same bytes for any other model).
+    const r = await fetch('/models/latest.onnx?view=encoder', { cache: 'no-store' });
     if (!r.ok) return;
     const bytes = new Uint8Array(await r.arrayBuffer());
-    // Both checks: the server's header says what it read, the digest here what arrived.
-    if (r.headers.get('x-sha256') !== latest.sha256 || (await sha256Hex(bytes)) !== latest.sha256) return; // mid-publish: next poll
+    // Both checks: the server's header says what it read, the digest here that the body arrived whole.
+    if (r.headers.get('x-sha256') !== latest.sha256 || (await sha256Hex(bytes)) !== r.headers.get('x-body-sha256')) return; // mid-publish: next poll
     try {
       ort ??= await loadOrt();
     } catch (e) {
