@@ -299,6 +299,14 @@ interface Run {
   record: StatusRecorder;
 }
 
+/** Under mixed replay a step's batch is the arrival's new images plus replayed ones: artifacts whose batch cannot hold an arrival would stop at the first one. */
+function holdsAnArrival(learner: Learner, artifacts: string): void {
+  const { batch, agent } = learner.trainer.manifest.preset;
+  if (learner.cfg.replay === 'mixed' && agent.newPerArrival > batch) {
+    throw new AgentError(`--artifacts ${artifacts}: a step of ${batch} images cannot hold an arrival of ${agent.newPerArrival} new images under mixed replay; rebuild them with --set agent.newPerArrival=${batch} (or fewer), or run with --replay buffer`, 2);
+  }
+}
+
 async function runAgentWith(o: AgentOptions, signals: Signals, status: { recorder: StatusRecorder | null }): Promise<AgentSummary> {
   checkOptions(o);
   const ckptDir = path.join(o.stateDir, 'checkpoints');
@@ -311,6 +319,7 @@ async function runAgentWith(o: AgentOptions, signals: Signals, status: { recorde
   const artifact = m.files[m.trainStep.file];
   let line;
   try {
+    holdsAnArrival(learner, o.artifacts);
     line = openLine(o, sourceId(o), artifact, listCheckpoints(ckptDir).length > 0);
   } catch (e) {
     await trainer.close();

@@ -202,3 +202,25 @@ test('CLI: bad flags exit with code 2 and name the flag and value', () => {
   assert.equal(r.status, 0, r.stderr);
   assert.match(r.stdout, /up to date/);
 });
+
+test('a batch that cannot hold an arrival is refused by `artifacts` (nothing written) and by `run` (nothing trained)', () => {
+  const cli = (...args: string[]) => spawnSync(process.execPath, [path.join(REPO, 'bin/ssocl.mjs'), ...args], { encoding: 'utf8' });
+  const dir = mkdtempSync(path.join(tmpdir(), 'ssocl-batch-'));
+  try {
+    const out = path.join(dir, 'a');
+    let r = cli('artifacts', '--set', 'batch=8', '--out', out);
+    assert.equal(r.status, 2, r.stderr);
+    assert.match(r.stderr, /--set batch=8: a step of 8 images cannot hold an arrival of 16 new images under mixed replay; add --set agent\.newPerArrival=8/);
+    assert.equal(r.stderr.trim().split('\n').length, 1);
+    assert.throws(() => readFileSync(path.join(out, 'manifest.json')), /ENOENT/);
+    // Artifacts built before the check (or by hand) are refused by run before any step.
+    writeArtifacts(compileArtifacts(tinyPreset(['batch=8'])), out);
+    const state = path.join(dir, 'state');
+    r = cli('run', '--dataset', 'demo', '--artifacts', out, '--state', state, '--models', path.join(dir, 'models'), '--max-seconds', '20');
+    assert.equal(r.status, 2, r.stderr);
+    assert.match(r.stderr, /a step of 8 images cannot hold an arrival of 16 new images under mixed replay; rebuild them with --set agent\.newPerArrival=8/);
+    assert.throws(() => readFileSync(path.join(dir, 'models', 'latest.onnx')), /ENOENT/);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});

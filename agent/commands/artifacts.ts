@@ -30,6 +30,18 @@ function importArtifacts(a: ArtifactsArgs, name: string): BuiltArtifacts {
   }
 }
 
+/**
+ * Under mixed replay a step's batch is this arrival's new images plus replayed ones, so the batch must
+ * hold an arrival: `--set batch=8` on a preset of 16 new images per arrival compiled fine and `ssocl run`
+ * then stopped at the first arrival. Refused here, before anything is written.
+ */
+export function holdsAnArrival(p: BuiltArtifacts['manifest']['preset']): void {
+  const { newPerArrival, replay } = p.agent;
+  if (replay === 'mixed' && newPerArrival > p.batch) {
+    throw new UsageError(`--set batch=${p.batch}: a step of ${p.batch} images cannot hold an arrival of ${newPerArrival} new images under mixed replay; add --set agent.newPerArrival=${p.batch} (or fewer), or keep a batch of at least ${newPerArrival}`);
+  }
+}
+
 export async function artifactsCommand(a: ArtifactsArgs): Promise<void> {
   const t0 = performance.now();
   let built: BuiltArtifacts;
@@ -39,6 +51,7 @@ export async function artifactsCommand(a: ArtifactsArgs): Promise<void> {
     preset.name = a.name ?? (a.set.length ? `${a.preset}-custom` : a.preset);
     built = compileArtifacts(preset);
   }
+  holdsAnArrival(built.manifest.preset);
   const ms = performance.now() - t0;
   const out = a.out ?? path.join(REPO_ROOT, 'training-artifacts', built.manifest.name);
   if (a.check) {
