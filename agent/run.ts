@@ -404,8 +404,13 @@ async function loop(r: Run): Promise<Frame[]> {
     r.status.maybe();
     if (!f) {
       const quietMs = Date.now() - Math.max(lastFrameAt, source.lastActivity ?? 0);
-      if (source.ended) stop.stop(source.ended);
-      else if (!source.busy && !source.waiting) await drained(r, batch, quietMs >= idleMs, quietMs);
+      if (source.ended) {
+        // A finite stream (--dataset) whose length is not a multiple of the arrival: its last, short
+        // arrival is learnt as the folder's is when it idles (it was only added to the buffer, and an
+        // --eval-every at 100 % never ran).
+        if (batch.length) await arrival(r, batch.splice(0));
+        if (!stop.reason) stop.stop(source.ended);
+      } else if (!source.busy && !source.waiting) await drained(r, batch, quietMs >= idleMs, quietMs);
       if (!stop.reason && o.exitWhenIdle && !source.busy && !batch.length && !source.waiting && quietMs >= o.exitWhenIdle * 1000) stop.stop(`idle for ${o.exitWhenIdle}s (--exit-when-idle)`);
       continue;
     }
