@@ -145,6 +145,8 @@ const CASES: Record<string, GradCase[]> = {
       conv([n, c, h, w], [4, c, 3, 3], { strides: [s, s], pads: [1, 1, 1, 1] }, false, { convWeightGrad: 'unfold-conv', convInputGrad: 'conv' }),
     ),
     conv([2, 4, 6, 6], [3, 4, 1, 1], { strides: [2, 2] }, false, { convWeightGrad: 'unfold-conv' }),
+    // An even channel count with a 3x3 kernel: Graph.unfold appends a zero channel (for WebGPU).
+    conv([2, 4, 8, 8], [3, 4, 3, 3], { strides: [2, 2], pads: [1, 1, 1, 1] }, false, { convWeightGrad: 'unfold-conv' }),
     conv([2, 3, 7, 6], [3, 3, 2, 3], { pads: [1, 0, 0, 2] }, false, { convWeightGrad: 'unfold-conv' }),
     conv([1, 2, 9, 9], [3, 2, 3, 3], { pads: [2, 2, 2, 2], dilations: [2, 2] }, false, { convWeightGrad: 'unfold-conv' }),
     conv([1, 3, 11, 11], [2, 3, 7, 7], { strides: [2, 2], pads: [3, 3, 3, 3] }, false, { convWeightGrad: 'unfold-conv' }),
@@ -161,6 +163,7 @@ const CASES: Record<string, GradCase[]> = {
     ...[[2, 3, 5, 5, 1], [2, 3, 8, 8, 2], [2, 3, 7, 7, 2]].map(([n, c, h, w, s]) => unfoldConv([n, c, h, w], [4, c, 3, 3], { strides: [s, s], pads: [1, 1, 1, 1] }, { convInputGrad: 'conv' })),
     unfoldConv([2, 3, 8, 8], [4, 3, 3, 3], { strides: [2, 2], pads: [1, 1, 1, 1] }),
     unfoldConv([2, 4, 6, 6], [3, 4, 1, 1], { strides: [2, 2] }),
+    unfoldConv([2, 4, 8, 8], [3, 4, 3, 3], { strides: [2, 2], pads: [1, 1, 1, 1] }),
     unfoldConv([2, 3, 7, 6], [3, 3, 2, 3], { pads: [1, 0, 0, 2] }),
     unfoldConv([1, 2, 9, 9], [3, 2, 3, 3], { pads: [2, 2, 2, 2], dilations: [2, 2] }, { convInputGrad: 'conv' }),
     unfoldConv([1, 3, 11, 11], [2, 3, 7, 7], { strides: [2, 2], pads: [3, 3, 3, 3] }),

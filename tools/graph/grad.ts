@@ -428,15 +428,20 @@ function convWeightGradUnfold(g: Graph, x: Value, gy: Value, dims: number[], att
   return weightGradFromUnfolded(g, g.unfold(x, dims[2], dims[3], attrs), gy, dims);
 }
 
-/** dW [O, C, kh, kw] from the unfolded input U [N, C*kh*kw, Ho, Wo] (Graph.unfold) and gy [N, O, Ho, Wo]. */
+/**
+ * dW [O, C, kh, kw] from the unfolded input U [N, C'*kh*kw, Ho, Wo] (Graph.unfold: C' >= C, the rows of an
+ * appended zero channel dropped from the small summed product) and gy [N, O, Ho, Wo].
+ */
 function weightGradFromUnfolded(g: Graph, unf: Value, gy: Value, [o, c, kh, kw]: number[]): Value {
   const n = unf.shape[0] as number;
+  const ck = unf.shape[1] as number;
   const hw = (gy.shape[2] as number) * (gy.shape[3] as number);
   // The large unfolded input as the GEMM's A (streamed as it lies), gy^T as its B: MLAS packs B for
   // every image, and packing the small [Ho*Wo, O] instead of the [Ho*Wo, C*kh*kw] side is ~kh*kw*C/O
   // times fewer bytes copied.
-  const per = g.matmul(g.reshape(unf, [n, c * kh * kw, hw]), swapLast(g, g.reshape(gy, [n, o, hw]))); // [N, C*kh*kw, O]
-  const sum = g.reshape(g.reduceSum(per, [0], false), [c, kh * kw, o]);
+  const per = g.matmul(g.reshape(unf, [n, ck, hw]), swapLast(g, g.reshape(gy, [n, o, hw]))); // [N, C'*kh*kw, O]
+  const summed = g.reduceSum(per, [0], false);
+  const sum = g.reshape(ck > c * kh * kw ? g.slice(summed, [0], [c * kh * kw], [0]) : summed, [c, kh * kw, o]);
   return g.reshape(g.transpose(sum, [2, 0, 1]), [o, c, kh, kw]);
 }
 
