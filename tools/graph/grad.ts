@@ -11,17 +11,19 @@ import { Graph, Value, fmt, sliceRange, type DType, type Node, type Shape } from
  * - batched-offsets: per kernel offset one slice of x as it lies (no transposes of x or gy) and one
  *   MatMul batched over the images, summed over them: the GEMMs split across threads by image, where
  *   im2col-offsets' single [O, N*Ho*Wo] x [N*Ho*Wo, C] GEMM has a 16 x 16 output MLAS cannot split;
- * - unfold-conv: im2col in one op, a grouped Conv (group C) with constant one-hot kernels that copies
+ * - unfold-conv: im2col in one op (Graph.unfold), a grouped Conv with constant one-hot kernels that copies
  *   each kernel offset's window of every channel into its own output channel ([N, C*kh*kw, Ho, Wo], the
- *   forward's strides, pads and dilations), then batched-offsets' MatMul over the images on all offsets
- *   at once and a sum over them: one multi-threaded copy instead of kh*kw single-threaded Slices;
+ *   forward's strides, pads and dilations; one zero channel more where C is even, for WebGPU), then
+ *   batched-offsets' MatMul over the images on all offsets at once and a sum over them: one
+ *   multi-threaded copy instead of kh*kw single-threaded Slices;
  * - unfold-depthwise: per kernel offset one depthwise Conv (one-hot [C, 1, kh, kw] kernel, MLAS's direct
  *   depthwise kernel, no im2col) cuts the window, then one MatMul batched over the images per offset;
  * - unfold-forward: the forward itself unfolds (Graph.unfoldConv: unfold-conv's grouped Conv, then
  *   y = W [O, C*kh*kw] x U as a MatMul batched over the images) and the weight gradient reuses that U
- *   (GRAD_RULES.UnfoldConv): one unfold per layer instead of two, U kept alive until the backward. The
- *   training graph's builders emit it (tools/artifacts/build.ts); a plain Conv node, e.g. an imported
- *   model's, falls back to unfold-conv.
+ *   (GRAD_RULES.UnfoldConv): one unfold per layer instead of two, U kept alive until the backward (not
+ *   faster on 2 CPU cores, +0.4-1.5 GB peak RSS: RESULTS #33). The training graph's builders
+ *   emit it (tools/artifacts/build.ts); a plain Conv node, e.g. an imported model's, falls back to
+ *   unfold-conv.
  */
 export type ConvWeightGrad = 'batch-as-channels' | 'im2col' | 'im2col-offsets' | 'batched-offsets' | 'unfold-conv' | 'unfold-depthwise' | 'unfold-forward';
 export const CONV_WEIGHT_GRADS: readonly ConvWeightGrad[] = ['batch-as-channels', 'im2col', 'im2col-offsets', 'batched-offsets', 'unfold-conv', 'unfold-depthwise', 'unfold-forward'];
