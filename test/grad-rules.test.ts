@@ -57,6 +57,13 @@ const conv = (x: number[], w: number[], attrs: Parameters<Graph['conv']>[2], bia
   opts,
 });
 
+type UnfoldCase = GradCase & { attrs: Parameters<Graph['unfoldConv']>[2] };
+const unfoldConv = (x: number[], w: number[], attrs: UnfoldCase['attrs'], opts?: GradCase['opts']): UnfoldCase => ({
+  ...conv(x, w, attrs, false, opts),
+  build: (g, [xv, wv]) => g.unfoldConv(xv, wv, attrs),
+  attrs,
+});
+
 // Several cases per op: odd sizes, broadcasting, stride 2.
 const CASES: Record<string, GradCase[]> = {
   Identity: [f64([[3, 4]], (g, [x]) => g.identity(x))],
@@ -138,6 +145,8 @@ const CASES: Record<string, GradCase[]> = {
       conv([n, c, h, w], [4, c, 3, 3], { strides: [s, s], pads: [1, 1, 1, 1] }, false, { convWeightGrad: 'unfold-conv', convInputGrad: 'conv' }),
     ),
     conv([2, 4, 6, 6], [3, 4, 1, 1], { strides: [2, 2] }, false, { convWeightGrad: 'unfold-conv' }),
+    // An even channel count with a 3x3 kernel: Graph.unfold appends a zero channel (for WebGPU).
+    conv([2, 4, 8, 8], [3, 4, 3, 3], { strides: [2, 2], pads: [1, 1, 1, 1] }, false, { convWeightGrad: 'unfold-conv' }),
     conv([2, 3, 7, 6], [3, 3, 2, 3], { pads: [1, 0, 0, 2] }, false, { convWeightGrad: 'unfold-conv' }),
     conv([1, 2, 9, 9], [3, 2, 3, 3], { pads: [2, 2, 2, 2], dilations: [2, 2] }, false, { convWeightGrad: 'unfold-conv' }),
     conv([1, 3, 11, 11], [2, 3, 7, 7], { strides: [2, 2], pads: [3, 3, 3, 3] }, false, { convWeightGrad: 'unfold-conv' }),
@@ -147,6 +156,17 @@ const CASES: Record<string, GradCase[]> = {
     conv([2, 4, 6, 6], [3, 4, 1, 1], { strides: [2, 2] }, false, { convWeightGrad: 'unfold-depthwise' }),
     conv([2, 3, 7, 6], [3, 3, 2, 3], { pads: [1, 0, 0, 2] }, false, { convWeightGrad: 'unfold-depthwise' }),
     conv([1, 2, 9, 9], [3, 2, 3, 3], { pads: [2, 2, 2, 2], dilations: [2, 2] }, false, { convWeightGrad: 'unfold-depthwise' }),
+  ],
+  // Graph.unfoldConv's composite (convWeightGrad 'unfold-forward'): the weight gradient from the
+  // forward's unfolded input; non-square kernels and asymmetric pads catch a transposed offset.
+  UnfoldConv: [
+    ...[[2, 3, 5, 5, 1], [2, 3, 8, 8, 2], [2, 3, 7, 7, 2]].map(([n, c, h, w, s]) => unfoldConv([n, c, h, w], [4, c, 3, 3], { strides: [s, s], pads: [1, 1, 1, 1] }, { convInputGrad: 'conv' })),
+    unfoldConv([2, 3, 8, 8], [4, 3, 3, 3], { strides: [2, 2], pads: [1, 1, 1, 1] }),
+    unfoldConv([2, 4, 6, 6], [3, 4, 1, 1], { strides: [2, 2] }),
+    unfoldConv([2, 4, 8, 8], [3, 4, 3, 3], { strides: [2, 2], pads: [1, 1, 1, 1] }),
+    unfoldConv([2, 3, 7, 6], [3, 3, 2, 3], { pads: [1, 0, 0, 2] }),
+    unfoldConv([1, 2, 9, 9], [3, 2, 3, 3], { pads: [2, 2, 2, 2], dilations: [2, 2] }, { convInputGrad: 'conv' }),
+    unfoldConv([1, 3, 11, 11], [2, 3, 7, 7], { strides: [2, 2], pads: [3, 3, 3, 3] }),
   ],
   ReduceSum: [f64([[3, 4, 5]], (g, [x]) => g.reduceSum(x, [1], true)), f64([[3, 4, 5]], (g, [x]) => g.reduceSum(x, [0, 2], false))],
   ReduceMean: [
@@ -297,6 +317,26 @@ for (const [op, cases] of Object.entries(CASES)) {
     });
   });
 }
+
+test("Graph.unfoldConv's forward is Conv's (the finite differences above check only its gradient against itself)", async () => {
+  const { Graph } = await import('../tools/graph/graph.ts');
+  const { session, run, randn } = await import('./helpers/ort.ts');
+  const { Rng } = await import('../core/rng.ts');
+  for (const c of CASES.UnfoldConv) {
+    const [xs, ws] = c.inputs.map((i) => i.shape);
+    const attrs = (c as UnfoldCase).attrs;
+    const g = new Graph('float32');
+    const [x, w] = [g.input('x', xs), g.input('w', ws)];
+    g.output(g.unfoldConv(x, w, attrs), 'u');
+    g.output(g.conv(x, w, attrs), 'c');
+    const rng = new Rng(3);
+    const out = await run(await session(g), g, new Map([[x, randn(rng, x.size(), 'float32')], [w, randn(rng, w.size(), 'float32')]]));
+    const [u, ref] = [out.u as Float32Array, out.c as Float32Array];
+    assert.equal(u.length, ref.length);
+    const err = Math.max(...u.map((v, i) => Math.abs(v - ref[i])));
+    assert.ok(err <= 1e-5 * Math.max(...ref.map(Math.abs)), `${JSON.stringify(attrs)}: max difference ${err}`);
+  }
+});
 
 test('stop-gradient blocks exactly its own path', async () => {
   // d/da [sg(a) * b + a * b] = b, where finite differences see 2b.

@@ -148,9 +148,13 @@ test('negative control: the path-integral check catches a broken ReLU gradient',
   }
 });
 
-for (const alt of ['batch-as-channels', 'im2col-offsets', 'batched-offsets', 'unfold-conv', 'unfold-depthwise'] as const) test(`conv weight-gradient formulations agree on the whole network: im2col vs ${alt}`, async () => {
-  const a = await (await lossNet(tinyPreset(), 'im2col')).eval((await lossNet(tinyPreset())).init);
-  const netB = await lossNet(tinyPreset(['convInputGrad="conv"']), alt);
+// The preset names the formulation too: unfold-forward changes the forward it builds (Graph.unfoldConv).
+for (const alt of ['batch-as-channels', 'im2col-offsets', 'batched-offsets', 'unfold-conv', 'unfold-depthwise', 'unfold-forward'] as const) test(`conv weight-gradient formulations agree on the whole network: im2col vs ${alt}`, async () => {
+  const a = await (await lossNet(tinyPreset(['convWeightGrad="im2col"']), 'im2col')).eval((await lossNet(tinyPreset(['convWeightGrad="im2col"']))).init);
+  const setsB = ['convInputGrad="conv"', `convWeightGrad="${alt}"`];
+  const unfolded = buildLoss(tinyPreset(setsB)).g.nodes.filter((n) => n.composite?.op === 'UnfoldConv').length;
+  assert.equal(unfolded, alt === 'unfold-forward' ? 6 : 0, 'every dense convolution (stem, 2 x 2 in the blocks, 1 downsample) built as Graph.unfoldConv');
+  const netB = await lossNet(tinyPreset(setsB), alt);
   const b = await netB.eval(netB.init);
   assert.ok(Math.abs(a.loss - b.loss) <= 1e-6 * Math.abs(a.loss));
   for (const [n, ga] of a.grads) {

@@ -50,6 +50,11 @@ export interface LossGraph {
   extras: Map<string, Value>;
 }
 
+/** How a training graph's dense convolutions compute their forward: unfolded where the weight gradient reuses it. */
+function convForward(p: Preset): 'conv' | 'unfold' {
+  return p.convWeightGrad === 'unfold-forward' ? 'unfold' : 'conv';
+}
+
 /** Forward graph of the training loss (shared by the step and the whole-network gradient tests). */
 export function buildLoss(p: Preset, dtype: 'float32' | 'float64' = 'float32', backbone = presetBackbone(p)): LossGraph {
   const g = new Graph(dtype);
@@ -57,7 +62,7 @@ export function buildLoss(p: Preset, dtype: 'float32' | 'float64' = 'float32', b
   const b = p.batch;
   const s = p.image.size;
   const crops = g.input('crops', [v * b, 3, s, s]);
-  return lossOn(g, p, crops, new Model(g, true, p.activation, p.bnMomentum), backbone);
+  return lossOn(g, p, crops, new Model(g, true, p.activation, p.bnMomentum, convForward(p)), backbone);
 }
 
 /** The loss of one batch of crops into `g`, with the state tensors `model` hands out. */
@@ -265,7 +270,7 @@ class BoundModel extends Model {
     p: Preset,
     private readonly bind: (name: string, shape: number[]) => Value,
   ) {
-    super(g, true, p.activation, p.bnMomentum);
+    super(g, true, p.activation, p.bnMomentum, convForward(p));
   }
 
   override state(name: string, shape: number[], role: 'param' | 'buffer', init: StateSpec['init'], decay: boolean): Value {

@@ -83,10 +83,10 @@ const edge: Preset = {
   activation: 'relu',
   bnMomentum: 0.1,
   gradCos: true,
-  // Measured on 2 cores (bench/peer, 2026-12-02): the per-image batched weight-gradient GEMMs let the
-  // second thread work (212 -> 145 ms a step at 2 threads; 231 -> 227 at 1), where im2col-offsets' one
-  // GEMM per offset has a 16 x 16 output MLAS cannot split.
-  convWeightGrad: 'batched-offsets',
+  // Measured on 2 cores, quiet box (bench/peer, 2026-12-07, RESULTS issue #33): im2col as one grouped
+  // Conv with one-hot kernels and one batched GEMM per layer made the step 8-14% faster than
+  // batched-offsets at 128/256/512 crops, 1 and 2 threads (peak RSS +100 to +400 MB).
+  convWeightGrad: 'unfold-conv',
   convInputGrad: 'conv',
   agent: { newPerArrival: 16, updatesPerArrival: 3, bufferSize: 256, replay: 'mixed' },
 };

@@ -11,15 +11,22 @@ import { Graph, Value, fmt, sliceRange, type DType, type Node, type Shape } from
  * - batched-offsets: per kernel offset one slice of x as it lies (no transposes of x or gy) and one
  *   MatMul batched over the images, summed over them: the GEMMs split across threads by image, where
  *   im2col-offsets' single [O, N*Ho*Wo] x [N*Ho*Wo, C] GEMM has a 16 x 16 output MLAS cannot split;
- * - unfold-conv: im2col in one op, a grouped Conv (group C) with constant one-hot kernels that copies
+ * - unfold-conv: im2col in one op (Graph.unfold), a grouped Conv with constant one-hot kernels that copies
  *   each kernel offset's window of every channel into its own output channel ([N, C*kh*kw, Ho, Wo], the
- *   forward's strides, pads and dilations), then batched-offsets' MatMul over the images on all offsets
- *   at once and a sum over them: one multi-threaded copy instead of kh*kw single-threaded Slices;
+ *   forward's strides, pads and dilations; one zero channel more where C is even, for WebGPU), then
+ *   batched-offsets' MatMul over the images on all offsets at once and a sum over them: one
+ *   multi-threaded copy instead of kh*kw single-threaded Slices;
  * - unfold-depthwise: per kernel offset one depthwise Conv (one-hot [C, 1, kh, kw] kernel, MLAS's direct
- *   depthwise kernel, no im2col) cuts the window, then one MatMul batched over the images per offset.
+ *   depthwise kernel, no im2col) cuts the window, then one MatMul batched over the images per offset;
+ * - unfold-forward: the forward itself unfolds (Graph.unfoldConv: unfold-conv's grouped Conv, then
+ *   y = W [O, C*kh*kw] x U as a MatMul batched over the images) and the weight gradient reuses that U
+ *   (GRAD_RULES.UnfoldConv): one unfold per layer instead of two, U kept alive until the backward (not
+ *   faster on 2 CPU cores, +0.4-1.5 GB peak RSS: RESULTS #33). The training graph's builders
+ *   emit it (tools/artifacts/build.ts); a plain Conv node, e.g. an imported model's, falls back to
+ *   unfold-conv.
  */
-export type ConvWeightGrad = 'batch-as-channels' | 'im2col' | 'im2col-offsets' | 'batched-offsets' | 'unfold-conv' | 'unfold-depthwise';
-export const CONV_WEIGHT_GRADS: readonly ConvWeightGrad[] = ['batch-as-channels', 'im2col', 'im2col-offsets', 'batched-offsets', 'unfold-conv', 'unfold-depthwise'];
+export type ConvWeightGrad = 'batch-as-channels' | 'im2col' | 'im2col-offsets' | 'batched-offsets' | 'unfold-conv' | 'unfold-depthwise' | 'unfold-forward';
+export const CONV_WEIGHT_GRADS: readonly ConvWeightGrad[] = ['batch-as-channels', 'im2col', 'im2col-offsets', 'batched-offsets', 'unfold-conv', 'unfold-depthwise', 'unfold-forward'];
 /** How Conv's input gradient is formed: ConvTranspose, or (stride 1) a Conv with the flipped kernel (depthwise: always that at stride 1). */
 export type ConvInputGrad = 'conv-transpose' | 'conv';
 
@@ -216,7 +223,7 @@ function convWeightGrad(g: Graph, node: Node, gy: Value, how: ConvWeightGrad, de
     }
     return g.reshape(parts.length > 1 ? g.concat(parts, 2) : parts[0], [o, c, kh, kw]);
   }
-  if (how === 'unfold-conv') return convWeightGradUnfold(g, x, gy, [o, c, kh, kw], { strides, pads, dilations: dil });
+  if (how === 'unfold-conv' || how === 'unfold-forward') return convWeightGradUnfold(g, x, gy, [o, c, kh, kw], { strides, pads, dilations: dil });
   if (how === 'unfold-depthwise') return convWeightGradDepthwise(g, x, gy, [o, c, kh, kw], { strides, pads, dilations: dil });
   if (how === 'batched-offsets') {
     const xp = pads.some((p) => p) ? g.pad(x, [0, 0, pads[0], pads[1], 0, 0, pads[2], pads[3]]) : x;
@@ -418,35 +425,25 @@ function sliceGrad(g: Graph, n: Node, gy: Value): Value {
   return pads.some((p) => p) ? g.pad(gx, pads) : gx;
 }
 
-/** One-hot unfolding kernels per graph, shared by every Conv with the same channels and kernel size. */
-const unfoldKernels = new WeakMap<Graph, Map<string, Value>>();
-
-/** [C*kh*kw, 1, kh, kw]: output channel c*kh*kw + i*kw + j picks input channel c at kernel offset (i, j). */
-function unfoldKernel(g: Graph, c: number, kh: number, kw: number, dtype: Value['dtype']): Value {
-  const key = `${c}x${kh}x${kw}|${dtype}`;
-  let cache = unfoldKernels.get(g);
-  if (!cache) unfoldKernels.set(g, (cache = new Map()));
-  let k = cache.get(key);
-  if (!k) {
-    const kk = kh * kw;
-    const data = new Array<number>(c * kk * kk).fill(0);
-    for (let ch = 0; ch < c; ch++) for (let t = 0; t < kk; t++) data[(ch * kk + t) * kk + t] = 1;
-    k = g.constant(data, [c * kk, 1, kh, kw], dtype);
-    cache.set(key, k);
-  }
-  return k;
+/** unfold-conv (see ConvWeightGrad): dW[o, c, i, j] = sum_n unfold(x)[n, c*kh*kw + i*kw + j, :] . gy[n, o, :]. */
+function convWeightGradUnfold(g: Graph, x: Value, gy: Value, dims: number[], attrs: { strides: number[]; pads: number[]; dilations: number[] }): Value {
+  return weightGradFromUnfolded(g, g.unfold(x, dims[2], dims[3], attrs), gy, dims);
 }
 
-/** unfold-conv (see ConvWeightGrad): dW[o, c, i, j] = sum_n unfold(x)[n, c*kh*kw + i*kw + j, :] . gy[n, o, :]. */
-function convWeightGradUnfold(g: Graph, x: Value, gy: Value, [o, c, kh, kw]: number[], attrs: { strides: number[]; pads: number[]; dilations: number[] }): Value {
-  const n = x.shape[0] as number;
+/**
+ * dW [O, C, kh, kw] from the unfolded input U [N, C'*kh*kw, Ho, Wo] (Graph.unfold: C' >= C, the rows of an
+ * appended zero channel dropped from the small summed product) and gy [N, O, Ho, Wo].
+ */
+function weightGradFromUnfolded(g: Graph, unf: Value, gy: Value, [o, c, kh, kw]: number[]): Value {
+  const n = unf.shape[0] as number;
+  const ck = unf.shape[1] as number;
   const hw = (gy.shape[2] as number) * (gy.shape[3] as number);
-  const unf = g.conv(x, unfoldKernel(g, c, kh, kw, x.dtype), { ...attrs, group: c }); // [N, C*kh*kw, Ho, Wo]
   // The large unfolded input as the GEMM's A (streamed as it lies), gy^T as its B: MLAS packs B for
   // every image, and packing the small [Ho*Wo, O] instead of the [Ho*Wo, C*kh*kw] side is ~kh*kw*C/O
   // times fewer bytes copied.
-  const per = g.matmul(g.reshape(unf, [n, c * kh * kw, hw]), swapLast(g, g.reshape(gy, [n, o, hw]))); // [N, C*kh*kw, O]
-  const sum = g.reshape(g.reduceSum(per, [0], false), [c, kh * kw, o]);
+  const per = g.matmul(g.reshape(unf, [n, ck, hw]), swapLast(g, g.reshape(gy, [n, o, hw]))); // [N, C'*kh*kw, O]
+  const summed = g.reduceSum(per, [0], false);
+  const sum = g.reshape(ck > c * kh * kw ? g.slice(summed, [0], [c * kh * kw], [0]) : summed, [c, kh * kw, o]);
   return g.reshape(g.transpose(sum, [2, 0, 1]), [o, c, kh, kw]);
 }
 
@@ -517,6 +514,13 @@ export const GRAD_RULES: Record<string, GradRule> = {
     const grads: (Value | null)[] = [convInputGrad(g, n, gy!, opts.convInputGrad), convWeightGrad(g, n, gy!, opts.convWeightGrad, opts.depthwiseWeightGrad)];
     if (n.inputs[2]) grads.push(g.reduceSum(gy!, [0, 2, 3], false));
     return grads;
+  },
+  // Graph.unfoldConv's composite: inputs [x, w], saved [U], the Conv's attributes. The input gradient as
+  // a plain Conv's (the node reads as one: x, w, strides, pads, dilations, group 1); the weight gradient
+  // from the forward's U, whatever convWeightGrad says.
+  UnfoldConv: (g, n, [gy], opts) => {
+    const [, w, u] = n.inputs as Value[];
+    return [convInputGrad(g, n, gy!, opts.convInputGrad), weightGradFromUnfolded(g, u, gy!, w.dims())];
   },
   ReduceSum: reduceRule(false),
   ReduceMean: reduceRule(true),

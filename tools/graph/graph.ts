@@ -94,6 +94,8 @@ export class Graph {
   private counter = 0;
   private scopes: string[] = [];
   private constCache = new Map<string, Value>();
+  /** unfold()'s one-hot kernels, one per channels x kernel size x type, shared by every Conv that unfolds. */
+  private unfoldKernels = new Map<string, Value>();
 
   /** `dtype` is the floating type of constants the builder makes (float64 for gradient tests). */
   constructor(readonly dtype: 'float32' | 'float64' = 'float32') {}
@@ -317,6 +319,54 @@ export class Graph {
     const oh = convOut(h as number, kh, sh, pt + pb, dh, where);
     const ow = convOut(wd as number, kw, sw, pl + pr, dw, where);
     return this.emit('Conv', bias ? [x, w, bias] : [x, w], [n, o, oh, ow], this.sameFloat('Conv', x, w), convAttrs(attrs));
+  }
+
+  /**
+   * im2col as one op: a grouped Conv (group C') with constant one-hot kernels [C'*kh*kw, 1, kh, kw] that
+   * copies each kernel offset's window of every channel into its own output channel: [N, C'*kh*kw, Ho, Wo],
+   * channel c*kh*kw + i*kw + j holding input channel c at kernel offset (i, j) under `attrs`' strides,
+   * pads and dilations. C' is C, or C + 1 (a zero channel appended, its kh*kw rows zero) where C is even
+   * and kh*kw odd: ORT 1.29's WebGPU EP computes a grouped Conv with several outputs per group wrong when
+   * the output count is even (it vectorises across the groups' boundaries; measured C = 2, 4, 6, 8 wrong,
+   * 1, 3, 5, 7, 9, 17 right; RESULTS #33). Folding the channels into the batch instead (one Conv of
+   * [N*C, 1, H, W], no groups) is right there but 12-18% slower on the CPU. Even kh*kw is not covered.
+   */
+  unfold(x: Value, kh: number, kw: number, attrs: Omit<ConvAttrs, 'group'> = {}): Value {
+    const kk = kh * kw;
+    const c0 = x.shape[1] as number;
+    const extra = kk > 1 && kk % 2 === 1 && c0 % 2 === 0 ? 1 : 0;
+    const c = c0 + extra;
+    const key = `${c}x${kh}x${kw}|${x.dtype}`;
+    let k = this.unfoldKernels.get(key);
+    if (!k) {
+      const data = new Array<number>(c * kk * kk).fill(0);
+      for (let ch = 0; ch < c; ch++) for (let t = 0; t < kk; t++) data[(ch * kk + t) * kk + t] = 1;
+      k = this.constant(data, [c * kk, 1, kh, kw], x.dtype);
+      this.unfoldKernels.set(key, k);
+    }
+    return this.conv(extra ? this.pad(x, [0, 0, 0, 0, 0, extra, 0, 0]) : x, k, { ...attrs, group: c });
+  }
+
+  /**
+   * A dense Conv (group 1, no bias) computed as unfold(x) (kept, as `saved`) and one MatMul batched over
+   * the images, W [O, C*kh*kw] x U_n [C*kh*kw, Ho*Wo]; differentiated as a whole by
+   * GRAD_RULES.UnfoldConv, whose weight gradient reads the forward's unfolded input instead of unfolding
+   * x again (convWeightGrad 'unfold-forward').
+   */
+  unfoldConv(x: Value, w: Value, attrs: Omit<ConvAttrs, 'group'> = {}): Value {
+    const where = this.where('UnfoldConv');
+    if (x.rank !== 4 || w.rank !== 4) throw new Error(`${where}: needs NCHW input and OIHW weight, got ${fmt(x.shape)}, ${fmt(w.shape)}`);
+    const [o, c, kh, kw] = w.dims();
+    if (x.shape[1] !== c) throw new Error(`${where}: input has ${x.shape[1]} channels, weight expects ${c}`);
+    const n = x.shape[0] as number;
+    return this.composite('UnfoldConv', [x, w], convAttrs(attrs), ([xs, ws]) => {
+      const u = this.unfold(xs, kh, kw, attrs); // [N, C'*kh*kw, Ho, Wo]
+      const [ck, ho, wo] = [u.shape[1] as number, u.shape[2] as number, u.shape[3] as number];
+      const wf = this.reshape(ws, [o, c * kh * kw]);
+      // unfold's appended zero channel (if any) meets zero weights.
+      const y = this.matmul(ck > c * kh * kw ? this.pad(wf, [0, 0, 0, ck - c * kh * kw]) : wf, this.reshape(u, [n, ck, ho * wo]));
+      return { results: [this.reshape(y, [n, o, ho, wo])], saved: [u] };
+    })[0];
   }
 
   convTranspose(x: Value, w: Value, attrs: ConvAttrs & { outputPadding?: number[] }): Value {
@@ -634,7 +684,7 @@ export class Graph {
       else gone.add(init.value);
     }
     // A dropped constant must not be handed out again by constant()'s cache.
-    if (gone.size) for (const [key, v] of this.constCache) if (gone.has(v)) this.constCache.delete(key);
+    if (gone.size) for (const cache of [this.constCache, this.unfoldKernels]) for (const [key, v] of cache) if (gone.has(v)) cache.delete(key);
   }
 
   scatterAdd(data: Value, indices: Value, updates: Value, axis = 0): Value {

@@ -29,6 +29,8 @@ export class Model {
     readonly training: boolean,
     readonly activation: Activation = 'relu',
     readonly bnMomentum = 0.1,
+    /** 'unfold': conv2d as Graph.unfoldConv (convWeightGrad 'unfold-forward'; training graphs only). */
+    readonly convForward: 'conv' | 'unfold' = 'conv',
   ) {}
 
   state(name: string, shape: number[], role: StateRole, init: Init, decay: boolean): Value {
@@ -48,7 +50,8 @@ export class Model {
 export function conv2d(m: Model, name: string, x: Value, out: number, k: number, stride: number, pad: number): Value {
   const cin = x.shape[1] as number;
   const w = m.state(`${name}.weight`, [out, cin, k, k], 'param', { kind: 'kaiming-normal-fanout', fanOut: out * k * k }, true);
-  return m.g.scope(name, () => m.g.conv(x, w, { strides: [stride, stride], pads: [pad, pad, pad, pad] }));
+  const attrs = { strides: [stride, stride], pads: [pad, pad, pad, pad] };
+  return m.g.scope(name, () => (m.convForward === 'unfold' ? m.g.unfoldConv(x, w, attrs) : m.g.conv(x, w, attrs)));
 }
 
 export function linear(m: Model, name: string, x: Value, out: number, bias = true): Value {
