@@ -31,7 +31,7 @@ async function time(shape: number[], form: (typeof FORMS)[number], threads: numb
   const feeds = { y: new ort.Tensor('float32', Float32Array.from({ length: n }, () => Math.max(0, rng.normal())), shape), gy: new ort.Tensor('float32', Float32Array.from({ length: n }, () => rng.normal()), shape) };
   for (let i = 0; i < 3; i++) await sess.run(feeds);
   const ms: number[] = [];
-  let out = new Float32Array(0);
+  let out: Float32Array = new Float32Array(0);
   for (let i = 0; i < Number(values.runs); i++) {
     const t = performance.now();
     out = (await sess.run(feeds)).dx.data as Float32Array;
@@ -45,7 +45,7 @@ const rows: string[] = [];
 for (const s of values.shapes.split(',')) {
   const shape = s.split('x').map(Number);
   for (const th of values.threads.split(',').map(Number)) {
-    const r = [];
+    const r: { ms: number; out: Float32Array }[] = [];
     for (const f of FORMS) r.push(await time(shape, f, th));
     const same = r.every((x) => x.out.every((v, i) => v === r[0].out[i]));
     rows.push(`| ${s} | ${th} | ${r.map((x) => x.ms.toFixed(2)).join(' | ')} | ${same ? 'yes' : 'NO'} |`);
