@@ -59,7 +59,9 @@ const values = benchArgs(import.meta.url, {
   projector: { type: 'string', hidden: true },
 });
 
+let work: string | null = null; // the temp folder of exports and artifacts, removed on every way out
 function fail(msg: string): never {
+  if (work) rmSync(work, { recursive: true, force: true });
   process.stderr.write(`bench/byom-peer: ${msg}\n`);
   process.exit(2);
 }
@@ -187,7 +189,7 @@ const save = (partial: boolean) => {
   writeFileAtomic(values.json, JSON.stringify({ partial, machine, views, batch, steps, warmup, rounds, lr: LR, glibcTunables: GLIBC_TUNABLES, torchLdPath: values['torch-ld-path'] ?? process.env.SSOCL_TORCH_LD_PATH ?? null, rows }, null, 1) + '\n');
 };
 
-const work = mkdtempSync(path.join(tmpdir(), 'byom-peer-'));
+work = mkdtempSync(path.join(tmpdir(), 'byom-peer-'));
 try {
   for (const name of models) {
     for (const size of sizes) {
@@ -198,8 +200,11 @@ try {
       if (ex.status !== 0) fail(`exporting ${name} at ${size} px: ${(ex.stderr || '').trim().split('\n').pop()}`);
       const settings = [`batch=${batch}`, `crops=${views}`, 'losses=[{"name":"mcc","weight":1}]', 'tau=0.2', 'optimizer={"type":"sgd","momentum":0,"weightDecay":0,"lars":false}', `projector=[{"out":${PROJ_OUT}}]`, 'gradCos=false', ...values.set];
       const art = path.join(dir, 'art');
-      const { built } = compileFromOnnx(readFileSync(model), { train: 'all', name, set: settings });
-      writeArtifacts(built, art);
+      try {
+        writeArtifacts(compileFromOnnx(readFileSync(model), { train: 'all', name, set: settings }).built, art);
+      } catch (e) {
+        fail(`importing ${name} at ${size} px${values.set.length ? ` with --set ${values.set.join(' ')}` : ''}: ${(e as Error).message.split('\n')[0]}`);
+      }
       // The starting projector and the crops, written once and read by both sides.
       const dim = readManifest(art).state.find((s) => s.name === 'params.projector.0.linear.weight')!.shape[1];
       const rng = new Rng(7);
