@@ -36,6 +36,36 @@ function noAutoPad(n: OnnxNode): void {
   if (str(n, 'auto_pad', 'NOTSET') !== 'NOTSET') throw new Error(`node '${n.name}' (${n.op}): auto_pad ${str(n, 'auto_pad', '')} is not supported (export with explicit pads)`);
 }
 
+/**
+ * A Conv from a 1x1 map to a 1x1 map (the last stages of torchvision models at 32 px) sees one tap of
+ * its kernel: the layer is a Gemm of the [N, C] input with that tap ([O, C]; depthwise: a per-channel
+ * Mul). ORT's Conv runs it as one GEMM per image with a single column (bench/RESULTS.md, #32: 4-9x
+ * PyTorch's time at 1x1 and 2x2 maps); one Gemm takes the batch at once. Null where it does not apply
+ * (larger maps, no tap in range, 1 < groups < channels).
+ */
+function onePixelConv(g: Graph, x: Value, w: Value, a: { strides: number[]; pads: number[]; dilations: number[]; group: number }, b: Value | null): Value | null {
+  const [, ch, h, wd] = x.shape;
+  const [o, cg, kh, kw] = w.shape as number[];
+  if (h !== 1 || wd !== 1) return null;
+  // Along one axis: one output position (0 <= pads + 1 - extent < stride), and the tap that reads input 0.
+  const tap = (k: number, pad: number, end: number, dil: number, stride: number) => {
+    const span = pad + end - dil * (k - 1);
+    return span >= 0 && span < stride && pad % dil === 0 && pad / dil < k ? pad / dil : -1;
+  };
+  const [ti, tj] = [tap(kh, a.pads[0], a.pads[2], a.dilations[0], a.strides[0]), tap(kw, a.pads[1], a.pads[3], a.dilations[1], a.strides[1])];
+  if (ti < 0 || tj < 0) return null;
+  const wt = kh === 1 && kw === 1 ? w : g.slice(w, [ti, tj], [ti + 1, tj + 1], [2, 3]);
+  const xf = g.flatten(x, 1); // [N, C]
+  let y: Value;
+  if (a.group === 1) y = g.gemm(xf, g.reshape(wt, [o, cg]), b, { transB: true });
+  else if (cg === 1 && a.group === ch) {
+    const m = o / (ch as number);
+    const prod = m === 1 ? g.mul(xf, g.reshape(wt, [1, o])) : g.flatten(g.mul(g.unsqueeze(xf, [2]), g.reshape(wt, [1, ch as number, m])), 1);
+    y = b ? g.add(prod, g.reshape(b, [1, o])) : prod;
+  } else return null;
+  return g.unsqueeze(y, [2, 3]);
+}
+
 const unary = (op: 'Relu' | 'Sigmoid' | 'Sqrt' | 'Exp' | 'Log' | 'Neg' | 'Reciprocal' | 'Abs'): Lowering => (c) => [c.g.unary(op, c.value(0))];
 const binary = (op: 'Add' | 'Sub' | 'Mul' | 'Div' | 'Pow'): Lowering => (c) => [c.g.binary(op, c.value(0), c.value(1))];
 function batchNorm(c: LowerCtx): Value[] {
@@ -131,7 +161,9 @@ export const OPS: Record<string, Lowering> = {
     const x = c.value(0);
     const w = c.value(1);
     if (x.rank !== 4) throw new Error(`node '${n.name}' (Conv): only 2-D convolutions (NCHW) are supported`);
-    return [c.g.conv(x, w, { strides: ints(n, 'strides', [1, 1]), pads: ints(n, 'pads', [0, 0, 0, 0]), dilations: ints(n, 'dilations', [1, 1]), group: int(n, 'group', 1) }, c.has(2) ? c.value(2) : null)];
+    const attrs = { strides: ints(n, 'strides', [1, 1]), pads: ints(n, 'pads', [0, 0, 0, 0]), dilations: ints(n, 'dilations', [1, 1]), group: int(n, 'group', 1) };
+    const b = c.has(2) ? c.value(2) : null;
+    return [onePixelConv(c.g, x, w, attrs, b) ?? c.g.conv(x, w, attrs, b)];
   },
   BatchNormalization: batchNorm,
   Gemm: (c) => {
