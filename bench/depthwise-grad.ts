@@ -1,6 +1,8 @@
 // bench/depthwise-grad: what a depthwise (and grouped) Conv's gradients cost on the CPU EP, per
-// formulation, at MobileNet-like shapes: the weight gradient as per-offset slices and GEMMs ('offsets')
-// or one grouped Conv with the batch as channels ('grouped-conv'), the input gradient as ConvTranspose
+// formulation, at MobileNet-like shapes: the weight gradient as per-offset slices and GEMMs ('offsets'),
+// one grouped Conv with the batch as channels ('grouped-conv'), one depthwise Conv over the (image,
+// channel) pairs with gy as the kernel ('per-image') or per-offset Mul + ReduceSum ('mul-reduce'; see
+// tools/graph/grad.ts DepthwiseWeightGrad), the input gradient as ConvTranspose
 // or (stride 1) a Conv with the flipped kernel. Each is its own graph (the gradient alone, fed the
 // layer's input and upstream gradient); per shape the graphs run round-robin, one run each in turn,
 // so a change in the machine's load hits all of them alike (on a shared machine, timing them one after
@@ -61,6 +63,8 @@ const VARIANTS: Variant[] = [
   { name: 'forward Conv', wants: 'forward' },
   { name: 'dW offsets', wants: 'dw', opts: { depthwiseWeightGrad: 'offsets' } },
   { name: 'dW grouped-conv', wants: 'dw', opts: { depthwiseWeightGrad: 'grouped-conv' } },
+  { name: 'dW per-image', wants: 'dw', opts: { depthwiseWeightGrad: 'per-image' } },
+  { name: 'dW mul-reduce', wants: 'dw', opts: { depthwiseWeightGrad: 'mul-reduce' } },
   { name: 'dX conv-transpose', wants: 'dx', opts: { convInputGrad: 'conv-transpose' } },
   { name: 'dX conv (stride 1)', wants: 'dx', opts: { convInputGrad: 'conv' } },
 ];
@@ -98,7 +102,7 @@ async function timeShape(s: Shape): Promise<Record<string, number | null>> {
   for (const v of VARIANTS) {
     out[v.name] = null;
     if (v.name.includes('stride 1') && s.stride !== 1) continue;
-    if (v.name === 'dW offsets' && s.group !== s.c) continue; // a depthwise-only formulation
+    if (['dW offsets', 'dW per-image', 'dW mul-reduce'].includes(v.name) && s.group !== s.c) continue; // depthwise-only formulations
     const { g, feeds } = build(s, v);
     const sess = await ort.InferenceSession.create(encodeModel(g, 'bench'), { graphOptimizationLevel: 'all', intraOpNumThreads: threads, interOpNumThreads: 1, executionMode: 'sequential' });
     const f: Record<string, ort.Tensor> = {};

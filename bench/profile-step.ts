@@ -16,6 +16,7 @@ import { compileArtifacts, writeArtifacts } from '../tools/artifacts/write.ts';
 import { Trainer } from '../agent/trainer/trainer.ts';
 import { multiCrop } from '../agent/frames/augment.ts';
 import { Rng } from '../core/rng.ts';
+import { decodeModel } from '../core/onnx/decode.ts';
 import { benchArgs } from './args.ts';
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
@@ -98,6 +99,29 @@ function crops(t: Trainer, seed: number): Float32Array {
 
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 
+/**
+ * Each kernel's convolution bucket: a forward Conv by its kind (dense: group 1; grouped: group > 1, which
+ * in the torchvision models is depthwise), and every node the gradient walker emitted for a Conv (named
+ * grad/<forward conv>/...) by its forward Conv's kind; everything else 'other'. Node names ORT's
+ * optimiser made up (fused or NCHWc reorder nodes) land in 'other'.
+ */
+function convBuckets(dir: string): (node: string) => string {
+  const m = JSON.parse(readFileSync(path.join(dir, 'manifest.json'), 'utf8')) as { trainStep: { file: string } };
+  const convs = new Map<string, string>();
+  for (const n of decodeModel(readFileSync(path.join(dir, m.trainStep.file))).graph.nodes) {
+    if (n.op !== 'Conv') continue;
+    const g = n.attrs.group;
+    convs.set(n.name, g && 'i' in g && g.i > 1 ? 'grouped' : 'dense');
+  }
+  return (node) => {
+    const grad = /^grad\/([^/]+)\//.exec(node);
+    if (grad && convs.has(grad[1])) return `${convs.get(grad[1])} Conv gradients`;
+    if (!node.startsWith('grad/') && convs.has(node)) return `${convs.get(node)} Conv forward`;
+    return 'other';
+  };
+}
+const bucketOf = convBuckets(dir);
+
 const results: Record<string, unknown>[] = [];
 for (const lever of levers) {
   const prefix = path.join(work, `prof-${lever}`);
@@ -122,6 +146,7 @@ for (const lever of levers) {
   const kernelUs = kernels.reduce((x, e) => x + e.dur, 0);
   const byOp = new Map<string, { us: number; n: number }>();
   const byNode = new Map<string, { op: string; us: number }>();
+  const byBucket = new Map<string, number>();
   for (const k of kernels) {
     const op = k.args?.op_name ?? '?';
     const o = byOp.get(op) ?? { us: 0, n: 0 };
@@ -132,7 +157,10 @@ for (const lever of levers) {
     const nd = byNode.get(name) ?? { op, us: 0 };
     nd.us += k.dur;
     byNode.set(name, nd);
+    const b = bucketOf(name);
+    byBucket.set(b, (byBucket.get(b) ?? 0) + k.dur);
   }
+  const buckets = [...byBucket].map(([bucket, us]) => ({ bucket, msPerStep: us / 1000 / steps, share: us / kernelUs })).sort((a, b) => b.msPerStep - a.msPerStep);
   const ops = [...byOp].map(([op, v]) => ({ op, msPerStep: v.us / 1000 / steps, nodes: v.n / steps, share: v.us / kernelUs })).sort((a, b) => b.msPerStep - a.msPerStep);
   const nodes = [...byNode].map(([node, v]) => ({ node, op: v.op, msPerStep: v.us / 1000 / steps, share: v.us / kernelUs })).sort((a, b) => b.msPerStep - a.msPerStep);
   const r = {
@@ -149,6 +177,7 @@ for (const lever of levers) {
     // kernels (the rest is the executor between them); parallel mode can exceed 1.
     kernelShareOfRun: kernelUs / runUs,
     ops,
+    buckets,
     nodes: nodes.slice(0, top),
   };
   results.push(r);
@@ -156,6 +185,8 @@ for (const lever of levers) {
   if (lever === levers[0]) {
     console.log('| op type | ms per step | nodes per step | share of kernel time |\n|---|---|---|---|');
     for (const o of ops.slice(0, top)) console.log(`| ${o.op} | ${o.msPerStep.toFixed(2)} | ${o.nodes.toFixed(0)} | ${(100 * o.share).toFixed(1)}% |`);
+    console.log('\n| convolutions (forward by kind; gradients: every node of the Conv rule) | ms per step | share of kernel time |\n|---|---|---|');
+    for (const b of buckets) console.log(`| ${b.bucket} | ${b.msPerStep.toFixed(2)} | ${(100 * b.share).toFixed(1)}% |`);
     console.log(`\n| node | op | ms per step | share |\n|---|---|---|---|`);
     for (const n of nodes.slice(0, top)) console.log(`| ${n.node} | ${n.op} | ${n.msPerStep.toFixed(2)} | ${(100 * n.share).toFixed(1)}% |`);
   }

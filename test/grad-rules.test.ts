@@ -124,9 +124,9 @@ const CASES: Record<string, GradCase[]> = {
     conv([2, 3, 7, 8], [4, 3, 3, 3], { pads: [1, 0, 0, 2] }, false, { convInputGrad: 'conv' }),
     conv([2, 3, 9, 9], [4, 3, 3, 3], { strides: [2, 2], pads: [2, 1, 2, 1], dilations: [2, 2] }, false, { convWeightGrad: 'im2col-offsets' }),
     conv([2, 3, 8, 8], [4, 3, 3, 3], { strides: [2, 2], pads: [0, 0, 1, 1] }, false, { convWeightGrad: 'im2col' }),
-    // Depthwise (groups = channels, mobilenet), both weight-gradient formulations; the input gradient is
+    // Depthwise (groups = channels, mobilenet), every weight-gradient formulation; the input gradient is
     // the flipped-kernel Conv at stride 1 (whatever convInputGrad says), ConvTranspose otherwise.
-    ...(['offsets', 'grouped-conv'] as const).flatMap((dw) => [
+    ...(['offsets', 'grouped-conv', 'per-image', 'mul-reduce'] as const).flatMap((dw) => [
       conv([2, 4, 7, 7], [4, 1, 3, 3], { pads: [1, 1, 1, 1], group: 4 }, true, { depthwiseWeightGrad: dw }),
       conv([2, 4, 8, 8], [4, 1, 3, 3], { strides: [2, 2], pads: [1, 1, 1, 1], group: 4 }, false, { depthwiseWeightGrad: dw }),
       conv([2, 3, 9, 9], [3, 1, 5, 5], { strides: [2, 2], pads: [2, 2, 2, 2], group: 3 }, false, { depthwiseWeightGrad: dw }),

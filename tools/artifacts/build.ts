@@ -191,7 +191,7 @@ interface StepPorts {
 /** Gradients, diagnostics and the optimizer update of one loss; results go to `ports.output`. */
 function emitStep(p: Preset, lg: LossGraph, lr: Value, step: Value, ports: StepPorts): { state: StateEntry[]; terms: string[] } {
   const { g, model } = lg;
-  const grads = gradients(g, lg.total, lg.params.map((x) => x.value), { convWeightGrad: p.convWeightGrad, convInputGrad: p.convInputGrad });
+  const grads = gradients(g, lg.total, lg.params.map((x) => x.value), { convWeightGrad: p.convWeightGrad, convInputGrad: p.convInputGrad, ...(p.depthwiseWeightGrad ? { depthwiseWeightGrad: p.depthwiseWeightGrad } : {}) });
   const state: StateEntry[] = [];
   const outs: [Value, string][] = [];
 

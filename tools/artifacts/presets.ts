@@ -5,7 +5,7 @@ import { ENCODERS, type EncoderConfig } from '../nn/encoders.ts';
 import { HEADS, type LayerSpec } from '../nn/heads.ts';
 import type { LossName } from '../losses/index.ts';
 import type { OptimizerConfig } from '../optim/index.ts';
-import type { ConvInputGrad, ConvWeightGrad } from '../graph/grad.ts';
+import type { ConvInputGrad, ConvWeightGrad, DepthwiseWeightGrad } from '../graph/grad.ts';
 import type { Activation } from '../nn/layers.ts';
 
 export interface Preset {
@@ -34,6 +34,8 @@ export interface Preset {
   gradCos: boolean;
   convWeightGrad: ConvWeightGrad;
   convInputGrad: ConvInputGrad;
+  /** A depthwise Conv's weight gradient (tools/graph/grad.ts); absent: the compiler's default (grouped-conv). */
+  depthwiseWeightGrad?: DepthwiseWeightGrad;
   /** K updates in one graph run (state crosses the host once per K); absent: one update per run. */
   fuse?: number;
   /** With fuse: the graph makes the crops from uint8 images and the host's crop draws. */
@@ -214,7 +216,7 @@ export function applyOverrides(p: Preset, sets: string[]): Preset {
       obj = obj[k] as Record<string, unknown>;
     }
     const last = path[path.length - 1];
-    if (!(last in obj) && !['predictor', 'name', 'fuse', 'cropsInGraph', 'scale'].includes(last)) throw new Error(`--set ${s}: unknown field '${last}'`);
+    if (!(last in obj) && !['predictor', 'name', 'fuse', 'cropsInGraph', 'scale', 'depthwiseWeightGrad'].includes(last)) throw new Error(`--set ${s}: unknown field '${last}'`);
     obj[last] = value;
   }
   return out as unknown as Preset;

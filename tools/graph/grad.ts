@@ -31,12 +31,19 @@ export const CONV_WEIGHT_GRADS: readonly ConvWeightGrad[] = ['batch-as-channels'
 export type ConvInputGrad = 'conv-transpose' | 'conv';
 
 /**
- * How a depthwise Conv's (one input channel per group) weight gradient is formed: the kernel offsets'
- * strided slices of x stacked and multiplied with gy, one GEMM per channel ('offsets'), or one grouped
- * Conv with the batch as the reduction channel ('grouped-conv', the default: as fast or up to 2x
- * faster at MobileNet shapes on 2 CPU threads, bench/depthwise-grad.ts).
+ * How a depthwise Conv's (one input channel per group) weight gradient is formed:
+ * - offsets: the kernel offsets' strided slices of x stacked and multiplied with gy, one GEMM per channel;
+ * - grouped-conv (the default): one grouped Conv with the batch as the reduction channel (x^T as
+ *   [1, C*N, H, W], gy^T as a [C, N, Ho, Wo] kernel; as fast or up to 2x faster than offsets at
+ *   MobileNet shapes on 2 CPU threads, bench/depthwise-grad.ts);
+ * - per-image: no transposes: x as [1, N*C, H, W] and gy as an [N*C*m, 1, Ho, Wo] kernel, one depthwise
+ *   Conv over every (image, channel) pair, then a sum over the images;
+ * - mul-reduce: per kernel offset the strided slice of x times gy, summed over the images and positions
+ *   (Mul + ReduceSum, both threaded elementwise kernels; no Conv, no GEMM).
+ * Each keeps the forward's strides (as the correlation's dilation), pads and dilations.
  */
-export type DepthwiseWeightGrad = 'offsets' | 'grouped-conv';
+export type DepthwiseWeightGrad = 'offsets' | 'grouped-conv' | 'per-image' | 'mul-reduce';
+export const DEPTHWISE_WEIGHT_GRADS: readonly DepthwiseWeightGrad[] = ['offsets', 'grouped-conv', 'per-image', 'mul-reduce'];
 
 /**
  * How MaxPool's gradient is routed: through the forward's flat argmax indices, scatter-added
@@ -302,6 +309,31 @@ function groupedWeightGrad(g: Graph, node: Node, gy: Value, group: number, depth
     const dw = g.matmul(cols, gt); // [C, kh*kw, og]
     return og === 1 ? g.reshape(dw, [o, 1, kh, kw]) : g.reshape(g.transpose(dw, [0, 2, 1]), [o, 1, kh, kw]);
   }
+  if (cg === 1 && depthwise === 'per-image') {
+    // Group (image, channel): input x[n, c] alone, kernels gy[n, (c, o')]; output [1, N*O, kh', kw'].
+    const xr = g.reshape(x, [1, n * c, h, wd]);
+    const gk = g.reshape(gy, [n * o, 1, gy.shape[2] as number, gy.shape[3] as number]);
+    let r = g.conv(xr, gk, { pads, strides: dil, dilations: strides, group: n * c });
+    if (r.shape[2] !== kh || r.shape[3] !== kw) r = g.slice(r, [0, 0], [kh, kw], [2, 3]);
+    return g.reshape(g.reduceSum(g.reshape(r, [n, o, kh * kw]), [0], false), [o, 1, kh, kw]);
+  }
+  if (cg === 1 && depthwise === 'mul-reduce') {
+    const xp = pads.some((p) => p) ? g.pad(x, [0, 0, pads[0], pads[1], 0, 0, pads[2], pads[3]]) : x;
+    const [ho, wo] = [gy.shape[2] as number, gy.shape[3] as number];
+    // Channel multiplier m > 1: gy as [N, C, m, Ho, Wo] against each slice broadcast over m.
+    const gm = og === 1 ? gy : g.reshape(gy, [n, c, og, ho, wo]);
+    const parts: Value[] = [];
+    for (let i = 0; i < kh; i++) {
+      for (let j = 0; j < kw; j++) {
+        const [h0, w0] = [i * dil[0], j * dil[1]];
+        const s = g.sliceStrided(xp, [h0, w0], [h0 + strides[0] * (ho - 1) + 1, w0 + strides[1] * (wo - 1) + 1], [2, 3], strides);
+        const prod = og === 1 ? g.mul(s, gm) : g.mul(g.unsqueeze(s, [2]), gm);
+        parts.push(g.reshape(g.reduceSum(prod, og === 1 ? [0, 2, 3] : [0, 3, 4], false), [o, 1])); // (c, o') order = O
+      }
+    }
+    return g.reshape(parts.length > 1 ? g.concat(parts, 1) : parts[0], [o, 1, kh, kw]);
+  }
+  if (depthwise !== 'grouped-conv' && depthwise !== 'offsets') throw new Error(`depthwiseWeightGrad "${depthwise}": unknown (accepted: ${DEPTHWISE_WEIGHT_GRADS.join(', ')})`);
   const xt = cg === 1 ? g.reshape(g.transpose(x, [1, 0, 2, 3]), [1, c * n, h, wd]) : g.reshape(g.transpose(g.reshape(x, [n, group, cg, h, wd]), [2, 1, 0, 3, 4]), [cg, group * n, h, wd]);
   const gt = g.transpose(gy, [1, 0, 2, 3]); // [O, N, Ho, Wo]: output channels are already (group, o') ordered
   let r = g.conv(xt, gt, { pads, strides: dil, dilations: strides, group }); // [Cg, O, kh', kw']

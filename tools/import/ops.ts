@@ -36,6 +36,70 @@ function noAutoPad(n: OnnxNode): void {
   if (str(n, 'auto_pad', 'NOTSET') !== 'NOTSET') throw new Error(`node '${n.name}' (${n.op}): auto_pad ${str(n, 'auto_pad', '')} is not supported (export with explicit pads)`);
 }
 
+/**
+ * A Conv from a 1x1 map to a 1x1 map (the last stages of torchvision models at 32 px) sees one tap of
+ * its kernel: the layer is a Gemm of the [N, C] input with that tap ([O, C]; depthwise: a per-channel
+ * Mul). ORT's Conv runs it as one GEMM per image with a single column (bench/RESULTS.md, #32: 4-9x
+ * PyTorch's time at 1x1 and 2x2 maps); one Gemm takes the batch at once. Null where it does not apply
+ * (larger maps, no tap in range, 1 < groups < channels).
+ */
+function onePixelConv(g: Graph, x: Value, w: Value, a: { strides: number[]; pads: number[]; dilations: number[]; group: number }, b: Value | null): Value | null {
+  const [, ch, h, wd] = x.shape;
+  const [o, cg, kh, kw] = w.shape as number[];
+  if (h !== 1 || wd !== 1) return null;
+  // Along one axis: one output position (0 <= pads + 1 - extent < stride), and the tap that reads input 0.
+  const tap = (k: number, pad: number, end: number, dil: number, stride: number) => {
+    const span = pad + end - dil * (k - 1);
+    return span >= 0 && span < stride && pad % dil === 0 && pad / dil < k ? pad / dil : -1;
+  };
+  const [ti, tj] = [tap(kh, a.pads[0], a.pads[2], a.dilations[0], a.strides[0]), tap(kw, a.pads[1], a.pads[3], a.dilations[1], a.strides[1])];
+  if (ti < 0 || tj < 0) return null;
+  const wt = kh === 1 && kw === 1 ? w : g.slice(w, [ti, tj], [ti + 1, tj + 1], [2, 3]);
+  const xf = g.flatten(x, 1); // [N, C]
+  let y: Value;
+  if (a.group === 1) y = g.gemm(xf, g.reshape(wt, [o, cg]), b, { transB: true });
+  else if (cg === 1 && a.group === ch) {
+    const m = o / (ch as number);
+    const prod = m === 1 ? g.mul(xf, g.reshape(wt, [1, o])) : g.flatten(g.mul(g.unsqueeze(xf, [2]), g.reshape(wt, [1, ch as number, m])), 1);
+    y = b ? g.add(prod, g.reshape(b, [1, o])) : prod;
+  } else return null;
+  return g.unsqueeze(y, [2, 3]);
+}
+
+/**
+ * A dense Conv on a map of at most 4 pixels (2x2: torchvision's second-to-last stage at 32 px) as one
+ * linear map over the whole batch: y[n, (o, q)] = x[n, (c, p)] W[(o, q), (c, p)], with W gathered from
+ * the kernel by a constant one-hot tap matrix (which tap joins input pixel p to output pixel q; none for
+ * padding). At 2x2 with a 3x3 kernel and pad 1 every output pixel sees 4 taps, so the GEMM does the
+ * Conv's own multiply-adds, in one [N, C*4] x [C*4, O*Ho*Wo] product instead of ORT's per-image Conv
+ * with 4 columns (and its gradients are GEMMs too, in place of ConvTranspose and the batch-as-channels
+ * Conv). Null elsewhere.
+ */
+function smallMapConv(g: Graph, x: Value, w: Value, a: { strides: number[]; pads: number[]; dilations: number[]; group: number }, b: Value | null): Value | null {
+  const [, ch, h, wd] = x.shape as number[];
+  const [o, cg, kh, kw] = w.shape as number[];
+  // Dense only: the same map per channel for depthwise layers (Mul + ReduceSum) took 10% off a
+  // mobilenet_v2 step but its early layers' gradients then missed torch's by 10x float32's own error
+  // (test/import-torch.test.ts; cause not found): not used.
+  if (a.group !== 1 || h * wd > 4 || kh * kw < h * wd) return null;
+  const ho = Math.floor((h + a.pads[0] + a.pads[2] - a.dilations[0] * (kh - 1) - 1) / a.strides[0]) + 1;
+  const wo = Math.floor((wd + a.pads[1] + a.pads[3] - a.dilations[1] * (kw - 1) - 1) / a.strides[1]) + 1;
+  // taps[(i, j), (q, p)] = 1 where kernel tap (i, j) joins input pixel p to output pixel q.
+  const taps = new Array(kh * kw * ho * wo * h * wd).fill(0);
+  for (let qy = 0; qy < ho; qy++)
+    for (let qx = 0; qx < wo; qx++)
+      for (let i = 0; i < kh; i++)
+        for (let j = 0; j < kw; j++) {
+          const [py, px] = [qy * a.strides[0] - a.pads[0] + i * a.dilations[0], qx * a.strides[1] - a.pads[1] + j * a.dilations[1]];
+          if (py >= 0 && py < h && px >= 0 && px < wd) taps[(i * kw + j) * ho * wo * h * wd + (qy * wo + qx) * h * wd + py * wd + px] = 1;
+        }
+  const sel = g.constant(taps, [kh * kw, ho * wo * h * wd], x.dtype);
+  const bias = (y: Value) => (b ? g.add(y, g.reshape(b, [1, o, 1, 1])) : y);
+  const wq = g.reshape(g.matmul(g.reshape(w, [o * cg, kh * kw]), sel), [o, cg, ho * wo, h * wd]); // [O, C, q, p]
+  const big = g.reshape(g.transpose(wq, [0, 2, 1, 3]), [o * ho * wo, ch * h * wd]); // rows (o, q), columns (c, p)
+  return bias(g.reshape(g.gemm(g.flatten(x, 1), big, null, { transB: true }), [0, o, ho, wo]));
+}
+
 const unary = (op: 'Relu' | 'Sigmoid' | 'Sqrt' | 'Exp' | 'Log' | 'Neg' | 'Reciprocal' | 'Abs'): Lowering => (c) => [c.g.unary(op, c.value(0))];
 const binary = (op: 'Add' | 'Sub' | 'Mul' | 'Div' | 'Pow'): Lowering => (c) => [c.g.binary(op, c.value(0), c.value(1))];
 function batchNorm(c: LowerCtx): Value[] {
@@ -131,7 +195,9 @@ export const OPS: Record<string, Lowering> = {
     const x = c.value(0);
     const w = c.value(1);
     if (x.rank !== 4) throw new Error(`node '${n.name}' (Conv): only 2-D convolutions (NCHW) are supported`);
-    return [c.g.conv(x, w, { strides: ints(n, 'strides', [1, 1]), pads: ints(n, 'pads', [0, 0, 0, 0]), dilations: ints(n, 'dilations', [1, 1]), group: int(n, 'group', 1) }, c.has(2) ? c.value(2) : null)];
+    const attrs = { strides: ints(n, 'strides', [1, 1]), pads: ints(n, 'pads', [0, 0, 0, 0]), dilations: ints(n, 'dilations', [1, 1]), group: int(n, 'group', 1) };
+    const b = c.has(2) ? c.value(2) : null;
+    return [onePixelConv(c.g, x, w, attrs, b) ?? smallMapConv(c.g, x, w, attrs, b) ?? c.g.conv(x, w, attrs, b)];
   },
   BatchNormalization: batchNorm,
   Gemm: (c) => {
