@@ -20,6 +20,8 @@ export interface Method {
   edge: ArtifactSpec;
   paper: ArtifactSpec;
   buffer: BufferPolicy;
+  /** The strata policies' spans of the stream, where the method sets them (unset: DEFAULT_STRATA). */
+  strata?: number;
   replay: Replay;
   warmup: Warmup;
   /** Views per image its loss is defined for (SimSiam, NT-Xent: 2); unset: the preset's multi-crop N. */
@@ -47,6 +49,9 @@ const list: Method[] = [
   },
   { name: 'ours-buffer-replay', describe: 'ours with every minibatch drawn from the whole buffer (the paper\'s text)', ...OURS, replay: 'buffer' },
   { name: 'ours-refresh', describe: "ours with the paper's rule (no spans of the stream) on every entry's embedding recomputed in one batch before each removal round", ...OURS, buffer: 'diverse-refresh' },
+  { name: 'ours-refresh-all', describe: "ours embedding every entry in one batch before each removal round (ours' buffer before the rolling refresh)", ...OURS, buffer: 'diverse-strata-refresh' },
+  { name: 'ours-spans16', describe: 'ours with 16 spans of the stream instead of 8', ...OURS, strata: 16 },
+  { name: 'ours-spans32', describe: 'ours with 32 spans of the stream instead of 8', ...OURS, strata: 32 },
   { name: 'ours-span-refresh', describe: "ours with only the crowded spans' entries embedded at each removal round, each ranked within its own span (a cheaper refresh)", ...OURS, buffer: 'diverse-span-refresh' },
   // Issue #31: the paper's rule as ours had it before (z* ranked as stored, no regard to the stream's history), for the comparison.
   { name: 'ours-old-rule', describe: "ours with the paper's redundancy rule on the stored features z* (ours' default before issue #31)", ...OURS, buffer: 'diverse' },
@@ -108,9 +113,10 @@ export const BUFFER_POLICY_TEXT: Readonly<Record<Exclude<BufferPolicy, 'oracle-c
   'diverse-strata-fresh': 'diverse-strata on backbone features recomputed at each shrink',
   'strata-random': "diverse-strata's spans, a uniform draw within",
   'diverse-reservoir-fresh': 'diverse-reservoir on backbone features recomputed at each shrink',
-  'diverse-strata-refresh': "ours (issue #31): diverse-strata on the embeddings of every entry recomputed in one batch before each removal round",
+  'diverse-strata-refresh': 'diverse-strata on the embeddings of every entry recomputed in one batch before each removal round',
   'diverse-refresh': 'diverse on those recomputed embeddings (no spans)',
   'diverse-span-refresh': 'diverse-strata-refresh embedding only the spans that give up entries, each entry ranked within its span',
+  'diverse-strata-rolling': 'ours (issue #31): diverse-strata-refresh with each entry embedded on entry and every 4 arrivals after, its row kept in the buffer and checkpoints',
 };
 
 export const METHODS: Readonly<Record<string, Method>> = Object.fromEntries(list.map((m) => [m.name, m]));
@@ -157,6 +163,8 @@ export interface MethodRules {
   warmup: Warmup;
   /** Unset: the artifacts' K. */
   updates?: number;
+  /** The strata policies' spans (unset: the buffer's default). */
+  strata?: number;
 }
 
 /** The method's rules, each replaced by an explicit choice where one is given (a flag of `ssocl run`, the bench's budget). */
@@ -166,5 +174,6 @@ export function methodRules(m: Method, chosen: Partial<MethodRules> = {}): Metho
     replay: chosen.replay ?? m.replay,
     warmup: chosen.warmup ?? m.warmup,
     ...((chosen.updates ?? m.updates) !== undefined ? { updates: chosen.updates ?? m.updates } : {}),
+    ...((chosen.strata ?? m.strata) !== undefined ? { strata: chosen.strata ?? m.strata } : {}),
   };
 }
