@@ -41,8 +41,8 @@ const MCC_PAPER_PAPER = 'losses=[{"name":"mcc-paper","weight":50},{"name":"tcr",
 const OURS: Pick<Method, 'edge' | 'paper' | 'buffer' | 'replay' | 'warmup'> = { edge: { preset: 'edge', sets: [] }, paper: { preset: 'paper-cifar', sets: [] }, buffer: OURS_POLICY, replay: 'mixed', warmup: 'none' };
 
 const list: Method[] = [
-  // Issue #31: ours' buffer is the redundancy rule within the most crowded span of the stream, on embeddings refreshed under the current encoder.
-  { name: 'ours', describe: 'Imai et al.: MCC + TCR on N crops, diverse buffer (the most redundant by current embeddings, within the most crowded of 8 spans of the stream), new + replayed images each step', ...OURS },
+  // Issue #31: ours' buffer is the redundancy rule within the most crowded span of the stream, on embeddings refreshed under the encoder (each entry on entry and every 4 arrivals).
+  { name: 'ours', describe: 'Imai et al.: MCC + TCR on N crops, diverse buffer (the most redundant by embeddings refreshed every 4 arrivals, within the most crowded of 8 spans of the stream), new + replayed images each step', ...OURS },
   {
     name: 'ours-paper-eq', describe: "ours with the paper's eq. 1 in place of the code's MCC",
     ...OURS, edge: { preset: 'edge', sets: [MCC_PAPER_EDGE] }, paper: { preset: 'paper-cifar', sets: [MCC_PAPER_PAPER] },
