@@ -137,11 +137,11 @@ test('diverse-strata-rolling: each entry embedded on entry and every n arrivals 
  * (random directions, stored and recomputed alike), so entries of every age are about as redundant as
  * each other: what bench --orders seq measured of z* and of the current encoder's embeddings (issue #31).
  */
-async function classStream(policy: BufferPolicy): Promise<number[]> {
+async function classStream(policy: BufferPolicy, strata?: number): Promise<number[]> {
   const D = 8;
   const rng = new Rng(4);
   const feat = new Map<number, Float32Array>();
-  const b = new ReplayBuffer({ capacity: 12, policy, alpha: 0.5 });
+  const b = new ReplayBuffer({ capacity: 12, policy, alpha: 0.5, ...(strata ? { strata } : {}) });
   for (let c = 0; c < 8; c++) {
     for (let a = 0; a < 2; a++) {
       const added = b.add(Array.from({ length: 4 }, (_, j) => ({ key: `${c}.${a * 4 + j}`, image: img(c) })));
@@ -156,7 +156,7 @@ async function classStream(policy: BufferPolicy): Promise<number[]> {
 test("a class-incremental stream with no class structure in the features: the paper's rule empties the oldest class, ours keeps it", async () => {
   const old = await classStream('diverse');
   assert.equal(old[0], 0, `the paper's rule was expected to empty class 0: ${old}`);
-  const ours = await classStream(METHODS.ours.buffer);
+  const ours = await classStream(METHODS.ours.buffer, METHODS.ours.strata);
   // Fair share 12 / 8 = 1.5: every class keeps one.
   assert.ok(ours.every((n) => n >= 1), `ours' buffer lost a class: ${ours}`);
   assert.equal(ours.reduce((p, q) => p + q, 0), 12);

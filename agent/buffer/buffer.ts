@@ -50,6 +50,11 @@ export const OURS_POLICY: BufferPolicy = 'diverse-strata-rolling';
 export const sourceOf = (key: string) => key.split('.')[0];
 /** Spans of the stream `diverse-strata` balances when the config names none. */
 export const DEFAULT_STRATA = 8;
+/**
+ * Ours' spans (issue #31): with 8, classes straddling two spans kept under half a fair share in 2 of 3
+ * Seq trials (the rule within a span prefers one class's entries to the other's); 16 spans are purer.
+ */
+export const OURS_STRATA = 16;
 /** diverse-strata-rolling: arrivals between two embeddings of one entry when the config names none (bench/RESULTS.md, issue #31: the cost). */
 export const DEFAULT_REFRESH_EVERY = 4;
 
