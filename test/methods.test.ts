@@ -36,6 +36,10 @@ test('every method names presets that exist at both scales, with the crops it fi
   assert.deepEqual([METHODS.ours.buffer, METHODS.ours.replay, METHODS.ours.warmup], ['diverse-strata-rolling', 'mixed', 'none']);
   // Issue #31: ours' buffer changed; EMP-SSL keeps the rule it was set up with, and the old rule stays selectable.
   assert.deepEqual([METHODS.empssl.buffer, METHODS['ours-old-rule'].buffer], ['diverse', 'diverse']);
+  // Ours' 16 spans reach `ssocl run` with its own policy, not with another chosen by --buffer (which keeps its default).
+  assert.equal(runLearner({}).learner.strata, 16);
+  assert.equal(runLearner({ buffer: 'diverse-strata' }).learner.strata, undefined);
+  assert.equal(runLearner({ buffer: 'diverse-strata-rolling' }).learner.strata, 16);
 });
 
 test('ssocl run takes its learner rules from the method, each flag overriding one; ours without --method', () => {
