@@ -24,7 +24,7 @@ import { psaSelect } from './psa.ts';
 // is diverse-strata with the nearest neighbours of diverse-fresh (backbone features recomputed at each shrink);
 // `strata-random` is the control with no redundancy at all: the spans of diverse-strata, a uniform draw within;
 // `diverse-reservoir-fresh` is diverse-reservoir with the nearest neighbours of diverse-fresh.
-// Issue #31's fix, ours' default (OURS_POLICY): `diverse-strata-refresh` is diverse-strata ranked on
+// Issue #31's fix: `diverse-strata-refresh` is diverse-strata ranked on
 // the buffer's embeddings recomputed under the current encoder in one batched embed before each removal
 // round (z*'s space, every entry under one encoder). Measured (bench/RESULTS.md, issue #31): by the stored z*
 // and by the current encoder alike, entries of every age are about as redundant as each other, so the
@@ -34,7 +34,7 @@ import { psaSelect } from './psa.ts';
 // embedding recomputed before each removal round (as diverse-fresh on the backbone features);
 // `diverse-span-refresh` its cheaper form: only the spans that give up entries are embedded, each entry
 // ranked within its own span.
-// `diverse-strata-rolling` is diverse-strata-refresh at a fraction of the cost: each entry keeps its
+// `diverse-strata-rolling`, ours' default (OURS_POLICY, with OURS_STRATA spans), is diverse-strata-refresh at a fraction of the cost: each entry keeps its
 // embedding (`fresh`, saved in checkpoints) and is embedded again only when its lifespan is a multiple of
 // `refreshEvery` (n): on entry (lifespan 0) and every n arrivals after, so about 1/n of the buffer plus
 // the arrival is embedded per removal round and no entry's row is more than n - 1 arrivals old.
