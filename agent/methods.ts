@@ -3,7 +3,7 @@
 // updates per arrival where the method fixes them. No method has its own loop: `ssocl run --method`
 // and bench/compare read these definitions and configure the same learner (trainer/learner.ts).
 
-import { OURS_POLICY, type BufferPolicy } from './buffer/buffer.ts';
+import { OURS_POLICY, OURS_STRATA, type BufferPolicy } from './buffer/buffer.ts';
 import type { Replay, Warmup } from './trainer/learner.ts';
 
 /** A preset of tools/artifacts/presets.ts and `--set` overrides on it. */
@@ -20,6 +20,8 @@ export interface Method {
   edge: ArtifactSpec;
   paper: ArtifactSpec;
   buffer: BufferPolicy;
+  /** The strata policies' spans of the stream, where the method sets them (unset: DEFAULT_STRATA). */
+  strata?: number;
   replay: Replay;
   warmup: Warmup;
   /** Views per image its loss is defined for (SimSiam, NT-Xent: 2); unset: the preset's multi-crop N. */
@@ -39,14 +41,17 @@ const MCC_PAPER_PAPER = 'losses=[{"name":"mcc-paper","weight":50},{"name":"tcr",
 const OURS: Pick<Method, 'edge' | 'paper' | 'buffer' | 'replay' | 'warmup'> = { edge: { preset: 'edge', sets: [] }, paper: { preset: 'paper-cifar', sets: [] }, buffer: OURS_POLICY, replay: 'mixed', warmup: 'none' };
 
 const list: Method[] = [
-  // Issue #31: ours' buffer is the redundancy rule within the most crowded span of the stream, on embeddings refreshed under the current encoder.
-  { name: 'ours', describe: 'Imai et al.: MCC + TCR on N crops, diverse buffer (the most redundant by current embeddings, within the most crowded of 8 spans of the stream), new + replayed images each step', ...OURS },
+  // Issue #31: ours' buffer is the redundancy rule within the most crowded of 16 spans of the stream, on embeddings refreshed under the encoder (each entry on entry and every 4 arrivals).
+  { name: 'ours', describe: 'Imai et al.: MCC + TCR on N crops, diverse buffer (the most redundant by embeddings refreshed every 4 arrivals, within the most crowded of 16 spans of the stream), new + replayed images each step', ...OURS, strata: OURS_STRATA },
   {
     name: 'ours-paper-eq', describe: "ours with the paper's eq. 1 in place of the code's MCC",
     ...OURS, edge: { preset: 'edge', sets: [MCC_PAPER_EDGE] }, paper: { preset: 'paper-cifar', sets: [MCC_PAPER_PAPER] },
   },
   { name: 'ours-buffer-replay', describe: 'ours with every minibatch drawn from the whole buffer (the paper\'s text)', ...OURS, replay: 'buffer' },
   { name: 'ours-refresh', describe: "ours with the paper's rule (no spans of the stream) on every entry's embedding recomputed in one batch before each removal round", ...OURS, buffer: 'diverse-refresh' },
+  { name: 'ours-refresh-all', describe: "ours embedding every entry in one batch before each removal round (ours' buffer before the rolling refresh)", ...OURS, buffer: 'diverse-strata-refresh' },
+  { name: 'ours-spans8', describe: 'ours with 8 spans of the stream instead of 16', ...OURS },
+  { name: 'ours-spans32', describe: 'ours with 32 spans of the stream instead of 16', ...OURS, strata: 32 },
   { name: 'ours-span-refresh', describe: "ours with only the crowded spans' entries embedded at each removal round, each ranked within its own span (a cheaper refresh)", ...OURS, buffer: 'diverse-span-refresh' },
   // Issue #31: the paper's rule as ours had it before (z* ranked as stored, no regard to the stream's history), for the comparison.
   { name: 'ours-old-rule', describe: "ours with the paper's redundancy rule on the stored features z* (ours' default before issue #31)", ...OURS, buffer: 'diverse' },
@@ -108,9 +113,10 @@ export const BUFFER_POLICY_TEXT: Readonly<Record<Exclude<BufferPolicy, 'oracle-c
   'diverse-strata-fresh': 'diverse-strata on backbone features recomputed at each shrink',
   'strata-random': "diverse-strata's spans, a uniform draw within",
   'diverse-reservoir-fresh': 'diverse-reservoir on backbone features recomputed at each shrink',
-  'diverse-strata-refresh': "ours (issue #31): diverse-strata on the embeddings of every entry recomputed in one batch before each removal round",
+  'diverse-strata-refresh': 'diverse-strata on the embeddings of every entry recomputed in one batch before each removal round',
   'diverse-refresh': 'diverse on those recomputed embeddings (no spans)',
   'diverse-span-refresh': 'diverse-strata-refresh embedding only the spans that give up entries, each entry ranked within its span',
+  'diverse-strata-rolling': "ours (issue #31, with 16 spans under --method ours): diverse-strata-refresh with each entry embedded on entry and every 4 arrivals after, its row kept in the buffer and checkpoints",
 };
 
 export const METHODS: Readonly<Record<string, Method>> = Object.fromEntries(list.map((m) => [m.name, m]));
@@ -157,6 +163,8 @@ export interface MethodRules {
   warmup: Warmup;
   /** Unset: the artifacts' K. */
   updates?: number;
+  /** The strata policies' spans (unset: the buffer's default). */
+  strata?: number;
 }
 
 /** The method's rules, each replaced by an explicit choice where one is given (a flag of `ssocl run`, the bench's budget). */
@@ -166,5 +174,7 @@ export function methodRules(m: Method, chosen: Partial<MethodRules> = {}): Metho
     replay: chosen.replay ?? m.replay,
     warmup: chosen.warmup ?? m.warmup,
     ...((chosen.updates ?? m.updates) !== undefined ? { updates: chosen.updates ?? m.updates } : {}),
+    // The method's spans go with its own policy only: another policy chosen by flag keeps its default.
+    ...((chosen.strata ?? m.strata) !== undefined && (chosen.policy ?? m.buffer) === m.buffer ? { strata: chosen.strata ?? m.strata } : {}),
   };
 }

@@ -100,6 +100,8 @@ export interface AgentOptions {
   learner: Partial<Pick<LearnerConfig, 'updates' | 'replay' | 'lr' | 'schedule' | 'scheduleSteps' | 'seed'>> & {
     bufferSize?: number;
     policy?: BufferPolicy;
+    /** The strata policies' spans of the stream (a method's; unset: the buffer's default). */
+    strata?: number;
     replay?: Replay;
     warmup?: Warmup;
   };
@@ -231,7 +233,7 @@ async function openLearner(o: AgentOptions): Promise<Learner> {
     ...(L.schedule ? { schedule: L.schedule } : {}),
     ...(L.scheduleSteps ? { scheduleSteps: L.scheduleSteps } : {}),
     ...(L.seed !== undefined ? { seed: L.seed } : {}),
-    buffer: { ...cfg.buffer, ...(L.bufferSize ? { capacity: L.bufferSize } : {}), ...(L.policy ? { policy: L.policy } : {}) },
+    buffer: { ...cfg.buffer, ...(L.bufferSize ? { capacity: L.bufferSize } : {}), ...(L.policy ? { policy: L.policy } : {}), ...(L.strata ? { strata: L.strata } : {}) },
   };
   return new Learner(trainer, learnerCfg, await ortSimilarity((m) => openChosen(m, { ep: trainer.ep, epFallback: o.epFallback, threads: o.threads, log: o.log })));
 }

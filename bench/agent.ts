@@ -86,10 +86,12 @@ for (let a = 0; a < Number(values.arrivals); a++) {
 let t0 = performance.now();
 const snap = learner.buffer.snapshot();
 saveCheckpoint(path.join(work, 'ck'), {
-  meta: { version: CHECKPOINT_VERSION, artifact: 'bench', steps: tr.steps, arrivals: learner.arrivals, framesIngested: frame, rng: learner.rng.state, cropRng: learner.cropRng.state, buffer: { nextId: snap.nextId, streamCount: snap.streamCount, entries: snap.entries.map(({ image: _i, feature: _f, ...r }) => r), hasFeature: snap.entries.map((e) => !!e.feature) }, counters: {}, time: '' },
+  meta: { version: CHECKPOINT_VERSION, artifact: 'bench', steps: tr.steps, arrivals: learner.arrivals, framesIngested: frame, rng: learner.rng.state, cropRng: learner.cropRng.state, buffer: { nextId: snap.nextId, streamCount: snap.streamCount, entries: snap.entries.map(({ image: _i, feature: _f, fresh: _r, ...r }) => r), hasFeature: snap.entries.map((e) => !!e.feature), hasFresh: snap.entries.map((e) => !!e.fresh) }, counters: {}, time: '' },
   state: tr.state,
   images: snap.entries.map((e) => e.image),
   features: snap.entries.map((e) => e.feature),
+  // Ours' kept embeddings (diverse-strata-rolling), as a run's checkpoint holds them.
+  fresh: snap.entries.map((e) => e.fresh ?? null),
 });
 const ckMs = performance.now() - t0;
 t0 = performance.now();

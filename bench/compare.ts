@@ -252,7 +252,7 @@ function staleRow(r: Row): boolean {
   const was = r.rules ?? (r.method === 'minred' ? { policy: 'diverse', replay: 'buffer', warmup: 'none' } : m.buffer === OURS_POLICY ? { policy: 'diverse', replay: m.replay, warmup: m.warmup } : undefined);
   if (!was) return false;
   const now = methodRules(m);
-  return was.policy !== now.policy || was.replay !== now.replay || was.warmup !== now.warmup;
+  return was.policy !== now.policy || was.replay !== now.replay || was.warmup !== now.warmup || was.strata !== now.strata;
 }
 
 mkdirSync(path.dirname(values.json), { recursive: true });
@@ -392,7 +392,7 @@ try {
         const floor = (await knn(tr))[0];
         const learner = new Learner(
           tr,
-          defaultLearnerConfig(tr, { updates, replay: rules.replay, warmup: rules.warmup, buffer: { capacity: 256, policy: rules.policy, alpha: 0.5 }, seed: trial }),
+          defaultLearnerConfig(tr, { updates, replay: rules.replay, warmup: rules.warmup, buffer: { capacity: 256, policy: rules.policy, alpha: 0.5, ...(rules.strata ? { strata: rules.strata } : {}) }, seed: trial }),
           engine,
         );
         // A stream of fewer than 4 arrivals (a small folder) shares marks: one measurement fills each.
@@ -440,7 +440,7 @@ try {
             process.stderr.write(`${mname} ${label} trial ${trial}: ${Math.round((100 * a) / arrivals)}% of ${frames.length} ${clip || s.video ? 'frames' : 'images'}, ${tr.steps} steps, kNN@20 ${x.toFixed(2)} (floor ${floor.toFixed(2)})\n`);
           }
         }
-        const row: Row = { ...(ds === 'cifar100' ? { dataset: ds, super20: s20 } : ds === 'folder' ? { dataset: folderName! } : {}), ...(protocol === 'edge-cifar10' || protocol === 'edge-cifar100' ? {} : { protocol, ep: values.ep }), method: mname, order: label, trial, images: frames.length, steps: tr.steps, seconds: (performance.now() - t0) / 1000, trainSeconds: (performance.now() - t0 - evalMs) / 1000, floor20: floor, knn20: k20, knn50: k50, final20: k20[3], mean20: k20.reduce((p, q) => p + q, 0) / 4, memory: memIdx.length, queries: qIdx.length, threads: Number(values.threads), gradCos: gcos, ...(clip ? { clip } : {}), ...(s.video ? { video: s.video } : {}), ...(s.idle ? { idle: s.idle.percent, idleShare } : {}), arrivalMs: Object.fromEntries(Object.entries(partMs).map(([k, v]) => [k, Math.round(v)])) as Row['arrivalMs'], sameClip, nnSim, bufferClasses, nnByAge, rules: { policy: rules.policy, replay: rules.replay, warmup: rules.warmup } };
+        const row: Row = { ...(ds === 'cifar100' ? { dataset: ds, super20: s20 } : ds === 'folder' ? { dataset: folderName! } : {}), ...(protocol === 'edge-cifar10' || protocol === 'edge-cifar100' ? {} : { protocol, ep: values.ep }), method: mname, order: label, trial, images: frames.length, steps: tr.steps, seconds: (performance.now() - t0) / 1000, trainSeconds: (performance.now() - t0 - evalMs) / 1000, floor20: floor, knn20: k20, knn50: k50, final20: k20[3], mean20: k20.reduce((p, q) => p + q, 0) / 4, memory: memIdx.length, queries: qIdx.length, threads: Number(values.threads), gradCos: gcos, ...(clip ? { clip } : {}), ...(s.video ? { video: s.video } : {}), ...(s.idle ? { idle: s.idle.percent, idleShare } : {}), arrivalMs: Object.fromEntries(Object.entries(partMs).map(([k, v]) => [k, Math.round(v)])) as Row['arrivalMs'], sameClip, nnSim, bufferClasses, nnByAge, rules: { policy: rules.policy, replay: rules.replay, warmup: rules.warmup, ...(rules.strata ? { strata: rules.strata } : {}) } };
         rows.push(row);
         appendFileSync(values.json, JSON.stringify(row) + '\n');
         await tr.close();

@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { ReplayBuffer, type BufferPolicy } from '../agent/buffer/buffer.ts';
+import { DEFAULT_REFRESH_EVERY, ReplayBuffer, type BufferPolicy, type Entry } from '../agent/buffer/buffer.ts';
 import { classHistogram, nnCosineByAge, storedRows } from '../agent/eval/redundancy.ts';
 import { bufferMix } from '../agent/serve/buffer-view.ts';
 import { METHODS } from '../agent/methods.ts';
@@ -55,7 +55,7 @@ test("the dashboard's buffer mix: entries per span of the stream so far, distinc
   assert.deepEqual(bufferMix([], 0, 2), { byAge: [0, 0], sources: 0, largestSource: null });
 });
 
-test("ours' refresh: the ranked rows are a fresh embed of the stored images under the current weights, bit for bit", async () => {
+for (const policy of [METHODS.ours.buffer, 'diverse-strata-refresh'] as BufferPolicy[]) test(`${policy}'s refresh: the rows refreshed this round are a fresh embed of the stored images under the current weights, bit for bit`, async () => {
   const root = mkdtempSync(path.join(tmpdir(), 'ssocl-history-'));
   try {
     const dir = path.join(root, 'art');
@@ -63,13 +63,20 @@ test("ours' refresh: the ranked rows are a fresh embed of the stored images unde
     const trainer = await Trainer.open(dir, { threads: 1 });
     const cfg = defaultLearnerConfig(trainer, { seed: 5 });
     assert.equal(cfg.buffer.policy, METHODS.ours.buffer, "the learner's default is ours' buffer");
-    const learner = new Learner(trainer, cfg);
+    const learner = new Learner(trainer, { ...cfg, buffer: { ...cfg.buffer, policy } });
     const rng = new Rng(9);
     const size = trainer.manifest.preset.image.size;
     for (let a = 0; a < 6; a++) await learner.arrive(Array.from({ length: 2 }, (_, j) => ({ key: `${a}.${j}`, image: Uint8Array.from({ length: 3 * size * size }, () => rng.int(256)) })));
     const r = learner.buffer.lastRefresh;
-    assert.ok(r, 'ours refreshed the features before removing');
-    assert.equal(r.entries.length, 8, 'every entry of the buffer over capacity (6 + 2) was embedded');
+    assert.ok(r, 'the features were refreshed before removing');
+    if (policy === 'diverse-strata-refresh') assert.equal(r.entries.length, 8, 'every entry of the buffer over capacity (6 + 2) was embedded');
+    else {
+      // Rolling: only the entries due (the arrival's, and those whose lifespan is a multiple of 4)
+      // were embedded; every entry left still has its kept row.
+      assert.ok(r.entries.length >= 2 && r.entries.length < 8, `${r.entries.length} of 8 embedded`);
+      assert.ok(r.entries.every((e) => e.lifespan % DEFAULT_REFRESH_EVERY === 0), `lifespans ${r.entries.map((e) => e.lifespan)}`);
+      assert.ok(learner.buffer.entries.every((e) => e.fresh), 'every entry keeps a row');
+    }
     const per = 3 * size * size;
     const x = new Float32Array(r.entries.length * per);
     r.entries.forEach((e, j) => e.image.forEach((v, k) => (x[j * per + k] = v / 255)));
@@ -83,16 +90,58 @@ test("ours' refresh: the ranked rows are a fresh embed of the stored images unde
   }
 });
 
+test('diverse-strata-rolling: each entry embedded on entry and every n arrivals after; its kept row survives a snapshot and restore', async () => {
+  // A fake encoder that changes every round (its version is mixed into every row): a row computed in
+  // another round than the straight run's would differ, and so would the removals it ranks.
+  const D = 6;
+  let version = 0;
+  const asked: number[][] = [];
+  const features = async (es: Entry[]) => {
+    asked.push(es.map((e) => e.streamIndex));
+    return Float32Array.from(es.flatMap((e) => Array.from({ length: D }, (_, k) => Math.sin(e.streamIndex * (k + 1) + version * (k + 2)))));
+  };
+  const open = () => new ReplayBuffer({ capacity: 8, policy: 'diverse-strata-rolling', alpha: 0.5, strata: 2, refreshEvery: 3 });
+  const arrive = async (b: ReplayBuffer, a: number, log: string[]) => {
+    const added = b.add([0, 1, 2].map((j) => ({ key: `${a}.${j}`, image: img(a) })));
+    await b.updateFeatures(added, Float32Array.from(added.flatMap((e) => Array.from({ length: D }, (_, k) => Math.cos(e.streamIndex + k)))));
+    log.push(...(await b.shrink(new Rng(a), features)).map((e) => e.key));
+    version++;
+  };
+  const straight = open();
+  const log: string[] = [];
+  for (let a = 0; a < 5; a++) await arrive(straight, a, log);
+  // The rule's first round (the 3rd arrival: 9 entries, 1 removal): every entry is embedded, none has a row yet.
+  assert.deepEqual(asked[0], [1, 2, 3, 4, 5, 6, 7, 8, 9]);
+  // The next: the arrival's 3 entries, and the first arrival's survivors (lifespan 3); not those of the 2nd and 3rd (lifespans 2, 1).
+  assert.deepEqual(asked[1], [1, 2, 3, 10, 11, 12].filter((i) => asked[1].includes(i)));
+  assert.deepEqual(asked[1].slice(-3), [10, 11, 12], "the arrival's entries are embedded on entry");
+  assert.ok(!asked[1].some((i) => i >= 4 && i <= 9), `${asked[1]}`);
+  const snap = straight.snapshot();
+  const kept = snap.entries.map((e) => e.fresh);
+  assert.ok(kept.every((f) => f), 'every entry keeps a row');
+  for (let a = 5; a < 9; a++) await arrive(straight, a, log);
+  assert.deepEqual(snap.entries.map((e) => e.fresh), kept, 'the snapshot holds the rows it was taken with');
+  const restored = open();
+  await restored.restore(snap);
+  const vAfter = version;
+  version = 5;
+  const log2: string[] = [];
+  for (let a = 5; a < 9; a++) await arrive(restored, a, log2);
+  assert.equal(version, vAfter);
+  assert.deepEqual(log2, log.slice(-log2.length), 'removals after the restore');
+  assert.deepEqual(restored.entries.map((e) => [e.key, [...e.fresh!]]), straight.entries.map((e) => [e.key, [...e.fresh!]]), 'kept rows after the restore');
+});
+
 /**
  * Eight classes of 8 images, 4 an arrival, into a buffer of 12. The features carry no class structure
  * (random directions, stored and recomputed alike), so entries of every age are about as redundant as
  * each other: what bench --orders seq measured of z* and of the current encoder's embeddings (issue #31).
  */
-async function classStream(policy: BufferPolicy): Promise<number[]> {
+async function classStream(policy: BufferPolicy, strata?: number): Promise<number[]> {
   const D = 8;
   const rng = new Rng(4);
   const feat = new Map<number, Float32Array>();
-  const b = new ReplayBuffer({ capacity: 12, policy, alpha: 0.5 });
+  const b = new ReplayBuffer({ capacity: 12, policy, alpha: 0.5, ...(strata ? { strata } : {}) });
   for (let c = 0; c < 8; c++) {
     for (let a = 0; a < 2; a++) {
       const added = b.add(Array.from({ length: 4 }, (_, j) => ({ key: `${c}.${a * 4 + j}`, image: img(c) })));
@@ -107,7 +156,7 @@ async function classStream(policy: BufferPolicy): Promise<number[]> {
 test("a class-incremental stream with no class structure in the features: the paper's rule empties the oldest class, ours keeps it", async () => {
   const old = await classStream('diverse');
   assert.equal(old[0], 0, `the paper's rule was expected to empty class 0: ${old}`);
-  const ours = await classStream(METHODS.ours.buffer);
+  const ours = await classStream(METHODS.ours.buffer, METHODS.ours.strata);
   // Fair share 12 / 8 = 1.5: every class keeps one.
   assert.ok(ours.every((n) => n >= 1), `ours' buffer lost a class: ${ours}`);
   assert.equal(ours.reduce((p, q) => p + q, 0), 12);

@@ -18,7 +18,7 @@ export interface LiveBufferMeta {
   framesIngested: number;
   /** ISO-8601, when it was written. */
   time: string;
-  entries: Omit<Entry, 'image' | 'feature'>[];
+  entries: Omit<Entry, 'image' | 'feature' | 'fresh'>[];
 }
 
 export interface LiveBuffer {
@@ -39,7 +39,7 @@ export function writeLiveBuffer(stateDir: string, entries: readonly Entry[], at:
   const meta: LiveBufferMeta & { hasFeature: boolean[] } = {
     ...at,
     time: time.toISOString(),
-    entries: entries.map(({ image: _i, feature: _f, ...rest }) => rest),
+    entries: entries.map(({ image: _i, feature: _f, fresh: _r, ...rest }) => rest),
     hasFeature: entries.map((e) => e.feature !== null),
   };
   const bytes = encodeSafetensors(

@@ -64,7 +64,7 @@ export interface CheckpointMeta {
   framesIngested: number;
   rng: number[];
   cropRng: number[];
-  buffer: { nextId: number; streamCount: number; entries: Omit<Entry, 'image' | 'feature'>[]; hasFeature: boolean[] };
+  buffer: { nextId: number; streamCount: number; entries: Omit<Entry, 'image' | 'feature' | 'fresh'>[]; hasFeature: boolean[]; hasFresh?: boolean[] };
   counters: Record<string, number>;
   /**
    * Frames learnt from since the previous checkpoint. They are committed (ledger, after-ingest) only
@@ -90,6 +90,8 @@ export interface CheckpointData {
   state: Map<string, Float32Array>;
   images: Uint8Array[];
   features: (Float32Array | null)[];
+  /** diverse-strata-rolling: each entry's kept embedding (Entry.fresh), tensor buffer/fresh; absent when no entry has one. */
+  fresh?: (Float32Array | null)[];
   /** Other float tensors the run keeps (a fleet device's global model), by name. */
   extra?: Map<string, Float32Array>;
 }
@@ -106,6 +108,7 @@ export interface RunRecord {
 /** A learner's state plus the run's record as checkpoint data; `fromCheckpoint` is its exact inverse. */
 export function toCheckpoint(s: LearnerState, run: RunRecord, time = new Date()): CheckpointData {
   const entries = s.buffer.entries;
+  const withFresh = entries.some((e) => e.fresh);
   return {
     meta: {
       version: CHECKPOINT_VERSION,
@@ -118,8 +121,9 @@ export function toCheckpoint(s: LearnerState, run: RunRecord, time = new Date())
       buffer: {
         nextId: s.buffer.nextId,
         streamCount: s.buffer.streamCount,
-        entries: entries.map(({ image: _i, feature: _f, ...rest }) => rest),
+        entries: entries.map(({ image: _i, feature: _f, fresh: _r, ...rest }) => rest),
         hasFeature: entries.map((e) => e.feature !== null),
+        ...(withFresh ? { hasFresh: entries.map((e) => !!e.fresh) } : {}),
       },
       counters: { ...run.counters },
       pending: run.pending,
@@ -130,6 +134,7 @@ export function toCheckpoint(s: LearnerState, run: RunRecord, time = new Date())
     state: s.tensors,
     images: entries.map((e) => e.image),
     features: entries.map((e) => e.feature),
+    ...(withFresh ? { fresh: entries.map((e) => e.fresh ?? null) } : {}),
     ...(run.fleet ? { extra: fleetTensors(run.fleet) } : {}),
   };
 }
@@ -163,7 +168,7 @@ export function fromCheckpoint(c: CheckpointData): { learner: LearnerState; run:
       rng: m.rng,
       cropRng: m.cropRng,
       tensors: c.state,
-      buffer: { nextId: m.buffer.nextId, streamCount: m.buffer.streamCount, entries: m.buffer.entries.map((e, i) => ({ ...e, image: c.images[i], feature: c.features[i] })) },
+      buffer: { nextId: m.buffer.nextId, streamCount: m.buffer.streamCount, entries: m.buffer.entries.map((e, i) => ({ ...e, image: c.images[i], feature: c.features[i], ...(c.fresh?.[i] ? { fresh: c.fresh[i] } : {}) })) },
       distillWeight: m.distillWeight ?? 0,
     },
     run: { artifact: m.artifact, framesIngested: m.framesIngested, counters: m.counters, pending: m.pending ?? [], fleet: fleetFrom(m.fleet, c.extra) },
@@ -178,7 +183,7 @@ function tensorBytes(t: StTensor['data']): Uint8Array {
  * The float tensors holding a NaN or an infinity (learning from them would spread it), named in a
  * short list ('state/w, buffer/features[3], +2 more'), or null when all are finite.
  */
-export function nonFinite(c: Pick<CheckpointData, 'state' | 'features' | 'extra'>): string | null {
+export function nonFinite(c: Pick<CheckpointData, 'state' | 'features' | 'extra' | 'fresh'>): string | null {
   const bad: string[] = [];
   const check = (name: string, v: Float32Array) => {
     for (let i = 0; i < v.length; i++) if (!Number.isFinite(v[i])) return void bad.push(name);
@@ -186,6 +191,7 @@ export function nonFinite(c: Pick<CheckpointData, 'state' | 'features' | 'extra'
   for (const [k, v] of c.state) check(`state/${k}`, v);
   for (const [k, v] of c.extra ?? []) check(`extra/${k}`, v);
   c.features.forEach((f, i) => f && check(`buffer/features[${i}]`, f));
+  c.fresh?.forEach((f, i) => f && check(`buffer/fresh[${i}]`, f));
   return bad.length ? `${bad.slice(0, 3).join(', ')}${bad.length > 3 ? `, +${bad.length - 3} more` : ''}` : null;
 }
 
@@ -204,6 +210,7 @@ export function saveCheckpoint(dir: string, c: CheckpointData, keep = 3): string
   const feats = new Float32Array(n * d);
   c.features.forEach((f, i) => f && feats.set(f, i * d));
   tensors.set('buffer/features', { dtype: 'F32', shape: [n, d], data: feats });
+  if (c.fresh) tensors.set('buffer/fresh', stackRows(c.fresh));
   const meta = JSON.stringify(c.meta);
   const digests: Record<string, string> = { __meta__: sha256(meta) };
   for (const [k, t] of tensors) digests[k] = sha256(tensorBytes('shape' in t ? t.data : t));
@@ -220,6 +227,14 @@ export function saveCheckpoint(dir: string, c: CheckpointData, keep = 3): string
   }
   for (const old of listCheckpoints(dir).slice(0, -keep)) if (old !== file) rmSync(old, { force: true });
   return file;
+}
+
+/** Rows of one length (null: a zero row) as an [n, d] float tensor. */
+function stackRows(rows: (Float32Array | null)[]): StTensor {
+  const d = rows.find((f) => f)?.length ?? 0;
+  const data = new Float32Array(rows.length * d);
+  rows.forEach((f, i) => f && data.set(f, i * d));
+  return { dtype: 'F32', shape: [rows.length, d], data };
 }
 
 export function listCheckpoints(dir: string): string[] {
@@ -275,7 +290,10 @@ export function readCheckpoint(file: string, warn: (msg: string) => void = () =>
   const n = imgs.shape[0];
   const { images, features } = bufferRows(imgs, feats, (i) => meta.buffer.hasFeature[i]);
   if (meta.buffer.entries.length !== n) throw new CheckpointError(`buffer of ${n} images but ${meta.buffer.entries.length} entries`);
-  const data = { meta, state, images, features, ...(extra.size ? { extra } : {}) };
+  const freshT = tensors.get('buffer/fresh');
+  if (freshT && freshT.shape[0] !== n) throw new CheckpointError(`buffer of ${n} images but ${freshT.shape[0]} fresh rows`);
+  const fresh = freshT ? bufferRows(imgs, freshT, (i) => !!meta.buffer.hasFresh?.[i]).features : undefined;
+  const data = { meta, state, images, features, ...(fresh ? { fresh } : {}), ...(extra.size ? { extra } : {}) };
   const bad = nonFinite(data);
   if (bad) throw new CheckpointError(`non-finite values in ${bad}`);
   return data;

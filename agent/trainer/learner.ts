@@ -4,7 +4,7 @@
 // configuration (agent/methods.ts: artifacts, buffer policy, replay rule, warm-up), not a copy of this loop.
 
 import { Rng } from '../../core/rng.ts';
-import { OURS_POLICY, ReplayBuffer, type Entry, type BufferConfig, type BufferSnapshot } from '../buffer/buffer.ts';
+import { OURS_POLICY, OURS_STRATA, ReplayBuffer, type Entry, type BufferConfig, type BufferSnapshot } from '../buffer/buffer.ts';
 import type { SimilarityEngine } from '../buffer/similarity.ts';
 import { multiCrop, sampleCropPacked, CIFAR_AUGMENT, type AugmentConfig } from '../frames/augment.ts';
 import { CROP_PARAM_COUNT } from '../../core/crop-params.ts';
@@ -311,7 +311,7 @@ export function defaultLearnerConfig(trainer: Trainer, over: Partial<LearnerConf
     replay: p.agent.replay,
     warmup: 'none',
     // Ours' buffer whatever the artifacts train: a method's policy comes from its definition (agent/methods.ts).
-    buffer: { capacity: p.agent.bufferSize, policy: OURS_POLICY, alpha: 0.5 },
+    buffer: { capacity: p.agent.bufferSize, policy: OURS_POLICY, strata: OURS_STRATA, alpha: 0.5 },
     lr: p.lr,
     schedule: 'constant',
     scheduleSteps: 10000,
