@@ -498,7 +498,12 @@ function convWeightGradDepthwise(g: Graph, x: Value, gy: Value, [o, c, kh, kw]: 
 export const GRAD_RULES: Record<string, GradRule> = {
   Identity: (_g, _n, [gy]) => [gy],
   StopGradient: () => [null],
-  Relu: (g, n, [gy]) => [g.mul(gy!, g.sign(n.outputs[0]))], // y >= 0, so Sign(y) is the 0/1 mask
+  Relu: (g, n, [gy]) => {
+    // The 0/1 mask as Cast(y > 0): ORT's Sign kernel runs on one thread, and this form measured 20-26 %
+    // cheaper per activation (bench/relu-grad.ts); cast to y's type so float64 test graphs stay float64.
+    const y = n.outputs[0];
+    return [g.mul(gy!, g.cast(g.compare('Greater', y, g.scalar(0, y.dtype)), y.dtype))];
+  },
   Sigmoid: (g, n, [gy]) => {
     const y = n.outputs[0];
     return [g.mul(gy!, g.mul(y, g.sub(g.scalar(1, y.dtype), y)))];
