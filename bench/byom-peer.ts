@@ -32,12 +32,11 @@ import { Trainer, readManifest } from '../agent/trainer/trainer.ts';
 import { writeFileAtomic } from '../core/atomic.ts';
 import { Rng } from '../core/rng.ts';
 import { benchArgs } from './args.ts';
+import { GLIBC_TUNABLES, torchEnv } from './reference/torch-env.ts';
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 const REPO = path.resolve(HERE, '..');
 const PY = '/usr/bin/python3';
-// As bench/peer: at glibc's defaults the PyTorch child page-faults and its step time swings 2-4x.
-const GLIBC_TUNABLES = 'glibc.malloc.mmap_threshold=268435456:glibc.malloc.trim_threshold=1073741824';
 const LR = 0.01;
 const PROJ_OUT = 32;
 
@@ -140,15 +139,7 @@ function ours(dir: string, threads: number, crops: string, projector: string): P
 }
 
 function torch(name: string, size: number, threads: number, crops: string, projector: string): Promise<SideRun> {
-  const ld = values['torch-ld-path'] ?? process.env.SSOCL_TORCH_LD_PATH;
-  const env = {
-    ...process.env,
-    GLIBC_TUNABLES,
-    OMP_NUM_THREADS: String(threads),
-    OPENBLAS_NUM_THREADS: String(threads),
-    MKL_NUM_THREADS: String(threads),
-    ...(ld ? { LD_LIBRARY_PATH: [ld, process.env.LD_LIBRARY_PATH].filter(Boolean).join(':') } : {}),
-  };
+  const env = torchEnv(threads, values['torch-ld-path'] ?? process.env.SSOCL_TORCH_LD_PATH);
   const args = [path.join(HERE, 'reference/torchvision_step.py'), name, String(size), String(views), String(batch), String(threads), String(steps), String(warmup), crops, projector];
   return runChild(PY, args, env, 'torch');
 }

@@ -26,10 +26,10 @@ import { openSession, type EP } from '../agent/trainer/backend.ts';
 import { initialEncoder } from '../agent/export/export.ts';
 import { Rng } from '../core/rng.ts';
 import { benchArgs } from './args.ts';
+import { GLIBC_TUNABLES, torchEnv } from './reference/torch-env.ts';
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 const REPO = path.resolve(HERE, '..');
-const GLIBC_TUNABLES = 'glibc.malloc.mmap_threshold=268435456:glibc.malloc.trim_threshold=1073741824';
 
 const values = benchArgs(import.meta.url, {
   preset: { type: 'string', default: 'edge', describe: 'preset to compare (training-artifacts/<name> when it exists and no --set is given, else compiled into bench/out/peer-artifacts/)' },
@@ -287,15 +287,7 @@ function findPython(): string {
 }
 
 async function runTorch(py: string, dir: string, npy: string, device: string, threads: number, lr: number): Promise<SideRun> {
-  const ld = values['torch-ld-path'] ?? process.env.SSOCL_TORCH_LD_PATH;
-  const env = {
-    ...process.env,
-    GLIBC_TUNABLES,
-    OMP_NUM_THREADS: String(threads),
-    OPENBLAS_NUM_THREADS: String(threads),
-    MKL_NUM_THREADS: String(threads),
-    ...(ld ? { LD_LIBRARY_PATH: [ld, process.env.LD_LIBRARY_PATH].filter(Boolean).join(':') } : {}),
-  };
+  const env = torchEnv(threads, values['torch-ld-path'] ?? process.env.SSOCL_TORCH_LD_PATH);
   const args = [path.join(HERE, 'reference/ssocl_ref.py'), '--artifacts', dir, '--crops', npy, '--steps', String(warmup + steps), '--warmup', String(warmup), '--threads', String(threads), '--device', device, '--lr', String(lr), '--tf32', values.tf32, '--dtype', values['torch-dtype'], '--embed-batch', String(embedBatch), '--embed-iters', String(embedIters)];
   const r: SideRun = { side: 'torch', ep: device, threads, losses: [], gradNorms: [], terms: [], ms: [], medianMs: NaN };
   const lines: string[] = [];
