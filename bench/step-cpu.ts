@@ -33,7 +33,9 @@ try {
   process.stderr.write(`bench/step-cpu: --ort ${values.ort}: no onnxruntime-node resolvable from there (${(e as Error).message.split('\n')[0]})\n`);
   process.exit(2);
 }
-const version = (ort.env.versions as Record<string, string | undefined>).common ?? '?';
+// The binding's own version (what --ort loaded), not onnxruntime-common's: the two could differ.
+const versions = ort.env.versions as Record<string, string | undefined>;
+const version = versions.node ?? versions.common ?? '?';
 const mf = path.join(values.artifacts, 'manifest.json');
 if (!existsSync(mf)) {
   process.stderr.write(`bench/step-cpu: --artifacts ${values.artifacts}: no manifest.json there (an artifact directory, as 'ssocl artifacts' writes)\n`);
