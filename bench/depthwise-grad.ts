@@ -8,7 +8,10 @@
 // so a change in the machine's load hits all of them alike (on a shared machine, timing them one after
 // another gave the opposite order for the input gradient). The forward Conv is timed beside them, and
 // PyTorch's autograd for the same gradients when --torch is given (Debian's python3-torch, the same
-// thread count; run after ORT, not interleaved).
+// thread count; run after ORT, not interleaved). With --groups 1 (dense) the dense weight-gradient
+// formulations (ConvWeightGrad: batch-as-channels, im2col-offsets, batched-offsets, unfold-conv, auto)
+// are timed instead of the depthwise ones; a shape may name its kernel size and output channels
+// (NxCxHxWsS[kK][oO], pad K // 2; default 3x3 and O = C), e.g. an imported model's layers.
 //
 //   node --import tsx bench/depthwise-grad.ts [--shapes 128x96x16x16s1,128x96x32x32s2] [--groups 0]
 //        [--threads 2] [--runs 10] [--torch] [--json bench/out/depthwise-grad.json]
@@ -27,7 +30,7 @@ import { benchArgs } from './args.ts';
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 
 const values = benchArgs(import.meta.url, {
-  shapes: { type: 'string', default: '128x96x16x16s1,128x96x32x32s2,128x384x4x4s1', describe: 'NxCxHxW and stride of each 3x3 pad-1 layer, comma-separated' },
+  shapes: { type: 'string', default: '128x96x16x16s1,128x96x32x32s2,128x384x4x4s1', describe: 'NxCxHxW and stride of each layer, comma-separated; kK for a K x K kernel (pad K // 2; default 3) and oO for O output channels (default C), e.g. 128x64x24x24s2k1o128' },
   groups: { type: 'string', default: '0', describe: 'groups per layer: 0 = depthwise (groups = C), else C / groups input channels per group' },
   threads: { type: 'string', default: '2', describe: 'ORT intra-op threads (and torch.set_num_threads)' },
   runs: { type: 'string', default: '10', describe: 'timed runs per graph after 2 warm-up runs (median reported)' },
@@ -45,12 +48,14 @@ const groupsArg = Number(values.groups);
 for (const [k, v] of [['threads', threads], ['runs', runs]] as const) if (!Number.isInteger(v) || v < 1) fail(`--${k} ${v}: expected a whole number >= 1`);
 if (!Number.isInteger(groupsArg) || groupsArg < 0) fail(`--groups ${values.groups}: expected 0 (depthwise) or a whole number of groups`);
 const shapes = values.shapes.split(',').map((s) => {
-  const m = /^(\d+)x(\d+)x(\d+)x(\d+)s(\d+)$/.exec(s.trim());
-  if (!m) fail(`--shapes ${s}: expected NxCxHxWsS, e.g. 128x96x16x16s1`);
-  const [n, c, h, w, st] = m.slice(1).map(Number);
+  const m = /^(\d+)x(\d+)x(\d+)x(\d+)s(\d+)(?:k(\d+))?(?:o(\d+))?$/.exec(s.trim());
+  if (!m) fail(`--shapes ${s}: expected NxCxHxWsS[kK][oO], e.g. 128x96x16x16s1 or 128x64x24x24s2k1o128`);
+  const [n, c, h, w, st] = m.slice(1, 6).map(Number);
+  const k = m[6] ? Number(m[6]) : 3;
+  const o = m[7] ? Number(m[7]) : c;
   const group = groupsArg === 0 ? c : groupsArg;
-  if (c % group) fail(`--groups ${group}: does not divide the ${c} channels of ${s}`);
-  return { n, c, h, w, stride: st, group, label: s.trim() };
+  if (c % group || o % group) fail(`--groups ${group}: does not divide the ${c} input and ${o} output channels of ${s}`);
+  return { n, c, h, w, stride: st, k, o, group, label: s.trim() };
 });
 
 type Shape = (typeof shapes)[number];
@@ -65,6 +70,11 @@ const VARIANTS: Variant[] = [
   { name: 'dW grouped-conv', wants: 'dw', opts: { depthwiseWeightGrad: 'grouped-conv' } },
   { name: 'dW per-image', wants: 'dw', opts: { depthwiseWeightGrad: 'per-image' } },
   { name: 'dW mul-reduce', wants: 'dw', opts: { depthwiseWeightGrad: 'mul-reduce' } },
+  { name: 'dW batch-as-channels', wants: 'dw', opts: { convWeightGrad: 'batch-as-channels' } },
+  { name: 'dW im2col-offsets', wants: 'dw', opts: { convWeightGrad: 'im2col-offsets' } },
+  { name: 'dW batched-offsets', wants: 'dw', opts: { convWeightGrad: 'batched-offsets' } },
+  { name: 'dW unfold-conv', wants: 'dw', opts: { convWeightGrad: 'unfold-conv' } },
+  { name: 'dW auto', wants: 'dw', opts: { convWeightGrad: 'auto' } },
   { name: 'dX conv-transpose', wants: 'dx', opts: { convInputGrad: 'conv-transpose' } },
   { name: 'dX conv (stride 1)', wants: 'dx', opts: { convInputGrad: 'conv' } },
 ];
@@ -73,8 +83,9 @@ const VARIANTS: Variant[] = [
 function build(s: Shape, v: Variant): { g: Graph; feeds: Value[] } {
   const g = new Graph('float32');
   const x = g.input('x', [s.n, s.c, s.h, s.w]);
-  const w = g.input('w', [s.c, s.c / s.group, 3, 3]);
-  const attrs = { strides: [s.stride, s.stride], pads: [1, 1, 1, 1], group: s.group };
+  const w = g.input('w', [s.o, s.c / s.group, s.k, s.k]);
+  const p = Math.floor(s.k / 2);
+  const attrs = { strides: [s.stride, s.stride], pads: [p, p, p, p], group: s.group };
   const y = g.conv(x, w, attrs);
   if (v.wants === 'forward') {
     g.output(y, 'out');
@@ -84,7 +95,7 @@ function build(s: Shape, v: Variant): { g: Graph; feeds: Value[] } {
   const opts = { convWeightGrad: 'batch-as-channels', convInputGrad: 'conv-transpose', depthwiseWeightGrad: 'grouped-conv', maxPoolGrad: 'indices', ...v.opts } as const;
   const [dx, dw] = GRAD_RULES.Conv(g, y.producer!, [gy], opts);
   // The rule takes the flipped Conv for depthwise at stride 1 whatever the option: ConvTranspose built here.
-  const ct = () => g.convTranspose(gy, w, { ...attrs, outputPadding: [(s.h + 1) % s.stride, (s.w + 1) % s.stride] });
+  const ct = () => g.convTranspose(gy, w, { ...attrs, outputPadding: [(s.h + 2 * p - s.k) % s.stride, (s.w + 2 * p - s.k) % s.stride] });
   const out = v.wants === 'dw' ? dw! : v.opts?.convInputGrad === 'conv-transpose' && s.group === s.c ? ct() : dx!;
   g.pruneSince({ nodes: 0, initializers: 0 }, [out]); // the forward Conv and the other gradient
   g.output(out, 'out');
@@ -102,7 +113,8 @@ async function timeShape(s: Shape): Promise<Record<string, number | null>> {
   for (const v of VARIANTS) {
     out[v.name] = null;
     if (v.name.includes('stride 1') && s.stride !== 1) continue;
-    if (['dW offsets', 'dW per-image', 'dW mul-reduce'].includes(v.name) && s.group !== s.c) continue; // depthwise-only formulations
+    if (['dW offsets', 'dW grouped-conv', 'dW per-image', 'dW mul-reduce'].includes(v.name) && s.group !== s.c) continue; // depthwise-only formulations
+    if (v.opts?.convWeightGrad && s.group !== 1) continue; // dense-only formulations (a grouped Conv takes groupedWeightGrad whatever they say)
     const { g, feeds } = build(s, v);
     const sess = await ort.InferenceSession.create(encodeModel(g, 'bench'), { graphOptimizationLevel: 'all', intraOpNumThreads: threads, interOpNumThreads: 1, executionMode: 'sequential' });
     const f: Record<string, ort.Tensor> = {};
@@ -131,15 +143,15 @@ const TORCH = `
 import sys, json, time, torch
 torch.set_num_threads(int(sys.argv[1])); runs = int(sys.argv[2]); out = {}
 for spec in json.loads(sys.argv[3]):
-    n, c, h, w, s, grp = spec
-    x = torch.randn(n, c, h, w, requires_grad=True); wt = torch.randn(c, c // grp, 3, 3, requires_grad=True)
+    n, c, h, w, s, grp, k, o = spec
+    x = torch.randn(n, c, h, w, requires_grad=True); wt = torch.randn(o, c // grp, k, k, requires_grad=True)
     def med(f):
         for _ in range(2): f()
         ts = []
         for _ in range(runs):
             t = time.perf_counter(); f(); ts.append((time.perf_counter() - t) * 1000)
         return sorted(ts)[len(ts) // 2]
-    fwd = lambda: torch.nn.functional.conv2d(x, wt, stride=s, padding=1, groups=grp)
+    fwd = lambda: torch.nn.functional.conv2d(x, wt, stride=s, padding=k // 2, groups=grp)
     y = fwd(); gy = torch.randn_like(y)
     r = {'forward': med(fwd)}
     r['dw'] = med(lambda: torch.autograd.grad(y, [wt], gy, retain_graph=True))
@@ -150,7 +162,7 @@ print(json.dumps(out))
 `;
 
 function torchTimes(): Record<string, Record<string, number>> | null {
-  const specs = shapes.map((s) => [s.n, s.c, s.h, s.w, s.stride, s.group]);
+  const specs = shapes.map((s) => [s.n, s.c, s.h, s.w, s.stride, s.group, s.k, s.o]);
   const r = spawnSync('/usr/bin/python3', ['-c', TORCH, String(threads), String(runs), JSON.stringify(specs)], { encoding: 'utf8' });
   if (r.status !== 0) {
     process.stderr.write(`bench/depthwise-grad: PyTorch timing failed: ${(r.stderr || r.error?.message || '').trim().split('\n').pop()}\n`);
@@ -165,13 +177,14 @@ for (const s of shapes) results[s.label] = await timeShape(s);
 const torch = values.torch ? torchTimes() : null;
 
 const fmtMs = (v: number | null | undefined) => (v == null ? '-' : v.toFixed(2));
-console.log(`\nms per run (median of ${runs}), ${threads} threads, 3x3 pad 1, ${groupsArg === 0 ? 'depthwise' : `${groupsArg} groups`}\n`);
-const cols = [...VARIANTS.map((v) => v.name), ...(torch ? ['torch forward', 'torch dW', 'torch dX', 'torch dX+dW'] : [])];
+console.log(`\nms per run (median of ${runs}), ${threads} threads, K x K kernel, pad K // 2 (3x3 unless the shape says kK), ${groupsArg === 0 ? 'depthwise' : `${groupsArg} groups`}\n`);
+const shown = VARIANTS.filter((v) => shapes.some((s) => results[s.label][v.name] != null));
+const cols = [...shown.map((v) => v.name), ...(torch ? ['torch forward', 'torch dW', 'torch dX', 'torch dX+dW'] : [])];
 console.log(`| shape | ${cols.join(' | ')} |`);
 console.log(`|---|${cols.map(() => '---:').join('|')}|`);
 for (const s of shapes) {
   const t = torch?.[s.label];
-  const row = [...VARIANTS.map((v) => fmtMs(results[s.label][v.name])), ...(t ? [t.forward, t.dw, t.dx, t.both].map(fmtMs) : [])];
+  const row = [...shown.map((v) => fmtMs(results[s.label][v.name])), ...(t ? [t.forward, t.dw, t.dx, t.both].map(fmtMs) : [])];
   console.log(`| ${s.label} g${s.group} | ${row.join(' | ')} |`);
 }
 mkdirSync(path.dirname(values.json), { recursive: true });

@@ -5,8 +5,8 @@
 // (ONNX attributes as given, optional inputs and outputs left out).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { GRAD_RULES } from '../tools/graph/grad.ts';
-import { Value, type Graph } from '../tools/graph/graph.ts';
+import { GRAD_RULES, autoWeightGrad } from '../tools/graph/grad.ts';
+import { Graph, Value } from '../tools/graph/graph.ts';
 import { Model, batchNorm } from '../tools/nn/layers.ts';
 import { gradCheck, type GradCase } from './helpers/ort.ts';
 
@@ -63,6 +63,18 @@ const unfoldConv = (x: number[], w: number[], attrs: UnfoldCase['attrs'], opts?:
   build: (g, [xv, wv]) => g.unfoldConv(xv, wv, attrs),
   attrs,
 });
+
+// convWeightGrad 'auto' cases, x and w shapes with the Conv's attributes, and the formulation each should
+// take: a pointwise Conv on a non-square map (C != O), a 1x1 whose map is no larger than O, a strided 1x1,
+// a non-square kernel with asymmetric pads on a map larger than O, a 3x3 on a map no larger than O.
+const AUTO_CASES: [number[], number[], Parameters<Graph['conv']>[2], string][] = [
+  [[2, 4, 5, 6], [3, 4, 1, 1], {}, 'pointwise'],
+  [[2, 4, 2, 2], [6, 4, 1, 1], {}, 'im2col-offsets'],
+  [[2, 4, 6, 6], [3, 4, 1, 1], { strides: [2, 2] }, 'im2col-offsets'],
+  [[2, 3, 7, 6], [3, 3, 2, 3], { pads: [1, 0, 0, 2] }, 'unfold-conv'],
+  [[2, 3, 3, 3], [12, 3, 3, 3], { pads: [1, 1, 1, 1] }, 'im2col-offsets'],
+  [[2, 3, 8, 8], [4, 3, 3, 3], { strides: [2, 2], pads: [1, 1, 1, 1] }, 'unfold-conv'],
+];
 
 // Several cases per op: odd sizes, broadcasting, stride 2.
 const CASES: Record<string, GradCase[]> = {
@@ -156,6 +168,8 @@ const CASES: Record<string, GradCase[]> = {
     conv([2, 4, 6, 6], [3, 4, 1, 1], { strides: [2, 2] }, false, { convWeightGrad: 'unfold-depthwise' }),
     conv([2, 3, 7, 6], [3, 3, 2, 3], { pads: [1, 0, 0, 2] }, false, { convWeightGrad: 'unfold-depthwise' }),
     conv([1, 2, 9, 9], [3, 2, 3, 3], { pads: [2, 2, 2, 2], dilations: [2, 2] }, false, { convWeightGrad: 'unfold-depthwise' }),
+    // auto: one case per branch of autoWeightGrad (AUTO_PICKS below asserts which each takes).
+    ...AUTO_CASES.map(([x, w, attrs]) => conv(x, w, attrs, false, { convWeightGrad: 'auto', convInputGrad: 'conv' })),
   ],
   // Graph.unfoldConv's composite (convWeightGrad 'unfold-forward'): the weight gradient from the
   // forward's unfolded input; non-square kernels and asymmetric pads catch a transposed offset.
@@ -302,6 +316,16 @@ const CASES: Record<string, GradCase[]> = {
 
 // Ops whose rule returns no gradient by design.
 const NO_GRADIENT = new Set(['Sign', 'StopGradient', 'Shape']);
+
+test("convWeightGrad 'auto' picks by the layer's shape as documented, so its cases above cover every branch", () => {
+  for (const [x, w, attrs, want] of AUTO_CASES) {
+    const g = new Graph('float64');
+    const y = g.conv(g.input('x', x), g.input('w', w), attrs);
+    const a = attrs ?? {};
+    const picked = autoWeightGrad(y, w, a.strides ?? [1, 1], a.pads ?? [0, 0, 0, 0]);
+    assert.equal(picked, want, `x ${x}, w ${w}, ${JSON.stringify(attrs)}`);
+  }
+});
 
 test('every gradient rule has finite-difference cases', () => {
   const missing = Object.keys(GRAD_RULES).filter((op) => !CASES[op] && !NO_GRADIENT.has(op));

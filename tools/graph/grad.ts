@@ -23,10 +23,14 @@ import { Graph, Value, fmt, sliceRange, type DType, type Node, type Shape } from
  *   (GRAD_RULES.UnfoldConv): one unfold per layer instead of two, U kept alive until the backward (not
  *   faster on 2 CPU cores, +0.4-1.5 GB peak RSS: RESULTS #33). The training graph's builders
  *   emit it (tools/artifacts/build.ts); a plain Conv node, e.g. an imported model's, falls back to
- *   unfold-conv.
+ *   unfold-conv;
+ * - auto: chosen per Conv node by its shape (autoWeightGrad below): the formulations that batch one
+ *   GEMM per image (unfold-conv; for a pointwise Conv, 1x1 / stride 1 / no pads, the same MatMul on x
+ *   as it lies, which is its own unfolding) where the output map has more pixels than the layer has
+ *   output channels, im2col-offsets' one GEMM over the whole batch per kernel offset elsewhere.
  */
-export type ConvWeightGrad = 'batch-as-channels' | 'im2col' | 'im2col-offsets' | 'batched-offsets' | 'unfold-conv' | 'unfold-depthwise' | 'unfold-forward';
-export const CONV_WEIGHT_GRADS: readonly ConvWeightGrad[] = ['batch-as-channels', 'im2col', 'im2col-offsets', 'batched-offsets', 'unfold-conv', 'unfold-depthwise', 'unfold-forward'];
+export type ConvWeightGrad = 'batch-as-channels' | 'im2col' | 'im2col-offsets' | 'batched-offsets' | 'unfold-conv' | 'unfold-depthwise' | 'unfold-forward' | 'auto';
+export const CONV_WEIGHT_GRADS: readonly ConvWeightGrad[] = ['batch-as-channels', 'im2col', 'im2col-offsets', 'batched-offsets', 'unfold-conv', 'unfold-depthwise', 'unfold-forward', 'auto'];
 /** How Conv's input gradient is formed: ConvTranspose, or (stride 1) a Conv with the flipped kernel (depthwise: always that at stride 1). */
 export type ConvInputGrad = 'conv-transpose' | 'conv';
 
@@ -193,6 +197,11 @@ function convWeightGrad(g: Graph, node: Node, gy: Value, how: ConvWeightGrad, de
   const group = int(node, 'group', 1);
   if (group !== 1) return groupedWeightGrad(g, node, gy, group, depthwise);
   const [o, c, kh, kw] = w.dims();
+  if (how === 'auto') {
+    const pick = autoWeightGrad(gy, [o, c, kh, kw], strides, pads);
+    if (pick === 'pointwise') return weightGradFromUnfolded(g, x, gy, [o, c, kh, kw]);
+    how = pick;
+  }
   if (how === 'batch-as-channels') {
     // Batch becomes the reduction channel: conv(x^T [C,N,H,W], gy^T [O,N,Ho,Wo]) = dW^T, stride <-> dilation.
     const xt = g.transpose(x, [1, 0, 2, 3]);
@@ -455,6 +464,24 @@ function sliceGrad(g: Graph, n: Node, gy: Value): Value {
     pads[a + r] = d - lo - span;
   });
   return pads.some((p) => p) ? g.pad(gx, pads) : gx;
+}
+
+/**
+ * convWeightGrad 'auto': the formulation for one dense Conv node, by its shape. unfold-conv's MatMul per
+ * image writes a [C*kh*kw, O] product for every image before the sum over the batch; once the output
+ * map has no more pixels than O (Ho*Wo <= O: the small maps of a torchvision model's later stages) those
+ * products outweigh the unfolded input they are made from, and im2col-offsets' one GEMM per offset over
+ * the whole batch (inner dimension N*Ho*Wo) is the cheaper one. Per layer at 2 threads, 128 crops
+ * (bench/depthwise-grad.ts --groups 1, RESULTS "bring your own model"): unfold-conv 70 vs 133 ms at
+ * 64 x 24x24, 77 vs 88 at 128 x 12x12; im2col-offsets 64 vs 81 at 256 x 6x6, 69 vs 137 at 512 x 3x3.
+ * A 1x1 Conv with a stride (a downsampling shortcut) takes im2col-offsets (one strided slice).
+ * 'pointwise' (1x1, stride 1, no pads) is unfold-conv without the unfold: x is already [N, C, H*W].
+ */
+export function autoWeightGrad(gy: Value, [o, , kh, kw]: number[], strides: number[], pads: number[]): 'pointwise' | ConvWeightGrad {
+  const pixels = (gy.shape[2] as number) * (gy.shape[3] as number);
+  const perImage = pixels > o;
+  if (kh === 1 && kw === 1) return perImage && strides.every((s) => s === 1) && pads.every((p) => p === 0) ? 'pointwise' : 'im2col-offsets';
+  return perImage ? 'unfold-conv' : 'im2col-offsets';
 }
 
 /** unfold-conv (see ConvWeightGrad): dW[o, c, i, j] = sum_n unfold(x)[n, c*kh*kw + i*kw + j, :] . gy[n, o, :]. */

@@ -57,11 +57,14 @@ export function compileFromOnnx(bytes: Uint8Array, o: FromOnnxOptions): { built:
     encoder: { arch: 'onnx', widths: [0], sha256: sha256(bytes), input: src.input.name, feature: src.feature, train: o.train, learns: src.params.length + src.buffers.length, frozen: src.tensors.size - src.params.length - src.buffers.length },
     image: { size: src.size, mean: IMAGENET_MEAN, std: IMAGENET_STD },
     projector: o.projector ? projectorOf(o.projector) : base.projector,
-    // The edge preset's formulations suit its 16-64 channel convolutions; at torchvision widths the
-    // batch-as-channels weight gradient and ConvTranspose input gradient measured 2-3x faster a step
-    // (bench/byom-peer: resnet18 3257 -> 991 ms, mobilenet_v2 926 -> 492 ms at 32 px, 16 crops, 2 threads).
-    convWeightGrad: 'batch-as-channels',
-    convInputGrad: 'conv-transpose',
+    // torchvision layers range from 64 x 48x48 maps to 512 x 1x1: no one weight-gradient formulation
+    // suits them all, so 'auto' picks per Conv node by its shape (tools/graph/grad.ts autoWeightGrad),
+    // and the input gradient is the flipped-kernel Conv at stride 1. Quiet box, 128 crops, 2 threads,
+    // wall ms per step (bench/step-cpu.ts, two interleaved rounds; RESULTS "bring your own model",
+    // 2026-12-07 evening), against the earlier batch-as-channels + ConvTranspose: resnet18 96 px 3039,
+    // 2900 vs 6203, 6495; 32 px 374 vs 450 (round 2).
+    convWeightGrad: 'auto',
+    convInputGrad: 'conv',
   };
   p = applyOverrides(p, o.set);
   p.name = o.name;
