@@ -162,10 +162,10 @@ function providerOptions(ep: EP, o: EpOptions): unknown[] {
  * and the host's crops and buffer work follow each other on the same cores, and each finds the previous
  * session's workers still spinning. `session.force_spinning_stop` stops them at the end of each run
  * (spinning within a run is kept). Quiet 2-core box, edge learner, 16 new images and one step per
- * arrival, 3 rounds (bench/spin.ts): 292-343 -> 219-270 ms per arrival (the embed's share 59-64 -> 29-36
- * ms, the host's crops 18 -> 9-11 ms); back-to-back steps alone unchanged (best 168 vs 172 ms).
- * Turning spinning off altogether (allow_spinning 0) gained less (239-300 ms). CPU only: the others are
- * unmeasured.
+ * arrival, 3 alternating rounds (bench/spin.ts, bench/RESULTS.md issue #33): 269.5 / 271.7 -> 232.2 /
+ * 239.3 ms per arrival (best / median; the embed's share 40 -> 23 ms, the host's crops 18 -> 10 ms);
+ * back-to-back steps alone unchanged. allow_spinning 0 (no spinning at all) gained about as much here
+ * and less in an earlier probe. CPU only: the other EPs are unmeasured.
  */
 const CPU_SESSION_CONFIG: { session: Record<string, string> } = { session: { force_spinning_stop: '1' } };
 
