@@ -41,8 +41,8 @@ const MCC_PAPER_PAPER = 'losses=[{"name":"mcc-paper","weight":50},{"name":"tcr",
 const OURS: Pick<Method, 'edge' | 'paper' | 'buffer' | 'replay' | 'warmup'> = { edge: { preset: 'edge', sets: [] }, paper: { preset: 'paper-cifar', sets: [] }, buffer: OURS_POLICY, replay: 'mixed', warmup: 'none' };
 
 const list: Method[] = [
-  // Issue #31: ours' buffer is the redundancy rule within the most crowded of 16 spans of the stream, on embeddings refreshed under the encoder (each entry on entry and every 4 arrivals).
-  { name: 'ours', describe: 'Imai et al.: MCC + TCR on N crops, diverse buffer (the most redundant by embeddings refreshed every 4 arrivals, within the most crowded of 16 spans of the stream), new + replayed images each step', ...OURS, strata: OURS_STRATA },
+  // Issue #31: ours' buffer is the redundancy rule within the most crowded of 16 spans of the stream, on embeddings refreshed under the encoder (each entry on entry and every 4 arrivals; 8 at K = 1).
+  { name: 'ours', describe: 'Imai et al.: MCC + TCR on N crops, diverse buffer (the most redundant by embeddings refreshed every 4 arrivals (8 at K = 1), within the most crowded of 16 spans of the stream), new + replayed images each step', ...OURS, strata: OURS_STRATA },
   {
     name: 'ours-paper-eq', describe: "ours with the paper's eq. 1 in place of the code's MCC",
     ...OURS, edge: { preset: 'edge', sets: [MCC_PAPER_EDGE] }, paper: { preset: 'paper-cifar', sets: [MCC_PAPER_PAPER] },
@@ -116,7 +116,7 @@ export const BUFFER_POLICY_TEXT: Readonly<Record<Exclude<BufferPolicy, 'oracle-c
   'diverse-strata-refresh': 'diverse-strata on the embeddings of every entry recomputed in one batch before each removal round',
   'diverse-refresh': 'diverse on those recomputed embeddings (no spans)',
   'diverse-span-refresh': 'diverse-strata-refresh embedding only the spans that give up entries, each entry ranked within its span',
-  'diverse-strata-rolling': "ours (issue #31, with 16 spans under --method ours): diverse-strata-refresh with each entry embedded on entry and every 4 arrivals after, its row kept in the buffer and checkpoints",
+  'diverse-strata-rolling': "ours (issue #31, with 16 spans under --method ours): diverse-strata-refresh with each entry embedded on entry and every 4 arrivals after (8 at K = 1), its row kept in the buffer and checkpoints",
 };
 
 export const METHODS: Readonly<Record<string, Method>> = Object.fromEntries(list.map((m) => [m.name, m]));

@@ -12,7 +12,7 @@ import { classHistogram, nnCosineByAge, storedRows } from '../agent/eval/redunda
 import { bufferMix } from '../agent/serve/buffer-view.ts';
 import { METHODS } from '../agent/methods.ts';
 import { Trainer } from '../agent/trainer/trainer.ts';
-import { Learner, defaultLearnerConfig } from '../agent/trainer/learner.ts';
+import { Learner, defaultLearnerConfig, type LearnerConfig } from '../agent/trainer/learner.ts';
 import { compileArtifacts, writeArtifacts } from '../tools/artifacts/write.ts';
 import { Rng } from '../core/rng.ts';
 import { tinyPreset } from './helpers/tiny.ts';
@@ -88,6 +88,18 @@ for (const policy of [METHODS.ours.buffer, 'diverse-strata-refresh'] as BufferPo
   } finally {
     rmSync(root, { recursive: true, force: true });
   }
+});
+
+test("the rolling refresh's cadence: about every 8 updates, at most every 4 arrivals (K = 2 and 3 keep 4, K = 1 takes 8); a configured one wins", () => {
+  // The constructor reads only the config: no session is needed.
+  const cfg = (updates: number, refreshEvery?: number) => ({ updates, replay: 'mixed', warmup: 'none', lr: 0.1, schedule: 'constant', scheduleSteps: 1, seed: 0, augment: {}, buffer: { capacity: 8, policy: METHODS.ours.buffer, alpha: 0.5, ...(refreshEvery ? { refreshEvery } : {}) } }) as unknown as LearnerConfig;
+  const every = (updates: number, refreshEvery?: number) => new Learner({} as Trainer, cfg(updates, refreshEvery)).buffer.cfg.refreshEvery;
+  assert.equal(DEFAULT_REFRESH_EVERY, 4);
+  assert.equal(every(1), 8);
+  assert.equal(every(2), 4);
+  assert.equal(every(3), 4);
+  assert.equal(every(10), 4);
+  assert.equal(every(1, 5), 5);
 });
 
 test('diverse-strata-rolling: each entry embedded on entry and every n arrivals after; its kept row survives a snapshot and restore', async () => {

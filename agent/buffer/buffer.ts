@@ -57,6 +57,17 @@ export const DEFAULT_STRATA = 8;
 export const OURS_STRATA = 16;
 /** diverse-strata-rolling: arrivals between two embeddings of one entry when the config names none (bench/RESULTS.md, issue #31: the cost). */
 export const DEFAULT_REFRESH_EVERY = 4;
+/**
+ * The learner's cadence, counted in updates (the encoder changes once per update, so that is how stale a
+ * row gets): about every REFRESH_UPDATES updates, and never more often than every DEFAULT_REFRESH_EVERY
+ * arrivals (the cost measured for issue #31). So K = 2 (bench's edge protocols) and K = 3 (the edge
+ * preset) keep 4 arrivals, as measured; at K = 1 with 32 new images per arrival (the edge goal's stream)
+ * 4 arrivals embedded 96 images per arrival, 14 % of its wall time (bench/RESULTS.md, issue #33), and
+ * every 8 arrivals embeds 64.
+ */
+export const REFRESH_UPDATES = 8;
+/** Arrivals between two embeddings of one entry at K updates per arrival. */
+export const refreshEveryFor = (updatesPerArrival: number): number => Math.max(DEFAULT_REFRESH_EVERY, Math.round(REFRESH_UPDATES / Math.max(1, updatesPerArrival)));
 
 /**
  * Backbone features [entries, F] of the given entries under the current model (the psa policy's points),

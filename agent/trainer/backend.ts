@@ -156,6 +156,37 @@ function providerOptions(ep: EP, o: EpOptions): unknown[] {
   }
 }
 
+/**
+ * ORT's intra-op workers spin-wait for work after each parallel section, and by default keep spinning
+ * after run() returns: in the agent's loop the train step, the buffer's embed and similarity sessions
+ * and the host's crops and buffer work follow each other on the same cores, and each finds the previous
+ * session's workers still spinning. `session.force_spinning_stop` stops them at the end of each run
+ * (spinning within a run is kept). Quiet 2-core box, edge learner, 16 new images and one step per
+ * arrival, 3 alternating rounds (bench/spin.ts, bench/RESULTS.md issue #33): 269.5 / 271.7 -> 232.2 /
+ * 239.3 ms per arrival (best / median; the embed's share 40 -> 23 ms, the host's crops 18 -> 10 ms);
+ * back-to-back steps alone unchanged. allow_spinning 0 (no spinning at all) gained about as much here
+ * and less in an earlier probe. CPU only: the other EPs are unmeasured.
+ */
+const CPU_SESSION_CONFIG: { session: Record<string, string> } = { session: { force_spinning_stop: '1' } };
+
+/** The options a session of `ep` opens with: the defaults, then the caller's (`o.session`, its `extra` merged key by key). */
+export function sessionOptions(ep: EP, o: EpOptions = {}): Record<string, unknown> {
+  const { extra, ...rest } = (o.session ?? {}) as { extra?: Record<string, unknown> };
+  const base: Record<string, unknown> = ep === 'cpu' ? CPU_SESSION_CONFIG : {};
+  const merged: Record<string, unknown> = { ...base, ...(extra ?? {}) };
+  if (ep === 'cpu' && extra && typeof extra.session === 'object') merged.session = { ...CPU_SESSION_CONFIG.session, ...(extra.session as object) };
+  return {
+    executionProviders: providerOptions(ep, o),
+    graphOptimizationLevel: 'all',
+    // Session-level log (e.g. "some nodes were not assigned to the preferred execution providers" on
+    // webgpu, which is normal): as quiet as the process-wide one.
+    logSeverityLevel: ortVerbose ? 2 : 4,
+    ...(o.threads && ep !== 'wasm' ? { intraOpNumThreads: o.threads, interOpNumThreads: 1 } : {}),
+    ...rest,
+    ...(Object.keys(merged).length ? { extra: merged } : {}),
+  };
+}
+
 export async function openSession(model: Uint8Array, ep: EP, o: EpOptions = {}): Promise<Session> {
   const ort = await loadModule(ep);
   if (ep === 'wasm') {
@@ -171,15 +202,7 @@ export async function openSession(model: Uint8Array, ep: EP, o: EpOptions = {}):
   }
   let sess: import('onnxruntime-node').InferenceSession;
   try {
-    sess = await ort.InferenceSession.create(model, {
-      executionProviders: providerOptions(ep, o) as never,
-      graphOptimizationLevel: 'all',
-      // Session-level log (e.g. "some nodes were not assigned to the preferred execution providers" on
-      // webgpu, which is normal): as quiet as the process-wide one.
-      logSeverityLevel: ortVerbose ? 2 : 4,
-      ...(o.threads && ep !== 'wasm' ? { intraOpNumThreads: o.threads, interOpNumThreads: 1 } : {}),
-      ...o.session,
-    });
+    sess = await ort.InferenceSession.create(model, sessionOptions(ep, o) as never);
   } catch (e) {
     const full = String((e as Error).message);
     const msg = full.split('\n')[0];

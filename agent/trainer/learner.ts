@@ -4,7 +4,7 @@
 // configuration (agent/methods.ts: artifacts, buffer policy, replay rule, warm-up), not a copy of this loop.
 
 import { Rng } from '../../core/rng.ts';
-import { OURS_POLICY, OURS_STRATA, ReplayBuffer, type Entry, type BufferConfig, type BufferSnapshot } from '../buffer/buffer.ts';
+import { OURS_POLICY, OURS_STRATA, ReplayBuffer, refreshEveryFor, type Entry, type BufferConfig, type BufferSnapshot } from '../buffer/buffer.ts';
 import type { SimilarityEngine } from '../buffer/similarity.ts';
 import { multiCrop, sampleCropPacked, CIFAR_AUGMENT, type AugmentConfig } from '../frames/augment.ts';
 import { CROP_PARAM_COUNT } from '../../core/crop-params.ts';
@@ -61,7 +61,8 @@ export class Learner {
     readonly cfg: LearnerConfig,
     engine: SimilarityEngine | null = null,
   ) {
-    this.buffer = new ReplayBuffer(cfg.buffer, engine);
+    // The rolling refresh's cadence follows the updates per arrival unless the config names one.
+    this.buffer = new ReplayBuffer({ refreshEvery: refreshEveryFor(cfg.updates), ...cfg.buffer }, engine);
     this.rng = new Rng(cfg.seed);
     this.cropRng = new Rng(cfg.seed + 0x9e37);
   }
