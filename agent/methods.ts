@@ -52,6 +52,8 @@ const list: Method[] = [
   { name: 'ours-refresh-all', describe: "ours embedding every entry in one batch before each removal round (ours' buffer before the rolling refresh)", ...OURS, buffer: 'diverse-strata-refresh' },
   { name: 'ours-spans8', describe: 'ours with 8 spans of the stream instead of 16', ...OURS },
   { name: 'ours-spans32', describe: 'ours with 32 spans of the stream instead of 16', ...OURS, strata: 32 },
+  // Issue #31, static camera: crowding (k nearest) in place of the nearest neighbour, ours' spans and rolling rows.
+  { name: 'ours-crowd', describe: "ours ranking within the crowded span by the mean cosine to the 4 nearest entries (crowding) instead of the nearest alone", ...OURS, buffer: 'diverse-strata-crowd', strata: OURS_STRATA },
   { name: 'ours-span-refresh', describe: "ours with only the crowded spans' entries embedded at each removal round, each ranked within its own span (a cheaper refresh)", ...OURS, buffer: 'diverse-span-refresh' },
   // Issue #31: the paper's rule as ours had it before (z* ranked as stored, no regard to the stream's history), for the comparison.
   { name: 'ours-old-rule', describe: "ours with the paper's redundancy rule on the stored features z* (ours' default before issue #31)", ...OURS, buffer: 'diverse' },
@@ -116,6 +118,7 @@ export const BUFFER_POLICY_TEXT: Readonly<Record<Exclude<BufferPolicy, 'oracle-c
   'diverse-strata-refresh': 'diverse-strata on the embeddings of every entry recomputed in one batch before each removal round',
   'diverse-refresh': 'diverse on those recomputed embeddings (no spans)',
   'diverse-span-refresh': 'diverse-strata-refresh embedding only the spans that give up entries, each entry ranked within its span',
+  'diverse-strata-crowd': 'diverse-strata-rolling ranking by the mean cosine to the 4 nearest entries, not the nearest alone (a try for a static camera)',
   'diverse-strata-rolling': "ours (issue #31, with 16 spans under --method ours): diverse-strata-refresh with each entry embedded on entry and every 4 arrivals after (8 at K = 1), its row kept in the buffer and checkpoints",
 };
 

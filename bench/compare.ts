@@ -58,7 +58,7 @@ const values = benchArgs(import.meta.url, {
   video: { type: 'string', describe: "a video file streamed in place of the data set's images (decoded through ffmpeg at each --fps); kNN is still measured on the data set; rows are labelled video+fpsN" },
   fps: { type: 'string', default: '1', describe: 'with --video: frames per second taken, comma-separated (the redundancy knob); every rate trains on as many frames as the sparsest gives, from the start of the video' },
   // Issue #31: a static camera: long idle visits to a few scenes, short events of the other classes.
-  idle: { type: 'string', describe: 'static-camera streams: percent of frames from long visits (300 frames) to 3 idle scenes (one image of each of the first 3 classes of the order, revisited), the rest events of 10 frames from the other classes in the order (class-incremental), comma-separated; kNN on all classes; rows are labelled ORDER+idleP and carry the buffer\'s idle share' },
+  idle: { type: 'string', describe: 'static-camera streams: percent of frames from long visits (300 frames) to 3 idle scenes (one image of each of the first 3 classes of the order, revisited), the rest events of 10 frames from the other classes in the order (class-incremental), comma-separated; kNN on all classes; rows are labelled ORDER+idleP and carry the buffer\'s idle share, the idle classes, kNN@20 per class and the batch slots per class (--report: idle scenes against events)' },
   'video-window': { type: 'string', default: '1', describe: "with --video: frames within the same this-many seconds count as one scene in the buffer's same-clip share" },
   ffmpeg: { type: 'string', default: 'ffmpeg', describe: 'with --video: the ffmpeg binary' },
   'per-class': { type: 'string', describe: "stream images per class, or 'all' (default: the protocol's)" },
@@ -179,14 +179,17 @@ const engine = await ortSimilarity((m) => openChosen(m, { ep: values.ep as EP, t
 const memIdx = sampleIndices(train.count, memoryN, 12345);
 const qIdx = sampleIndices(test.count, count('queries', values.queries, Infinity), 54321);
 
-async function knn(tr: Trainer): Promise<[number, number, number?]> {
+/** kNN@20, kNN@50 (and CIFAR-100's superclass kNN@20), with kNN@20's accuracy per query class. */
+async function knn(tr: Trainer): Promise<{ k: [number, number, number?]; byClass20: number[] }> {
   const m = { dim: tr.manifest.preset.encoder.widths.at(-1)!, run: async (x: Float32Array, c: number) => (await tr.embed(x, c)).features, close: async () => {} };
   const fm = await computeFeatures(m, train.images, memIdx, size);
   const fq = await computeFeatures(m, test.images, qIdx, size);
   const r = await knnWeightedBlocks(engine, { memory: fm, memoryLabels: memIdx.map((i) => train.labels[i]), queries: fq, queryLabels: qIdx.map((i) => test.labels[i]), d: m.dim, classes: train.classes.length }, [20, 50]);
-  if (ds !== 'cifar100') return [r[0].accuracy, r[1].accuracy];
+  const c = r[0].byClass!;
+  const byClass20 = c.correct.map((n, y) => (c.total[y] ? Number(((100 * n) / c.total[y]).toFixed(2)) : NaN));
+  if (ds !== 'cifar100') return { k: [r[0].accuracy, r[1].accuracy], byClass20 };
   const sup = await knnWeightedBlocks(engine, { memory: fm, memoryLabels: memIdx.map((i) => train.coarse![i]), queries: fq, queryLabels: qIdx.map((i) => test.coarse![i]), d: m.dim, classes: 20 }, [20]);
-  return [r[0].accuracy, r[1].accuracy, sup[0].accuracy];
+  return { k: [r[0].accuracy, r[1].accuracy, sup[0].accuracy], byClass20 };
 }
 
 interface Row {
@@ -202,6 +205,13 @@ interface Row {
   floor20: number;
   knn20: number[]; // at 25/50/75/100%
   knn50: number[];
+  /** kNN@20 per query class (data set label), at random init and at 25/50/75/100%; absent in older rows. */
+  floor20ByClass?: number[];
+  knn20ByClass?: number[][];
+  /** The stream's frames per stream class, and the batch slots of applied steps (new and replayed) per
+   * stream class up to 25/50/75/100%: how much training each class's frames got; absent in older rows. */
+  framesByClass?: number[];
+  usesByClass?: number[][];
   /** edge-cifar100: kNN@20 on the 20 superclasses at 25/50/75/100%. */
   super20?: number[];
   dataset?: string;
@@ -234,6 +244,8 @@ interface Row {
   /** Static-camera streams (--idle): the idle percentage, and the buffer's share of idle-scene frames at 25/50/75/100%. */
   idle?: number;
   idleShare?: number[];
+  /** Static-camera streams: the idle scenes' stream classes (the order's first 3); absent in older rows. */
+  idleClasses?: number[];
   /** The learner's own milliseconds by part over the run's arrivals (ArrivalReport.ms; the buffer's includes its feature refreshes); absent in older rows. */
   arrivalMs?: { augment: number; train: number; buffer: number };
   /** The method's learner rules the run was made under (agent/methods.ts); absent in older rows. */
@@ -275,7 +287,7 @@ interface Stream {
   item: (f: { i: number; t: number }) => { key: string; image: Uint8Array };
   video?: Row['video'];
   /** Static-camera streams: the idle percentage and which keys are idle frames. */
-  idle?: { percent: number; isIdle: (key: string) => boolean };
+  idle?: { percent: number; isIdle: (key: string) => boolean; classes: number[] };
 }
 // A video is decoded once per rate (the same frames every trial).
 const videos = new Map<number, Uint8Array>();
@@ -329,12 +341,8 @@ function streams(trial: number): Stream[] {
     }),
   );
 }
-/**
- * A static camera (--idle P) over the reduced stream of an order: as many frames as its images; the
- * first image of each of its first 3 classes are the idle scenes, the other classes' images the events.
- */
-function cameraStream(order: StreamOrder, trial: number, percent: number): Stream {
-  const stream = perClassCut(streamOf(order, trial), streamLabels, perClass);
+/** The static camera's idle scenes: the first image of each of the first 3 classes of a stream. */
+function idleScenes(stream: number[]): { idleClasses: number[]; scenes: number[] } {
   const idleClasses: number[] = [];
   const scenes: number[] = [];
   for (const i of stream) {
@@ -344,6 +352,15 @@ function cameraStream(order: StreamOrder, trial: number, percent: number): Strea
       scenes.push(i);
     }
   }
+  return { idleClasses, scenes };
+}
+/**
+ * A static camera (--idle P) over the reduced stream of an order: as many frames as its images; the
+ * first image of each of its first 3 classes are the idle scenes, the other classes' images the events.
+ */
+function cameraStream(order: StreamOrder, trial: number, percent: number): Stream {
+  const stream = perClassCut(streamOf(order, trial), streamLabels, perClass);
+  const { idleClasses, scenes } = idleScenes(stream);
   const events = stream.filter((i) => !idleClasses.includes(streamLabels[i]));
   const cam = staticCameraStream(scenes, events, stream.length, percent);
   const idleSet = new Set(scenes.map(String));
@@ -358,7 +375,7 @@ function cameraStream(order: StreamOrder, trial: number, percent: number): Strea
       const seed = f.idle ? train.count - f.clip : f.source;
       return { key: f.idle ? `${f.source}.v${-f.clip}f${f.t}` : `${f.source}.${f.t}`, image: clipFrame(image, size, { ...DEFAULT_CLIP, frames: f.frames }, trial, seed, f.t) };
     },
-    idle: { percent, isIdle: (k) => idleSet.has(sourceOf(k)) },
+    idle: { percent, isIdle: (k) => idleSet.has(sourceOf(k)), classes: idleClasses },
   };
 }
 
@@ -389,7 +406,8 @@ try {
         const dir = path.join(work, `${mname}-${trial}`);
         writeArtifacts(compileArtifacts(preset), dir);
         const tr = await Trainer.open(dir, { ep: values.ep as EP, ...(values.ep === 'cpu' ? { threads: Number(values.threads) } : {}) });
-        const floor = (await knn(tr))[0];
+        const init = await knn(tr);
+        const floor = init.k[0];
         const learner = new Learner(
           tr,
           defaultLearnerConfig(tr, { updates, replay: rules.replay, warmup: rules.warmup, buffer: { capacity: 256, policy: rules.policy, alpha: 0.5, ...(rules.strata ? { strata: rules.strata } : {}) }, seed: trial }),
@@ -406,6 +424,21 @@ try {
         const bufferClasses: number[][] = [];
         const nnByAge: NonNullable<Row['nnByAge']> = { stored: [], embedding: [], backbone: [] };
         const idleShare: number[] = [];
+        const knn20ByClass: number[][] = [];
+        const classOf = (key: string) => streamLabels[Number(sourceOf(key))];
+        const framesByClass = new Array<number>(streamClasses).fill(0);
+        if (!s.video) for (const f of frames) framesByClass[classOf(s.item(f).key)]++;
+        // Every applied step's batch passes through updateFeatures once (both the stepwise and the fused
+        // path): counting there gives each class's training slots without changing the learner.
+        const uses = new Array<number>(streamClasses).fill(0);
+        const usesByClass: number[][] = [];
+        if (!s.video) {
+          const update = learner.buffer.updateFeatures.bind(learner.buffer);
+          learner.buffer.updateFeatures = (batch, zbar) => {
+            for (const e of batch) uses[classOf(e.key)]++;
+            return update(batch, zbar);
+          };
+        }
         const partMs = { augment: 0, train: 0, buffer: 0 };
         const t0 = performance.now();
         let evalMs = 0;
@@ -418,11 +451,14 @@ try {
           for (const st of rep.steps) gcos.push(st.gradCos === null ? null : Number(st.gradCos.toFixed(4)));
           if (marks.includes(a)) {
             const te = performance.now();
-            const [x, y, z] = await knn(tr);
+            const kr = await knn(tr);
+            const [x, y, z] = kr.k;
             for (const _ of marks.filter((m) => m === a)) {
               k20.push(x);
               k50.push(y);
               if (z !== undefined) s20.push(z);
+              knn20ByClass.push(kr.byClass20);
+              if (!s.video) usesByClass.push([...uses]);
             }
             const red = redundancy(learner.buffer.entries);
             sameClip.push(Number(red.sameSource.toFixed(4)));
@@ -437,10 +473,10 @@ try {
             nnByAge.backbone.push(age(now.features));
             process.stderr.write(`  buffer: ${s.idle ? `idle share ${idleShare.at(-1)}; ` : ''}classes [${bufferClasses.at(-1)?.join(', ') ?? '-'}]; NN cosine by age (oldest first) stored [${nnByAge.stored.at(-1)!.join(', ')}], embedding now [${nnByAge.embedding.at(-1)!.join(', ')}], backbone now [${nnByAge.backbone.at(-1)!.join(', ')}]\n`);
             evalMs += performance.now() - te;
-            process.stderr.write(`${mname} ${label} trial ${trial}: ${Math.round((100 * a) / arrivals)}% of ${frames.length} ${clip || s.video ? 'frames' : 'images'}, ${tr.steps} steps, kNN@20 ${x.toFixed(2)} (floor ${floor.toFixed(2)})\n`);
+            process.stderr.write(`${mname} ${label} trial ${trial}: ${Math.round((100 * a) / arrivals)}% of ${frames.length} ${clip || s.video ? 'frames' : 'images'}, ${tr.steps} steps, kNN@20 ${x.toFixed(2)} (floor ${floor.toFixed(2)}; by class [${kr.byClass20.join(', ')}]${s.video ? '' : `; batch slots by stream class [${uses.join(', ')}]`})\n`);
           }
         }
-        const row: Row = { ...(ds === 'cifar100' ? { dataset: ds, super20: s20 } : ds === 'folder' ? { dataset: folderName! } : {}), ...(protocol === 'edge-cifar10' || protocol === 'edge-cifar100' ? {} : { protocol, ep: values.ep }), method: mname, order: label, trial, images: frames.length, steps: tr.steps, seconds: (performance.now() - t0) / 1000, trainSeconds: (performance.now() - t0 - evalMs) / 1000, floor20: floor, knn20: k20, knn50: k50, final20: k20[3], mean20: k20.reduce((p, q) => p + q, 0) / 4, memory: memIdx.length, queries: qIdx.length, threads: Number(values.threads), gradCos: gcos, ...(clip ? { clip } : {}), ...(s.video ? { video: s.video } : {}), ...(s.idle ? { idle: s.idle.percent, idleShare } : {}), arrivalMs: Object.fromEntries(Object.entries(partMs).map(([k, v]) => [k, Math.round(v)])) as Row['arrivalMs'], sameClip, nnSim, bufferClasses, nnByAge, rules: { policy: rules.policy, replay: rules.replay, warmup: rules.warmup, ...(rules.strata ? { strata: rules.strata } : {}) } };
+        const row: Row = { ...(ds === 'cifar100' ? { dataset: ds, super20: s20 } : ds === 'folder' ? { dataset: folderName! } : {}), ...(protocol === 'edge-cifar10' || protocol === 'edge-cifar100' ? {} : { protocol, ep: values.ep }), method: mname, order: label, trial, images: frames.length, steps: tr.steps, seconds: (performance.now() - t0) / 1000, trainSeconds: (performance.now() - t0 - evalMs) / 1000, floor20: floor, knn20: k20, knn50: k50, floor20ByClass: init.byClass20, knn20ByClass, ...(s.video ? {} : { framesByClass, usesByClass }), final20: k20[3], mean20: k20.reduce((p, q) => p + q, 0) / 4, memory: memIdx.length, queries: qIdx.length, threads: Number(values.threads), gradCos: gcos, ...(clip ? { clip } : {}), ...(s.video ? { video: s.video } : {}), ...(s.idle ? { idle: s.idle.percent, idleShare, idleClasses: s.idle.classes } : {}), arrivalMs: Object.fromEntries(Object.entries(partMs).map(([k, v]) => [k, Math.round(v)])) as Row['arrivalMs'], sameClip, nnSim, bufferClasses, nnByAge, rules: { policy: rules.policy, replay: rules.replay, warmup: rules.warmup, ...(rules.strata ? { strata: rules.strata } : {}) } };
         rows.push(row);
         appendFileSync(values.json, JSON.stringify(row) + '\n');
         await tr.close();
@@ -553,6 +589,27 @@ if (rows.some((r) => r.idleShare?.length)) {
       return rs.length ? `${stat(rs.map((r) => r.idleShare!.at(-1)!), 3)} (${rs.length})` : '-';
     });
     console.log(`| ${m} | ${cells.join(' | ')} |`);
+  }
+}
+// Static camera by class (rows with per-class kNN and batch slots): what the events taught against the
+// idle scenes, and how much training each kind of frame got (slots of applied steps per stream frame).
+// (CIFAR-10 and folders: a stream class is a kNN class; CIFAR-100 streams superclasses, not shown here.)
+if (ds !== 'cifar100' && rows.some((r) => r.idleShare?.length && r.knn20ByClass?.length && r.usesByClass?.length)) {
+  console.log(`\nStatic camera by class at the end (mean over runs): kNN@20 on the idle scenes' classes | on the event classes (random-init floor in brackets); batch slots per stream frame, idle | event; idle share of the batch slots:`);
+  console.log(`| method | order | runs | kNN@20 idle classes | kNN@20 event classes | slots per idle frame | slots per event frame | idle share of slots |`);
+  console.log(`|---|---|---|---|---|---|---|---|`);
+  const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
+  for (const k of [...new Set(rows.filter((r) => r.idleShare?.length && r.knn20ByClass?.length && r.usesByClass?.length).map((r) => `${r.method}|${r.order}`))]) {
+    const rs = rows.filter((r) => `${r.method}|${r.order}` === k && r.knn20ByClass?.length && r.usesByClass?.length);
+    // Rows made before idleClasses was recorded: the order's first 3 classes, as cameraStream takes them.
+    const idleOf = (r: Row) => r.idleClasses ?? idleScenes(streamOf(r.order.split('+')[0] as StreamOrder, r.trial)).idleClasses;
+    const part = (r: Row, v: number[], idle: boolean) => v.filter((_, c) => idleOf(r).includes(c) === idle);
+    const acc = (r: Row, v: number[], idle: boolean) => mean(part(r, v, idle));
+    const per = (r: Row, idle: boolean) => part(r, r.usesByClass!.at(-1)!, idle).reduce((a, b) => a + b, 0) / part(r, r.framesByClass!, idle).reduce((a, b) => a + b, 0);
+    const cells = (f: (r: Row) => number) => mean(rs.map(f));
+    const [m, o] = k.split('|');
+    const share = (r: Row) => { const u = r.usesByClass!.at(-1)!; return part(r, u, true).reduce((a, b) => a + b, 0) / u.reduce((a, b) => a + b, 0); };
+    console.log(`| ${m} | ${o} | ${rs.length} | ${cells((r) => acc(r, r.knn20ByClass!.at(-1)!, true)).toFixed(2)} (${cells((r) => acc(r, r.floor20ByClass!, true)).toFixed(2)}) | ${cells((r) => acc(r, r.knn20ByClass!.at(-1)!, false)).toFixed(2)} (${cells((r) => acc(r, r.floor20ByClass!, false)).toFixed(2)}) | ${cells((r) => per(r, true)).toFixed(2)} | ${cells((r) => per(r, false)).toFixed(2)} | ${cells(share).toFixed(3)} |`);
   }
 }
 // Accuracy over the stream (the paper's Fig. 4), one chart per order: mean over trials per method.

@@ -131,6 +131,30 @@ test('bench --clips: the same number of frames from every D-th image, rows label
   assert.match(r.stdout, /\| ours \| seq\+clip4 \| 1 \|/);
 });
 
+test('bench --idle: rows carry kNN@20 per class, the stream frames and the batch slots per class, and the idle classes; --report splits them', { skip }, () => {
+  const json = path.join(root, 'idle.jsonl');
+  const r = bench(['--methods', 'ours', '--orders', 'seq', '--trials', '0', '--idle', '90', '--per-class', '20', '--memory', '100', '--queries', '100', '--threads', '1', '--json', json]);
+  assert.equal(r.status, 0, r.stderr);
+  const [row] = readFileSync(json, 'utf8').trim().split('\n').map((l) => JSON.parse(l));
+  assert.deepEqual([row.order, row.images, row.idleClasses.length], ['seq+idle90', 200, 3]);
+  // 180 idle frames over the 3 scenes' classes, 20 event frames over the others.
+  const sum = (v: number[]) => v.reduce((a, b) => a + b, 0);
+  assert.equal(sum(row.framesByClass), 200);
+  assert.equal(sum(row.framesByClass.filter((_: number, c: number) => row.idleClasses.includes(c))), 180);
+  // Per-class kNN: the 10 classes at random init and at each mark.
+  assert.equal(row.knn20ByClass.length, 4);
+  assert.equal(row.floor20ByClass.length, 10);
+  for (const v of row.knn20ByClass) assert.equal(v.length, 10);
+  // Slots: every applied step trains on the whole batch of 64 (32 new + 32 replayed), counted by class, cumulative.
+  assert.equal(row.usesByClass.length, 4);
+  assert.equal(sum(row.usesByClass[3]), 64 * row.steps);
+  for (let m = 1; m < 4; m++) assert.ok(row.usesByClass[m].every((u: number, c: number) => u >= row.usesByClass[m - 1][c]));
+  const rep = bench(['--report', '--json', json]);
+  assert.equal(rep.status, 0, rep.stderr);
+  assert.match(rep.stdout, /Static camera by class at the end/);
+  assert.match(rep.stdout, /\| ours \| seq\+idle90 \| 1 \| \d+\.\d\d \(\d+\.\d\d\) \| \d+\.\d\d \(\d+\.\d\d\) \| \d+\.\d\d \| \d+\.\d\d \| 0\.\d{3} \|/);
+});
+
 const FFMPEG = process.env.SSOCL_FFMPEG ?? 'ffmpeg';
 const noFfmpeg = spawnSync(FFMPEG, ['-version']).status !== 0 && `ffmpeg not found ('${FFMPEG}'); .ci/run installs it`;
 

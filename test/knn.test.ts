@@ -63,3 +63,14 @@ test('weighted kNN through ORT similarity blocks agrees with the plain-loop vers
   for (let i = 0; i < 2; i++) assert.ok(Math.abs(a[i].correct - b[i].correct) <= 3, `${a[i].correct} vs ${b[i].correct}`);
   assert.ok(a[0].accuracy > 40, 'the clusters are separable');
 });
+
+test('weighted kNN counts correct answers per query class', async () => {
+  // Class 0 near angle 0, class 1 near pi/2, class 2 has no memory rows (never learnt): its queries
+  // can only be wrong. Queries: two of class 0 (one sits in class 1's cluster), one of 1, two of 2.
+  const pts = (a: number) => [Math.cos(a), Math.sin(a)];
+  const memory = Float32Array.from([0, 0.05, 1.55, 1.6].flatMap(pts));
+  const queries = Float32Array.from([0.02, 1.57, 1.58, 0.01, 1.56].flatMap(pts));
+  const [r] = await knnWeighted({ memory, memoryLabels: [0, 0, 1, 1], queries, queryLabels: [0, 0, 1, 2, 2], d: 2, classes: 3 }, [2]);
+  assert.deepEqual(r.byClass, { correct: [1, 1, 0], total: [2, 1, 2] });
+  assert.equal(r.correct, 2);
+});

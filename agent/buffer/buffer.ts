@@ -11,6 +11,7 @@ import { Rng } from '../../core/rng.ts';
 import { NearestNeighbours } from './removal.ts';
 import type { SimilarityEngine } from './similarity.ts';
 import { psaSelect } from './psa.ts';
+import { crowding, CROWD_K } from './crowding.ts';
 
 // Issue #15's variants of the redundancy rule (the paper's `diverse` is unchanged):
 // `diverse-fresh` ranks redundancy on the backbone features of every entry under the current model
@@ -38,12 +39,15 @@ import { psaSelect } from './psa.ts';
 // embedding (`fresh`, saved in checkpoints) and is embedded again only when its lifespan is a multiple of
 // `refreshEvery` (n): on entry (lifespan 0) and every n arrivals after, so about 1/n of the buffer plus
 // the arrival is embedded per removal round and no entry's row is more than n - 1 arrivals old.
+// `diverse-strata-crowd` is diverse-strata-rolling ranking, within the crowded span, by crowding (the mean
+// cosine to an entry's CROWD_K nearest rows, agent/buffer/crowding.ts) in place of the nearest neighbour
+// alone: a try for the static camera (bench --idle), not ours' default.
 // `oracle-clip` is a benchmark's yardstick, not a rule for real streams: it knows which frames are one
 // clip from their keys ('source.frame', as bench --clips and --video name them) and drops from the clip
 // with the most frames in the buffer, so the buffer holds as many distinct scenes as it can: what a
 // perfect redundancy detector would keep, the ceiling for any rule on features.
-export type BufferPolicy = 'diverse' | 'minred' | 'reservoir' | 'fifo' | 'psa' | 'diverse-fresh' | 'diverse-strata' | 'diverse-reservoir' | 'diverse-strata-fresh' | 'strata-random' | 'diverse-reservoir-fresh' | 'diverse-strata-refresh' | 'diverse-refresh' | 'diverse-span-refresh' | 'diverse-strata-rolling' | 'oracle-clip';
-export const BUFFER_POLICIES: BufferPolicy[] = ['diverse', 'minred', 'reservoir', 'fifo', 'psa', 'diverse-fresh', 'diverse-strata', 'diverse-reservoir', 'diverse-strata-fresh', 'strata-random', 'diverse-reservoir-fresh', 'diverse-strata-refresh', 'diverse-refresh', 'diverse-span-refresh', 'diverse-strata-rolling', 'oracle-clip'];
+export type BufferPolicy = 'diverse' | 'minred' | 'reservoir' | 'fifo' | 'psa' | 'diverse-fresh' | 'diverse-strata' | 'diverse-reservoir' | 'diverse-strata-fresh' | 'strata-random' | 'diverse-reservoir-fresh' | 'diverse-strata-refresh' | 'diverse-refresh' | 'diverse-span-refresh' | 'diverse-strata-rolling' | 'diverse-strata-crowd' | 'oracle-clip';
+export const BUFFER_POLICIES: BufferPolicy[] = ['diverse', 'minred', 'reservoir', 'fifo', 'psa', 'diverse-fresh', 'diverse-strata', 'diverse-reservoir', 'diverse-strata-fresh', 'strata-random', 'diverse-reservoir-fresh', 'diverse-strata-refresh', 'diverse-refresh', 'diverse-span-refresh', 'diverse-strata-rolling', 'diverse-strata-crowd', 'oracle-clip'];
 /** Ours' buffer policy (agent/methods.ts, the learner's default). */
 export const OURS_POLICY: BufferPolicy = 'diverse-strata-rolling';
 /** The source of a key: what comes before the first '.' ('123.4' -> '123'; '123' -> '123'): a clip's frames are 'source.frame'. */
@@ -146,7 +150,7 @@ export class ReplayBuffer {
   }
 
   get usesFeatures(): boolean {
-    return ['diverse', 'minred', 'diverse-strata', 'diverse-reservoir', 'diverse-strata-fresh', 'diverse-reservoir-fresh', 'diverse-strata-refresh', 'diverse-refresh', 'diverse-span-refresh', 'diverse-strata-rolling'].includes(this.cfg.policy);
+    return ['diverse', 'minred', 'diverse-strata', 'diverse-reservoir', 'diverse-strata-fresh', 'diverse-reservoir-fresh', 'diverse-strata-refresh', 'diverse-refresh', 'diverse-span-refresh', 'diverse-strata-rolling', 'diverse-strata-crowd'].includes(this.cfg.policy);
   }
 
   /** Shrink right after an arrival is added, before its training steps (MinRed), not after them. */
@@ -255,6 +259,7 @@ export class ReplayBuffer {
     if (this.cfg.policy === 'diverse-refresh' && ruleReady) return this.shrinkFresh(n, features, 'embedding');
     if (this.cfg.policy === 'diverse-strata-refresh' && ruleReady) return this.shrinkStrata(n, await this.freshIndex(features, 'embedding'));
     if (this.cfg.policy === 'diverse-strata-rolling' && ruleReady) return this.shrinkStrata(n, await this.rollingIndex(features));
+    if (this.cfg.policy === 'diverse-strata-crowd' && ruleReady) return this.shrinkStrata(n, await this.rollingIndex(features), undefined, CROWD_K);
     if (this.cfg.policy === 'strata-random' && n > 0) return this.shrinkStrata(n, undefined, rng);
     if (this.cfg.policy === 'diverse-reservoir' && ruleReady) return this.shrinkReservoirAdmit(n, rng);
     if (this.cfg.policy === 'diverse-reservoir-fresh' && ruleReady) return this.shrinkReservoirAdmit(n, rng, features ?? null);
@@ -383,9 +388,10 @@ export class ReplayBuffer {
    * diverse-strata: n times, the span of stream positions (the stream so far in `strata` equal parts)
    * holding the most entries (the newer span on ties) gives up its entry with the most similar nearest
    * neighbour in the whole buffer (the lower stream position on ties): by the buffer's own index (stored
-   * z*), or by `index` (diverse-strata-fresh), or a uniform draw from `random` instead (strata-random).
+   * z*), or by `index` (diverse-strata-fresh), or a uniform draw from `random` instead (strata-random);
+   * with `crowd` = k, by the mean cosine of its kept row to the k nearest rows left (diverse-strata-crowd).
    */
-  private async shrinkStrata(n: number, index?: NearestNeighbours, random?: Rng): Promise<Entry[]> {
+  private async shrinkStrata(n: number, index?: NearestNeighbours, random?: Rng, crowd?: number): Promise<Entry[]> {
     await this.flush();
     const nn = index ?? this.nn;
     const span = this.spanOf();
@@ -401,7 +407,7 @@ export class ReplayBuffer {
         pick = inSpan[random.int(inSpan.length)];
       } else left.forEach((e, i) => {
         if (span(e) !== s) return;
-        const v = nn.similarity(e.id);
+        const v = crowd ? crowding(e.fresh!, left.flatMap((o) => (o === e ? [] : [o.fresh!])), crowd) : nn.similarity(e.id);
         if (pick < 0 || v > best || (v === best && e.streamIndex < left[pick].streamIndex)) {
           best = v;
           pick = i;

@@ -9,6 +9,8 @@ export interface KnnResult {
   accuracy: number;
   correct: number;
   total: number;
+  /** knnWeightedBlocks: correct answers and queries per query class (where a stream's classes differ in how much was learnt of them). */
+  byClass?: { correct: number[]; total: number[] };
 }
 
 export function l2normalizeRows(x: Float32Array, d: number): Float32Array {
@@ -146,11 +148,18 @@ export async function knnWeightedBlocks(
   const qs = l2normalizeRows(inp.queries, d);
   const nq = qs.length / d;
   const correct = new Array(ks.length).fill(0);
+  const byClass = ks.map(() => new Array<number>(inp.classes).fill(0));
+  const total = new Array<number>(inp.classes).fill(0);
   const votes = new Float64Array(inp.classes);
   await forEachNearest(engine, mem, qs, d, Math.max(...ks), (q, idx, sim) => {
+    const y = inp.queryLabels[q];
+    total[y]++;
     ks.forEach((k, ki) => {
-      if (argmax(weightedVotes(votes, inp.memoryLabels, idx, sim, k, temperature)) === inp.queryLabels[q]) correct[ki]++;
+      if (argmax(weightedVotes(votes, inp.memoryLabels, idx, sim, k, temperature)) === y) {
+        correct[ki]++;
+        byClass[ki][y]++;
+      }
     });
   }, block);
-  return ks.map((k, i) => ({ k, accuracy: (100 * correct[i]) / nq, correct: correct[i], total: nq }));
+  return ks.map((k, i) => ({ k, accuracy: (100 * correct[i]) / nq, correct: correct[i], total: nq, byClass: { correct: byClass[i], total: [...total] } }));
 }
