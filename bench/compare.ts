@@ -427,7 +427,10 @@ try {
         const knn20ByClass: number[][] = [];
         const classOf = (key: string) => streamLabels[Number(sourceOf(key))];
         const framesByClass = new Array<number>(streamClasses).fill(0);
-        if (!s.video) for (const f of frames) framesByClass[classOf(s.item(f).key)]++;
+        // Counted as the run streams its frames (each frame is made once); the tail short of an arrival, never streamed, after.
+        const countFrames = (items: { key: string }[]) => {
+          if (!s.video) for (const it of items) framesByClass[classOf(it.key)]++;
+        };
         // Every applied step's batch passes through updateFeatures once (both the stepwise and the fused
         // path): counting there gives each class's training slots without changing the learner.
         const uses = new Array<number>(streamClasses).fill(0);
@@ -439,11 +442,13 @@ try {
             return update(batch, zbar);
           };
         }
+        countFrames(frames.slice(arrivals * newPer).map(s.item));
         const partMs = { augment: 0, train: 0, buffer: 0 };
         const t0 = performance.now();
         let evalMs = 0;
         for (let a = 1; a <= arrivals; a++) {
           const items = frames.slice((a - 1) * newPer, a * newPer).map(s.item);
+          countFrames(items);
           const rep = await learner.arrive(items);
           partMs.augment += rep.ms.augment;
           partMs.train += rep.ms.train;
