@@ -167,14 +167,13 @@ function providerOptions(ep: EP, o: EpOptions): unknown[] {
  * back-to-back steps alone unchanged. allow_spinning 0 (no spinning at all) gained about as much here
  * and less in an earlier probe. CPU only: the other EPs are unmeasured.
  */
-const CPU_SESSION_CONFIG: { session: Record<string, string> } = { session: { force_spinning_stop: '1' } };
+const CPU_SESSION_CONFIG = { force_spinning_stop: '1' };
 
 /** The options a session of `ep` opens with: the defaults, then the caller's (`o.session`, its `extra` merged key by key). */
 export function sessionOptions(ep: EP, o: EpOptions = {}): Record<string, unknown> {
   const { extra, ...rest } = (o.session ?? {}) as { extra?: Record<string, unknown> };
-  const base: Record<string, unknown> = ep === 'cpu' ? CPU_SESSION_CONFIG : {};
-  const merged: Record<string, unknown> = { ...base, ...(extra ?? {}) };
-  if (ep === 'cpu' && extra && typeof extra.session === 'object') merged.session = { ...CPU_SESSION_CONFIG.session, ...(extra.session as object) };
+  const session = { ...(ep === 'cpu' ? CPU_SESSION_CONFIG : {}), ...(extra?.session as object | undefined) };
+  const merged = { ...extra, ...(Object.keys(session).length ? { session } : {}) };
   return {
     executionProviders: providerOptions(ep, o),
     graphOptimizationLevel: 'all',
