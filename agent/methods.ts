@@ -47,7 +47,7 @@ const list: Method[] = [
     name: 'ours-paper-eq', describe: "ours with the paper's eq. 1 in place of the code's MCC",
     ...OURS, edge: { preset: 'edge', sets: [MCC_PAPER_EDGE] }, paper: { preset: 'paper-cifar', sets: [MCC_PAPER_PAPER] },
   },
-  { name: 'ours-buffer-replay', describe: 'ours with every minibatch drawn from the whole buffer (the paper\'s text)', ...OURS, replay: 'buffer' },
+  { name: 'ours-buffer-replay', describe: 'ours with every minibatch drawn from the whole buffer (the paper\'s text)', ...OURS, strata: OURS_STRATA, replay: 'buffer' },
   { name: 'ours-refresh', describe: "ours with the paper's rule (no spans of the stream) on every entry's embedding recomputed in one batch before each removal round", ...OURS, buffer: 'diverse-refresh' },
   { name: 'ours-refresh-all', describe: "ours embedding every entry in one batch before each removal round (ours' buffer before the rolling refresh)", ...OURS, buffer: 'diverse-strata-refresh' },
   { name: 'ours-spans8', describe: 'ours with 8 spans of the stream instead of 16', ...OURS },
@@ -62,6 +62,10 @@ const list: Method[] = [
   // Issue #15's buffer settings at equal compute: the rule against a FIFO, MinRed's timing of the same
   // rule, and no buffer at all.
   { name: 'ours-fifo', describe: 'ours with a FIFO buffer (the newest M images)', ...OURS, buffer: 'fifo' },
+  // Issue #31, static camera: the same buffers with every minibatch drawn from the buffer alone (the paper's text), so a buffer's mix is its batches' mix.
+  { name: 'ours-reservoir-buffer-replay', describe: 'ours-reservoir with every minibatch drawn from the whole buffer', ...OURS, buffer: 'reservoir', replay: 'buffer' },
+  { name: 'ours-fifo-buffer-replay', describe: 'ours-fifo with every minibatch drawn from the whole buffer', ...OURS, buffer: 'fifo', replay: 'buffer' },
+  { name: 'ours-oracle-buffer-replay', describe: 'ours-oracle with every minibatch drawn from the whole buffer', ...OURS, buffer: 'oracle-clip', replay: 'buffer' },
   { name: 'ours-minred-buffer', describe: "ours with MinRed's buffer timing: the redundancy rule applied before the steps", ...OURS, buffer: 'minred' },
   // Issue #15's variants of the rule (ours keeps the paper's).
   { name: 'ours-fresh', describe: "ours with redundancy ranked on every entry's backbone features under the current model, recomputed at each shrink", ...OURS, buffer: 'diverse-fresh' },
