@@ -41,8 +41,8 @@ const MCC_PAPER_PAPER = 'losses=[{"name":"mcc-paper","weight":50},{"name":"tcr",
 const OURS: Pick<Method, 'edge' | 'paper' | 'buffer' | 'replay' | 'warmup'> = { edge: { preset: 'edge', sets: [] }, paper: { preset: 'paper-cifar', sets: [] }, buffer: OURS_POLICY, replay: 'mixed', warmup: 'none' };
 
 const list: Method[] = [
-  // Issue #31: ours' buffer is the redundancy rule within the most crowded of 16 spans of the stream, on embeddings refreshed under the encoder (each entry on entry and every 4 arrivals; 8 at K = 1).
-  { name: 'ours', describe: 'Imai et al.: MCC + TCR on N crops, diverse buffer (the most redundant by embeddings refreshed every 4 arrivals (8 at K = 1), within the most crowded of 16 spans of the stream), new + replayed images each step', ...OURS, strata: OURS_STRATA },
+  // Issue #31: ours' buffer is the redundancy rule within the densest of 16-32 spans of the stream (a fixed grid), on embeddings refreshed under the encoder (each entry on entry and every 4 arrivals; 8 at K = 1).
+  { name: 'ours', describe: 'Imai et al.: MCC + TCR on N crops, diverse buffer (the most redundant by embeddings refreshed every 4 arrivals (8 at K = 1), within the densest of 16-32 spans of the stream), new + replayed images each step', ...OURS, strata: OURS_STRATA },
   {
     name: 'ours-paper-eq', describe: "ours with the paper's eq. 1 in place of the code's MCC",
     ...OURS, edge: { preset: 'edge', sets: [MCC_PAPER_EDGE] }, paper: { preset: 'paper-cifar', sets: [MCC_PAPER_PAPER] },
@@ -69,7 +69,7 @@ const list: Method[] = [
   { name: 'ours-minred-buffer', describe: "ours with MinRed's buffer timing: the redundancy rule applied before the steps", ...OURS, buffer: 'minred' },
   // Issue #15's variants of the rule (ours keeps the paper's).
   { name: 'ours-fresh', describe: "ours with redundancy ranked on every entry's backbone features under the current model, recomputed at each shrink", ...OURS, buffer: 'diverse-fresh' },
-  { name: 'ours-strata', describe: 'ours with the redundancy rule taken within the most crowded of 8 equal spans of the stream so far (reservoir-like coverage of the past)', ...OURS, buffer: 'diverse-strata' },
+  { name: 'ours-strata', describe: 'ours with the redundancy rule taken within the densest of 8-16 equal spans of the stream so far (reservoir-like coverage of the past)', ...OURS, buffer: 'diverse-strata' },
   { name: 'ours-strata-fresh', describe: "ours-strata ranking redundancy on every entry's backbone features under the current model, recomputed at each shrink", ...OURS, buffer: 'diverse-strata-fresh' },
   { name: 'ours-strata-random', describe: 'control for ours-strata: the same 8 spans of the stream, a uniform draw within the most crowded (no redundancy rule)', ...OURS, buffer: 'strata-random' },
   {
@@ -114,7 +114,7 @@ export const BUFFER_POLICY_TEXT: Readonly<Record<Exclude<BufferPolicy, 'oracle-c
   fifo: 'the newest images',
   psa: "SCALE's PSA selection on backbone features",
   'diverse-fresh': 'the rule on backbone features recomputed at each shrink',
-  'diverse-strata': 'the rule within the most crowded of 8 spans of the stream',
+  'diverse-strata': 'the rule within the densest of 8-16 spans of the stream',
   'diverse-reservoir': 'reservoir admission, evictions by the rule',
   'diverse-strata-fresh': 'diverse-strata on backbone features recomputed at each shrink',
   'strata-random': "diverse-strata's spans, a uniform draw within",

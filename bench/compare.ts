@@ -38,7 +38,7 @@ import { Trainer } from '../agent/trainer/trainer.ts';
 import { openChosen, type EP } from '../agent/trainer/backend.ts';
 import { Learner, defaultLearnerConfig } from '../agent/trainer/learner.ts';
 import { ortSimilarity } from '../agent/buffer/similarity.ts';
-import { OURS_POLICY } from '../agent/buffer/buffer.ts';
+import { OURS_POLICY, SPAN_POLICIES } from '../agent/buffer/buffer.ts';
 import { computeFeatures } from '../agent/eval/features.ts';
 import { knnWeightedBlocks } from '../agent/eval/knn.ts';
 import { getMethod, methodRules, METHODS, type MethodRules } from '../agent/methods.ts';
@@ -249,7 +249,7 @@ interface Row {
   /** The learner's own milliseconds by part over the run's arrivals (ArrivalReport.ms; the buffer's includes its feature refreshes); absent in older rows. */
   arrivalMs?: { augment: number; train: number; buffer: number };
   /** The method's learner rules the run was made under (agent/methods.ts); absent in older rows. */
-  rules?: MethodRules;
+  rules?: MethodRules & { grid?: boolean };
 }
 
 /**
@@ -264,7 +264,8 @@ function staleRow(r: Row): boolean {
   const was = r.rules ?? (r.method === 'minred' ? { policy: 'diverse', replay: 'buffer', warmup: 'none' } : m.buffer === OURS_POLICY ? { policy: 'diverse', replay: m.replay, warmup: m.warmup } : undefined);
   if (!was) return false;
   const now = methodRules(m);
-  return was.policy !== now.policy || was.replay !== now.replay || was.warmup !== now.warmup || was.strata !== now.strata;
+  // Spans of the stream on a fixed grid since 2026-12-07 late (issue #31): rows of a span policy without `grid` drifted.
+  return was.policy !== now.policy || was.replay !== now.replay || was.warmup !== now.warmup || was.strata !== now.strata || (SPAN_POLICIES.includes(now.policy) && !r.rules?.grid);
 }
 
 mkdirSync(path.dirname(values.json), { recursive: true });
@@ -481,7 +482,7 @@ try {
             process.stderr.write(`${mname} ${label} trial ${trial}: ${Math.round((100 * a) / arrivals)}% of ${frames.length} ${clip || s.video ? 'frames' : 'images'}, ${tr.steps} steps, kNN@20 ${x.toFixed(2)} (floor ${floor.toFixed(2)}; by class [${kr.byClass20.join(', ')}]${s.video ? '' : `; batch slots by stream class [${uses.join(', ')}]`})\n`);
           }
         }
-        const row: Row = { ...(ds === 'cifar100' ? { dataset: ds, super20: s20 } : ds === 'folder' ? { dataset: folderName! } : {}), ...(protocol === 'edge-cifar10' || protocol === 'edge-cifar100' ? {} : { protocol, ep: values.ep }), method: mname, order: label, trial, images: frames.length, steps: tr.steps, seconds: (performance.now() - t0) / 1000, trainSeconds: (performance.now() - t0 - evalMs) / 1000, floor20: floor, knn20: k20, knn50: k50, floor20ByClass: init.byClass20, knn20ByClass, ...(s.video ? {} : { framesByClass, usesByClass }), final20: k20[3], mean20: k20.reduce((p, q) => p + q, 0) / 4, memory: memIdx.length, queries: qIdx.length, threads: Number(values.threads), gradCos: gcos, ...(clip ? { clip } : {}), ...(s.video ? { video: s.video } : {}), ...(s.idle ? { idle: s.idle.percent, idleShare, idleClasses: s.idle.classes } : {}), arrivalMs: Object.fromEntries(Object.entries(partMs).map(([k, v]) => [k, Math.round(v)])) as Row['arrivalMs'], sameClip, nnSim, bufferClasses, nnByAge, rules: { policy: rules.policy, replay: rules.replay, warmup: rules.warmup, ...(rules.strata ? { strata: rules.strata } : {}) } };
+        const row: Row = { ...(ds === 'cifar100' ? { dataset: ds, super20: s20 } : ds === 'folder' ? { dataset: folderName! } : {}), ...(protocol === 'edge-cifar10' || protocol === 'edge-cifar100' ? {} : { protocol, ep: values.ep }), method: mname, order: label, trial, images: frames.length, steps: tr.steps, seconds: (performance.now() - t0) / 1000, trainSeconds: (performance.now() - t0 - evalMs) / 1000, floor20: floor, knn20: k20, knn50: k50, floor20ByClass: init.byClass20, knn20ByClass, ...(s.video ? {} : { framesByClass, usesByClass }), final20: k20[3], mean20: k20.reduce((p, q) => p + q, 0) / 4, memory: memIdx.length, queries: qIdx.length, threads: Number(values.threads), gradCos: gcos, ...(clip ? { clip } : {}), ...(s.video ? { video: s.video } : {}), ...(s.idle ? { idle: s.idle.percent, idleShare, idleClasses: s.idle.classes } : {}), arrivalMs: Object.fromEntries(Object.entries(partMs).map(([k, v]) => [k, Math.round(v)])) as Row['arrivalMs'], sameClip, nnSim, bufferClasses, nnByAge, rules: { policy: rules.policy, replay: rules.replay, warmup: rules.warmup, ...(rules.strata ? { strata: rules.strata } : {}), ...(SPAN_POLICIES.includes(rules.policy) ? { grid: true } : {}) } };
         rows.push(row);
         appendFileSync(values.json, JSON.stringify(row) + '\n');
         await tr.close();

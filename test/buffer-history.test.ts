@@ -173,3 +173,20 @@ test("a class-incremental stream with no class structure in the features: the pa
   assert.ok(ours.every((n) => n >= 1), `ours' buffer lost a class: ${ours}`);
   assert.equal(ours.reduce((p, q) => p + q, 0), 12);
 });
+
+test('the spans of a long stream keep every part of it (40,000 positions, 256 entries, 32 per arrival)', async () => {
+  // strata-random isolates the spans from the features: a uniform draw within the densest span. Spans cut
+  // as 16 equal parts of the stream so far drifted with every arrival and left 132 entries in the first
+  // tenth, 117 in the last and 7 in between; spans on a fixed grid keep each tenth near its share (25.6).
+  const b = new ReplayBuffer({ capacity: 256, policy: 'strata-random', alpha: 0.5, strata: 16 });
+  const rng = new Rng(3);
+  const T = 40_000;
+  const image = new Uint8Array(1);
+  for (let t = 0; t < T; t += 32) {
+    b.add(Array.from({ length: 32 }, (_, j) => ({ key: String(t + j), image })));
+    await b.shrink(rng);
+  }
+  const tenths = classHistogram(b.entries, (k) => Math.floor((Number(k) * 10) / T), 10);
+  assert.equal(b.size, 256);
+  assert.ok(tenths.every((n) => n >= 0.5 * 25.6), `a tenth of the stream under half its share: ${tenths}`);
+});

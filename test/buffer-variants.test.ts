@@ -30,22 +30,26 @@ test("diverse (the paper's rule) takes both removals from the crowded old entrie
 });
 
 test('diverse-strata: each removal from the most crowded span of the stream, its most redundant entry', async () => {
-  // Two spans of the six positions: a0-a2 and b3-b5, three entries each. The tie goes to the newer
-  // span, whose most redundant entry is b3 or b4 (cos 0.5 to each other; b3 the earlier); then the old
-  // span holds more and gives up a0 (its pair with a1 is the closest in the buffer).
+  // strata 2: spans of 2 positions (the smallest power of two giving at most 4 spans): a0-a1 | a2-b3 |
+  // b4-b5, two entries each. All tie, and so do their pairs (a0-b3: 4 in 4 positions; b4-b5: 2 in 2):
+  // the newest span goes first, its most redundant entry b4 (cos 0.5 to b3, above b5's 0.07). Then
+  // a0-a1 and a2-b3 tie (2 in 2) above b5 (1 in 2), and within one pair: the newer, a2-b3, gives up a2
+  // (cos 0.97 to a1).
   const b = await six('diverse-strata', 2);
-  assert.deepEqual(keys(await b.shrink(new Rng(1))), ['b3', 'a0']);
-  assert.deepEqual(keys(b.entries), ['a1', 'a2', 'b4', 'b5']);
-  // Two left in each span: the newer gives up b4 (nearest now a1 at 0.086, above b5's 0.07).
+  assert.deepEqual(keys(await b.shrink(new Rng(1))), ['b4', 'a2']);
+  assert.deepEqual(keys(b.entries), ['a0', 'a1', 'b3', 'b5']);
+  // a0-a1 is now the densest span: a0 and a1 are each other's nearest, a0 the earlier.
   b.cfg.capacity = 3;
-  assert.deepEqual(keys(await b.shrink(new Rng(1))), ['b4']);
-  // One span: the paper's rule exactly.
+  assert.deepEqual(keys(await b.shrink(new Rng(1))), ['a0']);
+  // strata 1: spans of 4, a0-b3 (4 in 4) | b4-b5 (2 in 2): the tie to the newer (b4), then a0 (its pair
+  // with a1 the closest in the buffer).
   const one = await six('diverse-strata', 1);
-  assert.deepEqual(keys(await one.shrink(new Rng(1))), ['a0', 'a1']);
-  // Eight spans by default: with six positions each entry is a span of its own (counts tie at 1), so
-  // the newest goes first whatever the features.
+  assert.deepEqual(keys(await one.shrink(new Rng(1))), ['b4', 'a0']);
+  // Eight spans by default: with six positions each entry is a span of its own and every level ties,
+  // so the newest goes first whatever the features (b5); then the pair b4-b5 holds 1 in 2 against the
+  // others' 2 in 2, and the first four positions give up their newest, b3.
   const dflt = await six('diverse-strata');
-  assert.deepEqual(keys(await dflt.shrink(new Rng(1))), ['b5', 'b4']);
+  assert.deepEqual(keys(await dflt.shrink(new Rng(1))), ['b5', 'b3']);
 });
 
 test('diverse-strata: oldest first while fewer than 2n entries are seen', async () => {
@@ -74,9 +78,9 @@ test("diverse-fresh: ranks the features the model gives now, never the stored on
 });
 
 test('diverse-refresh and diverse-strata-refresh (issue #31): rank the embeddings the model gives now, asked for as embeddings', async () => {
-  // The same current view as above: the paper's rule on it drops b4 then b3; within spans of 2 (strata),
-  // the newer span goes first on a tie (3 entries each), so b4, then the older span's most redundant by
-  // the current view (a0-a2 are apart: cos 0.6 of a0 to b3 is the largest), a0.
+  // The same current view as above: the paper's rule on it drops b4 then b3; with strata 2 (spans a0-a1 |
+  // a2-b3 | b4-b5, all tied) the newest span goes first, b4 (b4-b5 the closest pair), then of the tied
+  // a0-a1 and a2-b3 the newer gives up its most redundant by the current view, b3 (cos 0.78 to b5).
   const now: Record<string, number[]> = { a0: [1, 0, 0, 0], a1: [0, 1, 0, 0], a2: [0, 0, 1, 0], b3: [0.6, 0, 0, 0.8], b4: [0, 0, -0.2, 1], b5: [0, 0, -0.21, 1] };
   const asked: string[] = [];
   const features = async (es: Entry[], space?: 'features' | 'embedding') => {
@@ -84,15 +88,15 @@ test('diverse-refresh and diverse-strata-refresh (issue #31): rank the embedding
     return flat(es.map((e) => now[e.key].map((x) => 3 * x)));
   };
   assert.deepEqual(keys(await (await six('diverse-refresh')).shrink(new Rng(1), features)), ['b4', 'b3']);
-  assert.deepEqual(keys(await (await six('diverse-strata-refresh', 2)).shrink(new Rng(1), features)), ['b4', 'a0']);
+  assert.deepEqual(keys(await (await six('diverse-strata-refresh', 2)).shrink(new Rng(1), features)), ['b4', 'b3']);
   assert.deepEqual(asked, ['embedding', 'embedding']);
   await assert.rejects((await six('diverse-strata-refresh')).shrink(new Rng(1)), /diverse-strata-refresh: shrinking needs the entries' embeddings/);
 });
 
 test('diverse-span-refresh (issue #31): embeds only the spans that give up entries, ranks each entry within its span', async () => {
-  // Spans of 2: a0-a2 | b3-b5. The newer span first on the tie: within it b4-b5 are the closest pair (b4,
-  // the earlier, goes); then the older span, where the current view has a0-a2 all apart (cos 0 within
-  // the span): a0 on the tie.
+  // strata 2: spans a0-a1 | a2-b3 | b4-b5. The newest first on the tie: within it b4-b5 are the closest
+  // pair (b4, the earlier, goes); then the newer of the tied a0-a1 and a2-b3, where the current view has
+  // a2 and b3 apart (cos 0): a2, the earlier.
   const now: Record<string, number[]> = { a0: [1, 0, 0, 0], a1: [0, 1, 0, 0], a2: [0, 0, 1, 0], b3: [0.6, 0, 0, 0.8], b4: [0, 0, -0.2, 1], b5: [0, 0, -0.21, 1] };
   const asked: string[][] = [];
   const features = async (es: Entry[], space?: 'features' | 'embedding') => {
@@ -100,9 +104,9 @@ test('diverse-span-refresh (issue #31): embeds only the spans that give up entri
     return flat(es.map((e) => now[e.key]));
   };
   const b = await six('diverse-span-refresh', 2);
-  assert.deepEqual(keys(await b.shrink(new Rng(1), features)), ['b4', 'a0']);
-  assert.deepEqual(asked, [['embedding', 'b3', 'b4', 'b5'], ['embedding', 'a0', 'a1', 'a2']]);
-  assert.deepEqual(keys(b.entries), ['a1', 'a2', 'b3', 'b5']);
+  assert.deepEqual(keys(await b.shrink(new Rng(1), features)), ['b4', 'a2']);
+  assert.deepEqual(asked, [['embedding', 'b4', 'b5'], ['embedding', 'a2', 'b3']]);
+  assert.deepEqual(keys(b.entries), ['a0', 'a1', 'b3', 'b5']);
 });
 
 test('diverse-fresh: oldest first, no features asked, while fewer than 2n entries are seen', async () => {
@@ -137,15 +141,15 @@ test('diverse-reservoir: new entries admitted with probability M / t, the evicti
 });
 
 test('diverse-strata-fresh: the spans of diverse-strata, the nearest neighbours of the current backbone features', async () => {
-  // Spans a0-a2 and b3-b5 tie; in the newer one the current features make b4, b5 near copies: b4 goes
-  // (diverse-strata on the stored features takes b3). Then the older span gives up a0 (cos 0.6 to b3).
+  // Spans a0-a1 | a2-b3 | b4-b5 tie; in the newest the current features make b4, b5 near copies: b4 goes.
+  // Then the newer of the tied a0-a1 and a2-b3 gives up b3 (cos 0.78 to b5; a2 is apart from all).
   const now: Record<string, number[]> = { a0: [1, 0, 0, 0], a1: [0, 1, 0, 0], a2: [0, 0, 1, 0], b3: [0.6, 0, 0, 0.8], b4: [0, 0, -0.2, 1], b5: [0, 0, -0.21, 1] };
   const features = async (es: Entry[]) => flat(es.map((e) => now[e.key]));
   const b = await six('diverse-strata-fresh', 2);
-  assert.deepEqual(keys(await b.shrink(new Rng(1), features)), ['b4', 'a0']);
-  // One more: two per span, the newer gives up b3 (its neighbour b5 at 0.78).
+  assert.deepEqual(keys(await b.shrink(new Rng(1), features)), ['b4', 'b3']);
+  // One more: a0-a1 is the densest span, its entries all apart by the current view: a0, the earlier.
   b.cfg.capacity = 3;
-  assert.deepEqual(keys(await b.shrink(new Rng(1), features)), ['b3']);
+  assert.deepEqual(keys(await b.shrink(new Rng(1), features)), ['a0']);
   // The buffer's own index (stored features) lost the removed entries too: its mean nearest-neighbour
   // similarity is that of a1, a2, b5 alone.
   const dot = (u: Float32Array, v: Float32Array) => u.reduce((acc, x, k) => acc + x * v[k], 0);
@@ -156,15 +160,16 @@ test('diverse-strata-fresh: the spans of diverse-strata, the nearest neighbours 
 });
 
 test('strata-random: the spans of diverse-strata, a uniform draw within, no features read', async () => {
-  // Draws fixed by hand (index into the span's entries in buffer order): the spans tie, the newer gives
-  // up its third (b5); then the older, holding more, its second (a1). No entry has been seen.
+  // Draws fixed by hand (index into the span's entries in buffer order). strata 2: spans a0-a1 | a2-b3 |
+  // b4-b5 tie, the newest gives up its second (b5); then the newer of the tied a0-a1 and a2-b3 its first
+  // (a2). No entry has been seen.
   const draws: number[] = [];
-  const rng = { int: (k: number) => (draws.push(k), draws.length === 1 ? 2 : 1) } as unknown as Rng;
+  const rng = { int: (k: number) => (draws.push(k), draws.length === 1 ? 1 : 0) } as unknown as Rng;
   const b = new ReplayBuffer({ capacity: 4, policy: 'strata-random', alpha: 0.5, strata: 2 });
   b.add([0, 1, 2].map((i) => ({ key: `a${i}`, image: img(i) })));
   b.add([3, 4, 5].map((i) => ({ key: `b${i}`, image: img(i) })));
-  assert.deepEqual(keys(await b.shrink(rng)), ['b5', 'a1']);
-  assert.deepEqual(draws, [3, 3]);
+  assert.deepEqual(keys(await b.shrink(rng)), ['b5', 'a2']);
+  assert.deepEqual(draws, [2, 2]);
 });
 
 test('diverse-reservoir-fresh: reservoir admission, the evictions by the current backbone features', async () => {

@@ -16,9 +16,10 @@ import { crowding, CROWD_K } from './crowding.ts';
 // Issue #15's variants of the redundancy rule (the paper's `diverse` is unchanged):
 // `diverse-fresh` ranks redundancy on the backbone features of every entry under the current model
 // (as psa reads them), recomputed at each shrink, instead of the stored z*; `diverse-strata` keeps the
-// buffer spread over the stream's past like a reservoir: the stream seen so far is cut into `strata`
-// equal spans of arrival positions, each removal is taken from the span holding the most entries, and
-// within it the redundancy rule picks (the entry whose nearest neighbour in the buffer is most similar);
+// buffer spread over the stream's past like a reservoir: the stream seen so far is cut into spans of
+// arrival positions on a fixed grid (`strata` to 2 x `strata` equal spans, spanGrid), each removal is
+// taken from the densest span (entries per position), and within it the redundancy rule picks (the
+// entry whose nearest neighbour in the buffer is most similar);
 // `diverse-reservoir` admits each new entry as the reservoir does (kept with probability M / t, t its
 // stream position) and takes the evictions the admitted ones need by the redundancy rule instead of
 // uniformly: the reservoir's spread over the stream, without its near-duplicates; `diverse-strata-fresh`
@@ -50,6 +51,8 @@ export type BufferPolicy = 'diverse' | 'minred' | 'reservoir' | 'fifo' | 'psa' |
 export const BUFFER_POLICIES: BufferPolicy[] = ['diverse', 'minred', 'reservoir', 'fifo', 'psa', 'diverse-fresh', 'diverse-strata', 'diverse-reservoir', 'diverse-strata-fresh', 'strata-random', 'diverse-reservoir-fresh', 'diverse-strata-refresh', 'diverse-refresh', 'diverse-span-refresh', 'diverse-strata-rolling', 'diverse-strata-crowd', 'oracle-clip'];
 /** Ours' buffer policy (agent/methods.ts, the learner's default). */
 export const OURS_POLICY: BufferPolicy = 'diverse-strata-rolling';
+/** The policies that balance the buffer over spans of the stream (spanGrid). */
+export const SPAN_POLICIES: readonly BufferPolicy[] = ['diverse-strata', 'diverse-strata-fresh', 'strata-random', 'diverse-strata-refresh', 'diverse-span-refresh', 'diverse-strata-rolling', 'diverse-strata-crowd'];
 /** The source of a key: what comes before the first '.' ('123.4' -> '123'; '123' -> '123'): a clip's frames are 'source.frame'. */
 export const sourceOf = (key: string) => key.split('.')[0];
 /** Spans of the stream `diverse-strata` balances when the config names none. */
@@ -377,11 +380,9 @@ export class ReplayBuffer {
     return nn;
   }
 
-  /** An entry's span: which of the strata equal parts of the stream so far it arrived in. */
-  private spanOf(): (e: Entry) => number {
-    const S = this.cfg.strata ?? DEFAULT_STRATA;
-    const T = this.streamCount;
-    return (e) => Math.min(S - 1, Math.floor(((e.streamIndex - 1) * S) / T));
+  /** The spans of the stream so far: a fixed grid (spanGrid). */
+  private spanOf(): SpanGrid {
+    return spanGrid(this.streamCount, this.cfg.strata ?? DEFAULT_STRATA);
   }
 
   /**
@@ -398,15 +399,15 @@ export class ReplayBuffer {
     const left = [...this.entries];
     const out: Entry[] = [];
     for (let r = 0; r < n; r++) {
-      const s = crowdedSpan(left, span, this.cfg.strata ?? DEFAULT_STRATA);
+      const s = crowdedSpan(left, span);
       let pick = -1;
       let best = -Infinity;
       if (random) {
         // strata-random: a uniform draw within the span (in buffer order).
-        const inSpan = left.flatMap((e, i) => (span(e) === s ? [i] : []));
+        const inSpan = left.flatMap((e, i) => (span.of(e) === s ? [i] : []));
         pick = inSpan[random.int(inSpan.length)];
       } else left.forEach((e, i) => {
-        if (span(e) !== s) return;
+        if (span.of(e) !== s) return;
         const v = crowd ? crowding(e.fresh!, left.flatMap((o) => (o === e ? [] : [o.fresh!])), crowd) : nn.similarity(e.id);
         if (pick < 0 || v > best || (v === best && e.streamIndex < left[pick].streamIndex)) {
           best = v;
@@ -434,11 +435,11 @@ export class ReplayBuffer {
     const local = new Map<number, NearestNeighbours>();
     const out: Entry[] = [];
     for (let r = 0; r < n; r++) {
-      const s = crowdedSpan(left, span, this.cfg.strata ?? DEFAULT_STRATA);
+      const s = crowdedSpan(left, span);
       let nn = local.get(s);
-      if (!nn) local.set(s, (nn = await this.freshIndex(features, 'embedding', left.filter((e) => span(e) === s))));
+      if (!nn) local.set(s, (nn = await this.freshIndex(features, 'embedding', left.filter((e) => span.of(e) === s))));
       // A span of one entry has no neighbour in it: that entry goes.
-      const id = nn.size > 1 ? nn.mostRedundant() : left.find((e) => span(e) === s)!.id;
+      const id = nn.size > 1 ? nn.mostRedundant() : left.find((e) => span.of(e) === s)!.id;
       const [e] = left.splice(left.findIndex((x) => x.id === id), 1);
       out.push(e);
       if (nn.has(id)) await nn.delete(id);
@@ -511,10 +512,63 @@ export class ReplayBuffer {
 }
 
 /** The span holding the most of `entries` (ties: the newest span). */
-function crowdedSpan(entries: readonly Entry[], span: (e: Entry) => number, spans: number): number {
-  const count = new Array(spans).fill(0);
-  for (const e of entries) count[span(e)]++;
-  let s = spans - 1;
-  for (let i = spans - 2; i >= 0; i--) if (count[i] > count[s]) s = i;
+/**
+ * The spans of a stream of T positions for `strata` S: equal spans of W positions, W the smallest power
+ * of two giving at most 2S spans (so S < spans <= 2S once T > 2S), the last one partly filled. W only
+ * doubles as the stream grows, so an entry's span never moves: two neighbouring spans merge into one.
+ * (Spans cut as S equal parts of the stream so far drift: each boundary moves with every arrival, and
+ * the newest span, thinned at every arrival, hands its sparse older part to the next, so the middle of a
+ * long stream starved: 40,000 positions, M = 256 left 132 entries in the first tenth, 117 in the last and
+ * 7 in between; bench/RESULTS.md, issue #31.)
+ */
+export interface SpanGrid {
+  of: (e: { streamIndex: number }) => number;
+  /** Spans, and the positions each covers so far (the last may cover fewer than the width). */
+  count: number;
+  covered: (span: number) => number;
+}
+export function spanGrid(T: number, strata: number): SpanGrid {
+  let W = 1;
+  while (Math.ceil(T / W) > 2 * strata) W *= 2;
+  return { of: (e) => Math.floor((e.streamIndex - 1) / W), count: Math.max(1, Math.ceil(T / W)), covered: (b) => Math.max(1, Math.min(W, T - b * W)) };
+}
+
+/**
+ * The densest span (entries per position covered). Ties go to the span whose pair of spans (the span it
+ * would merge into at twice the width) is denser, then its pair's pair, and so on (the newer at the
+ * end): with spans holding 0 or 1 entries (more spans than the buffer fills) a plain tie-break would
+ * always take the newest span and empty whole stretches of the stream.
+ */
+function crowdedSpan(entries: readonly Entry[], grid: SpanGrid): number {
+  const B = grid.count;
+  const levels: { count: number[]; covered: number[] }[] = [];
+  const leaf = new Array(B).fill(0);
+  for (const e of entries) leaf[grid.of(e)]++;
+  levels.push({ count: leaf, covered: Array.from({ length: B }, (_, b) => grid.covered(b)) });
+  while (levels[levels.length - 1].count.length > 1) {
+    const below = levels[levels.length - 1];
+    const n = Math.ceil(below.count.length / 2);
+    const count = new Array(n).fill(0);
+    const covered = new Array(n).fill(0);
+    below.count.forEach((c, i) => {
+      count[i >> 1] += c;
+      covered[i >> 1] += below.covered[i];
+    });
+    levels.push({ count, covered });
+  }
+  // Is span i denser than span s, level by level? (count / covered, compared in integers)
+  const denser = (i: number, s: number): boolean => {
+    for (let L = 0; L < levels.length; L++) {
+      const a = i >> L;
+      const b = s >> L;
+      if (a === b) return false;
+      const { count, covered } = levels[L];
+      const d = count[a] * covered[b] - count[b] * covered[a];
+      if (d !== 0) return d > 0;
+    }
+    return false;
+  };
+  let s = B - 1;
+  for (let i = B - 2; i >= 0; i--) if (denser(i, s)) s = i;
   return s;
 }
