@@ -62,10 +62,6 @@ const list: Method[] = [
   // Issue #15's buffer settings at equal compute: the rule against a FIFO, MinRed's timing of the same
   // rule, and no buffer at all.
   { name: 'ours-fifo', describe: 'ours with a FIFO buffer (the newest M images)', ...OURS, buffer: 'fifo' },
-  // Issue #31, static camera: the same buffers with every minibatch drawn from the buffer alone (the paper's text), so a buffer's mix is its batches' mix.
-  { name: 'ours-reservoir-buffer-replay', describe: 'ours-reservoir with every minibatch drawn from the whole buffer', ...OURS, buffer: 'reservoir', replay: 'buffer' },
-  { name: 'ours-fifo-buffer-replay', describe: 'ours-fifo with every minibatch drawn from the whole buffer', ...OURS, buffer: 'fifo', replay: 'buffer' },
-  { name: 'ours-oracle-buffer-replay', describe: 'ours-oracle with every minibatch drawn from the whole buffer', ...OURS, buffer: 'oracle-clip', replay: 'buffer' },
   { name: 'ours-minred-buffer', describe: "ours with MinRed's buffer timing: the redundancy rule applied before the steps", ...OURS, buffer: 'minred' },
   // Issue #15's variants of the rule (ours keeps the paper's).
   { name: 'ours-fresh', describe: "ours with redundancy ranked on every entry's backbone features under the current model, recomputed at each shrink", ...OURS, buffer: 'diverse-fresh' },
