@@ -30,7 +30,7 @@ const SEQ_IM = [2048, 4096, 2048, 4096, 2048, 2048, 4096, 2048, 2048, 4096];
 test('bench --plan: stream sizes, presets and one budget (updates x crops) per protocol; done rows marked', { skip }, () => {
   const json = path.join(root, 'plan.jsonl');
   // An older edge row (no protocol field) for ours/seq/trial 1, under ours' rules: done for edge-cifar10 only.
-  writeFileSync(json, JSON.stringify({ method: 'ours', order: 'seq', trial: 1, images: 4500, steps: 1, seconds: 1, floor20: 1, knn20: [1, 1, 1, 1], knn50: [1, 1, 1, 1], final20: 1, mean20: 1, rules: { policy: METHODS.ours.buffer, replay: 'mixed', warmup: 'none', ...(METHODS.ours.strata ? { strata: METHODS.ours.strata } : {}) } }) + '\n');
+  writeFileSync(json, JSON.stringify({ method: 'ours', order: 'seq', trial: 1, images: 4500, steps: 1, seconds: 1, floor20: 1, knn20: [1, 1, 1, 1], knn50: [1, 1, 1, 1], final20: 1, mean20: 1, rules: { policy: METHODS.ours.buffer, replay: 'mixed', warmup: 'none', ...(METHODS.ours.strata ? { strata: METHODS.ours.strata } : {}), grid: true } }) + '\n');
   const expect: Record<string, { perClass: number; b: number; k: number; scale: string }> = {
     'edge-cifar10': { perClass: 450, b: 32, k: 2, scale: 'edge' },
     'gpu-cifar10': { perClass: 1000, b: 100, k: 1, scale: 'paper' },
