@@ -12,7 +12,7 @@
 
 import * as ort from 'onnxruntime-node';
 import protobuf from 'protobufjs';
-import { writeFileSync, mkdirSync } from 'node:fs';
+import { readFileSync, writeFileSync, mkdirSync } from 'node:fs';
 import path from 'node:path';
 import { protobufJsonSchema } from '../core/onnx/schema.ts';
 import { benchArgs } from './args.ts';
@@ -26,7 +26,7 @@ const values = benchArgs(import.meta.url, {
 });
 const fail = (m: string): never => { process.stderr.write(`bench/nchwc-conv: ${m}\n`); process.exit(2); };
 let cpuinfo = '';
-try { cpuinfo = (await import('node:fs')).readFileSync('/proc/cpuinfo', 'utf8'); } catch { /* not Linux */ }
+try { cpuinfo = readFileSync('/proc/cpuinfo', 'utf8'); } catch { /* not Linux */ }
 const B = values.block ? Number(values.block) : / avx512f/.test(cpuinfo) ? 16 : 8;
 if (![8, 16].includes(B)) fail(`--block ${values.block}: 8 or 16`);
 const runs = Number(values.runs);

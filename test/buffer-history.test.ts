@@ -176,8 +176,8 @@ test("a class-incremental stream with no class structure in the features: the pa
 
 test('the spans of a long stream keep every part of it (40,000 positions, 256 entries, 32 per arrival)', async () => {
   // strata-random isolates the spans from the features: a uniform draw within the densest span. Spans cut
-  // as 16 equal parts of the stream so far drifted with every arrival and left 132 entries in the first
-  // tenth, 117 in the last and 7 in between; spans on a fixed grid keep each tenth near its share (25.6).
+  // as 16 equal parts of the stream so far drifted with every arrival and left 126 entries in the first
+  // tenth, 117 in the last and 13 in between; spans on a fixed grid keep each tenth near its share (25.6).
   const b = new ReplayBuffer({ capacity: 256, policy: 'strata-random', alpha: 0.5, strata: 16 });
   const rng = new Rng(3);
   const T = 40_000;

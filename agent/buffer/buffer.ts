@@ -511,15 +511,14 @@ export class ReplayBuffer {
   }
 }
 
-/** The span holding the most of `entries` (ties: the newest span). */
 /**
  * The spans of a stream of T positions for `strata` S: equal spans of W positions, W the smallest power
  * of two giving at most 2S spans (so S < spans <= 2S once T > 2S), the last one partly filled. W only
  * doubles as the stream grows, so an entry's span never moves: two neighbouring spans merge into one.
  * (Spans cut as S equal parts of the stream so far drift: each boundary moves with every arrival, and
  * the newest span, thinned at every arrival, hands its sparse older part to the next, so the middle of a
- * long stream starved: 40,000 positions, M = 256 left 132 entries in the first tenth, 117 in the last and
- * 7 in between; bench/RESULTS.md, issue #31.)
+ * long stream starved: 40,000 positions, M = 256 left 126 entries in the first tenth, 117 in the last and
+ * 13 in between; bench/RESULTS.md, issue #31.)
  */
 export interface SpanGrid {
   of: (e: { streamIndex: number }) => number;
