@@ -47,6 +47,8 @@ const list: Method[] = [
     name: 'ours-paper-eq', describe: "ours with the paper's eq. 1 in place of the code's MCC",
     ...OURS, edge: { preset: 'edge', sets: [MCC_PAPER_EDGE] }, paper: { preset: 'paper-cifar', sets: [MCC_PAPER_PAPER] },
   },
+  // Issue #31, static camera: the arrival's near-duplicates give their fixed batch slots to replay.
+  { name: 'ours-novel', describe: "ours with only the arrival's novel images (not near-duplicates of a held entry or of each other) in each batch's fixed slots, the rest replayed", ...OURS, strata: OURS_STRATA, replay: 'novel' },
   { name: 'ours-buffer-replay', describe: 'ours with every minibatch drawn from the whole buffer (the paper\'s text)', ...OURS, strata: OURS_STRATA, replay: 'buffer' },
   { name: 'ours-refresh', describe: "ours with the paper's rule (no spans of the stream) on every entry's embedding recomputed in one batch before each removal round", ...OURS, buffer: 'diverse-refresh' },
   { name: 'ours-refresh-all', describe: "ours embedding every entry in one batch before each removal round (ours' buffer before the rolling refresh)", ...OURS, buffer: 'diverse-strata-refresh' },

@@ -246,6 +246,8 @@ interface Row {
   idleShare?: number[];
   /** Static-camera streams: the idle scenes' stream classes (the order's first 3); absent in older rows. */
   idleClasses?: number[];
+  /** `novel` replay: per stream class, the arrival frames that took a batch's fixed slots (novel), over the run; absent under the other rules. */
+  novelByClass?: number[];
   /** The learner's own milliseconds by part over the run's arrivals (ArrivalReport.ms; the buffer's includes its feature refreshes); absent in older rows. */
   arrivalMs?: { augment: number; train: number; buffer: number };
   /** The method's learner rules the run was made under (agent/methods.ts); absent in older rows. */
@@ -445,6 +447,7 @@ try {
         }
         countFrames(frames.slice(arrivals * newPer).map(s.item));
         const partMs = { augment: 0, train: 0, buffer: 0 };
+        const novelByClass = rules.replay === 'novel' && !s.video ? new Array<number>(streamClasses).fill(0) : null;
         const t0 = performance.now();
         let evalMs = 0;
         for (let a = 1; a <= arrivals; a++) {
@@ -454,6 +457,7 @@ try {
           partMs.augment += rep.ms.augment;
           partMs.train += rep.ms.train;
           partMs.buffer += rep.ms.buffer;
+          if (novelByClass) for (const e of rep.novel ?? []) novelByClass[classOf(e.key)]++;
           for (const st of rep.steps) gcos.push(st.gradCos === null ? null : Number(st.gradCos.toFixed(4)));
           if (marks.includes(a)) {
             const te = performance.now();
@@ -482,7 +486,7 @@ try {
             process.stderr.write(`${mname} ${label} trial ${trial}: ${Math.round((100 * a) / arrivals)}% of ${frames.length} ${clip || s.video ? 'frames' : 'images'}, ${tr.steps} steps, kNN@20 ${x.toFixed(2)} (floor ${floor.toFixed(2)}; by class [${kr.byClass20.join(', ')}]${s.video ? '' : `; batch slots by stream class [${uses.join(', ')}]`})\n`);
           }
         }
-        const row: Row = { ...(ds === 'cifar100' ? { dataset: ds, super20: s20 } : ds === 'folder' ? { dataset: folderName! } : {}), ...(protocol === 'edge-cifar10' || protocol === 'edge-cifar100' ? {} : { protocol, ep: values.ep }), method: mname, order: label, trial, images: frames.length, steps: tr.steps, seconds: (performance.now() - t0) / 1000, trainSeconds: (performance.now() - t0 - evalMs) / 1000, floor20: floor, knn20: k20, knn50: k50, floor20ByClass: init.byClass20, knn20ByClass, ...(s.video ? {} : { framesByClass, usesByClass }), final20: k20[3], mean20: k20.reduce((p, q) => p + q, 0) / 4, memory: memIdx.length, queries: qIdx.length, threads: Number(values.threads), gradCos: gcos, ...(clip ? { clip } : {}), ...(s.video ? { video: s.video } : {}), ...(s.idle ? { idle: s.idle.percent, idleShare, idleClasses: s.idle.classes } : {}), arrivalMs: Object.fromEntries(Object.entries(partMs).map(([k, v]) => [k, Math.round(v)])) as Row['arrivalMs'], sameClip, nnSim, bufferClasses, nnByAge, rules: { policy: rules.policy, replay: rules.replay, warmup: rules.warmup, ...(rules.strata ? { strata: rules.strata } : {}), ...(SPAN_POLICIES.includes(rules.policy) ? { grid: true } : {}) } };
+        const row: Row = { ...(ds === 'cifar100' ? { dataset: ds, super20: s20 } : ds === 'folder' ? { dataset: folderName! } : {}), ...(protocol === 'edge-cifar10' || protocol === 'edge-cifar100' ? {} : { protocol, ep: values.ep }), method: mname, order: label, trial, images: frames.length, steps: tr.steps, seconds: (performance.now() - t0) / 1000, trainSeconds: (performance.now() - t0 - evalMs) / 1000, floor20: floor, knn20: k20, knn50: k50, floor20ByClass: init.byClass20, knn20ByClass, ...(s.video ? {} : { framesByClass, usesByClass }), ...(novelByClass ? { novelByClass } : {}), final20: k20[3], mean20: k20.reduce((p, q) => p + q, 0) / 4, memory: memIdx.length, queries: qIdx.length, threads: Number(values.threads), gradCos: gcos, ...(clip ? { clip } : {}), ...(s.video ? { video: s.video } : {}), ...(s.idle ? { idle: s.idle.percent, idleShare, idleClasses: s.idle.classes } : {}), arrivalMs: Object.fromEntries(Object.entries(partMs).map(([k, v]) => [k, Math.round(v)])) as Row['arrivalMs'], sameClip, nnSim, bufferClasses, nnByAge, rules: { policy: rules.policy, replay: rules.replay, warmup: rules.warmup, ...(rules.strata ? { strata: rules.strata } : {}), ...(SPAN_POLICIES.includes(rules.policy) ? { grid: true } : {}) } };
         rows.push(row);
         appendFileSync(values.json, JSON.stringify(row) + '\n');
         await tr.close();

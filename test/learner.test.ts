@@ -161,3 +161,62 @@ test("'minred' buffer: the redundancy rule cuts the buffer before the arrival's 
   const diverse = await run('diverse');
   assert.deepEqual(diverse.sizes, new Array(10).fill(8));
 });
+
+// Issue #31, `novel` replay. The fake embedding of an image is the unit vector at the angle (degrees)
+// its pixels hold (0-255): 5 degrees apart is a near-duplicate (cosine 0.996), 30 or more is not (0.866).
+const angleItems = (tag: string, angles: number[]) => angles.map((a, i) => ({ key: `${tag}${i}`, image: new Uint8Array(3 * SIZE * SIZE).fill(a) }));
+const unit = (deg: number) => Float32Array.of(Math.cos((deg * Math.PI) / 180), Math.sin((deg * Math.PI) / 180), 0);
+function withEmbed(t: ReturnType<typeof makeLearner>) {
+  const per = 3 * SIZE * SIZE;
+  (t.trainer as unknown as { embed: Trainer['embed'] }).embed = async (x: Float32Array, n: number) => {
+    const embedding = new Float32Array(n * D);
+    for (let j = 0; j < n; j++) embedding.set(unit(Math.round(x[j * per] * 255)), j * D);
+    return { features: embedding.slice(), embedding };
+  };
+  return t;
+}
+
+test("novel replay: only the arrival's images that are no near-duplicate of a held row or of an earlier image of the arrival take the fixed slots", async () => {
+  const t = withEmbed(makeLearner('novel', 5));
+  const { learner, batches } = t;
+  await learner.arrive(angleItems('held', [0, 40, 80, 120]));
+  // Rows as the rolling policies keep them (this test's 'diverse' buffer keeps none of its own).
+  for (const e of learner.buffer.entries) e.fresh = unit(e.image[0]);
+  batches.length = 0;
+  const before = new Set(learner.buffer.entries.map((e) => e.id));
+  // 200 is new; 205 repeats it within the arrival; 42 repeats the held 40; 250 is new.
+  const r = await learner.arrive(angleItems('new', [200, 205, 42, 250]));
+  const ids = newIds(learner, before);
+  assert.deepEqual(r.novel!.map((e) => e.id), [ids[0], ids[3]]);
+  assert.equal(batches.length, 5);
+  for (const [k, b] of batches.entries()) {
+    assert.deepEqual(b.slice(0, 2), [ids[0], ids[3]], `step ${k}: the novel images first`);
+    assert.equal(new Set(b).size, B, `step ${k}: duplicate entries in the batch ${b}`);
+    assert.ok(b.slice(2).every((id) => id !== ids[0] && id !== ids[3]), `step ${k}: a novel image replayed again`);
+  }
+  // The near-duplicates stay in the buffer and are drawn like any held entry.
+  assert.ok(batches.some((b) => b.slice(2).some((id) => id === ids[1] || id === ids[2])), 'a near-duplicate of the arrival never drawn in 5 steps');
+  // Under mixed the same arrival takes every fixed slot.
+  const m = withEmbed(makeLearner('mixed', 5));
+  await m.learner.arrive(angleItems('held', [0, 40, 80, 120]));
+  m.batches.length = 0;
+  const mb = new Set(m.learner.buffer.entries.map((e) => e.id));
+  const mr = await m.learner.arrive(angleItems('new', [200, 205, 42, 250]));
+  assert.equal(mr.novel, undefined);
+  for (const b of m.batches) assert.deepEqual(b, newIds(m.learner, mb));
+});
+
+test('novel replay: where every image is novel the batches are mixed replay\'s, draw for draw', async () => {
+  const runs = await Promise.all((['mixed', 'novel'] as const).map(async (replay) => {
+    const t = withEmbed(makeLearner(replay, 3));
+    // 30 degrees apart: cosine 0.866, under the threshold (angles stay under 256, a pixel's range).
+    await t.learner.arrive(angleItems('a', [0, 30, 60]));
+    await t.learner.arrive(angleItems('b', [90, 120]));
+    for (const e of t.learner.buffer.entries) e.fresh = unit(e.image[0]);
+    await t.learner.arrive(angleItems('c', [150, 180]));
+    await t.learner.arrive(angleItems('d', [210, 240]));
+    return t.batches;
+  }));
+  assert.equal(runs[0].length, 9);
+  assert.deepEqual(runs[1], runs[0]);
+});

@@ -10,7 +10,24 @@ import { multiCrop, sampleCropPacked, CIFAR_AUGMENT, type AugmentConfig } from '
 import { CROP_PARAM_COUNT } from '../../core/crop-params.ts';
 import type { FusedBatch, StepResult, Trainer } from './trainer.ts';
 
-export type Replay = 'mixed' | 'buffer';
+/**
+ * `mixed`: each step's batch is this arrival's images plus replayed ones. `buffer`: each minibatch drawn
+ * from the whole buffer. `novel` (issue #31, the static camera): as mixed, but only the arrival's images
+ * that are not near-duplicates (NOVEL_COSINE) of an entry the buffer already holds or of an earlier image
+ * of the same arrival take the batch's fixed slots; the slots of the rest go to replay draws (which may
+ * still draw them: they are in the buffer). A camera's 32 frames of one idle view then train as one, not
+ * as 32 correlated copies, and where every image is new (a data set stream) it is mixed, draw for draw.
+ */
+export type Replay = 'mixed' | 'buffer' | 'novel';
+export const REPLAYS: readonly Replay[] = ['mixed', 'buffer', 'novel'];
+
+/**
+ * `novel` replay: an arrival's image is a near-duplicate when the cosine of its embedding to the nearest
+ * held row (or earlier image of the arrival) reaches this. Measured (bench/RESULTS.md, issue #31): the
+ * nearest-neighbour cosine between distinct CIFAR images in the buffer is 0.52-0.84 over a run, between
+ * frames of one clip or idle view 0.89-0.999.
+ */
+export const NOVEL_COSINE = 0.9;
 /**
  * `fill`: no training step while the buffer, with the arrival added, holds fewer than its capacity
  * (MinRed: nothing is trained until the buffer first fills). Decided from the buffer alone, so a run
@@ -40,6 +57,8 @@ export interface ArrivalReport {
   removed: Entry[];
   /** Wall time by part; `overlapped` is augmentation done while a step ran (inside `train`). */
   ms: { augment: number; overlapped: number; train: number; buffer: number };
+  /** `novel` replay: the arrival's images that took the batch's fixed slots (absent under the other rules, or with no step to compose). */
+  novel?: Entry[];
 }
 
 export class Learner {
@@ -80,7 +99,7 @@ export class Learner {
   private compose(fresh: Entry[]): Entry[] | null {
     const b = this.batchSize;
     if (this.cfg.replay === 'buffer') return this.buffer.size >= b ? this.buffer.sample(this.rng, b) : null;
-    // mixed: this arrival's images plus replayed ones drawn from the rest of the buffer.
+    // mixed (and novel, with `fresh` its novel images): this arrival's images plus replayed ones drawn from the rest of the buffer.
     const replay = b - fresh.length;
     if (replay < 0) throw new Error(`arrival of ${fresh.length} images exceeds the step's batch of ${b}`);
     if (this.buffer.size - fresh.length < replay) return null;
@@ -90,6 +109,35 @@ export class Learner {
   /** Shrinks the buffer to capacity by its policy (psa and the fresh policies read the entries through the current encoder). */
   shrink(): Promise<Entry[]> {
     return this.buffer.shrink(this.rng, async (es, space = 'features') => (await this.embedEntries(es))[space === 'embedding' ? 'embedding' : 'features']);
+  }
+
+  /**
+   * `novel` replay: the arrival's images, in stream order, that are not near-duplicates (cosine of the
+   * embeddings >= NOVEL_COSINE) of a held entry's row (the rolling policies' rows: their embeddings as of
+   * their last refresh; under policies without rows only the arrival itself is compared) or of an earlier
+   * image of the arrival, novel or not (a slow pan stays one view). One embed of the arrival's images
+   * under the current weights; it reads no random draw, so where every image is novel the run is mixed's.
+   */
+  async novelOf(fresh: Entry[]): Promise<Entry[]> {
+    if (!fresh.length) return fresh;
+    const { embedding } = await this.embedEntries(fresh);
+    const d = embedding.length / fresh.length;
+    const rows = fresh.map((_, i) => {
+      const v = embedding.slice(i * d, (i + 1) * d);
+      let s = 0;
+      for (let k = 0; k < d; k++) s += v[k] * v[k];
+      const inv = 1 / Math.sqrt(s + 1e-12);
+      for (let k = 0; k < d; k++) v[k] *= inv;
+      return v;
+    });
+    const own = new Set(fresh.map((e) => e.id));
+    const held = this.buffer.entries.flatMap((e) => (!own.has(e.id) && e.fresh && e.fresh.length === d ? [e.fresh] : []));
+    const dot = (a: Float32Array, b: Float32Array) => {
+      let s = 0;
+      for (let k = 0; k < d; k++) s += a[k] * b[k];
+      return s;
+    };
+    return fresh.filter((_, i) => !held.some((h) => dot(rows[i], h) >= NOVEL_COSINE) && !rows.slice(0, i).some((r) => dot(rows[i], r) >= NOVEL_COSINE));
   }
 
   /** Buffer entries' un-augmented images through embed.onnx under the current weights (batch-norm statistics as stored), in one batch: backbone features and embedding. */
@@ -114,8 +162,15 @@ export class Learner {
     if (this.trainer.manifest.trainStep.distill) this.trainer.snapshotPast();
     const ms = { augment: 0, overlapped: 0, train: 0, buffer: performance.now() - t0 };
     if (this.cfg.warmup === 'fill' && this.buffer.size < this.buffer.cfg.capacity) return { steps: [], trained: false, removed: early, ms };
-    const r = this.trainer.manifest.trainStep.fused ? await this.arriveFused(fresh, ms) : await this.arriveSteps(fresh, ms);
-    return early.length ? { ...r, removed: [...early, ...r.removed] } : r;
+    let fixed = fresh;
+    if (this.cfg.replay === 'novel' && this.buffer.size >= this.batchSize) {
+      const tn = performance.now();
+      fixed = await this.novelOf(fresh);
+      ms.buffer += performance.now() - tn;
+    }
+    const r = this.trainer.manifest.trainStep.fused ? await this.arriveFused(fixed, ms) : await this.arriveSteps(fixed, ms);
+    const out = fixed !== fresh ? { ...r, novel: fixed } : r;
+    return early.length ? { ...out, removed: [...early, ...out.removed] } : out;
   }
 
   /** The K steps, one graph run each, then the shrink. */
