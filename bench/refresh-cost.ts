@@ -4,7 +4,8 @@
 // turn (so load on shared cores falls on both alike); after --warmup arrivals (the buffer full and
 // shrinking) each arrival's process CPU time and wall time are summed, and the buffer's part apart.
 // CPU time is the figure to read on shared cores: it counts the work, not the waiting.
-// A policy may be given as POLICY@N: diverse-strata-rolling with each entry embedded every N arrivals.
+// A policy may be given as POLICY@N: diverse-strata-rolling with each entry embedded every N arrivals;
+// POLICY+novel trains it under the `novel` replay rule (the arrival embedded before its steps) in place of mixed.
 // Prints a table and writes JSON.
 //   node --import tsx bench/refresh-cost.ts [--arrivals 15] [--warmup 17] [--policies diverse,diverse-strata-refresh,diverse-strata-rolling@4] [--threads 1] [--json bench/out/refresh-cost.json]
 
@@ -24,7 +25,7 @@ const HERE = path.dirname(fileURLToPath(import.meta.url));
 const values = benchArgs(import.meta.url, {
   arrivals: { type: 'string', default: '15', describe: 'arrivals measured per policy' },
   warmup: { type: 'string', default: '17', describe: 'arrivals before measuring (the edge buffer of 256 fills after 16 arrivals of 16 images)' },
-  policies: { type: 'string', default: 'diverse,diverse-strata-refresh,diverse-strata-rolling', describe: 'buffer policies, comma-separated, the first the reference; POLICY@N sets the refresh interval of diverse-strata-rolling (default 4)' },
+  policies: { type: 'string', default: 'diverse,diverse-strata-refresh,diverse-strata-rolling', describe: 'buffer policies, comma-separated, the first the reference; POLICY@N sets the refresh interval of diverse-strata-rolling (default 4); POLICY+novel replays by the novel rule instead of mixed' },
   artifacts: { type: 'string', default: path.join(HERE, '../training-artifacts/edge'), describe: 'training artifacts' },
   threads: { type: 'string', default: '1', describe: 'ORT threads per session' },
   data: { type: 'string', default: path.resolve(HERE, '../../shared/data/cifar-10-batches-bin'), describe: 'CIFAR-10 binary folder' },
@@ -39,17 +40,18 @@ const arrivals = count('arrivals', values.arrivals);
 const warmup = count('warmup', values.warmup);
 const threads = count('threads', values.threads);
 const policies = values.policies.split(',').map((spec) => {
-  const [name, every] = spec.split('@') as [BufferPolicy, string | undefined];
+  const novel = spec.endsWith('+novel');
+  const [name, every] = spec.slice(0, novel ? -'+novel'.length : undefined).split('@') as [BufferPolicy, string | undefined];
   if (!BUFFER_POLICIES.includes(name)) throw new Error(`--policies ${spec}: unknown (accepted: ${BUFFER_POLICIES.join(', ')}, diverse-strata-rolling@N)`);
   if (every !== undefined && name !== 'diverse-strata-rolling') throw new Error(`--policies ${spec}: @N is diverse-strata-rolling's refresh interval`);
-  return { spec, policy: name, ...(every !== undefined ? { refreshEvery: count(`policies ${spec}: N`, every) } : {}) };
+  return { spec, novel, policy: name, ...(every !== undefined ? { refreshEvery: count(`policies ${spec}: N`, every) } : {}) };
 });
 
 const train = readCifar10(values.data, 'train');
 const runs = await Promise.all(
-  policies.map(async ({ spec, ...buffer }) => {
+  policies.map(async ({ spec, novel, ...buffer }) => {
     const tr = await Trainer.open(values.artifacts, { threads });
-    const cfg = defaultLearnerConfig(tr, { seed: 0 });
+    const cfg = defaultLearnerConfig(tr, { seed: 0, ...(novel ? { replay: 'novel' as const } : {}) });
     return { policy: spec, tr, learner: new Learner(tr, { ...cfg, buffer: { ...cfg.buffer, ...buffer } }), cpu: 0, wall: 0, buffer: 0, train: 0, embedded: 0 };
   }),
 );
