@@ -177,11 +177,11 @@ function withEmbed(t: ReturnType<typeof makeLearner>) {
 }
 
 test("novel replay: only the arrival's images that are no near-duplicate of a held row or of an earlier image of the arrival take the fixed slots", async () => {
-  const t = withEmbed(makeLearner('novel', 5));
+  const t = withEmbed(makeLearner('novel', 5, { policy: 'diverse-strata-rolling' }));
   const { learner, batches } = t;
   await learner.arrive(angleItems('held', [0, 40, 80, 120]));
-  // Rows as the rolling policies keep them (this test's 'diverse' buffer keeps none of its own).
-  for (const e of learner.buffer.entries) e.fresh = unit(e.image[0]);
+  // Rows as the rolling policy keeps them (the check made them: the buffer holds too few to shrink).
+  assert.deepEqual(learner.buffer.entries.map((e) => [...e.fresh!]), [0, 40, 80, 120].map((a) => [...unit(a)]));
   batches.length = 0;
   const before = new Set(learner.buffer.entries.map((e) => e.id));
   // 200 is new; 205 repeats it within the arrival; 42 repeats the held 40; 250 is new.
@@ -197,7 +197,7 @@ test("novel replay: only the arrival's images that are no near-duplicate of a he
   // The near-duplicates stay in the buffer and are drawn like any held entry.
   assert.ok(batches.some((b) => b.slice(2).some((id) => id === ids[1] || id === ids[2])), 'a near-duplicate of the arrival never drawn in 5 steps');
   // Under mixed the same arrival takes every fixed slot.
-  const m = withEmbed(makeLearner('mixed', 5));
+  const m = withEmbed(makeLearner('mixed', 5, { policy: 'diverse-strata-rolling' }));
   await m.learner.arrive(angleItems('held', [0, 40, 80, 120]));
   m.batches.length = 0;
   const mb = new Set(m.learner.buffer.entries.map((e) => e.id));
@@ -208,15 +208,33 @@ test("novel replay: only the arrival's images that are no near-duplicate of a he
 
 test('novel replay: where every image is novel the batches are mixed replay\'s, draw for draw', async () => {
   const runs = await Promise.all((['mixed', 'novel'] as const).map(async (replay) => {
-    const t = withEmbed(makeLearner(replay, 3));
+    const t = withEmbed(makeLearner(replay, 3, { policy: 'diverse-strata-rolling' }));
     // 30 degrees apart: cosine 0.866, under the threshold (angles stay under 256, a pixel's range).
     await t.learner.arrive(angleItems('a', [0, 30, 60]));
     await t.learner.arrive(angleItems('b', [90, 120]));
-    for (const e of t.learner.buffer.entries) e.fresh = unit(e.image[0]);
     await t.learner.arrive(angleItems('c', [150, 180]));
     await t.learner.arrive(angleItems('d', [210, 240]));
     return t.batches;
   }));
   assert.equal(runs[0].length, 9);
   assert.deepEqual(runs[1], runs[0]);
+});
+
+test("novel replay: the check's embeddings are the rolling buffer's first rows, so its shrink does not embed the arrival again", async () => {
+  const embedded = async (replay: Replay) => {
+    const t = withEmbed(makeLearner(replay, 2, { policy: 'diverse-strata-rolling', capacity: 4 }));
+    const calls: number[] = [];
+    const embed = (t.trainer as unknown as { embed: Trainer['embed'] }).embed;
+    (t.trainer as unknown as { embed: Trainer['embed'] }).embed = (x, n) => (calls.push(n), embed(x, n));
+    await t.learner.arrive(angleItems('a', [0, 40, 80, 120]));
+    calls.length = 0;
+    const r = await t.learner.arrive(angleItems('b', [160, 200]));
+    assert.equal(r.removed.length, 2, 'the shrink ran its rule');
+    assert.ok(t.learner.buffer.entries.every((e) => e.fresh), 'an entry without a row');
+    return calls;
+  };
+  // novel: the check embeds the 2 new images; every row is then current, the shrink embeds nothing.
+  assert.deepEqual(await embedded('novel'), [2]);
+  // mixed: the shrink embeds the 2 new images and the 4 that never had a row.
+  assert.deepEqual(await embedded('mixed'), [6]);
 });

@@ -95,7 +95,8 @@ export interface Entry {
   streamIndex: number;
   /**
    * diverse-strata-rolling: the entry's normalised embedding under the encoder of the removal round that
-   * last embedded it (absent until then). Replaced, never changed in place: snapshots share it.
+   * last embedded it (absent until then; under `novel` replay its first row is the one its arrival's
+   * novelty check made, before the arrival's steps). Replaced, never changed in place: snapshots share it.
    */
   fresh?: Float32Array | null;
 }
@@ -154,6 +155,11 @@ export class ReplayBuffer {
 
   get usesFeatures(): boolean {
     return ['diverse', 'minred', 'diverse-strata', 'diverse-reservoir', 'diverse-strata-fresh', 'diverse-reservoir-fresh', 'diverse-strata-refresh', 'diverse-refresh', 'diverse-span-refresh', 'diverse-strata-rolling', 'diverse-strata-crowd'].includes(this.cfg.policy);
+  }
+
+  /** The rolling policies keep each entry's row (its normalised embedding) from one removal round to the next. */
+  get keepsRows(): boolean {
+    return this.cfg.policy === 'diverse-strata-rolling' || this.cfg.policy === 'diverse-strata-crowd';
   }
 
   /** Shrink right after an arrival is added, before its training steps (MinRed), not after them. */
@@ -363,7 +369,8 @@ export class ReplayBuffer {
   private async rollingIndex(features: FeatureFn | undefined): Promise<NearestNeighbours> {
     if (!features) throw new Error(`buffer ${this.cfg.policy}: shrinking needs the entries' embeddings`);
     const every = this.cfg.refreshEvery ?? DEFAULT_REFRESH_EVERY;
-    const due = this.entries.filter((e) => !e.fresh || e.lifespan % every === 0);
+    // An entry of this arrival with a row already has it from the novel replay's check (learner.ts).
+    const due = this.entries.filter((e) => !e.fresh || (e.lifespan > 0 && e.lifespan % every === 0));
     if (due.length) {
       const f = await features(due, 'embedding');
       this.lastRefresh = { entries: due, rows: f };

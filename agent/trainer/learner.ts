@@ -16,7 +16,8 @@ import type { FusedBatch, StepResult, Trainer } from './trainer.ts';
  * that are not near-duplicates (NOVEL_COSINE) of an entry the buffer already holds or of an earlier image
  * of the same arrival take the batch's fixed slots; the slots of the rest go to replay draws (which may
  * still draw them: they are in the buffer). A camera's 32 frames of one idle view then train as one, not
- * as 32 correlated copies, and where every image is new (a data set stream) it is mixed, draw for draw.
+ * as 32 correlated copies; where every image is new (a data set stream) its batches are mixed's, draw
+ * for draw.
  */
 export type Replay = 'mixed' | 'buffer' | 'novel';
 export const REPLAYS: readonly Replay[] = ['mixed', 'buffer', 'novel'];
@@ -116,7 +117,8 @@ export class Learner {
    * embeddings >= NOVEL_COSINE) of a held entry's row (the rolling policies' rows: their embeddings as of
    * their last refresh; under policies without rows only the arrival itself is compared) or of an earlier
    * image of the arrival, novel or not (a slow pan stays one view). One embed of the arrival's images
-   * under the current weights; it reads no random draw, so where every image is novel the run is mixed's.
+   * under the current weights, which the rolling policies keep as the images' first rows (so the check
+   * costs no embedding they would not make anyway); it reads no random draw.
    */
   async novelOf(fresh: Entry[]): Promise<Entry[]> {
     if (!fresh.length) return fresh;
@@ -131,7 +133,10 @@ export class Learner {
       return v;
     });
     const own = new Set(fresh.map((e) => e.id));
-    const held = this.buffer.entries.flatMap((e) => (!own.has(e.id) && e.fresh && e.fresh.length === d ? [e.fresh] : []));
+    const keeps = this.buffer.keepsRows;
+    const held = keeps ? this.buffer.entries.flatMap((e) => (!own.has(e.id) && e.fresh && e.fresh.length === d ? [e.fresh] : [])) : [];
+    // The rolling policies take these as the entries' first rows: the shrink after the steps does not embed them again.
+    if (keeps) fresh.forEach((e, i) => (e.fresh = rows[i]));
     const dot = (a: Float32Array, b: Float32Array) => {
       let s = 0;
       for (let k = 0; k < d; k++) s += a[k] * b[k];
