@@ -41,14 +41,15 @@ const MCC_PAPER_PAPER = 'losses=[{"name":"mcc-paper","weight":50},{"name":"tcr",
 const OURS: Pick<Method, 'edge' | 'paper' | 'buffer' | 'replay' | 'warmup'> = { edge: { preset: 'edge', sets: [] }, paper: { preset: 'paper-cifar', sets: [] }, buffer: OURS_POLICY, replay: 'mixed', warmup: 'none' };
 
 const list: Method[] = [
-  // Issue #31: ours' buffer is the redundancy rule within the densest of 16-32 spans of the stream (a fixed grid), on embeddings refreshed under the encoder (each entry on entry and every 4 arrivals; 8 at K = 1).
-  { name: 'ours', describe: 'Imai et al.: MCC + TCR on N crops, diverse buffer (the most redundant by embeddings refreshed every 4 arrivals (8 at K = 1), within the densest of 16-32 spans of the stream), new + replayed images each step', ...OURS, strata: OURS_STRATA },
+  // Issue #31: ours' buffer is the redundancy rule within the densest of 16-32 spans of the stream (a fixed grid), on embeddings refreshed under the encoder (each entry on entry and every 4 arrivals; 8 at K = 1);
+  // its batches hold the arrival's novel images (no near-duplicate of a held entry or of each other) and replayed ones (the static camera, bench/RESULTS.md).
+  { name: 'ours', describe: "Imai et al.: MCC + TCR on N crops, diverse buffer (the most redundant by embeddings refreshed every 4 arrivals (8 at K = 1), within the densest of 16-32 spans of the stream), the arrival's novel images + replayed ones each step", ...OURS, strata: OURS_STRATA, replay: 'novel' },
+  // Ours before the novel rule, and the variants below it, as measured: every image of the arrival in each batch (mixed replay).
+  { name: 'ours-mixed', describe: 'ours with every image of the arrival in each batch, near-duplicates too (mixed replay: ours before the novel rule)', ...OURS, strata: OURS_STRATA },
   {
     name: 'ours-paper-eq', describe: "ours with the paper's eq. 1 in place of the code's MCC",
     ...OURS, edge: { preset: 'edge', sets: [MCC_PAPER_EDGE] }, paper: { preset: 'paper-cifar', sets: [MCC_PAPER_PAPER] },
   },
-  // Issue #31, static camera: the arrival's near-duplicates give their fixed batch slots to replay.
-  { name: 'ours-novel', describe: "ours with only the arrival's novel images (not near-duplicates of a held entry or of each other) in each batch's fixed slots, the rest replayed", ...OURS, strata: OURS_STRATA, replay: 'novel' },
   { name: 'ours-buffer-replay', describe: 'ours with every minibatch drawn from the whole buffer (the paper\'s text)', ...OURS, strata: OURS_STRATA, replay: 'buffer' },
   { name: 'ours-refresh', describe: "ours with the paper's rule (no spans of the stream) on every entry's embedding recomputed in one batch before each removal round", ...OURS, buffer: 'diverse-refresh' },
   { name: 'ours-refresh-all', describe: "ours embedding every entry in one batch before each removal round (ours' buffer before the rolling refresh)", ...OURS, buffer: 'diverse-strata-refresh' },
@@ -61,6 +62,8 @@ const list: Method[] = [
   { name: 'ours-old-rule', describe: "ours with the paper's redundancy rule on the stored features z* (ours' default before issue #31)", ...OURS, buffer: 'diverse' },
   // Ablation of the buffer alone: the paper's uncorrelated-gradient claim is about the buffer's contents.
   { name: 'ours-reservoir', describe: 'ours with a reservoir buffer instead of the diverse removal rule', ...OURS, buffer: 'reservoir' },
+  // Its control under ours' replay rule: a reservoir keeps no rows, so near-duplicates are judged within the arrival alone.
+  { name: 'ours-reservoir-novel', describe: "ours-reservoir with ours' novel replay (near-duplicates judged within the arrival: the reservoir keeps no rows)", ...OURS, buffer: 'reservoir', replay: 'novel' },
   // Issue #15's buffer settings at equal compute: the rule against a FIFO, MinRed's timing of the same
   // rule, and no buffer at all.
   { name: 'ours-fifo', describe: 'ours with a FIFO buffer (the newest M images)', ...OURS, buffer: 'fifo' },

@@ -30,7 +30,7 @@ const SEQ_IM = [2048, 4096, 2048, 4096, 2048, 2048, 4096, 2048, 2048, 4096];
 test('bench --plan: stream sizes, presets and one budget (updates x crops) per protocol; done rows marked', { skip }, () => {
   const json = path.join(root, 'plan.jsonl');
   // An older edge row (no protocol field) for ours/seq/trial 1, under ours' rules: done for edge-cifar10 only.
-  writeFileSync(json, JSON.stringify({ method: 'ours', order: 'seq', trial: 1, images: 4500, steps: 1, seconds: 1, floor20: 1, knn20: [1, 1, 1, 1], knn50: [1, 1, 1, 1], final20: 1, mean20: 1, rules: { policy: METHODS.ours.buffer, replay: 'mixed', warmup: 'none', ...(METHODS.ours.strata ? { strata: METHODS.ours.strata } : {}), grid: true } }) + '\n');
+  writeFileSync(json, JSON.stringify({ method: 'ours', order: 'seq', trial: 1, images: 4500, steps: 1, seconds: 1, floor20: 1, knn20: [1, 1, 1, 1], knn50: [1, 1, 1, 1], final20: 1, mean20: 1, rules: { policy: METHODS.ours.buffer, replay: METHODS.ours.replay, warmup: 'none', ...(METHODS.ours.strata ? { strata: METHODS.ours.strata } : {}), grid: true } }) + '\n');
   const expect: Record<string, { perClass: number; b: number; k: number; scale: string }> = {
     'edge-cifar10': { perClass: 450, b: 32, k: 2, scale: 'edge' },
     'gpu-cifar10': { perClass: 1000, b: 100, k: 1, scale: 'paper' },
@@ -190,7 +190,9 @@ test('bench --video: a recording streamed at each --fps on as many frames, scene
   // 40 one-second scenes of alternating colours at 30 fps: 4 fps gives 160 frames, 20 fps 800 (cut to 160).
   const file = path.join(root, 'scenes.mkv');
   colourVideo(file, Array.from({ length: 40 }, (_, i) => ['red', 'lime', 'blue', 'white', 'yellow'][i % 5]), 30, '32x32');
-  const args = ['--methods', 'ours', '--trials', '0', '--video', file, '--fps', '4,20', '--video-window', '2', '--memory', '100', '--queries', '100', '--threads', '1', '--json', json];
+  // ours-mixed: every frame of an arrival trained on, so every entry has a stored feature for the same-scene share
+  // (under ours' novel rule a single-colour scene's repeats wait for replay draws).
+  const args = ['--methods', 'ours-mixed', '--trials', '0', '--video', file, '--fps', '4,20', '--video-window', '2', '--memory', '100', '--queries', '100', '--threads', '1', '--json', json];
   const r = bench(args);
   assert.equal(r.status, 0, r.stderr);
   const rows = readFileSync(json, 'utf8').trim().split('\n').map((l) => JSON.parse(l));
@@ -209,7 +211,7 @@ test('bench --video: a recording streamed at each --fps on as many frames, scene
   // At 20 fps the 160 frames are 8 s of video: 4 scenes of 40 frames, each a single colour, so (the
   // buffer holds every frame) nearly every entry's nearest neighbour is a frame of its own scene.
   assert.ok(rows[1].sameClip.at(-1) > 0.9, String(rows[1].sameClip));
-  assert.match(r.stdout, /\| ours \| video\+fps20 \| 1 \|/);
+  assert.match(r.stdout, /\| ours-mixed \| video\+fps20 \| 1 \|/);
   assert.equal(bench(args).status, 0);
   assert.equal(readFileSync(json, 'utf8').trim().split('\n').length, 2, 'nothing run twice');
   const bad = bench(['--video', path.join(root, 'none.mkv'), '--json', json]);

@@ -33,7 +33,7 @@ test('every method names presets that exist at both scales, with the crops it fi
   // The baselines' rules as DESIGN section 4 states them.
   assert.deepEqual([METHODS.minred.buffer, METHODS.minred.replay, METHODS.minred.warmup], ['minred', 'buffer', 'fill']);
   assert.deepEqual([METHODS['simclr-reservoir'].buffer, METHODS['simclr-reservoir'].replay], ['reservoir', 'buffer']);
-  assert.deepEqual([METHODS.ours.buffer, METHODS.ours.replay, METHODS.ours.warmup], ['diverse-strata-rolling', 'mixed', 'none']);
+  assert.deepEqual([METHODS.ours.buffer, METHODS.ours.replay, METHODS.ours.warmup], ['diverse-strata-rolling', 'novel', 'none']);
   // Issue #31: ours' buffer changed; EMP-SSL keeps the rule it was set up with, and the old rule stays selectable.
   assert.deepEqual([METHODS.empssl.buffer, METHODS['ours-old-rule'].buffer], ['diverse', 'diverse']);
   // Ours' 16 spans reach `ssocl run` with its own policy, not with another chosen by --buffer (which keeps its default).
@@ -52,7 +52,7 @@ test('ssocl run takes its learner rules from the method, each flag overriding on
   const dflt = run({});
   assert.equal(dflt.method!.def.name, 'ours');
   assert.equal(dflt.method!.checkArtifacts, false, 'any artifacts without --method');
-  assert.deepEqual([dflt.learner.policy, dflt.learner.replay, dflt.learner.warmup, dflt.learner.updates], ['diverse-strata-rolling', 'mixed', 'none', undefined]);
+  assert.deepEqual([dflt.learner.policy, dflt.learner.replay, dflt.learner.warmup, dflt.learner.updates], ['diverse-strata-rolling', 'novel', 'none', undefined]);
 });
 
 const skip = !existsSync(path.join(CIFAR10_DIR, 'test_batch.bin')) && 'no CIFAR-10';
@@ -113,10 +113,10 @@ test("ssocl run --method minred: MinRed's buffer, no step until the buffer fills
   assert.match(m.stdout, / 2 arrivals, 0 steps /);
   const full = run(minredArt, '--method', 'minred', '--max-arrivals', '4');
   assert.match(full.stdout, / 4 arrivals, 4 steps /, full.stderr);
-  // SimSiam artifacts without --method: ours (diverse-strata-rolling, mixed), nothing inferred from the predictor.
+  // SimSiam artifacts without --method: ours (diverse-strata-rolling, novel), nothing inferred from the predictor.
   const o = run(minredArt, '--max-arrivals', '2');
   assert.equal(o.status, 0, o.stderr);
-  assert.match(o.stderr, /method ours, 4 new images per arrival, 2 updates, buffer 12 \(diverse-strata-rolling\), replay mixed\n/);
+  assert.match(o.stderr, /method ours, 4 new images per arrival, 2 updates, buffer 12 \(diverse-strata-rolling\), replay novel\n/);
   assert.match(o.stdout, / 2 arrivals, 2 steps /);
 });
 
