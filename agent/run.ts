@@ -301,11 +301,11 @@ interface Run {
   record: StatusRecorder;
 }
 
-/** Under mixed replay a step's batch is the arrival's new images plus replayed ones: artifacts whose batch cannot hold an arrival would stop at the first one. */
+/** Under mixed (and novel) replay a step's batch is the arrival's new images plus replayed ones: artifacts whose batch cannot hold an arrival would stop at the first one. */
 function holdsAnArrival(learner: Learner, artifacts: string): void {
   const { batch, agent } = learner.trainer.manifest.preset;
   if (learner.cfg.replay !== 'buffer' && agent.newPerArrival > batch) {
-    throw new AgentError(`--artifacts ${artifacts}: a step of ${batch} images cannot hold an arrival of ${agent.newPerArrival} new images under mixed replay; rebuild them with --set agent.newPerArrival=${batch} (or fewer), or run with --replay buffer`, 2);
+    throw new AgentError(`--artifacts ${artifacts}: a step of ${batch} images cannot hold an arrival of ${agent.newPerArrival} new images under ${learner.cfg.replay} replay; rebuild them with --set agent.newPerArrival=${batch} (or fewer), or run with --replay buffer`, 2);
   }
 }
 

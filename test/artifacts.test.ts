@@ -218,7 +218,8 @@ test('a batch that cannot hold an arrival is refused by `artifacts` (nothing wri
     const state = path.join(dir, 'state');
     r = cli('run', '--dataset', 'demo', '--artifacts', out, '--state', state, '--models', path.join(dir, 'models'), '--max-seconds', '20');
     assert.equal(r.status, 2, r.stderr);
-    assert.match(r.stderr, /a step of 8 images cannot hold an arrival of 16 new images under mixed replay; rebuild them with --set agent\.newPerArrival=8/);
+    // ours (the default method) composes batches by the novel rule: the arrival's novel images take fixed slots, all of them at most.
+    assert.match(r.stderr, /a step of 8 images cannot hold an arrival of 16 new images under novel replay; rebuild them with --set agent\.newPerArrival=8/);
     assert.throws(() => readFileSync(path.join(dir, 'models', 'latest.onnx')), /ENOENT/);
   } finally {
     rmSync(dir, { recursive: true, force: true });

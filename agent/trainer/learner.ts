@@ -20,7 +20,6 @@ import type { FusedBatch, StepResult, Trainer } from './trainer.ts';
  * for draw.
  */
 export type Replay = 'mixed' | 'buffer' | 'novel';
-export const REPLAYS: readonly Replay[] = ['mixed', 'buffer', 'novel'];
 
 /**
  * `novel` replay: an arrival's image is a near-duplicate when the cosine of its embedding to the nearest
