@@ -124,6 +124,14 @@ function invNorm(v: Float32Array, off: number, d: number): number {
   for (let k = 0; k < d; k++) s += v[off + k] * v[off + k];
   return 1 / Math.sqrt(s + 1e-12);
 }
+
+/** Row j (of width d) of `f`, copied and scaled to unit length: the rows the fresh and rolling policies rank by. */
+export function unitRow(f: Float32Array, j: number, d: number): Float32Array {
+  const v = f.slice(j * d, (j + 1) * d);
+  const inv = invNorm(v, 0, d);
+  for (let k = 0; k < d; k++) v[k] *= inv;
+  return v;
+}
 export class ReplayBuffer {
   entries: Entry[] = [];
   private nextId = 1;
@@ -352,12 +360,7 @@ export class ReplayBuffer {
     const d = f.length / entries.length;
     const nn = new NearestNeighbours(this.engine);
     await nn.setMany(
-      entries.map((e, j) => {
-        const v = f.slice(j * d, (j + 1) * d);
-        const inv = invNorm(v, 0, d);
-        for (let k = 0; k < d; k++) v[k] *= inv;
-        return { id: e.id, feature: v, rank: e.streamIndex };
-      }),
+      entries.map((e, j) => ({ id: e.id, feature: unitRow(f, j, d), rank: e.streamIndex })),
     );
     return nn;
   }
@@ -375,12 +378,7 @@ export class ReplayBuffer {
       const f = await features(due, 'embedding');
       this.lastRefresh = { entries: due, rows: f };
       const d = f.length / due.length;
-      due.forEach((e, j) => {
-        const v = f.slice(j * d, (j + 1) * d);
-        const inv = invNorm(v, 0, d);
-        for (let k = 0; k < d; k++) v[k] *= inv;
-        e.fresh = v;
-      });
+      due.forEach((e, j) => (e.fresh = unitRow(f, j, d)));
     }
     const nn = new NearestNeighbours(this.engine);
     await nn.setMany(this.entries.map((e) => ({ id: e.id, feature: e.fresh!, rank: e.streamIndex })));

@@ -4,7 +4,8 @@
 // configuration (agent/methods.ts: artifacts, buffer policy, replay rule, warm-up), not a copy of this loop.
 
 import { Rng } from '../../core/rng.ts';
-import { OURS_POLICY, OURS_STRATA, ReplayBuffer, refreshEveryFor, type Entry, type BufferConfig, type BufferSnapshot } from '../buffer/buffer.ts';
+import { OURS_POLICY, OURS_STRATA, ReplayBuffer, refreshEveryFor, unitRow, type Entry, type BufferConfig, type BufferSnapshot } from '../buffer/buffer.ts';
+import { dot } from '../buffer/removal.ts';
 import type { SimilarityEngine } from '../buffer/similarity.ts';
 import { multiCrop, sampleCropPacked, CIFAR_AUGMENT, type AugmentConfig } from '../frames/augment.ts';
 import { CROP_PARAM_COUNT } from '../../core/crop-params.ts';
@@ -123,25 +124,13 @@ export class Learner {
     if (!fresh.length) return fresh;
     const { embedding } = await this.embedEntries(fresh);
     const d = embedding.length / fresh.length;
-    const rows = fresh.map((_, i) => {
-      const v = embedding.slice(i * d, (i + 1) * d);
-      let s = 0;
-      for (let k = 0; k < d; k++) s += v[k] * v[k];
-      const inv = 1 / Math.sqrt(s + 1e-12);
-      for (let k = 0; k < d; k++) v[k] *= inv;
-      return v;
-    });
+    const rows = fresh.map((_, i) => unitRow(embedding, i, d));
     const own = new Set(fresh.map((e) => e.id));
     const keeps = this.buffer.keepsRows;
     const held = keeps ? this.buffer.entries.flatMap((e) => (!own.has(e.id) && e.fresh && e.fresh.length === d ? [e.fresh] : [])) : [];
     // The rolling policies take these as the entries' first rows: the shrink after the steps does not embed them again.
     if (keeps) fresh.forEach((e, i) => (e.fresh = rows[i]));
-    const dot = (a: Float32Array, b: Float32Array) => {
-      let s = 0;
-      for (let k = 0; k < d; k++) s += a[k] * b[k];
-      return s;
-    };
-    return fresh.filter((_, i) => !held.some((h) => dot(rows[i], h) >= NOVEL_COSINE) && !rows.slice(0, i).some((r) => dot(rows[i], r) >= NOVEL_COSINE));
+    return fresh.filter((_, i) => !held.some((h) => dot(rows[i], h) >= NOVEL_COSINE) && !rows.some((r, j) => j < i && dot(rows[i], r) >= NOVEL_COSINE));
   }
 
   /** Buffer entries' un-augmented images through embed.onnx under the current weights (batch-norm statistics as stored), in one batch: backbone features and embedding. */
