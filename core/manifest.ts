@@ -121,6 +121,11 @@ export interface Manifest<P extends ManifestPreset = ManifestPreset> {
     zbar: string;
     gradNorm: string;
     gradCos: string | null;
+    /**
+     * Present when the step's Convs run in ORT's NCHWc kernels (x86-64 CPU EP only): MLAS's block size
+     * on the machine it was built for, which the machine that runs it must have, and how many Convs.
+     */
+    nchwc?: { block: number; convs: number };
     inputs: TensorInfo[];
     outputs: TensorInfo[];
     /** Present when one run makes K updates (artifact option `fuse`); absent in single-step artifacts. */

@@ -9,6 +9,7 @@ import { compileFromOnnx } from '../../tools/import/artifacts.ts';
 import { ImportError } from '../../tools/import/source.ts';
 import { REPO_ROOT } from '../paths.ts';
 import { UsageError } from '../cli-args.ts';
+import { nchwcBlock } from '../trainer/backend.ts';
 
 export interface ArtifactsArgs {
   preset: string;
@@ -17,13 +18,31 @@ export interface ArtifactsArgs {
   name?: string;
   check: boolean;
   fromOnnx?: { file: string; feature?: string; inputSize?: number; train: string; projector?: number[] };
+  /** auto (ask this machine's ORT), off, 8 or 16; default: auto with --from-onnx, off for a preset. */
+  nchwc?: string;
+}
+
+/**
+ * --nchwc as a preset override. auto asks this process's onnxruntime-node for its NCHWc block (0 where
+ * it has none: the step stays portable). The built-in presets default to off: their committed artifacts
+ * also run on WebGPU, CUDA and in the browser.
+ */
+async function nchwcSets(a: ArtifactsArgs): Promise<string[]> {
+  if (a.set.some((s) => s.startsWith('nchwc='))) {
+    if (a.nchwc !== undefined) throw new UsageError('give --nchwc or --set nchwc=..., not both');
+    return a.set;
+  }
+  const v = a.nchwc ?? (a.fromOnnx ? 'auto' : 'off');
+  if (v === 'off') return a.set;
+  const block = v === 'auto' ? await nchwcBlock() : Number(v);
+  return block ? [...a.set, `nchwc=${block}`] : a.set;
 }
 
 /** The import's refusals (unsupported op, external data, a bad flag value) are usage errors: one line, exit 2, nothing written. */
-function importArtifacts(a: ArtifactsArgs, name: string): BuiltArtifacts {
+function importArtifacts(a: ArtifactsArgs, name: string, set: string[]): BuiltArtifacts {
   const f = a.fromOnnx!;
   try {
-    return compileFromOnnx(readFileSync(f.file), { feature: f.feature, inputSize: f.inputSize, train: f.train, projector: f.projector, name, set: a.set }).built;
+    return compileFromOnnx(readFileSync(f.file), { feature: f.feature, inputSize: f.inputSize, train: f.train, projector: f.projector, name, set }).built;
   } catch (e) {
     if (e instanceof ImportError) throw new UsageError(`--from-onnx ${f.file}: ${e.message}`);
     throw e;
@@ -44,10 +63,11 @@ export function holdsAnArrival(p: BuiltArtifacts['manifest']['preset']): void {
 
 export async function artifactsCommand(a: ArtifactsArgs): Promise<void> {
   const t0 = performance.now();
+  const set = await nchwcSets(a);
   let built: BuiltArtifacts;
-  if (a.fromOnnx) built = importArtifacts(a, a.name ?? path.basename(a.fromOnnx.file).replace(/\.onnx$/i, ''));
+  if (a.fromOnnx) built = importArtifacts(a, a.name ?? path.basename(a.fromOnnx.file).replace(/\.onnx$/i, ''), set);
   else {
-    const preset = getPreset(a.preset, a.set);
+    const preset = getPreset(a.preset, set);
     preset.name = a.name ?? (a.set.length ? `${a.preset}-custom` : a.preset);
     built = compileArtifacts(preset);
   }
@@ -73,5 +93,7 @@ export async function artifactsCommand(a: ArtifactsArgs): Promise<void> {
   const params = built.manifest.state.filter((s) => s.role === 'param').reduce((n, s) => n + s.shape.reduce((x, y) => x * y, 1), 0);
   const src = built.manifest.preset.encoder as { arch: string; feature?: string; learns?: number; frozen?: number };
   const imported = src.arch === 'onnx' ? `; imported: feature '${src.feature}' (${built.manifest.preset.encoder.widths[0]} wide), ${src.learns} source tensors learn, ${src.frozen} frozen` : '';
-  process.stdout.write(`wrote ${out} in ${ms.toFixed(0)} ms: ${sizes}; ${params.toLocaleString('en')} parameters${imported}\n`);
+  const nc = built.manifest.trainStep.nchwc;
+  const kernels = nc ? `; ${nc.convs} convolutions in ORT's NCHWc CPU kernels (block ${nc.block}): trains with --ep cpu on x86-64 CPUs of this block only (--nchwc off for a portable step)` : '';
+  process.stdout.write(`wrote ${out} in ${ms.toFixed(0)} ms: ${sizes}; ${params.toLocaleString('en')} parameters${imported}${kernels}\n`);
 }

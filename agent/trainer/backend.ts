@@ -7,6 +7,7 @@ import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import path from 'node:path';
 import { probeWebgpu, webgpuHint } from './webgpu.ts';
+import { nchwcBlockOf, nchwcProbeInput, nchwcProbeModel } from '../../core/onnx/nchwc.ts';
 
 export type EP = 'cpu' | 'cuda' | 'webgpu' | 'wasm';
 export const EPS: EP[] = ['cpu', 'cuda', 'webgpu', 'wasm'];
@@ -120,6 +121,32 @@ async function loadModule(ep: EP): Promise<OrtModule> {
   // Read by onnxruntime-node when its first session creates the process-wide environment.
   ort.env.logLevel = ortVerbose ? 'warning' : 'fatal';
   return ort;
+}
+
+let nchwcCache: Promise<number> | null = null;
+
+/**
+ * MLAS's NCHWc block size in this process's onnxruntime-node CPU EP (core/onnx/nchwc.ts), or 0 where it
+ * has no NCHWc kernels. Asked once per process.
+ */
+export function nchwcBlock(): Promise<number> {
+  nchwcCache ??= (async () => {
+    const ort = await loadModule('cpu');
+    let s;
+    try {
+      s = await ort.InferenceSession.create(nchwcProbeModel(), { graphOptimizationLevel: 'disabled', logSeverityLevel: 4 } as never);
+    } catch {
+      return 0;
+    }
+    try {
+      const x = new ort.Tensor('float32', nchwcProbeInput(), [1, 32, 1, 2]);
+      const out = await s.run({ x });
+      return nchwcBlockOf(out.y.data as Float32Array);
+    } finally {
+      await s.release().catch(() => {});
+    }
+  })();
+  return nchwcCache;
 }
 
 /**

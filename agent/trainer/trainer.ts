@@ -7,7 +7,7 @@ import path from 'node:path';
 import { decodeSafetensors } from '../../core/codecs/safetensors.ts';
 import { MANIFEST_FORMAT, type Manifest } from '../../core/manifest.ts';
 import { fault } from '../../core/faults.ts';
-import { openSession, EpError, SessionRunError, type EP, type EpOptions, type Session, type FeedTensor } from './backend.ts';
+import { openSession, nchwcBlock, EpError, SessionRunError, type EP, type EpOptions, type Session, type FeedTensor } from './backend.ts';
 
 export interface TrainerOptions extends EpOptions {
   ep?: EP;
@@ -51,6 +51,21 @@ export interface FusedBatch {
 }
 
 export class ManifestError extends Error {}
+
+/**
+ * A step compiled into ORT's NCHWc kernels (ssocl artifacts --nchwc) runs only on the CPU EP of a machine
+ * with the same block size: elsewhere its session would not open, or would compute in the wrong layout.
+ */
+async function checkNchwc(dir: string, m: Manifest, ep: EP): Promise<void> {
+  const want = m.trainStep.nchwc?.block;
+  if (!want) return;
+  const rebuild = 'rebuild the artifacts with ssocl artifacts ... --nchwc off (portable), or --nchwc auto on the machine that trains';
+  if (ep !== 'cpu') throw new ManifestError(`${dir}: train_step.onnx runs its convolutions in ORT's x86-64 CPU kernels (NCHWc, block ${want}), which --ep ${ep} does not have: use --ep cpu, or ${rebuild}`);
+  const have = await nchwcBlock();
+  if (have !== want) {
+    throw new ManifestError(`${dir}: train_step.onnx was built for ORT's NCHWc block ${want} (x86-64 with ${want === 16 ? 'AVX-512' : 'AVX2'}); this machine's CPU EP ${have ? `uses block ${have}` : 'has no NCHWc kernels'}: ${rebuild}`);
+  }
+}
 
 export function readManifest(dir: string): Manifest {
   const file = path.join(dir, 'manifest.json');
@@ -104,6 +119,7 @@ export class Trainer {
 
   /** Moves both sessions to another EP (after a run failure); the state is kept as it is. */
   async reopen(ep: EP): Promise<void> {
+    await checkNchwc(this.dir, this.manifest, ep);
     const train = await openSession(this.bytes.train, ep, this.bytes.options);
     const embed = this.bytes.embed ? await openSession(this.bytes.embed, ep, this.bytes.options) : null;
     await this.train.release().catch(() => {});
@@ -118,6 +134,7 @@ export class Trainer {
     const embedBytes = o.noEmbed ? null : readChecked(dir, m, m.embed.file);
     const init = decodeSafetensors(readChecked(dir, m, m.init)).tensors;
     const ep = o.ep ?? 'cpu';
+    await checkNchwc(dir, m, ep);
     let train: Session | undefined;
     let embed: Session | null = null;
     try {

@@ -24,6 +24,8 @@ export interface OnnxNode {
   inputs: string[];
   outputs: string[];
   attrs: Record<string, Attr>;
+  /** An operator set other than ONNX's own (e.g. ORT's com.microsoft.nchwc); imported at version 1. */
+  domain?: string;
 }
 
 export interface OnnxTensor {
@@ -126,6 +128,7 @@ export function encodeOnnx(g: OnnxGraph, meta: ModelMeta = {}): Uint8Array {
         nw.string(no(N.name), n.name);
         nw.string(no(N.op_type), n.op);
         for (const [k, v] of Object.entries(n.attrs)) writeAttr(nw, k, v);
+        if (n.domain) nw.string(no(N.domain), n.domain);
       });
     }
     gw.string(no(G.name), g.name);
@@ -134,6 +137,7 @@ export function encodeOnnx(g: OnnxGraph, meta: ModelMeta = {}): Uint8Array {
     for (const v of g.outputs) writeValueInfo(gw, no(G.output), v.name, v.dtype, v.shape);
   });
   w.message(no(M.opset_import), (o) => o.string(no(F.OperatorSetIdProto.domain), '').int(no(F.OperatorSetIdProto.version), OPSET));
+  for (const d of new Set(g.nodes.map((n) => n.domain).filter(Boolean))) w.message(no(M.opset_import), (o) => o.string(no(F.OperatorSetIdProto.domain), d!).int(no(F.OperatorSetIdProto.version), 1));
   for (const [k, v] of Object.entries(meta.metadata ?? {})) w.message(no(M.metadata_props), (m) => m.string(no(F.StringStringEntryProto.key), k).string(no(F.StringStringEntryProto.value), v));
   return w.finish();
 }

@@ -36,6 +36,11 @@ export interface Preset {
   convInputGrad: ConvInputGrad;
   /** A depthwise Conv's weight gradient (tools/graph/grad.ts); absent: the compiler's default (grouped-conv). */
   depthwiseWeightGrad?: DepthwiseWeightGrad;
+  /**
+   * ORT's NCHWc block size (16 with AVX-512, 8 with AVX2) to run the step's Convs in ORT's blocked-layout
+   * x86-64 CPU kernels (Graph.nchwcConvs); absent or 0: plain Conv, portable to every EP and the browser.
+   */
+  nchwc?: number;
   /** K updates in one graph run (state crosses the host once per K); absent: one update per run. */
   fuse?: number;
   /** With fuse: the graph makes the crops from uint8 images and the host's crop draws. */
@@ -216,7 +221,7 @@ export function applyOverrides(p: Preset, sets: string[]): Preset {
       obj = obj[k] as Record<string, unknown>;
     }
     const last = path[path.length - 1];
-    if (!(last in obj) && !['predictor', 'name', 'fuse', 'cropsInGraph', 'scale', 'depthwiseWeightGrad'].includes(last)) throw new Error(`--set ${s}: unknown field '${last}'`);
+    if (!(last in obj) && !['predictor', 'name', 'fuse', 'cropsInGraph', 'scale', 'depthwiseWeightGrad', 'nchwc'].includes(last)) throw new Error(`--set ${s}: unknown field '${last}'`);
     obj[last] = value;
   }
   return out as unknown as Preset;

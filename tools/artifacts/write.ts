@@ -27,6 +27,8 @@ export interface BuiltArtifacts {
 export function compileArtifacts(p: Preset, extra: { backbone?: Backbone; files?: Map<string, Uint8Array> } = {}): BuiltArtifacts {
   const backbone = extra.backbone ?? presetBackbone(p);
   const ts = buildTrainStep(p, 'float32', backbone);
+  if (p.nchwc && ![8, 16].includes(p.nchwc)) throw new Error(`--set nchwc=${p.nchwc}: ORT's NCHWc block size is 8 (AVX2) or 16 (AVX-512); 0 for plain Convs`);
+  const nchwcConvs = p.nchwc ? ts.g.nchwcConvs(p.nchwc, { dense: true }) : 0;
   const em = buildEmbed(p, backbone);
   const meta = { producer: GENERATOR.name, producerVersion: GENERATOR.version };
   const trainBytes = encodeModel(ts.g, `${p.name}.train_step`, meta);
@@ -73,6 +75,8 @@ export function compileArtifacts(p: Preset, extra: { backbone?: Backbone; files?
       zbar: 'zbar',
       gradNorm: 'grad_norm',
       gradCos: p.gradCos ? 'grad_cos' : null,
+      // Only where a Conv was rewritten: a step with none stays portable (e.g. channels not a multiple of the block).
+      ...(nchwcConvs ? { nchwc: { block: p.nchwc!, convs: nchwcConvs } } : {}),
       inputs: info(ts.g.inputs),
       outputs: info(ts.g.outputs),
       ...(ts.fused

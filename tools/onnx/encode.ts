@@ -22,7 +22,7 @@ function lowerNodes(g: Graph): OnnxNode[] {
       const inner = n.inputs.slice(n.inputs.length - n.outputs.length);
       n.outputs.forEach((o, k) => out.push({ op: 'Identity', name: `${n.name}_${k}`, inputs: [inner[k]!.name], outputs: [o.name], attrs: {} }));
     } else {
-      out.push({ op: n.op === 'StopGradient' ? 'Identity' : n.op, name: n.name, inputs: names(n.inputs), outputs: names(n.outputs), attrs: n.attrs });
+      out.push({ op: n.op === 'StopGradient' ? 'Identity' : n.op, name: n.name, inputs: names(n.inputs), outputs: names(n.outputs), attrs: n.attrs, ...(n.domain ? { domain: n.domain } : {}) });
     }
   }
   return out;
