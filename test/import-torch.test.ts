@@ -3,7 +3,9 @@
 // `ssocl artifacts --from-onnx`, one training step compared with torch autograd on the same batch
 // (float64): the loss, every parameter's update (lr x its gradient, as plain SGD takes it) and every
 // BN running statistic, each <= 1e-4 relative, or, where float32 torch on the same batch is itself
-// further from float64 than that, within 2x of float32 torch's error. The unchanged import exports a model whose outputs equal
+// further from float64 than that, within 2x of float32 torch's error; with plain Convs, and again with
+// the Convs in ORT's NCHWc kernels (--nchwc, the import's default on x86) where this machine's ORT has
+// them. The unchanged import exports a model whose outputs equal
 // the source's in onnxruntime-node; an unsupported op is refused naming op and node, exit 2.
 //
 // resnet18 and mobilenet_v2 run by default; SSOCL_SLOW=1 adds more torchvision models. Skipped with a
@@ -23,11 +25,13 @@ import { sourceWithState } from '../agent/export/export.ts';
 import { compileFromOnnx } from '../tools/import/artifacts.ts';
 import { writeArtifacts } from '../tools/artifacts/write.ts';
 import { REPO } from './helpers/paths.ts';
+import { nchwcBlock } from '../agent/trainer/backend.ts';
 
 const PY = '/usr/bin/python3';
 const REF = path.join(REPO, 'test/helpers/torchvision_ref.py');
 const SIZE = 32;
 const haveTorch = existsSync(PY) && spawnSync(PY, ['-c', 'import torch, torchvision'], { stdio: 'ignore' }).status === 0;
+const block = await nchwcBlock();
 const skip = haveTorch ? false : 'python3-torch / python3-torchvision not installed (apt install python3-torchvision)';
 if (!haveTorch && process.env.CI) throw new Error(`CI=1: ${skip}`);
 
@@ -65,85 +69,95 @@ function initialState(dir: string, m: Manifest): Map<string, Float32Array> {
 }
 
 for (const name of MODELS) {
-  test(`${name}: imported with --from-onnx, one step agrees with torch autograd (loss, every parameter's update, BN running statistics: <= 1e-4 relative, or 2x float32 torch's own error); the unchanged import exports the source's outputs`, { skip }, async () => {
+  test(`${name}: imported with --from-onnx, one step agrees with torch autograd (loss, every parameter's update, BN running statistics: <= 1e-4 relative, or 2x float32 torch's own error), with plain Convs and in ORT's NCHWc kernels where it has them; the unchanged import exports the source's outputs`, { skip }, async () => {
     const dir = mkdtempSync(path.join(tmpdir(), `ssocl-byom-${name}-`));
     try {
       // torch: the export, the batch, the projector's starting weights, and the step in float64 and float32.
       py(['case', name, String(SIZE), String(VIEWS), String(BATCH), dir]);
       const model = path.join(dir, 'model.onnx');
       const art = path.join(dir, 'art');
-      const { built } = compileFromOnnx(readFileSync(model), { train: 'all', name, set: SETS });
-      writeArtifacts(built, art);
-      const m = built.manifest as unknown as Manifest;
-      const state = initialState(art, m);
-      const proj = JSON.parse(readFileSync(path.join(dir, 'projector.json'), 'utf8')) as { dim: number; out: number };
-      const pw = new Float32Array(new Uint8Array(readFileSync(path.join(dir, 'projector.f32'))).buffer);
-      state.set('params.projector.0.linear.weight', pw.subarray(0, proj.out * proj.dim));
-      state.set('params.projector.0.linear.bias', pw.subarray(proj.out * proj.dim));
-      const crops = new Float32Array(new Uint8Array(readFileSync(path.join(dir, 'crops.f32'))).buffer);
       const s = SIZE;
       const rng = new Rng(7);
-      const load = (stem: string) => {
-        const index = (JSON.parse(readFileSync(path.join(dir, `${stem}.json`), 'utf8')) as { index: Record<string, [number, number]> }).index;
-        const data = new Float64Array(new Uint8Array(readFileSync(path.join(dir, `${stem}.f64`))).buffer);
-        return (key: string) => {
-          assert.ok(index[key], `torch has no ${key}`);
-          return data.subarray(index[key][0], index[key][0] + index[key][1]);
+      let m!: Manifest;
+      let state!: Map<string, Float32Array>;
+      // The import's two forms: plain Convs (portable), and where this machine's ORT has them its NCHWc
+      // kernels (ssocl artifacts --from-onnx's default there).
+      for (const nchwc of [0, ...(block ? [block] : [])]) {
+        const label = nchwc ? `NCHWc ${nchwc}: ` : '';
+        const variant = nchwc ? path.join(dir, 'art-nchwc') : art;
+        const { built } = compileFromOnnx(readFileSync(model), { train: 'all', name, set: [...SETS, ...(nchwc ? [`nchwc=${nchwc}`] : [])] });
+        if (nchwc) assert.ok(built.manifest.trainStep.nchwc?.convs, 'no Conv went to the NCHWc kernels');
+        writeArtifacts(built, variant);
+        m = built.manifest as unknown as Manifest;
+        state = initialState(variant, m);
+        const proj = JSON.parse(readFileSync(path.join(dir, 'projector.json'), 'utf8')) as { dim: number; out: number };
+        const pw = new Float32Array(new Uint8Array(readFileSync(path.join(dir, 'projector.f32'))).buffer);
+        state.set('params.projector.0.linear.weight', pw.subarray(0, proj.out * proj.dim));
+        state.set('params.projector.0.linear.bias', pw.subarray(proj.out * proj.dim));
+        const crops = new Float32Array(new Uint8Array(readFileSync(path.join(dir, 'crops.f32'))).buffer);
+        const load = (stem: string) => {
+          const index = (JSON.parse(readFileSync(path.join(dir, `${stem}.json`), 'utf8')) as { index: Record<string, [number, number]> }).index;
+          const data = new Float64Array(new Uint8Array(readFileSync(path.join(dir, `${stem}.f64`))).buffer);
+          return (key: string) => {
+            assert.ok(index[key], `torch has no ${key}`);
+            return data.subarray(index[key][0], index[key][0] + index[key][1]);
+          };
         };
-      };
-      const ref = JSON.parse(readFileSync(path.join(dir, 'ref.json'), 'utf8')) as { loss: number; index: Record<string, [number, number]> };
-      const refOf = load('ref');
-      const ref32Of = load('ref32');
+        const ref = JSON.parse(readFileSync(path.join(dir, 'ref.json'), 'utf8')) as { loss: number; index: Record<string, [number, number]> };
+        const refOf = load('ref');
+        const ref32Of = load('ref32');
 
-      // One step of the imported train_step.onnx on stock onnxruntime-node.
-      const sess = await ort.InferenceSession.create(readFileSync(path.join(art, m.trainStep.file)), { intraOpNumThreads: 2 });
-      const feeds: Record<string, ort.Tensor> = { [m.trainStep.crops.name]: new ort.Tensor('float32', crops, m.trainStep.crops.shape as number[]), [m.trainStep.lr]: new ort.Tensor('float32', Float32Array.of(LR), []), [m.trainStep.step]: new ort.Tensor('float32', Float32Array.of(1), []) };
-      for (const e of m.state) feeds[e.name] = new ort.Tensor('float32', state.get(e.name)!, e.shape);
-      const out = await sess.run(feeds);
-      await sess.release();
+        // One step of the imported train_step.onnx on stock onnxruntime-node.
+        const sess = await ort.InferenceSession.create(readFileSync(path.join(variant, m.trainStep.file)), { intraOpNumThreads: 2 });
+        const feeds: Record<string, ort.Tensor> = { [m.trainStep.crops.name]: new ort.Tensor('float32', crops, m.trainStep.crops.shape as number[]), [m.trainStep.lr]: new ort.Tensor('float32', Float32Array.of(LR), []), [m.trainStep.step]: new ort.Tensor('float32', Float32Array.of(1), []) };
+        for (const e of m.state) feeds[e.name] = new ort.Tensor('float32', state.get(e.name)!, e.shape);
+        const out = await sess.run(feeds);
+        await sess.release();
 
-      const loss = (out[m.trainStep.loss].data as Float32Array)[0];
-      assert.ok(Math.abs(loss - ref.loss) <= 1e-4 * Math.abs(ref.loss), `loss ${loss} vs torch ${ref.loss}`);
-      // Per tensor: ours against float64 torch, <= 1e-4 relative; where float32 arithmetic itself cannot
-      // get that close (float32 torch on the same batch is further off: the early layers' gradients are
-      // small residuals of BN's backward pass), no further than 2x float32 torch. The same for all
-      // parameters together.
-      const torchName = (stateName: string) => stateName.replace(/^(params|buffers)\.(encoder\.)?/, '');
-      const rows = m.state.filter((e) => e.role === 'param' || e.role === 'buffer').map((e) => {
-        const next = out[e.next].data as Float32Array;
-        const key = `${e.role === 'param' ? 'grad' : 'buffer'}:${torchName(e.name)}`;
-        const w = state.get(e.name)!;
-        // A parameter's update is -lr x its gradient (plain SGD); a BN statistic is compared as it is after the step.
-        const ours = e.role === 'param' ? Float64Array.from(next, (v, i) => v - w[i]) : Float64Array.from(next);
-        const scale = e.role === 'param' ? -LR : 1;
-        const want = Float64Array.from(refOf(key), (g) => scale * g);
-        const norm = Math.sqrt(want.reduce((a, v) => a + v * v, 0));
-        return { e, key, norm, err: relDiff(ours, want) * norm, err32: relDiff(Float64Array.from(ref32Of(key), (g) => scale * g), want) * norm };
-      });
-      // Where the exact value is 0 (a bias whose gradient a following BN removes; a running mean of
-      // such a layer), a floor of 1e-6 of the typical element of that kind of tensor.
-      const rms = (role: string) => {
-        const rs = rows.filter((r) => r.e.role === role);
-        return Math.sqrt(rs.reduce((a, r) => a + r.norm ** 2, 0) / rs.reduce((a, r) => a + r.e.shape.reduce((x, y) => x * y, 1), 0));
-      };
-      const typical = { param: rms('param'), buffer: rms('buffer') };
-      const bad: string[] = [];
-      if (process.env.DEBUG_BYOM) for (const r of rows) console.log('ROW', r.e.name, (r.err / r.norm).toExponential(2), (r.err32 / r.norm).toExponential(2));
-      for (const r of rows) {
-        const floor = 1e-6 * typical[r.e.role as 'param' | 'buffer'] * Math.sqrt(r.e.shape.reduce((x, y) => x * y, 1));
-        if (!(r.err <= Math.max(1e-4 * r.norm, 2 * r.err32, floor))) bad.push(`${r.e.name}: ${(r.err / r.norm).toExponential(2)} relative (float32 torch: ${(r.err32 / r.norm).toExponential(2)})`);
-      }
-      const params = rows.filter((r) => r.e.role === 'param');
-      const total = params.reduce((a, r) => a + r.norm ** 2, 0);
-      const errAll = Math.sqrt(params.reduce((a, r) => a + r.err ** 2, 0) / total);
-      const errAll32 = Math.sqrt(params.reduce((a, r) => a + r.err32 ** 2, 0) / total);
-      const compared = new Set(rows.map((r) => r.key));
-      assert.deepEqual([...compared].sort(), Object.keys(ref.index).sort(), 'every torch parameter and BN statistic has a state tensor');
-      assert.deepEqual(bad, [], 'tensors further from float64 torch than 1e-4 and than float32 torch');
-      assert.ok(errAll <= Math.max(1e-4, 2 * errAll32), `all parameters' updates: ${errAll} relative (float32 torch: ${errAll32})`);
-      if (process.env.SSOCL_BYOM_REPORT) {
-        const worst = rows.filter((r) => r.norm > 0).map((r) => r.err / r.norm).filter((x) => x < 1).reduce((a, b) => Math.max(a, b), 0);
-        console.log(`${name}: loss ${loss} vs ${ref.loss}; all updates ${errAll.toExponential(2)} relative (float32 torch ${errAll32.toExponential(2)}); worst tensor ${worst.toExponential(2)}; over 1e-4: ${rows.filter((r) => r.err > 1e-4 * r.norm).length} of ${rows.length} tensors`);
+        const loss = (out[m.trainStep.loss].data as Float32Array)[0];
+        assert.ok(Math.abs(loss - ref.loss) <= 1e-4 * Math.abs(ref.loss), `${label}loss ${loss} vs torch ${ref.loss}`);
+        // Per tensor: ours against float64 torch, <= 1e-4 relative; where float32 arithmetic itself cannot
+        // get that close (float32 torch on the same batch is further off: the early layers' gradients are
+        // small residuals of BN's backward pass), no further than 2x float32 torch. The same for all
+        // parameters together.
+        const torchName = (stateName: string) => stateName.replace(/^(params|buffers)\.(encoder\.)?/, '');
+        const rows = m.state.filter((e) => e.role === 'param' || e.role === 'buffer').map((e) => {
+          const next = out[e.next].data as Float32Array;
+          const key = `${e.role === 'param' ? 'grad' : 'buffer'}:${torchName(e.name)}`;
+          const w = state.get(e.name)!;
+          // A parameter's update is -lr x its gradient (plain SGD); a BN statistic is compared as it is after the step.
+          const ours = e.role === 'param' ? Float64Array.from(next, (v, i) => v - w[i]) : Float64Array.from(next);
+          const scale = e.role === 'param' ? -LR : 1;
+          const want = Float64Array.from(refOf(key), (g) => scale * g);
+          const norm = Math.sqrt(want.reduce((a, v) => a + v * v, 0));
+          return { e, key, norm, err: relDiff(ours, want) * norm, err32: relDiff(Float64Array.from(ref32Of(key), (g) => scale * g), want) * norm };
+        });
+        // Where the exact value is 0 (a bias whose gradient a following BN removes; a running mean of
+        // such a layer), a floor of 1e-6 of the typical element of that kind of tensor.
+        const rms = (role: string) => {
+          const rs = rows.filter((r) => r.e.role === role);
+          return Math.sqrt(rs.reduce((a, r) => a + r.norm ** 2, 0) / rs.reduce((a, r) => a + r.e.shape.reduce((x, y) => x * y, 1), 0));
+        };
+        const typical = { param: rms('param'), buffer: rms('buffer') };
+        const bad: string[] = [];
+        if (process.env.DEBUG_BYOM) for (const r of rows) console.log('ROW', r.e.name, (r.err / r.norm).toExponential(2), (r.err32 / r.norm).toExponential(2));
+        for (const r of rows) {
+          const floor = 1e-6 * typical[r.e.role as 'param' | 'buffer'] * Math.sqrt(r.e.shape.reduce((x, y) => x * y, 1));
+          if (!(r.err <= Math.max(1e-4 * r.norm, 2 * r.err32, floor))) bad.push(`${r.e.name}: ${(r.err / r.norm).toExponential(2)} relative (float32 torch: ${(r.err32 / r.norm).toExponential(2)})`);
+        }
+        const params = rows.filter((r) => r.e.role === 'param');
+        const total = params.reduce((a, r) => a + r.norm ** 2, 0);
+        const errAll = Math.sqrt(params.reduce((a, r) => a + r.err ** 2, 0) / total);
+        const errAll32 = Math.sqrt(params.reduce((a, r) => a + r.err32 ** 2, 0) / total);
+        const compared = new Set(rows.map((r) => r.key));
+        assert.deepEqual([...compared].sort(), Object.keys(ref.index).sort(), 'every torch parameter and BN statistic has a state tensor');
+        assert.deepEqual(bad, [], `${label}tensors further from float64 torch than 1e-4 and than float32 torch`);
+        assert.ok(errAll <= Math.max(1e-4, 2 * errAll32), `${label}all parameters' updates: ${errAll} relative (float32 torch: ${errAll32})`);
+        if (process.env.SSOCL_BYOM_REPORT) {
+          const worst = rows.filter((r) => r.norm > 0).map((r) => r.err / r.norm).filter((x) => x < 1).reduce((a, b) => Math.max(a, b), 0);
+          console.log(`${name}${nchwc ? ` (NCHWc ${nchwc})` : ''}: loss ${loss} vs ${ref.loss}; all updates ${errAll.toExponential(2)} relative (float32 torch ${errAll32.toExponential(2)}); worst tensor ${worst.toExponential(2)}; over 1e-4: ${rows.filter((r) => r.err > 1e-4 * r.norm).length} of ${rows.length} tensors`);
+        }
+
       }
 
       // The import, unchanged, exported: the source's interface and outputs.
