@@ -201,7 +201,7 @@ const cli = yargs(hideBin(process.argv))
         .options(nums({ 'input-size': { int: true, min: 8, max: 1024, describe: 'with --from-onnx: the training size in pixels (needed when the model has dynamic height and width)' } }))
         .option('train', { type: 'string', default: 'all', describe: 'with --from-onnx: what learns: all, last:N (the last N layers with weights before the feature) or a regular expression over weight names; the rest stays frozen (BN statistics update where their layer learns)' })
         .option('projector', { type: 'string', describe: "with --from-onnx: projector widths for the loss, e.g. 512,128 (hidden layers BN + ReLU); not part of the export; default the edge preset's" })
-        .option('nchwc', { type: 'string', choices: ['auto', 'off', '8', '16'], defaultDescription: 'auto with --from-onnx, off for a preset', describe: "run the step's convolutions in ORT's blocked-layout (NCHWc) x86-64 CPU kernels, 1.1-1.4x faster steps there; the step then trains only with --ep cpu on CPUs of that block (auto: this machine's, or off where it has none)" });
+        .option('nchwc', { type: 'string', choices: ['auto', 'off', '8', '16'], defaultDescription: 'auto with --from-onnx, off for a preset', describe: "run the step's convolutions in ORT's blocked-layout (NCHWc) x86-64 CPU kernels, up to 1.4x faster steps there (most with depthwise layers and small maps); the step then trains only with --ep cpu on CPUs of that block (auto: this machine's, or off where it has none)" });
     },
     async (a) => {
       if (a.out && !a.check) writableDir('--out', a.out);

@@ -132,18 +132,15 @@ let nchwcCache: Promise<number> | null = null;
 export function nchwcBlock(): Promise<number> {
   nchwcCache ??= (async () => {
     const ort = await loadModule('cpu');
-    let s;
+    let s: Awaited<ReturnType<typeof ort.InferenceSession.create>> | undefined;
     try {
       s = await ort.InferenceSession.create(nchwcProbeModel(), { graphOptimizationLevel: 'disabled', logSeverityLevel: 4 } as never);
-    } catch {
-      return 0;
-    }
-    try {
-      const x = new ort.Tensor('float32', nchwcProbeInput(), [1, 32, 1, 2]);
-      const out = await s.run({ x });
+      const out = await s.run({ x: new ort.Tensor('float32', nchwcProbeInput(), [1, 32, 1, 2]) });
       return nchwcBlockOf(out.y.data as Float32Array);
+    } catch {
+      return 0; // no NCHWc kernels in this build (ARM), or a probe that does not run: the portable step
     } finally {
-      await s.release().catch(() => {});
+      await s?.release().catch(() => {});
     }
   })();
   return nchwcCache;
