@@ -28,6 +28,8 @@ export function compileArtifacts(p: Preset, extra: { backbone?: Backbone; files?
   const backbone = extra.backbone ?? presetBackbone(p);
   const ts = buildTrainStep(p, 'float32', backbone);
   if (p.nchwc && ![8, 16].includes(p.nchwc)) throw new Error(`--set nchwc=${p.nchwc}: ORT's NCHWc block size is 8 (AVX2) or 16 (AVX-512); 0 for plain Convs`);
+  // The train step only: embed.onnx stays plain, since a preset's export is embed.onnx with the weights
+  // bound, and an exported encoder must load anywhere.
   const nchwcConvs = p.nchwc ? ts.g.nchwcConvs(p.nchwc, { dense: true }) : 0;
   const em = buildEmbed(p, backbone);
   const meta = { producer: GENERATOR.name, producerVersion: GENERATOR.version };
