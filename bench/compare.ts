@@ -447,7 +447,7 @@ try {
         }
         countFrames(frames.slice(arrivals * newPer).map(s.item));
         const partMs = { augment: 0, train: 0, buffer: 0 };
-        const novelByClass = rules.replay === 'novel' && !s.video ? new Array<number>(streamClasses).fill(0) : null;
+        const novelByClass = (rules.replay === 'novel' || rules.replay === 'novel-recent') && !s.video ? new Array<number>(streamClasses).fill(0) : null;
         const t0 = performance.now();
         let evalMs = 0;
         for (let a = 1; a <= arrivals; a++) {

@@ -238,3 +238,29 @@ test("novel replay: the check's embeddings are the rolling buffer's first rows, 
   // mixed: the shrink embeds the 2 new images and the 4 that never had a row.
   assert.deepEqual(await embedded('mixed'), [6]);
 });
+
+test("novel-recent replay: half of the replay draws come from the buffer's newest quarter (by stream position), the rest from all of it", async () => {
+  const t = withEmbed(makeLearner('novel-recent', 6, { policy: 'diverse-strata-rolling' }));
+  const { learner, batches } = t;
+  // 26 degrees apart (cosine 0.899): every image is novel. Five arrivals of 2: 10 entries at the last one.
+  let prev: number[] = [];
+  for (let a = 0; a < 5; a++) {
+    const before = new Set(learner.buffer.entries.map((e) => e.id));
+    batches.length = 0;
+    await learner.arrive(angleItems(`a${a}`, [52 * a, 52 * a + 26]));
+    const ids = newIds(learner, before);
+    if (a === 4) {
+      // Newest quarter of 10 entries, the arrival's own left out: the previous arrival's 2. Batch of 4 =
+      // the 2 new images + 1 recent draw (half of 2 replayed) + 1 draw from the rest.
+      assert.equal(batches.length, 6);
+      for (const [k, b] of batches.entries()) {
+        assert.deepEqual(b.slice(0, 2), ids, `step ${k}: the arrival's images first`);
+        assert.ok(prev.includes(b[2]), `step ${k}: the recent draw ${b[2]} is not from the previous arrival ${prev}`);
+        assert.equal(new Set(b).size, B, `step ${k}: duplicate entries in the batch ${b}`);
+      }
+      // The rest is drawn from the whole buffer: over 6 steps some draw lands outside the newest quarter.
+      assert.ok(batches.some((b) => !prev.includes(b[3])), 'every uniform draw came from the newest quarter');
+    }
+    prev = ids;
+  }
+});

@@ -18,9 +18,14 @@ import type { FusedBatch, StepResult, Trainer } from './trainer.ts';
  * of the same arrival take the batch's fixed slots; the slots of the rest go to replay draws (which may
  * still draw them: they are in the buffer). A camera's 32 frames of one idle view then train as one, not
  * as 32 correlated copies; where every image is new (a data set stream) its batches are mixed's, draw
- * for draw.
+ * for draw. `novel-recent` (issue #31, measured as a variant): novel, with half of each batch's replay
+ * draws from the newest quarter of the buffer (by stream position) and the rest from the whole of it.
  */
-export type Replay = 'mixed' | 'buffer' | 'novel';
+export type Replay = 'mixed' | 'buffer' | 'novel' | 'novel-recent';
+
+/** `novel-recent`: the share of a batch's replay draws taken from the buffer's newest RECENT_SPAN. */
+export const RECENT_SHARE = 0.5;
+export const RECENT_SPAN = 0.25;
 
 /**
  * `novel` replay: an arrival's image is a near-duplicate when the cosine of its embedding to the nearest
@@ -104,7 +109,20 @@ export class Learner {
     const replay = b - fresh.length;
     if (replay < 0) throw new Error(`arrival of ${fresh.length} images exceeds the step's batch of ${b}`);
     if (this.buffer.size - fresh.length < replay) return null;
-    return [...fresh, ...this.buffer.sample(this.rng, replay, new Set(fresh.map((e) => e.id)))];
+    const exclude = new Set(fresh.map((e) => e.id));
+    if (this.cfg.replay === 'novel-recent') {
+      const newest = this.buffer.entries.filter((e) => !exclude.has(e.id)).sort((a, b) => b.streamIndex - a.streamIndex);
+      const pool = newest.slice(0, Math.max(1, Math.floor(this.buffer.size * RECENT_SPAN)));
+      const k = Math.min(Math.round(replay * RECENT_SHARE), pool.length);
+      for (let i = 0; i < k; i++) {
+        const j = i + this.rng.int(pool.length - i);
+        [pool[i], pool[j]] = [pool[j], pool[i]];
+      }
+      const recent = pool.slice(0, k);
+      for (const e of recent) exclude.add(e.id);
+      return [...fresh, ...recent, ...this.buffer.sample(this.rng, replay - k, exclude)];
+    }
+    return [...fresh, ...this.buffer.sample(this.rng, replay, exclude)];
   }
 
   /** Shrinks the buffer to capacity by its policy (psa and the fresh policies read the entries through the current encoder). */
@@ -156,7 +174,7 @@ export class Learner {
     const ms = { augment: 0, overlapped: 0, train: 0, buffer: performance.now() - t0 };
     if (this.cfg.warmup === 'fill' && this.buffer.size < this.buffer.cfg.capacity) return { steps: [], trained: false, removed: early, ms };
     let fixed = fresh;
-    if (this.cfg.replay === 'novel' && this.buffer.size >= this.batchSize) {
+    if ((this.cfg.replay === 'novel' || this.cfg.replay === 'novel-recent') && this.buffer.size >= this.batchSize) {
       const tn = performance.now();
       fixed = await this.novelOf(fresh);
       ms.buffer += performance.now() - tn;
