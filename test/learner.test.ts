@@ -264,3 +264,25 @@ test("novel-recent replay: half of the replay draws come from the buffer's newes
     prev = ids;
   }
 });
+
+test("novel-recent replay: the arrival's near-duplicates (the buffer's newest entries) are not taken as recent draws", async () => {
+  const t = withEmbed(makeLearner('novel-recent', 6, { policy: 'diverse-strata-rolling' }));
+  const { learner, batches } = t;
+  let prev: number[] = [];
+  for (let a = 0; a < 4; a++) {
+    const before = new Set(learner.buffer.entries.map((e) => e.id));
+    await learner.arrive(angleItems(`a${a}`, [52 * a, 52 * a + 26]));
+    prev = newIds(learner, before);
+  }
+  const before = new Set(learner.buffer.entries.map((e) => e.id));
+  batches.length = 0;
+  // 220 is new, 223 a near-duplicate of it (cosine 0.999): one fixed slot, three replayed, two of them recent.
+  const r = await learner.arrive(angleItems('last', [220, 223]));
+  const [novelId, dupId] = newIds(learner, before);
+  assert.deepEqual(r.novel!.map((e) => e.id), [novelId]);
+  for (const [k, b] of batches.entries()) {
+    assert.equal(b[0], novelId);
+    assert.ok(b.slice(1, 3).every((id) => prev.includes(id)), `step ${k}: recent draws ${b.slice(1, 3)} not from the previous arrival ${prev}`);
+  }
+  assert.ok(batches.every((b) => !b.slice(1, 3).includes(dupId)), "the arrival's near-duplicate drawn as a recent entry");
+});

@@ -17,6 +17,8 @@ import { nchwcBlockOf } from '../core/onnx/nchwc.ts';
 import { nchwcBlock } from '../agent/trainer/backend.ts';
 import { Trainer, ManifestError } from '../agent/trainer/trainer.ts';
 import { Rng } from '../core/rng.ts';
+import { decodeModel } from '../core/onnx/decode.ts';
+import { ssocl } from './helpers/byom.ts';
 
 const block = await nchwcBlock();
 const noKernels = block ? false : "this machine's onnxruntime-node has no NCHWc kernels (not x86-64)";
@@ -54,6 +56,37 @@ function convGraph(nchwc: number): { bytes: Uint8Array; rewritten: number } {
   const rewritten = nchwc ? g.nchwcConvs(nchwc, { dense: true }) : 0;
   return { bytes: encodeModel(g, 'convs'), rewritten };
 }
+
+test('nchwcConvs: which Convs it rewrites, in graph order, and the operator set the model imports for them (no runtime needed)', () => {
+  const { bytes, rewritten } = convGraph(16);
+  assert.equal(rewritten, 3); // the two depthwise and the dense; not the grouped one, not the 3-channel one
+  const m = decodeModel(bytes);
+  assert.equal(m.opsets['com.microsoft.nchwc'], 1);
+  const ops = m.graph.nodes.map((n) => `${n.domain ? 'nchwc.' : ''}${n.op}`);
+  assert.equal(ops.filter((o) => o === 'nchwc.Conv').length, 3);
+  assert.equal(ops.filter((o) => o === 'Conv').length, 2);
+  // Each rewritten Conv is ReorderInput ... Conv ... ReorderOutput in order, and every input is made before it is read.
+  const made = new Set([...m.graph.inputs.map((v) => v.name), ...m.graph.initializers.map((t) => t.name)]);
+  for (const n of m.graph.nodes) {
+    for (const i of n.inputs) if (i) assert.ok(made.has(i), `${n.name} reads ${i} before it is made`);
+    for (const o of n.outputs) made.add(o);
+  }
+  assert.equal(convGraph(8).rewritten, 3);
+});
+
+test('ssocl artifacts: --nchwc and --set nchwc= are one choice; a preset with --nchwc gets its own name; a bad block is refused', () => {
+  const both = ssocl(['artifacts', '--nchwc', '16', '--set', 'nchwc=8', '--out', path.join(tmpdir(), 'ssocl-nchwc-never')]);
+  assert.equal(both.status, 2);
+  assert.match(both.stderr, /give --nchwc or --set nchwc=\.\.\., not both/);
+  const bad = ssocl(['artifacts', '--set', 'nchwc=12', '--check']);
+  assert.notEqual(bad.status, 0);
+  assert.match(bad.stderr, /NCHWc block is 16 \(AVX-512\) or 8 \(AVX2\)/);
+  const deep = ssocl(['artifacts', '--set', 'agent.nchwc=16', '--check']);
+  assert.match(deep.stderr, /unknown field 'nchwc'/);
+  // The committed portable directory is never what --nchwc 16 writes: --check names the other directory.
+  const check = ssocl(['artifacts', '--preset', 'edge', '--nchwc', '16', '--check']);
+  assert.match(check.stderr + check.stdout, /edge-custom/);
+});
 
 test('nchwcConvs: depthwise and dense Convs in the blocked kernels give the plain Convs\' outputs', { skip: noKernels }, async () => {
   const rng = new Rng(11);

@@ -32,10 +32,23 @@ async function nchwcSets(a: ArtifactsArgs): Promise<string[]> {
     if (a.nchwc !== undefined) throw new UsageError('give --nchwc or --set nchwc=..., not both');
     return a.set;
   }
-  const v = a.nchwc ?? (a.fromOnnx ? 'auto' : 'off');
+  let v = a.nchwc ?? (a.fromOnnx ? 'auto' : 'off');
+  // --check without --nchwc compares with the block the directory was built for, not this machine's.
+  if (a.check && a.nchwc === undefined) v = String(existingBlock(a) || 'off');
   if (v === 'off') return a.set;
   const block = v === 'auto' ? await nchwcBlock() : Number(v);
   return block ? [...a.set, `nchwc=${block}`] : a.set;
+}
+
+/** The NCHWc block of the directory --check compares with (0: none, or no manifest there). */
+function existingBlock(a: ArtifactsArgs): number {
+  const name = a.name ?? (a.fromOnnx ? path.basename(a.fromOnnx.file).replace(/\.onnx$/i, '') : a.set.length ? `${a.preset}-custom` : a.preset);
+  const file = path.join(a.out ?? path.join(REPO_ROOT, 'training-artifacts', name), 'manifest.json');
+  try {
+    return (JSON.parse(readFileSync(file, 'utf8')) as { trainStep?: { nchwc?: { block?: number } } }).trainStep?.nchwc?.block ?? 0;
+  } catch {
+    return 0;
+  }
 }
 
 /** The import's refusals (unsupported op, external data, a bad flag value) are usage errors: one line, exit 2, nothing written. */
@@ -68,7 +81,8 @@ export async function artifactsCommand(a: ArtifactsArgs): Promise<void> {
   if (a.fromOnnx) built = importArtifacts(a, a.name ?? path.basename(a.fromOnnx.file).replace(/\.onnx$/i, ''), set);
   else {
     const preset = getPreset(a.preset, set);
-    preset.name = a.name ?? (a.set.length ? `${a.preset}-custom` : a.preset);
+    // From the effective overrides: --nchwc 16 on a preset must not write over its portable directory.
+    preset.name = a.name ?? (set.length ? `${a.preset}-custom` : a.preset);
     built = compileArtifacts(preset);
   }
   holdsAnArrival(built.manifest.preset);
@@ -82,7 +96,8 @@ export async function artifactsCommand(a: ArtifactsArgs): Promise<void> {
       else if (!Buffer.from(bytes).equals(readFileSync(file))) diffs.push(`${name}: differs`);
     }
     if (diffs.length) {
-      process.stderr.write(`ssocl: ${out} does not match the compiler's output:\n  ${diffs.join('\n  ')}\nrebuild with: ssocl artifacts ${a.fromOnnx ? `--from-onnx ${a.fromOnnx.file}` : `--preset ${a.preset}`}\n`);
+      const nc = built.manifest.trainStep.nchwc ? ` --nchwc ${built.manifest.trainStep.nchwc.block}` : a.fromOnnx ? ' --nchwc off' : '';
+      process.stderr.write(`ssocl: ${out} does not match the compiler's output:\n  ${diffs.join('\n  ')}\nrebuild with: ssocl artifacts ${a.fromOnnx ? `--from-onnx ${a.fromOnnx.file}` : `--preset ${a.preset}`}${nc}\n`);
       process.exit(1);
     }
     process.stdout.write(`${out}: up to date (${built.files.size + 1} files)\n`);

@@ -131,14 +131,14 @@ let nchwcCache: Promise<number> | null = null;
  */
 export function nchwcBlock(): Promise<number> {
   nchwcCache ??= (async () => {
-    const ort = await loadModule('cpu');
-    let s: Awaited<ReturnType<typeof ort.InferenceSession.create>> | undefined;
+    let s: import('onnxruntime-node').InferenceSession | undefined;
     try {
+      const ort = await loadModule('cpu');
       s = await ort.InferenceSession.create(nchwcProbeModel(), { graphOptimizationLevel: 'disabled', logSeverityLevel: 4 } as never);
-      const out = await s.run({ x: new ort.Tensor('float32', nchwcProbeInput(), [1, 32, 1, 2]) });
+      const out = await s!.run({ x: new ort.Tensor('float32', nchwcProbeInput(), [1, 32, 1, 2]) });
       return nchwcBlockOf(out.y.data as Float32Array);
     } catch {
-      return 0; // no NCHWc kernels in this build (ARM), or a probe that does not run: the portable step
+      return 0; // no NCHWc kernels in this build (ARM), no runtime, or a probe that does not run: the portable step
     } finally {
       await s?.release().catch(() => {});
     }

@@ -74,6 +74,8 @@ export class Learner {
   /** Crop parameters. */
   cropRng: Rng;
   arrivals = 0;
+  /** `novel-recent`: this arrival's entries, near-duplicates included, kept out of the recent draws. */
+  private arrivalIds = new Set<number>();
   /**
    * Crop draws for the next fused run, made while the current run is in flight (the draws depend only
    * on cropRng's sequence, never on the batch), with cropRng's state before them: a snapshot records
@@ -111,7 +113,8 @@ export class Learner {
     if (this.buffer.size - fresh.length < replay) return null;
     const exclude = new Set(fresh.map((e) => e.id));
     if (this.cfg.replay === 'novel-recent') {
-      const newest = this.buffer.entries.filter((e) => !exclude.has(e.id)).sort((a, b) => b.streamIndex - a.streamIndex);
+      // The arrival's near-duplicates are the newest entries (the shrink comes after the steps): not "recent" draws.
+      const newest = this.buffer.entries.filter((e) => !exclude.has(e.id) && !this.arrivalIds.has(e.id)).sort((a, b) => b.streamIndex - a.streamIndex);
       const pool = newest.slice(0, Math.max(1, Math.floor(this.buffer.size * RECENT_SPAN)));
       const k = Math.min(Math.round(replay * RECENT_SHARE), pool.length);
       for (let i = 0; i < k; i++) {
@@ -173,6 +176,7 @@ export class Learner {
     if (this.trainer.manifest.trainStep.distill) this.trainer.snapshotPast();
     const ms = { augment: 0, overlapped: 0, train: 0, buffer: performance.now() - t0 };
     if (this.cfg.warmup === 'fill' && this.buffer.size < this.buffer.cfg.capacity) return { steps: [], trained: false, removed: early, ms };
+    this.arrivalIds = new Set(fresh.map((e) => e.id));
     let fixed = fresh;
     if ((this.cfg.replay === 'novel' || this.cfg.replay === 'novel-recent') && this.buffer.size >= this.batchSize) {
       const tn = performance.now();

@@ -60,10 +60,12 @@ async function checkNchwc(dir: string, m: Manifest, ep: EP): Promise<void> {
   const want = m.trainStep.nchwc?.block;
   if (!want) return;
   const rebuild = 'rebuild the artifacts with ssocl artifacts ... --nchwc off (portable), or --nchwc auto on the machine that trains';
+  if (ep === 'wasm') throw new ManifestError(`${dir}: train_step.onnx runs its convolutions in ORT's x86-64 CPU kernels (NCHWc, block ${want}), which the browser's WASM runtime does not have: for in-tab training, rebuild the artifacts with ssocl artifacts ... --nchwc off`);
   if (ep !== 'cpu') throw new ManifestError(`${dir}: train_step.onnx runs its convolutions in ORT's x86-64 CPU kernels (NCHWc, block ${want}), which --ep ${ep} does not have: use --ep cpu, or ${rebuild}`);
   const have = await nchwcBlock();
+  const cpu = (b: number) => (b === 16 ? 'x86-64 with AVX-512' : b === 8 ? 'x86-64 with AVX2' : `block ${b}`);
   if (have !== want) {
-    throw new ManifestError(`${dir}: train_step.onnx was built for ORT's NCHWc block ${want} (x86-64 with ${want === 16 ? 'AVX-512' : 'AVX2'}); this machine's CPU EP ${have ? `uses block ${have}` : 'has no NCHWc kernels'}: ${rebuild}`);
+    throw new ManifestError(`${dir}: train_step.onnx was built for ORT's NCHWc block ${want} (${cpu(want)}); this machine's CPU EP ${have ? `uses block ${have}` : 'has no NCHWc kernels'}: ${rebuild}`);
   }
 }
 
@@ -133,7 +135,12 @@ export class Trainer {
     const trainBytes = readChecked(dir, m, m.trainStep.file);
     const embedBytes = o.noEmbed ? null : readChecked(dir, m, m.embed.file);
     const init = decodeSafetensors(readChecked(dir, m, m.init)).tensors;
-    const ep = o.ep ?? 'cpu';
+    let ep = o.ep ?? 'cpu';
+    // A CPU-only step asked for another EP goes straight to the CPU where --ep-fallback cpu allows it.
+    if (m.trainStep.nchwc && ep !== 'cpu' && o.epFallback === 'cpu') {
+      (o.log ?? ((l: string) => process.stderr.write(`${l}\n`)))(`${dir}: train_step.onnx runs in ORT's NCHWc CPU kernels; training on --ep cpu as --ep-fallback asks`);
+      ep = 'cpu';
+    }
     await checkNchwc(dir, m, ep);
     let train: Session | undefined;
     let embed: Session | null = null;

@@ -221,7 +221,8 @@ export function applyOverrides(p: Preset, sets: string[]): Preset {
       obj = obj[k] as Record<string, unknown>;
     }
     const last = path[path.length - 1];
-    if (!(last in obj) && !['predictor', 'name', 'fuse', 'cropsInGraph', 'scale', 'depthwiseWeightGrad', 'nchwc'].includes(last)) throw new Error(`--set ${s}: unknown field '${last}'`);
+    if (key === 'nchwc' && ![0, 8, 16].includes(value as number)) throw new Error(`--set ${s}: ORT's NCHWc block is 16 (AVX-512) or 8 (AVX2), 0 for plain Convs; 'ssocl artifacts --nchwc auto' asks this machine's`);
+    if (!(last in obj) && key !== 'nchwc' && !['predictor', 'name', 'fuse', 'cropsInGraph', 'scale', 'depthwiseWeightGrad'].includes(last)) throw new Error(`--set ${s}: unknown field '${last}'`);
     obj[last] = value;
   }
   return out as unknown as Preset;

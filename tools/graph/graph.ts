@@ -41,7 +41,7 @@ export interface Node {
   attrs: Record<string, Attr>;
   /** Set on Graph.composite's Custom nodes: the gradient-table row and how many leading inputs are real. */
   composite?: { op: string; inputs: number };
-  /** An operator set other than ONNX's (set by rewrites after the gradients, e.g. nchwcDepthwise). */
+  /** An operator set other than ONNX's (set by rewrites after the gradients, e.g. nchwcConvs). */
   domain?: string;
 }
 
