@@ -36,7 +36,7 @@ import { decodeVideo } from '../agent/sources/video-file.ts';
 import { sampleIndices } from '../core/rng.ts';
 import { Trainer } from '../agent/trainer/trainer.ts';
 import { openChosen, type EP } from '../agent/trainer/backend.ts';
-import { Learner, defaultLearnerConfig } from '../agent/trainer/learner.ts';
+import { Learner, checksNovel, defaultLearnerConfig } from '../agent/trainer/learner.ts';
 import { ortSimilarity } from '../agent/buffer/similarity.ts';
 import { OURS_POLICY, SPAN_POLICIES } from '../agent/buffer/buffer.ts';
 import { computeFeatures } from '../agent/eval/features.ts';
@@ -447,7 +447,7 @@ try {
         }
         countFrames(frames.slice(arrivals * newPer).map(s.item));
         const partMs = { augment: 0, train: 0, buffer: 0 };
-        const novelByClass = (rules.replay === 'novel' || rules.replay === 'novel-recent') && !s.video ? new Array<number>(streamClasses).fill(0) : null;
+        const novelByClass = checksNovel(rules.replay) && !s.video ? new Array<number>(streamClasses).fill(0) : null;
         const t0 = performance.now();
         let evalMs = 0;
         for (let a = 1; a <= arrivals; a++) {

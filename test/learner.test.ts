@@ -239,41 +239,42 @@ test("novel replay: the check's embeddings are the rolling buffer's first rows, 
   assert.deepEqual(await embedded('mixed'), [6]);
 });
 
+/** An arrival of `angles` (each a novel image); the ids it added to the buffer. */
+async function arriveIds(learner: Learner, tag: string, angles: number[]): Promise<number[]> {
+  const before = new Set(learner.buffer.entries.map((e) => e.id));
+  await learner.arrive(angleItems(tag, angles));
+  return newIds(learner, before);
+}
+
+/** Four arrivals of 2 images 26 degrees apart (cosine 0.899: every image novel); the last arrival's ids. */
+async function fourArrivals(learner: Learner): Promise<number[]> {
+  let prev: number[] = [];
+  for (let a = 0; a < 4; a++) prev = await arriveIds(learner, `a${a}`, [52 * a, 52 * a + 26]);
+  return prev;
+}
+
 test("novel-recent replay: half of the replay draws come from the buffer's newest quarter (by stream position), the rest from all of it", async () => {
   const t = withEmbed(makeLearner('novel-recent', 6, { policy: 'diverse-strata-rolling' }));
   const { learner, batches } = t;
-  // 26 degrees apart (cosine 0.899): every image is novel. Five arrivals of 2: 10 entries at the last one.
-  let prev: number[] = [];
-  for (let a = 0; a < 5; a++) {
-    const before = new Set(learner.buffer.entries.map((e) => e.id));
-    batches.length = 0;
-    await learner.arrive(angleItems(`a${a}`, [52 * a, 52 * a + 26]));
-    const ids = newIds(learner, before);
-    if (a === 4) {
-      // Newest quarter of 10 entries, the arrival's own left out: the previous arrival's 2. Batch of 4 =
-      // the 2 new images + 1 recent draw (half of 2 replayed) + 1 draw from the rest.
-      assert.equal(batches.length, 6);
-      for (const [k, b] of batches.entries()) {
-        assert.deepEqual(b.slice(0, 2), ids, `step ${k}: the arrival's images first`);
-        assert.ok(prev.includes(b[2]), `step ${k}: the recent draw ${b[2]} is not from the previous arrival ${prev}`);
-        assert.equal(new Set(b).size, B, `step ${k}: duplicate entries in the batch ${b}`);
-      }
-      // The rest is drawn from the whole buffer: over 6 steps some draw lands outside the newest quarter.
-      assert.ok(batches.some((b) => !prev.includes(b[3])), 'every uniform draw came from the newest quarter');
-    }
-    prev = ids;
+  const prev = await fourArrivals(learner);
+  batches.length = 0;
+  const ids = await arriveIds(learner, 'a4', [208, 234]);
+  // Newest quarter of 10 entries, the arrival's own left out: the previous arrival's 2. Batch of 4 =
+  // the 2 new images + 1 recent draw (half of 2 replayed) + 1 draw from the rest.
+  assert.equal(batches.length, 6);
+  for (const [k, b] of batches.entries()) {
+    assert.deepEqual(b.slice(0, 2), ids, `step ${k}: the arrival's images first`);
+    assert.ok(prev.includes(b[2]), `step ${k}: the recent draw ${b[2]} is not from the previous arrival ${prev}`);
+    assert.equal(new Set(b).size, B, `step ${k}: duplicate entries in the batch ${b}`);
   }
+  // The rest is drawn from the whole buffer: over 6 steps some draw lands outside the newest quarter.
+  assert.ok(batches.some((b) => !prev.includes(b[3])), 'every uniform draw came from the newest quarter');
 });
 
 test("novel-recent replay: the arrival's near-duplicates (the buffer's newest entries) are not taken as recent draws", async () => {
   const t = withEmbed(makeLearner('novel-recent', 6, { policy: 'diverse-strata-rolling' }));
   const { learner, batches } = t;
-  let prev: number[] = [];
-  for (let a = 0; a < 4; a++) {
-    const before = new Set(learner.buffer.entries.map((e) => e.id));
-    await learner.arrive(angleItems(`a${a}`, [52 * a, 52 * a + 26]));
-    prev = newIds(learner, before);
-  }
+  const prev = await fourArrivals(learner);
   const before = new Set(learner.buffer.entries.map((e) => e.id));
   batches.length = 0;
   // 220 is new, 223 a near-duplicate of it (cosine 0.999): one fixed slot, three replayed, two of them recent.

@@ -132,6 +132,15 @@ export function unitRow(f: Float32Array, j: number, d: number): Float32Array {
   for (let k = 0; k < d; k++) v[k] *= inv;
   return v;
 }
+/** `count` distinct items of `pool` drawn uniformly (a partial Fisher-Yates shuffle of `pool`, in place). */
+export function drawDistinct<T>(rng: Rng, pool: T[], count: number): T[] {
+  for (let i = 0; i < count; i++) {
+    const k = i + rng.int(pool.length - i);
+    [pool[i], pool[k]] = [pool[k], pool[i]];
+  }
+  return pool.slice(0, count);
+}
+
 export class ReplayBuffer {
   entries: Entry[] = [];
   private nextId = 1;
@@ -236,11 +245,7 @@ export class ReplayBuffer {
   sample(rng: Rng, count: number, exclude: Set<number> = new Set()): Entry[] {
     const pool = this.entries.filter((e) => !exclude.has(e.id));
     if (pool.length < count) throw new Error(`buffer: ${count} samples asked of ${pool.length}`);
-    for (let i = 0; i < count; i++) {
-      const k = i + rng.int(pool.length - i);
-      [pool[i], pool[k]] = [pool[k], pool[i]];
-    }
-    return pool.slice(0, count);
+    return drawDistinct(rng, pool, count);
   }
 
   /** Takes entries out of the buffer whose ids a removal already took out of its index. */

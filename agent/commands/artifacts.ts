@@ -40,10 +40,17 @@ async function nchwcSets(a: ArtifactsArgs): Promise<string[]> {
   return block ? [...a.set, `nchwc=${block}`] : a.set;
 }
 
+/**
+ * The directory's name: --name, else the imported file's, else the preset's (`<preset>-custom` with
+ * overrides, `set` the effective ones: --nchwc 16 on a preset must not write over its portable directory).
+ */
+function artifactName(a: ArtifactsArgs, set: string[]): string {
+  return a.name ?? (a.fromOnnx ? path.basename(a.fromOnnx.file).replace(/\.onnx$/i, '') : set.length ? `${a.preset}-custom` : a.preset);
+}
+
 /** The NCHWc block of the directory --check compares with (0: none, or no manifest there). */
 function existingBlock(a: ArtifactsArgs): number {
-  const name = a.name ?? (a.fromOnnx ? path.basename(a.fromOnnx.file).replace(/\.onnx$/i, '') : a.set.length ? `${a.preset}-custom` : a.preset);
-  const file = path.join(a.out ?? path.join(REPO_ROOT, 'training-artifacts', name), 'manifest.json');
+  const file = path.join(a.out ?? path.join(REPO_ROOT, 'training-artifacts', artifactName(a, a.set)), 'manifest.json');
   try {
     return (JSON.parse(readFileSync(file, 'utf8')) as { trainStep?: { nchwc?: { block?: number } } }).trainStep?.nchwc?.block ?? 0;
   } catch {
@@ -78,11 +85,10 @@ export async function artifactsCommand(a: ArtifactsArgs): Promise<void> {
   const t0 = performance.now();
   const set = await nchwcSets(a);
   let built: BuiltArtifacts;
-  if (a.fromOnnx) built = importArtifacts(a, a.name ?? path.basename(a.fromOnnx.file).replace(/\.onnx$/i, ''), set);
+  if (a.fromOnnx) built = importArtifacts(a, artifactName(a, set), set);
   else {
     const preset = getPreset(a.preset, set);
-    // From the effective overrides: --nchwc 16 on a preset must not write over its portable directory.
-    preset.name = a.name ?? (set.length ? `${a.preset}-custom` : a.preset);
+    preset.name = artifactName(a, set);
     built = compileArtifacts(preset);
   }
   holdsAnArrival(built.manifest.preset);

@@ -4,7 +4,7 @@
 // configuration (agent/methods.ts: artifacts, buffer policy, replay rule, warm-up), not a copy of this loop.
 
 import { Rng } from '../../core/rng.ts';
-import { OURS_POLICY, OURS_STRATA, ReplayBuffer, refreshEveryFor, unitRow, type Entry, type BufferConfig, type BufferSnapshot } from '../buffer/buffer.ts';
+import { OURS_POLICY, OURS_STRATA, ReplayBuffer, drawDistinct, refreshEveryFor, unitRow, type Entry, type BufferConfig, type BufferSnapshot } from '../buffer/buffer.ts';
 import { dot } from '../buffer/removal.ts';
 import type { SimilarityEngine } from '../buffer/similarity.ts';
 import { multiCrop, sampleCropPacked, CIFAR_AUGMENT, type AugmentConfig } from '../frames/augment.ts';
@@ -22,6 +22,9 @@ import type { FusedBatch, StepResult, Trainer } from './trainer.ts';
  * draws from the newest quarter of the buffer (by stream position) and the rest from the whole of it.
  */
 export type Replay = 'mixed' | 'buffer' | 'novel' | 'novel-recent';
+
+/** The replay rules that give the arrival's near-duplicates' fixed slots to replay draws. */
+export const checksNovel = (r: Replay): boolean => r === 'novel' || r === 'novel-recent';
 
 /** `novel-recent`: the share of a batch's replay draws taken from the buffer's newest RECENT_SPAN. */
 export const RECENT_SHARE = 0.5;
@@ -116,12 +119,8 @@ export class Learner {
       // The arrival's near-duplicates are the newest entries (the shrink comes after the steps): not "recent" draws.
       const newest = this.buffer.entries.filter((e) => !exclude.has(e.id) && !this.arrivalIds.has(e.id)).sort((a, b) => b.streamIndex - a.streamIndex);
       const pool = newest.slice(0, Math.max(1, Math.floor(this.buffer.size * RECENT_SPAN)));
-      const k = Math.min(Math.round(replay * RECENT_SHARE), pool.length);
-      for (let i = 0; i < k; i++) {
-        const j = i + this.rng.int(pool.length - i);
-        [pool[i], pool[j]] = [pool[j], pool[i]];
-      }
-      const recent = pool.slice(0, k);
+      const recent = drawDistinct(this.rng, pool, Math.min(Math.round(replay * RECENT_SHARE), pool.length));
+      const k = recent.length;
       for (const e of recent) exclude.add(e.id);
       return [...fresh, ...recent, ...this.buffer.sample(this.rng, replay - k, exclude)];
     }
@@ -178,7 +177,7 @@ export class Learner {
     if (this.cfg.warmup === 'fill' && this.buffer.size < this.buffer.cfg.capacity) return { steps: [], trained: false, removed: early, ms };
     this.arrivalIds = new Set(fresh.map((e) => e.id));
     let fixed = fresh;
-    if ((this.cfg.replay === 'novel' || this.cfg.replay === 'novel-recent') && this.buffer.size >= this.batchSize) {
+    if (checksNovel(this.cfg.replay) && this.buffer.size >= this.batchSize) {
       const tn = performance.now();
       fixed = await this.novelOf(fresh);
       ms.buffer += performance.now() - tn;

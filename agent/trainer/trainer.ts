@@ -135,10 +135,11 @@ export class Trainer {
     const trainBytes = readChecked(dir, m, m.trainStep.file);
     const embedBytes = o.noEmbed ? null : readChecked(dir, m, m.embed.file);
     const init = decodeSafetensors(readChecked(dir, m, m.init)).tensors;
+    const log = o.log ?? ((l: string) => process.stderr.write(`${l}\n`));
     let ep = o.ep ?? 'cpu';
     // A CPU-only step asked for another EP goes straight to the CPU where --ep-fallback cpu allows it.
     if (m.trainStep.nchwc && ep !== 'cpu' && o.epFallback === 'cpu') {
-      (o.log ?? ((l: string) => process.stderr.write(`${l}\n`)))(`${dir}: train_step.onnx runs in ORT's NCHWc CPU kernels; training on --ep cpu as --ep-fallback asks`);
+      log(`${dir}: train_step.onnx runs in ORT's NCHWc CPU kernels; training on --ep cpu as --ep-fallback asks`);
       ep = 'cpu';
     }
     await checkNchwc(dir, m, ep);
@@ -149,7 +150,7 @@ export class Trainer {
       if (embedBytes) embed = await openSession(embedBytes, ep, o);
     } catch (e) {
       if (!(e instanceof EpError) || !o.epFallback || o.epFallback === ep) throw e;
-      (o.log ?? ((l: string) => process.stderr.write(`${l}\n`)))(`${e.brief}; falling back to --ep ${o.epFallback} as --ep-fallback asks`);
+      log(`${e.brief}; falling back to --ep ${o.epFallback} as --ep-fallback asks`);
       // The training session may have started before the embed session failed.
       if (train) await train.release().catch(() => {});
       train = await openSession(trainBytes, o.epFallback, o);

@@ -202,6 +202,11 @@ function parseValue(raw: string): unknown {
   }
 }
 
+/** A preset's `nchwc`: ORT's NCHWc block (16, 8) or 0; checked on --set and again when a preset made in code compiles. */
+export function assertNchwc(v: unknown): void {
+  if (![0, 8, 16].includes(v as number)) throw new Error(`--set nchwc=${v}: ORT's NCHWc block is 16 (AVX-512) or 8 (AVX2), 0 for plain Convs; 'ssocl artifacts --nchwc auto' asks this machine's`);
+}
+
 /** Applies `key=value` overrides; `encoder=NAME` picks a named encoder. */
 export function applyOverrides(p: Preset, sets: string[]): Preset {
   const out = structuredClone(p) as unknown as Record<string, unknown>;
@@ -221,7 +226,7 @@ export function applyOverrides(p: Preset, sets: string[]): Preset {
       obj = obj[k] as Record<string, unknown>;
     }
     const last = path[path.length - 1];
-    if (key === 'nchwc' && ![0, 8, 16].includes(value as number)) throw new Error(`--set ${s}: ORT's NCHWc block is 16 (AVX-512) or 8 (AVX2), 0 for plain Convs; 'ssocl artifacts --nchwc auto' asks this machine's`);
+    if (key === 'nchwc') assertNchwc(value);
     if (!(last in obj) && key !== 'nchwc' && !['predictor', 'name', 'fuse', 'cropsInGraph', 'scale', 'depthwiseWeightGrad'].includes(last)) throw new Error(`--set ${s}: unknown field '${last}'`);
     obj[last] = value;
   }

@@ -10,7 +10,7 @@ import { encodeModel } from '../onnx/encode.ts';
 import { encodeSafetensors } from '../../core/codecs/safetensors.ts';
 import { buildEmbed, buildTrainStep, initState, presetBackbone, views, type Backbone } from './build.ts';
 import { MANIFEST_FORMAT, type Manifest, type TensorInfo } from '../../core/manifest.ts';
-import type { Preset } from './presets.ts';
+import { assertNchwc, type Preset } from './presets.ts';
 import type { Graph } from '../graph/graph.ts';
 
 const PKG = JSON.parse(readFileSync(path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../package.json'), 'utf8'));
@@ -26,8 +26,8 @@ export interface BuiltArtifacts {
 /** `extra`: an imported model's encoder and the further files its directory holds (tools/import). */
 export function compileArtifacts(p: Preset, extra: { backbone?: Backbone; files?: Map<string, Uint8Array> } = {}): BuiltArtifacts {
   const backbone = extra.backbone ?? presetBackbone(p);
+  assertNchwc(p.nchwc ?? 0);
   const ts = buildTrainStep(p, 'float32', backbone);
-  if (p.nchwc && ![8, 16].includes(p.nchwc)) throw new Error(`--set nchwc=${p.nchwc}: ORT's NCHWc block size is 8 (AVX2) or 16 (AVX-512); 0 for plain Convs`);
   // The train step only: embed.onnx stays plain, since a preset's export is embed.onnx with the weights
   // bound, and an exported encoder must load anywhere.
   const nchwcConvs = p.nchwc ? ts.g.nchwcConvs(p.nchwc, { dense: true }) : 0;
